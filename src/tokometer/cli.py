@@ -1,0 +1,197 @@
+"""The `tokometer` command: parses arguments, calls the library, formats output.
+
+No business logic lives here; library errors become a message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import config
+from .analytics import GROUPABLE, report
+from .errors import TokometerError
+from .events import FIELDS, rfc3339
+from .ledger import open_db
+from .ledger.read import iter_events
+from .policy import create_key, list_keys, revoke_key
+
+_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except TokometerError as e:
+        print(f"tokometer: {e.message}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tokometer",
+        description="A metering gateway for LLM tokens: every request priced, attributed and "
+                    "recorded.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def command(name: str, help: str, run: Any) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--config", default=os.environ.get("TOKOMETER_CONFIG", "tokometer.toml"),
+                       help="the TOML config (default: $TOKOMETER_CONFIG or ./tokometer.toml)")
+        c.set_defaults(run=run)
+        return c
+
+    serve = command("serve", "run the gateway (and any local model servers the config "
+                    "launches) until interrupted", _serve)
+    serve.add_argument("--no-launch", action="store_true",
+                       help="do not start the config's local model servers")
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys",
+                          description="API keys are shown once at creation and stored hashed.")
+    keys_sub = keys.add_subparsers(metavar="ACTION")
+    keys.set_defaults(run=lambda a: keys.print_help() or 2)
+    for name, help, run in (("create", "create a key and print it once", _keys_create),
+                            ("list", "list keys (never the keys themselves)", _keys_list),
+                            ("revoke", "revoke a key by its id", _keys_revoke)):
+        c = keys_sub.add_parser(name, help=help, description=help)
+        c.add_argument("--config", default=os.environ.get("TOKOMETER_CONFIG", "tokometer.toml"),
+                       help="the TOML config (default: $TOKOMETER_CONFIG or ./tokometer.toml)")
+        c.set_defaults(run=run)
+        if name == "create":
+            c.add_argument("--tenant", required=True, help="the organisation or team billed")
+            c.add_argument("--app", required=True, help="the application using the key")
+            c.add_argument("--region", help="consumer country, ISO 3166-1 alpha-2 (e.g. DE)")
+            c.add_argument("--json", action="store_true", help='print {"key": ..., "key_id": ...}')
+        elif name == "list":
+            c.add_argument("--json", action="store_true", help="print JSON lines")
+        else:
+            c.add_argument("key_id", help="the key's id, as `keys list` shows it")
+
+    events = command("events", "print every meter reading, oldest first", _events)
+    _time_range(events)
+    events.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+
+    rep = command("report", "requests, tokens by kind and cost per group", _report)
+    rep.add_argument("--by", default="", help=f"comma-separated fields: {', '.join(GROUPABLE)}")
+    _time_range(rep)
+    rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    return p
+
+
+def _time_range(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", type=_time, help="RFC 3339 time, a date, or an age like 24h, 7d")
+    p.add_argument("--until", type=_time, help="RFC 3339 time, a date, or an age like 1h")
+
+
+def _time(text: str) -> str:
+    if m := _RELATIVE.match(text):
+        then = datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        return rfc3339(then)
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use 2026-11-28, 2026-11-28T10:00:00Z or an age like 24h"
+        ) from None
+    return rfc3339(t if t.tzinfo else t.replace(tzinfo=UTC))
+
+
+def _db(args: argparse.Namespace) -> Any:
+    settings = config.load(args.config)
+    return open_db(settings.server.store)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(Path(args.config), launch=not args.no_launch)
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    key, key_id = create_key(_db(args), args.tenant, args.app, args.region)
+    if args.json:
+        print(orjson.dumps({"key": key, "key_id": key_id}).decode())
+    else:
+        print(f"key:    {key}\nkey_id: {key_id}\n(the key is shown only now; store it safely)")
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    rows = list_keys(_db(args))
+    if args.json:
+        for row in rows:
+            print(orjson.dumps(row).decode())
+    else:
+        _print_table(rows, ["key_id", "tenant", "app", "region", "created", "revoked"])
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    revoke_key(_db(args), args.key_id)
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    rows = iter_events(_db(args), args.since, args.until)
+    out = sys.stdout
+    if args.format == "csv":
+        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            out.write(orjson.dumps(row).decode() + "\n")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    by = [b.strip() for b in args.by.split(",") if b.strip()]
+    rows = report(_db(args), by, args.since, args.until)
+    columns = [*by, "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
+               "output_tokens", "reasoning_tokens", "cost"]
+    if args.format == "json":
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _print_table(rows, columns)
+    return 0
+
+
+def _print_table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+    cells = [[("" if r.get(c) is None else str(r[c])) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.rjust(w) if v.replace(".", "").isdigit() else v.ljust(w)
+                        for v, w in zip(row, widths, strict=True)).rstrip())
+    if not cells:
+        print("(no events)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The meter reading: Usage (what was consumed) and Event (one request's full record).
+
+Field names are DESIGN.md's and are stable: exports, receipts and tests rely on them.
+Token fields follow OpenTelemetry GenAI: input includes cache reads and writes, output
+includes reasoning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import uuid_utils
+
+REPORTED = "reported"
+COUNTED = "counted"
+ESTIMATED = "estimated"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return self.input_tokens - self.cache_read_tokens - self.cache_write_tokens
+
+    @property
+    def is_empty(self) -> bool:
+        return self.input_tokens == 0 and self.output_tokens == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    time: str
+    duration_ms: float
+    ttft_ms: float | None
+    key_id: str | None
+    tenant: str | None
+    app: str | None
+    agent: str | None
+    task: str | None
+    end_user: str | None
+    consumer_region: str | None
+    api: str
+    operation: str
+    stream: bool
+    provider: str | None
+    provider_region: str | None
+    model_requested: str
+    model: str | None
+    model_origin: str | None
+    input_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    usage_source: str
+    counted_input_tokens: int | None
+    counted_output_tokens: int | None
+    cost: Decimal | None
+    currency: str
+    price_ref: str | None
+    status: int
+    error_type: str | None
+    finish_reason: str | None
+    energy_wh: Decimal | None = None
+    co2e_g: Decimal | None = None
+    output_sha256: str | None = None
+    leaf_index: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: Decimals become decimal strings, never floats."""
+        d = asdict(self)
+        for k in ("cost", "energy_wh", "co2e_g"):
+            if d[k] is not None:
+                d[k] = decimal_str(d[k])
+        return d
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+
+
+def new_event_id() -> str:
+    """A UUIDv7: unique and ordered by creation time."""
+    return str(uuid_utils.uuid7())
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decimal_str(d: Decimal) -> str:
+    """Plain notation, no exponent, no trailing zeros: '0.00042', '12'."""
+    text = format(d, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"

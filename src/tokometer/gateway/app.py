@@ -1,0 +1,187 @@
+"""The ASGI edge: routing, authentication, body limits, error rendering, lifespan.
+
+Everything about a metered request past authentication happens in pipeline.handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+import orjson
+
+from .. import config
+from ..catalog import Pricer, vendor_of
+from ..config import Settings
+from ..errors import AuthError, RequestError, TokometerError
+from ..ledger import SQLiteLedger, open_db
+from ..policy import Consumer, KeyRing
+from ..tokenize import Recounter, TokenizerRegistry
+from .call import parse_call
+from .meter import Meter
+from .pipeline import Deps, handle
+from .relay import Receive, Send
+from .upstream import new_session
+from .wire import ENDPOINTS, JSON_HEADERS, render_error
+
+log = logging.getLogger("tokometer.gateway")
+
+
+def create_app(settings: Settings | None = None) -> Gateway:
+    """The ASGI app; without settings, reads the file named by $TOKOMETER_CONFIG."""
+    if settings is None:
+        settings = config.load(os.environ.get("TOKOMETER_CONFIG", "tokometer.toml"))
+    return Gateway(settings)
+
+
+class Gateway:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.deps: Deps | None = None
+        self.keys: KeyRing | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except TokometerError as e:
+                    await send({"type": "lifespan.startup.failed", "message": e.message})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def start(self) -> None:
+        s = self.settings
+        ledger = SQLiteLedger(s.server.store, durability=s.server.durability)
+        ledger.start()
+        registry = TokenizerRegistry(s.server.data_dir)
+        await asyncio.to_thread(_preload_tokenizers, s, registry)
+        self.keys = KeyRing(open_db(s.server.store))
+        meter = Meter(Recounter(registry), Pricer(s.server.currency))
+        self.deps = Deps(s, new_session(s.server), meter, ledger)
+        self._tasks.append(asyncio.create_task(self.keys.watch_revocations()))
+        log.info("tokometer gateway ready: %d models, store %s", len(s.models), s.server.store)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.deps is not None:
+            await self.deps.session.close()
+            await self.deps.ledger.close()
+
+    async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        path, method = scope["path"], scope["method"]
+        endpoint = ENDPOINTS.get(path)
+        api = endpoint.api if endpoint else "openai"
+        try:
+            if path == "/healthz":
+                return await _json(send, 200, {"status": "ok"})
+            headers = dict(scope["headers"])
+            if path == "/v1/models":
+                await self._authenticate(headers)
+                return await _json(send, 200, self._model_list(b"anthropic-version" in headers))
+            if endpoint is None:
+                raise RequestError(f"no such endpoint: {method} {path}", status=404,
+                                   type="not_found_error")
+            if method != "POST":
+                raise RequestError(f"{path} takes POST, not {method}", status=405)
+            consumer = await self._authenticate(headers)
+            raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
+            call = parse_call(endpoint, raw, headers, self.settings, consumer, t0)
+        except RequestError as error:
+            status, body = render_error(api, error)
+            return await _reply(send, status, body)
+        assert self.deps is not None, "lifespan startup has not run"
+        await handle(call, self.deps, send, receive)
+
+    async def _authenticate(self, headers: dict[bytes, bytes]) -> Consumer:
+        key = _api_key(headers)
+        if key is None:
+            raise AuthError("no API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'")
+        assert self.keys is not None
+        consumer = self.keys.cached(key) or await self.keys.lookup(key)
+        if consumer is None:
+            raise AuthError("invalid API key (unknown or revoked)")
+        return consumer
+
+    def _model_list(self, anthropic: bool) -> dict[str, Any]:
+        names = list(self.settings.models)
+        if anthropic:
+            data = [{"type": "model", "id": n, "display_name": n,
+                     "created_at": "1970-01-01T00:00:00Z"} for n in names]
+            return {"data": data, "has_more": False,
+                    "first_id": names[0] if names else None,
+                    "last_id": names[-1] if names else None}
+        return {"object": "list", "data": [
+            {"id": n, "object": "model", "created": 0, "owned_by": _owner(self.settings, n)}
+            for n in names]}
+
+
+def _owner(settings: Settings, name: str) -> str:
+    info = vendor_of(settings.models[name].routes[0].model)
+    return info.vendor if info else settings.models[name].routes[0].provider.name
+
+
+def _api_key(headers: dict[bytes, bytes]) -> str | None:
+    auth = headers.get(b"authorization", b"")
+    if auth[:7].lower() == b"bearer ":
+        return auth[7:].strip().decode("latin-1") or None
+    key = headers.get(b"x-api-key")
+    return key.decode("latin-1") if key else None
+
+
+async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    too_big = RequestError(f"the request body is larger than the limit of {limit} bytes "
+                           "(server.max_body_bytes)", status=413, type="request_too_large")
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestError("the client went away", status=499)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+def _preload_tokenizers(settings: Settings, registry: TokenizerRegistry) -> None:
+    """Load every tokenizer the config will need now, not on a request."""
+    for model in settings.models.values():
+        specs = {model.tokenizer} if model.tokenizer else {
+            info.tokenizer for r in model.routes if (info := vendor_of(r.model))}
+        for spec in specs - {None}:
+            registry.get(spec)  # type: ignore[arg-type]
+
+
+async def _json(send: Send, status: int, data: Any) -> None:
+    await _reply(send, status, orjson.dumps(data))
+
+
+async def _reply(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,82 @@
+"""A client request, parsed and checked before anything is sent upstream."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ..config import Model, Settings
+from ..errors import RequestError
+from ..policy import Consumer
+from .wire import Endpoint
+
+
+@dataclass(slots=True)
+class Call:
+    endpoint: Endpoint
+    body: dict[str, Any]
+    raw: bytes
+    model: Model
+    stream: bool
+    consumer: Consumer
+    agent: str | None
+    task: str | None
+    end_user: str | None
+    client_headers: dict[bytes, bytes]
+    started: datetime
+    t0: float  # perf_counter at arrival
+
+    @property
+    def client_wants_usage(self) -> bool:
+        options = self.body.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def parse_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
+               settings: Settings, consumer: Consumer, t0: float) -> Call:
+    started = datetime.now(UTC)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise RequestError(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise RequestError("the request has no 'model' (a string naming a configured model)")
+    model = settings.models.get(name)
+    if model is None:
+        raise RequestError(f"the model {name!r} does not exist on this gateway; "
+                           "GET /v1/models lists the configured ones",
+                           status=404, code="model_not_found")
+    if not any(r.provider.api == endpoint.api for r in model.routes):
+        raise RequestError(f"the model {name!r} is not served over the {endpoint.api} API here")
+    stream = body.get("stream") is True
+    user = body.get("user")
+    return Call(
+        endpoint=endpoint,
+        body=body,
+        raw=raw,
+        model=model,
+        stream=stream,
+        consumer=consumer,
+        agent=_header(headers, b"x-tokometer-agent"),
+        task=_header(headers, b"x-tokometer-task"),
+        end_user=_header(headers, b"x-tokometer-user") or (user if isinstance(user, str) else None),
+        client_headers=headers,
+        started=started,
+        t0=t0,
+    )
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return value.decode("latin-1") if value else None
+
+
+def elapsed_ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)

@@ -1,0 +1,122 @@
+"""One finished request → one Event: the reading, its recount, its price.
+
+Streamed and non-streamed requests, successes and failures all come through here, so there
+is exactly one path from usage to cost to ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..catalog import Pricer, vendor_of
+from ..config import Route
+from ..events import COUNTED, ESTIMATED, REPORTED, Event, Usage, new_event_id, rfc3339
+from ..tokenize import Recounter
+from ..tokenize.recount import Count
+from .call import Call, elapsed_ms
+
+_OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What came back from upstream, however it ended."""
+
+    route: Route | None
+    status: int
+    error_type: str | None = None
+    reported: Usage | None = None
+    usage_complete: bool = True  # False: the provider's final usage never arrived
+    model: str | None = None
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+    text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    recounter: Recounter
+    pricer: Pricer
+
+    async def event(self, call: Call, outcome: Outcome, event_id: str | None = None) -> Event:
+        route = outcome.route
+        spec = call.model.tokenizer
+        if spec is None and route is not None and (info := vendor_of(route.model)):
+            spec = info.tokenizer
+        produced = outcome.status < 400 or outcome.status == 499
+        counted_in = counted_out = None
+        if produced and (spec is not None or outcome.reported is None
+                         or not outcome.usage_complete):
+            counted_in, counted_out = await self._recount(call, spec, outcome)
+        usage, source = _reading(outcome, counted_in, counted_out)
+        priced = (self.pricer.price(call.model, route, usage, call.started)
+                  if route is not None else None)
+        consumer = call.consumer
+        origin = call.model.origin
+        if origin is None and route is not None and (info := vendor_of(route.model)):
+            origin = info.origin
+        return Event(
+            id=event_id or new_event_id(),
+            time=rfc3339(call.started),
+            duration_ms=elapsed_ms(call.t0),
+            ttft_ms=outcome.ttft_ms,
+            key_id=consumer.key_id,
+            tenant=consumer.tenant,
+            app=consumer.app,
+            agent=call.agent,
+            task=call.task,
+            end_user=call.end_user,
+            consumer_region=consumer.region,
+            api=call.endpoint.api,
+            operation=call.endpoint.operation,
+            stream=call.stream,
+            provider=route.provider.name if route else None,
+            provider_region=route.provider.region if route else None,
+            model_requested=call.model.name,
+            model=outcome.model or (route.model if route else None),
+            model_origin=origin,
+            input_tokens=usage.input_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            usage_source=source,
+            counted_input_tokens=counted_in.tokens if counted_in and counted_in.exact else None,
+            counted_output_tokens=counted_out.tokens if counted_out and counted_out.exact else None,
+            cost=priced.cost if priced else None,
+            currency=self.pricer.currency,
+            price_ref=priced.price_ref if priced else None,
+            status=outcome.status,
+            error_type=outcome.error_type,
+            finish_reason=outcome.finish_reason,
+        )
+
+    async def _recount(self, call: Call, spec: str | None, outcome: Outcome) -> tuple[Count, Count]:
+        text = outcome.text()
+
+        def count() -> tuple[Count, Count]:
+            return (self.recounter.input(spec, call.model.chat_template,
+                                         call.endpoint.operation, call.body),
+                    self.recounter.output(spec, text))
+
+        if len(text) + len(call.raw) > _OFFLOAD_CHARS:
+            return await asyncio.to_thread(count)
+        return count()
+
+
+def _reading(outcome: Outcome, counted_in: Count | None,
+             counted_out: Count | None) -> tuple[Usage, str]:
+    """The usage to bill and where it came from: reported first, recounted when absent."""
+    reported = outcome.reported
+    if reported is not None and outcome.usage_complete:
+        return reported, REPORTED
+    if counted_out is None or counted_in is None:
+        return reported or Usage(), REPORTED
+    if reported is not None:  # input was reported, output was cut short
+        usage = Usage(reported.input_tokens, reported.cache_read_tokens,
+                      reported.cache_write_tokens, counted_out.tokens, 0)
+        return usage, COUNTED if counted_out.exact else ESTIMATED
+    usage = Usage(input_tokens=counted_in.tokens, output_tokens=counted_out.tokens)
+    return usage, COUNTED if counted_in.exact and counted_out.exact else ESTIMATED

@@ -1,0 +1,142 @@
+"""Passing a provider's response to the client byte for byte, reading usage on the way.
+
+Streams are forwarded event by event as they arrive. The stream's end marker (`[DONE]`,
+`message_stop`, `response.completed`) is held back until the event is durable, so a client
+that saw the end of a stream knows its reading was recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import Route
+from ..errors import UpstreamError
+from ..events import Event
+from ..usage import StreamTap, read_body
+from ..usage.stream import SSESplitter
+from ..usage.text import body_text
+from .call import Call, elapsed_ms
+from .meter import Outcome
+from .upstream import read_all
+from .wire import COST_HEADER, EVENT_ID_HEADER, is_shaped_error
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Record = Callable[[Outcome], Awaitable[Event]]
+
+_PASS_HEADERS = frozenset({b"content-type", b"x-request-id", b"request-id", b"openai-processing-ms",
+                           b"anthropic-organization-id", b"retry-after"})
+CLIENT_GONE = 499
+
+
+def _headers(response: aiohttp.ClientResponse, event_id: str) -> list[tuple[bytes, bytes]]:
+    out = [(k.lower(), v) for k, v in response.raw_headers if k.lower() in _PASS_HEADERS]
+    out.append((EVENT_ID_HEADER, event_id.encode()))
+    return out
+
+
+async def relay_body(call: Call, route: Route, response: aiohttp.ClientResponse, event_id: str,
+                     record: Record, send: Send) -> None:
+    raw = await read_all(response, route)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise UpstreamError(f"provider {route.provider.name} sent a malformed response body",
+                            type="upstream_malformed")
+    reading = read_body(call.endpoint.operation, body)
+    event = await record(Outcome(
+        route, response.status, reported=reading.usage, model=reading.model,
+        finish_reason=reading.finish_reason,
+        text=lambda: body_text(call.endpoint.operation, body),
+    ))
+    headers = _headers(response, event_id)
+    if event.cost is not None:
+        headers.append((COST_HEADER, _cost_text(event)))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": raw})
+
+
+async def relay_error(call: Call, route: Route, response: aiohttp.ClientResponse, event_id: str,
+                      record: Record, send: Send) -> None:
+    """An upstream 4xx/5xx: passed through when already in the SDK's error shape."""
+    raw = await read_all(response, route)
+    if not is_shaped_error(call.endpoint.api, raw):
+        snippet = raw[:200].decode("utf-8", "replace")
+        raise UpstreamError(f"provider {route.provider.name} answered HTTP {response.status}: "
+                            f"{snippet}", type="upstream_error")
+    await record(Outcome(route, response.status, error_type=_error_type(raw)))
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": _headers(response, event_id)})
+    await send({"type": "http.response.body", "body": raw})
+
+
+async def relay_stream(call: Call, route: Route, response: aiohttp.ClientResponse,
+                       event_id: str, record: Record, send: Send, receive: Receive) -> None:
+    op = call.endpoint.operation
+    tap = StreamTap(op, hide_usage_chunk=op in ("chat", "text_completion")
+                    and not call.client_wants_usage)
+    splitter = SSESplitter()
+    held: list[bytes] = []  # the end marker and whatever follows it
+    outcome = Outcome(route, response.status, text=tap.text)
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": _headers(response, event_id)})
+
+    async def pump() -> None:
+        async for chunk in response.content.iter_any():
+            out = []
+            for block in splitter.feed(chunk):
+                if not tap.feed(block):
+                    continue
+                (held if tap.terminal else out).append(block)
+            if out:
+                if outcome.ttft_ms is None:
+                    outcome.ttft_ms = elapsed_ms(call.t0)
+                await send({"type": "http.response.body", "body": b"".join(out),
+                            "more_body": True})
+
+    pumping = asyncio.ensure_future(pump())
+    client_left = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((pumping, client_left), return_when=asyncio.FIRST_COMPLETED)
+        if not pumping.done():
+            pumping.cancel()
+            outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
+        try:
+            await pumping
+        except asyncio.CancelledError:
+            pass
+        except (aiohttp.ClientError, TimeoutError):
+            outcome.status, outcome.error_type = 502, "upstream_broken"
+        except OSError:  # writing to a client that has gone
+            outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
+    finally:
+        client_left.cancel()
+    held.append(splitter.rest())
+    outcome.reported = tap.usage()
+    outcome.usage_complete = tap.final_usage_seen
+    outcome.model, outcome.finish_reason = tap.model, tap.finish_reason
+    await record(outcome)
+    if outcome.status != CLIENT_GONE:
+        await send({"type": "http.response.body", "body": b"".join(held)})
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _cost_text(event: Event) -> bytes:
+    return event.to_dict()["cost"].encode()
+
+
+def _error_type(raw: bytes) -> str | None:
+    error = orjson.loads(raw).get("error") or {}
+    value = error.get("type") or error.get("code")
+    return str(value) if value is not None else None

@@ -1,0 +1,63 @@
+"""What the client sees of the gateway itself: endpoints, error bodies, our headers.
+
+Every error the gateway produces is rendered here, in the shape the client's SDK expects:
+OpenAI's `{"error": {...}}` or Anthropic's `{"type": "error", "error": {...}}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from ..errors import TokometerError
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    api: str  # wire protocol: "openai" | "anthropic"
+    operation: str  # DESIGN.md's operation names
+    upstream_path: str  # appended to the provider's base_url
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint("openai", "chat", "/chat/completions"),
+    "/v1/completions": Endpoint("openai", "text_completion", "/completions"),
+    "/v1/responses": Endpoint("openai", "responses", "/responses"),
+    "/v1/embeddings": Endpoint("openai", "embeddings", "/embeddings"),
+    "/v1/messages": Endpoint("anthropic", "messages", "/v1/messages"),
+}
+
+EVENT_ID_HEADER = b"x-tokometer-event-id"
+COST_HEADER = b"x-tokometer-cost"
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+    429: "rate_limit_error", 500: "api_error", 502: "api_error", 503: "overloaded_error",
+    504: "api_error",
+}
+
+
+def error_body(api: str, status: int, type_: str, message: str, code: str | None = None) -> bytes:
+    if api == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": None,
+                                   "code": code}})
+
+
+def render_error(api: str, error: TokometerError) -> tuple[int, bytes]:
+    return error.status, error_body(api, error.status, error.type, error.message, error.code)
+
+
+def is_shaped_error(api: str, body: bytes) -> bool:
+    """Whether an upstream error body already has the client's SDK's error shape."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
+        return False
+    return api != "anthropic" or data.get("type") == "error"

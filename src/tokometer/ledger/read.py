@@ -1,0 +1,42 @@
+"""Reading events back out of the store, oldest first, with DESIGN.md's field names."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+from ..events import FIELDS
+
+
+def time_filter(since: str | None, until: str | None) -> tuple[str, list[str]]:
+    """A WHERE clause over the RFC 3339 `time` column (UTC text sorts as time)."""
+    clauses, params = [], []
+    if since:
+        clauses.append("time >= ?")
+        params.append(since)
+    if until:
+        clauses.append("time < ?")
+        params.append(until)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def iter_events(conn: sqlite3.Connection, since: str | None = None,
+                until: str | None = None) -> Iterator[dict[str, Any]]:
+    where, params = time_filter(since, until)
+    cursor = conn.execute(f"SELECT {', '.join(FIELDS)} FROM events{where} ORDER BY time, id",
+                          params)
+    for row in cursor:
+        event = dict(zip(FIELDS, row, strict=True))
+        event["stream"] = bool(event["stream"])
+        yield event
+
+
+def get_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
+    row = conn.execute(f"SELECT {', '.join(FIELDS)} FROM events WHERE id = ?",
+                       (event_id,)).fetchone()
+    if row is None:
+        return None
+    event = dict(zip(FIELDS, row, strict=True))
+    event["stream"] = bool(event["stream"])
+    return event

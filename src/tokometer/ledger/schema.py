@@ -1,0 +1,37 @@
+"""Table definitions for the SQLite store; one column per DESIGN.md event field."""
+
+from __future__ import annotations
+
+from ..events import FIELDS
+
+_TYPES = {
+    "duration_ms": "REAL", "ttft_ms": "REAL", "stream": "INTEGER", "status": "INTEGER",
+    "input_tokens": "INTEGER", "cache_read_tokens": "INTEGER", "cache_write_tokens": "INTEGER",
+    "output_tokens": "INTEGER", "reasoning_tokens": "INTEGER",
+    "counted_input_tokens": "INTEGER", "counted_output_tokens": "INTEGER",
+    "leaf_index": "INTEGER",
+}  # everything else TEXT: money stays a decimal string
+
+_EVENT_COLUMNS = ",\n  ".join(
+    f"{name} {_TYPES.get(name, 'TEXT')}{' PRIMARY KEY' if name == 'id' else ''}" for name in FIELDS
+)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS events (
+  {_EVENT_COLUMNS}
+);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS keys (
+  key_id TEXT PRIMARY KEY,
+  key_hash TEXT NOT NULL UNIQUE,
+  tenant TEXT NOT NULL,
+  app TEXT NOT NULL,
+  region TEXT,
+  created TEXT NOT NULL,
+  revoked TEXT
+);
+"""
+
+INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(FIELDS)}) VALUES ({', '.join('?' for _ in FIELDS)})"
+)

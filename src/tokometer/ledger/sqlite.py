@@ -1,0 +1,128 @@
+"""SQLite ledger: events are appended by one writer thread in group commits.
+
+The event loop only enqueues and awaits a future; the thread drains whatever has queued
+up, writes it in one transaction (WAL), and then resolves every waiting future at once.
+So a request's response can wait until its event is durable, without the loop ever blocking
+on disk and without one transaction per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..errors import LedgerError
+from ..events import FIELDS, Event, decimal_str
+from .schema import INSERT_EVENT, SCHEMA
+
+log = logging.getLogger("tokometer.ledger")
+
+_MAX_BATCH = 2048
+_STOP = object()
+
+
+def open_db(path: Path, *, durability: str = "process") -> sqlite3.Connection:
+    """A connection with the schema in place; WAL so readers never block the writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a commit is in the OS once it returns, so a killed process loses nothing;
+        # FULL also fsyncs each (group) commit, for power loss.
+        conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
+        conn.executescript(SCHEMA)
+    except sqlite3.Error as e:
+        raise LedgerError(f"cannot open the store at {path}: {e}") from e
+    conn.create_aggregate("decimal_sum", 1, _DecimalSum)
+    return conn
+
+
+class _DecimalSum:
+    """SUM over decimal strings without passing through float."""
+
+    def __init__(self) -> None:
+        self.total: Decimal | None = None
+
+    def step(self, value: str | None) -> None:
+        if value is not None:
+            self.total = (self.total or Decimal(0)) + Decimal(value)
+
+    def finalize(self) -> str | None:
+        return None if self.total is None else decimal_str(self.total)
+
+
+def event_row(event: Event) -> tuple[Any, ...]:
+    d = event.to_dict()
+    d["stream"] = int(event.stream)
+    return tuple(d[name] for name in FIELDS)
+
+
+class SQLiteLedger:
+    def __init__(self, path: Path, *, durability: str = "process"):
+        self.path = path
+        self._conn = open_db(path, durability=durability)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._write_forever, name="ledger-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    async def append(self, event: Event) -> None:
+        """Returns once the event is committed; raises LedgerError if it could not be."""
+        assert self._loop is not None, "SQLiteLedger.start() was not called"
+        done = self._loop.create_future()
+        self._queue.put((event_row(event), done))
+        await done
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self._conn.close()
+
+    def _write_forever(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            items = [item for item in batch if item is not _STOP]
+            if items:
+                self._commit(items)
+            if stop:
+                return
+
+    def _commit(self, items: list[tuple[tuple[Any, ...], asyncio.Future[None]]]) -> None:
+        error: Exception | None = None
+        try:
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(INSERT_EVENT, [row for row, _ in items])
+        except sqlite3.Error as e:
+            log.error("could not record %d events: %s", len(items), e)
+            error = LedgerError(f"could not record the event: {e}")
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve, [f for _, f in items], error)
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for f in futures:
+        if not f.done():
+            if error is None:
+                f.set_result(None)
+            else:
+                f.set_exception(error)

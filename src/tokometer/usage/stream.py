@@ -1,0 +1,148 @@
+"""Reads usage out of an SSE stream as it passes, without slowing it down.
+
+Only events that can carry usage are decoded; everything else is matched with a cheap byte
+search. The raw events are kept so the generated text can be recounted if usage never comes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from ..events import Usage
+from .dialects import dialect_for, usage_from
+from .text import chunk_text
+
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]+)"')
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]+)"')
+_RESPONSES_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
+class SSESplitter:
+    """Cuts a byte stream into whole SSE events, each with its blank-line terminator."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        blocks, start = [], 0
+        for m in _BOUNDARY.finditer(buf):
+            blocks.append(buf[start:m.end()])
+            start = m.end()
+        self._buf = buf[start:]
+        return blocks
+
+    def rest(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return rest
+
+
+def event_data(block: bytes) -> bytes:
+    """The payload of an SSE event (its `data:` lines joined)."""
+    if block.startswith(b"data:") and block.count(b"\n") <= 2 and b"\r" not in block:
+        return block[5:].strip()
+    lines = [ln[5:].strip() for ln in block.splitlines() if ln.startswith(b"data:")]
+    return b"\n".join(lines)
+
+
+class StreamTap:
+    """Watches one stream's events: usage, model, finish reason, and where the stream ends.
+
+    `feed` returns False for an event the client must not see: the usage-only chunk the
+    gateway asked an OpenAI-format provider for when the client had not.
+    """
+
+    def __init__(self, operation: str, *, hide_usage_chunk: bool = False):
+        self.operation = operation
+        self.hide_usage_chunk = hide_usage_chunk
+        self.raw_usage: dict[str, Any] = {}
+        self.final_usage_seen = False  # the provider's last word on usage arrived
+        self.model: str | None = None
+        self.finish_reason: str | None = None
+        self.terminal = False  # the end-of-stream marker has been seen
+        self.events: list[bytes] = []
+
+    def feed(self, block: bytes) -> bool:
+        self.events.append(block)
+        data = event_data(block)
+        if self.model is None and (m := _MODEL.search(data)):
+            self.model = m.group(1).decode()
+        if self.operation == "messages":
+            return self._anthropic(data)
+        if self.operation == "responses":
+            return self._responses(data)
+        return self._openai(data)
+
+    def _openai(self, data: bytes) -> bool:
+        if data == b"[DONE]":
+            self.terminal = True
+            return True
+        if m := _FINISH.search(data):
+            self.finish_reason = m.group(1).decode()
+        if not _USAGE_OBJECT.search(data):
+            return True
+        chunk = orjson.loads(data)
+        choices = chunk.get("choices") or []
+        usage = chunk.get("usage")
+        if not isinstance(usage, dict) and choices and isinstance(choices[0], dict):
+            usage = choices[0].get("usage")  # Moonshot (Kimi) streams put it here
+        if isinstance(usage, dict):
+            self.raw_usage = usage
+            self.final_usage_seen = True
+        return not (self.hide_usage_chunk and not choices)
+
+    def _anthropic(self, data: bytes) -> bool:
+        if b'"usage"' not in data:
+            if b'"message_stop"' in data:
+                self.terminal = True
+            return True
+        ev = orjson.loads(data)
+        kind = ev.get("type")
+        if kind == "message_start":
+            usage = (ev.get("message") or {}).get("usage")
+        else:
+            usage = ev.get("usage")
+            if kind == "message_delta":
+                self.final_usage_seen = True  # output_tokens here are cumulative
+                self.finish_reason = (ev.get("delta") or {}).get("stop_reason")
+        if isinstance(usage, dict):
+            self.raw_usage.update((k, v) for k, v in usage.items() if v is not None)
+        return True
+
+    def _responses(self, data: bytes) -> bool:
+        if not any(marker in data for marker in _RESPONSES_FINAL):
+            return True
+        ev = orjson.loads(data)
+        if ev.get("type") not in ("response.completed", "response.incomplete", "response.failed"):
+            return True
+        self.terminal = True
+        response = ev.get("response") or {}
+        if isinstance(response.get("usage"), dict):
+            self.raw_usage = response["usage"]
+            self.final_usage_seen = True
+        details = response.get("incomplete_details")
+        self.finish_reason = (details or {}).get("reason") or response.get("status")
+        return True
+
+    def usage(self) -> Usage | None:
+        """What the provider reported, or None when it reported nothing."""
+        if not self.raw_usage:
+            return None
+        return usage_from(dialect_for(self.operation), self.raw_usage)
+
+    def text(self) -> str:
+        """Generated text seen so far (decodes every event: only for recounts)."""
+        parts = []
+        for block in self.events:
+            data = event_data(block)
+            if data.startswith(b"{"):
+                try:
+                    parts.append(chunk_text(self.operation, orjson.loads(data)))
+                except orjson.JSONDecodeError:
+                    continue
+        return "".join(parts)

@@ -1,0 +1,54 @@
+"""The generated text of a response or stream, for recounting output when usage is missing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Keys under which generated text (answers, reasoning, tool arguments) appears.
+_TEXT_KEYS = ("content", "text", "reasoning_content", "reasoning", "thinking", "arguments",
+              "partial_json")
+
+
+def body_text(operation: str, body: dict[str, Any]) -> str:
+    if operation == "messages":
+        return "".join(_collect(block) for block in body.get("content") or ())
+    if operation == "responses":
+        return "".join(_collect(item) for item in body.get("output") or ())
+    if operation == "embeddings":
+        return ""
+    parts = []
+    for choice in body.get("choices") or ():
+        if isinstance(choice, dict):
+            parts.append(_collect(choice.get("message") if "message" in choice else choice))
+    return "".join(parts)
+
+
+def chunk_text(operation: str, data: dict[str, Any]) -> str:
+    """Text carried by one decoded stream event."""
+    if operation == "messages":
+        return _collect(data.get("delta")) if data.get("type") == "content_block_delta" else ""
+    if operation == "responses":
+        kind = data.get("type", "")
+        if kind.endswith(".delta") and isinstance(data.get("delta"), str):
+            return data["delta"]
+        return ""
+    parts = []
+    for choice in data.get("choices") or ():
+        if isinstance(choice, dict):
+            parts.append(_collect(choice.get("delta") if "delta" in choice else choice))
+    return "".join(parts)
+
+
+def _collect(node: Any) -> str:
+    """Depth-first concatenation of every text-bearing string under node."""
+    if isinstance(node, dict):
+        out = []
+        for key, value in node.items():
+            if key in _TEXT_KEYS and isinstance(value, str):
+                out.append(value)
+            elif isinstance(value, dict | list):
+                out.append(_collect(value))
+        return "".join(out)
+    if isinstance(node, list):
+        return "".join(_collect(v) for v in node)
+    return ""
