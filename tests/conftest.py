@@ -76,7 +76,7 @@ class Gateway:
 
 
 def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = None,
-                  wait: float = 60) -> Gateway:
+                  wait: float = 60, launch: bool = False) -> Gateway:
     """Write a config and run `tokometer serve` on it in a child process, until it answers."""
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,8 @@ def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = No
     config.write_text(f'[server]\nport = {port}\nstore = "sqlite:///tokometer.db"\n{body}')
     log = (directory / "gateway.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "tokometer.cli", "serve", "--no-launch", "--config", str(config)],
+        [sys.executable, "-m", "tokometer.cli", "serve", "--config", str(config),
+         *([] if launch else ["--no-launch"])],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
@@ -157,7 +158,7 @@ MODELS_TOML = "".join([
     _model("gpt-3.5-turbo-instruct"),
     _model("gpt-4.1"),
     _model("text-embedding-3-small"),
-    _model("claude-sonnet-4-5", provider="fake-anthropic"),
+    _model("claude-sonnet-5", provider="fake-anthropic"),
     _model("no-usage", extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}'),
     _model("slow", extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}'),
     _model("mystery-model", extra=""),

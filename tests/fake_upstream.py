@@ -24,7 +24,7 @@ SCENARIOS = {
     "gpt-3.5-turbo-instruct": "completions",
     "gpt-4.1": "responses",
     "text-embedding-3-small": "embeddings",
-    "claude-sonnet-4-5": "anthropic",
+    "claude-sonnet-5": "anthropic",
     "no-usage": "nousage",
     "slow": "nousage",
 }

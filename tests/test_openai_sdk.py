@@ -205,7 +205,7 @@ def test_upstream_gets_the_providers_key_not_the_clients(client, gateway, upstre
 
 def test_models_lists_the_configured_models(client):
     names = {m.id for m in client.models.list()}
-    assert {"gpt-4o-mini", "deepseek-chat", "claude-sonnet-4-5", "fallback"} <= names
+    assert {"gpt-4o-mini", "deepseek-chat", "claude-sonnet-5", "fallback"} <= names
 
 
 def _time(text: str):

@@ -91,7 +91,7 @@ def _count_llama_cpp_template(tok: GGUFTokenizer, template: str, messages: list[
 
 def _count_raw(tok: Tokenizer | None, value: Any) -> Count:
     if isinstance(value, str):
-        return Count(tok.count(value), True) if tok else Count(estimate(value), False)
+        return Count(tok.count_prompt(value), True) if tok else Count(estimate(value), False)
     if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
         return Count(len(value), exact=True)  # already token ids
     if isinstance(value, list):

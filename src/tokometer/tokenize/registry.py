@@ -22,17 +22,25 @@ _TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoke
 
 
 class Tokenizer(Protocol):
-    def count(self, text: str) -> int: ...
+    def count(self, text: str) -> int:
+        """Tokens of a piece of text (generated output, a message's content)."""
+        ...
+
+    def count_prompt(self, text: str) -> int:
+        """Tokens of a raw prompt as the model receives it (with BOS where it adds one)."""
+        ...
 
 
 class _Counting:
-    """Adapts any `encode(text) -> ids` callable to Tokenizer."""
+    """Adapts any `encode(text) -> ids` callable to Tokenizer; these add no BOS."""
 
     def __init__(self, encode: Callable[[str], list[int]]):
         self._encode = encode
 
     def count(self, text: str) -> int:
         return len(self._encode(text)) if text else 0
+
+    count_prompt = count
 
 
 class GGUFTokenizer:
@@ -45,6 +53,9 @@ class GGUFTokenizer:
 
     def count(self, text: str) -> int:
         return len(self.tokens(text, add_bos=False)) if text else 0
+
+    def count_prompt(self, text: str) -> int:
+        return len(self.tokens(text, add_bos=True))
 
     def tokens(self, text: str, *, add_bos: bool) -> list[int]:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)

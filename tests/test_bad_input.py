@@ -1,0 +1,107 @@
+"""Bad requests get a clear 4xx in the client's API shape and never reach a provider."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from conftest import Gateway
+
+CHAT = "/v1/chat/completions"
+GOOD = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def send(gateway: Gateway, path: str = CHAT, *, key: str | None = "gateway", method="POST",
+         **kw) -> httpx.Response:
+    headers = kw.pop("headers", {})
+    if key == "gateway":
+        key = gateway.key
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx.request(method, gateway.url + path, headers=headers, timeout=10, **kw)
+
+
+@pytest.mark.parametrize(("case", "status", "fragment"), [
+    ("no key", 401, "no API key"),
+    ("unknown key", 401, "invalid API key"),
+    ("malformed JSON", 400, "not valid JSON"),
+    ("JSON not an object", 400, "must be a JSON object"),
+    ("missing model", 400, "has no 'model'"),
+    ("unknown model", 404, "does not exist"),
+    ("oversized body", 413, "larger than the limit"),
+    ("wrong method", 405, "takes POST"),
+    ("unknown path", 404, "no such endpoint"),
+])
+def test_bad_input_is_refused_before_any_upstream_call(gateway, upstream, case, status, fragment):
+    before = len(upstream.calls)
+    kw: dict = {"json": GOOD}
+    path, method, key = CHAT, "POST", "gateway"
+    if case == "no key":
+        key = None
+    elif case == "unknown key":
+        key = "tkm-not-a-real-key"
+    elif case == "malformed JSON":
+        kw = {"content": b'{"model": "gpt-4o-mini", "messages": [', "headers":
+              {"content-type": "application/json"}}
+    elif case == "JSON not an object":
+        kw = {"json": ["gpt-4o-mini"]}
+    elif case == "missing model":
+        kw = {"json": {"messages": GOOD["messages"]}}
+    elif case == "unknown model":
+        kw = {"json": {**GOOD, "model": "gpt-9"}}
+    elif case == "oversized body":
+        kw = {"json": {**GOOD, "messages": [{"role": "user", "content": "x" * 150_000}]}}
+    elif case == "wrong method":
+        method, kw = "GET", {}
+    elif case == "unknown path":
+        path = "/v1/nothing"
+    r = send(gateway, path, key=key, method=method, **kw)
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert fragment in error["message"]
+    assert error["type"]
+    assert len(upstream.calls) == before
+
+
+def test_unknown_model_has_openais_model_not_found_code(gateway):
+    r = send(gateway, json={**GOOD, "model": "gpt-9"})
+    assert r.json()["error"]["code"] == "model_not_found"
+
+
+def test_x_api_key_header_authenticates_too(gateway):
+    r = send(gateway, key=None, json=GOOD, headers={"x-api-key": gateway.key})
+    assert r.status_code == 200
+
+
+def test_errors_on_the_messages_api_are_anthropic_shaped(gateway, upstream):
+    before = len(upstream.calls)
+    r = send(gateway, "/v1/messages", content=b"{nope",
+             headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert len(upstream.calls) == before
+
+
+def test_a_revoked_key_is_refused(gateway, upstream):
+    from tokometer.cli import main
+
+    key, key_id = gateway.new_key()
+    assert send(gateway, key=key, json=GOOD).status_code == 200
+    assert main(["keys", "revoke", key_id, "--config", str(gateway.config)]) == 0
+    before = len(upstream.calls)
+    # Revocations reach a running gateway within a second; poll for it as a client would.
+    import time
+    deadline = time.monotonic() + 5
+    while (r := send(gateway, key=key, json=GOOD)).status_code == 200:
+        assert time.monotonic() < deadline, "revoked key still accepted after 5 s"
+        before = len(upstream.calls)
+        time.sleep(0.1)
+    assert r.status_code == 401
+    assert len(upstream.calls) == before
+
+
+def test_a_key_created_while_running_works_at_once(gateway):
+    key, _ = gateway.new_key(tenant="newco", app="fresh")
+    r = send(gateway, key=key, json=GOOD)
+    assert r.status_code == 200
+    assert gateway.event(r.headers["x-tokometer-event-id"])["tenant"] == "newco"

