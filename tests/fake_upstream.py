@@ -45,6 +45,7 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     @property
@@ -59,7 +60,7 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/{op:.*}", self._handle)
         app.router.add_post("/anthropic/v1/messages", self._handle)
-        runner = web.AppRunner(app, access_log=None)
+        self._runner = runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())

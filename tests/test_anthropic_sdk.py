@@ -8,6 +8,7 @@ from decimal import Decimal
 import anthropic
 import httpx
 import pytest
+
 from conftest import Gateway, tariff_cost
 
 # input_tokens 50 + cache_read 2000 + cache_creation 1000 = 3050 total input

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from conftest import Gateway
 
 CHAT = "/v1/chat/completions"

@@ -8,6 +8,7 @@ import time
 import httpx
 import openai
 import pytest
+
 from conftest import Gateway, tariff_cost
 from fake_upstream import FakeUpstream
 
@@ -21,7 +22,8 @@ def post(gateway: Gateway, model: str, **extra) -> httpx.Response:
 
 
 def test_falls_back_past_refused_connection_500_and_429(gateway, upstream: FakeUpstream):
-    before_500, before_429 = len(upstream.calls_for("fail-500")), len(upstream.calls_for("fail-429"))
+    before_500 = len(upstream.calls_for("fail-500"))
+    before_429 = len(upstream.calls_for("fail-429"))
     r = post(gateway, "fallback")
     assert r.status_code == 200
     assert len(upstream.calls_for("fail-500")) == before_500 + 1

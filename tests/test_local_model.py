@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+
 from conftest import Gateway, free_port, start_gateway, stop_gateway
 
 PROMPT = [{"role": "user", "content": "Name three colours of the rainbow."}]

@@ -9,9 +9,9 @@ import genai_prices
 import httpx
 import openai
 import pytest
+
 from conftest import Gateway, tariff_cost
 from fake_upstream import FIXTURES, FakeUpstream
-
 from tokometer.events import FIELDS
 
 MESSAGES = [{"role": "system", "content": "You are terse."},

@@ -1,0 +1,112 @@
+"""The tokometer command: keys, events and reports over a gateway's store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from conftest import Gateway
+from tokometer.cli import main
+from tokometer.events import FIELDS
+
+COMMANDS = [["serve"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
+            ["events"], ["report"]]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_explains_itself(command):
+    r = subprocess.run([sys.executable, "-m", "tokometer.cli", *command, "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "usage: tokometer" in r.stdout
+    assert len(r.stdout.splitlines()) > 3
+
+
+def test_keys_create_json_list_and_revoke(gateway: Gateway, capsys):
+    config = str(gateway.config)
+    code, out, _ = run(capsys, "keys", "create", "--config", config, "--tenant", "t1",
+                       "--app", "a1", "--region", "FR", "--json")
+    assert code == 0
+    created = json.loads(out)
+    assert created["key"].startswith("tkm-") and created["key_id"]
+    r = httpx.post(gateway.url + "/v1/chat/completions",
+                   headers={"Authorization": f"Bearer {created['key']}"},
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    assert gateway.event(r.headers["x-tokometer-event-id"])["consumer_region"] == "FR"
+    code, out, _ = run(capsys, "keys", "list", "--config", config, "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    mine = next(row for row in rows if row["key_id"] == created["key_id"])
+    assert (mine["tenant"], mine["app"], mine["revoked"]) == ("t1", "a1", None)
+    assert created["key"] not in out
+    assert created["key"] not in gateway.store.read_bytes().decode("latin-1")  # hashed only
+    assert run(capsys, "keys", "revoke", created["key_id"], "--config", config)[0] == 0
+    code, _, err = run(capsys, "keys", "revoke", created["key_id"], "--config", config)
+    assert code == 2 and "already revoked" in err
+    code, _, err = run(capsys, "keys", "revoke", "no-such-id", "--config", config)
+    assert code == 2 and "no key with id" in err
+
+
+def test_keys_create_refuses_a_bad_region(gateway, capsys):
+    code, _, err = run(capsys, "keys", "create", "--config", str(gateway.config),
+                       "--tenant", "t", "--app", "a", "--region", "France")
+    assert code == 2 and "ISO 3166-1" in err
+
+
+def test_events_jsonl_and_csv_use_the_design_field_names_oldest_first(gateway, capsys):
+    httpx.post(gateway.url + "/v1/embeddings", headers={"Authorization": f"Bearer {gateway.key}"},
+               json={"model": "text-embedding-3-small", "input": "hi"})
+    code, out, _ = run(capsys, "events", "--config", str(gateway.config))
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and events
+    assert all(list(e) == list(FIELDS) for e in events)
+    times = [(e["time"], e["id"]) for e in events]
+    assert times == sorted(times)
+    code, out, _ = run(capsys, "events", "--config", str(gateway.config), "--format", "csv")
+    reader = csv.DictReader(io.StringIO(out))
+    assert tuple(reader.fieldnames) == FIELDS
+    assert len(list(reader)) == len(events)
+
+
+def test_events_since_filters_by_time(gateway, capsys):
+    code, out, _ = run(capsys, "events", "--config", str(gateway.config), "--since", "2999-01-01")
+    assert code == 0 and out == ""
+    with pytest.raises(SystemExit):
+        main(["events", "--config", str(gateway.config), "--since", "yesterday-ish"])
+    assert "is not a time" in capsys.readouterr().err
+
+
+def test_report_groups_and_sums_cost_exactly(gateway, capsys):
+    code, out, _ = run(capsys, "events", "--config", str(gateway.config))
+    events = [json.loads(line) for line in out.splitlines()]
+    code, out, _ = run(capsys, "report", "--config", str(gateway.config),
+                       "--by", "provider,model_requested", "--format", "json")
+    rows = json.loads(out)
+    for row in rows:
+        mine = [e for e in events if (e["provider"], e["model_requested"]) ==
+                (row["provider"], row["model_requested"])]
+        assert row["requests"] == len(mine)
+        assert row["input_tokens"] == sum(e["input_tokens"] for e in mine)
+        costs = [Decimal(e["cost"]) for e in mine if e["cost"] is not None]
+        assert (Decimal(row["cost"]) if row["cost"] else None) == (sum(costs) if costs else None)
+    code, out, _ = run(capsys, "report", "--config", str(gateway.config), "--by", "tenant")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["tenant", "requests", "input_tokens"]
+    code, out, _ = run(capsys, "report", "--config", str(gateway.config), "--format", "csv")
+    assert out.splitlines()[0].startswith("requests,input_tokens")
+
+
+def test_report_refuses_an_unknown_grouping(gateway, capsys):
+    code, _, err = run(capsys, "report", "--config", str(gateway.config), "--by", "colour")
+    assert code == 2 and "cannot group by colour" in err

@@ -1,0 +1,86 @@
+"""Bad config gets one clear error naming the file, the key and what is wrong."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tokometer import ConfigError, load
+from tokometer.cli import main
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "tokometer.toml"
+
+BASE = """
+[[providers]]
+name = "p"
+api = "openai"
+base_url = "http://127.0.0.1:1/v1"
+[[models]]
+name = "m"
+routes = [{ provider = "p" }]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_example_config_loads_with_every_provider():
+    settings = load(EXAMPLE, environ={})
+    assert {"local", "openai", "anthropic", "deepseek", "qwen", "moonshotai", "zhipuai",
+            "minimax", "doubao", "mistral"} <= set(settings.providers)
+    assert settings.providers["local"].launch is not None
+    assert settings.models["qwen-plus"].price.cache_read == Decimal("0.08")
+
+
+def test_provider_keys_come_from_the_environment():
+    settings = load(EXAMPLE, environ={"DEEPSEEK_API_KEY": "sk-ds"})
+    assert settings.providers["deepseek"].api_key == "sk-ds"
+    assert settings.providers["openai"].api_key is None
+
+
+def test_prices_are_exact_decimals_and_cache_rates_default_to_input(tmp_path):
+    s = load(write(tmp_path, BASE + "price = { input = 0.27, output = 1.10 }\n"), environ={})
+    price = s.models["m"].price
+    assert (price.input, price.output, price.cache_read) == \
+        (Decimal("0.27"), Decimal("1.10"), Decimal("0.27"))
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("[server]\nport = 'x'\n", "server.port: expected an integer"),
+    ("[server]\nbogus = 1\n", "server.bogus: unknown key"),
+    ("[server]\ncurrency = 'dollars'\n", "server.currency: expected an ISO 4217"),
+    ("[server]\nstore = 'postgres://x'\n", "server.store: expected 'sqlite:///PATH'"),
+    ("[[providers]]\nname='p'\napi='grpc'\nbase_url='http://x'\n", "providers[0].api"),
+    ("[[providers]]\nname='p'\napi='openai'\nbase_url='ftp://x'\n", "providers[0].base_url"),
+    ("[[providers]]\nname='p'\napi='openai'\nbase_url='http://x'\nregion='Germany'\n",
+     "providers[0].region: expected an ISO 3166-1"),
+    ("[[models]]\nname='m'\nroutes=[{provider='nope'}]\n",
+     "models[0].routes[0].provider: unknown provider 'nope'"),
+    ("[[models]]\nname='m'\nroutes=[]\n", "models[0].routes: a model needs at least one route"),
+    (BASE + "price = { input = -1, output = 1 }\n", "models[0].price.input: a price cannot"),
+    (BASE + "price = { input = 1 }\n", "models[0].price.output: missing"),
+    (BASE + "tokenizer = 'o200k'\n", "models[0].tokenizer: expected 'KIND:NAME'"),
+    ("[server\n", "not valid TOML"),
+])
+def test_bad_config_names_the_key_and_the_problem(tmp_path, text, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load(path, environ={})
+    assert str(path) in str(e.value)
+    assert fragment in str(e.value)
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load(tmp_path / "nope.toml")
+
+
+def test_the_cli_turns_config_errors_into_exit_code_2(tmp_path, capsys):
+    path = write(tmp_path, "[server]\nport = -5\n")
+    assert main(["events", "--config", str(path)]) == 2
+    assert "server.port: -5 is out of range" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""Usage parsing as pure functions: every dialect's quirks, and a stream tap that reads the
+same numbers however the network cuts the bytes."""
+
+from __future__ import annotations
+
+import itertools
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fake_upstream import FIXTURES
+from tokometer.events import Usage
+from tokometer.usage import StreamTap, read_body
+from tokometer.usage.stream import SSESplitter
+
+CASES = [
+    ("openai_chat", "chat", Usage(2006, 1920, 0, 300, 192)),
+    ("deepseek_chat", "chat", Usage(1500, 1024, 0, 120, 0)),
+    ("kimi", "chat", Usage(820, 512, 0, 64, 0)),
+    ("completions", "text_completion", Usage(5, 0, 0, 7, 0)),
+    ("responses", "responses", Usage(1284, 1024, 0, 210, 128)),
+    ("anthropic", "messages", Usage(3050, 2000, 1000, 393, 0)),
+]
+
+
+@pytest.mark.parametrize(("fixture", "operation", "expected"), CASES)
+def test_whole_bodies(fixture, operation, expected):
+    body = orjson.loads((FIXTURES / f"{fixture}.json").read_bytes())
+    assert read_body(operation, body).usage == expected
+
+
+def test_embeddings_have_input_only():
+    body = orjson.loads((FIXTURES / "embeddings.json").read_bytes())
+    assert read_body("embeddings", body).usage == Usage(8, 0, 0, 0, 0)
+
+
+def test_a_body_without_usage_reads_as_none_not_zero():
+    body = orjson.loads((FIXTURES / "nousage.json").read_bytes())
+    assert read_body("chat", body).usage is None
+
+
+def tap_all(operation: str, data: bytes, cuts: list[int], hide: bool = False):
+    tap, splitter = StreamTap(operation, hide_usage_chunk=hide), SSESplitter()
+    kept, bounds = [], sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    for a, b in itertools.pairwise(bounds):
+        kept += [block for block in splitter.feed(data[a:b]) if tap.feed(block)]
+    assert splitter.rest() == b""
+    return tap, b"".join(kept)
+
+
+@pytest.mark.parametrize(("fixture", "operation", "expected"),
+                         [c for c in CASES if (FIXTURES / f"{c[0]}.sse").exists()])
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=40))
+def test_streams_read_the_same_however_the_bytes_are_cut(fixture, operation, expected, cuts):
+    data = (FIXTURES / f"{fixture}.sse").read_bytes()
+    tap, forwarded = tap_all(operation, data, cuts)
+    assert tap.usage() == expected
+    assert tap.final_usage_seen and tap.terminal
+    assert forwarded == data  # nothing dropped, nothing added
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=40))
+def test_crlf_streams_split_too(cuts):
+    data = (FIXTURES / "openai_chat.sse").read_bytes().replace(b"\n", b"\r\n")
+    tap, forwarded = tap_all("chat", data, cuts)
+    assert tap.usage() == Usage(2006, 1920, 0, 300, 192)
+    assert forwarded == data
+
+
+def test_the_usage_chunk_is_hidden_only_when_asked():
+    data = (FIXTURES / "openai_chat.sse").read_bytes()
+    tap, forwarded = tap_all("chat", data, [], hide=True)
+    assert b'"usage":{' not in forwarded and forwarded.endswith(b"data: [DONE]\n\n")
+    assert tap.usage().input_tokens == 2006
+
+
+def test_kimis_usage_chunk_carries_content_and_is_never_hidden():
+    data = (FIXTURES / "kimi.sse").read_bytes()
+    _, forwarded = tap_all("chat", data, [], hide=True)
+    assert forwarded == data
+
+
+def test_a_cut_off_anthropic_stream_keeps_its_input_but_has_no_final_usage():
+    data = (FIXTURES / "anthropic.sse").read_bytes()
+    cut = data[:data.index(b"event: content_block_stop")]
+    tap, _ = tap_all("messages", cut, [])
+    assert not tap.final_usage_seen
+    assert tap.usage().input_tokens == 3050
+    assert tap.text() == "Hi! My name is Claude."
+
+
+def test_stream_text_for_recounts():
+    tap, _ = tap_all("chat", (FIXTURES / "nousage.sse").read_bytes(), [])
+    assert tap.usage() is None
+    assert tap.text() == "The quick brown fox jumps over the lazy dog."
+    tap, _ = tap_all("responses", (FIXTURES / "responses.sse").read_bytes(), [])
+    assert tap.text() == "Hi there!"
