@@ -7,7 +7,7 @@ includes reasoning.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -78,14 +78,15 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: Decimals become decimal strings, never floats."""
-        d = asdict(self)
-        for k in ("cost", "energy_wh", "co2e_g"):
+        d = {name: getattr(self, name) for name in FIELDS}
+        for k in _DECIMAL_FIELDS:
             if d[k] is not None:
                 d[k] = decimal_str(d[k])
         return d
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+_DECIMAL_FIELDS = ("cost", "energy_wh", "co2e_g")
 
 
 def new_event_id() -> str:

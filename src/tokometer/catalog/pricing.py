@@ -2,8 +2,9 @@
 
 genai-prices' general calculator costs ~0.3 ms a call, more than the whole gateway may add;
 so the model's price at the request time is looked up through genai-prices (cached) and, when
-it is a plain per-token price, multiplied out here. Anything richer (tiers, other units) goes
-through genai-prices' own calculator. A test holds the two to the same result.
+its token prices are flat, multiplied out here (units we never meter, such as web searches,
+cost nothing). Tiered prices go through genai-prices' own calculator. A test holds the two to
+the same result for every model in the catalog.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from ..events import Usage
 log = logging.getLogger("tokometer.pricing")
 
 _MILLION = Decimal(1_000_000)
-_PLAIN_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"})
+_TOKEN_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+# Units a token-only reading never uses, so they add nothing. Anything else (per-request fees,
+# per-character prices, ...) goes through genai-prices' own calculator.
+_IDLE_UNITS = frozenset({
+    "web_searches_kcount", "storage_searches_kcount", "cache_write_1h_mtok", "input_audio_mtok",
+    "audio_hours", "input_image_mtok", "output_audio_mtok", "cache_audio_read_mtok",
+    "input_audio_hours", "cache_image_read_mtok", "output_image_mtok", "input_document_kpages",
+    "input_annotated_document_kpages", "input_video_mtok", "output_video_mtok",
+})
+_FAST_UNITS = _IDLE_UNITS | frozenset(_TOKEN_KEYS)
 _GENAI_PROVIDERS = frozenset(p.id for p in data_snapshot.get_snapshot().providers)
 GENAI_PRICES_REF = f"genai-prices {genai_prices.__version__}"
 
@@ -78,17 +88,30 @@ def _genai_model(provider_id: str, model_ref: str) -> tuple[Any, Any] | None:
 
 def genai_cost(provider: Any, info: Any, usage: Usage, at: datetime) -> Decimal:
     prices = info.get_prices(at)
-    fields = {k: v for k, v in vars(prices).items() if v is not None and not k.startswith("_")}
-    if fields.keys() <= _PLAIN_KEYS and all(isinstance(v, Decimal) for v in fields.values()):
-        inp = fields.get("input_mtok", Decimal(0))
-        return (
-            usage.uncached_input_tokens * inp
-            + usage.cache_read_tokens * fields.get("cache_read_mtok", inp)
-            + usage.cache_write_tokens * fields.get("cache_write_mtok", inp)
-            + usage.output_tokens * fields.get("output_mtok", Decimal(0))
-        ) / _MILLION
-    calc = info.calc_price(genai_usage(usage), provider, genai_request_timestamp=at)
-    return calc.total_price
+    rates = _flat_rates.get(id(prices), _UNSEEN)
+    if rates is _UNSEEN:  # the catalog's price objects live as long as the process
+        rates = _flat_rates[id(prices)] = _flat(prices)
+    if rates is None:
+        return info.calc_price(genai_usage(usage), provider, genai_request_timestamp=at).total_price
+    inp, cache_read, cache_write, out = rates
+    return (usage.uncached_input_tokens * inp + usage.cache_read_tokens * cache_read
+            + usage.cache_write_tokens * cache_write + usage.output_tokens * out) / _MILLION
+
+
+_UNSEEN = object()
+_flat_rates: dict[int, tuple[Decimal, Decimal, Decimal, Decimal] | None] = {}
+
+
+def _flat(prices: Any) -> tuple[Decimal, Decimal, Decimal, Decimal] | None:
+    """(input, cache read, cache write, output) per 1M tokens, or None if not flat."""
+    used = {k for k, v in vars(prices).items() if v is not None and not k.startswith("_")}
+    inp, out, cache_read, cache_write = (getattr(prices, k, None) for k in _TOKEN_KEYS)
+    if not used <= _FAST_UNITS or not all(v is None or isinstance(v, Decimal)
+                                          for v in (inp, out, cache_read, cache_write)):
+        return None
+    inp = Decimal(0) if inp is None else inp
+    return (inp, inp if cache_read is None else cache_read,
+            inp if cache_write is None else cache_write, Decimal(0) if out is None else out)
 
 
 def genai_usage(usage: Usage) -> genai_prices.Usage:

@@ -6,6 +6,7 @@ A config's `origin` / `tokenizer` on a model always wins over this table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +16,8 @@ class VendorInfo:
     tokenizer: str | None  # exact offline tokenizer spec, when a package ships one
 
 
-_O200K, _CL100K = "tiktoken:o200k_base", "tiktoken:cl100k_base"
+# splintr compiles the OpenAI vocabularies in: exact, fast, and a quarter of tiktoken's memory.
+_O200K, _CL100K = "splintr:o200k_base", "splintr:cl100k_base"
 
 # Longest matching prefix wins; names are matched lower-cased.
 _FAMILIES: dict[str, VendorInfo] = {
@@ -56,6 +58,7 @@ _FAMILIES: dict[str, VendorInfo] = {
 _PREFIXES = sorted(_FAMILIES, key=len, reverse=True)
 
 
+@lru_cache(maxsize=4096)
 def vendor_of(model: str) -> VendorInfo | None:
     name = model.lower().rsplit("/", 1)[-1]
     for prefix in _PREFIXES:

@@ -42,9 +42,8 @@ class Meter:
 
     async def event(self, call: Call, outcome: Outcome, event_id: str | None = None) -> Event:
         route = outcome.route
-        spec = call.model.tokenizer
-        if spec is None and route is not None and (info := vendor_of(route.model)):
-            spec = info.tokenizer
+        info = vendor_of(route.model) if route is not None else None
+        spec = call.model.tokenizer or (info.tokenizer if info else None)
         produced = outcome.status < 400 or outcome.status == 499
         counted_in = counted_out = None
         if produced and (spec is not None or outcome.reported is None
@@ -54,9 +53,7 @@ class Meter:
         priced = (self.pricer.price(call.model, route, usage, call.started)
                   if route is not None else None)
         consumer = call.consumer
-        origin = call.model.origin
-        if origin is None and route is not None and (info := vendor_of(route.model)):
-            origin = info.origin
+        origin = call.model.origin or (info.origin if info else None)
         return Event(
             id=event_id or new_event_id(),
             time=rfc3339(call.started),

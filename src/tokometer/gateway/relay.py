@@ -16,7 +16,7 @@ import orjson
 
 from ..config import Route
 from ..errors import UpstreamError
-from ..events import Event
+from ..events import Event, decimal_str
 from ..usage import StreamTap, read_body
 from ..usage.stream import SSESplitter
 from ..usage.text import body_text
@@ -58,7 +58,7 @@ async def relay_body(call: Call, route: Route, response: aiohttp.ClientResponse,
     ))
     headers = _headers(response, event_id)
     if event.cost is not None:
-        headers.append((COST_HEADER, _cost_text(event)))
+        headers.append((COST_HEADER, decimal_str(event.cost).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})
 
@@ -130,10 +130,6 @@ async def relay_stream(call: Call, route: Route, response: aiohttp.ClientRespons
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _cost_text(event: Event) -> bytes:
-    return event.to_dict()["cost"].encode()
 
 
 def _error_type(raw: bytes) -> str | None:

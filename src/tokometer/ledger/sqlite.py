@@ -3,7 +3,8 @@
 The event loop only enqueues and awaits a future; the thread drains whatever has queued
 up, writes it in one transaction (WAL), and then resolves every waiting future at once.
 So a request's response can wait until its event is durable, without the loop ever blocking
-on disk and without one transaction per request.
+on disk and without one transaction per request. Checkpoints (which fsync the database file)
+run on a thread of their own, so they never stall a commit.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ log = logging.getLogger("tokometer.ledger")
 
 _MAX_BATCH = 2048
 _STOP = object()
+CHECKPOINT_SECONDS = 1.0
 
 
 def open_db(path: Path, *, durability: str = "process") -> sqlite3.Connection:
@@ -58,24 +60,35 @@ class _DecimalSum:
 
 
 def event_row(event: Event) -> tuple[Any, ...]:
-    d = event.to_dict()
-    d["stream"] = int(event.stream)
-    return tuple(d[name] for name in FIELDS)
+    """The event as column values: decimals as strings, booleans as integers."""
+    return tuple(_column(getattr(event, name)) for name in FIELDS)
+
+
+def _column(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return decimal_str(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
 
 
 class SQLiteLedger:
     def __init__(self, path: Path, *, durability: str = "process"):
         self.path = path
         self._conn = open_db(path, durability=durability)
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._write_forever, name="ledger-writer",
-                                        daemon=True)
-        self._thread.start()
+        for target, name in ((self._write_forever, "ledger-writer"),
+                             (self._checkpoint_forever, "ledger-checkpoint")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     async def append(self, event: Event) -> None:
         """Returns once the event is committed; raises LedgerError if it could not be."""
@@ -85,11 +98,26 @@ class SQLiteLedger:
         await done
 
     async def close(self) -> None:
-        if self._thread is not None:
+        if self._threads:
             self._queue.put(_STOP)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+            self._stopping.set()
+            for thread in self._threads:
+                await asyncio.to_thread(thread.join)
+            self._threads = []
         self._conn.close()
+
+    def _checkpoint_forever(self) -> None:
+        """Copy the WAL into the database now and then, on a connection of its own."""
+        conn = open_db(self.path)
+        try:
+            while not self._stopping.wait(CHECKPOINT_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as e:
+                    log.warning("WAL checkpoint failed (will retry): %s", e)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
 
     def _write_forever(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from .registry import GGUFTokenizer, Tokenizer, TokenizerRegistry
 _OPENAI_PER_MESSAGE, _OPENAI_PER_NAME, _OPENAI_REPLY = 3, 1, 3
 _ESTIMATE_PER_MESSAGE = 4
 _CHARS_PER_TOKEN = 4
+_OPENAI_VOCABULARIES = frozenset({"o200k_base", "cl100k_base"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ class Recounter:
 
 
 def _template_for(spec: str | None, template: str | None) -> str | None:
-    if template is None and spec is not None and spec.startswith("tiktoken:"):
+    if template is None and spec is not None and spec.split(":", 1)[1] in _OPENAI_VOCABULARIES:
         return "openai"
     return template
 

@@ -128,7 +128,8 @@ def _splintr(name: str, data_dir: Path) -> Tokenizer:
     import splintr
 
     tok = splintr.Tokenizer.from_pretrained(name)
-    return _Counting(tok.encode)
+    # Text that looks like a special token is ordinary text in a request, as providers count it.
+    return _Counting(tok.encode_ordinary)
 
 
 def _gguf(name: str, data_dir: Path) -> Tokenizer:

@@ -1,0 +1,325 @@
+"""Gateway overhead: the same requests sent directly to a fast fake provider, through
+tokometer, and through LiteLLM's proxy, measured in one run.
+
+The fake provider is nginx returning a fixed chat completion (JSON) and a fixed SSE stream;
+the load is wrk. "bare" is the least a Python proxy can do (bench/bare_passthrough.py), so
+the gap between it and tokometer is what metering costs. Reported per target, mode and
+concurrency: p50/p99 latency (and what the gateway adds over direct), requests/s, CPU
+milliseconds per request, RSS after load.
+
+    python bench/overhead.py                 # tokometer vs direct (and LiteLLM if installed)
+    python bench/overhead.py --litellm PATH  # PATH: a venv with `pip install 'litellm[proxy]'`
+
+Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+CONCURRENCY = (1, 4, 16, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen | None = None,
+              status_ok: bool = True) -> None:
+    """Until the server answers (with 2xx, or with anything when status_ok is False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            if not status_ok:
+                return
+            time.sleep(0.1)
+        except OSError:  # not up yet (URLError and connection errors are OSErrors)
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {timeout} s")
+
+
+def nginx(work: Path) -> tuple[subprocess.Popen, int]:
+    """nginx answering every POST with a fixed body: JSON at /v1, SSE at /stream/v1."""
+    port = free_port()
+    body = (FIXTURES / "openai_chat.json").read_text().strip()
+    sse = (FIXTURES / "openai_chat.sse").read_text()
+    quote = lambda s: "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log error;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location = /health {{ return 200 'ok'; }}
+    location /stream/v1/ {{ default_type text/event-stream; return 200 {quote(sse)}; }}
+    location /v1/ {{ default_type application/json; return 200 {quote(body)}; }}
+  }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)])
+    wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+    return proc, port
+
+
+def tokometer(work: Path, upstream: int) -> tuple[subprocess.Popen, int, str]:
+    port = free_port()
+    cfg = work / "tokometer.toml"
+    cfg.write_text(f"""
+[server]
+port = {port}
+store = "sqlite:///tokometer.db"
+data_dir = "data"
+
+[[providers]]
+name = "nginx-json"
+api = "openai"
+base_url = "http://127.0.0.1:{upstream}/v1"
+region = "US"
+
+[[providers]]
+name = "nginx-sse"
+api = "openai"
+base_url = "http://127.0.0.1:{upstream}/stream/v1"
+region = "US"
+
+[[models]]
+name = "bench-json"
+routes = [{{ provider = "nginx-json", model = "gpt-4o-mini" }}]
+
+[[models]]
+name = "bench-sse"
+routes = [{{ provider = "nginx-sse", model = "gpt-4o-mini" }}]
+""")
+    with (work / "tokometer.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tokometer.cli", "serve", "--no-launch",
+                                 "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    out = subprocess.run([sys.executable, "-m", "tokometer.cli", "keys", "create", "--config",
+                          str(cfg), "--tenant", "bench", "--app", "load", "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return proc, port, json.loads(out)["key"]
+
+
+def bare(upstream: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "UPSTREAM": f"http://127.0.0.1:{upstream}", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "asgi", "--loop",
+                             "uvloop", "--no-ws", "--port", str(port), "--log-level", "warning",
+                             "bench.bare_passthrough:app"], env=env)
+    wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+    return proc, port
+
+
+LITELLM_KEY = "sk-bench-0123456789abcdef0123456789abcdef"
+
+
+def litellm(work: Path, venv: Path, upstream: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cfg = work / "litellm.yaml"
+    cfg.write_text(f"""
+model_list:
+  - model_name: bench-json
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "http://127.0.0.1:{upstream}/v1",
+                      api_key: sk-bench}}
+  - model_name: bench-sse
+    litellm_params: {{model: openai/gpt-4o-mini,
+                      api_base: "http://127.0.0.1:{upstream}/stream/v1", api_key: sk-bench}}
+litellm_settings: {{telemetry: false, drop_params: true}}
+general_settings: {{master_key: {LITELLM_KEY}}}
+""")
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           "LITELLM_TELEMETRY": "False"}
+    with (work / "litellm.log").open("wb") as log:
+        proc = subprocess.Popen([str(venv / "bin" / "litellm"), "--config", str(cfg), "--port",
+                                 str(port), "--host", "127.0.0.1"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=300, proc=proc)
+    return proc, port
+
+
+@dataclass
+class Result:
+    target: str
+    mode: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms_per_req: float | None
+    requests: int
+    errors: int
+
+
+def process_tree(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    children = [int(p) for p in out.stdout.split()]
+    return [pid] + [q for c in children for q in process_tree(c)]
+
+
+def cpu_seconds(pid: int) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (FileNotFoundError, IndexError):
+            continue
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text())
+            total += int(m.group(1)) if m else 0
+        except FileNotFoundError:
+            continue
+    return total / 1024
+
+
+def wrk(url: str, body: dict, key: str | None, concurrency: int, seconds: int,
+        work: Path) -> tuple[float, float, float, int, int]:
+    script = work / "post.lua"
+    headers = 'wrk.headers["Content-Type"] = "application/json"\n'
+    if key:
+        headers += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+                      f'{headers}')
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
+                          "--timeout", "10s", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"\s50%\s+([\d.]+\w+)", out).group(1))
+    p99 = _ms(re.search(r"\s99%\s+([\d.]+\w+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors += sum(int(g) for g in m.groups()) if m else 0
+    return rps, p50, p99, requests, errors
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
+    ap.add_argument("--litellm", type=Path, default=ROOT / "bench" / ".venv-litellm",
+                    help="venv with litellm[proxy] installed (skipped if absent)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed: apt-get install nginx-light wrk")
+    work = Path(tempfile.mkdtemp(prefix="tokometer-bench-"))
+    procs: list[subprocess.Popen] = []
+    results: list[Result] = []
+    rss: dict[str, float] = {}
+    try:
+        ng, up = nginx(work)
+        procs.append(ng)
+        tk, tk_port, key = tokometer(work, up)
+        procs.append(tk)
+        bp, bp_port = bare(up)
+        procs.append(bp)
+        targets = [("direct", f"http://127.0.0.1:{up}", None, None),
+                   ("bare", f"http://127.0.0.1:{bp_port}", None, bp),
+                   ("tokometer", f"http://127.0.0.1:{tk_port}", key, tk)]
+        if (args.litellm / "bin" / "litellm").exists():
+            ll, ll_port = litellm(work, args.litellm, up)
+            procs.append(ll)
+            targets.append(("litellm", f"http://127.0.0.1:{ll_port}", LITELLM_KEY, ll))
+        for mode in ("json", "sse"):
+            for c in CONCURRENCY:
+                for name, base, auth, proc in targets:
+                    raw = name in ("direct", "bare")  # no model routing: pick the path
+                    path = "/stream/v1/chat/completions" if raw and mode == "sse" \
+                        else "/v1/chat/completions"
+                    body = {"model": "gpt-4o-mini" if raw else f"bench-{mode}",
+                            "messages": [{"role": "user", "content": "Say hello."}],
+                            "stream": mode == "sse"}
+                    wrk(base + path, body, auth, c, 1, work)  # warm-up
+                    cpu0 = cpu_seconds(proc.pid) if proc else None
+                    rps, p50, p99, n, errors = wrk(base + path, body, auth, c, args.seconds,
+                                                   work)
+                    cpu = ((cpu_seconds(proc.pid) - cpu0) * 1000 / n) if proc and n else None
+                    results.append(Result(name, mode, c, rps, p50, p99, cpu, n, errors))
+                    print(f"{name:10} {mode:4} c={c:<3} {rps:9.0f} req/s  p50 {p50:7.3f} ms  "
+                          f"p99 {p99:7.3f} ms  cpu/req {cpu or 0:6.3f} ms  errors {errors}",
+                          flush=True)
+        for name, _, _, proc in targets:
+            if proc is not None:
+                rss[name] = rss_mb(proc.pid)
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rss_mb": rss,
+                                    "results": [r.__dict__ for r in results]}, indent=2))
+    print(table(results, rss))
+    return 0
+
+
+def table(results: list[Result], rss: dict[str, float]) -> str:
+    direct = {(r.mode, r.concurrency): r for r in results if r.target == "direct"}
+    lines = ["| target | mode | conc. | req/s | p50 ms | added p50 ms | p99 ms | CPU ms/req |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        d = direct[(r.mode, r.concurrency)]
+        added = "" if r.target == "direct" else f"{r.p50_ms - d.p50_ms:.3f}"
+        cpu = "" if r.cpu_ms_per_req is None else f"{r.cpu_ms_per_req:.3f}"
+        lines.append(f"| {r.target} | {r.mode} | {r.concurrency} | {r.rps:,.0f} | "
+                     f"{r.p50_ms:.3f} | {added} | {r.p99_ms:.3f} | {cpu} |")
+    tk = {(r.mode, r.concurrency): r for r in results if r.target == "tokometer"}
+    ll = {(r.mode, r.concurrency): r for r in results if r.target == "litellm"}
+    for mode in ("json", "sse"):
+        if (mode, 64) in ll and ll[(mode, 64)].rps:
+            lines.append(f"\ntokometer / LiteLLM req/s at c=64, {mode}: "
+                         f"{tk[(mode, 64)].rps / ll[(mode, 64)].rps:.1f}x")
+    lines.append("\nRSS after load (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
