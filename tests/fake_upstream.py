@@ -45,8 +45,14 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+
+    async def _shutdown(self) -> None:
+        await self._runner.cleanup()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()  # handlers still sleeping on purpose ("hang", "slow")
+        self._loop.call_soon(self._loop.stop)
 
     @property
     def url(self) -> str:
@@ -60,7 +66,7 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/{op:.*}", self._handle)
         app.router.add_post("/anthropic/v1/messages", self._handle)
-        self._runner = runner = web.AppRunner(app, access_log=None)
+        self._runner = runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())
