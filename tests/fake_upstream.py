@@ -49,9 +49,10 @@ class FakeUpstream:
 
     async def _shutdown(self) -> None:
         await self._runner.cleanup()
-        for task in asyncio.all_tasks():
-            if task is not asyncio.current_task():
-                task.cancel()  # handlers still sleeping on purpose ("hang", "slow")
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()  # handlers still sleeping on purpose ("hang", "slow")
+        await asyncio.gather(*pending, return_exceptions=True)
         self._loop.call_soon(self._loop.stop)
 
     @property
