@@ -199,15 +199,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def rss_mb(pid: int) -> float:
-    total = 0
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) summed over the process tree; PSS counts pages shared after fork once."""
+    rss = pss = 0
     for p in process_tree(pid):
         try:
-            m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text())
-            total += int(m.group(1)) if m else 0
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
         except FileNotFoundError:
             continue
-    return total / 1024
+        rss += int(re.search(r"^Rss:\s+(\d+)", text, re.M).group(1))
+        pss += int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
+    return rss / 1024, pss / 1024
 
 
 def wrk(url: str, body: dict, key: str | None, concurrency: int, seconds: int,
@@ -250,7 +252,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tokometer-bench-"))
     procs: list[subprocess.Popen] = []
     results: list[Result] = []
-    rss: dict[str, float] = {}
+    memory: dict[str, tuple[float, float]] = {}
     try:
         ng, up = nginx(work)
         procs.append(ng)
@@ -285,7 +287,7 @@ def main() -> int:
                           flush=True)
         for name, _, _, proc in targets:
             if proc is not None:
-                rss[name] = rss_mb(proc.pid)
+                memory[name] = memory_mb(proc.pid)
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -295,13 +297,13 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rss_mb": rss,
+    args.out.write_text(json.dumps({"memory_mb_rss_pss": memory,
                                     "results": [r.__dict__ for r in results]}, indent=2))
-    print(table(results, rss))
+    print(table(results, memory))
     return 0
 
 
-def table(results: list[Result], rss: dict[str, float]) -> str:
+def table(results: list[Result], memory: dict[str, tuple[float, float]]) -> str:
     direct = {(r.mode, r.concurrency): r for r in results if r.target == "direct"}
     lines = ["| target | mode | conc. | req/s | p50 ms | added p50 ms | p99 ms | CPU ms/req |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -317,7 +319,8 @@ def table(results: list[Result], rss: dict[str, float]) -> str:
         if (mode, 64) in ll and ll[(mode, 64)].rps:
             lines.append(f"\ntokometer / LiteLLM req/s at c=64, {mode}: "
                          f"{tk[(mode, 64)].rps / ll[(mode, 64)].rps:.1f}x")
-    lines.append("\nRSS after load (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    lines.append("\nMemory after load, RSS / PSS summed over each process tree (MB): "
+                 + ", ".join(f"{k} {r:.0f} / {p:.0f}" for k, (r, p) in memory.items()))
     return "\n".join(lines)
 
 

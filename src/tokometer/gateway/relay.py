@@ -101,22 +101,33 @@ async def relay_stream(call: Call, route: Route, response: aiohttp.ClientRespons
                 await send({"type": "http.response.body", "body": b"".join(out),
                             "more_body": True})
 
-    pumping = asyncio.ensure_future(pump())
+    # A client that leaves cancels the pump (this task) wherever it waits, but only while it
+    # pumps: once pumping ends (before any further await) the event must still be recorded.
+    this = asyncio.current_task()
+    assert this is not None
+    pumping, left = True, False
+
+    def on_client_left(watch: asyncio.Future[None]) -> None:
+        nonlocal left
+        if pumping and not watch.cancelled():
+            left = True
+            this.cancel()
+
     client_left = asyncio.ensure_future(_disconnected(receive))
+    client_left.add_done_callback(on_client_left)
     try:
-        await asyncio.wait((pumping, client_left), return_when=asyncio.FIRST_COMPLETED)
-        if not pumping.done():
-            pumping.cancel()
-            outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
-        try:
-            await pumping
-        except asyncio.CancelledError:
-            pass
-        except (aiohttp.ClientError, TimeoutError):
-            outcome.status, outcome.error_type = 502, "upstream_broken"
-        except OSError:  # writing to a client that has gone
-            outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
+        await pump()
+    except asyncio.CancelledError:
+        if not left:
+            raise  # cancelled from outside: the server is shutting down
+        this.uncancel()
+        outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
+    except (aiohttp.ClientError, TimeoutError):
+        outcome.status, outcome.error_type = 502, "upstream_broken"
+    except OSError:  # writing to a client that has gone
+        outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
     finally:
+        pumping = False
         client_left.cancel()
     held.append(splitter.rest())
     outcome.reported = tap.usage()

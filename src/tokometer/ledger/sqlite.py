@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import queue
 import sqlite3
 import threading
+from dataclasses import fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -59,17 +61,19 @@ class _DecimalSum:
         return None if self.total is None else decimal_str(self.total)
 
 
-def event_row(event: Event) -> tuple[Any, ...]:
+_ALL_FIELDS = operator.attrgetter(*FIELDS)
+_DECIMAL_COLUMNS = [i for i, f in enumerate(fields(Event)) if "Decimal" in str(f.type)]
+_STREAM_COLUMN = FIELDS.index("stream")
+
+
+def event_row(event: Event) -> list[Any]:
     """The event as column values: decimals as strings, booleans as integers."""
-    return tuple(_column(getattr(event, name)) for name in FIELDS)
-
-
-def _column(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return decimal_str(value)
-    if isinstance(value, bool):
-        return int(value)
-    return value
+    row = list(_ALL_FIELDS(event))
+    for i in _DECIMAL_COLUMNS:
+        if row[i] is not None:
+            row[i] = decimal_str(row[i])
+    row[_STREAM_COLUMN] = int(row[_STREAM_COLUMN])
+    return row
 
 
 class SQLiteLedger:
@@ -134,7 +138,7 @@ class SQLiteLedger:
             if stop:
                 return
 
-    def _commit(self, items: list[tuple[tuple[Any, ...], asyncio.Future[None]]]) -> None:
+    def _commit(self, items: list[tuple[list[Any], asyncio.Future[None]]]) -> None:
         error: Exception | None = None
         try:
             with self._conn:

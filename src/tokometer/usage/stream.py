@@ -1,7 +1,7 @@
 """Reads usage out of an SSE stream as it passes, without slowing it down.
 
 Only events that can carry usage are decoded; everything else is matched with a cheap byte
-search. The raw events are kept so the generated text can be recounted if usage never comes.
+search. Event payloads are kept so the generated text can be recounted afterwards.
 """
 
 from __future__ import annotations
@@ -65,11 +65,11 @@ class StreamTap:
         self.model: str | None = None
         self.finish_reason: str | None = None
         self.terminal = False  # the end-of-stream marker has been seen
-        self.events: list[bytes] = []
+        self.payloads: list[bytes] = []
 
     def feed(self, block: bytes) -> bool:
-        self.events.append(block)
         data = event_data(block)
+        self.payloads.append(data)
         if self.model is None and (m := _MODEL.search(data)):
             self.model = m.group(1).decode()
         if self.operation == "messages":
@@ -138,8 +138,7 @@ class StreamTap:
     def text(self) -> str:
         """Generated text seen so far (decodes every event: only for recounts)."""
         parts = []
-        for block in self.events:
-            data = event_data(block)
+        for data in self.payloads:
             if data.startswith(b"{"):
                 try:
                     parts.append(chunk_text(self.operation, orjson.loads(data)))
