@@ -250,52 +250,29 @@ def main() -> int:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed: apt-get install nginx-light wrk")
     work = Path(tempfile.mkdtemp(prefix="tokometer-bench-"))
-    procs: list[subprocess.Popen] = []
     results: list[Result] = []
     memory: dict[str, tuple[float, float]] = {}
+    ng, up = nginx(work)
+    # Each proxy runs alone while it is measured (one sharing 2 cores with an idle LiteLLM
+    # and its background jobs measures LiteLLM too); all of them within this one run.
+    starters = {"direct": lambda: (None, up, None),
+                "bare": lambda: (*bare(up), None),
+                "tokometer": lambda: tokometer(work, up)}
+    if (args.litellm / "bin" / "litellm").exists():
+        starters["litellm"] = lambda: (*litellm(work, args.litellm, up), LITELLM_KEY)
     try:
-        ng, up = nginx(work)
-        procs.append(ng)
-        tk, tk_port, key = tokometer(work, up)
-        procs.append(tk)
-        bp, bp_port = bare(up)
-        procs.append(bp)
-        targets = [("direct", f"http://127.0.0.1:{up}", None, None),
-                   ("bare", f"http://127.0.0.1:{bp_port}", None, bp),
-                   ("tokometer", f"http://127.0.0.1:{tk_port}", key, tk)]
-        if (args.litellm / "bin" / "litellm").exists():
-            ll, ll_port = litellm(work, args.litellm, up)
-            procs.append(ll)
-            targets.append(("litellm", f"http://127.0.0.1:{ll_port}", LITELLM_KEY, ll))
-        for mode in ("json", "sse"):
-            for c in CONCURRENCY:
-                for name, base, auth, proc in targets:
-                    raw = name in ("direct", "bare")  # no model routing: pick the path
-                    path = "/stream/v1/chat/completions" if raw and mode == "sse" \
-                        else "/v1/chat/completions"
-                    body = {"model": "gpt-4o-mini" if raw else f"bench-{mode}",
-                            "messages": [{"role": "user", "content": "Say hello."}],
-                            "stream": mode == "sse"}
-                    wrk(base + path, body, auth, c, 1, work)  # warm-up
-                    cpu0 = cpu_seconds(proc.pid) if proc else None
-                    rps, p50, p99, n, errors = wrk(base + path, body, auth, c, args.seconds,
-                                                   work)
-                    cpu = ((cpu_seconds(proc.pid) - cpu0) * 1000 / n) if proc and n else None
-                    results.append(Result(name, mode, c, rps, p50, p99, cpu, n, errors))
-                    print(f"{name:10} {mode:4} c={c:<3} {rps:9.0f} req/s  p50 {p50:7.3f} ms  "
-                          f"p99 {p99:7.3f} ms  cpu/req {cpu or 0:6.3f} ms  errors {errors}",
-                          flush=True)
-        for name, _, _, proc in targets:
-            if proc is not None:
-                memory[name] = memory_mb(proc.pid)
-    finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for name, start in starters.items():
+            proc, port, auth = start()
             try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+                results += measure(name, f"http://127.0.0.1:{port}", auth, proc, args.seconds,
+                                   work)
+                if proc is not None:
+                    memory[name] = memory_mb(proc.pid)
+            finally:
+                if proc is not None:
+                    stop(proc)
+    finally:
+        stop(ng)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"memory_mb_rss_pss": memory,
                                     "results": [r.__dict__ for r in results]}, indent=2))
@@ -303,11 +280,40 @@ def main() -> int:
     return 0
 
 
+def measure(name: str, base: str, auth: str | None, proc: subprocess.Popen | None,
+            seconds: int, work: Path) -> list[Result]:
+    results = []
+    raw = name in ("direct", "bare")  # no model routing: the path picks JSON or SSE
+    for mode in ("json", "sse"):
+        path = "/stream/v1/chat/completions" if raw and mode == "sse" else "/v1/chat/completions"
+        body = {"model": "gpt-4o-mini" if raw else f"bench-{mode}",
+                "messages": [{"role": "user", "content": "Say hello."}], "stream": mode == "sse"}
+        for c in CONCURRENCY:
+            wrk(base + path, body, auth, c, 1, work)  # warm-up
+            cpu0 = cpu_seconds(proc.pid) if proc else 0.0
+            rps, p50, p99, n, errors = wrk(base + path, body, auth, c, seconds, work)
+            cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / n if proc and n else None
+            results.append(Result(name, mode, c, rps, p50, p99, cpu, n, errors))
+            print(f"{name:10} {mode:4} c={c:<3} {rps:9.0f} req/s  p50 {p50:7.3f} ms  "
+                  f"p99 {p99:7.3f} ms  cpu/req {cpu or 0:6.3f} ms  errors {errors}", flush=True)
+    return results
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def table(results: list[Result], memory: dict[str, tuple[float, float]]) -> str:
     direct = {(r.mode, r.concurrency): r for r in results if r.target == "direct"}
     lines = ["| target | mode | conc. | req/s | p50 ms | added p50 ms | p99 ms | CPU ms/req |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
+    order = {t: i for i, t in enumerate(dict.fromkeys(r.target for r in results))}
+    for r in sorted(results, key=lambda r: (r.mode, r.concurrency, order[r.target])):
         d = direct[(r.mode, r.concurrency)]
         added = "" if r.target == "direct" else f"{r.p50_ms - d.p50_ms:.3f}"
         cpu = "" if r.cpu_ms_per_req is None else f"{r.cpu_ms_per_req:.3f}"

@@ -3,8 +3,10 @@
 The event loop only enqueues and awaits a future; the thread drains whatever has queued
 up, writes it in one transaction (WAL), and then resolves every waiting future at once.
 So a request's response can wait until its event is durable, without the loop ever blocking
-on disk and without one transaction per request. Checkpoints (which fsync the database file)
-run on a thread of their own, so they never stall a commit.
+on disk and without one transaction per request. Checkpoints, which fsync the database file
+(tens of ms on some disks), run on a thread of their own: passive ones, which never block the
+writer, every second; and, only when sustained load has kept the WAL from restarting for
+WAL_LIMIT_BYTES, one that waits for a gap between commits so the WAL can start over.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger("tokometer.ledger")
 _MAX_BATCH = 2048
 _STOP = object()
 CHECKPOINT_SECONDS = 1.0
+WAL_LIMIT_BYTES = 128 * 1024 * 1024
 
 
 def open_db(path: Path, *, durability: str = "process") -> sqlite3.Connection:
@@ -81,6 +84,7 @@ class SQLiteLedger:
         self.path = path
         self._conn = open_db(path, durability=durability)
         self._conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
+        self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -113,10 +117,13 @@ class SQLiteLedger:
     def _checkpoint_forever(self) -> None:
         """Copy the WAL into the database now and then, on a connection of its own."""
         conn = open_db(self.path)
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         try:
             while not self._stopping.wait(CHECKPOINT_SECONDS):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if wal_pages * page_size > WAL_LIMIT_BYTES:
+                        conn.execute("PRAGMA wal_checkpoint(RESTART)")
                 except sqlite3.Error as e:
                     log.warning("WAL checkpoint failed (will retry): %s", e)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
