@@ -66,6 +66,8 @@ def test_prices_are_exact_decimals_and_cache_rates_default_to_input(tmp_path):
     (BASE + "price = { input = 1 }\n", "models[0].price.output: missing"),
     (BASE + "tokenizer = 'o200k'\n", "models[0].tokenizer: expected 'KIND:NAME'"),
     ("[server\n", "not valid TOML"),
+    (BASE + BASE.split("[[models]]")[0], "providers[1].name: duplicate provider 'p'"),
+    (BASE + "[[models]]" + BASE.split("[[models]]")[1], "models[1].name: duplicate model 'm'"),
 ])
 def test_bad_config_names_the_key_and_the_problem(tmp_path, text, fragment):
     path = write(tmp_path, text)

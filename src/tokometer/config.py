@@ -9,15 +9,16 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 
 APIS = ("openai", "anthropic")
+_Named = TypeVar("_Named", "Provider", "Model")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -109,19 +110,20 @@ def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settin
     cfg.only("server", "providers", "models")
     base = path.resolve().parent
     server = _server(cfg.table("server"), base)
-    providers: dict[str, Provider] = {}
-    for p in cfg.tables("providers"):
-        provider = _provider(p, environ)
-        if provider.name in providers:
-            raise p.error("name", f"duplicate provider {provider.name!r}")
-        providers[provider.name] = provider
-    models: dict[str, Model] = {}
-    for m in cfg.tables("models"):
-        model = _model(m, providers)
-        if model.name in models:
-            raise m.error("name", f"duplicate model {model.name!r}")
-        models[model.name] = model
+    providers = _by_name(cfg.tables("providers"), lambda p: _provider(p, environ), "provider")
+    models = _by_name(cfg.tables("models"), lambda m: _model(m, providers), "model")
     return Settings(path=path, server=server, providers=providers, models=models)
+
+
+def _by_name(tables: list[_Reader], build: Callable[[_Reader], _Named],
+             kind: str) -> dict[str, _Named]:
+    out: dict[str, _Named] = {}
+    for table in tables:
+        item = build(table)
+        if item.name in out:
+            raise table.error("name", f"duplicate {kind} {item.name!r}")
+        out[item.name] = item
+    return out
 
 
 def _server(s: _Reader, base: Path) -> Server:

@@ -5,6 +5,9 @@ aiohttp's exceptions stop here and become UpstreamError.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import aiohttp
 import orjson
 
@@ -58,23 +61,29 @@ def upstream_headers(call: Call, route: Route) -> dict[str, str]:
 async def open_response(session: aiohttp.ClientSession, call: Call,
                         route: Route) -> aiohttp.ClientResponse:
     url = route.provider.base_url + call.endpoint.upstream_path
-    try:
+    with _translated_errors(route, mid_response=False):
         return await session.post(url, data=upstream_body(call, route),
                                   headers=upstream_headers(call, route))
-    except TimeoutError:
-        raise UpstreamError(f"provider {route.provider.name} did not answer in time",
-                            status=504, type="upstream_timeout") from None
-    except aiohttp.ClientError as e:
-        raise UpstreamError(f"cannot reach provider {route.provider.name}: {e}",
-                            type="upstream_unreachable") from None
 
 
 async def read_all(response: aiohttp.ClientResponse, route: Route) -> bytes:
-    try:
+    with _translated_errors(route, mid_response=True):
         return await response.read()
+
+
+@contextlib.contextmanager
+def _translated_errors(route: Route, *, mid_response: bool) -> Iterator[None]:
+    """aiohttp's failures as UpstreamError, saying whether the answer had begun."""
+    name = route.provider.name
+    try:
+        yield
     except TimeoutError:
-        raise UpstreamError(f"provider {route.provider.name} stopped answering mid-response",
-                            status=504, type="upstream_timeout") from None
+        what = "stopped answering mid-response" if mid_response else "did not answer in time"
+        raise UpstreamError(f"provider {name} {what}", status=504,
+                            type="upstream_timeout") from None
     except aiohttp.ClientError as e:
-        raise UpstreamError(f"provider {route.provider.name} broke off the response: {e}",
-                            type="upstream_broken") from None
+        if mid_response:
+            raise UpstreamError(f"provider {name} broke off the response: {e}",
+                                type="upstream_broken") from None
+        raise UpstreamError(f"cannot reach provider {name}: {e}",
+                            type="upstream_unreachable") from None
