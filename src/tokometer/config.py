@@ -80,7 +80,7 @@ class Server:
     currency: str = "USD"
     data_dir: Path = Path("data")
     max_body_bytes: int = 10_000_000
-    upstream_timeout: float = 600.0
+    upstream_timeout: float = 600.0  # seconds a provider may stay silent
     connect_timeout: float = 10.0
     durability: str = "process"  # "process": survives kill -9; "power": fsync every commit
 

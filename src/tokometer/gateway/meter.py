@@ -7,6 +7,7 @@ is exactly one path from usage to cost to ledger.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from ..tokenize.recount import Count
 from .call import Call, elapsed_ms
 
 _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
+log = logging.getLogger("tokometer.meter")
 
 
 @dataclass(slots=True)
@@ -93,14 +95,19 @@ class Meter:
     async def _recount(self, call: Call, spec: str | None, outcome: Outcome) -> tuple[Count, Count]:
         text = outcome.text()
 
-        def count() -> tuple[Count, Count]:
+        def count(spec: str | None) -> tuple[Count, Count]:
             return (self.recounter.input(spec, call.model.chat_template,
                                          call.endpoint.operation, call.body),
                     self.recounter.output(spec, text))
 
-        if len(text) + len(call.raw) > _OFFLOAD_CHARS:
-            return await asyncio.to_thread(count)
-        return count()
+        try:
+            if len(text) + len(call.raw) > _OFFLOAD_CHARS:
+                return await asyncio.to_thread(count, spec)
+            return count(spec)
+        except Exception:  # a recount must never cost the reading: estimate instead
+            log.exception("recount with %s failed for model %r; estimating", spec,
+                          call.model.name)
+            return count(None)
 
 
 def _reading(outcome: Outcome, counted_in: Count | None,

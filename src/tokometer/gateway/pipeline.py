@@ -6,21 +6,24 @@ authenticate (app.py) → parse → try routes in order → relay (body, error o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from ..config import Route, Settings
-from ..errors import UpstreamError
+from ..errors import LedgerError, TokometerError, UpstreamError
 from ..events import Event, new_event_id
 from ..ledger import SQLiteLedger
 from .call import Call
 from .meter import Meter, Outcome
 from .relay import Receive, Send, relay_body, relay_error, relay_stream
 from .upstream import open_response
-from .wire import EVENT_ID_HEADER, JSON_HEADERS, render_error
+from .wire import EVENT_ID_HEADER, JSON_HEADERS, render_error, sse_error
 
 _RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
+log = logging.getLogger("tokometer.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,29 +36,49 @@ class Deps:
 
 async def handle(call: Call, deps: Deps, send: Send, receive: Receive) -> None:
     event_id = new_event_id()
+    started = False
 
     async def record(outcome: Outcome) -> Event:
         event = await deps.meter.event(call, outcome, event_id)
         await deps.ledger.append(event)
         return event
 
+    async def tracked_send(message: dict[str, Any]) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
     route, answer = await _first_answer(call, deps)
     try:
-        if isinstance(answer, UpstreamError):
-            raise answer
-        async with answer as response:
-            if response.status >= 400:
-                await relay_error(call, route, response, event_id, record, send)
-            elif response.content_type == "text/event-stream":
-                await relay_stream(call, route, response, event_id, record, send, receive)
-            else:
-                await relay_body(call, route, response, event_id, record, send)
-    except UpstreamError as error:
-        await record(Outcome(route, error.status, error_type=error.type))
-        status, body = render_error(call.endpoint.api, error)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*JSON_HEADERS, (EVENT_ID_HEADER, event_id.encode())]})
-        await send({"type": "http.response.body", "body": body})
+        try:
+            if isinstance(answer, UpstreamError):
+                raise answer
+            async with answer as response:
+                if response.status >= 400:
+                    await relay_error(call, route, response, event_id, record, tracked_send)
+                elif response.content_type == "text/event-stream":
+                    await relay_stream(call, route, response, event_id, record, tracked_send,
+                                       receive)
+                else:
+                    await relay_body(call, route, response, event_id, record, tracked_send)
+        except UpstreamError as error:
+            await record(Outcome(route, error.status, error_type=error.type))
+            await _send_error(send, call, error, event_id)
+    except LedgerError as error:
+        # Fail loudly: an unrecorded reading is never passed off as a normal answer.
+        log.error("event %s was not recorded: %s", event_id, error.message)
+        if not started:
+            await _send_error(send, call, error, event_id)
+        else:  # a stream: end it with an error event instead of its end marker
+            await send({"type": "http.response.body",
+                        "body": sse_error(call.endpoint.api, error)})
+
+
+async def _send_error(send: Send, call: Call, error: TokometerError, event_id: str) -> None:
+    status, body = render_error(call.endpoint.api, error)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*JSON_HEADERS, (EVENT_ID_HEADER, event_id.encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _first_answer(call: Call,

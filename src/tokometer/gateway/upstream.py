@@ -21,8 +21,9 @@ _ANTHROPIC_VERSION = "2023-06-01"
 
 
 def new_session(server: Server) -> aiohttp.ClientSession:
-    timeout = aiohttp.ClientTimeout(total=server.upstream_timeout,
-                                    sock_connect=server.connect_timeout)
+    # upstream_timeout bounds silence, not length: a long stream that keeps talking is fine.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=server.connect_timeout,
+                                    sock_read=server.upstream_timeout)
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     # Ask for identity encoding: usage is read from the bytes the client also receives.
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,

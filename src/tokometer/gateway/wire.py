@@ -52,6 +52,13 @@ def render_error(api: str, error: TokometerError) -> tuple[int, bytes]:
     return error.status, error_body(api, error.status, error.type, error.message, error.code)
 
 
+def sse_error(api: str, error: TokometerError) -> bytes:
+    """An error as a stream event, which both SDKs raise as an exception."""
+    _, body = render_error(api, error)
+    prefix = b"event: error\n" if api == "anthropic" else b""
+    return prefix + b"data: " + body + b"\n\n"
+
+
 def is_shaped_error(api: str, body: bytes) -> bool:
     """Whether an upstream error body already has the client's SDK's error shape."""
     try:

@@ -146,14 +146,25 @@ class SQLiteLedger:
                 return
 
     def _commit(self, items: list[tuple[list[Any], asyncio.Future[None]]]) -> None:
-        error: Exception | None = None
         try:
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(INSERT_EVENT, [row for row, _ in items])
+            self._insert([row for row, _ in items])
         except sqlite3.Error as e:
-            log.error("could not record %d events: %s", len(items), e)
-            error = LedgerError(f"could not record the event: {e}")
+            if len(items) > 1:  # one bad row must not sink its batch: retry them one by one
+                for item in items:
+                    self._commit([item])
+                return
+            log.error("could not record event %s: %s", items[0][0][0], e)
+            self._settle(items, LedgerError(f"could not record the event: {e}"))
+            return
+        self._settle(items, None)
+
+    def _insert(self, rows: list[list[Any]]) -> None:
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(INSERT_EVENT, rows)
+
+    def _settle(self, items: list[tuple[list[Any], asyncio.Future[None]]],
+                error: Exception | None) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve, [f for _, f in items], error)
 
