@@ -178,7 +178,7 @@ class Result:
     p99_ms: float
     cpu_ms_per_req: float | None
     requests: int
-    errors: int
+    errors: int  # -1: not measured (the target had exited, or wrk failed)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -213,17 +213,21 @@ def memory_mb(pid: int) -> tuple[float, float]:
 
 
 def wrk(url: str, body: dict, key: str | None, concurrency: int, seconds: int,
-        work: Path) -> tuple[float, float, float, int, int]:
+        work: Path) -> tuple[float, float, float, int, int] | None:
+    """(successful responses/s, p50 ms, p99 ms, requests, errors); None if wrk itself failed."""
     script = work / "post.lua"
     headers = 'wrk.headers["Content-Type"] = "application/json"\n'
     if key:
         headers += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
                       f'{headers}')
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
-                          "--timeout", "10s", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    done = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
+                           "--timeout", "10s", "-s", str(script), url],
+                          capture_output=True, text=True)
+    out = done.stdout
+    if done.returncode != 0 or "Requests/sec" not in out:
+        return None
+    elapsed = _seconds(re.search(r"requests in ([\d.]+\w+),", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+([\d.]+\w+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+([\d.]+\w+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -231,7 +235,12 @@ def wrk(url: str, body: dict, key: str | None, concurrency: int, seconds: int,
     errors = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors += sum(int(g) for g in m.groups()) if m else 0
-    return rps, p50, p99, requests, errors
+    return max(requests - errors, 0) / elapsed, p50, p99, requests, errors
+
+
+def _seconds(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
 
 
 def _ms(text: str) -> float:
@@ -253,6 +262,7 @@ def main() -> int:
     results: list[Result] = []
     memory: dict[str, tuple[float, float]] = {}
     ng, up = nginx(work)
+    print("successful responses per second (ok/s) per target, mode and concurrency", flush=True)
     # Each proxy runs alone while it is measured (one sharing 2 cores with an idle LiteLLM
     # and its background jobs measures LiteLLM too); all of them within this one run.
     starters = {"direct": lambda: (None, up, None),
@@ -266,7 +276,7 @@ def main() -> int:
             try:
                 results += measure(name, f"http://127.0.0.1:{port}", auth, proc, args.seconds,
                                    work)
-                if proc is not None:
+                if proc is not None and proc.poll() is None:
                     memory[name] = memory_mb(proc.pid)
             finally:
                 if proc is not None:
@@ -289,12 +299,20 @@ def measure(name: str, base: str, auth: str | None, proc: subprocess.Popen | Non
         body = {"model": "gpt-4o-mini" if raw else f"bench-{mode}",
                 "messages": [{"role": "user", "content": "Say hello."}], "stream": mode == "sse"}
         for c in CONCURRENCY:
+            if proc is not None and proc.poll() is not None:
+                print(f"{name} exited ({proc.returncode}): {mode} c={c} not measured", flush=True)
+                results.append(Result(name, mode, c, 0.0, 0.0, 0.0, None, 0, -1))
+                continue
             wrk(base + path, body, auth, c, 1, work)  # warm-up
             cpu0 = cpu_seconds(proc.pid) if proc else 0.0
-            rps, p50, p99, n, errors = wrk(base + path, body, auth, c, seconds, work)
+            measured = wrk(base + path, body, auth, c, seconds, work)
+            if measured is None:
+                results.append(Result(name, mode, c, 0.0, 0.0, 0.0, None, 0, -1))
+                continue
+            rps, p50, p99, n, errors = measured
             cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / n if proc and n else None
             results.append(Result(name, mode, c, rps, p50, p99, cpu, n, errors))
-            print(f"{name:10} {mode:4} c={c:<3} {rps:9.0f} req/s  p50 {p50:7.3f} ms  "
+            print(f"{name:10} {mode:4} c={c:<3} {rps:9.0f} ok/s  p50 {p50:7.3f} ms  "
                   f"p99 {p99:7.3f} ms  cpu/req {cpu or 0:6.3f} ms  errors {errors}", flush=True)
     return results
 
@@ -310,21 +328,26 @@ def stop(proc: subprocess.Popen) -> None:
 
 def table(results: list[Result], memory: dict[str, tuple[float, float]]) -> str:
     direct = {(r.mode, r.concurrency): r for r in results if r.target == "direct"}
-    lines = ["| target | mode | conc. | req/s | p50 ms | added p50 ms | p99 ms | CPU ms/req |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| target | mode | conc. | ok req/s | p50 ms | added p50 ms | p99 ms | CPU ms/req "
+             "| errors |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     order = {t: i for i, t in enumerate(dict.fromkeys(r.target for r in results))}
     for r in sorted(results, key=lambda r: (r.mode, r.concurrency, order[r.target])):
+        if r.errors < 0:
+            lines.append(f"| {r.target} | {r.mode} | {r.concurrency} | crashed | | | | | |")
+            continue
         d = direct[(r.mode, r.concurrency)]
         added = "" if r.target == "direct" else f"{r.p50_ms - d.p50_ms:.3f}"
         cpu = "" if r.cpu_ms_per_req is None else f"{r.cpu_ms_per_req:.3f}"
         lines.append(f"| {r.target} | {r.mode} | {r.concurrency} | {r.rps:,.0f} | "
-                     f"{r.p50_ms:.3f} | {added} | {r.p99_ms:.3f} | {cpu} |")
+                     f"{r.p50_ms:.3f} | {added} | {r.p99_ms:.3f} | {cpu} | {r.errors} |")
     tk = {(r.mode, r.concurrency): r for r in results if r.target == "tokometer"}
     ll = {(r.mode, r.concurrency): r for r in results if r.target == "litellm"}
     for mode in ("json", "sse"):
-        if (mode, 64) in ll and ll[(mode, 64)].rps:
-            lines.append(f"\ntokometer / LiteLLM req/s at c=64, {mode}: "
-                         f"{tk[(mode, 64)].rps / ll[(mode, 64)].rps:.1f}x")
+        if (mode, 64) not in ll:
+            continue
+        ratio = (f"{tk[(mode, 64)].rps / ll[(mode, 64)].rps:.1f}x" if ll[(mode, 64)].rps
+                 else "LiteLLM served none")
+        lines.append(f"\ntokometer / LiteLLM successful req/s at c=64, {mode}: {ratio}")
     lines.append("\nMemory after load, RSS / PSS summed over each process tree (MB): "
                  + ", ".join(f"{k} {r:.0f} / {p:.0f}" for k, (r, p) in memory.items()))
     return "\n".join(lines)
