@@ -106,3 +106,21 @@ def test_a_key_created_while_running_works_at_once(gateway):
     r = send(gateway, key=key, json=GOOD)
     assert r.status_code == 200
     assert gateway.event(r.headers["x-tokometer-event-id"])["tenant"] == "newco"
+
+
+def test_a_model_whose_provider_has_no_key_is_a_503_naming_the_variable(upstream, tmp_path):
+    from conftest import providers_toml, start_gateway, stop_gateway
+
+    gw = start_gateway(tmp_path, providers_toml(upstream) + """
+[[models]]
+name = "keyless"
+routes = [{ provider = "fake-openai", model = "gpt-4o-mini" }]
+""")  # FAKE_OPENAI_KEY is not set for this gateway
+    try:
+        before = len(upstream.calls)
+        r = send(gw, json={**GOOD, "model": "keyless"})
+        assert r.status_code == 503
+        assert "set FAKE_OPENAI_KEY" in r.json()["error"]["message"]
+        assert len(upstream.calls) == before
+    finally:
+        stop_gateway(gw)

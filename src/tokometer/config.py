@@ -55,6 +55,11 @@ class Provider:
     price_provider: str | None  # genai-prices provider id, when it differs from `name`
     launch: Launch | None
 
+    @property
+    def usable(self) -> bool:
+        """False when the provider needs a key whose environment variable is not set."""
+        return self.api_key_env is None or self.api_key is not None
+
 
 @dataclass(frozen=True, slots=True)
 class Route:

@@ -170,10 +170,13 @@ async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) 
 
 
 def _preload_tokenizers(settings: Settings, registry: TokenizerRegistry) -> None:
-    """Load every tokenizer the config will need now, not on a request."""
+    """Load every tokenizer the usable models need now (seconds each), not on a request."""
     for model in settings.models.values():
+        routes = [r for r in model.routes if r.provider.usable]
+        if not routes:
+            continue
         specs = {model.tokenizer} if model.tokenizer else {
-            info.tokenizer for r in model.routes if (info := vendor_of(r.model))}
+            info.tokenizer for r in routes if (info := vendor_of(r.model))}
         for spec in specs - {None}:
             registry.get(spec)  # type: ignore[arg-type]
 

@@ -53,8 +53,13 @@ def parse_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
         raise RequestError(f"the model {name!r} does not exist on this gateway; "
                            "GET /v1/models lists the configured ones",
                            status=404, code="model_not_found")
-    if not any(r.provider.api == endpoint.api for r in model.routes):
+    routes = [r for r in model.routes if r.provider.api == endpoint.api]
+    if not routes:
         raise RequestError(f"the model {name!r} is not served over the {endpoint.api} API here")
+    if not any(r.provider.usable for r in routes):
+        missing = ", ".join(sorted({r.provider.api_key_env or "" for r in routes}))
+        raise RequestError(f"the model {name!r} has no usable provider: set {missing} and "
+                           "restart the gateway", status=503, type="provider_unavailable")
     stream = body.get("stream") is True
     user = body.get("user")
     return Call(

@@ -84,7 +84,8 @@ async def _send_error(send: Send, call: Call, error: TokometerError, event_id: s
 async def _first_answer(call: Call,
                         deps: Deps) -> tuple[Route, aiohttp.ClientResponse | UpstreamError]:
     """Try the model's routes in order; the next one only if nothing reached the client."""
-    routes = [r for r in call.model.routes if r.provider.api == call.endpoint.api]
+    routes = [r for r in call.model.routes
+              if r.provider.api == call.endpoint.api and r.provider.usable]
     answer: aiohttp.ClientResponse | UpstreamError
     for route in routes:
         try:

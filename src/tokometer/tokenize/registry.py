@@ -85,7 +85,9 @@ class TokenizerRegistry:
                               f"(known: {', '.join(_LOADERS)})")
         try:
             return loader(name, self._data_dir)
-        except (OSError, ValueError, ImportError, RuntimeError) as e:
+        except ConfigError:
+            raise
+        except Exception as e:  # foreign loaders raise anything, even bare Exception
             raise ConfigError(f"tokenizer {spec!r} could not be loaded: {e}") from e
 
 
@@ -132,6 +134,26 @@ def _splintr(name: str, data_dir: Path) -> Tokenizer:
     return _Counting(tok.encode_ordinary)
 
 
+def _qwen(name: str, data_dir: Path) -> Tokenizer:
+    """Qwen 1-3's shared vocabulary, as the dashscope package ships it."""
+    from dashscope.tokenizers import get_tokenizer
+
+    tok = get_tokenizer("qwen-max" if name in ("", "qwen") else name)
+    return _Counting(tok.encode)
+
+
+def _mistral(name: str, data_dir: Path) -> Tokenizer:
+    """Mistral's tekken (name "tekken") or a tokenizer file path, via mistral-common."""
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    if name == "tekken":
+        mistral = MistralTokenizer.v3(is_tekken=True)
+    else:
+        mistral = MistralTokenizer.from_file(str(Path(name).expanduser()))
+    tok = mistral.instruct_tokenizer.tokenizer
+    return _Counting(lambda text: tok.encode(text, bos=False, eos=False))
+
+
 def _gguf(name: str, data_dir: Path) -> Tokenizer:
     return GGUFTokenizer(resolve_gguf(name, data_dir))
 
@@ -163,5 +185,7 @@ _LOADERS: dict[str, Callable[[str, Path], Tokenizer]] = {
     "hf": _hf,
     "deepseek": _deepseek,
     "splintr": _splintr,
+    "qwen": _qwen,
+    "mistral": _mistral,
     "gguf": _gguf,
 }

