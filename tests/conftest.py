@@ -87,6 +87,7 @@ def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = No
         [sys.executable, "-m", "tokometer.cli", "serve", "--config", str(config),
          *([] if launch else ["--no-launch"])],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group: the supervisor and its worker
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + wait
@@ -113,6 +114,9 @@ def stop_gateway(gw: Gateway) -> None:
         gw.process.wait(20)
     except subprocess.TimeoutExpired:
         gw.process.kill()
+
+
+FAKE_KEYS = {"FAKE_OPENAI_KEY": "sk-upstream-openai", "FAKE_ANTHROPIC_KEY": "sk-ant-upstream"}
 
 
 def providers_toml(upstream: FakeUpstream) -> str:
@@ -187,9 +191,7 @@ def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) ->
 upstream_timeout = 3
 {providers_toml(upstream)}
 {MODELS_TOML}"""
-    gw = start_gateway(tmp_path_factory.mktemp("gateway"), body,
-                       env={"FAKE_OPENAI_KEY": "sk-upstream-openai",
-                            "FAKE_ANTHROPIC_KEY": "sk-ant-upstream"})
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), body, env=FAKE_KEYS)
     yield gw
     stop_gateway(gw)
 

@@ -5,18 +5,25 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import httpx
 
-from conftest import MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
+from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
 
 REQUESTS, CONCURRENCY = 600, 16
+
+
+def kill_9(gw: Gateway) -> None:
+    """SIGKILL every process of the gateway at once: granian's supervisor and its worker."""
+    os.killpg(gw.process.pid, signal.SIGKILL)
 
 
 async def _load(gw: Gateway, completed: list[str]) -> None:
     """Mixed whole and streamed requests; an id counts as completed only once the client
     has its response's end (the whole body, or the stream's [DONE])."""
     queue: asyncio.Queue[int] = asyncio.Queue()
+    killed: list[bool] = []
     for i in range(REQUESTS):
         queue.put_nowait(i)
 
@@ -29,13 +36,15 @@ async def _load(gw: Gateway, completed: list[str]) -> None:
             try:
                 async with client.stream("POST", "/v1/chat/completions", json=body) as r:
                     data = b"".join([c async for c in r.aiter_bytes()])
+                    assert r.status_code in (200, 500), r.status_code  # 500: the kill
                     ok = r.status_code == 200 and (b"[DONE]" in data if stream
                                                    else data.endswith(b"}\n") or
                                                    data.endswith(b"}"))
                     if ok:
                         completed.append(r.headers["x-tokometer-event-id"])
-                if len(completed) == REQUESTS // 3:
-                    os.kill(gw.process.pid, signal.SIGKILL)
+                if len(completed) >= REQUESTS // 3 and not killed:
+                    killed.append(True)
+                    kill_9(gw)
             except httpx.TransportError:
                 continue  # the gateway is gone: this response never completed
 
@@ -45,20 +54,34 @@ async def _load(gw: Gateway, completed: list[str]) -> None:
 
 
 def test_kill_9_under_load_loses_no_completed_event(upstream, tmp_path):
-    gw = start_gateway(tmp_path, providers_toml(upstream) + MODELS_TOML)
+    gw = start_gateway(tmp_path, providers_toml(upstream) + MODELS_TOML, env=FAKE_KEYS)
     completed: list[str] = []
     asyncio.run(_load(gw, completed))
     gw.process.wait(10)
     assert gw.process.returncode == -signal.SIGKILL
-    assert len(completed) >= REQUESTS // 3
+    assert REQUESTS // 3 <= len(completed) < REQUESTS  # killed mid-load
+    assert _living_members(gw.process.pid) == []  # the worker died too
     # A restarted gateway on the same store sees every completed event.
-    again = start_gateway(tmp_path, providers_toml(upstream) + MODELS_TOML)
+    again = start_gateway(tmp_path, providers_toml(upstream) + MODELS_TOML, env=FAKE_KEYS)
     try:
         missing = [eid for eid in completed if not _has(again, eid)]
         assert missing == []
         assert again.count_events() >= len(completed)
     finally:
         stop_gateway(again)
+
+
+def _living_members(group: int) -> list[int]:
+    """Processes of a process group that are neither gone nor zombies (killed, unreaped)."""
+    living = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            living.append(int(stat.parent.name))
+    return living
 
 
 def _has(gw: Gateway, event_id: str) -> bool:
