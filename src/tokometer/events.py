@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import uuid_utils
 
@@ -30,10 +29,6 @@ class Usage:
     @property
     def uncached_input_tokens(self) -> int:
         return self.input_tokens - self.cache_read_tokens - self.cache_write_tokens
-
-    @property
-    def is_empty(self) -> bool:
-        return self.input_tokens == 0 and self.output_tokens == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +71,8 @@ class Event:
     output_sha256: str | None = None
     leaf_index: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: Decimals become decimal strings, never floats."""
-        d = {name: getattr(self, name) for name in FIELDS}
-        for k in _DECIMAL_FIELDS:
-            if d[k] is not None:
-                d[k] = decimal_str(d[k])
-        return d
-
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
-_DECIMAL_FIELDS = ("cost", "energy_wh", "co2e_g")
 
 
 def new_event_id() -> str:

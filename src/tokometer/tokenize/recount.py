@@ -7,7 +7,6 @@ template is unknown the count is an estimate, and says so.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +147,3 @@ def _block_text(block: Any) -> str:
                 return _text_of(value)
     return ""
 
-
-def join_texts(parts: Iterable[str | None]) -> str:
-    return "".join(p for p in parts if p)
