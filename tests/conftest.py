@@ -168,6 +168,7 @@ MODELS_TOML = "".join([
     _model("mystery-model", extra=""),
     _model("fail-400"), _model("html-502"), _model("garbage"), _model("hang"),
     _model("fail-500"),
+    _model("claude-html-502", provider="fake-anthropic", upstream_model="html-502"),
     """[[models]]
 name = "fallback"
 routes = [{ provider = "dead", model = "gpt-4o-mini" },

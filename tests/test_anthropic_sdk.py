@@ -76,6 +76,17 @@ def test_errors_come_in_anthropics_shape(client, gateway):
         ask(bad, stream=False)
 
 
+def test_a_non_json_upstream_error_becomes_an_anthropic_shaped_502(client, gateway):
+    with pytest.raises(anthropic.InternalServerError) as e:
+        ask(client, stream=False, model="claude-html-502")
+    assert e.value.status_code == 502
+    assert e.value.body["type"] == "error"
+    assert e.value.body["error"]["type"] == "api_error"
+    assert "Bad Gateway" in e.value.body["error"]["message"]
+    event = gateway.event(e.value.response.headers["x-tokometer-event-id"])
+    assert (event["status"], event["api"]) == (502, "anthropic")
+
+
 def test_an_openai_only_model_is_refused_on_the_messages_api(client):
     with pytest.raises(anthropic.BadRequestError, match="not served over the anthropic API"):
         ask(client, stream=False, model="gpt-4o-mini")

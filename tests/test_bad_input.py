@@ -63,6 +63,20 @@ def test_bad_input_is_refused_before_any_upstream_call(gateway, upstream, case, 
     assert len(upstream.calls) == before
 
 
+def test_an_oversized_chunked_body_without_length_is_refused_too(gateway, upstream):
+    before = len(upstream.calls)
+
+    def body():  # no Content-Length: the limit must hold while the body streams in
+        yield b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "'
+        for _ in range(30):
+            yield b"x" * 10_000
+        yield b'"}]}'
+
+    r = send(gateway, content=body(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert len(upstream.calls) == before
+
+
 def test_unknown_model_has_openais_model_not_found_code(gateway):
     r = send(gateway, json={**GOOD, "model": "gpt-9"})
     assert r.json()["error"]["code"] == "model_not_found"
