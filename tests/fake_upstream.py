@@ -78,7 +78,8 @@ class FakeUpstream:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = orjson.loads(raw)
-        self.calls.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        headers = {k.lower(): v for k, v in request.headers.items()}  # names are case-blind
+        self.calls.append({"path": request.path, "headers": headers, "body": body})
         model = body.get("model", "")
         if model == "fail-500":
             return web.json_response({"error": {"message": "The server had an error",

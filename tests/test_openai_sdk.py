@@ -199,7 +199,7 @@ def test_upstream_gets_the_providers_key_not_the_clients(client, gateway, upstre
     before = len(upstream.calls)
     chat(client, "gpt-4o-mini", stream=False)
     headers = upstream.calls[before]["headers"]
-    assert headers["Authorization"] == "Bearer sk-upstream-openai"
+    assert headers["authorization"] == "Bearer sk-upstream-openai"
     assert gateway.key not in str(headers)
 
 
