@@ -53,11 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(metavar="COMMAND")
 
     def command(name: str, help: str, run: Any) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("--config", default=os.environ.get("TOKOMETER_CONFIG", "tokometer.toml"),
-                       help="the TOML config (default: $TOKOMETER_CONFIG or ./tokometer.toml)")
-        c.set_defaults(run=run)
-        return c
+        return _runs(sub.add_parser(name, help=help, description=help), run)
 
     serve = command("serve", "run the gateway (and any local model servers the config "
                     "launches) until interrupted", _serve)
@@ -71,10 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help, run in (("create", "create a key and print it once", _keys_create),
                             ("list", "list keys (never the keys themselves)", _keys_list),
                             ("revoke", "revoke a key by its id", _keys_revoke)):
-        c = keys_sub.add_parser(name, help=help, description=help)
-        c.add_argument("--config", default=os.environ.get("TOKOMETER_CONFIG", "tokometer.toml"),
-                       help="the TOML config (default: $TOKOMETER_CONFIG or ./tokometer.toml)")
-        c.set_defaults(run=run)
+        c = _runs(keys_sub.add_parser(name, help=help, description=help), run)
         if name == "create":
             c.add_argument("--tenant", required=True, help="the organisation or team billed")
             c.add_argument("--app", required=True, help="the application using the key")
@@ -93,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--by", default="", help=f"comma-separated fields: {', '.join(GROUPABLE)}")
     _time_range(rep)
     rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    return p
+
+
+def _runs(p: argparse.ArgumentParser, run: Any) -> argparse.ArgumentParser:
+    """A command that reads the config and calls `run` with the parsed arguments."""
+    p.add_argument("--config", default=os.environ.get("TOKOMETER_CONFIG", "tokometer.toml"),
+                   help="the TOML config (default: $TOKOMETER_CONFIG or ./tokometer.toml)")
+    p.set_defaults(run=run)
     return p
 
 

@@ -74,7 +74,7 @@ class Gateway:
         await asyncio.to_thread(_preload_tokenizers, s, registry)
         self.keys = KeyRing(open_db(s.server.store))
         meter = Meter(Recounter(registry), Pricer(s.server.currency))
-        self.deps = Deps(s, new_session(s.server), meter, ledger)
+        self.deps = Deps(new_session(s.server), meter, ledger)
         self._tasks.append(asyncio.create_task(self.keys.watch_revocations()))
         log.info("tokometer gateway ready: %d models, store %s", len(s.models), s.server.store)
 
@@ -118,7 +118,7 @@ class Gateway:
         if key is None:
             raise AuthError("no API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'")
         assert self.keys is not None
-        consumer = self.keys.cached(key) or await self.keys.lookup(key)
+        consumer = await self.keys.lookup(key)
         if consumer is None:
             raise AuthError("invalid API key (unknown or revoked)")
         return consumer

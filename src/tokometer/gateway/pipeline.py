@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from ..config import Route, Settings
+from ..config import Route
 from ..errors import LedgerError, TokometerError, UpstreamError
 from ..events import Event, new_event_id
 from ..ledger import SQLiteLedger
@@ -28,7 +28,6 @@ log = logging.getLogger("tokometer.gateway")
 
 @dataclass(frozen=True, slots=True)
 class Deps:
-    settings: Settings
     session: aiohttp.ClientSession
     meter: Meter
     ledger: SQLiteLedger

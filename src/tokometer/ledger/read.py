@@ -24,19 +24,19 @@ def time_filter(since: str | None, until: str | None) -> tuple[str, list[str]]:
 def iter_events(conn: sqlite3.Connection, since: str | None = None,
                 until: str | None = None) -> Iterator[dict[str, Any]]:
     where, params = time_filter(since, until)
-    cursor = conn.execute(f"SELECT {', '.join(FIELDS)} FROM events{where} ORDER BY time, id",
-                          params)
-    for row in cursor:
-        event = dict(zip(FIELDS, row, strict=True))
-        event["stream"] = bool(event["stream"])
-        yield event
+    for row in conn.execute(f"{_SELECT}{where} ORDER BY time, id", params):
+        yield _event_of(row)
 
 
 def get_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
-    row = conn.execute(f"SELECT {', '.join(FIELDS)} FROM events WHERE id = ?",
-                       (event_id,)).fetchone()
-    if row is None:
-        return None
+    row = conn.execute(f"{_SELECT} WHERE id = ?", (event_id,)).fetchone()
+    return None if row is None else _event_of(row)
+
+
+_SELECT = f"SELECT {', '.join(FIELDS)} FROM events"
+
+
+def _event_of(row: tuple[Any, ...]) -> dict[str, Any]:
     event = dict(zip(FIELDS, row, strict=True))
     event["stream"] = bool(event["stream"])
     return event

@@ -17,7 +17,6 @@ import operator
 import queue
 import sqlite3
 import threading
-from dataclasses import fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ class _DecimalSum:
 
 
 _ALL_FIELDS = operator.attrgetter(*FIELDS)
-_DECIMAL_COLUMNS = [i for i, f in enumerate(fields(Event)) if "Decimal" in str(f.type)]
+_DECIMAL_COLUMNS = [FIELDS.index(name) for name in ("cost", "energy_wh", "co2e_g")]
 _STREAM_COLUMN = FIELDS.index("stream")
 
 

@@ -74,9 +74,6 @@ class KeyRing:
         self._lock = asyncio.Lock()
         self._known: dict[str, Consumer] = {}
 
-    def cached(self, key: str) -> Consumer | None:
-        return self._known.get(hash_key(key))
-
     async def lookup(self, key: str) -> Consumer | None:
         digest = hash_key(key)
         consumer = self._known.get(digest)
