@@ -254,6 +254,11 @@ def main() -> int:
     ap.add_argument("--litellm", type=Path, default=ROOT / "bench" / ".venv-litellm",
                     help="venv with litellm[proxy] installed (skipped if absent)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    ap.add_argument("--concurrency", type=_levels, default=CONCURRENCY,
+                    help="comma-separated concurrency levels (default: 1,4,16,64)")
+    ap.add_argument("--targets", type=lambda s: s.split(","),
+                    default=["direct", "bare", "tokometer", "litellm"],
+                    help="comma-separated subset of direct,bare,tokometer,litellm")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -270,12 +275,13 @@ def main() -> int:
                 "tokometer": lambda: tokometer(work, up)}
     if (args.litellm / "bin" / "litellm").exists():
         starters["litellm"] = lambda: (*litellm(work, args.litellm, up), LITELLM_KEY)
+    starters = {name: start for name, start in starters.items() if name in args.targets}
     try:
         for name, start in starters.items():
             proc, port, auth = start()
             try:
                 results += measure(name, f"http://127.0.0.1:{port}", auth, proc, args.seconds,
-                                   work)
+                                   work, args.concurrency)
                 if proc is not None and proc.poll() is None:
                     memory[name] = memory_mb(proc.pid)
             finally:
@@ -291,14 +297,14 @@ def main() -> int:
 
 
 def measure(name: str, base: str, auth: str | None, proc: subprocess.Popen | None,
-            seconds: int, work: Path) -> list[Result]:
+            seconds: int, work: Path, levels: tuple[int, ...]) -> list[Result]:
     results = []
     raw = name in ("direct", "bare")  # no model routing: the path picks JSON or SSE
     for mode in ("json", "sse"):
         path = "/stream/v1/chat/completions" if raw and mode == "sse" else "/v1/chat/completions"
         body = {"model": "gpt-4o-mini" if raw else f"bench-{mode}",
                 "messages": [{"role": "user", "content": "Say hello."}], "stream": mode == "sse"}
-        for c in CONCURRENCY:
+        for c in levels:
             if proc is not None and proc.poll() is not None:
                 print(f"{name} exited ({proc.returncode}): {mode} c={c} not measured", flush=True)
                 results.append(Result(name, mode, c, 0.0, 0.0, 0.0, None, 0, -1))
@@ -315,6 +321,16 @@ def measure(name: str, base: str, auth: str | None, proc: subprocess.Popen | Non
             print(f"{name:10} {mode:4} c={c:<3} {rps:9.0f} ok/s  p50 {p50:7.3f} ms  "
                   f"p99 {p99:7.3f} ms  cpu/req {cpu or 0:6.3f} ms  errors {errors}", flush=True)
     return results
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,64, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrency levels must be at least 1")
+    return levels
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -16,10 +16,12 @@ _EVENT_COLUMNS = ",\n  ".join(
     f"{name} {_TYPES.get(name, 'TEXT')}{' PRIMARY KEY' if name == 'id' else ''}" for name in FIELDS
 )
 
+# WITHOUT ROWID: the table is the id's B-tree, so a commit touches one tree less (about a
+# third less time per single-event commit here).
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
   {_EVENT_COLUMNS}
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
 CREATE TABLE IF NOT EXISTS keys (
   key_id TEXT PRIMARY KEY,
