@@ -62,7 +62,7 @@ def test_prices_are_exact_decimals_and_cache_rates_default_to_input(tmp_path):
     ("[[models]]\nname='m'\nroutes=[{provider='nope'}]\n",
      "models[0].routes[0].provider: unknown provider 'nope'"),
     ("[[models]]\nname='m'\nroutes=[]\n", "models[0].routes: a model needs at least one route"),
-    (BASE + "price = { input = -1, output = 1 }\n", "models[0].price.input: a price cannot"),
+    (BASE + "price = { input = -1, output = 1 }\n", "models[0].price.input: cannot be negative"),
     (BASE + "price = { input = 1 }\n", "models[0].price.output: missing"),
     (BASE + "tokenizer = 'o200k'\n", "models[0].tokenizer: expected 'KIND:NAME'"),
     ("[server\n", "not valid TOML"),

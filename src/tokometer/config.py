@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .events import decimal_str as decimal_text
 
 APIS = ("openai", "anthropic")
+STRATEGIES = ("order", "price", "latency")
+PERIODS = ("day", "week", "month", "total")
+SCOPES = ("tenant", "app", "key_id")
+TOKENS = "tokens"  # the budget unit that counts tokens instead of money
+# "EU" in a rule stands for the member states (ISO 3166-1 alpha-2).
+EU = frozenset({"AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "IE",
+                "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"})
 _Named = TypeVar("_Named", "Provider", "Model")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -54,6 +62,7 @@ class Provider:
     region: str | None
     price_provider: str | None  # genai-prices provider id, when it differs from `name`
     launch: Launch | None
+    timeout: float | None = None  # seconds it may stay silent; None: server.upstream_timeout
 
     @property
     def usable(self) -> bool:
@@ -75,6 +84,59 @@ class Model:
     tokenizer: str | None
     chat_template: str | None
     price: Price | None
+    strategy: str = "order"  # how routes are ranked: STRATEGIES
+    max_attempts: int | None = None  # None: server.max_attempts
+    max_output_tokens: int | None = None  # the reservation when a request sets no max
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Whom a budget, limit or rule applies to: every key of a tenant, of an app, or one key."""
+
+    kind: str  # SCOPES
+    value: str
+
+    def covers(self, who: Any) -> bool:
+        return getattr(who, self.kind) == self.value
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    id: str
+    scope: Scope
+    limit: Decimal
+    unit: str  # the server currency, or TOKENS
+    period: str  # PERIODS
+
+    def __str__(self) -> str:
+        per = "in total" if self.period == "total" else f"per {self.period}"
+        return f"budget {self.id} ({self.scope}: {decimal_text(self.limit)} {self.unit} {per})"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    name: str
+    scope: Scope
+    rpm: int | None
+    tpm: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Where a scope's tokens may be served (regions) and whose models it may use (origins).
+
+    None for an allow-list means no restriction; regions and origins are ISO country codes.
+    """
+
+    name: str
+    scope: Scope
+    allow_regions: frozenset[str] | None
+    deny_regions: frozenset[str]
+    allow_origins: frozenset[str] | None
+    deny_origins: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +150,10 @@ class Server:
     upstream_timeout: float = 600.0  # seconds a provider may stay silent
     connect_timeout: float = 10.0
     durability: str = "process"  # "process": survives kill -9; "power": fsync every commit
+    max_attempts: int | None = None  # routes tried per request, at most; None: all of them
+    default_max_output_tokens: int = 4096  # the reservation when nothing else bounds output
+    admin_token_env: str | None = None
+    admin_token: str | None = None  # /admin/... is off until this is set
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +162,9 @@ class Settings:
     server: Server
     providers: Mapping[str, Provider]
     models: Mapping[str, Model] = field(default_factory=dict)
+    budgets: tuple[Budget, ...] = ()
+    limits: tuple[Limit, ...] = ()
+    rules: tuple[Rule, ...] = ()
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,12 +181,18 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 
 def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settings:
     cfg = _Reader(raw, str(path))
-    cfg.only("server", "providers", "models")
+    cfg.only("server", "providers", "models", "budgets", "limits", "rules")
     base = path.resolve().parent
-    server = _server(cfg.table("server"), base)
+    server = _server(cfg.table("server"), base, environ)
     providers = _by_name(cfg.tables("providers"), lambda p: _provider(p, environ), "provider")
     models = _by_name(cfg.tables("models"), lambda m: _model(m, providers), "model")
-    return Settings(path=path, server=server, providers=providers, models=models)
+    return Settings(
+        path=path, server=server, providers=providers, models=models,
+        budgets=tuple(_budget(b, f"config-{i}", server.currency)
+                      for i, b in enumerate(cfg.tables("budgets"))),
+        limits=tuple(_limit(x) for x in cfg.tables("limits")),
+        rules=tuple(_rule(r) for r in cfg.tables("rules")),
+    )
 
 
 def _by_name(tables: list[_Reader], build: Callable[[_Reader], _Named],
@@ -131,9 +206,10 @@ def _by_name(tables: list[_Reader], build: Callable[[_Reader], _Named],
     return out
 
 
-def _server(s: _Reader, base: Path) -> Server:
+def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     s.only("host", "port", "store", "currency", "data_dir", "max_body_bytes",
-           "upstream_timeout", "connect_timeout", "durability")
+           "upstream_timeout", "connect_timeout", "durability", "max_attempts",
+           "default_max_output_tokens", "admin_token_env")
     d = Server()
     store = s.str("store", "sqlite:///tokometer.db")
     if not store.startswith("sqlite:///"):
@@ -154,11 +230,17 @@ def _server(s: _Reader, base: Path) -> Server:
         upstream_timeout=s.number("upstream_timeout", d.upstream_timeout),
         connect_timeout=s.number("connect_timeout", d.connect_timeout),
         durability=durability,
+        max_attempts=s.opt_int("max_attempts", lo=1),
+        default_max_output_tokens=s.int("default_max_output_tokens",
+                                        d.default_max_output_tokens, lo=1),
+        admin_token_env=(admin_env := s.opt_str("admin_token_env")),
+        admin_token=environ.get(admin_env) or None if admin_env else None,
     )
 
 
 def _provider(p: _Reader, environ: Mapping[str, str]) -> Provider:
-    p.only("name", "api", "base_url", "api_key_env", "region", "price_provider", "launch")
+    p.only("name", "api", "base_url", "api_key_env", "region", "price_provider", "launch",
+           "timeout")
     api = p.str("api")
     if api not in APIS:
         raise p.error("api", f"expected one of {', '.join(APIS)}, got {api!r}")
@@ -187,11 +269,13 @@ def _provider(p: _Reader, environ: Mapping[str, str]) -> Provider:
         region=_country(p, "region"),
         price_provider=p.opt_str("price_provider"),
         launch=launch,
+        timeout=p.number("timeout", None),
     )
 
 
 def _model(m: _Reader, providers: Mapping[str, Provider]) -> Model:
-    m.only("name", "routes", "origin", "tokenizer", "chat_template", "price")
+    m.only("name", "routes", "origin", "tokenizer", "chat_template", "price", "strategy",
+           "max_attempts", "max_output_tokens")
     name = m.str("name")
     routes = []
     for r in m.tables("routes"):
@@ -215,7 +299,67 @@ def _model(m: _Reader, providers: Mapping[str, Provider]) -> Model:
         raise m.error("tokenizer", f"expected 'KIND:NAME' (tiktoken:, hf:, gguf:, splintr:, "
                       f"deepseek:), got {tokenizer!r}")
     return Model(name=name, routes=tuple(routes), origin=_country(m, "origin"),
-                 tokenizer=tokenizer, chat_template=m.opt_str("chat_template"), price=price)
+                 tokenizer=tokenizer, chat_template=m.opt_str("chat_template"), price=price,
+                 strategy=m.choice("strategy", STRATEGIES, "order"),
+                 max_attempts=m.opt_int("max_attempts", lo=1),
+                 max_output_tokens=m.opt_int("max_output_tokens", lo=1))
+
+
+def _scope(r: _Reader) -> Scope:
+    present = [kind for kind in SCOPES if kind in r.raw]
+    if len(present) != 1:
+        raise r.error(present[1] if len(present) > 1 else "tenant",
+                      "exactly one of tenant, app, key_id is needed")
+    return Scope(present[0], r.str(present[0]))
+
+
+def _budget(b: _Reader, budget_id: str, currency: str) -> Budget:
+    b.only(*SCOPES, "limit", "unit", "period")
+    scope = _scope(b)
+    unit = b.str("unit")
+    if unit not in (currency, TOKENS):
+        raise b.error("unit", f"expected the server currency {currency!r} or 'tokens', "
+                      f"got {unit!r}")
+    limit = b.money("limit", what="a number (money in the unit, or tokens)")
+    return Budget(budget_id, scope, limit, unit, b.choice("period", PERIODS))
+
+
+def _limit(x: _Reader) -> Limit:
+    x.only(*SCOPES, "rpm", "tpm")
+    scope = _scope(x)
+    rpm, tpm = x.opt_int("rpm", lo=1), x.opt_int("tpm", lo=1)
+    if rpm is None and tpm is None:
+        raise x.error("rpm", "a limit needs rpm, tpm or both")
+    return Limit(x.key_path, scope, rpm, tpm)
+
+
+def _rule(r: _Reader) -> Rule:
+    r.only(*SCOPES, "allow_regions", "deny_regions", "allow_origins", "deny_origins")
+    scope = _scope(r)
+    sets = {key: _countries(r, key) for key in
+            ("allow_regions", "deny_regions", "allow_origins", "deny_origins")}
+    if not any(v is not None for v in sets.values()):
+        raise r.error("allow_regions", "a rule needs allow_regions, deny_regions, "
+                      "allow_origins or deny_origins")
+    return Rule(r.key_path, scope, sets["allow_regions"], sets["deny_regions"] or frozenset(),
+                sets["allow_origins"], sets["deny_origins"] or frozenset())
+
+
+def _countries(r: _Reader, key: str) -> frozenset[str] | None:
+    if key not in r.raw:
+        return None
+    value = r.raw[key]
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise r.error(key, f"expected a list of country codes like [\"DE\", \"EU\"], got {value!r}")
+    out: set[str] = set()
+    for code in value:
+        if code == "EU":
+            out |= EU
+        elif _COUNTRY.match(code):
+            out.add(code)
+        else:
+            raise r.error(key, f"expected ISO 3166-1 alpha-2 codes or 'EU', got {code!r}")
+    return frozenset(out)
 
 
 def _country(r: _Reader, key: str) -> str | None:
@@ -264,17 +408,28 @@ class _Reader:
             raise self.error(key, f"{value} is out of range")
         return value
 
-    def number(self, key: str, default: float) -> float:
+    def opt_int(self, key: str, lo: int) -> int | None:
+        return None if key not in self.raw else self.int(key, 0, lo)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.str(key, default)
+        if value not in choices:
+            raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def number(self, key: str, default: Any) -> Any:
         value = self._get(key, default, (int, float, Decimal), "a number")
+        if value is None:
+            return None
         if value <= 0:
             raise self.error(key, "must be positive")
         return float(value)
 
-    def money(self, key: str, default: Decimal | None = None) -> Decimal:
-        value = self._get(key, _REQUIRED if default is None else default,
-                          (int, Decimal), "a number (price per 1M tokens)")
+    def money(self, key: str, default: Decimal | None = None,
+              what: str = "a number (price per 1M tokens)") -> Decimal:
+        value = self._get(key, _REQUIRED if default is None else default, (int, Decimal), what)
         if value < 0:
-            raise self.error(key, "a price cannot be negative")
+            raise self.error(key, "cannot be negative")
         return Decimal(value)
 
     def table(self, key: str) -> _Reader:

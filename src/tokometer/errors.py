@@ -3,6 +3,8 @@
     TokometerError
     ├── ConfigError        bad TOML or values; raised at start-up, names file and key
     ├── RequestError       the client's request cannot be served (400/401/404/413)
+    │   ├── AuthError      no key, or an unknown or revoked one (401)
+    │   └── PolicyError    refused by a residency rule, rate limit or budget (403/429/402)
     ├── UpstreamError      the provider failed, timed out or answered nonsense (502/504)
     └── LedgerError        the store could not record an event
 
@@ -41,6 +43,15 @@ class RequestError(TokometerError):
 class AuthError(RequestError):
     status = 401
     type = "authentication_error"
+
+
+class PolicyError(RequestError):
+    """A refusal the gateway records as an event; `retry_after` in seconds for 429s."""
+
+    def __init__(self, message: str, *, status: int, type: str, code: str,
+                 retry_after: int | None = None):
+        super().__init__(message, status=status, type=type, code=code)
+        self.retry_after = retry_after
 
 
 class UpstreamError(TokometerError):

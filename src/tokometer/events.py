@@ -49,7 +49,7 @@ class Event:
     stream: bool
     provider: str | None
     provider_region: str | None
-    model_requested: str
+    model_requested: str | None
     model: str | None
     model_origin: str | None
     input_tokens: int

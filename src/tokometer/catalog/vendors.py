@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +66,11 @@ def vendor_of(model: str) -> VendorInfo | None:
         if name.startswith(prefix):
             return _FAMILIES[prefix]
     return None
+
+
+def origin_of(model: Any, route_model: str) -> str | None:
+    """The vendor's country for a configured model served as `route_model`: config first."""
+    if model.origin:
+        return model.origin
+    info = vendor_of(route_model)
+    return info.origin if info else None

@@ -18,15 +18,19 @@ from .. import config
 from ..catalog import Pricer, vendor_of
 from ..config import Settings
 from ..errors import AuthError, RequestError, TokometerError
+from ..events import new_event_id
 from ..ledger import SQLiteLedger, open_db
-from ..policy import Consumer, KeyRing
+from ..policy import Consumer, Guard, KeyRing
+from ..policy.sync import BudgetSync
 from ..tokenize import Recounter, TokenizerRegistry
-from .call import parse_call
+from .admin import Admin
+from .call import parse_call, refused_call
 from .meter import Meter
-from .pipeline import Deps, handle
+from .pipeline import Deps, handle, refuse
 from .relay import Receive, Send
+from .router import Router
 from .upstream import new_session
-from .wire import ENDPOINTS, JSON_HEADERS, render_error
+from .wire import ENDPOINTS, JSON_HEADERS, Endpoint, render_error
 
 log = logging.getLogger("tokometer.gateway")
 
@@ -43,6 +47,7 @@ class Gateway:
         self.settings = settings
         self.deps: Deps | None = None
         self.keys: KeyRing | None = None
+        self.admin: Admin | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -73,9 +78,15 @@ class Gateway:
         registry = TokenizerRegistry(s.server.data_dir)
         await asyncio.to_thread(_preload_tokenizers, s, registry)
         self.keys = KeyRing(open_db(s.server.store))
-        meter = Meter(Recounter(registry), Pricer(s.server.currency))
-        self.deps = Deps(new_session(s.server), meter, ledger)
-        self._tasks.append(asyncio.create_task(self.keys.watch_revocations()))
+        pricer = Pricer(s.server.currency)
+        meter = Meter(Recounter(registry), pricer, s.server.default_max_output_tokens)
+        budgets = BudgetSync(Guard(s, {}), open_db(s.server.store), s.budgets)
+        await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
+        self.admin = Admin(s, open_db(s.server.store), self.keys, budgets)
+        self.deps = Deps(new_session(s.server), meter, ledger,
+                         Router(pricer, s.server.max_attempts), budgets.guard)
+        self._tasks += [asyncio.create_task(self.keys.watch_revocations()),
+                        asyncio.create_task(budgets.run_forever())]
         log.info("tokometer gateway ready: %d models, store %s", len(s.models), s.server.store)
 
     async def stop(self) -> None:
@@ -96,6 +107,8 @@ class Gateway:
             if path == "/healthz":
                 return await _json(send, 200, {"status": "ok"})
             headers = dict(scope["headers"])
+            if path.startswith("/admin/"):
+                return await self._admin(method, path, headers, receive, send)
             if path == "/v1/models":
                 await self._authenticate(headers)
                 return await _json(send, 200, self._model_list(b"anthropic-version" in headers))
@@ -104,7 +117,10 @@ class Gateway:
                                    type="not_found_error")
             if method != "POST":
                 raise RequestError(f"{path} takes POST, not {method}", status=405)
-            consumer = await self._authenticate(headers)
+            try:
+                consumer = await self._authenticate(headers)
+            except AuthError as error:
+                return await self._refuse_unknown(endpoint, error, headers, receive, send, t0)
             raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
             call = parse_call(endpoint, raw, headers, self.settings, consumer, t0)
         except RequestError as error:
@@ -112,6 +128,30 @@ class Gateway:
             return await _reply(send, status, body)
         assert self.deps is not None, "lifespan startup has not run"
         await handle(call, self.deps, send, receive)
+
+    async def _refuse_unknown(self, endpoint: Endpoint, error: AuthError,
+                              headers: dict[bytes, bytes], receive: Receive, send: Send,
+                              t0: float) -> None:
+        """A bad key on a metered endpoint: recorded as a refusal, with what the body says."""
+        try:
+            raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
+        except RequestError:
+            raw = b""
+        assert self.deps is not None, "lifespan startup has not run"
+        call = refused_call(endpoint, raw, headers, self.settings, t0)
+        await refuse(call, error, self.deps, send, new_event_id())
+
+    async def _admin(self, method: str, path: str, headers: dict[bytes, bytes],
+                     receive: Receive, send: Send) -> None:
+        assert self.admin is not None, "lifespan startup has not run"
+        self.admin.check(headers)
+        raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as e:
+            raise RequestError(f"the request body is not valid JSON: {e}") from None
+        status, data = await self.admin.handle(method, path, body)
+        await _json(send, status, data)
 
     async def _authenticate(self, headers: dict[bytes, bytes]) -> Consumer:
         key = _api_key(headers)

@@ -11,7 +11,8 @@ import orjson
 
 from ..config import Model, Settings
 from ..errors import RequestError
-from ..policy import Consumer
+from ..policy import ANONYMOUS, Consumer
+from .steering import Steering, parse_steering
 from .wire import Endpoint
 
 
@@ -29,6 +30,7 @@ class Call:
     client_headers: dict[bytes, bytes]
     started: datetime
     t0: float  # perf_counter at arrival
+    steering: Steering | None = None
 
     @property
     def client_wants_usage(self) -> bool:
@@ -60,6 +62,26 @@ def parse_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
         missing = ", ".join(sorted({r.provider.api_key_env or "" for r in routes}))
         raise RequestError(f"the model {name!r} has no usable provider: set {missing} and "
                            "restart the gateway", status=503, type="provider_unavailable")
+    steering = parse_steering(body["provider"]) if "provider" in body else None
+    return _call(endpoint, body, raw, model, headers, consumer, t0, started, steering)
+
+
+def refused_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
+                 settings: Settings, t0: float) -> Call:
+    """A request refused before it could be parsed (a bad key): what can be known of it."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    body = body if isinstance(body, dict) else {}
+    name = body.get("model") if isinstance(body.get("model"), str) else ""
+    model = settings.models.get(name) or Model(name, (), None, None, None, None)
+    return _call(endpoint, body, raw, model, headers, ANONYMOUS, t0, datetime.now(UTC), None)
+
+
+def _call(endpoint: Endpoint, body: dict[str, Any], raw: bytes, model: Model,
+          headers: dict[bytes, bytes], consumer: Consumer, t0: float, started: datetime,
+          steering: Steering | None) -> Call:
     stream = body.get("stream") is True
     user = body.get("user")
     return Call(
@@ -75,6 +97,7 @@ def parse_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
         client_headers=headers,
         started=started,
         t0=t0,
+        steering=steering,
     )
 
 

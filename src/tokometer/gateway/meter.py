@@ -10,15 +10,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
-from ..catalog import Pricer, vendor_of
+from ..catalog import Priced, Pricer, origin_of, vendor_of
 from ..config import Route
 from ..events import COUNTED, ESTIMATED, REPORTED, Event, Usage, new_event_id, rfc3339
+from ..policy import Need
 from ..tokenize import Recounter
 from ..tokenize.recount import Count
 from .call import Call, elapsed_ms
 
 _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
+# Where each API puts the most output a request allows.
+_MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 log = logging.getLogger("tokometer.meter")
 
 
@@ -41,21 +45,44 @@ class Outcome:
 class Meter:
     recounter: Recounter
     pricer: Pricer
+    default_max_output_tokens: int = 4096
+
+    def expected(self, call: Call) -> Usage:
+        """The most a request may use: its input counted now, its output at the allowed max."""
+        spec = _tokenizer(call, call.model.routes[0] if call.model.routes else None)
+        try:
+            counted = self.recounter.input(spec, call.model.chat_template,
+                                           call.endpoint.operation, call.body)
+        except Exception:  # a failed count must not refuse the request: estimate instead
+            log.exception("counting the input of model %r failed; estimating", call.model.name)
+            counted = self.recounter.input(None, None, call.endpoint.operation, call.body)
+        if call.endpoint.operation == "embeddings":
+            return Usage(input_tokens=counted.tokens)
+        out = next((v for k in _MAX_OUTPUT_KEYS if isinstance(v := call.body.get(k), int)
+                    and not isinstance(v, bool) and v > 0), None)
+        out = out or call.model.max_output_tokens or self.default_max_output_tokens
+        return Usage(input_tokens=counted.tokens, output_tokens=out)
+
+    def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
+        """`usage`'s tokens, and its cost on the dearest of `routes` (None if one is unpriced)."""
+        costs = [self.pricer.price(call.model, r, usage, call.started).cost for r in routes]
+        known = [c for c in costs if c is not None]
+        cost = max(known) if known and len(known) == len(costs) else None
+        return Need(usage.input_tokens + usage.output_tokens, cost)
 
     async def event(self, call: Call, outcome: Outcome, event_id: str | None = None) -> Event:
         route = outcome.route
-        info = vendor_of(route.model) if route is not None else None
-        spec = call.model.tokenizer or (info.tokenizer if info else None)
+        spec = _tokenizer(call, route)
         produced = outcome.status < 400 or outcome.status == 499
         counted_in = counted_out = None
         if produced and (spec is not None or outcome.reported is None
                          or not outcome.usage_complete):
             counted_in, counted_out = await self._recount(call, spec, outcome)
         usage, source = _reading(outcome, counted_in, counted_out)
+        # No route: refused before anything was sent, so nothing to pay.
         priced = (self.pricer.price(call.model, route, usage, call.started)
-                  if route is not None else None)
+                  if route is not None else Priced(Decimal(0), None))
         consumer = call.consumer
-        origin = call.model.origin or (info.origin if info else None)
         return Event(
             id=event_id or new_event_id(),
             time=rfc3339(call.started),
@@ -73,9 +100,9 @@ class Meter:
             stream=call.stream,
             provider=route.provider.name if route else None,
             provider_region=route.provider.region if route else None,
-            model_requested=call.model.name,
+            model_requested=call.model.name or None,
             model=outcome.model or (route.model if route else None),
-            model_origin=origin,
+            model_origin=origin_of(call.model, route.model) if route else None,
             input_tokens=usage.input_tokens,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
@@ -84,9 +111,9 @@ class Meter:
             usage_source=source,
             counted_input_tokens=counted_in.tokens if counted_in and counted_in.exact else None,
             counted_output_tokens=counted_out.tokens if counted_out and counted_out.exact else None,
-            cost=priced.cost if priced else None,
+            cost=priced.cost,
             currency=self.pricer.currency,
-            price_ref=priced.price_ref if priced else None,
+            price_ref=priced.price_ref,
             status=outcome.status,
             error_type=outcome.error_type,
             finish_reason=outcome.finish_reason,
@@ -108,6 +135,14 @@ class Meter:
             log.exception("recount with %s failed for model %r; estimating", spec,
                           call.model.name)
             return count(None)
+
+
+def _tokenizer(call: Call, route: Route | None) -> str | None:
+    """The model's tokenizer spec: the config's, else the catalog's for the routed model."""
+    if call.model.tokenizer or route is None:
+        return call.model.tokenizer
+    info = vendor_of(route.model)
+    return info.tokenizer if info else None
 
 
 def _reading(outcome: Outcome, counted_in: Count | None,

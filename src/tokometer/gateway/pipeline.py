@@ -1,24 +1,29 @@
 """The walk of one request, one call per stage. Read this file first.
 
-authenticate (app.py) → parse → try routes in order → relay (body, error or stream)
-→ meter (usage, recount, price) → ledger append (durable) → last byte to the client.
+authenticate (app.py) → parse → plan routes (rules, strategy) → admit (rate limits,
+budgets) → try routes in order → relay (body, error or stream) → meter (usage, recount,
+price) → ledger append (durable) and budgets settled → last byte to the client.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from ..config import Route
-from ..errors import LedgerError, TokometerError, UpstreamError
+from ..errors import LedgerError, PolicyError, RequestError, TokometerError, UpstreamError
 from ..events import Event, new_event_id
 from ..ledger import SQLiteLedger
+from ..policy import Guard, Ticket
 from .call import Call
 from .meter import Meter, Outcome
 from .relay import Receive, Send, relay_body, relay_error, relay_stream
+from .router import Router
 from .upstream import open_response
 from .wire import EVENT_ID_HEADER, JSON_HEADERS, render_error, sse_error
 
@@ -31,15 +36,55 @@ class Deps:
     session: aiohttp.ClientSession
     meter: Meter
     ledger: SQLiteLedger
+    router: Router
+    guard: Guard
 
 
 async def handle(call: Call, deps: Deps, send: Send, receive: Receive) -> None:
     event_id = new_event_id()
+    try:
+        routes, ticket = _admit(call, deps)
+    except PolicyError as refusal:
+        return await refuse(call, refusal, deps, send, event_id)
+    except RequestError as error:
+        return await _send_error(send, call, error, event_id)
+    try:
+        await _forward(call, deps, send, receive, routes, ticket, event_id)
+    finally:
+        ticket.settle(None)  # never recorded (cancelled): release what it reserved
+
+
+def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
+    """The routes the request may take, and its reservations; PolicyError if refused."""
+    expected = functools.cache(lambda: deps.meter.expected(call))
+    routes = deps.router.plan(call, deps.guard.rules_for(call.consumer), expected)
+    ticket = deps.guard.admit(call.consumer, lambda: deps.meter.need(call, routes, expected()))
+    return routes, ticket
+
+
+async def refuse(call: Call, refusal: RequestError, deps: Deps, send: Send,
+                 event_id: str) -> None:
+    """Record a refused request (no provider saw it) and tell the client why."""
+    event = await deps.meter.event(call, Outcome(None, refusal.status,
+                                                 error_type=refusal.code or refusal.type),
+                                   event_id)
+    try:
+        await deps.ledger.append(event)
+    except LedgerError as error:  # the refusal stands either way
+        log.error("refusal %s was not recorded: %s", event_id, error.message)
+    await _send_error(send, call, refusal, event_id)
+
+
+async def _forward(call: Call, deps: Deps, send: Send, receive: Receive, routes: list[Route],
+                   ticket: Ticket, event_id: str) -> None:
     started = False
 
     async def record(outcome: Outcome) -> Event:
         event = await deps.meter.event(call, outcome, event_id)
-        await deps.ledger.append(event)
+        try:
+            await deps.ledger.append(event)
+        finally:
+            ticket.settle(event)
         return event
 
     async def tracked_send(message: dict[str, Any]) -> None:
@@ -47,7 +92,7 @@ async def handle(call: Call, deps: Deps, send: Send, receive: Receive) -> None:
         started = True
         await send(message)
 
-    route, answer = await _first_answer(call, deps)
+    route, answer = await _first_answer(call, deps, routes)
     try:
         try:
             if isinstance(answer, UpstreamError):
@@ -75,24 +120,28 @@ async def handle(call: Call, deps: Deps, send: Send, receive: Receive) -> None:
 
 async def _send_error(send: Send, call: Call, error: TokometerError, event_id: str) -> None:
     status, body = render_error(call.endpoint.api, error)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*JSON_HEADERS, (EVENT_ID_HEADER, event_id.encode())]})
+    headers = [*JSON_HEADERS, (EVENT_ID_HEADER, event_id.encode())]
+    if isinstance(error, PolicyError) and error.retry_after is not None:
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _first_answer(call: Call,
-                        deps: Deps) -> tuple[Route, aiohttp.ClientResponse | UpstreamError]:
-    """Try the model's routes in order; the next one only if nothing reached the client."""
-    routes = [r for r in call.model.routes
-              if r.provider.api == call.endpoint.api and r.provider.usable]
+async def _first_answer(call: Call, deps: Deps, routes: list[Route]
+                        ) -> tuple[Route, aiohttp.ClientResponse | UpstreamError]:
+    """Try the planned routes in order; the next one only if nothing reached the client."""
     answer: aiohttp.ClientResponse | UpstreamError
     for route in routes:
+        t = time.perf_counter()
         try:
             answer = await open_response(deps.session, call, route)
         except UpstreamError as error:
+            deps.router.observe(route, (time.perf_counter() - t) * 1000, ok=False)
             answer = error
             continue
-        if answer.status not in _RETRYABLE or route is routes[-1]:
+        ok = answer.status not in _RETRYABLE
+        deps.router.observe(route, (time.perf_counter() - t) * 1000, ok=ok)
+        if ok or route is routes[-1]:
             break
         answer.release()
     return route, answer

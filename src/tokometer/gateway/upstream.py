@@ -41,7 +41,11 @@ def upstream_body(call: Call, route: Route) -> bytes:
             and not call.client_wants_usage:
         # Without this an OpenAI-format stream carries no usage at all.
         changes["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    return orjson.dumps({**body, **changes}) if changes else call.raw
+    if not changes and call.steering is None:
+        return call.raw
+    out = {**body, **changes}
+    out.pop("provider", None)  # the routing preferences were for us
+    return orjson.dumps(out)
 
 
 def upstream_headers(call: Call, route: Route) -> dict[str, str]:
@@ -62,9 +66,13 @@ def upstream_headers(call: Call, route: Route) -> dict[str, str]:
 async def open_response(session: aiohttp.ClientSession, call: Call,
                         route: Route) -> aiohttp.ClientResponse:
     url = route.provider.base_url + call.endpoint.upstream_path
+    timeout = session.timeout
+    if route.provider.timeout is not None:  # this provider's own bound on silence
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout.sock_connect,
+                                        sock_read=route.provider.timeout)
     with _translated_errors(route, mid_response=False):
         return await session.post(url, data=upstream_body(call, route),
-                                  headers=upstream_headers(call, route))
+                                  headers=upstream_headers(call, route), timeout=timeout)
 
 
 async def read_all(response: aiohttp.ClientResponse, route: Route) -> bytes:

@@ -33,7 +33,8 @@ COST_HEADER = b"x-tokometer-cost"
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 _ANTHROPIC_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+    403: "permission_error",
     404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
     429: "rate_limit_error", 500: "api_error", 502: "api_error", 503: "overloaded_error",
     504: "api_error",

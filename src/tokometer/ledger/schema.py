@@ -32,6 +32,21 @@ CREATE TABLE IF NOT EXISTS keys (
   created TEXT NOT NULL,
   revoked TEXT
 );
+CREATE TABLE IF NOT EXISTS budgets (
+  budget_id TEXT PRIMARY KEY,
+  scope TEXT NOT NULL,
+  scope_value TEXT NOT NULL,
+  limit_value TEXT NOT NULL,
+  unit TEXT NOT NULL,
+  period TEXT NOT NULL,
+  created TEXT NOT NULL,
+  UNIQUE (scope, scope_value, unit, period)
+);
+CREATE TABLE IF NOT EXISTS budget_reservations (
+  budget_id TEXT PRIMARY KEY,
+  reserved TEXT NOT NULL,
+  updated TEXT NOT NULL
+);
 """
 
 INSERT_EVENT = (

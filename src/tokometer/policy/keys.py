@@ -23,10 +23,13 @@ REFRESH_SECONDS = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Consumer:
-    key_id: str
-    tenant: str
-    app: str
+    key_id: str | None
+    tenant: str | None
+    app: str | None
     region: str | None
+
+
+ANONYMOUS = Consumer(None, None, None, None)  # who a request without a valid key is
 
 
 def hash_key(key: str) -> str:
@@ -90,6 +93,12 @@ class KeyRing:
             (digest,),
         ).fetchone()
         return Consumer(*row) if row else None
+
+    def forget(self, key_id: str) -> None:
+        """Drop a revoked key at once (the admin API revokes through this gateway)."""
+        for digest, consumer in list(self._known.items()):
+            if consumer.key_id == key_id:
+                del self._known[digest]
 
     async def watch_revocations(self) -> None:
         """Forget revoked keys; runs for the life of the gateway."""

@@ -1,0 +1,114 @@
+"""The admin API: keys and budgets over HTTP, mirroring `tokometer keys` and `budgets`.
+
+    GET    /admin/keys                 list keys (never the keys themselves)
+    POST   /admin/keys                 {"tenant", "app", "region"?} → {"key", "key_id"} (201)
+    DELETE /admin/keys/{key_id}        revoke, effective at once
+    GET    /admin/budgets              every budget: spend, reservations, remaining, reset
+    PUT    /admin/budgets              {"tenant"|"app"|"key_id", "limit", "unit", "period"}
+    DELETE /admin/budgets/{budget_id}  remove a budget set at run time
+
+Authenticated with `Authorization: Bearer TOKEN`, the token read from the environment
+variable `server.admin_token_env` names; without it the admin API is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import sqlite3
+from typing import Any
+
+from ..config import SCOPES, Settings
+from ..errors import AuthError, RequestError
+from ..policy import KeyRing, create_key, list_keys, revoke_key
+from ..policy.budgets import new_budget, remove_budget, set_budget
+from ..policy.sync import BudgetSync
+
+Answer = tuple[int, Any]
+
+
+class Admin:
+    def __init__(self, settings: Settings, conn: sqlite3.Connection, keys: KeyRing,
+                 budgets: BudgetSync):
+        self.settings = settings
+        self._conn = conn
+        self._lock = asyncio.Lock()  # one store operation at a time on this connection
+        self.keys = keys
+        self.budgets = budgets
+
+    def check(self, headers: dict[bytes, bytes]) -> None:
+        token = self.settings.server.admin_token
+        if token is None:
+            raise RequestError("the admin API is off: set server.admin_token_env in the config "
+                               "and put a token in that environment variable",
+                               status=404, type="not_found_error")
+        given = headers.get(b"authorization", b"")
+        if not hmac.compare_digest(given, b"Bearer " + token.encode()):
+            raise AuthError("the admin API needs 'Authorization: Bearer ADMIN_TOKEN'")
+
+    async def handle(self, method: str, path: str, body: Any) -> Answer:
+        parts = path.removeprefix("/admin/").split("/")
+        if parts[0] == "keys":
+            return await self._keys(method, parts[1:], body)
+        if parts[0] == "budgets":
+            return await self._budgets(method, parts[1:], body)
+        raise RequestError(f"no such admin endpoint: {method} {path}", status=404,
+                           type="not_found_error")
+
+    async def _keys(self, method: str, rest: list[str], body: Any) -> Answer:
+        if method == "GET" and not rest:
+            return 200, {"data": await self._run(list_keys)}
+        if method == "POST" and not rest:
+            fields = _object(body, required=("tenant", "app"), optional=("region",))
+            key, key_id = await self._run(create_key, fields["tenant"], fields["app"],
+                                          fields.get("region"))
+            return 201, {"key": key, "key_id": key_id}
+        if method == "DELETE" and len(rest) == 1:
+            await self._run(revoke_key, rest[0])
+            self.keys.forget(rest[0])
+            return 200, {"key_id": rest[0], "revoked": True}
+        raise _no_route(method, "keys", rest)
+
+    async def _budgets(self, method: str, rest: list[str], body: Any) -> Answer:
+        config_ids = [b.id for b in self.settings.budgets]
+        if method == "GET" and not rest:
+            return 200, {"data": [s.status() for s in self.budgets.guard.states.values()]}
+        if method in ("PUT", "POST") and not rest:
+            fields = _object(body, required=("limit", "unit", "period"), optional=SCOPES)
+            scopes = [k for k in SCOPES if k in fields]
+            if len(scopes) != 1:
+                raise RequestError("a budget needs exactly one of tenant, app, key_id")
+            budget = new_budget(scopes[0], fields[scopes[0]], fields["limit"], fields["unit"],
+                                fields["period"], self.settings.server.currency)
+            budget = await self._run(set_budget, budget, config_ids)
+            await self.budgets.sync()
+            return 200, self.budgets.guard.states[budget.id].status()
+        if method == "DELETE" and len(rest) == 1:
+            await self._run(remove_budget, rest[0], config_ids)
+            await self.budgets.sync()
+            return 200, {"budget_id": rest[0], "removed": True}
+        raise _no_route(method, "budgets", rest)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(fn, self._conn, *args)
+
+
+def _object(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    if unknown := sorted(set(body) - set(required) - set(optional)):
+        raise RequestError(f"unknown field {unknown[0]!r}; expected: "
+                           f"{', '.join(required + optional)}")
+    if missing := [k for k in required if k not in body]:
+        raise RequestError(f"missing field {missing[0]!r}")
+    for k in ("tenant", "app", "region", "key_id", "unit", "period"):
+        if k in body and not isinstance(body[k], str | None):
+            raise RequestError(f"{k!r} must be a string")
+    return body
+
+
+def _no_route(method: str, what: str, rest: list[str]) -> RequestError:
+    path = "/".join(["/admin", what, *rest])
+    return RequestError(f"no such admin endpoint: {method} {path}", status=404,
+                        type="not_found_error")

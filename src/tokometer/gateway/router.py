@@ -1,0 +1,109 @@
+"""Which of a model's routes a request may take, and in which order.
+
+The model's strategy ranks them ("order", "price" for the request's expected tokens, or
+"latency": a moving average of recent answers); a client may steer with OpenRouter's
+`provider` object; residency rules remove routes, and if none is left the request is refused
+before the prompt leaves the gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+
+from ..catalog import Pricer, origin_of
+from ..config import Route, Rule
+from ..errors import PolicyError, RequestError
+from ..events import Usage
+from ..policy.residency import breach
+from .call import Call
+from .steering import Steering
+
+_MILLION = 1_000_000
+_SMOOTHING = 0.2  # weight of the newest latency sample
+_FAILURE_PENALTY_MS = 1000.0
+
+
+class Router:
+    def __init__(self, pricer: Pricer, max_attempts: int | None):
+        self.pricer = pricer
+        self.max_attempts = max_attempts
+        self._latency_ms: dict[tuple[str, str], float] = {}
+
+    def plan(self, call: Call, rules: Sequence[Rule],
+             expected: Callable[[], Usage]) -> list[Route]:
+        """The routes to try, best first; RequestError (400) or PolicyError (403) if none."""
+        routes = [r for r in call.model.routes
+                  if r.provider.api == call.endpoint.api and r.provider.usable]
+        steer = call.steering
+        if steer is not None:
+            routes = self._steered(call, routes, steer)
+        if rules:
+            routes = _kept(call, routes, rules)
+        sort = (steer.sort if steer and steer.sort else None) or call.model.strategy
+        if sort == "price":
+            usage = expected()
+            routes.sort(key=lambda r: self._cost(call, r, usage))
+        elif sort in ("latency", "throughput"):
+            routes.sort(key=lambda r: self._latency_ms.get((r.provider.name, r.model), 0.0))
+        if steer is not None:  # the client's order comes before any ranking
+            rank = {name: i for i, name in enumerate(steer.order)}
+            routes.sort(key=lambda r: rank.get(r.provider.name.lower(), len(rank)))
+            if not steer.allow_fallbacks:
+                routes = ([r for r in routes if r.provider.name.lower() in rank]
+                          if rank else routes[:1])
+                if not routes:
+                    raise _no_route(call, "provider.order with allow_fallbacks false")
+        return routes[:call.model.max_attempts or self.max_attempts]
+
+    def _steered(self, call: Call, routes: list[Route], steer: Steering) -> list[Route]:
+        kept = [r for r in routes
+                if (steer.only is None or r.provider.name.lower() in steer.only)
+                and r.provider.name.lower() not in steer.ignore
+                and self._within(call, r, steer)]
+        if not kept:
+            raise _no_route(call, "provider.only, provider.ignore and provider.max_price")
+        return kept
+
+    def _within(self, call: Call, route: Route, steer: Steering) -> bool:
+        for limit, usage in ((steer.max_prompt, Usage(input_tokens=_MILLION)),
+                             (steer.max_completion, Usage(output_tokens=_MILLION))):
+            if limit is not None:
+                rate = self.pricer.price(call.model, route, usage, call.started).cost
+                if rate is None or rate > limit:
+                    return False
+        return True
+
+    def _cost(self, call: Call, route: Route, usage: Usage) -> Decimal:
+        cost = self.pricer.price(call.model, route, usage, call.started).cost
+        return cost if cost is not None else Decimal("Infinity")  # unpriced routes last
+
+    def observe(self, route: Route, ms: float, ok: bool) -> None:
+        """A route answered (or failed) after `ms`: update its moving average."""
+        key = (route.provider.name, route.model)
+        sample = ms if ok else ms + _FAILURE_PENALTY_MS
+        old = self._latency_ms.get(key)
+        self._latency_ms[key] = sample if old is None else old + _SMOOTHING * (sample - old)
+
+
+def _no_route(call: Call, what: str) -> RequestError:
+    names = ", ".join(sorted({r.provider.name for r in call.model.routes}))
+    return RequestError(f"no route of model {call.model.name!r} is left by {what} "
+                        f"(its providers: {names})", status=404, code="no_route")
+
+
+def _kept(call: Call, routes: list[Route], rules: Sequence[Rule]) -> list[Route]:
+    kept, why = [], []
+    for route in routes:
+        breaches = [(rule, b) for rule in rules
+                    if (b := breach(rule, route, origin_of(call.model, route.model))) is not None]
+        if breaches:
+            why.extend(breaches)
+        else:
+            kept.append(route)
+    if not kept:
+        detail = "; ".join(f"{rule.name} ({rule.scope}): {b}" for rule, b in why)
+        raise PolicyError(f"no route of model {call.model.name!r} keeps this key's residency "
+                          f"rules: {detail}", status=403, type="permission_error",
+                          code="residency_rule")
+    return kept

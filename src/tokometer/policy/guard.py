@@ -1,0 +1,136 @@
+"""The gate before a request goes out: residency rules, rate limits and budgets.
+
+`admit` checks every limit and budget that applies before it reserves anything, with no
+await in between, so concurrent requests see each other's reservations; the Ticket it
+returns settles them from the request's event. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from ..config import TOKENS, Budget, Rule, Settings
+from ..errors import PolicyError
+from ..events import Event, decimal_str
+from .budgets import BudgetState, amount_of
+from .keys import Consumer
+from .limits import Entry, Window, retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """The most a request may take: tokens (input counted + output allowed), and their cost
+    on the dearest route it may take (None when a route has no known price)."""
+
+    tokens: int
+    cost: Decimal | None
+
+
+@dataclass(slots=True)
+class Ticket:
+    holds: list[tuple[BudgetState, Decimal, datetime | None]] = field(default_factory=list)
+    entries: list[tuple[Window, Entry]] = field(default_factory=list)
+    settled: bool = False
+
+    def settle(self, event: Event | None) -> None:
+        """Turn reservations into spend (event None: release them, nothing was consumed)."""
+        if self.settled:
+            return
+        self.settled = True
+        for state, amount, start in self.holds:
+            state.reserved -= amount
+            if event is not None and state.start == start:  # same period as the reservation
+                state.spent += amount_of(state.budget, event)
+        tokens = event.input_tokens + event.output_tokens if event is not None else 0
+        for window, entry in self.entries:
+            window.settle(entry, tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class _Applicable:
+    rules: tuple[Rule, ...]
+    windows: tuple[Window, ...]
+    budgets: tuple[BudgetState, ...]
+
+
+class Guard:
+    def __init__(self, settings: Settings, states: dict[str, BudgetState]):
+        self._rules = settings.rules
+        self._windows = [Window(limit) for limit in settings.limits]
+        self.states = states
+        self._cache: dict[str | None, _Applicable] = {}
+
+    def _applicable(self, who: Consumer) -> _Applicable:
+        found = self._cache.get(who.key_id)
+        if found is None:
+            found = self._cache[who.key_id] = _Applicable(
+                tuple(r for r in self._rules if r.scope.covers(who)),
+                tuple(w for w in self._windows if w.limit.scope.covers(who)),
+                tuple(s for s in self.states.values() if s.budget.scope.covers(who)))
+        return found
+
+    def rules_for(self, who: Consumer) -> tuple[Rule, ...]:
+        return self._applicable(who).rules
+
+    def admit(self, who: Consumer, need: Callable[[], Need]) -> Ticket:
+        """Reserve what the request may take, or raise PolicyError (429 or 402)."""
+        applicable = self._applicable(who)
+        if not applicable.windows and not applicable.budgets:
+            return Ticket()
+        wants = need()
+        now = time.monotonic()
+        for window in applicable.windows:
+            wait = window.wait(now, wants.tokens)
+            if wait is not None:
+                raise PolicyError(window.describe(wants.tokens), status=429,
+                                  type="rate_limit_error", code="rate_limit_exceeded",
+                                  retry_after=retry_after(wait))
+        holds = []
+        wall = datetime.now(UTC)
+        for state in applicable.budgets:
+            state.roll(wall)
+            amount = _reservation(state.budget, wants)
+            if state.exhausted:
+                raise _exhausted(state)
+            holds.append((state, amount, state.start))
+        ticket = Ticket(holds, [(w, w.add(now, wants.tokens)) for w in applicable.windows])
+        for state, amount, _ in holds:
+            state.reserved += amount
+        return ticket
+
+    def update_budgets(self, wanted: dict[str, Budget], fresh: dict[str, BudgetState]) -> None:
+        """Keep the state (spend, reservations) of budgets that stay; add `fresh` ones."""
+        states = {}
+        for budget_id, budget in wanted.items():
+            state = self.states.get(budget_id) or fresh.get(budget_id)
+            if state is not None:
+                state.budget = budget  # a new limit takes effect; spend stays
+                states[budget_id] = state
+        self.states = states
+        self._cache.clear()
+
+    def missing(self, budgets: Iterable[Budget]) -> list[Budget]:
+        return [b for b in budgets if b.id not in self.states]
+
+
+def _reservation(budget: Budget, wants: Need) -> Decimal:
+    if budget.unit == TOKENS:
+        return Decimal(wants.tokens)
+    if wants.cost is None:
+        raise PolicyError(f"{budget} cannot be kept: the model has no known price on every "
+                          "route it may take; give it a price in the config",
+                          status=402, type="insufficient_quota", code="budget_exceeded")
+    return wants.cost
+
+
+def _exhausted(state: BudgetState) -> PolicyError:
+    limit = decimal_str(state.budget.limit)
+    return PolicyError(
+        f"{state.budget} is exhausted: {decimal_str(state.spent)} spent and "
+        f"{decimal_str(state.reserved)} reserved of {limit} {state.budget.unit}; "
+        f"{state.resets()}",
+        status=402, type="insufficient_quota", code="budget_exceeded")

@@ -1,0 +1,52 @@
+"""Keeping the gateway's budgets in step with the store, off the event loop.
+
+Budgets set at run time (CLI or admin API) live in the store; every second the gateway
+picks up changes, reads the spend of new budgets from the ledger, and saves its in-flight
+reservations for `tokometer budgets status` in another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from ..config import Budget
+from .budgets import load_states, save_reservations, stored_budgets
+from .guard import Guard
+
+SYNC_SECONDS = 1.0
+log = logging.getLogger("tokometer.policy")
+
+
+class BudgetSync:
+    def __init__(self, guard: Guard, conn: sqlite3.Connection, config: tuple[Budget, ...]):
+        self.guard = guard
+        self._conn = conn
+        self._config = config
+        self._lock = asyncio.Lock()
+        self._saved: dict[str, Decimal] = {}
+
+    async def sync(self) -> None:
+        """Take up budgets added, changed or removed in the store; save reservations."""
+        async with self._lock:
+            stored = await asyncio.to_thread(stored_budgets, self._conn)
+            wanted = {b.id: b for b in (*self._config, *stored)}
+            missing = self.guard.missing(wanted.values())
+            fresh = (await asyncio.to_thread(load_states, self._conn, missing, datetime.now(UTC))
+                     if missing else {})
+            self.guard.update_budgets(wanted, fresh)
+            reserved = {i: s.reserved for i, s in self.guard.states.items() if s.reserved}
+            if reserved or self._saved:  # unchanged non-zero ones too: they stay fresh
+                await asyncio.to_thread(save_reservations, self._conn, reserved)
+                self._saved = reserved
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            try:
+                await self.sync()
+            except sqlite3.Error as e:
+                log.warning("budget sync failed (will retry): %s", e)
