@@ -28,6 +28,7 @@ SCENARIOS = {
     "no-usage": "nousage",
     "slow": "nousage",
 }
+DELAY_SECONDS = 0.2  # how long "NAME-delayed" takes to answer as NAME
 
 
 class FakeUpstream:
@@ -99,7 +100,9 @@ class FakeUpstream:
             return web.Response(status=200, text="{not json", content_type="application/json")
         if model == "hang":
             await asyncio.sleep(30)
-        name = SCENARIOS[model]
+        if model.endswith("-delayed"):
+            await asyncio.sleep(DELAY_SECONDS)
+        name = SCENARIOS[model.removesuffix("-delayed")]
         if body.get("stream"):
             return await self._stream(request, name, body, slow=model == "slow")
         return web.Response(body=(FIXTURES / f"{name}.json").read_bytes(),

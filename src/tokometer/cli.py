@@ -20,11 +20,20 @@ import orjson
 
 from . import config
 from .analytics import GROUPABLE, report
+from .config import PERIODS, SCOPES, Budget
 from .errors import TokometerError
-from .events import FIELDS, rfc3339
+from .events import FIELDS, decimal_str, rfc3339
 from .ledger import open_db
 from .ledger.read import iter_events
 from .policy import create_key, list_keys, revoke_key
+from .policy.budgets import (
+    load_states,
+    new_budget,
+    remove_budget,
+    saved_reservations,
+    set_budget,
+    stored_budgets,
+)
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -77,6 +86,36 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--json", action="store_true", help="print JSON lines")
         else:
             c.add_argument("key_id", help="the key's id, as `keys list` shows it")
+
+    budgets = sub.add_parser(
+        "budgets", help="set, list, remove budgets and show their status",
+        description="Budgets cap cost or tokens per day, week, month or in total for a tenant, "
+                    "an app or one key. Those in the config file are changed there; these "
+                    "commands manage the rest, and a running gateway takes them up within a "
+                    "second.")
+    budgets_sub = budgets.add_subparsers(metavar="ACTION")
+    budgets.set_defaults(run=lambda a: budgets.print_help() or 2)
+    c = _runs(budgets_sub.add_parser("set", help="create or change a budget",
+                                     description="Create a budget, or change the limit of the "
+                                     "one with the same scope, unit and period."), _budgets_set)
+    who = c.add_mutually_exclusive_group(required=True)
+    who.add_argument("--tenant", help="every key of this tenant")
+    who.add_argument("--app", help="every key of this app")
+    who.add_argument("--key-id", help="one key, by its id")
+    c.add_argument("--limit", required=True, help="the cap: an amount of money, or tokens")
+    c.add_argument("--unit", help="the server currency (default) or 'tokens'")
+    c.add_argument("--period", default="month", choices=PERIODS,
+                   help="UTC calendar period the cap applies to (default: month)")
+    c.add_argument("--json", action="store_true", help="print the budget as JSON")
+    for name, help, run in (("list", "list budgets, from the config and set here", _budgets_list),
+                            ("status", "spend, reservations and what remains of every budget",
+                             _budgets_status)):
+        c = _runs(budgets_sub.add_parser(name, help=help, description=help), run)
+        c.add_argument("--json", action="store_true", help="print JSON lines")
+    c = _runs(budgets_sub.add_parser("remove", help="remove a budget set at run time",
+                                     description="remove a budget set at run time"),
+              _budgets_remove)
+    c.add_argument("budget_id", help="the budget's id, as `budgets list` shows it")
 
     events = command("events", "print every meter reading, oldest first", _events)
     _time_range(events)
@@ -139,12 +178,8 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    rows = list_keys(_db(args))
-    if args.json:
-        for row in rows:
-            print(orjson.dumps(row).decode())
-    else:
-        _print_table(rows, ["key_id", "tenant", "app", "region", "created", "revoked"])
+    _print_rows(list_keys(_db(args)), ["key_id", "tenant", "app", "region", "created", "revoked"],
+                args.json)
     return 0
 
 
@@ -152,6 +187,65 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     revoke_key(_db(args), args.key_id)
     print(f"revoked {args.key_id}")
     return 0
+
+
+def _budgets_set(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    kind = next(k for k in SCOPES if getattr(args, k) is not None)
+    budget = new_budget(kind, getattr(args, kind), args.limit,
+                        args.unit or settings.server.currency, args.period,
+                        settings.server.currency)
+    budget = set_budget(open_db(settings.server.store), budget, [b.id for b in settings.budgets])
+    if args.json:
+        print(orjson.dumps(_budget_row(budget, "store")).decode())
+    else:
+        print(f"set {budget}")
+    return 0
+
+
+def _budgets_list(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    rows = [*(_budget_row(b, "config") for b in settings.budgets),
+            *(_budget_row(b, "store") for b in stored_budgets(open_db(settings.server.store)))]
+    _print_rows(rows, ["budget_id", "scope", "scope_value", "limit", "unit", "period", "source"],
+                args.json)
+    return 0
+
+
+def _budgets_status(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    conn = open_db(settings.server.store)
+    budgets = [*settings.budgets, *stored_budgets(conn)]
+    states = load_states(conn, budgets, datetime.now(UTC))
+    for budget_id, reserved in saved_reservations(conn).items():
+        if budget_id in states:
+            states[budget_id].reserved = reserved
+    _print_rows([s.status() for s in states.values()],
+                ["budget_id", "scope", "scope_value", "limit", "unit", "period", "spent",
+                 "reserved", "remaining", "resets"], args.json)
+    return 0
+
+
+def _budgets_remove(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    remove_budget(open_db(settings.server.store), args.budget_id,
+                  [b.id for b in settings.budgets])
+    print(f"removed {args.budget_id}")
+    return 0
+
+
+def _budget_row(budget: Budget, source: str) -> dict[str, str]:
+    return {"budget_id": budget.id, "scope": budget.scope.kind,
+            "scope_value": budget.scope.value, "limit": decimal_str(budget.limit),
+            "unit": budget.unit, "period": budget.period, "source": source}
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(orjson.dumps(row).decode())
+    else:
+        _print_table(rows, columns)
 
 
 def _events(args: argparse.Namespace) -> int:
@@ -191,7 +285,7 @@ def _print_table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(v.rjust(w) if v.replace(".", "").isdigit() else v.ljust(w)
                         for v, w in zip(row, widths, strict=True)).rstrip())
     if not cells:
-        print("(no events)")
+        print("(none)")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class Provider:
 class Route:
     provider: Provider
     model: str
+    price: Price | None = None  # this provider's tariff for the model, before the model's
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,21 +280,15 @@ def _model(m: _Reader, providers: Mapping[str, Provider]) -> Model:
     name = m.str("name")
     routes = []
     for r in m.tables("routes"):
-        r.only("provider", "model")
+        r.only("provider", "model", "price")
         provider_name = r.str("provider")
         if provider_name not in providers:
             known = ", ".join(providers) or "none"
             raise r.error("provider", f"unknown provider {provider_name!r} (configured: {known})")
-        routes.append(Route(providers[provider_name], r.str("model", name)))
+        routes.append(Route(providers[provider_name], r.str("model", name), _price(r)))
     if not routes:
         raise m.error("routes", "a model needs at least one route")
-    price = None
-    if "price" in m.raw:
-        pr = m.table("price")
-        pr.only("input", "output", "cache_read", "cache_write")
-        inp = pr.money("input")
-        price = Price(input=inp, output=pr.money("output"), cache_read=pr.money("cache_read", inp),
-                      cache_write=pr.money("cache_write", inp))
+    price = _price(m)
     tokenizer = m.opt_str("tokenizer")
     if tokenizer is not None and ":" not in tokenizer:
         raise m.error("tokenizer", f"expected 'KIND:NAME' (tiktoken:, hf:, gguf:, splintr:, "
@@ -303,6 +298,16 @@ def _model(m: _Reader, providers: Mapping[str, Provider]) -> Model:
                  strategy=m.choice("strategy", STRATEGIES, "order"),
                  max_attempts=m.opt_int("max_attempts", lo=1),
                  max_output_tokens=m.opt_int("max_output_tokens", lo=1))
+
+
+def _price(r: _Reader) -> Price | None:
+    if "price" not in r.raw:
+        return None
+    pr = r.table("price")
+    pr.only("input", "output", "cache_read", "cache_write")
+    inp = pr.money("input")
+    return Price(input=inp, output=pr.money("output"), cache_read=pr.money("cache_read", inp),
+                 cache_write=pr.money("cache_write", inp))
 
 
 def _scope(r: _Reader) -> Scope:

@@ -1,4 +1,5 @@
-"""Usage → cost, in Decimal: the config's tariff first, else genai-prices at the request time.
+"""Usage → cost, in Decimal: the config's tariff (the route's, else the model's) first, else
+genai-prices at the request time.
 
 genai-prices' general calculator costs ~0.3 ms a call, more than the whole gateway may add;
 so the model's price at the request time is looked up through genai-prices (cached) and, when
@@ -60,8 +61,9 @@ class Pricer:
         self._warned: set[str] = set()
 
     def price(self, model: Model, route: Route, usage: Usage, at: datetime) -> Priced:
-        if model.price is not None:
-            return Priced(tariff_cost(model.price, usage), "tariff:config")
+        tariff = route.price or model.price
+        if tariff is not None:
+            return Priced(tariff_cost(tariff, usage), "tariff:config")
         if self.currency == "USD":
             found = _genai_model(route.provider.price_provider or route.provider.name, route.model)
             if found is not None:

@@ -1,0 +1,406 @@
+"""Budgets, rate limits, residency rules and routing, end to end through a real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from decimal import Decimal
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from conftest import FAKE_KEYS, Gateway, providers_toml, start_gateway, stop_gateway
+from fake_upstream import FakeUpstream
+from tokometer.ledger import open_db
+
+ADMIN = "admin-secret"
+OUT_PRICE = Decimal(10)  # per 1M output tokens; input is free, so a request costs its output
+FIXTURE_OUTPUT = 300  # completion_tokens in tests/fixtures/openai_chat.json
+ONE_REQUEST = FIXTURE_OUTPUT * OUT_PRICE / 1_000_000  # = what it reserves with max_tokens=300
+FREE_INPUT = "{ input = 0, cache_read = 0, cache_write = 0, output = 10 }"
+CHEAP = "{ input = 0.15, output = 0.6 }"
+DEAR = "{ input = 0.27, output = 1.1 }"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def policy_toml(upstream: FakeUpstream, tpm: int) -> str:
+    return f"""admin_token_env = "TKM_ADMIN"
+{providers_toml(upstream)}
+[[models]]
+name = "metered"
+routes = [{{ provider = "fake-openai", model = "gpt-4o-mini-delayed" }}]
+price = {FREE_INPUT}
+
+[[models]]
+name = "multi"
+routes = [{{ provider = "deepseek", model = "deepseek-chat", price = {DEAR} }},
+          {{ provider = "fake-openai", model = "gpt-4o-mini", price = {CHEAP} }}]
+
+[[models]]
+name = "multi-cheap"
+strategy = "price"
+routes = [{{ provider = "deepseek", model = "deepseek-chat", price = {DEAR} }},
+          {{ provider = "fake-openai", model = "gpt-4o-mini", price = {CHEAP} }}]
+
+[[models]]
+name = "multi-fast"
+strategy = "latency"
+routes = [{{ provider = "fake-openai", model = "mystery-model-delayed", price = {CHEAP} }},
+          {{ provider = "deepseek", model = "mystery-model", price = {DEAR} }}]
+
+[[models]]
+name = "deepseek-chat"
+routes = [{{ provider = "deepseek" }}]
+price = {DEAR}
+
+[[models]]
+name = "claude-sonnet-5"
+routes = [{{ provider = "fake-anthropic" }}]
+price = {CHEAP}
+
+[[limits]]
+app = "rpm-app"
+rpm = 5
+
+[[limits]]
+app = "tpm-app"
+tpm = {tpm}
+
+[[rules]]
+tenant = "eu-corp"
+deny_regions = ["CN"]
+
+[[rules]]
+tenant = "eu-only"
+allow_origins = ["EU"]
+"""
+
+
+def reservation_tokens(o200k) -> int:
+    """What a 'hi' chat with max_tokens=300 reserves: OpenAI's chat formula, counted here."""
+    return 3 + 3 + len(o200k.encode("user")) + len(o200k.encode("hi")) + FIXTURE_OUTPUT
+
+
+@pytest.fixture(scope="module")
+def gw(upstream, tmp_path_factory, o200k):
+    tpm = 3 * reservation_tokens(o200k) + reservation_tokens(o200k) // 2  # room for 3
+    g = start_gateway(tmp_path_factory.mktemp("policy"), policy_toml(upstream, tpm),
+                      env={**FAKE_KEYS, "TKM_ADMIN": ADMIN})
+    yield g
+    stop_gateway(g)
+
+
+def admin(gw: Gateway, method: str, path: str, body=None, token: str = ADMIN) -> httpx.Response:
+    return httpx.request(method, gw.url + path, json=body, timeout=10,
+                         headers={"Authorization": f"Bearer {token}"})
+
+
+def key_for(gw: Gateway, tenant: str, app: str = "tests", region: str | None = "DE") -> str:
+    r = admin(gw, "POST", "/admin/keys", {"tenant": tenant, "app": app, "region": region})
+    assert r.status_code == 201, r.text
+    return r.json()["key"]
+
+
+def burst(gw: Gateway, key: str, n: int, **body) -> list[httpx.Response]:
+    """n requests at once."""
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as c:
+            return await asyncio.gather(*(c.post(
+                gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                json={"model": "metered", "messages": MESSAGES, **body}) for _ in range(n)))
+    return asyncio.run(run())
+
+
+def spend(gw: Gateway, tenant: str) -> Decimal:
+    conn = open_db(gw.store)
+    try:
+        value = conn.execute("SELECT decimal_sum(cost) FROM events WHERE tenant = ?",
+                             (tenant,)).fetchone()[0]
+    finally:
+        conn.close()
+    return Decimal(value or 0)
+
+
+def statuses(responses: list[httpx.Response]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for r in responses:
+        out[r.status_code] = out.get(r.status_code, 0) + 1
+    return out
+
+
+# --- budgets ----------------------------------------------------------------------------------
+
+def test_fifty_concurrent_requests_against_a_budget_worth_ten(gw, upstream):
+    key = key_for(gw, "budget-co")
+    r = admin(gw, "PUT", "/admin/budgets", {"tenant": "budget-co", "limit": str(10 * ONE_REQUEST),
+                                            "unit": "USD", "period": "day"})
+    assert r.status_code == 200, r.text
+    calls = len(upstream.calls_for("gpt-4o-mini-delayed"))
+    responses = burst(gw, key, 50, max_tokens=FIXTURE_OUTPUT)
+    assert statuses(responses) == {200: 10, 402: 40}
+    assert len(upstream.calls_for("gpt-4o-mini-delayed")) - calls == 10  # refused: no call
+    assert spend(gw, "budget-co") == 10 * ONE_REQUEST
+    refused = next(r for r in responses if r.status_code == 402)
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "budget_exceeded")
+    assert "tenant 'budget-co'" in error["message"] and "resets at" in error["message"]
+    status = {b["scope_value"]: b for b in admin(gw, "GET", "/admin/budgets").json()["data"]}
+    assert Decimal(status["budget-co"]["spent"]) == 10 * ONE_REQUEST
+    assert status["budget-co"]["reserved"] == "0" and status["budget-co"]["remaining"] == "0"
+
+
+def test_without_max_tokens_the_worst_case_is_reserved_and_spend_stays_within_one_request(gw):
+    key = key_for(gw, "loose-co")
+    budget = 10 * ONE_REQUEST
+    admin(gw, "PUT", "/admin/budgets", {"tenant": "loose-co", "limit": str(budget),
+                                        "unit": "USD", "period": "month"})
+    # Each reserves 4096 output tokens (the default bound), more than the whole budget: while
+    # one is in flight the others are refused, yet spend never passes the budget.
+    for _ in range(4):
+        responses = burst(gw, key, 12)
+        assert statuses(responses).get(200, 0) <= 1
+        assert spend(gw, "loose-co") <= budget + ONE_REQUEST
+    while burst(gw, key, 1)[0].status_code == 200:
+        assert spend(gw, "loose-co") <= budget + ONE_REQUEST
+    assert budget <= spend(gw, "loose-co") <= budget + ONE_REQUEST
+
+
+def test_a_refusal_is_recorded_as_an_event(gw):
+    key = key_for(gw, "broke-co")
+    admin(gw, "PUT", "/admin/budgets", {"tenant": "broke-co", "limit": 0, "unit": "tokens",
+                                        "period": "week"})
+    r = burst(gw, key, 1, max_tokens=10)[0]
+    assert r.status_code == 402
+    event = gw.event(r.headers["x-tokometer-event-id"])
+    assert (event["status"], event["error_type"], event["tenant"]) == (402, "budget_exceeded",
+                                                                       "broke-co")
+    assert event["provider"] is None and event["cost"] == "0" and event["output_tokens"] == 0
+
+
+def test_a_bad_key_is_recorded_as_an_auth_refusal(gw):
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": "Bearer tkm-nope"},
+                   json={"model": "metered", "messages": MESSAGES})
+    assert r.status_code == 401
+    event = gw.event(r.headers["x-tokometer-event-id"])
+    assert (event["status"], event["error_type"]) == (401, "authentication_error")
+    assert event["model_requested"] == "metered" and event["key_id"] is None
+
+
+def test_anthropic_clients_get_an_anthropic_shaped_402(gw):
+    key = key_for(gw, "ant-co")
+    admin(gw, "PUT", "/admin/budgets", {"tenant": "ant-co", "limit": "0", "unit": "USD",
+                                        "period": "total"})
+    client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as e:
+        client.messages.create(model="claude-sonnet-5", max_tokens=100, messages=MESSAGES)
+    assert e.value.status_code == 402
+    assert e.value.body["error"]["type"] == "billing_error"
+    assert "does not reset" in e.value.body["error"]["message"]
+
+
+def test_budgets_survive_a_restart(upstream, tmp_path):
+    body = f"""{providers_toml(upstream)}
+[[models]]
+name = "metered"
+routes = [{{ provider = "fake-openai", model = "gpt-4o-mini-delayed" }}]
+price = {FREE_INPUT}
+
+[[budgets]]
+tenant = "restart-co"
+limit = {2 * ONE_REQUEST}
+unit = "USD"
+period = "month"
+"""
+    g = start_gateway(tmp_path, body, env=FAKE_KEYS)
+    try:
+        key, _ = g.new_key("restart-co")
+        assert [r.status_code for r in (burst(g, key, 1, max_tokens=300)[0] for _ in range(3))] \
+            == [200, 200, 402]
+    finally:
+        stop_gateway(g)
+    g = start_gateway(tmp_path, body, env=FAKE_KEYS)
+    try:
+        assert burst(g, key, 1, max_tokens=300)[0].status_code == 402
+        out = subprocess.run([sys.executable, "-m", "tokometer.cli", "budgets", "status",
+                              "--config", str(g.config), "--json"],
+                             capture_output=True, text=True, check=True).stdout
+        status = json.loads(out.splitlines()[0])
+        assert (status["budget_id"], Decimal(status["spent"]), status["remaining"]) == (
+            "config-0", 2 * ONE_REQUEST, "0")
+    finally:
+        stop_gateway(g)
+
+
+# --- rate limits ------------------------------------------------------------------------------
+
+def test_rpm_refuses_past_the_limit_with_retry_after(gw):
+    key = key_for(gw, "acme", app="rpm-app")
+    responses = burst(gw, key, 8, max_tokens=10)
+    assert statuses(responses) == {200: 5, 429: 3}
+    refused = next(r for r in responses if r.status_code == 429)
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_tpm_limit_holds_under_concurrency(gw, upstream):
+    key = key_for(gw, "acme", app="tpm-app")
+    calls = len(upstream.calls_for("gpt-4o-mini-delayed"))
+    responses = burst(gw, key, 12, max_tokens=FIXTURE_OUTPUT)
+    assert statuses(responses) == {200: 3, 429: 9}  # the limit has room for 3 reservations
+    assert len(upstream.calls_for("gpt-4o-mini-delayed")) - calls == 3
+    # Settled at their actual 2,306 tokens each, they fill the minute: still refused.
+    again = burst(gw, key, 1, max_tokens=1)[0]
+    assert again.status_code == 429 and int(again.headers["retry-after"]) >= 1
+
+
+def test_openai_sdk_sees_rate_limit_error(gw):
+    key = key_for(gw, "acme", app="rpm-app")  # the app's window is already full
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="metered", messages=MESSAGES, max_tokens=5)
+
+
+# --- residency and origin rules -----------------------------------------------------------------
+
+def test_a_rule_that_leaves_no_route_gives_403_and_no_upstream_call(gw, upstream):
+    key = key_for(gw, "eu-corp")
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    calls = len(upstream.calls_for("deepseek-chat"))
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="deepseek-chat", messages=MESSAGES)
+    assert len(upstream.calls_for("deepseek-chat")) == calls
+    message = e.value.body["message"]
+    assert "rules[0]" in message and "tenant 'eu-corp'" in message and "CN" in message
+    event = gw.event(e.value.response.headers["x-tokometer-event-id"])
+    assert (event["status"], event["error_type"]) == (403, "residency_rule")
+
+
+def test_a_rule_skips_the_routes_it_forbids(gw, upstream):
+    key = key_for(gw, "eu-corp")
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    calls = len(upstream.calls_for("deepseek-chat"))
+    raw = client.chat.completions.with_raw_response.create(model="multi", messages=MESSAGES)
+    assert gw.event(raw.headers["x-tokometer-event-id"])["provider"] == "fake-openai"
+    assert len(upstream.calls_for("deepseek-chat")) == calls
+
+
+def test_an_origin_rule_refuses_anthropic_clients_in_their_shape(gw):
+    key = key_for(gw, "eu-only")
+    client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError) as e:
+        client.messages.create(model="claude-sonnet-5", max_tokens=10, messages=MESSAGES)
+    assert "allowed origin" in e.value.body["error"]["message"]
+
+
+# --- routing ------------------------------------------------------------------------------------
+
+def served_by(gw: Gateway, model: str, **body) -> tuple[int, str | None]:
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
+                   json={"model": model, "messages": MESSAGES, **body}, timeout=30)
+    return r.status_code, gw.event(r.headers["x-tokometer-event-id"])["provider"] \
+        if r.status_code == 200 else r.json()["error"]["code"]
+
+
+@pytest.mark.parametrize(("provider", "expected"), [
+    (None, "deepseek"),
+    ({"order": ["fake-openai"]}, "fake-openai"),
+    ({"order": ["FAKE-OPENAI", "deepseek"]}, "fake-openai"),
+    ({"only": ["deepseek"]}, "deepseek"),
+    ({"ignore": ["deepseek"]}, "fake-openai"),
+    ({"max_price": {"prompt": 0.2}}, "fake-openai"),
+    ({"max_price": {"completion": 1.1}}, "deepseek"),
+    ({"sort": "price"}, "fake-openai"),
+])
+def test_openrouter_provider_preferences(gw, upstream, provider, expected):
+    extra = {} if provider is None else {"provider": provider}
+    assert served_by(gw, "multi", **extra) == (200, expected)
+    assert "provider" not in upstream.calls[-1]["body"]  # removed before forwarding
+
+
+@pytest.mark.parametrize("provider", [
+    {"only": ["nobody"]},
+    {"max_price": {"prompt": 0.01}},
+    {"order": ["nobody"], "allow_fallbacks": False},
+])
+def test_preferences_that_leave_no_route_are_a_404(gw, provider):
+    assert served_by(gw, "multi", provider=provider) == (404, "no_route")
+
+
+@pytest.mark.parametrize("provider", [
+    "cheap", {"only": "deepseek"}, {"sort": "random"}, {"max_price": {"prompt": -1}},
+    {"allow_fallbacks": "no"}, {"data_collection": "deny"},
+])
+def test_bad_provider_preferences_are_a_400(gw, provider):
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
+                   json={"model": "multi", "messages": MESSAGES, "provider": provider})
+    assert r.status_code == 400 and "provider" in r.json()["error"]["message"]
+
+
+def test_price_strategy_takes_the_cheapest_route_first(gw):
+    assert served_by(gw, "multi-cheap") == (200, "fake-openai")
+
+
+def test_latency_strategy_learns_the_faster_route(gw):
+    first = served_by(gw, "multi-fast")
+    assert first == (200, "fake-openai")  # untried routes keep their order
+    assert [served_by(gw, "multi-fast") for _ in range(3)] == [(200, "deepseek")] * 3
+
+
+# --- admin API ------------------------------------------------------------------------------------
+
+def test_admin_keys_create_list_revoke(gw):
+    key = key_for(gw, "admin-co", region=None)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    assert client.models.list().data
+    listed = admin(gw, "GET", "/admin/keys").json()["data"]
+    mine = [k for k in listed if k["tenant"] == "admin-co"]
+    assert len(mine) == 1 and "key" not in mine[0]
+    assert admin(gw, "DELETE", f"/admin/keys/{mine[0]['key_id']}").status_code == 200
+    with pytest.raises(openai.AuthenticationError):  # at once, not after a refresh
+        client.models.list()
+    assert admin(gw, "DELETE", f"/admin/keys/{mine[0]['key_id']}").status_code == 400
+
+
+def test_admin_budgets_set_change_remove(gw):
+    body = {"app": "admin-app", "limit": "5", "unit": "USD", "period": "week"}
+    first = admin(gw, "PUT", "/admin/budgets", body).json()
+    changed = admin(gw, "PUT", "/admin/budgets", {**body, "limit": 7}).json()
+    assert changed["budget_id"] == first["budget_id"] and changed["limit"] == "7"
+    assert admin(gw, "DELETE", f"/admin/budgets/{first['budget_id']}").status_code == 200
+    ids = [b["budget_id"] for b in admin(gw, "GET", "/admin/budgets").json()["data"]]
+    assert first["budget_id"] not in ids
+    assert admin(gw, "DELETE", f"/admin/budgets/{first['budget_id']}").status_code == 404
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({"limit": 1, "unit": "USD", "period": "day"}, "exactly one of"),
+    ({"tenant": "a", "app": "b", "limit": 1, "unit": "USD", "period": "day"}, "exactly one of"),
+    ({"tenant": "a", "limit": -1, "unit": "USD", "period": "day"}, "non-negative"),
+    ({"tenant": "a", "limit": "lots", "unit": "USD", "period": "day"}, "non-negative"),
+    ({"tenant": "a", "limit": 1, "unit": "EUR", "period": "day"}, "server currency"),
+    ({"tenant": "a", "limit": 1, "unit": "USD", "period": "year"}, "period must be"),
+    ({"tenant": "a", "limit": 1, "unit": "USD", "period": "day", "x": 1}, "unknown field"),
+    ({"tenant": "a", "unit": "USD", "period": "day"}, "missing field 'limit'"),
+    ([1, 2], "JSON object"),
+])
+def test_admin_rejects_bad_budgets(gw, body, fragment):
+    r = admin(gw, "PUT", "/admin/budgets", body)
+    assert r.status_code == 400 and fragment in r.json()["error"]["message"]
+
+
+def test_admin_needs_the_admin_token(gw):
+    assert admin(gw, "GET", "/admin/keys", token="wrong").status_code == 401
+    assert admin(gw, "GET", "/admin/keys", token=gw.key).status_code == 401
+    r = httpx.put(gw.url + "/admin/budgets", content=b"{nope",
+                  headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    assert admin(gw, "GET", "/admin/nothing").status_code == 404
+
+
+def test_admin_api_is_off_without_a_token(gateway):
+    r = httpx.get(gateway.url + "/admin/keys", headers={"Authorization": "Bearer x"})
+    assert r.status_code == 404 and "admin API is off" in r.json()["error"]["message"]
