@@ -17,7 +17,8 @@ from tokometer.cli import main
 from tokometer.events import FIELDS
 
 COMMANDS = [["serve"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
-            ["events"], ["report"]]
+            ["events"], ["report"], ["budgets"], ["budgets", "set"], ["budgets", "list"],
+            ["budgets", "status"], ["budgets", "remove"]]
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -110,3 +111,35 @@ def test_report_groups_and_sums_cost_exactly(gateway, capsys):
 def test_report_refuses_an_unknown_grouping(gateway, capsys):
     code, _, err = run(capsys, "report", "--config", str(gateway.config), "--by", "colour")
     assert code == 2 and "cannot group by colour" in err
+
+
+def test_budgets_set_list_status_remove(gateway: Gateway, capsys):
+    config = str(gateway.config)
+    code, out, _ = run(capsys, "budgets", "set", "--config", config, "--app", "cli-app",
+                       "--limit", "2.50", "--period", "week", "--json")
+    assert code == 0
+    budget = json.loads(out)
+    assert (budget["limit"], budget["unit"], budget["source"]) == ("2.5", "USD", "store")
+    key, _ = gateway.new_key("cli-co", "cli-app")
+    r = httpx.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    cost = Decimal(r.headers["x-tokometer-cost"])
+    code, out, _ = run(capsys, "budgets", "status", "--config", config, "--json")
+    status = next(json.loads(line) for line in out.splitlines()
+                  if json.loads(line)["budget_id"] == budget["budget_id"])
+    assert Decimal(status["spent"]) == cost
+    assert Decimal(status["remaining"]) == Decimal("2.5") - cost
+    code, out, _ = run(capsys, "budgets", "list", "--config", config)
+    assert budget["budget_id"] in out and "cli-app" in out
+    assert run(capsys, "budgets", "remove", "--config", config, budget["budget_id"])[0] == 0
+    code, _, err = run(capsys, "budgets", "remove", "--config", config, budget["budget_id"])
+    assert code == 2 and "no budget with id" in err
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--tenant", "t", "--limit", "ten"], "non-negative decimal"),
+    (["--tenant", "t", "--limit", "1", "--unit", "EUR"], "server currency 'USD'"),
+])
+def test_budgets_set_rejects_bad_input(gateway: Gateway, capsys, args, fragment):
+    code, _, err = run(capsys, "budgets", "set", "--config", str(gateway.config), *args)
+    assert code == 2 and fragment in err

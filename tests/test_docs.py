@@ -26,13 +26,17 @@ def test_the_readmes_config_example_is_valid(tmp_path):
 
 def test_the_readme_names_every_config_key():
     example = _config_example()
-    keys = {f.name for cls in (config.Server, config.Provider, config.Model, config.Price)
-            for f in fields(cls)} | {"gguf", "chat_format", "n_ctx"}
-    keys -= {"api_key"}  # read from the environment variable named by api_key_env
+    keys = {f.name for cls in (config.Server, config.Provider, config.Model, config.Price,
+                               config.Budget, config.Limit, config.Rule, config.Route)
+            for f in fields(cls)} | {"gguf", "chat_format", "n_ctx", *config.SCOPES}
+    # api_key / admin_token: read from the variables named by api_key_env / admin_token_env;
+    # ids and scopes are derived, not written.
+    keys -= {"api_key", "admin_token", "id", "scope"}
     missing = sorted(k for k in keys if not re.search(rf"\b{k}\b", example))
     assert missing == []
 
 
 def test_the_readme_shows_every_command():
-    for command in ("serve", "keys create", "keys list", "keys revoke", "events", "report"):
+    for command in ("serve", "keys create", "keys list", "keys revoke", "events", "report",
+                    "budgets set", "budgets list", "budgets status", "budgets remove"):
         assert f"tokometer {command}" in README or f"./scripts/{command}" in README, command
