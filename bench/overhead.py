@@ -92,8 +92,38 @@ http {{
     return proc, port
 
 
-def tokometer(work: Path, upstream: int) -> tuple[subprocess.Popen, int, str]:
+# Policy switched on for the bench key's tenant and app: a budget, rate limits and a
+# residency rule, none of which ever refuses here, so every request pays for the checks.
+POLICY = """
+[[budgets]]
+tenant = "bench"
+limit = 1000000
+unit = "USD"
+period = "month"
+
+[[budgets]]
+app = "load"
+limit = 1000000000000
+unit = "tokens"
+period = "day"
+
+[[limits]]
+app = "load"
+rpm = 100000000
+tpm = 100000000000
+
+[[rules]]
+tenant = "bench"
+deny_regions = ["CN"]
+allow_origins = ["US", "EU"]
+"""
+
+
+def tokometer(work: Path, upstream: int, policy: bool = False
+              ) -> tuple[subprocess.Popen, int, str]:
     port = free_port()
+    work = work / ("policy" if policy else "plain")
+    work.mkdir(exist_ok=True)
     cfg = work / "tokometer.toml"
     cfg.write_text(f"""
 [server]
@@ -120,7 +150,7 @@ routes = [{{ provider = "nginx-json", model = "gpt-4o-mini" }}]
 [[models]]
 name = "bench-sse"
 routes = [{{ provider = "nginx-sse", model = "gpt-4o-mini" }}]
-""")
+{POLICY if policy else ""}""")
     with (work / "tokometer.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tokometer.cli", "serve", "--no-launch",
                                  "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
@@ -257,8 +287,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=_levels, default=CONCURRENCY,
                     help="comma-separated concurrency levels (default: 1,4,16,64)")
     ap.add_argument("--targets", type=lambda s: s.split(","),
-                    default=["direct", "bare", "tokometer", "litellm"],
-                    help="comma-separated subset of direct,bare,tokometer,litellm")
+                    default=["direct", "bare", "tokometer", "tokometer+policy", "litellm"],
+                    help="comma-separated subset of direct,bare,tokometer,tokometer+policy,"
+                         "litellm")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -272,7 +303,8 @@ def main() -> int:
     # and its background jobs measures LiteLLM too); all of them within this one run.
     starters = {"direct": lambda: (None, up, None),
                 "bare": lambda: (*bare(up), None),
-                "tokometer": lambda: tokometer(work, up)}
+                "tokometer": lambda: tokometer(work, up),
+                "tokometer+policy": lambda: tokometer(work, up, policy=True)}
     if (args.litellm / "bin" / "litellm").exists():
         starters["litellm"] = lambda: (*litellm(work, args.litellm, up), LITELLM_KEY)
     starters = {name: start for name, start in starters.items() if name in args.targets}

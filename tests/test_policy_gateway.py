@@ -62,6 +62,24 @@ name = "claude-sonnet-5"
 routes = [{{ provider = "fake-anthropic" }}]
 price = {CHEAP}
 
+[[providers]]
+name = "impatient"
+api = "openai"
+base_url = "{upstream.url}/v1"
+timeout = 0.5
+
+[[models]]
+name = "impatient"
+routes = [{{ provider = "impatient", model = "hang" }}]
+price = {CHEAP}
+
+[[models]]
+name = "one-attempt"
+max_attempts = 1
+routes = [{{ provider = "dead", model = "gpt-4o-mini" }},
+          {{ provider = "fake-openai", model = "gpt-4o-mini" }}]
+price = {CHEAP}
+
 [[limits]]
 app = "rpm-app"
 rpm = 5
@@ -167,6 +185,22 @@ def test_without_max_tokens_the_worst_case_is_reserved_and_spend_stays_within_on
     while burst(gw, key, 1)[0].status_code == 200:
         assert spend(gw, "loose-co") <= budget + ONE_REQUEST
     assert budget <= spend(gw, "loose-co") <= budget + ONE_REQUEST
+
+
+def test_streamed_requests_are_charged_to_budgets_too(gw):
+    key = key_for(gw, "stream-co")
+    admin(gw, "PUT", "/admin/budgets", {"tenant": "stream-co", "limit": str(2 * ONE_REQUEST),
+                                        "unit": "USD", "period": "day"})
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    for _ in range(2):
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="metered", messages=MESSAGES, max_tokens=300, stream=True) if c.choices)
+        assert text
+    assert spend(gw, "stream-co") == 2 * ONE_REQUEST
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="metered", messages=MESSAGES, max_tokens=300,
+                                       stream=True)
+    assert e.value.status_code == 402
 
 
 def test_a_refusal_is_recorded_as_an_event(gw):
@@ -348,6 +382,17 @@ def test_latency_strategy_learns_the_faster_route(gw):
     first = served_by(gw, "multi-fast")
     assert first == (200, "fake-openai")  # untried routes keep their order
     assert [served_by(gw, "multi-fast") for _ in range(3)] == [(200, "deepseek")] * 3
+
+
+def test_the_attempt_limit_stops_fallback(gw):
+    assert served_by(gw, "one-attempt") == (502, None)  # the live second route is not tried
+
+
+def test_a_providers_own_timeout_applies(gw):
+    # The server's upstream_timeout is the default 600 s; this provider allows 0.5 s.
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
+                   json={"model": "impatient", "messages": MESSAGES}, timeout=20)
+    assert r.status_code == 504 and r.json()["error"]["type"] == "upstream_timeout"
 
 
 # --- admin API ------------------------------------------------------------------------------------
