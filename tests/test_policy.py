@@ -96,37 +96,37 @@ def event_costing(cost: Decimal, tokens: int = 0) -> Event:
 
 def test_a_budget_admits_while_spend_and_reservations_are_below_it():
     g = guard_with(Budget("b", Scope("tenant", "acme"), Decimal("1"), "USD", "month"))
-    first = g.admit(WHO, lambda: Need(10, Decimal("0.6")))
-    g.admit(WHO, lambda: Need(10, Decimal("0.3")))  # 0.6 reserved: below 1
-    g.admit(WHO, lambda: Need(10, Decimal("0.3")))  # 0.9 reserved: still below 1
+    first = g.admit(WHO, Need(10, Decimal("0.6")))
+    g.admit(WHO, Need(10, Decimal("0.3")))  # 0.6 reserved: below 1
+    g.admit(WHO, Need(10, Decimal("0.3")))  # 0.9 reserved: still below 1
     with pytest.raises(PolicyError) as e:
-        g.admit(WHO, lambda: Need(10, Decimal("0.01")))  # 1.2 reserved
+        g.admit(WHO, Need(10, Decimal("0.01")))  # 1.2 reserved
     assert "0 spent and 1.2 reserved of 1 USD" in e.value.message
     first.settle(event_costing(Decimal("0.1")))  # it cost far less than its worst case
-    g.admit(WHO, lambda: Need(10, Decimal("0.01")))  # 0.1 + 0.6 < 1
+    g.admit(WHO, Need(10, Decimal("0.01")))  # 0.1 + 0.6 < 1
     assert g.states["b"].spent == Decimal("0.1")
 
 
 def test_a_budget_only_applies_to_its_scope():
     g = guard_with(Budget("b", Scope("tenant", "other"), Decimal("0"), "USD", "month"))
-    g.admit(WHO, lambda: Need(10, Decimal("5")))  # not acme's budget: no refusal
+    g.admit(WHO, Need(10, Decimal("5")))  # not acme's budget: no refusal
 
 
 def test_an_unpriced_model_cannot_pass_a_money_budget():
     g = guard_with(Budget("b", Scope("app", "bot"), Decimal("100"), "USD", "day"))
     with pytest.raises(PolicyError) as e:
-        g.admit(WHO, lambda: Need(10, None))
+        g.admit(WHO, Need(10, None))
     assert e.value.status == 402 and "no known price" in e.value.message
 
 
 def test_a_token_budget_counts_input_and_output():
     g = guard_with(Budget("b", Scope("key_id", "k1"), Decimal("100"), "tokens", "total"))
-    ticket = g.admit(WHO, lambda: Need(80, None))
+    ticket = g.admit(WHO, Need(80, None))
     ticket.settle(event_costing(Decimal(0), tokens=120))
     state = g.states["b"]
     assert (state.spent, state.reserved) == (Decimal(120), Decimal(0))
     with pytest.raises(PolicyError):
-        g.admit(WHO, lambda: Need(1, None))
+        g.admit(WHO, Need(1, None))
 
 
 @settings(max_examples=200, deadline=None)
@@ -146,7 +146,7 @@ def test_spend_never_passes_a_budget_by_more_than_one_request(steps):
             ticket.settle(event_costing(actual))
         else:
             try:
-                ticket = g.admit(WHO, lambda r=reserve: Need(1, Decimal(r)))
+                ticket = g.admit(WHO, Need(1, Decimal(reserve)))
             except PolicyError:
                 continue
             open_tickets.append((ticket, Decimal(reserve)))
@@ -160,7 +160,7 @@ def test_spend_never_passes_a_budget_by_more_than_one_request(steps):
 def test_a_reservation_from_last_period_does_not_count_in_the_new_one():
     budget = Budget("b", Scope("tenant", "acme"), Decimal("10"), "USD", "day")
     g = guard_with(budget)
-    ticket = g.admit(WHO, lambda: Need(1, Decimal("2")))
+    ticket = g.admit(WHO, Need(1, Decimal("2")))
     state = g.states["b"]
     state.start, state.end = at("2020-01-01T00:00:00"), at("2020-01-02T00:00:00")
     ticket.holds = [(state, Decimal("2"), state.start)]

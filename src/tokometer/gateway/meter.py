@@ -47,15 +47,22 @@ class Meter:
     pricer: Pricer
     default_max_output_tokens: int = 4096
 
-    def expected(self, call: Call) -> Usage:
+    async def expected(self, call: Call) -> Usage:
         """The most a request may use: its input counted now, its output at the allowed max."""
         spec = _tokenizer(call, call.model.routes[0] if call.model.routes else None)
+
+        def count(spec: str | None) -> Count:
+            return self.recounter.input(spec, call.model.chat_template, call.endpoint.operation,
+                                        call.body)
+
         try:
-            counted = self.recounter.input(spec, call.model.chat_template,
-                                           call.endpoint.operation, call.body)
+            if len(call.raw) > _OFFLOAD_CHARS:
+                counted = await asyncio.to_thread(count, spec)
+            else:
+                counted = count(spec)
         except Exception:  # a failed count must not refuse the request: estimate instead
             log.exception("counting the input of model %r failed; estimating", call.model.name)
-            counted = self.recounter.input(None, None, call.endpoint.operation, call.body)
+            counted = count(None)
         if call.endpoint.operation == "embeddings":
             return Usage(input_tokens=counted.tokens)
         out = next((v for k in _MAX_OUTPUT_KEYS if isinstance(v := call.body.get(k), int)

@@ -7,7 +7,6 @@ price) → ledger append (durable) and budgets settled → last byte to the clie
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ class Deps:
 async def handle(call: Call, deps: Deps, send: Send, receive: Receive) -> None:
     event_id = new_event_id()
     try:
-        routes, ticket = _admit(call, deps)
+        routes, ticket = await _admit(call, deps)
     except PolicyError as refusal:
         return await refuse(call, refusal, deps, send, event_id)
     except RequestError as error:
@@ -54,12 +53,18 @@ async def handle(call: Call, deps: Deps, send: Send, receive: Receive) -> None:
         ticket.settle(None)  # never recorded (cancelled): release what it reserved
 
 
-def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
-    """The routes the request may take, and its reservations; PolicyError if refused."""
-    expected = functools.cache(lambda: deps.meter.expected(call))
+async def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
+    """The routes the request may take, and its reservations; PolicyError if refused.
+
+    The expected usage (a count of the input) is worked out only when a strategy, limit or
+    budget needs it; nothing is awaited between the guard's check and its reservation.
+    """
+    metered = deps.guard.meters(call.consumer)
+    expected = (await deps.meter.expected(call)
+                if metered or deps.router.ranks_by_price(call) else None)
     routes = deps.router.plan(call, deps.guard.rules_for(call.consumer), expected)
-    ticket = deps.guard.admit(call.consumer, lambda: deps.meter.need(call, routes, expected()))
-    return routes, ticket
+    need = deps.meter.need(call, routes, expected) if metered and expected else None
+    return routes, deps.guard.admit(call.consumer, need)
 
 
 async def refuse(call: Call, refusal: RequestError, deps: Deps, send: Send,

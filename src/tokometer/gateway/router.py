@@ -8,7 +8,7 @@ before the prompt leaves the gateway.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 
 from ..catalog import Pricer, origin_of
@@ -30,8 +30,13 @@ class Router:
         self.max_attempts = max_attempts
         self._latency_ms: dict[tuple[str, str], float] = {}
 
-    def plan(self, call: Call, rules: Sequence[Rule],
-             expected: Callable[[], Usage]) -> list[Route]:
+    @staticmethod
+    def ranks_by_price(call: Call) -> bool:
+        """Whether `plan` needs the request's expected usage."""
+        steer = call.steering
+        return ((steer.sort if steer and steer.sort else None) or call.model.strategy) == "price"
+
+    def plan(self, call: Call, rules: Sequence[Rule], expected: Usage | None) -> list[Route]:
         """The routes to try, best first; RequestError (400) or PolicyError (403) if none."""
         routes = [r for r in call.model.routes
                   if r.provider.api == call.endpoint.api and r.provider.usable]
@@ -42,8 +47,8 @@ class Router:
             routes = _kept(call, routes, rules)
         sort = (steer.sort if steer and steer.sort else None) or call.model.strategy
         if sort == "price":
-            usage = expected()
-            routes.sort(key=lambda r: self._cost(call, r, usage))
+            assert expected is not None, "ranks_by_price(call) said no"
+            routes.sort(key=lambda r: self._cost(call, r, expected))
         elif sort in ("latency", "throughput"):
             routes.sort(key=lambda r: self._latency_ms.get((r.provider.name, r.model), 0.0))
         if steer is not None:  # the client's order comes before any ranking

@@ -8,7 +8,7 @@ returns settles them from the request's event. Nothing here does I/O.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -76,12 +76,17 @@ class Guard:
     def rules_for(self, who: Consumer) -> tuple[Rule, ...]:
         return self._applicable(who).rules
 
-    def admit(self, who: Consumer, need: Callable[[], Need]) -> Ticket:
+    def meters(self, who: Consumer) -> bool:
+        """Whether a rate limit or budget applies, so `admit` needs the request's Need."""
+        applicable = self._applicable(who)
+        return bool(applicable.windows or applicable.budgets)
+
+    def admit(self, who: Consumer, wants: Need | None) -> Ticket:
         """Reserve what the request may take, or raise PolicyError (429 or 402)."""
         applicable = self._applicable(who)
         if not applicable.windows and not applicable.budgets:
             return Ticket()
-        wants = need()
+        assert wants is not None, "meters(who) said yes: the Need is required"
         now = time.monotonic()
         for window in applicable.windows:
             wait = window.wait(now, wants.tokens)
