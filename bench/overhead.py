@@ -388,14 +388,15 @@ def table(results: list[Result], memory: dict[str, tuple[float, float]]) -> str:
         cpu = "" if r.cpu_ms_per_req is None else f"{r.cpu_ms_per_req:.3f}"
         lines.append(f"| {r.target} | {r.mode} | {r.concurrency} | {r.rps:,.0f} | "
                      f"{r.p50_ms:.3f} | {added} | {r.p99_ms:.3f} | {cpu} | {r.errors} |")
-    tk = {(r.mode, r.concurrency): r for r in results if r.target == "tokometer"}
-    ll = {(r.mode, r.concurrency): r for r in results if r.target == "litellm"}
-    for mode in ("json", "sse"):
-        if (mode, 64) not in ll:
-            continue
-        ratio = (f"{tk[(mode, 64)].rps / ll[(mode, 64)].rps:.1f}x" if ll[(mode, 64)].rps
-                 else "LiteLLM served none")
-        lines.append(f"\ntokometer / LiteLLM successful req/s at c=64, {mode}: {ratio}")
+    ll = {r.mode: r for r in results if r.target == "litellm" and r.concurrency == 64}
+    for target in ("tokometer", "tokometer+policy"):
+        ours = {r.mode: r for r in results if r.target == target and r.concurrency == 64}
+        for mode in ("json", "sse"):
+            if mode not in ll or mode not in ours:
+                continue
+            ratio = (f"{ours[mode].rps / ll[mode].rps:.1f}x" if ll[mode].rps
+                     else "LiteLLM served none")
+            lines.append(f"\n{target} / LiteLLM successful req/s at c=64, {mode}: {ratio}")
     lines.append("\nMemory after load, RSS / PSS summed over each process tree (MB): "
                  + ", ".join(f"{k} {r:.0f} / {p:.0f}" for k, (r, p) in memory.items()))
     return "\n".join(lines)

@@ -278,6 +278,9 @@ def test_rpm_refuses_past_the_limit_with_retry_after(gw):
     refused = next(r for r in responses if r.status_code == 429)
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    event = gw.event(refused.headers["x-tokometer-event-id"])
+    assert (event["status"], event["error_type"], event["app"]) == (429, "rate_limit_exceeded",
+                                                                    "rpm-app")
 
 
 def test_a_tpm_limit_holds_under_concurrency(gw, upstream):
