@@ -155,6 +155,8 @@ class Server:
     default_max_output_tokens: int = 4096  # the reservation when nothing else bounds output
     admin_token_env: str | None = None
     admin_token: str | None = None  # /admin/... is off until this is set
+    signing_key: Path = Path("data/ledger-ed25519.pem")  # the log's key; created if missing
+    signing_key_env: str | None = None  # a variable holding the key's PEM, used first
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +212,7 @@ def _by_name(tables: list[_Reader], build: Callable[[_Reader], _Named],
 def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     s.only("host", "port", "store", "currency", "data_dir", "max_body_bytes",
            "upstream_timeout", "connect_timeout", "durability", "max_attempts",
-           "default_max_output_tokens", "admin_token_env")
+           "default_max_output_tokens", "admin_token_env", "signing_key", "signing_key_env")
     d = Server()
     store = s.str("store", "sqlite:///tokometer.db")
     if not store.startswith("sqlite:///"):
@@ -221,12 +223,13 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     durability = s.str("durability", d.durability)
     if durability not in ("process", "power"):
         raise s.error("durability", f"expected 'process' or 'power', got {durability!r}")
+    data_dir = base / s.str("data_dir", str(d.data_dir))
     return Server(
         host=s.str("host", d.host),
         port=s.int("port", d.port, lo=0, hi=65535),
         store=base / store.removeprefix("sqlite:///"),
         currency=currency,
-        data_dir=base / s.str("data_dir", str(d.data_dir)),
+        data_dir=data_dir,
         max_body_bytes=s.int("max_body_bytes", d.max_body_bytes, lo=1),
         upstream_timeout=s.number("upstream_timeout", d.upstream_timeout),
         connect_timeout=s.number("connect_timeout", d.connect_timeout),
@@ -236,6 +239,9 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
                                         d.default_max_output_tokens, lo=1),
         admin_token_env=(admin_env := s.opt_str("admin_token_env")),
         admin_token=environ.get(admin_env) or None if admin_env else None,
+        signing_key=(base / s.str("signing_key") if "signing_key" in s.raw
+                     else data_dir / "ledger-ed25519.pem"),
+        signing_key_env=s.opt_str("signing_key_env"),
     )
 
 

@@ -20,6 +20,7 @@ from ..config import Settings
 from ..errors import AuthError, RequestError, TokometerError
 from ..events import new_event_id
 from ..ledger import SQLiteLedger, open_db
+from ..ledger.signer import load_signer
 from ..policy import Consumer, Guard, KeyRing
 from ..policy.sync import BudgetSync
 from ..tokenize import Recounter, TokenizerRegistry
@@ -73,7 +74,8 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
-        ledger = SQLiteLedger(s.server.store, durability=s.server.durability)
+        signer = load_signer(s.server.signing_key, s.server.signing_key_env)
+        ledger = SQLiteLedger(s.server.store, signer, durability=s.server.durability)
         ledger.start()
         registry = TokenizerRegistry(s.server.data_dir)
         await asyncio.to_thread(_preload_tokenizers, s, registry)

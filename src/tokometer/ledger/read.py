@@ -25,18 +25,19 @@ def iter_events(conn: sqlite3.Connection, since: str | None = None,
                 until: str | None = None) -> Iterator[dict[str, Any]]:
     where, params = time_filter(since, until)
     for row in conn.execute(f"{_SELECT}{where} ORDER BY time, id", params):
-        yield _event_of(row)
+        yield event_of_row(row)
 
 
 def get_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
     row = conn.execute(f"{_SELECT} WHERE id = ?", (event_id,)).fetchone()
-    return None if row is None else _event_of(row)
+    return None if row is None else event_of_row(row)
 
 
 _SELECT = f"SELECT {', '.join(FIELDS)} FROM events"
 
 
-def _event_of(row: tuple[Any, ...]) -> dict[str, Any]:
+def event_of_row(row: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
+    """A stored row as the event document DESIGN.md names (what receipts and leaves hold)."""
     event = dict(zip(FIELDS, row, strict=True))
     event["stream"] = bool(event["stream"])
     return event

@@ -42,6 +42,19 @@ CREATE TABLE IF NOT EXISTS budgets (
   created TEXT NOT NULL,
   UNIQUE (scope, scope_value, unit, period)
 );
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+  level INTEGER NOT NULL,   -- 0: leaves; k: the full subtree over 2^k leaves
+  idx INTEGER NOT NULL,
+  hash BLOB NOT NULL,
+  PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tree_heads (
+  tree_size INTEGER NOT NULL,
+  root_hash BLOB NOT NULL,
+  timestamp INTEGER NOT NULL,
+  signature BLOB NOT NULL,
+  PRIMARY KEY (tree_size, timestamp)
+);
 CREATE TABLE IF NOT EXISTS budget_reservations (
   budget_id TEXT PRIMARY KEY,
   reserved TEXT NOT NULL,

@@ -1,7 +1,9 @@
 """SQLite ledger: events are appended by one writer thread in group commits.
 
 The event loop only enqueues and awaits a future; the thread drains whatever has queued
-up, writes it in one transaction (WAL), and then resolves every waiting future at once.
+up, writes it in one transaction (WAL) together with each event's Merkle leaf and the tree
+nodes it completes, and then resolves every waiting future at once. The same thread signs a
+tree head every few seconds while events arrive, and on demand.
 So a request's response can wait until its event is durable, without the loop ever blocking
 on disk and without one transaction per request. Checkpoints, which fsync the database file
 (tens of ms on some disks), run on a thread of their own: passive ones, which never block the
@@ -17,19 +19,27 @@ import operator
 import queue
 import sqlite3
 import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from ..errors import LedgerError
 from ..events import FIELDS, Event, decimal_str
+from .canonical import canonical_json
+from .log import INSERT_NODE, MerkleLog
+from .merkle import leaf_hash
+from .read import event_of_row
 from .schema import INSERT_EVENT, SCHEMA
+from .signer import Signer, TreeHead
 
 log = logging.getLogger("tokometer.ledger")
 
 _MAX_BATCH = 2048
 _STOP = object()
+_SIGN = object()
 CHECKPOINT_SECONDS = 1.0
+TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
 WAL_LIMIT_BYTES = 128 * 1024 * 1024
 
 
@@ -66,6 +76,8 @@ class _DecimalSum:
 _ALL_FIELDS = operator.attrgetter(*FIELDS)
 _DECIMAL_COLUMNS = [FIELDS.index(name) for name in ("cost", "energy_wh", "co2e_g")]
 _STREAM_COLUMN = FIELDS.index("stream")
+_LEAF_COLUMN = FIELDS.index("leaf_index")
+INSERT_HEAD = "INSERT INTO tree_heads (tree_size, root_hash, timestamp, signature) VALUES (?,?,?,?)"
 
 
 def event_row(event: Event) -> list[Any]:
@@ -78,10 +90,18 @@ def event_row(event: Event) -> list[Any]:
     return row
 
 
+def leaf_of(row: list[Any]) -> bytes:
+    """The Merkle leaf hash of an event row: SHA-256(0x00 || JCS of the stored event)."""
+    return leaf_hash(canonical_json(event_of_row(row)))
+
+
 class SQLiteLedger:
-    def __init__(self, path: Path, *, durability: str = "process"):
+    def __init__(self, path: Path, signer: Signer, *, durability: str = "process"):
         self.path = path
+        self.signer = signer
         self._conn = open_db(path, durability=durability)
+        self._log = MerkleLog.load(self._conn)
+        self._signed_size, self._signed_at = -1, 0.0
         self._conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
         self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -103,6 +123,13 @@ class SQLiteLedger:
         done = self._loop.create_future()
         self._queue.put((event_row(event), done))
         await done
+
+    async def sign_now(self) -> TreeHead:
+        """A tree head signed over everything committed so far (the latest, if it already is)."""
+        assert self._loop is not None, "SQLiteLedger.start() was not called"
+        done: asyncio.Future[TreeHead] = self._loop.create_future()
+        self._queue.put((_SIGN, done))
+        return await done
 
     async def close(self) -> None:
         if self._threads:
@@ -130,19 +157,58 @@ class SQLiteLedger:
             conn.close()
 
     def _write_forever(self) -> None:
+        self._backfill()
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < _MAX_BATCH:
+            try:
+                batch = [self._queue.get(timeout=TREE_HEAD_SECONDS)]
+            except queue.Empty:
+                batch = []
+            while 0 < len(batch) < _MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)
-            items = [item for item in batch if item is not _STOP]
+            signs = [item[1] for item in batch if isinstance(item, tuple) and item[0] is _SIGN]
+            items = [item for item in batch if item is not _STOP and
+                     not (isinstance(item, tuple) and item[0] is _SIGN)]
             if items:
                 self._commit(items)
+            if signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS:
+                self._sign(signs)
             if stop:
                 return
+
+    def _sign(self, waiting: list[asyncio.Future[TreeHead]]) -> None:
+        """Sign the current head if it grew (or someone asked), and hand it to those waiting."""
+        tree = self._log
+        assert self._loop is not None
+        try:
+            if tree.size != self._signed_size or waiting:
+                head = self.signer.sign(tree.size, tree.root(), int(time.time() * 1000))
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.execute(INSERT_HEAD, (head.tree_size, head.root_hash,
+                                                     head.timestamp, head.signature))
+                self._signed_size = tree.size
+                if waiting:
+                    self._loop.call_soon_threadsafe(_hand_over, waiting, head)
+        except sqlite3.Error as e:
+            log.error("could not store a signed tree head: %s", e)
+            self._loop.call_soon_threadsafe(
+                _resolve, waiting, LedgerError(f"could not store a signed tree head: {e}"))
+        self._signed_at = time.monotonic()
+
+    def _backfill(self) -> None:
+        """Events stored before the log existed become leaves, oldest first, once."""
+        rows = [list(r) for r in self._conn.execute(
+            f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index IS NULL ORDER BY id")]
+        if rows:
+            log.info("adding %d earlier events to the Merkle log", len(rows))
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("DELETE FROM events WHERE leaf_index IS NULL")
+                self._log = self._append(rows, self._log)
 
     def _commit(self, items: list[tuple[list[Any], asyncio.Future[None]]]) -> None:
         try:
@@ -160,12 +226,28 @@ class SQLiteLedger:
     def _insert(self, rows: list[list[Any]]) -> None:
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany(INSERT_EVENT, rows)
+            grown = self._append(rows, self._log)
+        self._log = grown  # only once the transaction is committed
+
+    def _append(self, rows: list[list[Any]], log: MerkleLog) -> MerkleLog:
+        """Insert the rows as the next leaves, with the tree nodes they complete."""
+        for i, row in enumerate(rows):
+            row[_LEAF_COLUMN] = log.size + i
+        grown, nodes = log.extend([leaf_of(row) for row in rows])
+        self._conn.executemany(INSERT_EVENT, rows)
+        self._conn.executemany(INSERT_NODE, nodes)
+        return grown
 
     def _settle(self, items: list[tuple[list[Any], asyncio.Future[None]]],
                 error: Exception | None) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve, [f for _, f in items], error)
+
+
+def _hand_over(futures: list[asyncio.Future[TreeHead]], head: TreeHead) -> None:
+    for f in futures:
+        if not f.done():
+            f.set_result(head)
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: Exception | None) -> None:

@@ -1,0 +1,66 @@
+"""The Merkle log's right edge, kept in memory by the writer so an append reads nothing.
+
+A log of n leaves is, right to left, one full subtree per set bit of n; appending a leaf
+merges equal-sized subtrees like carrying in binary addition. Each merge is a node to store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from .merkle import EMPTY_ROOT, Nodes, node_hash
+
+INSERT_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
+
+
+@dataclass(frozen=True, slots=True)
+class MerkleLog:
+    size: int
+    frontier: tuple[tuple[int, bytes], ...]  # (level, hash), largest subtree first
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection) -> MerkleLog:
+        last = conn.execute("SELECT MAX(idx) FROM merkle_nodes WHERE level = 0").fetchone()[0]
+        size = 0 if last is None else last + 1
+        frontier, offset = [], 0
+        for level in range(size.bit_length() - 1, -1, -1):
+            if size >> level & 1:
+                row = conn.execute("SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?",
+                                   (level, offset >> level)).fetchone()
+                frontier.append((level, bytes(row[0])))
+                offset += 1 << level
+        return cls(size, tuple(frontier))
+
+    def extend(self, leaves: list[bytes]) -> tuple[MerkleLog, list[tuple[int, int, bytes]]]:
+        """The log with `leaves` appended, and the nodes (level, index, hash) to store."""
+        stack, nodes, size = list(self.frontier), [], self.size
+        for leaf in leaves:
+            nodes.append((0, size, leaf))
+            stack.append((0, leaf))
+            while len(stack) > 1 and stack[-1][0] == stack[-2][0]:
+                (level, right), (_, left) = stack.pop(), stack.pop()
+                merged = node_hash(left, right)
+                nodes.append((level + 1, size >> (level + 1), merged))
+                stack.append((level + 1, merged))
+            size += 1
+        return MerkleLog(size, tuple(stack)), nodes
+
+    def root(self) -> bytes:
+        if not self.frontier:
+            return EMPTY_ROOT
+        root = self.frontier[-1][1]
+        for _, left in reversed(self.frontier[:-1]):
+            root = node_hash(left, root)
+        return root
+
+
+def stored_nodes(conn: sqlite3.Connection) -> Nodes:
+    """A merkle.Nodes lookup over the store."""
+    def lookup(level: int, idx: int) -> bytes:
+        row = conn.execute("SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?",
+                           (level, idx)).fetchone()
+        if row is None:
+            raise LookupError(f"Merkle node ({level}, {idx}) is missing from the store")
+        return bytes(row[0])
+    return lookup
