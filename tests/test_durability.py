@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -67,8 +69,14 @@ def test_kill_9_under_load_loses_no_completed_event(upstream, tmp_path):
         missing = [eid for eid in completed if not _has(again, eid)]
         assert missing == []
         assert again.count_events() >= len(completed)
+        assert all(again.event(eid)["leaf_index"] is not None for eid in completed)
     finally:
         stop_gateway(again)
+    # ...and the Merkle log, written in the same commits, audits clean.
+    audit = subprocess.run([sys.executable, "-m", "tokometer.cli", "ledger", "audit",
+                            "--config", str(again.config)], capture_output=True, text=True)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "audits clean" in audit.stdout
 
 
 def _living_members(group: int) -> list[int]:

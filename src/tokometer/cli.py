@@ -6,12 +6,13 @@ No business logic lives here; library errors become a message on stderr and exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,10 @@ from .config import PERIODS, SCOPES, Budget
 from .errors import TokometerError
 from .events import FIELDS, decimal_str, rfc3339
 from .ledger import open_db
+from .ledger.audit import audit
 from .ledger.read import iter_events
+from .ledger.receipts import NotFound, build_receipt, latest_head, sign_stored_head, verify_receipt
+from .ledger.signer import Signer, load_signer, parse_public_key
 from .policy import create_key, list_keys, revoke_key
 from .policy.budgets import (
     load_states,
@@ -116,6 +120,36 @@ def _parser() -> argparse.ArgumentParser:
                                      description="remove a budget set at run time"),
               _budgets_remove)
     c.add_argument("budget_id", help="the budget's id, as `budgets list` shows it")
+
+    ledger = sub.add_parser("ledger", help="the verifiable log: public key, signed head, audit",
+                            description="Every event is a leaf of an RFC 9162 Merkle log whose "
+                                        "heads the gateway signs with Ed25519.")
+    ledger_sub = ledger.add_subparsers(metavar="ACTION")
+    ledger.set_defaults(run=lambda a: ledger.print_help() or 2)
+    _runs(ledger_sub.add_parser("pubkey", help="print the log's public key (base64, 32 bytes)",
+                                description="print the log's public key (base64, 32 bytes)"),
+          _ledger_pubkey)
+    _runs(ledger_sub.add_parser("head", help="print the latest signed tree head as JSON",
+                                description="print the latest signed tree head as JSON"),
+          _ledger_head)
+    _runs(ledger_sub.add_parser(
+        "audit", help="recompute the whole log from the stored events and check every head",
+        description="Recompute every leaf from the stored events, check every signed tree "
+                    "head and its signature, and report the first event that was altered, "
+                    "deleted or inserted. Exit code 1 when the log does not audit clean."),
+        _ledger_audit)
+    rec = command("receipt", "print a self-contained, verifiable receipt for one event",
+                  _receipt)
+    rec.add_argument("event_id", help="the event's id (x-tokometer-event-id)")
+    ver = sub.add_parser("verify-receipt", help="check a receipt offline with the log's key",
+                         description="Check a receipt with nothing but the log's public key: "
+                         "the event's hash, the inclusion proof and the tree head's signature. "
+                         "Exit code 1 and what is wrong when it fails.")
+    ver.add_argument("file", help="the receipt (JSON), or - for standard input")
+    ver.add_argument("--pubkey", required=True,
+                     help="the log's public key as `tokometer ledger pubkey` prints it, or a "
+                          "PEM file")
+    ver.set_defaults(run=_verify_receipt)
 
     events = command("events", "print every meter reading, oldest first", _events)
     _time_range(events)
@@ -248,6 +282,79 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -
         _print_table(rows, columns)
 
 
+def _signer(settings: config.Settings) -> Signer:
+    return load_signer(settings.server.signing_key, settings.server.signing_key_env)
+
+
+def _ledger_pubkey(args: argparse.Namespace) -> int:
+    print(_signer(config.load(args.config)).public_key_text())
+    return 0
+
+
+def _ledger_head(args: argparse.Namespace) -> int:
+    head = latest_head(_db(args))
+    if head is None:
+        raise TokometerError("no signed tree head yet: start the gateway, or ask for a receipt")
+    print(orjson.dumps(head.to_json()).decode())
+    return 0
+
+
+def _ledger_audit(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    conn = open_db(settings.server.store)
+    total = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    with _progress(total, "events") as step:
+        report = audit(conn, _signer(settings).public_key, step)
+    print(f"{report.events} events, {report.leaves} leaves, {report.heads} signed tree heads")
+    first = report.first()
+    if first is None:
+        print("the log audits clean")
+        return 0
+    print(f"NOT CLEAN: {len(report.findings)} problem(s); the first: {first.what}")
+    for finding in sorted(report.findings, key=lambda f: -1 if f.leaf_index is None
+                          else f.leaf_index)[1:20]:
+        print(f"  also: {finding.what}")
+    return 1
+
+
+def _receipt(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    conn = open_db(settings.server.store)
+    try:
+        receipt = build_receipt(conn, args.event_id)
+        if receipt is None:  # no signed head covers it yet: sign one now
+            sign_stored_head(conn, _signer(settings))
+            receipt = build_receipt(conn, args.event_id)
+    except NotFound as e:
+        raise TokometerError(str(e)) from None
+    print(orjson.dumps(receipt, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _verify_receipt(args: argparse.Namespace) -> int:
+    source = sys.stdin if args.file == "-" else None
+    try:
+        text = source.read() if source else Path(args.file).read_text()
+        receipt = orjson.loads(text)
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise TokometerError(f"cannot read the receipt {args.file}: {e}") from None
+    pubkey = args.pubkey
+    if Path(pubkey).is_file():
+        pubkey = Path(pubkey).read_text()
+    try:
+        key = parse_public_key(pubkey)
+    except ValueError as e:
+        raise TokometerError(f"--pubkey: {e}") from None
+    problems = verify_receipt(receipt, key)
+    if problems:
+        print("INVALID receipt:\n" + "\n".join(f"- {p}" for p in problems))
+        return 1
+    event = receipt["event"]
+    print(f"valid: event {event.get('id')} is leaf {receipt['leaf_index']} of the log signed at "
+          f"{receipt['tree_head']['tree_size']} leaves")
+    return 0
+
+
 def _events(args: argparse.Namespace) -> int:
     rows = iter_events(_db(args), args.since, args.until)
     out = sys.stdout
@@ -275,6 +382,26 @@ def _report(args: argparse.Namespace) -> int:
     else:
         _print_table(rows, columns)
     return 0
+
+
+@contextlib.contextmanager
+def _progress(total: int, unit: str) -> Iterator[Callable[[int], None]]:
+    """A one-line progress count on stderr, when stderr is a terminal."""
+    done = 0
+    show = sys.stderr.isatty()
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if show:
+            print(f"\r{done:,} / {total:,} {unit} ({done * 100 // max(total, 1)}%)", end="",
+                  file=sys.stderr, flush=True)
+
+    try:
+        yield step
+    finally:
+        if show:
+            print(file=sys.stderr)
 
 
 def _print_table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:

@@ -1,0 +1,101 @@
+"""Receipts: one event, its place in the log and the proof, checkable with only a public key.
+
+    {"receipt_version": 1, "event": {...}, "leaf_index": 41, "leaf_hash": "…",
+     "inclusion_proof": ["…", …], "tree_head": {"tree_size", "root_hash", "timestamp",
+     "signature"}}
+
+`verify_receipt` needs nothing but the document and the log's public key.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .canonical import canonical_json
+from .log import stored_nodes
+from .merkle import Tree, leaf_hash, verify_inclusion
+from .read import get_event
+from .signer import Signer, TreeHead, verify_head
+
+RECEIPT_VERSION = 1
+
+
+class NotFound(LookupError):
+    """No such event, or not in the log yet."""
+
+
+def latest_head(conn: sqlite3.Connection, covering: int = 0) -> TreeHead | None:
+    """The newest signed head over at least `covering` leaves."""
+    row = conn.execute("SELECT tree_size, root_hash, timestamp, signature FROM tree_heads "
+                       "WHERE tree_size >= ? ORDER BY tree_size DESC, timestamp DESC LIMIT 1",
+                       (covering,)).fetchone()
+    return None if row is None else TreeHead(row[0], bytes(row[1]), row[2], bytes(row[3]))
+
+
+def build_receipt(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
+    """The receipt for an event, or None when no signed head covers it yet (sign, retry)."""
+    event = get_event(conn, event_id)
+    if event is None or event["leaf_index"] is None:
+        raise NotFound(f"no event {event_id} in the log")
+    index = event["leaf_index"]
+    head = latest_head(conn, covering=index + 1)
+    if head is None:
+        return None
+    proof = Tree(stored_nodes(conn), head.tree_size).inclusion_proof(index)
+    return {"receipt_version": RECEIPT_VERSION, "event": event, "leaf_index": index,
+            "leaf_hash": leaf_hash(canonical_json(event)).hex(),
+            "inclusion_proof": [p.hex() for p in proof], "tree_head": head.to_json()}
+
+
+def verify_receipt(receipt: Any, key: Ed25519PublicKey) -> list[str]:
+    """What is wrong with a receipt; an empty list means it proves its event is in the log."""
+    if not isinstance(receipt, dict):
+        return ["the receipt is not a JSON object"]
+    try:
+        event, index = receipt["event"], receipt["leaf_index"]
+        head = TreeHead.from_json(receipt["tree_head"])
+        proof = [bytes.fromhex(p) for p in receipt["inclusion_proof"]]
+    except (KeyError, TypeError, ValueError) as e:
+        return [f"the receipt is malformed: {e}"]
+    problems = []
+    if not isinstance(event, dict) or not isinstance(index, int):
+        return ["the receipt's event must be an object and leaf_index an integer"]
+    if event.get("leaf_index") != index:
+        problems.append(f"the event says leaf {event.get('leaf_index')}, the receipt {index}")
+    leaf = leaf_hash(canonical_json(event))
+    if receipt.get("leaf_hash") not in (None, leaf.hex()):
+        problems.append("leaf_hash is not the hash of the event: the event was altered")
+    if not verify_head(head, key):
+        problems.append("the tree head's signature does not verify with this public key")
+    if not verify_inclusion(leaf, index, head.tree_size, proof, head.root_hash):
+        problems.append(f"the inclusion proof does not lead from this event at leaf {index} to "
+                        f"the signed root of {head.tree_size} leaves")
+    return problems
+
+
+def consistency_proof(conn: sqlite3.Connection, first: int, second: int) -> list[bytes]:
+    """PROOF(first, D[0:second]); ValueError for sizes the log cannot prove."""
+    size = log_size(conn)
+    if not 0 < first <= second <= size:
+        raise ValueError(f"need 0 < first <= second <= {size} (the log's size), "
+                         f"got first={first}, second={second}")
+    return Tree(stored_nodes(conn), second).consistency_proof(first)
+
+
+def sign_stored_head(conn: sqlite3.Connection, signer: Signer) -> TreeHead:
+    """Sign the log as stored now (for the CLI; a running gateway signs on its own)."""
+    size = log_size(conn)
+    head = signer.sign(size, Tree(stored_nodes(conn), size).root(), int(time.time() * 1000))
+    conn.execute("INSERT INTO tree_heads (tree_size, root_hash, timestamp, signature) "
+                 "VALUES (?,?,?,?)", (head.tree_size, head.root_hash, head.timestamp,
+                                      head.signature))
+    return head
+
+
+def log_size(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM merkle_nodes WHERE level = 0"
+                        ).fetchone()[0]

@@ -1,0 +1,181 @@
+"""The verifiable ledger: receipts check offline, and tampering of any kind is caught."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
+from tokometer.events import FIELDS
+from tokometer.ledger.canonical import canonical_json
+from tokometer.ledger.sqlite import leaf_of
+
+REQUESTS = 12
+
+
+def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tokometer.cli", *args,
+                           *(["--config", str(config)] if args[0] != "verify-receipt" else [])],
+                          capture_output=True, text=True, input=stdin, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def logged(upstream, tmp_path_factory) -> tuple[Gateway, list[str], str]:
+    """A gateway's store after REQUESTS requests, the gateway stopped; and the log's key."""
+    gw = start_gateway(tmp_path_factory.mktemp("log"), providers_toml(upstream) + MODELS_TOML,
+                       env=FAKE_KEYS)
+    ids = []
+    try:
+        for i in range(REQUESTS):
+            r = httpx.post(gw.url + "/v1/chat/completions",
+                           headers={"Authorization": f"Bearer {gw.key}"},
+                           json={"model": "gpt-4o-mini", "stream": i % 2 == 1,
+                                 "messages": [{"role": "user", "content": f"hi {i}"}]})
+            assert r.status_code == 200
+            ids.append(r.headers["x-tokometer-event-id"])
+    finally:
+        stop_gateway(gw)
+    pubkey = cli(gw.config, "ledger", "pubkey").stdout.strip()
+    return gw, ids, pubkey
+
+
+def copy_of(gw: Gateway, tmp_path: Path) -> Path:
+    """A copy of the gateway's config and store to tamper with (same signing key)."""
+    target = tmp_path / "copy"
+    shutil.copytree(gw.config.parent, target)
+    return target / "tokometer.toml"
+
+
+def sql(config: Path, statement: str, *params) -> None:
+    conn = sqlite3.connect(config.parent / "tokometer.db")
+    with conn:
+        conn.execute(statement, params)
+    conn.close()
+
+
+def test_the_log_audits_clean_and_every_event_has_a_leaf(logged):
+    gw, ids, _ = logged
+    assert sorted(gw.event(i)["leaf_index"] for i in ids) == list(range(REQUESTS))
+    out = cli(gw.config, "ledger", "audit")
+    assert out.returncode == 0 and "audits clean" in out.stdout
+    assert f"{REQUESTS} events, {REQUESTS} leaves" in out.stdout
+
+
+def test_a_receipt_verifies_offline(logged, tmp_path):
+    gw, ids, pubkey = logged
+    receipt = cli(gw.config, "receipt", ids[5])
+    assert receipt.returncode == 0, receipt.stderr
+    doc = json.loads(receipt.stdout)
+    assert doc["event"]["id"] == ids[5] and doc["tree_head"]["tree_size"] >= 6
+    (tmp_path / "r.json").write_text(receipt.stdout)
+    ok = cli(gw.config, "verify-receipt", str(tmp_path / "r.json"), "--pubkey", pubkey)
+    assert ok.returncode == 0 and "valid" in ok.stdout
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("output_tokens", 1, "altered"),
+    ("cost", "0", "altered"),
+    ("leaf_index", 0, "the event says leaf 0"),
+])
+def test_an_edited_receipt_fails_and_says_why(logged, field, value, problem):
+    gw, ids, pubkey = logged
+    doc = json.loads(cli(gw.config, "receipt", ids[3]).stdout)
+    doc["event"][field] = value
+    bad = cli(gw.config, "verify-receipt", "-", "--pubkey", pubkey, stdin=json.dumps(doc))
+    assert bad.returncode == 1 and "INVALID" in bad.stdout and problem in bad.stdout
+
+
+def test_a_receipt_fails_under_another_key_and_with_a_moved_size(logged, tmp_path):
+    gw, ids, pubkey = logged
+    doc = json.loads(cli(gw.config, "receipt", ids[2]).stdout)
+    other = copy_of(gw, tmp_path)
+    (other.parent / "data" / "ledger-ed25519.pem").unlink()
+    other_key = cli(other, "ledger", "pubkey").stdout.strip()  # a new key is made
+    assert other_key != pubkey
+    bad = cli(gw.config, "verify-receipt", "-", "--pubkey", other_key, stdin=json.dumps(doc))
+    assert bad.returncode == 1 and "signature" in bad.stdout
+    doc["tree_head"]["tree_size"] += 1
+    bad = cli(gw.config, "verify-receipt", "-", "--pubkey", pubkey, stdin=json.dumps(doc))
+    assert bad.returncode == 1 and "signature" in bad.stdout
+
+
+def test_bad_receipt_input_is_a_clear_error(logged, tmp_path):
+    gw, _, pubkey = logged
+    assert "cannot read the receipt" in cli(gw.config, "verify-receipt", str(tmp_path / "none"),
+                                            "--pubkey", pubkey).stderr
+    out = cli(gw.config, "verify-receipt", "-", "--pubkey", pubkey, stdin='{"event": 1}')
+    assert out.returncode == 1 and "malformed" in out.stdout
+    out = cli(gw.config, "verify-receipt", "-", "--pubkey", "not-a-key", stdin="{}")
+    assert out.returncode == 2 and "--pubkey" in out.stderr
+    assert "no event" in cli(gw.config, "receipt", "no-such-id").stderr
+
+
+def test_audit_catches_a_changed_token_count(logged, tmp_path):
+    gw, ids, _ = logged
+    config = copy_of(gw, tmp_path)
+    sql(config, "UPDATE events SET output_tokens = output_tokens - 1 WHERE id = ?", ids[4])
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1
+    assert f"the first: event {ids[4]} at leaf 4 does not match its logged leaf: altered" \
+        in out.stdout
+
+
+def test_audit_catches_a_deleted_row(logged, tmp_path):
+    gw, ids, _ = logged
+    config = copy_of(gw, tmp_path)
+    sql(config, "DELETE FROM events WHERE id = ?", ids[7])
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1 and "the first: leaf 7 has no event: deleted" in out.stdout
+
+
+def test_audit_catches_an_inserted_row(logged, tmp_path):
+    gw, ids, _ = logged
+    config = copy_of(gw, tmp_path)
+    columns = ", ".join(f for f in FIELDS if f not in ("id", "leaf_index"))
+    sql(config, f"INSERT INTO events (id, leaf_index, {columns}) SELECT 'forged', NULL, "
+                f"{columns} FROM events WHERE id = ?", ids[1])
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1 and "event forged is not in the log" in out.stdout
+
+
+def test_audit_catches_an_event_rewritten_with_its_leaf(logged, tmp_path):
+    """The forger updates the stored leaf too: the signed roots still give it away."""
+    gw, ids, _ = logged
+    config = copy_of(gw, tmp_path)
+    sql(config, "UPDATE events SET cost = '0' WHERE id = ?", ids[0])
+    conn = sqlite3.connect(config.parent / "tokometer.db")
+    row = conn.execute(f"SELECT {', '.join(FIELDS)} FROM events WHERE id = ?", (ids[0],)).fetchone()
+    with conn:
+        conn.execute("UPDATE merkle_nodes SET hash = ? WHERE level = 0 AND idx = 0",
+                     (leaf_of(list(row)),))
+    conn.close()
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1 and "do not reproduce the signed root" in out.stdout
+
+
+def test_audit_catches_heads_signed_with_another_key(logged, tmp_path):
+    gw, _, _ = logged
+    config = copy_of(gw, tmp_path)
+    (config.parent / "data" / "ledger-ed25519.pem").unlink()  # the auditor trusts a new key
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1 and "bad signature" in out.stdout
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(
+    st.sampled_from(FIELDS),
+    st.one_of(st.none(), st.booleans(), st.integers(-2**53 + 1, 2**53 - 1),
+              st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15)
+              .map(lambda f: round(f, 3)), st.text())))
+def test_canonical_form_is_rfc8785(document):
+    assert canonical_json(document) == rfc8785.dumps(document)
