@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
 from tokometer.events import FIELDS
 from tokometer.ledger.canonical import canonical_json
+from tokometer.ledger.merkle import verify_consistency
+from tokometer.ledger.receipts import verify_receipt
+from tokometer.ledger.signer import parse_public_key
 from tokometer.ledger.sqlite import leaf_of
 
 REQUESTS = 12
@@ -179,3 +182,49 @@ def test_audit_catches_heads_signed_with_another_key(logged, tmp_path):
               .map(lambda f: round(f, 3)), st.text())))
 def test_canonical_form_is_rfc8785(document):
     assert canonical_json(document) == rfc8785.dumps(document)
+
+
+# --- over HTTP -------------------------------------------------------------------------------
+
+def get(gw: Gateway, path: str, key: str | None = None) -> httpx.Response:
+    return httpx.get(gw.url + path, headers={"Authorization": f"Bearer {key or gw.key}"},
+                     timeout=30)
+
+
+def chat(gw: Gateway) -> str:
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    return r.headers["x-tokometer-event-id"]
+
+
+def test_a_consumer_gets_its_receipt_at_once_and_it_verifies(gateway):
+    event_id = chat(gateway)
+    receipt = get(gateway, f"/v1/receipts/{event_id}")  # newer than any signed head
+    assert receipt.status_code == 200, receipt.text
+    head = get(gateway, "/v1/ledger/head").json()
+    key = parse_public_key(head["public_key"])
+    assert verify_receipt(receipt.json(), key) == []
+    other, _ = gateway.new_key("someone-else")
+    assert get(gateway, f"/v1/receipts/{event_id}", other).status_code == 404
+    assert get(gateway, "/v1/receipts/nope").status_code == 404
+    assert get(gateway, f"/v1/receipts/{event_id}", "tkm-bad").status_code == 401
+
+
+def test_consistency_between_two_signed_heads(gateway):
+    chat(gateway)
+    first = get(gateway, f"/v1/receipts/{chat(gateway)}").json()["tree_head"]
+    chat(gateway)
+    second = get(gateway, f"/v1/receipts/{chat(gateway)}").json()["tree_head"]
+    assert second["tree_size"] > first["tree_size"]
+    r = get(gateway, f"/v1/ledger/consistency?first={first['tree_size']}"
+                     f"&second={second['tree_size']}")
+    proof = [bytes.fromhex(p) for p in r.json()["proof"]]
+    assert verify_consistency(first["tree_size"], second["tree_size"], proof,
+                              bytes.fromhex(first["root_hash"]), bytes.fromhex(second["root_hash"]))
+
+
+@pytest.mark.parametrize("query", ["", "?first=1", "?first=a&second=2", "?first=0&second=1",
+                                   "?first=2&second=1", "?first=1&second=999999999"])
+def test_bad_consistency_queries_are_a_400(gateway, query):
+    r = get(gateway, "/v1/ledger/consistency" + query)
+    assert r.status_code == 400 and r.json()["error"]["message"]

@@ -36,14 +36,18 @@ class Admin:
         self.keys = keys
         self.budgets = budgets
 
+    def is_admin(self, headers: dict[bytes, bytes]) -> bool:
+        token = self.settings.server.admin_token
+        given = headers.get(b"authorization", b"")
+        return token is not None and hmac.compare_digest(given, b"Bearer " + token.encode())
+
     def check(self, headers: dict[bytes, bytes]) -> None:
         token = self.settings.server.admin_token
         if token is None:
             raise RequestError("the admin API is off: set server.admin_token_env in the config "
                                "and put a token in that environment variable",
                                status=404, type="not_found_error")
-        given = headers.get(b"authorization", b"")
-        if not hmac.compare_digest(given, b"Bearer " + token.encode()):
+        if not self.is_admin(headers):
             raise AuthError("the admin API needs 'Authorization: Bearer ADMIN_TOKEN'")
 
     async def handle(self, method: str, path: str, body: Any) -> Answer:

@@ -30,6 +30,7 @@ from .meter import Meter
 from .pipeline import Deps, handle, refuse
 from .relay import Receive, Send
 from .router import Router
+from .transparency import Transparency
 from .upstream import new_session
 from .wire import ENDPOINTS, JSON_HEADERS, Endpoint, render_error
 
@@ -49,6 +50,7 @@ class Gateway:
         self.deps: Deps | None = None
         self.keys: KeyRing | None = None
         self.admin: Admin | None = None
+        self.transparency: Transparency | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -85,6 +87,7 @@ class Gateway:
         budgets = BudgetSync(Guard(s, {}), open_db(s.server.store), s.budgets)
         await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
         self.admin = Admin(s, open_db(s.server.store), self.keys, budgets)
+        self.transparency = Transparency(open_db(s.server.store), ledger)
         self.deps = Deps(new_session(s.server), meter, ledger,
                          Router(pricer, s.server.max_attempts), budgets.guard)
         self._tasks += [asyncio.create_task(self.keys.watch_revocations()),
@@ -111,6 +114,8 @@ class Gateway:
             headers = dict(scope["headers"])
             if path.startswith("/admin/"):
                 return await self._admin(method, path, headers, receive, send)
+            if path.startswith(("/v1/ledger/", "/v1/receipts/")):
+                return await _json(send, 200, await self._log(method, path, headers, scope))
             if path == "/v1/models":
                 await self._authenticate(headers)
                 return await _json(send, 200, self._model_list(b"anthropic-version" in headers))
@@ -154,6 +159,23 @@ class Gateway:
             raise RequestError(f"the request body is not valid JSON: {e}") from None
         status, data = await self.admin.handle(method, path, body)
         await _json(send, status, data)
+
+    async def _log(self, method: str, path: str, headers: dict[bytes, bytes],
+                   scope: dict[str, Any]) -> dict[str, Any]:
+        """The Merkle log's read endpoints, for consumers' keys and the admin token."""
+        assert self.transparency is not None and self.admin is not None
+        if method != "GET":
+            raise RequestError(f"{path} takes GET, not {method}", status=405)
+        who = None if self.admin.is_admin(headers) else await self._authenticate(headers)
+        if path == "/v1/ledger/head":
+            return await self.transparency.head()
+        if path == "/v1/ledger/consistency":
+            return await self.transparency.consistency(scope.get("query_string", b""))
+        event_id = path.removeprefix("/v1/receipts/")
+        if path.startswith("/v1/receipts/") and event_id and "/" not in event_id:
+            return await self.transparency.receipt(event_id, who)
+        raise RequestError(f"no such endpoint: {method} {path}", status=404,
+                           type="not_found_error")
 
     async def _authenticate(self, headers: dict[bytes, bytes]) -> Consumer:
         key = _api_key(headers)

@@ -1,0 +1,64 @@
+"""The log over HTTP: signed heads, consistency proofs and receipts.
+
+    GET /v1/ledger/head                          the latest signed tree head (+ public key)
+    GET /v1/ledger/consistency?first=M&second=N  PROOF(M, N) as hex hashes
+    GET /v1/receipts/{event_id}                  the event's receipt (its own key, or admin)
+
+Store reads run on a thread with a connection of their own, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+from urllib.parse import parse_qs
+
+from ..errors import RequestError
+from ..ledger import SQLiteLedger
+from ..ledger.read import get_event
+from ..ledger.receipts import NotFound, build_receipt, consistency_proof, latest_head
+from ..policy import Consumer
+
+
+class Transparency:
+    def __init__(self, conn: sqlite3.Connection, ledger: SQLiteLedger):
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self.ledger = ledger
+
+    async def head(self) -> dict[str, Any]:
+        head = await self._read(latest_head) or await self.ledger.sign_now()
+        return {**head.to_json(), "public_key": self.ledger.signer.public_key_text()}
+
+    async def consistency(self, query: bytes) -> dict[str, Any]:
+        params = parse_qs(query.decode("latin-1"))
+        try:
+            first, second = int(params["first"][0]), int(params["second"][0])
+        except (KeyError, ValueError):
+            raise RequestError("give two tree sizes: ?first=M&second=N") from None
+        try:
+            proof = await self._read(consistency_proof, first, second)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        return {"first": first, "second": second, "proof": [p.hex() for p in proof]}
+
+    async def receipt(self, event_id: str, who: Consumer | None) -> dict[str, Any]:
+        """`who` None: the admin, who may see any receipt."""
+        event = await self._read(get_event, event_id)
+        if event is None or (who is not None and event["key_id"] != who.key_id):
+            # The same answer for another key's event as for none: ids reveal nothing.
+            raise RequestError(f"no event {event_id} for this key", status=404,
+                               type="not_found_error")
+        try:
+            receipt = await self._read(build_receipt, event_id)
+            if receipt is None:  # newer than the latest signed head
+                await self.ledger.sign_now()
+                receipt = await self._read(build_receipt, event_id)
+        except NotFound as e:
+            raise RequestError(str(e), status=404, type="not_found_error") from None
+        return receipt
+
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(fn, self._conn, *args)
