@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
 from tokometer.events import FIELDS
 from tokometer.ledger.canonical import canonical_json
-from tokometer.ledger.merkle import verify_consistency
+from tokometer.ledger.merkle import leaf_hash, verify_consistency
+from tokometer.ledger.read import event_of_row
 from tokometer.ledger.receipts import verify_receipt
 from tokometer.ledger.signer import parse_public_key
 from tokometer.ledger.sqlite import leaf_of
@@ -228,3 +229,19 @@ def test_consistency_between_two_signed_heads(gateway):
 def test_bad_consistency_queries_are_a_400(gateway, query):
     r = get(gateway, "/v1/ledger/consistency" + query)
     assert r.status_code == 400 and r.json()["error"]["message"]
+
+
+def _column(name: str) -> st.SearchStrategy:
+    if name in ("duration_ms", "ttft_ms"):
+        return st.one_of(st.none(), st.integers(0, 10**6).map(float),
+                         st.floats(0, 1e7).map(lambda f: round(f, 3)))
+    if name == "stream":
+        return st.sampled_from([0, 1])
+    return st.one_of(st.none(), st.integers(-(2**53) + 1, 2**53 - 1), st.text())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(*(_column(name) for name in FIELDS)))
+def test_the_fast_leaf_equals_the_canonical_leaf(row):
+    """What the writer and the audit hash is what a receipt's verifier recomputes."""
+    assert leaf_of(row) == leaf_hash(canonical_json(event_of_row(row)))

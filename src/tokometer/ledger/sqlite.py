@@ -24,12 +24,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..errors import LedgerError
 from ..events import FIELDS, Event, decimal_str
-from .canonical import canonical_json
 from .log import INSERT_NODE, MerkleLog
 from .merkle import leaf_hash
-from .read import event_of_row
 from .schema import INSERT_EVENT, SCHEMA
 from .signer import Signer, TreeHead
 
@@ -90,9 +90,28 @@ def event_row(event: Event) -> list[Any]:
     return row
 
 
-def leaf_of(row: list[Any]) -> bytes:
-    """The Merkle leaf hash of an event row: SHA-256(0x00 || JCS of the stored event)."""
-    return leaf_hash(canonical_json(event_of_row(row)))
+_BY_NAME = sorted(range(len(FIELDS)), key=FIELDS.__getitem__)  # JCS orders keys by name
+_SORTED_FIELDS = [FIELDS[i] for i in _BY_NAME]
+_FLOAT_COLUMNS = [FIELDS.index(name) for name in ("duration_ms", "ttft_ms")]
+
+
+def leaf_of(row: list[Any] | tuple[Any, ...]) -> bytes:
+    """The Merkle leaf hash of an event row: SHA-256(0x00 || JCS of the stored event).
+
+    The same bytes as canonical_json(event_of_row(row)) (a test holds them equal), built
+    for the writer and the audit, which hash every event: only the float columns can hold
+    an integral float, and the keys are put in JCS order once, here.
+    """
+    values = [row[i] for i in _BY_NAME]
+    for i in _FLOAT_SORTED:
+        if isinstance(values[i], float) and values[i].is_integer():
+            values[i] = int(values[i])
+    values[_STREAM_SORTED] = bool(values[_STREAM_SORTED])
+    return leaf_hash(orjson.dumps(dict(zip(_SORTED_FIELDS, values, strict=True))))
+
+
+_FLOAT_SORTED = [_BY_NAME.index(i) for i in _FLOAT_COLUMNS]
+_STREAM_SORTED = _BY_NAME.index(_STREAM_COLUMN)
 
 
 class SQLiteLedger:
