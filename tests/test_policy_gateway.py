@@ -452,3 +452,43 @@ def test_admin_needs_the_admin_token(gw):
 def test_admin_api_is_off_without_a_token(gateway):
     r = httpx.get(gateway.url + "/admin/keys", headers={"Authorization": "Bearer x"})
     assert r.status_code == 404 and "admin API is off" in r.json()["error"]["message"]
+
+
+# --- corrections --------------------------------------------------------------------------------
+
+def test_a_refund_is_a_new_event_that_references_the_original(gw):
+    key = key_for(gw, "corr-co")
+    admin(gw, "PUT", "/admin/budgets", {"tenant": "corr-co", "limit": "1", "unit": "USD",
+                                        "period": "month"})
+    original_id = burst(gw, key, 1, max_tokens=300)[0].headers["x-tokometer-event-id"]
+    original = gw.event(original_id)
+    r = admin(gw, "POST", "/admin/corrections", {
+        "event_id": original_id, "reason": "refund: wrong answer", "output_tokens": -100,
+        "cost": str(-ONE_REQUEST / 3)})
+    assert r.status_code == 201, r.text
+    fix = gw.event(r.json()["id"])
+    assert (fix["corrects"], fix["usage_source"], fix["tenant"]) == (original_id, "correction",
+                                                                     "corr-co")
+    assert (fix["output_tokens"], Decimal(fix["cost"])) == (-100, -ONE_REQUEST / 3)
+    assert fix["price_ref"] == "correction: refund: wrong answer"
+    assert gw.event(original_id) == original  # never rewritten
+    assert spend(gw, "corr-co") == ONE_REQUEST - ONE_REQUEST / 3
+    status = {b["scope_value"]: b for b in admin(gw, "GET", "/admin/budgets").json()["data"]}
+    assert Decimal(status["corr-co"]["spent"]) == ONE_REQUEST - ONE_REQUEST / 3
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    ({"event_id": "nope", "reason": "x", "cost": "-1"}, 404, "no event"),
+    ({"event_id": "E", "cost": "-1"}, 400, "missing field 'reason'"),
+    ({"event_id": "E", "reason": " ", "cost": "-1"}, 400, "needs a reason"),
+    ({"event_id": "E", "reason": "x", "cost": -0.5}, 400, "decimal string"),
+    ({"event_id": "E", "reason": "x", "cost": "lots"}, 400, "decimal string"),
+    ({"event_id": "E", "reason": "x", "output_tokens": 1.5}, 400, "must be an integer"),
+    ({"event_id": "E", "reason": "x"}, 400, "must change"),
+    ({"event_id": "E", "reason": "x", "input": 1}, 400, "unknown field"),
+])
+def test_bad_corrections_are_refused(gw, body, status, fragment):
+    event_id = burst(gw, gw.key, 1, max_tokens=5)[0].headers["x-tokometer-event-id"]
+    body = {**body, "event_id": event_id if body["event_id"] == "E" else body["event_id"]}
+    r = admin(gw, "POST", "/admin/corrections", body)
+    assert r.status_code == status and fragment in r.json()["error"]["message"]

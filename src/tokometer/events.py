@@ -16,6 +16,7 @@ import uuid_utils
 REPORTED = "reported"
 COUNTED = "counted"
 ESTIMATED = "estimated"
+CORRECTION = "correction"  # usage_source of an event that adjusts an earlier one
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class Event:
     energy_wh: Decimal | None = None
     co2e_g: Decimal | None = None
     output_sha256: str | None = None
+    corrects: str | None = None  # a correction: the id of the event it adjusts, by deltas
     leaf_index: int | None = None
 
 

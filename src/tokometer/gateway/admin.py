@@ -6,6 +6,8 @@
     GET    /admin/budgets              every budget: spend, reservations, remaining, reset
     PUT    /admin/budgets              {"tenant"|"app"|"key_id", "limit", "unit", "period"}
     DELETE /admin/budgets/{budget_id}  remove a budget set at run time
+    POST   /admin/corrections          {"event_id", "reason", token deltas, "cost"} → the
+                                       correction event (201); the original stays as it was
 
 Authenticated with `Authorization: Bearer TOKEN`, the token read from the environment
 variable `server.admin_token_env` names; without it the admin API is off.
@@ -20,6 +22,9 @@ from typing import Any
 
 from ..config import SCOPES, Settings
 from ..errors import AuthError, RequestError
+from ..ledger import SQLiteLedger
+from ..ledger.corrections import TOKEN_DELTAS, correction
+from ..ledger.read import get_event
 from ..policy import KeyRing, create_key, list_keys, revoke_key
 from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
@@ -29,8 +34,9 @@ Answer = tuple[int, Any]
 
 class Admin:
     def __init__(self, settings: Settings, conn: sqlite3.Connection, keys: KeyRing,
-                 budgets: BudgetSync):
+                 budgets: BudgetSync, ledger: SQLiteLedger):
         self.settings = settings
+        self.ledger = ledger
         self._conn = conn
         self._lock = asyncio.Lock()  # one store operation at a time on this connection
         self.keys = keys
@@ -56,6 +62,8 @@ class Admin:
             return await self._keys(method, parts[1:], body)
         if parts[0] == "budgets":
             return await self._budgets(method, parts[1:], body)
+        if parts == ["corrections"] and method == "POST":
+            return await self._correct(body)
         raise RequestError(f"no such admin endpoint: {method} {path}", status=404,
                            type="not_found_error")
 
@@ -93,6 +101,19 @@ class Admin:
             return 200, {"budget_id": rest[0], "removed": True}
         raise _no_route(method, "budgets", rest)
 
+    async def _correct(self, body: Any) -> Answer:
+        fields = _object(body, required=("event_id", "reason"),
+                         optional=(*TOKEN_DELTAS, "cost"))
+        original = await self._run(get_event, fields["event_id"])
+        if original is None:
+            raise RequestError(f"no event {fields['event_id']}", status=404,
+                               type="not_found_error")
+        changes = {k: v for k, v in fields.items() if k not in ("event_id", "reason")}
+        event = correction(original, changes, fields["reason"])
+        await self.ledger.append(event)
+        self.budgets.guard.correct(event)
+        return 201, {"id": event.id, "corrects": event.corrects}
+
     async def _run(self, fn: Any, *args: Any) -> Any:
         async with self._lock:
             return await asyncio.to_thread(fn, self._conn, *args)
@@ -106,7 +127,7 @@ def _object(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> 
                            f"{', '.join(required + optional)}")
     if missing := [k for k in required if k not in body]:
         raise RequestError(f"missing field {missing[0]!r}")
-    for k in ("tenant", "app", "region", "key_id", "unit", "period"):
+    for k in ("tenant", "app", "region", "key_id", "unit", "period", "event_id"):
         if k in body and not isinstance(body[k], str | None):
             raise RequestError(f"{k!r} must be a string")
     return body

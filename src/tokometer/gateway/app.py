@@ -86,7 +86,7 @@ class Gateway:
         meter = Meter(Recounter(registry), pricer, s.server.default_max_output_tokens)
         budgets = BudgetSync(Guard(s, {}), open_db(s.server.store), s.budgets)
         await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
-        self.admin = Admin(s, open_db(s.server.store), self.keys, budgets)
+        self.admin = Admin(s, open_db(s.server.store), self.keys, budgets, ledger)
         self.transparency = Transparency(open_db(s.server.store), ledger)
         self.deps = Deps(new_session(s.server), meter, ledger,
                          Router(pricer, s.server.max_attempts), budgets.guard)

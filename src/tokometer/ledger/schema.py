@@ -65,3 +65,9 @@ CREATE TABLE IF NOT EXISTS budget_reservations (
 INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(FIELDS)}) VALUES ({', '.join('?' for _ in FIELDS)})"
 )
+
+
+def added_columns(existing: set[str]) -> list[str]:
+    """ALTER statements bringing an older store's events table up to FIELDS."""
+    return [f"ALTER TABLE events ADD COLUMN {name} {_TYPES.get(name, 'TEXT')}"
+            for name in FIELDS if name not in existing]

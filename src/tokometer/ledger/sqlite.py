@@ -30,7 +30,7 @@ from ..errors import LedgerError
 from ..events import FIELDS, Event, decimal_str
 from .log import INSERT_NODE, MerkleLog
 from .merkle import leaf_hash
-from .schema import INSERT_EVENT, SCHEMA
+from .schema import INSERT_EVENT, SCHEMA, added_columns
 from .signer import Signer, TreeHead
 
 log = logging.getLogger("tokometer.ledger")
@@ -53,6 +53,8 @@ def open_db(path: Path, *, durability: str = "process") -> sqlite3.Connection:
         # FULL also fsyncs each (group) commit, for power loss.
         conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
         conn.executescript(SCHEMA)
+        for statement in added_columns({r[1] for r in conn.execute("PRAGMA table_info(events)")}):
+            conn.execute(statement)
     except sqlite3.Error as e:
         raise LedgerError(f"cannot open the store at {path}: {e}") from e
     conn.create_aggregate("decimal_sum", 1, _DecimalSum)

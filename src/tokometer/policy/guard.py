@@ -107,6 +107,12 @@ class Guard:
             state.reserved += amount
         return ticket
 
+    def correct(self, event: Event) -> None:
+        """A correction event adjusts the spend of every budget its original counted in."""
+        for state in self.states.values():
+            if state.budget.scope.covers(event):
+                state.spent += amount_of(state.budget, event)
+
     def update_budgets(self, wanted: dict[str, Budget], fresh: dict[str, BudgetState]) -> None:
         """Keep the state (spend, reservations) of budgets that stay; add `fresh` ones."""
         states = {}
