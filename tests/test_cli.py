@@ -18,7 +18,8 @@ from tokometer.events import FIELDS
 
 COMMANDS = [["serve"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
             ["events"], ["report"], ["budgets"], ["budgets", "set"], ["budgets", "list"],
-            ["budgets", "status"], ["budgets", "remove"]]
+            ["budgets", "status"], ["budgets", "remove"], ["ledger"], ["ledger", "pubkey"],
+            ["ledger", "head"], ["ledger", "audit"], ["receipt"], ["verify-receipt"]]
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
