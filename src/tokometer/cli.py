@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from . import config
-from .analytics import GROUPABLE, report
+from .analytics import GROUPABLE, RANKED_BY, REPORT_PERIODS, flows, rankings, report
 from .config import PERIODS, SCOPES, Budget
 from .errors import TokometerError
 from .events import FIELDS, decimal_str, rfc3339
@@ -159,6 +159,20 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--by", default="", help=f"comma-separated fields: {', '.join(GROUPABLE)}")
     _time_range(rep)
     rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    rep.add_argument("--period", choices=REPORT_PERIODS,
+                     help="also group by UTC hour, day, week (from Monday) or month")
+    rep.add_argument("--top", type=int, help="only the N groups with the most tokens")
+
+    rank = command("rankings", "token share per model, vendor or vendor country, week by "
+                   "week, with the change since the week before", _rankings)
+    rank.add_argument("--by", choices=tuple(RANKED_BY), default="model")
+    rank.add_argument("--weeks", type=int, default=4, help="weeks to show (default 4)")
+    rank.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    flow = command("flows", "tokens and cost from consumer country to serving country, by "
+                   "model origin", _flows)
+    _time_range(flow)
+    flow.add_argument("--format", choices=("table", "csv", "json"), default="table")
     return p
 
 
@@ -370,18 +384,35 @@ def _events(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     by = [b.strip() for b in args.by.split(",") if b.strip()]
-    rows = report(_db(args), by, args.since, args.until)
-    columns = [*by, "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
-               "output_tokens", "reasoning_tokens", "cost"]
-    if args.format == "json":
+    rows = report(_db(args), by, args.since, args.until, args.period, args.top)
+    columns = [*(["period"] if args.period else []), *by, "requests", "input_tokens",
+               "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
+               "cost"]
+    _output(rows, columns, args.format)
+    return 0
+
+
+def _rankings(args: argparse.Namespace) -> int:
+    rows = rankings(_db(args), args.by, args.weeks)
+    _output(rows, ["week", args.by, "tokens", "share", "change_pp"], args.format)
+    return 0
+
+
+def _flows(args: argparse.Namespace) -> int:
+    rows = flows(_db(args), args.since, args.until)
+    _output(rows, ["from", "to", "model_origin", "requests", "tokens", "cost"], args.format)
+    return 0
+
+
+def _output(rows: list[dict[str, Any]], columns: list[str], fmt: str) -> None:
+    if fmt == "json":
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
-    elif args.format == "csv":
+    elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     else:
         _print_table(rows, columns)
-    return 0
 
 
 @contextlib.contextmanager

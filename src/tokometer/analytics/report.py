@@ -1,40 +1,103 @@
-"""Requests, tokens by kind and cost per group, summed in the store (cost as Decimal)."""
+"""Requests, tokens by kind and cost per group and period (cost summed as Decimal).
+
+Answered from the rollups whenever they can (every grouping field is a rollup dimension and
+the time range falls on hour or day boundaries), else from the raw events.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime
 from typing import Any
 
 from ..errors import RequestError
 from ..ledger.read import time_filter
+from ..ledger.rollups import DIMENSIONS
 
 GROUPABLE = ("tenant", "app", "agent", "task", "end_user", "key_id", "consumer_region", "api",
              "operation", "stream", "provider", "provider_region", "model_requested", "model",
-             "model_origin", "usage_source", "status", "error_type", "currency")
+             "model_origin", "usage_source", "status", "error_type", "currency", "vendor")
 MEASURES = ("requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
             "output_tokens", "reasoning_tokens", "cost")
+REPORT_PERIODS = ("hour", "day", "week", "month")
+_SUMS = ("SUM(input_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens), "
+         "SUM(output_tokens), SUM(reasoning_tokens), decimal_sum(cost)")
+
+
+def bucket(period: str, column: str) -> str:
+    """SQL for the start of the period holding `column` (an RFC 3339 time or a day)."""
+    if period == "hour":
+        return f"substr({column}, 1, 13) || ':00:00Z'"
+    if period == "day":
+        return f"substr({column}, 1, 10)"
+    if period == "week":  # the Monday on or before the day
+        return f"date(substr({column}, 1, 10), '-6 days', 'weekday 1')"
+    return f"substr({column}, 1, 7)"
 
 
 def report(conn: sqlite3.Connection, by: list[str], since: str | None = None,
-           until: str | None = None) -> list[dict[str, Any]]:
+           until: str | None = None, period: str | None = None,
+           top: int | None = None) -> list[dict[str, Any]]:
     unknown = [b for b in by if b not in GROUPABLE]
     if unknown:
         raise RequestError(f"cannot group by {', '.join(unknown)}; "
                            f"choose from: {', '.join(GROUPABLE)}")
-    where, params = time_filter(since, until)
-    group = ", ".join(by)
-    select = (f"{group + ', ' if by else ''}COUNT(*), SUM(input_tokens), SUM(cache_read_tokens), "
-              "SUM(cache_write_tokens), SUM(output_tokens), SUM(reasoning_tokens), "
-              "decimal_sum(cost)")
-    sql = f"SELECT {select} FROM events{where}"
-    if by:
-        sql += f" GROUP BY {group} ORDER BY {group}"
+    if period is not None and period not in REPORT_PERIODS:
+        raise RequestError(f"period must be one of {', '.join(REPORT_PERIODS)}")
+    if top is not None and top < 1:
+        raise RequestError("top must be at least 1")
+    rollup = rollup_grain(by, since, until, period)
+    if rollup is None and "vendor" in by:
+        raise RequestError("vendor is kept in the rollups only: give --since/--until on "
+                           "whole hours, or group by model")
+    # "bucket", not "period": the rollups table has a column of that name.
+    keys = ([f"{bucket(period, 'start' if rollup else 'time')} AS bucket"] if period else []) \
+        + by
+    names = (["bucket"] if period else []) + by
+    if rollup is not None:
+        where, params = rollup_filter(rollup, since, until)
+        select = f"SUM(requests), {_SUMS} FROM rollups{where}"
+    else:
+        where, params = time_filter(since, until)
+        select = f"COUNT(*), {_SUMS} FROM events{where}"
+    sql = f"SELECT {', '.join(keys) + ', ' if keys else ''}{select}"
+    if keys:
+        sql += f" GROUP BY {', '.join(names)}"
+        sql += (" ORDER BY SUM(input_tokens) + SUM(output_tokens) DESC"
+                if top else f" ORDER BY {', '.join(names)}")
+        if top:
+            sql += f" LIMIT {int(top)}"
     rows = []
     for row in conn.execute(sql, params):
-        if not by and row[0] == 0:
+        if not keys and not row[0]:
             break
-        values = dict(zip([*by, *MEASURES], row, strict=True))
+        values = dict(zip([*(["period"] if period else []), *by, *MEASURES], row, strict=True))
         for m in MEASURES[:-1]:
             values[m] = values[m] or 0
+        if rollup is not None:  # rollups keep a missing value as ''
+            for name in by:
+                values[name] = values[name] or None
         rows.append(values)
     return rows
+
+
+def rollup_grain(by: list[str], since: str | None, until: str | None,
+                 period: str | None) -> str | None:
+    """'day' or 'hour' when that rollup answers exactly, else None (scan the events)."""
+    if not set(by) <= set(DIMENSIONS):
+        return None
+    bounds = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (since, until) if t]
+    if any(b.minute or b.second or b.microsecond for b in bounds):
+        return None
+    if period != "hour" and not any(b.hour for b in bounds):
+        return "day"
+    return "hour"
+
+
+def rollup_filter(grain: str, since: str | None, until: str | None) -> tuple[str, list[str]]:
+    clauses, params = ["period = ?"], [grain]
+    for op, t in ((">=", since), ("<", until)):
+        if t:
+            clauses.append(f"start {op} ?")
+            params.append(t[:10] if grain == "day" else t[:13] + ":00:00Z")
+    return " WHERE " + " AND ".join(clauses), params

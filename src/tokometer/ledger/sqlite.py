@@ -30,6 +30,9 @@ from ..errors import LedgerError
 from ..events import FIELDS, Event, decimal_str
 from .log import INSERT_NODE, MerkleLog
 from .merkle import leaf_hash
+from .rollups import SCHEMA as ROLLUP_SCHEMA
+from .rollups import UPSERT as ROLLUP_UPSERT
+from .rollups import decimal_add, rollup_rows
 from .schema import INSERT_EVENT, SCHEMA, added_columns
 from .signer import Signer, TreeHead
 
@@ -52,12 +55,13 @@ def open_db(path: Path, *, durability: str = "process") -> sqlite3.Connection:
         # NORMAL: a commit is in the OS once it returns, so a killed process loses nothing;
         # FULL also fsyncs each (group) commit, for power loss.
         conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA + ROLLUP_SCHEMA)
         for statement in added_columns({r[1] for r in conn.execute("PRAGMA table_info(events)")}):
             conn.execute(statement)
     except sqlite3.Error as e:
         raise LedgerError(f"cannot open the store at {path}: {e}") from e
     conn.create_aggregate("decimal_sum", 1, _DecimalSum)
+    conn.create_function("decimal_add", 2, decimal_add, deterministic=True)
     return conn
 
 
@@ -221,7 +225,17 @@ class SQLiteLedger:
         self._signed_at = time.monotonic()
 
     def _backfill(self) -> None:
-        """Events stored before the log existed become leaves, oldest first, once."""
+        """Events stored before the log (or the rollups) existed are taken up, once."""
+        if self._conn.execute("SELECT NOT EXISTS (SELECT 1 FROM rollups) "
+                              "AND EXISTS (SELECT 1 FROM events WHERE leaf_index IS NOT NULL)"
+                              ).fetchone()[0]:
+            log.info("building rollups from the stored events")
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                rows = self._conn.execute(f"SELECT {', '.join(FIELDS)} FROM events "
+                                          "WHERE leaf_index IS NOT NULL")
+                while chunk := [list(r) for r in rows.fetchmany(10_000)]:
+                    self._conn.executemany(ROLLUP_UPSERT, rollup_rows(chunk))
         rows = [list(r) for r in self._conn.execute(
             f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index IS NULL ORDER BY id")]
         if rows:
@@ -257,6 +271,7 @@ class SQLiteLedger:
         grown, nodes = log.extend([leaf_of(row) for row in rows])
         self._conn.executemany(INSERT_EVENT, rows)
         self._conn.executemany(INSERT_NODE, nodes)
+        self._conn.executemany(ROLLUP_UPSERT, rollup_rows(rows))
         return grown
 
     def _settle(self, items: list[tuple[list[Any], asyncio.Future[None]]],

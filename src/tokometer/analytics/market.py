@@ -1,0 +1,57 @@
+"""The token economy's questions, answered from the rollups through `report`.
+
+rankings: each model's (vendor's, vendor country's) share of tokens week by week, and how it
+moved since the week before, as OpenRouter's public rankings show for the whole market.
+flows: tokens and cost from the consumer's country to the serving country, by model origin.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from ..errors import RequestError
+from ..events import rfc3339
+from .report import report
+
+RANKED_BY = {"model": "model", "vendor": "vendor", "origin": "model_origin"}
+
+
+def rankings(conn: sqlite3.Connection, by: str = "model", weeks: int = 4,
+             today: date | None = None) -> list[dict[str, Any]]:
+    if by not in RANKED_BY:
+        raise RequestError(f"rank by one of {', '.join(RANKED_BY)}, not {by!r}")
+    if weeks < 1:
+        raise RequestError("weeks must be at least 1")
+    today = today or datetime.now(UTC).date()
+    monday = today - timedelta(days=today.weekday())
+    first = monday - timedelta(weeks=weeks)  # one week more: the first shown week's change
+    since = rfc3339(datetime(first.year, first.month, first.day, tzinfo=UTC))
+    column = RANKED_BY[by]
+    tokens: dict[str, dict[str | None, int]] = {}
+    for row in report(conn, [column], since=since, period="week"):
+        tokens.setdefault(row["period"], {})[row[column]] = (row["input_tokens"]
+                                                             + row["output_tokens"])
+    out = []
+    for i in range(1, weeks + 1):
+        week = (first + timedelta(weeks=i)).isoformat()
+        before = (first + timedelta(weeks=i - 1)).isoformat()
+        now, then = tokens.get(week, {}), tokens.get(before, {})
+        total, total_before = sum(now.values()), sum(then.values())
+        for name, n in sorted(now.items(), key=lambda kv: -kv[1]):
+            share = n / total if total else 0.0
+            share_before = then.get(name, 0) / total_before if total_before else 0.0
+            out.append({"week": week, by: name, "tokens": n, "share": round(share, 6),
+                        "change_pp": round((share - share_before) * 100, 4)})
+    return out
+
+
+def flows(conn: sqlite3.Connection, since: str | None = None,
+          until: str | None = None) -> list[dict[str, Any]]:
+    """Consumer country → serving country, split by model origin (the cross-border matrix)."""
+    rows = report(conn, ["consumer_region", "provider_region", "model_origin"], since, until)
+    return [{"from": r["consumer_region"], "to": r["provider_region"],
+             "model_origin": r["model_origin"], "requests": r["requests"],
+             "tokens": r["input_tokens"] + r["output_tokens"], "cost": r["cost"]}
+            for r in rows]

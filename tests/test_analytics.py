@@ -1,0 +1,185 @@
+"""Reports, rankings and flows from the rollups, checked against the raw events they sum."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from tokometer.analytics import flows, rankings, report
+from tokometer.analytics.report import rollup_grain
+from tokometer.catalog import vendor_of
+from tokometer.events import Event, new_event_id, rfc3339
+from tokometer.ledger import SQLiteLedger, open_db
+from tokometer.ledger.read import iter_events
+from tokometer.ledger.signer import load_signer
+
+START = datetime(2026, 10, 26, tzinfo=UTC)  # a Monday
+DAYS = 35
+MODELS = [("gpt-4o-mini", "US"), ("deepseek-chat", "CN"), ("claude-sonnet-4", "US"),
+          ("qwen-plus", "CN"), ("mistral-large", "FR")]
+BASE = Event(id="", time="", duration_ms=10.0, ttft_ms=None, key_id="k", tenant="t", app="a",
+             agent=None, task=None, end_user=None, consumer_region=None, api="openai",
+             operation="chat", stream=False, provider="p", provider_region="US",
+             model_requested="m", model="m", model_origin="US", input_tokens=0,
+             cache_read_tokens=0, cache_write_tokens=0, output_tokens=0, reasoning_tokens=0,
+             usage_source="reported", counted_input_tokens=None, counted_output_tokens=None,
+             cost=None, currency="USD", price_ref=None, status=200, error_type=None,
+             finish_reason="stop")
+
+
+def generated(n: int, seed: int = 7) -> list[Event]:
+    """n events over five weeks, with growth for some models so shares move."""
+    rnd = random.Random(seed)
+    events = []
+    for _ in range(n):
+        at = START + timedelta(seconds=rnd.randrange(DAYS * 86400))
+        week = (at - START).days // 7
+        model, origin = rnd.choices(MODELS, weights=[5, 1 + week, 3, 1 + 2 * week, 1])[0]
+        inp = rnd.randrange(0, 5000)
+        events.append(dataclasses.replace(
+            BASE, id=new_event_id(), time=rfc3339(at), model=model, model_origin=origin,
+            tenant=rnd.choice(["acme", "globex", "initech"]), app=rnd.choice(["bot", "search"]),
+            agent=rnd.choice([None, "planner", "coder"]),
+            provider=rnd.choice(["openai", "deepseek", "azure"]),
+            provider_region=rnd.choice(["US", "CN", "DE", None]),
+            consumer_region=rnd.choice(["DE", "FR", "US", None]),
+            input_tokens=inp, cache_read_tokens=rnd.randrange(0, inp + 1),
+            output_tokens=rnd.randrange(0, 2000), reasoning_tokens=rnd.randrange(0, 10),
+            cost=rnd.choice([None, Decimal(rnd.randrange(0, 10**6)) / 10**8]),
+            status=rnd.choice([200, 200, 200, 429, 402])))
+    return events
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    work = tmp_path_factory.mktemp("analytics")
+
+    async def fill() -> None:
+        ledger = SQLiteLedger(work / "t.db", load_signer(work / "key.pem", None))
+        ledger.start()
+        await asyncio.gather(*(ledger.append(e) for e in generated(3000)))
+        await ledger.close()
+
+    asyncio.run(fill())
+    conn = open_db(work / "t.db")
+    yield conn
+    conn.close()
+
+
+def truth(conn, keys, since=None, until=None):
+    """The same sums worked out in Python over every raw event."""
+    out: dict[tuple, dict] = defaultdict(lambda: {"requests": 0, "input_tokens": 0,
+                                                  "output_tokens": 0, "cost": Decimal(0)})
+    for e in iter_events(conn, since, until):
+        e["vendor"] = vendor_of(e["model"]).vendor if vendor_of(e["model"]) else None
+        e["day"] = e["time"][:10]
+        d = date.fromisoformat(e["day"])
+        e["week"] = (d - timedelta(days=d.weekday())).isoformat()
+        acc = out[tuple(e[k] for k in keys)]
+        acc["requests"] += 1
+        acc["input_tokens"] += e["input_tokens"]
+        acc["output_tokens"] += e["output_tokens"]
+        acc["cost"] += Decimal(e["cost"] or 0)
+    return dict(out)
+
+
+def as_truth(rows, keys):
+    return {tuple(r[k] for k in keys): {"requests": r["requests"],
+                                        "input_tokens": r["input_tokens"],
+                                        "output_tokens": r["output_tokens"],
+                                        "cost": Decimal(r["cost"] or 0)} for r in rows}
+
+
+def test_rollups_are_far_fewer_rows_than_events(store):
+    days = store.execute("SELECT COUNT(*) FROM rollups WHERE period = 'day'").fetchone()[0]
+    assert 0 < days < 3000
+
+
+@pytest.mark.parametrize(("by", "period", "keys"), [
+    (["tenant", "model"], "day", ["day", "tenant", "model"]),
+    (["vendor"], "week", ["week", "vendor"]),
+    (["agent", "consumer_region"], None, ["agent", "consumer_region"]),
+    (["provider", "provider_region", "model_origin"], "week",
+     ["week", "provider", "provider_region", "model_origin"]),
+])
+def test_report_from_rollups_matches_the_events(store, by, period, keys):
+    assert rollup_grain(by, None, None, period) == "day"
+    rows = report(store, by, period=period)
+    names = (["period"] if period else []) + by
+    assert as_truth(rows, names) == truth(store, keys)
+
+
+def test_hour_aligned_ranges_use_hour_rollups_and_others_scan(store):
+    since, until = "2026-11-02T06:00:00.000Z", "2026-11-09T18:00:00.000Z"
+    assert rollup_grain(["model"], since, until, None) == "hour"
+    assert rollup_grain(["model"], "2026-11-02T06:30:00.000Z", until, None) is None
+    assert rollup_grain(["task"], None, None, None) is None
+    rows = report(store, ["model"], since, until)
+    assert as_truth(rows, ["model"]) == truth(store, ["model"], since, until)
+    odd = "2026-11-02T06:30:00.000Z"
+    assert as_truth(report(store, ["model"], odd, until), ["model"]) == \
+        truth(store, ["model"], odd, until)
+
+
+def test_top_keeps_the_groups_with_most_tokens(store):
+    everything = report(store, ["tenant", "app"])
+    top = report(store, ["tenant", "app"], top=2)
+    ranked = sorted(everything, key=lambda r: -(r["input_tokens"] + r["output_tokens"]))
+    assert top == ranked[:2]
+
+
+def test_rankings_give_each_weeks_share_and_its_change(store):
+    today = START.date() + timedelta(days=DAYS - 1)  # in the fifth week
+    rows = rankings(store, "vendor", weeks=3, today=today)
+    weeks = truth(store, ["week", "vendor"])
+    tokens: dict[str, dict] = defaultdict(dict)
+    for (week, vendor), acc in weeks.items():
+        tokens[week][vendor] = acc["input_tokens"] + acc["output_tokens"]
+    shown = sorted({r["week"] for r in rows})
+    assert len(shown) == 3 and shown[-1] == (START.date() + timedelta(weeks=4)).isoformat()
+    for r in rows:
+        week_tokens = tokens[r["week"]]
+        before = tokens[(date.fromisoformat(r["week"]) - timedelta(weeks=1)).isoformat()]
+        share = week_tokens[r["vendor"]] / sum(week_tokens.values())
+        share_before = before.get(r["vendor"], 0) / sum(before.values())
+        assert r["tokens"] == week_tokens[r["vendor"]]
+        assert r["share"] == pytest.approx(share, abs=1e-6)
+        assert r["change_pp"] == pytest.approx((share - share_before) * 100, abs=1e-3)
+    deepseek = [r for r in rows if r["vendor"] == "deepseek"]
+    assert deepseek and all(r["share"] > 0 for r in deepseek)
+
+
+def test_flows_match_the_events(store):
+    expected = truth(store, ["consumer_region", "provider_region", "model_origin"])
+    got = {(r["from"], r["to"], r["model_origin"]): (r["requests"], r["tokens"],
+                                                     Decimal(r["cost"] or 0))
+           for r in flows(store)}
+    assert got == {k: (v["requests"], v["input_tokens"] + v["output_tokens"], v["cost"])
+                   for k, v in expected.items()}
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"by": ["nonsense"]}, "cannot group by"),
+    ({"by": ["model"], "period": "year"}, "period must be"),
+    ({"by": ["model"], "top": 0}, "top must be"),
+    ({"by": ["vendor"], "since": "2026-11-02T06:30:00.000Z"}, "vendor is kept in the rollups"),
+])
+def test_report_refuses_bad_questions(store, kwargs, fragment):
+    from tokometer.errors import RequestError
+    with pytest.raises(RequestError) as e:
+        report(store, **kwargs)
+    assert fragment in e.value.message
+
+
+def test_rankings_refuse_bad_input(store):
+    from tokometer.errors import RequestError
+    with pytest.raises(RequestError):
+        rankings(store, "colour")
+    with pytest.raises(RequestError):
+        rankings(store, "model", weeks=0)
