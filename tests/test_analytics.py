@@ -9,11 +9,14 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from tokometer.analytics import flows, rankings, report
 from tokometer.analytics.report import rollup_grain
+from tokometer.analytics.tasks import agents, tasks
 from tokometer.catalog import vendor_of
+from tokometer.errors import RequestError
 from tokometer.events import Event, new_event_id, rfc3339
 from tokometer.ledger import SQLiteLedger, open_db
 from tokometer.ledger.read import iter_events
@@ -171,15 +174,81 @@ def test_flows_match_the_events(store):
     ({"by": ["vendor"], "since": "2026-11-02T06:30:00.000Z"}, "vendor is kept in the rollups"),
 ])
 def test_report_refuses_bad_questions(store, kwargs, fragment):
-    from tokometer.errors import RequestError
     with pytest.raises(RequestError) as e:
         report(store, **kwargs)
     assert fragment in e.value.message
 
 
 def test_rankings_refuse_bad_input(store):
-    from tokometer.errors import RequestError
     with pytest.raises(RequestError):
         rankings(store, "colour")
     with pytest.raises(RequestError):
         rankings(store, "model", weeks=0)
+
+
+# --- agent tasks and outcomes, through a real gateway ------------------------------------------
+
+def post_chat(gw, key, task, agent):
+    r = httpx.post(gw.url + "/v1/chat/completions",
+                   headers={"Authorization": f"Bearer {key}", "x-tokometer-task": task,
+                            "x-tokometer-agent": agent},
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200
+    return Decimal(r.headers["x-tokometer-cost"])
+
+
+def post_outcome(gw, key, body, raw=None):
+    return httpx.post(gw.url + "/v1/outcomes", headers={"Authorization": f"Bearer {key}"},
+                      **({"content": raw} if raw is not None else {"json": body}))
+
+
+def test_tasks_outcomes_and_cost_per_success(gateway):
+    key, _ = gateway.new_key("task-co", "agents")
+    costs = {"t-1": post_chat(gateway, key, "t-1", "writer") + post_chat(gateway, key, "t-1",
+                                                                         "writer"),
+             "t-2": post_chat(gateway, key, "t-2", "writer"),
+             "t-3": post_chat(gateway, key, "t-3", "reviewer")}
+    for task, outcome in (("t-1", "failure"), ("t-1", "success"), ("t-2", "failure"),
+                          ("t-3", "success")):
+        r = post_outcome(gateway, key, {"task": task, "outcome": outcome, "value": "5"})
+        assert r.status_code == 201, r.text
+    conn = open_db(gateway.store)
+    try:
+        mine = {t["task"]: t for t in tasks(conn) if t["tenant"] == "task-co"}
+        per_agent = {a["agent"]: a for a in agents(conn) if a["tenant"] == "task-co"}
+    finally:
+        conn.close()
+    assert {k: (v["requests"], Decimal(v["cost"]), v["outcome"]) for k, v in mine.items()} == {
+        "t-1": (2, costs["t-1"], "success"), "t-2": (1, costs["t-2"], "failure"),
+        "t-3": (1, costs["t-3"], "success")}
+    assert mine["t-1"]["duration_ms"] > 0 and mine["t-1"]["value"] == "5"
+    writer = per_agent["writer"]
+    assert (writer["tasks"], writer["successes"]) == (2, 1)
+    assert Decimal(writer["cost_per_success"]) == costs["t-1"] + costs["t-2"]  # failures count
+    assert Decimal(per_agent["reviewer"]["cost_per_success"]) == costs["t-3"]
+
+
+@pytest.mark.parametrize(("body", "raw", "status", "fragment"), [
+    ({"task": "never-seen", "outcome": "success"}, None, 404, "no requests of task"),
+    ({"task": "t-x", "outcome": "great"}, None, 400, "'outcome' must be one of"),
+    ({"outcome": "success"}, None, 400, "'task' must be"),
+    ({"task": "t-x", "outcome": "success", "value": 1.5}, None, 400, "decimal string"),
+    ({"task": "t-x", "outcome": "success", "cost": 1}, None, 400, "unknown field"),
+    (None, b"{nope", 400, "not valid JSON"),
+    ([1], None, 400, "JSON object"),
+])
+def test_bad_outcomes_are_refused(gateway, body, raw, status, fragment):
+    key, _ = gateway.new_key("outcome-co", "agents")
+    post_chat(gateway, key, "t-x", "a")
+    r = post_outcome(gateway, key, body, raw)
+    assert r.status_code == status and fragment in r.json()["error"]["message"]
+
+
+def test_outcomes_need_the_tasks_own_tenant_and_a_key(gateway):
+    key, _ = gateway.new_key("owner-co", "agents")
+    post_chat(gateway, key, "private-task", "a")
+    other, _ = gateway.new_key("other-co", "agents")
+    assert post_outcome(gateway, other, {"task": "private-task",
+                                         "outcome": "success"}).status_code == 404
+    assert post_outcome(gateway, "tkm-bad", {"task": "private-task",
+                                             "outcome": "success"}).status_code == 401

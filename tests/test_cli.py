@@ -19,7 +19,8 @@ from tokometer.events import FIELDS
 COMMANDS = [["serve"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
             ["events"], ["report"], ["budgets"], ["budgets", "set"], ["budgets", "list"],
             ["budgets", "status"], ["budgets", "remove"], ["ledger"], ["ledger", "pubkey"],
-            ["ledger", "head"], ["ledger", "audit"], ["receipt"], ["verify-receipt"]]
+            ["ledger", "head"], ["ledger", "audit"], ["receipt"], ["verify-receipt"],
+            ["rankings"], ["flows"], ["tasks"]]
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

@@ -21,6 +21,7 @@ import orjson
 
 from . import config
 from .analytics import GROUPABLE, RANKED_BY, REPORT_PERIODS, flows, rankings, report
+from .analytics.tasks import agents, tasks
 from .config import PERIODS, SCOPES, Budget
 from .errors import TokometerError
 from .events import FIELDS, decimal_str, rfc3339
@@ -168,6 +169,12 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("--by", choices=tuple(RANKED_BY), default="model")
     rank.add_argument("--weeks", type=int, default=4, help="weeks to show (default 4)")
     rank.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    task = command("tasks", "agent tasks: requests, tokens, cost, duration and outcome per "
+                   "task; with --agents, cost per successful outcome per agent", _tasks)
+    _time_range(task)
+    task.add_argument("--agents", action="store_true", help="one row per agent instead")
+    task.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     flow = command("flows", "tokens and cost from consumer country to serving country, by "
                    "model origin", _flows)
@@ -395,6 +402,18 @@ def _report(args: argparse.Namespace) -> int:
 def _rankings(args: argparse.Namespace) -> int:
     rows = rankings(_db(args), args.by, args.weeks)
     _output(rows, ["week", args.by, "tokens", "share", "change_pp"], args.format)
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    if args.agents:
+        _output(agents(_db(args), args.since, args.until),
+                ["tenant", "agent", "tasks", "successes", "cost", "cost_per_success"],
+                args.format)
+    else:
+        _output(tasks(_db(args), args.since, args.until),
+                ["tenant", "task", "requests", "tokens", "cost", "duration_ms", "outcome",
+                 "value"], args.format)
     return 0
 
 

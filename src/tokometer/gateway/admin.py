@@ -15,9 +15,7 @@ variable `server.admin_token_env` names; without it the admin API is off.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import sqlite3
 from typing import Any
 
 from ..config import SCOPES, Settings
@@ -28,17 +26,17 @@ from ..ledger.read import get_event
 from ..policy import KeyRing, create_key, list_keys, revoke_key
 from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
+from .offloop import OffLoop
 
 Answer = tuple[int, Any]
 
 
 class Admin:
-    def __init__(self, settings: Settings, conn: sqlite3.Connection, keys: KeyRing,
-                 budgets: BudgetSync, ledger: SQLiteLedger):
+    def __init__(self, settings: Settings, store: OffLoop, keys: KeyRing, budgets: BudgetSync,
+                 ledger: SQLiteLedger):
         self.settings = settings
         self.ledger = ledger
-        self._conn = conn
-        self._lock = asyncio.Lock()  # one store operation at a time on this connection
+        self._run = store.run
         self.keys = keys
         self.budgets = budgets
 
@@ -113,10 +111,6 @@ class Admin:
         await self.ledger.append(event)
         self.budgets.guard.correct(event)
         return 201, {"id": event.id, "corrects": event.corrects}
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        async with self._lock:
-            return await asyncio.to_thread(fn, self._conn, *args)
 
 
 def _object(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:

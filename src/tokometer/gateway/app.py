@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from .. import config
+from ..analytics.tasks import record_outcome
 from ..catalog import Pricer, vendor_of
 from ..config import Settings
 from ..errors import AuthError, RequestError, TokometerError
@@ -27,6 +28,7 @@ from ..tokenize import Recounter, TokenizerRegistry
 from .admin import Admin
 from .call import parse_call, refused_call
 from .meter import Meter
+from .offloop import OffLoop
 from .pipeline import Deps, handle, refuse
 from .relay import Receive, Send
 from .router import Router
@@ -51,6 +53,7 @@ class Gateway:
         self.keys: KeyRing | None = None
         self.admin: Admin | None = None
         self.transparency: Transparency | None = None
+        self.outcomes: OffLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -86,8 +89,9 @@ class Gateway:
         meter = Meter(Recounter(registry), pricer, s.server.default_max_output_tokens)
         budgets = BudgetSync(Guard(s, {}), open_db(s.server.store), s.budgets)
         await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
-        self.admin = Admin(s, open_db(s.server.store), self.keys, budgets, ledger)
-        self.transparency = Transparency(open_db(s.server.store), ledger)
+        self.admin = Admin(s, OffLoop(open_db(s.server.store)), self.keys, budgets, ledger)
+        self.transparency = Transparency(OffLoop(open_db(s.server.store)), ledger)
+        self.outcomes = OffLoop(open_db(s.server.store))
         self.deps = Deps(new_session(s.server), meter, ledger,
                          Router(pricer, s.server.max_attempts), budgets.guard)
         self._tasks += [asyncio.create_task(self.keys.watch_revocations()),
@@ -114,6 +118,8 @@ class Gateway:
             headers = dict(scope["headers"])
             if path.startswith("/admin/"):
                 return await self._admin(method, path, headers, receive, send)
+            if path == "/v1/outcomes":
+                return await self._outcome(method, headers, receive, send)
             if path.startswith(("/v1/ledger/", "/v1/receipts/")):
                 return await _json(send, 200, await self._log(method, path, headers, scope))
             if path == "/v1/models":
@@ -152,13 +158,27 @@ class Gateway:
                      receive: Receive, send: Send) -> None:
         assert self.admin is not None, "lifespan startup has not run"
         self.admin.check(headers)
-        raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError as e:
-            raise RequestError(f"the request body is not valid JSON: {e}") from None
+        body = await self._json_body(receive, headers)
         status, data = await self.admin.handle(method, path, body)
         await _json(send, status, data)
+
+    async def _outcome(self, method: str, headers: dict[bytes, bytes], receive: Receive,
+                       send: Send) -> None:
+        """POST /v1/outcomes: how one of the consumer's tasks ended."""
+        assert self.outcomes is not None, "lifespan startup has not run"
+        if method != "POST":
+            raise RequestError(f"/v1/outcomes takes POST, not {method}", status=405)
+        who = await self._authenticate(headers)
+        body = await self._json_body(receive, headers)
+        await _json(send, 201, await self.outcomes.run(record_outcome, who, body))
+
+    async def _json_body(self, receive: Receive, headers: dict[bytes, bytes]) -> Any:
+        """A side endpoint's JSON body (None when empty), within the body limit."""
+        raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
+        try:
+            return orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as e:
+            raise RequestError(f"the request body is not valid JSON: {e}") from None
 
     async def _log(self, method: str, path: str, headers: dict[bytes, bytes],
                    scope: dict[str, Any]) -> dict[str, Any]:

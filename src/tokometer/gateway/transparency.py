@@ -9,8 +9,6 @@ Store reads run on a thread with a connection of their own, never on the event l
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,12 +17,12 @@ from ..ledger import SQLiteLedger
 from ..ledger.read import get_event
 from ..ledger.receipts import NotFound, build_receipt, consistency_proof, latest_head
 from ..policy import Consumer
+from .offloop import OffLoop
 
 
 class Transparency:
-    def __init__(self, conn: sqlite3.Connection, ledger: SQLiteLedger):
-        self._conn = conn
-        self._lock = asyncio.Lock()
+    def __init__(self, store: OffLoop, ledger: SQLiteLedger):
+        self._read = store.run
         self.ledger = ledger
 
     async def head(self) -> dict[str, Any]:
@@ -58,7 +56,3 @@ class Transparency:
         except NotFound as e:
             raise RequestError(str(e), status=404, type="not_found_error") from None
         return receipt
-
-    async def _read(self, fn: Any, *args: Any) -> Any:
-        async with self._lock:
-            return await asyncio.to_thread(fn, self._conn, *args)

@@ -55,6 +55,17 @@ CREATE TABLE IF NOT EXISTS tree_heads (
   signature BLOB NOT NULL,
   PRIMARY KEY (tree_size, timestamp)
 );
+CREATE INDEX IF NOT EXISTS events_task ON events(task) WHERE task IS NOT NULL;
+CREATE TABLE IF NOT EXISTS outcomes (
+  id TEXT PRIMARY KEY,
+  time TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  task TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  value TEXT,             -- a decimal string, in the server currency (what the outcome was worth)
+  key_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes(tenant, task);
 CREATE TABLE IF NOT EXISTS budget_reservations (
   budget_id TEXT PRIMARY KEY,
   reserved TEXT NOT NULL,

@@ -1,0 +1,22 @@
+"""Store work for the gateway's side endpoints, kept off the event loop.
+
+One connection per user, one call at a time on it, each on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+
+class OffLoop:
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+        self._lock = asyncio.Lock()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(conn, *args) on a thread; calls on this connection never overlap."""
+        async with self._lock:
+            return await asyncio.to_thread(fn, self._conn, *args)
