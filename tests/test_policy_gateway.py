@@ -492,3 +492,32 @@ def test_bad_corrections_are_refused(gw, body, status, fragment):
     body = {**body, "event_id": event_id if body["event_id"] == "E" else body["event_id"]}
     r = admin(gw, "POST", "/admin/corrections", body)
     assert r.status_code == status and fragment in r.json()["error"]["message"]
+
+
+# --- /metrics -------------------------------------------------------------------------------------
+
+def test_metrics_count_requests_tokens_cost_and_refusals(gw):
+    def scrape() -> str:
+        r = admin(gw, "GET", "/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        return r.text
+
+    def value(text: str, sample: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith(sample + " ")), None)
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    served = 'model="gpt-4o-mini-2024-07-18",provider="fake-openai"'  # labels sort by name
+    ok = f'tokometer_requests_total{{{served},status="200"}}'
+    out = f'tokometer_tokens_total{{kind="output",{served}}}'
+    refused = 'tokometer_refusals_total{reason="authentication_error"}'
+    before = scrape()
+    assert served_by(gw, "multi", provider={"only": ["fake-openai"]})[0] == 200
+    httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": "Bearer tkm-no"},
+               json={"model": "multi", "messages": MESSAGES})
+    after = scrape()
+    assert value(after, ok) == value(before, ok) + 1
+    assert value(after, out) == value(before, out) + FIXTURE_OUTPUT
+    assert value(after, refused) == value(before, refused) + 1
+    assert "tokometer_request_duration_seconds_bucket" in after
+    assert f'tokometer_cost_total{{currency="USD",{served}}}' in after
+    assert admin(gw, "GET", "/metrics", token="wrong").status_code == 401

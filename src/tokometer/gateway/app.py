@@ -28,6 +28,7 @@ from ..tokenize import Recounter, TokenizerRegistry
 from .admin import Admin
 from .call import parse_call, refused_call
 from .meter import Meter
+from .metrics import Metrics
 from .offloop import OffLoop
 from .pipeline import Deps, handle, refuse
 from .relay import Receive, Send
@@ -93,7 +94,7 @@ class Gateway:
         self.transparency = Transparency(OffLoop(open_db(s.server.store)), ledger)
         self.outcomes = OffLoop(open_db(s.server.store))
         self.deps = Deps(new_session(s.server), meter, ledger,
-                         Router(pricer, s.server.max_attempts), budgets.guard)
+                         Router(pricer, s.server.max_attempts), budgets.guard, Metrics())
         self._tasks += [asyncio.create_task(self.keys.watch_revocations()),
                         asyncio.create_task(budgets.run_forever())]
         log.info("tokometer gateway ready: %d models, store %s", len(s.models), s.server.store)
@@ -118,6 +119,8 @@ class Gateway:
             headers = dict(scope["headers"])
             if path.startswith("/admin/"):
                 return await self._admin(method, path, headers, receive, send)
+            if path == "/metrics":
+                return await self._metrics(headers, send)
             if path == "/v1/outcomes":
                 return await self._outcome(method, headers, receive, send)
             if path.startswith(("/v1/ledger/", "/v1/receipts/")):
@@ -161,6 +164,14 @@ class Gateway:
         body = await self._json_body(receive, headers)
         status, data = await self.admin.handle(method, path, body)
         await _json(send, status, data)
+
+    async def _metrics(self, headers: dict[bytes, bytes], send: Send) -> None:
+        """Prometheus' scrape, for the admin token."""
+        assert self.admin is not None and self.deps is not None
+        self.admin.check(headers)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": self.deps.metrics.render()})
 
     async def _outcome(self, method: str, headers: dict[bytes, bytes], receive: Receive,
                        send: Send) -> None:

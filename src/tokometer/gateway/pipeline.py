@@ -21,6 +21,7 @@ from ..ledger import SQLiteLedger
 from ..policy import Guard, Ticket
 from .call import Call
 from .meter import Meter, Outcome
+from .metrics import Metrics
 from .relay import Receive, Send, relay_body, relay_error, relay_stream
 from .router import Router
 from .upstream import open_response
@@ -37,6 +38,7 @@ class Deps:
     ledger: SQLiteLedger
     router: Router
     guard: Guard
+    metrics: Metrics
 
 
 async def handle(call: Call, deps: Deps, send: Send, receive: Receive) -> None:
@@ -73,6 +75,7 @@ async def refuse(call: Call, refusal: RequestError, deps: Deps, send: Send,
     event = await deps.meter.event(call, Outcome(None, refusal.status,
                                                  error_type=refusal.code or refusal.type),
                                    event_id)
+    deps.metrics.observe(event)
     try:
         await deps.ledger.append(event)
     except LedgerError as error:  # the refusal stands either way
@@ -86,6 +89,7 @@ async def _forward(call: Call, deps: Deps, send: Send, receive: Receive, routes:
 
     async def record(outcome: Outcome) -> Event:
         event = await deps.meter.event(call, outcome, event_id)
+        deps.metrics.observe(event)
         try:
             await deps.ledger.append(event)
         finally:
