@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
 import random
 from collections import defaultdict
@@ -10,9 +11,11 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
 from tokometer.analytics import flows, rankings, report
+from tokometer.analytics.export import export
 from tokometer.analytics.report import rollup_grain
 from tokometer.analytics.tasks import agents, tasks
 from tokometer.catalog import vendor_of
@@ -252,3 +255,27 @@ def test_outcomes_need_the_tasks_own_tenant_and_a_key(gateway):
                                          "outcome": "success"}).status_code == 404
     assert post_outcome(gateway, "tkm-bad", {"task": "private-task",
                                              "outcome": "success"}).status_code == 401
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_export_holds_every_event_exactly(store, tmp_path, fmt):
+    out = tmp_path / f"events.{fmt}"
+    since = "2026-11-02T00:00:00.000Z"
+    assert export(store, fmt, out, since=since) == len(list(iter_events(store, since)))
+    raw = list(iter_events(store, since))
+    if fmt == "parquet":
+        table = pq.read_table(out)
+        assert table.schema.field("cost").type.precision == 38
+        assert table.schema.field("output_tokens").type == "int64"
+        rows = table.to_pylist()
+        costs = [r["cost"] for r in rows]
+    else:
+        with out.open() as f:
+            rows = list(csv.DictReader(f))
+        costs = [Decimal(r["cost"]) if r["cost"] else None for r in rows]
+    assert [r["id"] for r in rows] == [e["id"] for e in raw]
+    assert sum(int(r["output_tokens"]) for r in rows) == sum(e["output_tokens"] for e in raw)
+    assert sum(c for c in costs if c is not None) == \
+        sum(Decimal(e["cost"]) for e in raw if e["cost"] is not None)

@@ -20,7 +20,7 @@ COMMANDS = [["serve"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", 
             ["events"], ["report"], ["budgets"], ["budgets", "set"], ["budgets", "list"],
             ["budgets", "status"], ["budgets", "remove"], ["ledger"], ["ledger", "pubkey"],
             ["ledger", "head"], ["ledger", "audit"], ["receipt"], ["verify-receipt"],
-            ["rankings"], ["flows"], ["tasks"]]
+            ["rankings"], ["flows"], ["tasks"], ["export"]]
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

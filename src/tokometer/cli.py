@@ -21,13 +21,14 @@ import orjson
 
 from . import config
 from .analytics import GROUPABLE, RANKED_BY, REPORT_PERIODS, flows, rankings, report
+from .analytics.export import export
 from .analytics.tasks import agents, tasks
 from .config import PERIODS, SCOPES, Budget
 from .errors import TokometerError
 from .events import FIELDS, decimal_str, rfc3339
 from .ledger import open_db
 from .ledger.audit import audit
-from .ledger.read import iter_events
+from .ledger.read import iter_events, time_filter
 from .ledger.receipts import NotFound, build_receipt, latest_head, sign_stored_head, verify_receipt
 from .ledger.signer import Signer, load_signer, parse_public_key
 from .policy import create_key, list_keys, revoke_key
@@ -175,6 +176,12 @@ def _parser() -> argparse.ArgumentParser:
     _time_range(task)
     task.add_argument("--agents", action="store_true", help="one row per agent instead")
     task.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    exp = command("export", "write every event to a CSV or Parquet file, for data teams",
+                  _export)
+    exp.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    exp.add_argument("--output", "-o", type=Path, required=True, help="the file to write")
+    _time_range(exp)
 
     flow = command("flows", "tokens and cost from consumer country to serving country, by "
                    "model origin", _flows)
@@ -414,6 +421,16 @@ def _tasks(args: argparse.Namespace) -> int:
         _output(tasks(_db(args), args.since, args.until),
                 ["tenant", "task", "requests", "tokens", "cost", "duration_ms", "outcome",
                  "value"], args.format)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    conn = _db(args)
+    where, params = time_filter(args.since, args.until)
+    total = conn.execute(f"SELECT COUNT(*) FROM events{where}", params).fetchone()[0]
+    with _progress(total, "events") as step:
+        n = export(conn, args.format, args.output, args.since, args.until, step)
+    print(f"wrote {n} events to {args.output}")
     return 0
 
 
