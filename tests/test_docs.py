@@ -39,5 +39,6 @@ def test_the_readme_names_every_config_key():
 def test_the_readme_shows_every_command():
     for command in ("serve", "keys create", "keys list", "keys revoke", "events", "report",
                     "budgets set", "budgets list", "budgets status", "budgets remove",
-                    "ledger pubkey", "ledger head", "ledger audit", "receipt", "verify-receipt"):
+                    "ledger pubkey", "ledger head", "ledger audit", "receipt", "verify-receipt",
+                    "rankings", "flows", "tasks", "export"):
         assert f"tokometer {command}" in README or f"./scripts/{command}" in README, command
