@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokometer.analytics import flows, rankings, report
+from tokometer.analytics.charts import flows_chart, rankings_chart, report_chart
 from tokometer.analytics.export import export
 from tokometer.analytics.report import rollup_grain
 from tokometer.analytics.tasks import agents, tasks
@@ -279,3 +280,26 @@ def test_export_holds_every_event_exactly(store, tmp_path, fmt):
     assert sum(int(r["output_tokens"]) for r in rows) == sum(e["output_tokens"] for e in raw)
     assert sum(c for c in costs if c is not None) == \
         sum(Decimal(e["cost"]) for e in raw if e["cost"] is not None)
+
+
+# --- charts -------------------------------------------------------------------------------------
+
+def test_charts_draw_the_numbers_they_are_given(store, tmp_path):
+    rows = report(store, ["vendor"], period="week")
+    report_chart(rows, ["vendor"], "week", tmp_path / "report.svg")
+    svg = (tmp_path / "report.svg").read_text()
+    assert all(v in svg for v in ("deepseek", "openai", "Tokens by vendor per week"))
+    assert all(r["period"] in svg for r in rows)
+    ranked = rankings(store, "origin", weeks=3, today=START.date() + timedelta(days=DAYS - 1))
+    rankings_chart(ranked, "origin", tmp_path / "rankings.png")
+    png = (tmp_path / "rankings.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    flows_chart(flows(store), tmp_path / "flows.svg")
+    svg = (tmp_path / "flows.svg").read_text()
+    total = sum(r["tokens"] for r in flows(store) if (r["from"], r["to"]) == ("DE", "CN"))
+    assert "served in" in svg and f"{total:,}" in svg  # the DE → CN cell shows its tokens
+
+
+def test_a_chart_needs_png_or_svg(store, tmp_path):
+    with pytest.raises(RequestError):
+        flows_chart(flows(store), tmp_path / "flows.gif")

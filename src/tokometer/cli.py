@@ -21,6 +21,7 @@ import orjson
 
 from . import config
 from .analytics import GROUPABLE, RANKED_BY, REPORT_PERIODS, flows, rankings, report
+from .analytics.charts import flows_chart, rankings_chart, report_chart
 from .analytics.export import export
 from .analytics.tasks import agents, tasks
 from .config import PERIODS, SCOPES, Budget
@@ -164,12 +165,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--period", choices=REPORT_PERIODS,
                      help="also group by UTC hour, day, week (from Monday) or month")
     rep.add_argument("--top", type=int, help="only the N groups with the most tokens")
+    rep.add_argument("--chart", type=Path, help="also draw it to FILE.png or FILE.svg")
 
     rank = command("rankings", "token share per model, vendor or vendor country, week by "
                    "week, with the change since the week before", _rankings)
     rank.add_argument("--by", choices=tuple(RANKED_BY), default="model")
     rank.add_argument("--weeks", type=int, default=4, help="weeks to show (default 4)")
     rank.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    rank.add_argument("--chart", type=Path, help="also draw it to FILE.png or FILE.svg")
 
     task = command("tasks", "agent tasks: requests, tokens, cost, duration and outcome per "
                    "task; with --agents, cost per successful outcome per agent", _tasks)
@@ -187,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
                    "model origin", _flows)
     _time_range(flow)
     flow.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    flow.add_argument("--chart", type=Path, help="also draw it to FILE.png or FILE.svg")
     return p
 
 
@@ -399,6 +403,8 @@ def _events(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     by = [b.strip() for b in args.by.split(",") if b.strip()]
     rows = report(_db(args), by, args.since, args.until, args.period, args.top)
+    if args.chart:
+        report_chart(rows, by, args.period, args.chart)
     columns = [*(["period"] if args.period else []), *by, "requests", "input_tokens",
                "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
                "cost"]
@@ -408,6 +414,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _rankings(args: argparse.Namespace) -> int:
     rows = rankings(_db(args), args.by, args.weeks)
+    if args.chart:
+        rankings_chart(rows, args.by, args.chart)
     _output(rows, ["week", args.by, "tokens", "share", "change_pp"], args.format)
     return 0
 
@@ -436,6 +444,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _flows(args: argparse.Namespace) -> int:
     rows = flows(_db(args), args.since, args.until)
+    if args.chart:
+        flows_chart(rows, args.chart)
     _output(rows, ["from", "to", "model_origin", "requests", "tokens", "cost"], args.format)
     return 0
 

@@ -1,0 +1,112 @@
+"""Charts for people who would rather look than read: PNG or SVG, by the file's suffix.
+
+report: tokens per group (stacked over time with --period); rankings: each week's token share,
+stacked to 100%; flows: a heat map of tokens from consumer country to serving country.
+matplotlib (Agg, no display) is imported only when a chart is asked for.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import RequestError
+
+SUFFIXES = (".png", ".svg")
+_OTHERS = 8  # groups beyond this many are drawn together as "other"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable, small
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _check(path: Path) -> None:
+    if path.suffix.lower() not in SUFFIXES:
+        raise RequestError(f"--chart: {path} must end in .png or .svg")
+
+
+def _label(value: Any) -> str:
+    return "(none)" if value in (None, "") else str(value)
+
+
+def _stacked(series: dict[str, dict[str, float]], columns: list[str], title: str,
+             ylabel: str, path: Path) -> None:
+    """Stacked bars: one bar per column, one colour per series (largest first)."""
+    plt = _pyplot()
+    order = sorted(series, key=lambda k: -sum(series[k].values()))
+    if len(order) > _OTHERS:
+        other: dict[str, float] = defaultdict(float)
+        for name in order[_OTHERS:]:
+            for col, v in series[name].items():
+                other[col] += v
+        series = {**{k: series[k] for k in order[:_OTHERS]}, "other": dict(other)}
+        order = [*order[:_OTHERS], "other"]
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    bottom = [0.0] * len(columns)
+    for name in order:
+        heights = [series[name].get(c, 0.0) for c in columns]
+        ax.bar(columns, heights, bottom=bottom, label=name)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    ax.tick_params(axis="x", labelrotation=45)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def report_chart(rows: list[dict[str, Any]], by: list[str], period: str | None,
+                 path: Path) -> None:
+    _check(path)
+    series: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        name = " / ".join(_label(r[b]) for b in by) or "all"
+        column = r["period"] if period else "tokens"
+        series[name][column] = series[name].get(column, 0) + r["input_tokens"] + r["output_tokens"]
+    columns = sorted({r["period"] for r in rows}) if period else ["tokens"]
+    _stacked(series, columns, f"Tokens by {', '.join(by) or 'total'}"
+             + (f" per {period}" if period else ""), "tokens (input + output)", path)
+
+
+def rankings_chart(rows: list[dict[str, Any]], by: str, path: Path) -> None:
+    _check(path)
+    series: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        series[_label(r[by])][r["week"]] = r["share"] * 100
+    weeks = sorted({r["week"] for r in rows})
+    _stacked(series, weeks, f"Token share by {by}, week by week", "% of tokens", path)
+
+
+def flows_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    _check(path)
+    plt = _pyplot()
+    sources = sorted({_label(r["from"]) for r in rows})
+    targets = sorted({_label(r["to"]) for r in rows})
+    grid = [[0.0] * len(targets) for _ in sources]
+    for r in rows:
+        grid[sources.index(_label(r["from"]))][targets.index(_label(r["to"]))] += r["tokens"]
+    fig, ax = plt.subplots(figsize=(2 + 0.9 * len(targets), 1.5 + 0.6 * len(sources)))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(targets)), targets)
+    ax.set_yticks(range(len(sources)), sources)
+    ax.set_xlabel("served in")
+    ax.set_ylabel("consumed from")
+    ax.set_title("Token flows (input + output)")
+    low, high = image.get_clim()
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):  # dark text on the bright cells, light on the dark ones
+            bright = high > low and (v - low) / (high - low) > 0.6
+            ax.text(j, i, f"{v:,.0f}", ha="center", va="center", fontsize=8,
+                    color="black" if bright else "white")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
