@@ -7,9 +7,10 @@ matplotlib (Agg, no display) is imported only when a chart is asked for.
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import RequestError
 
@@ -27,9 +28,25 @@ def _pyplot() -> Any:
     return plt
 
 
-def _check(path: Path) -> None:
-    if path.suffix.lower() not in SUFFIXES:
-        raise RequestError(f"--chart: {path} must end in .png or .svg")
+Target = Path | IO[bytes]  # a .png / .svg file, or a buffer that receives SVG
+
+
+def _check(target: Target) -> None:
+    if isinstance(target, Path) and target.suffix.lower() not in SUFFIXES:
+        raise RequestError(f"--chart: {target} must end in .png or .svg")
+
+
+def _save(fig: Any, target: Target) -> None:
+    fig.savefig(target, format=target.suffix[1:].lower() if isinstance(target, Path) else "svg")
+    _pyplot().close(fig)
+
+
+def svg(draw: Any, *args: Any) -> str:
+    """A chart function's drawing as SVG text, to put inline in a page."""
+    buffer = io.BytesIO()
+    draw(*args, buffer)
+    text = buffer.getvalue().decode()
+    return text[text.index("<svg"):]  # without the XML prolog and doctype
 
 
 def _label(value: Any) -> str:
@@ -37,7 +54,7 @@ def _label(value: Any) -> str:
 
 
 def _stacked(series: dict[str, dict[str, float]], columns: list[str], title: str,
-             ylabel: str, path: Path) -> None:
+             ylabel: str, path: Target) -> None:
     """Stacked bars: one bar per column, one colour per series (largest first)."""
     plt = _pyplot()
     order = sorted(series, key=lambda k: -sum(series[k].values()))
@@ -59,12 +76,11 @@ def _stacked(series: dict[str, dict[str, float]], columns: list[str], title: str
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     ax.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def report_chart(rows: list[dict[str, Any]], by: list[str], period: str | None,
-                 path: Path) -> None:
+                 path: Target) -> None:
     _check(path)
     series: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
@@ -72,11 +88,12 @@ def report_chart(rows: list[dict[str, Any]], by: list[str], period: str | None,
         column = r["period"] if period else "tokens"
         series[name][column] = series[name].get(column, 0) + r["input_tokens"] + r["output_tokens"]
     columns = sorted({r["period"] for r in rows}) if period else ["tokens"]
-    _stacked(series, columns, f"Tokens by {', '.join(by) or 'total'}"
-             + (f" per {period}" if period else ""), "tokens (input + output)", path)
+    title = ("Tokens" + (f" by {', '.join(by)}" if by else "")
+             + (f" per {period}" if period else ""))
+    _stacked(series, columns, title, "tokens (input + output)", path)
 
 
-def rankings_chart(rows: list[dict[str, Any]], by: str, path: Path) -> None:
+def rankings_chart(rows: list[dict[str, Any]], by: str, path: Target) -> None:
     _check(path)
     series: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
@@ -85,7 +102,7 @@ def rankings_chart(rows: list[dict[str, Any]], by: str, path: Path) -> None:
     _stacked(series, weeks, f"Token share by {by}, week by week", "% of tokens", path)
 
 
-def flows_chart(rows: list[dict[str, Any]], path: Path) -> None:
+def flows_chart(rows: list[dict[str, Any]], path: Target) -> None:
     _check(path)
     plt = _pyplot()
     sources = sorted({_label(r["from"]) for r in rows})
@@ -108,5 +125,4 @@ def flows_chart(rows: list[dict[str, Any]], path: Path) -> None:
                     color="black" if bright else "white")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)

@@ -36,9 +36,11 @@ def bucket(period: str, column: str) -> str:
 
 
 def report(conn: sqlite3.Connection, by: list[str], since: str | None = None,
-           until: str | None = None, period: str | None = None,
-           top: int | None = None) -> list[dict[str, Any]]:
-    unknown = [b for b in by if b not in GROUPABLE]
+           until: str | None = None, period: str | None = None, top: int | None = None,
+           where: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+    """`where` keeps only events whose fields have these values (None: the field is empty)."""
+    where = where or {}
+    unknown = [b for b in [*by, *where] if b not in GROUPABLE]
     if unknown:
         raise RequestError(f"cannot group by {', '.join(unknown)}; "
                            f"choose from: {', '.join(GROUPABLE)}")
@@ -46,7 +48,7 @@ def report(conn: sqlite3.Connection, by: list[str], since: str | None = None,
         raise RequestError(f"period must be one of {', '.join(REPORT_PERIODS)}")
     if top is not None and top < 1:
         raise RequestError("top must be at least 1")
-    rollup = rollup_grain(by, since, until, period)
+    rollup = rollup_grain([*by, *where], since, until, period)
     if rollup is None and "vendor" in by:
         raise RequestError("vendor is kept in the rollups only: give --since/--until on "
                            "whole hours, or group by model")
@@ -55,11 +57,19 @@ def report(conn: sqlite3.Connection, by: list[str], since: str | None = None,
         + by
     names = (["bucket"] if period else []) + by
     if rollup is not None:
-        where, params = rollup_filter(rollup, since, until)
-        select = f"SUM(requests), {_SUMS} FROM rollups{where}"
+        clause, params = rollup_filter(rollup, since, until)
+        source = "rollups"
     else:
-        where, params = time_filter(since, until)
-        select = f"COUNT(*), {_SUMS} FROM events{where}"
+        clause, params = time_filter(since, until)
+        source = "events"
+    for name, value in where.items():  # names are checked against GROUPABLE above
+        if value is None and rollup is None:
+            clause += f"{' AND' if clause else ' WHERE'} {name} IS NULL"
+        else:
+            clause += f"{' AND' if clause else ' WHERE'} {name} = ?"
+            params.append(value if value is not None else "")
+    count = "SUM(requests)" if rollup is not None else "COUNT(*)"
+    select = f"{count}, {_SUMS} FROM {source}{clause}"
     sql = f"SELECT {', '.join(keys) + ', ' if keys else ''}{select}"
     if keys:
         sql += f" GROUP BY {', '.join(names)}"

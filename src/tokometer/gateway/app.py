@@ -27,6 +27,7 @@ from ..policy.sync import BudgetSync
 from ..tokenize import Recounter, TokenizerRegistry
 from .admin import Admin
 from .call import parse_call, refused_call
+from .dashboard import NAV, Dashboard
 from .meter import Meter
 from .metrics import Metrics
 from .offloop import OffLoop
@@ -38,6 +39,7 @@ from .upstream import new_session
 from .wire import ENDPOINTS, JSON_HEADERS, Endpoint, render_error
 
 log = logging.getLogger("tokometer.gateway")
+_DASHBOARD = frozenset({"/login", *(href for href, _ in NAV)})
 
 
 def create_app(settings: Settings | None = None) -> Gateway:
@@ -55,6 +57,7 @@ class Gateway:
         self.admin: Admin | None = None
         self.transparency: Transparency | None = None
         self.outcomes: OffLoop | None = None
+        self.dashboard: Dashboard | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -93,6 +96,7 @@ class Gateway:
         self.admin = Admin(s, OffLoop(open_db(s.server.store)), self.keys, budgets, ledger)
         self.transparency = Transparency(OffLoop(open_db(s.server.store)), ledger)
         self.outcomes = OffLoop(open_db(s.server.store))
+        self.dashboard = Dashboard(s, OffLoop(open_db(s.server.store)))
         self.deps = Deps(new_session(s.server), meter, ledger,
                          Router(pricer, s.server.max_attempts), budgets.guard, Metrics())
         self._tasks += [asyncio.create_task(self.keys.watch_revocations()),
@@ -119,6 +123,8 @@ class Gateway:
             headers = dict(scope["headers"])
             if path.startswith("/admin/"):
                 return await self._admin(method, path, headers, receive, send)
+            if path in _DASHBOARD or path.startswith("/tenants/"):
+                return await self._dashboard(method, path, headers, receive, send, scope)
             if path == "/metrics":
                 return await self._metrics(headers, send)
             if path == "/v1/outcomes":
@@ -164,6 +170,16 @@ class Gateway:
         body = await self._json_body(receive, headers)
         status, data = await self.admin.handle(method, path, body)
         await _json(send, status, data)
+
+    async def _dashboard(self, method: str, path: str, headers: dict[bytes, bytes],
+                         receive: Receive, send: Send, scope: dict[str, Any]) -> None:
+        assert self.dashboard is not None, "lifespan startup has not run"
+        body = (await _read_body(receive, headers, self.settings.server.max_body_bytes)
+                if method == "POST" else b"")
+        status, page_headers, page = await self.dashboard.handle(
+            method, path, scope.get("query_string", b""), headers, body)
+        await send({"type": "http.response.start", "status": status, "headers": page_headers})
+        await send({"type": "http.response.body", "body": page})
 
     async def _metrics(self, headers: dict[bytes, bytes], send: Send) -> None:
         """Prometheus' scrape, for the admin token."""

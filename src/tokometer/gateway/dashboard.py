@@ -1,0 +1,182 @@
+"""The web dashboard at `/`: server-rendered pages with inline SVG charts, no JavaScript.
+
+Pages: overview, rankings, flows, tenants → apps → agents drill-down, tasks, and a live
+view of the latest events that refreshes itself. The admin token opens it (a form sets an
+HttpOnly cookie; a bearer header works too). Each page's numbers and charts are worked out
+on a thread (OffLoop), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote
+
+import jinja2
+
+from ..analytics import flows, rankings, report
+from ..analytics.charts import flows_chart, rankings_chart, report_chart, svg
+from ..analytics.tasks import agents, tasks
+from ..config import Settings
+from ..events import rfc3339
+from .offloop import OffLoop
+
+COOKIE = "tokometer_admin"
+NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/flows", "Flows"),
+       ("/tenants", "Tenants"), ("/tasks", "Tasks"), ("/live", "Live")]
+NUMERIC = {"requests", "input_tokens", "output_tokens", "cache_read_tokens", "tokens", "cost",
+           "share", "change_pp", "duration_ms", "tasks", "successes", "cost_per_success",
+           "status"}
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("tokometer.gateway", "templates"),
+                          autoescape=True)
+Page = tuple[int, list[tuple[bytes, bytes]], bytes]
+_HTML = (b"content-type", b"text/html; charset=utf-8")
+
+
+class Dashboard:
+    def __init__(self, settings: Settings, store: OffLoop):
+        self.settings = settings
+        self._run = store.run
+
+    def signed_in(self, headers: dict[bytes, bytes]) -> bool:
+        token = self.settings.server.admin_token
+        if token is None:
+            return False
+        cookie = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
+        given = cookie[COOKIE].value if COOKIE in cookie else ""
+        bearer = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
+        return any(hmac.compare_digest(g.encode(), token.encode()) for g in (given, bearer) if g)
+
+    async def handle(self, method: str, path: str, query: bytes, headers: dict[bytes, bytes],
+                     body: bytes) -> Page:
+        if self.settings.server.admin_token is None:
+            return _html(404, "login.html", title="Dashboard off",
+                         error="The dashboard is off: set server.admin_token_env in the config "
+                               "and start the gateway with that variable set.")
+        if path == "/login":
+            return self._login(method, body)
+        if not self.signed_in(headers):
+            return 303, [(b"location", b"/login")], b""
+        params = {k: v[0] for k, v in parse_qs(query.decode("latin-1")).items()}
+        parts = [unquote(p) for p in path.strip("/").split("/") if p]
+        if parts[:1] == ["tenants"] and len(parts) in (2, 4) and (len(parts) == 2
+                                                                  or parts[2] == "apps"):
+            data = await self._run(_drill_down, *parts[1::2])
+        elif len(parts) <= 1 and (name := (parts or [""])[0]) in _PAGES:
+            data = await self._run(_PAGES[name], params)
+        else:
+            return _html(404, "page.html", title="Not found", here=path,
+                         intro=f"There is no page {path}.")
+        return _html(200, "page.html", here="/" + (parts[0] if parts else ""), **data)
+
+    def _login(self, method: str, body: bytes) -> Page:
+        if method != "POST":
+            return _html(200, "login.html", title="Sign in")
+        token = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
+        expected = self.settings.server.admin_token or ""
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            return _html(401, "login.html", title="Sign in", error="That is not the admin token.")
+        cookie = f"{COOKIE}={quote(token)}; HttpOnly; SameSite=Strict; Path=/"
+        return 303, [(b"location", b"/"), (b"set-cookie", cookie.encode())], b""
+
+
+def _html(status: int, template: str, **context: Any) -> Page:
+    context.setdefault("here", "")
+    page = _ENV.get_template(template).render(nav=NAV, numeric=NUMERIC, **context)
+    return status, [_HTML], page.encode()
+
+
+def _since(days: int) -> str:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return rfc3339(today - timedelta(days=days))
+
+
+def _tokens(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "tokens": r["input_tokens"] + r["output_tokens"]} for r in rows]
+
+
+def _overview(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+    since = _since(30)
+    days = report(conn, [], since=since, period="day")
+    total = report(conn, [], since=since)
+    t = total[0] if total else {"requests": 0, "input_tokens": 0, "output_tokens": 0,
+                                "cost": None}
+    models = _tokens(report(conn, ["model", "vendor"], since=since, top=10))
+    return {"title": "Overview: the last 30 days", "cards": [
+        ("requests", f"{t['requests']:,}"),
+        ("tokens", f"{t['input_tokens'] + t['output_tokens']:,}"),
+        ("cost", t["cost"] or "0")],
+        "sections": [
+            {"heading": "Tokens per day",
+             "chart": svg(report_chart, days, [], "day") if days else None},
+            {"heading": "Top models", "rows": models,
+             "columns": ["model", "vendor", "requests", "tokens", "cost"]},
+            {"heading": "Per day", "rows": _tokens(days),
+             "columns": ["period", "requests", "tokens", "cost"]}]}
+
+
+def _rankings(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+    by = params.get("by", "model") if params.get("by") in ("model", "vendor", "origin") \
+        else "model"
+    rows = rankings(conn, by, weeks=8)
+    return {"title": f"Rankings by {by}",
+            "intro": "Share of tokens per ISO week; change in percentage points since the "
+                     "week before. Rank by: model · vendor · origin (add ?by=vendor).",
+            "sections": [{"chart": svg(rankings_chart, rows, by) if rows else None},
+                         {"rows": rows, "columns": ["week", by, "tokens", "share",
+                                                    "change_pp"]}]}
+
+
+def _flows(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+    rows = flows(conn, since=_since(30))
+    return {"title": "Token flows: the last 30 days",
+            "sections": [{"chart": svg(flows_chart, rows) if rows else None},
+                         {"rows": rows, "columns": ["from", "to", "model_origin", "requests",
+                                                    "tokens", "cost"]}]}
+
+
+def _tenants(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+    rows = _tokens(report(conn, ["tenant"], since=_since(30)))
+    return {"title": "Tenants: the last 30 days", "sections": [{
+        "rows": rows, "columns": ["tenant", "requests", "tokens", "cost"],
+        "links": {"tenant": lambda r: "/tenants/" + quote(r["tenant"], safe="")}}]}
+
+
+def _drill_down(conn: sqlite3.Connection, tenant: str, app: str | None = None
+                ) -> dict[str, Any]:
+    since = _since(30)
+    where = {"tenant": tenant, **({"app": app} if app else {})}
+    level = "agent" if app else "app"
+    rows = _tokens(report(conn, [level], since=since, where=where))
+    over_time = report(conn, [level], since=since, period="day", where=where)
+    base = "/tenants/" + quote(tenant, safe="")
+    return {"title": f"{tenant} / {app}" if app else tenant, "sections": [
+        {"heading": f"Tokens per day by {level}",
+         "chart": svg(report_chart, over_time, [level], "day") if over_time else None},
+        {"heading": f"By {level}", "rows": rows,
+         "columns": [level, "requests", "tokens", "cost"],
+         "links": {} if app else {"app": lambda r: f"{base}/apps/{quote(r['app'], safe='')}"}}]}
+
+
+def _tasks(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+    return {"title": "Agent tasks", "sections": [
+        {"heading": "Per agent", "rows": agents(conn),
+         "columns": ["tenant", "agent", "tasks", "successes", "cost", "cost_per_success"]},
+        {"heading": "Latest tasks", "rows": tasks(conn)[-100:][::-1],
+         "columns": ["tenant", "task", "requests", "tokens", "cost", "duration_ms", "outcome"]}]}
+
+
+def _live(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+    columns = ["time", "tenant", "app", "agent", "provider", "model", "status",
+               "input_tokens", "output_tokens", "cost"]
+    rows = [dict(zip(columns, r, strict=True)) for r in conn.execute(
+        f"SELECT {', '.join(columns)} FROM events ORDER BY id DESC LIMIT 50")]
+    return {"title": "Live: the latest 50 events", "refresh": 5,
+            "sections": [{"rows": rows, "columns": columns}]}
+
+
+_PAGES = {"": _overview, "rankings": _rankings, "flows": _flows, "tenants": _tenants,
+          "tasks": _tasks, "live": _live}
