@@ -24,6 +24,7 @@ from tokometer.errors import RequestError
 from tokometer.events import Event, new_event_id, rfc3339
 from tokometer.ledger import SQLiteLedger, open_db
 from tokometer.ledger.read import iter_events
+from tokometer.ledger.rollups import ROLLUPS
 from tokometer.ledger.signer import load_signer
 
 START = datetime(2026, 10, 26, tzinfo=UTC)  # a Monday
@@ -88,6 +89,7 @@ def truth(conn, keys, since=None, until=None):
         e["day"] = e["time"][:10]
         d = date.fromisoformat(e["day"])
         e["week"] = (d - timedelta(days=d.weekday())).isoformat()
+        e["month"] = e["day"][:7]
         acc = out[tuple(e[k] for k in keys)]
         acc["requests"] += 1
         acc["input_tokens"] += e["input_tokens"]
@@ -104,14 +106,16 @@ def as_truth(rows, keys):
 
 
 def test_rollups_are_far_fewer_rows_than_events(store):
-    days = store.execute("SELECT COUNT(*) FROM rollups WHERE period = 'day'").fetchone()[0]
-    assert 0 < days < 3000
+    for name in ROLLUPS:
+        days = store.execute(f"SELECT COUNT(*) FROM {name} WHERE period = 'day'").fetchone()[0]
+        assert 0 < days < 3000, name
 
 
 @pytest.mark.parametrize(("by", "period", "keys"), [
     (["tenant", "model"], "day", ["day", "tenant", "model"]),
     (["vendor"], "week", ["week", "vendor"]),
-    (["agent", "consumer_region"], None, ["agent", "consumer_region"]),
+    (["app", "agent"], None, ["app", "agent"]),
+    (["consumer_region", "model_origin"], "month", ["month", "consumer_region", "model_origin"]),
     (["provider", "provider_region", "model_origin"], "week",
      ["week", "provider", "provider_region", "model_origin"]),
 ])
@@ -127,6 +131,9 @@ def test_hour_aligned_ranges_use_hour_rollups_and_others_scan(store):
     assert rollup_grain(["model"], since, until, None) == "hour"
     assert rollup_grain(["model"], "2026-11-02T06:30:00.000Z", until, None) is None
     assert rollup_grain(["task"], None, None, None) is None
+    assert rollup_grain(["agent", "consumer_region"], None, None, None) is None  # no such rollup
+    assert as_truth(report(store, ["agent", "consumer_region"]), ["agent", "consumer_region"]) \
+        == truth(store, ["agent", "consumer_region"])
     rows = report(store, ["model"], since, until)
     assert as_truth(rows, ["model"]) == truth(store, ["model"], since, until)
     odd = "2026-11-02T06:30:00.000Z"

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import RequestError
 from ..ledger.read import time_filter
-from ..ledger.rollups import DIMENSIONS
+from ..ledger.rollups import table_for
 
 GROUPABLE = ("tenant", "app", "agent", "task", "end_user", "key_id", "consumer_region", "api",
              "operation", "stream", "provider", "provider_region", "model_requested", "model",
@@ -49,16 +49,17 @@ def report(conn: sqlite3.Connection, by: list[str], since: str | None = None,
     if top is not None and top < 1:
         raise RequestError("top must be at least 1")
     rollup = rollup_grain([*by, *where], since, until, period)
+    table = table_for({*by, *where}) if rollup is not None else None
     if rollup is None and "vendor" in by:
         raise RequestError("vendor is kept in the rollups only: give --since/--until on "
                            "whole hours, or group by model")
-    # "bucket", not "period": the rollups table has a column of that name.
+    # "bucket", not "period": the rollup tables have a column of that name.
     keys = ([f"{bucket(period, 'start' if rollup else 'time')} AS bucket"] if period else []) \
         + by
     names = (["bucket"] if period else []) + by
     if rollup is not None:
         clause, params = rollup_filter(rollup, since, until)
-        source = "rollups"
+        source = table
     else:
         clause, params = time_filter(since, until)
         source = "events"
@@ -94,7 +95,7 @@ def report(conn: sqlite3.Connection, by: list[str], since: str | None = None,
 def rollup_grain(by: list[str], since: str | None, until: str | None,
                  period: str | None) -> str | None:
     """'day' or 'hour' when that rollup answers exactly, else None (scan the events)."""
-    if not set(by) <= set(DIMENSIONS):
+    if table_for(set(by)) is None:
         return None
     bounds = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (since, until) if t]
     if any(b.minute or b.second or b.microsecond for b in bounds):

@@ -1,8 +1,8 @@
-"""Rollups kept on ingest: per hour and per UTC day, requests, tokens and cost by every
-dimension reports group on, so reports never scan raw events when a rollup can answer.
+"""Rollups kept on ingest: per hour and per UTC day, requests, tokens and cost by the
+dimensions reports group on, so reports never scan raw events when a rollup can answer.
 
-The writer folds each group commit's events into rollup rows in the same transaction. Missing
-values are stored as '' (SQLite keys treat NULLs as all different) and read back as None.
+The writer folds each group commit's events into every rollup in the same transaction.
+Missing values are stored as '' (SQLite keys treat NULLs as all different), read back as None.
 """
 
 from __future__ import annotations
@@ -13,31 +13,52 @@ from typing import Any
 from ..catalog import vendor_of
 from ..events import FIELDS, decimal_str
 
-DIMENSIONS = ("tenant", "app", "agent", "provider", "model", "vendor", "model_origin",
-              "provider_region", "consumer_region")
+# Each rollup sums over every dimension it leaves out, so it stays small: a handful of rows
+# per day per value. A report is answered by the smallest rollup holding all its fields.
+ROLLUPS: dict[str, tuple[str, ...]] = {
+    "rollup_flows": ("consumer_region", "provider_region", "model_origin"),
+    "rollup_tenants": ("tenant", "app", "agent"),
+    "rollup_tenant_models": ("tenant", "model", "vendor"),
+    "rollup_models": ("provider", "model", "vendor", "model_origin", "provider_region"),
+}
+DIMENSIONS = tuple(dict.fromkeys(d for dims in ROLLUPS.values() for d in dims))
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
           "reasoning_tokens")
 MEASURES = ("requests", "errors", *TOKENS, "cost")
 PERIODS = ("hour", "day")
 
-_KEY = ", ".join(("period", "start", *DIMENSIONS))
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS rollups (
+
+def _table(name: str, dims: tuple[str, ...]) -> str:
+    key = ", ".join(("period", "start", *dims))
+    return f"""
+CREATE TABLE IF NOT EXISTS {name} (
   period TEXT NOT NULL,     -- 'hour' | 'day'
   start TEXT NOT NULL,      -- '2026-11-28T08:00:00Z' | '2026-11-28' (UTC)
-  {", ".join(f"{d} TEXT NOT NULL" for d in DIMENSIONS)},
+  {", ".join(f"{d} TEXT NOT NULL" for d in dims)},
   {", ".join(f"{m} INTEGER NOT NULL" for m in ("requests", "errors", *TOKENS))},
   cost TEXT NOT NULL,       -- a decimal string: money never passes through float
-  PRIMARY KEY ({_KEY})
-) WITHOUT ROWID;
-"""
-UPSERT = (
-    f"INSERT INTO rollups ({_KEY}, {', '.join(MEASURES)}) "
-    f"VALUES ({', '.join('?' for _ in range(2 + len(DIMENSIONS) + len(MEASURES)))}) "
-    f"ON CONFLICT ({_KEY}) DO UPDATE SET "
-    + ", ".join(f"{m} = {m} + excluded.{m}" for m in ("requests", "errors", *TOKENS))
-    + ", cost = decimal_add(cost, excluded.cost)"
-)
+  PRIMARY KEY ({key})
+) WITHOUT ROWID;"""
+
+
+def _upsert(name: str, dims: tuple[str, ...]) -> str:
+    key = ", ".join(("period", "start", *dims))
+    marks = ", ".join("?" for _ in range(2 + len(dims) + len(MEASURES)))
+    return (f"INSERT INTO {name} ({key}, {', '.join(MEASURES)}) VALUES ({marks}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET "
+            + ", ".join(f"{m} = {m} + excluded.{m}" for m in ("requests", "errors", *TOKENS))
+            + ", cost = decimal_add(cost, excluded.cost)")
+
+
+SCHEMA = "".join(_table(name, dims) for name, dims in ROLLUPS.items())
+_UPSERTS = {name: _upsert(name, dims) for name, dims in ROLLUPS.items()}
+
+
+def table_for(fields: set[str]) -> str | None:
+    """The smallest rollup that holds every one of `fields`, or None."""
+    fitting = [name for name, dims in ROLLUPS.items() if fields <= set(dims)]
+    return min(fitting, key=lambda name: len(ROLLUPS[name]), default=None)
+
 
 _AT = {name: FIELDS.index(name) for name in FIELDS}
 _SOURCE_DIMENSIONS = [d for d in DIMENSIONS if d != "vendor"]
@@ -48,28 +69,29 @@ def buckets(time: str) -> tuple[tuple[str, str], tuple[str, str]]:
     return ("hour", time[:13] + ":00:00Z"), ("day", time[:10])
 
 
-def rollup_rows(rows: list[list[Any]]) -> list[tuple[Any, ...]]:
-    """Event rows (in FIELDS order) folded into one upsert per (period, start, dimensions)."""
-    sums: dict[tuple[str, ...], list[Any]] = {}
+def upserts(rows: list[list[Any]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """Event rows (in FIELDS order) folded into each rollup: (statement, parameter rows)."""
+    sums: dict[str, dict[tuple[str, ...], list[Any]]] = {name: {} for name in ROLLUPS}
     for row in rows:
-        dims = {d: row[_AT[d]] or "" for d in _SOURCE_DIMENSIONS}
-        info = vendor_of(dims["model"]) if dims["model"] else None
-        dims["vendor"] = info.vendor if info else ""
-        values = [row[_AT[t]] or 0 for t in TOKENS]
+        values = {d: row[_AT[d]] or "" for d in _SOURCE_DIMENSIONS}
+        info = vendor_of(values["model"]) if values["model"] else None
+        values["vendor"] = info.vendor if info else ""
+        measures = [1, 1 if row[_AT["status"]] >= 400 else 0,
+                    *(row[_AT[t]] or 0 for t in TOKENS)]
         cost = Decimal(row[_AT["cost"]]) if row[_AT["cost"]] else Decimal(0)
-        error = 1 if row[_AT["status"]] >= 400 else 0
         for period, start in buckets(row[_AT["time"]]):
-            key = (period, start, *(dims[d] for d in DIMENSIONS))
-            acc = sums.get(key)
-            if acc is None:
-                sums[key] = [1, error, *values, cost]
-            else:
-                acc[0] += 1
-                acc[1] += error
-                for i, v in enumerate(values, 2):
-                    acc[i] += v
-                acc[-1] += cost
-    return [(*key, *acc[:-1], decimal_str(acc[-1])) for key, acc in sums.items()]
+            for name, dims in ROLLUPS.items():
+                key = (period, start, *(values[d] for d in dims))
+                acc = sums[name].get(key)
+                if acc is None:
+                    sums[name][key] = [*measures, cost]
+                else:
+                    for i, v in enumerate(measures):
+                        acc[i] += v
+                    acc[-1] += cost
+    return [(_UPSERTS[name], [(*key, *acc[:-1], decimal_str(acc[-1]))
+                              for key, acc in table.items()])
+            for name, table in sums.items()]
 
 
 def decimal_add(a: str | None, b: str | None) -> str:

@@ -31,8 +31,7 @@ from ..events import FIELDS, Event, decimal_str
 from .log import INSERT_NODE, MerkleLog
 from .merkle import leaf_hash
 from .rollups import SCHEMA as ROLLUP_SCHEMA
-from .rollups import UPSERT as ROLLUP_UPSERT
-from .rollups import decimal_add, rollup_rows
+from .rollups import decimal_add, upserts
 from .schema import INSERT_EVENT, SCHEMA, added_columns
 from .signer import Signer, TreeHead
 
@@ -226,7 +225,7 @@ class SQLiteLedger:
 
     def _backfill(self) -> None:
         """Events stored before the log (or the rollups) existed are taken up, once."""
-        if self._conn.execute("SELECT NOT EXISTS (SELECT 1 FROM rollups) "
+        if self._conn.execute("SELECT NOT EXISTS (SELECT 1 FROM rollup_flows) "
                               "AND EXISTS (SELECT 1 FROM events WHERE leaf_index IS NOT NULL)"
                               ).fetchone()[0]:
             log.info("building rollups from the stored events")
@@ -235,7 +234,8 @@ class SQLiteLedger:
                 rows = self._conn.execute(f"SELECT {', '.join(FIELDS)} FROM events "
                                           "WHERE leaf_index IS NOT NULL")
                 while chunk := [list(r) for r in rows.fetchmany(10_000)]:
-                    self._conn.executemany(ROLLUP_UPSERT, rollup_rows(chunk))
+                    for statement, params in upserts(chunk):
+                        self._conn.executemany(statement, params)
         rows = [list(r) for r in self._conn.execute(
             f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index IS NULL ORDER BY id")]
         if rows:
@@ -271,7 +271,8 @@ class SQLiteLedger:
         grown, nodes = log.extend([leaf_of(row) for row in rows])
         self._conn.executemany(INSERT_EVENT, rows)
         self._conn.executemany(INSERT_NODE, nodes)
-        self._conn.executemany(ROLLUP_UPSERT, rollup_rows(rows))
+        for statement, params in upserts(rows):
+            self._conn.executemany(statement, params)
         return grown
 
     def _settle(self, items: list[tuple[list[Any], asyncio.Future[None]]],
