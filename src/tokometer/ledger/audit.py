@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..events import FIELDS
-from .merkle import EMPTY_ROOT, node_hash
+from .merkle import roots_at
 from .signer import TreeHead, verify_head
 from .sqlite import leaf_of
 
@@ -85,7 +85,7 @@ def _check_heads(conn: sqlite3.Connection, key: Ed25519PublicKey, leaves: list[b
         "SELECT tree_size, root_hash, timestamp, signature FROM tree_heads "
         "ORDER BY tree_size, timestamp")]
     report.heads = len(heads)
-    roots = _roots(leaves, {h.tree_size for h in heads if h.tree_size <= len(leaves)})
+    roots = roots_at(leaves, {h.tree_size for h in heads if h.tree_size <= len(leaves)})
     for head in heads:
         if not verify_head(head, key):
             report.findings.append(Finding(head.tree_size, f"the tree head of {head.tree_size} "
@@ -96,21 +96,3 @@ def _check_heads(conn: sqlite3.Connection, key: Ed25519PublicKey, leaves: list[b
         elif roots[head.tree_size] != head.root_hash:
             report.findings.append(Finding(head.tree_size - 1, f"the events do not reproduce "
                                            f"the signed root of {head.tree_size} leaves"))
-
-
-def _roots(leaves: list[bytes], sizes: set[int]) -> dict[int, bytes]:
-    """The root of every tree size in `sizes`, in one pass over the leaves."""
-    roots = {0: EMPTY_ROOT} if 0 in sizes else {}
-    stack: list[bytes] = []  # full subtrees of the right edge, largest first
-    for i, node in enumerate(leaves):
-        carry = i
-        while carry & 1:  # like binary addition: merge the equal-sized subtrees
-            node = node_hash(stack.pop(), node)
-            carry >>= 1
-        stack.append(node)
-        if i + 1 in sizes:
-            root = stack[-1]
-            for left in reversed(stack[:-1]):
-                root = node_hash(left, root)
-            roots[i + 1] = root
-    return roots

@@ -87,18 +87,27 @@ class Tree:
         return [*self._subproof(m - k, start + k, end, False), self.mth(start, start + k)]
 
 
+def roots_at(leaves: Sequence[bytes], sizes: set[int]) -> dict[int, bytes]:
+    """The root of every tree size in `sizes`, in one pass over leaf hashes held in memory."""
+    roots = {0: EMPTY_ROOT} if 0 in sizes else {}
+    stack: list[bytes] = []  # full subtrees of the right edge, largest first
+    for i, node in enumerate(leaves):
+        carry = i
+        while carry & 1:  # like binary addition: merge the equal-sized subtrees
+            node = node_hash(stack.pop(), node)
+            carry >>= 1
+        stack.append(node)
+        if i + 1 in sizes:
+            root = stack[-1]
+            for left in reversed(stack[:-1]):
+                root = node_hash(left, root)
+            roots[i + 1] = root
+    return roots
+
+
 def root_of(leaves: Sequence[bytes]) -> bytes:
-    """MTH of leaf hashes held in memory (for audits and tests)."""
-    level = list(leaves)
-    if not level:
-        return EMPTY_ROOT
-    # Fold right-edge odd nodes up unchanged: equal to the RFC's split at powers of two.
-    while len(level) > 1:
-        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
+    """MTH of leaf hashes held in memory."""
+    return roots_at(leaves, {len(leaves)})[len(leaves)]
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
