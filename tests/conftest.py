@@ -66,6 +66,22 @@ class Gateway:
         finally:
             conn.close()
 
+    def wait_rolled_up(self, timeout: float = 10) -> None:
+        """Until the rollups hold every stored event (they trail the events by about 1 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = open_db(self.store)
+            try:
+                events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+                row = conn.execute("SELECT value FROM ledger_meta WHERE key = 'rolled_up'"
+                                   ).fetchone()
+            finally:
+                conn.close()
+            if row is not None and row[0] >= events:
+                return
+            assert time.monotonic() < deadline, "the rollups did not catch up"
+            time.sleep(0.05)  # readiness poll of another process's writer
+
     def new_key(self, tenant: str = "acme", app: str = "tests",
                 region: str | None = "DE") -> tuple[str, str]:
         conn = open_db(self.store)

@@ -310,3 +310,29 @@ def test_charts_draw_the_numbers_they_are_given(store, tmp_path):
 def test_a_chart_needs_png_or_svg(store, tmp_path):
     with pytest.raises(RequestError):
         flows_chart(flows(store), tmp_path / "flows.gif")
+
+
+
+def test_rollups_catch_up_from_their_watermark_after_a_restart(tmp_path):
+    """Events committed but not yet rolled up when the writer stopped are folded in at start."""
+    async def run(events: list[Event], drop_watermark: bool) -> None:
+        ledger = SQLiteLedger(tmp_path / "t.db", load_signer(tmp_path / "key.pem", None))
+        ledger.start()
+        await asyncio.gather(*(ledger.append(e) for e in events))
+        await ledger.close()
+        if drop_watermark:  # as if killed before the rollups were written
+            conn = open_db(tmp_path / "t.db")
+            with conn:
+                for name in ROLLUPS:
+                    conn.execute(f"DELETE FROM {name}")
+                conn.execute("UPDATE ledger_meta SET value = 0 WHERE key = 'rolled_up'")
+            conn.close()
+
+    batch = generated(300, seed=11)
+    asyncio.run(run(batch[:200], drop_watermark=True))
+    asyncio.run(run(batch[200:], drop_watermark=False))
+    conn = open_db(tmp_path / "t.db")
+    try:
+        assert as_truth(report(conn, ["model"]), ["model"]) == truth(conn, ["model"])
+    finally:
+        conn.close()

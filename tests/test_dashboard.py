@@ -33,6 +33,7 @@ def dash(upstream, tmp_path_factory):
         assert r.status_code == 200
     httpx.post(gw.url + "/v1/outcomes", headers={"Authorization": f"Bearer {gw.key}"},
                json={"task": "job-0", "outcome": "success"}).raise_for_status()
+    gw.wait_rolled_up()
     yield gw
     stop_gateway(gw)
 

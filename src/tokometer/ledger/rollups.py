@@ -1,8 +1,9 @@
 """Rollups kept on ingest: per hour and per UTC day, requests, tokens and cost by the
 dimensions reports group on, so reports never scan raw events when a rollup can answer.
 
-The writer folds each group commit's events into every rollup in the same transaction.
-Missing values are stored as '' (SQLite keys treat NULLs as all different), read back as None.
+The writer folds committed events into every rollup about once a second, in a transaction of
+its own with a watermark (`ledger_meta.rolled_up`), so a restart catches up exactly. Missing
+values are stored as '' (SQLite keys treat NULLs as all different), read back as None.
 """
 
 from __future__ import annotations

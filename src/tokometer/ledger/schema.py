@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS budgets (
   created TEXT NOT NULL,
   UNIQUE (scope, scope_value, unit, period)
 );
+CREATE TABLE IF NOT EXISTS ledger_meta (
+  key TEXT PRIMARY KEY,     -- 'rolled_up': how many leaves the rollups hold
+  value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS merkle_nodes (
   level INTEGER NOT NULL,   -- 0: leaves; k: the full subtree over 2^k leaves
   idx INTEGER NOT NULL,

@@ -3,7 +3,8 @@
 The event loop only enqueues and awaits a future; the thread drains whatever has queued
 up, writes it in one transaction (WAL) together with each event's Merkle leaf and the tree
 nodes it completes, and then resolves every waiting future at once. The same thread signs a
-tree head every few seconds while events arrive, and on demand.
+tree head every few seconds while events arrive, and on demand, and folds the committed
+events into the rollups about once a second.
 So a request's response can wait until its event is durable, without the loop ever blocking
 on disk and without one transaction per request. Checkpoints, which fsync the database file
 (tens of ms on some disks), run on a thread of their own: passive ones, which never block the
@@ -42,6 +43,7 @@ _STOP = object()
 _SIGN = object()
 CHECKPOINT_SECONDS = 1.0
 TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
+ROLLUP_SECONDS = 1.0  # rollups catch up with the events this often (they are derived data)
 WAL_LIMIT_BYTES = 128 * 1024 * 1024
 
 
@@ -126,6 +128,8 @@ class SQLiteLedger:
         self._conn = open_db(path, durability=durability)
         self._log = MerkleLog.load(self._conn)
         self._signed_size, self._signed_at = -1, 0.0
+        self._unrolled: list[list[Any]] = []  # committed events not yet in the rollups
+        self._rolled_at = 0.0
         self._conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
         self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -184,7 +188,7 @@ class SQLiteLedger:
         self._backfill()
         while True:
             try:
-                batch = [self._queue.get(timeout=TREE_HEAD_SECONDS)]
+                batch = [self._queue.get(timeout=ROLLUP_SECONDS)]
             except queue.Empty:
                 batch = []
             while 0 < len(batch) < _MAX_BATCH:
@@ -200,8 +204,26 @@ class SQLiteLedger:
                 self._commit(items)
             if signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS:
                 self._sign(signs)
+            if self._unrolled and (stop or time.monotonic() - self._rolled_at >= ROLLUP_SECONDS):
+                self._roll_up()
             if stop:
                 return
+
+    def _roll_up(self) -> None:
+        """Fold the events committed since the last time into the rollups, in one transaction.
+
+        Kept out of the events' own commits (it would double their cost); a crash in between
+        is caught up at the next start from the watermark stored with the rollups.
+        """
+        rows = self._unrolled
+        try:
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                _fold(self._conn, rows)
+        except sqlite3.Error as e:
+            log.warning("rollups are behind (will retry): %s", e)
+            return
+        self._unrolled, self._rolled_at = [], time.monotonic()
 
     def _sign(self, waiting: list[asyncio.Future[TreeHead]]) -> None:
         """Sign the current head if it grew (or someone asked), and hand it to those waiting."""
@@ -224,18 +246,19 @@ class SQLiteLedger:
         self._signed_at = time.monotonic()
 
     def _backfill(self) -> None:
-        """Events stored before the log (or the rollups) existed are taken up, once."""
-        if self._conn.execute("SELECT NOT EXISTS (SELECT 1 FROM rollup_flows) "
-                              "AND EXISTS (SELECT 1 FROM events WHERE leaf_index IS NOT NULL)"
-                              ).fetchone()[0]:
-            log.info("building rollups from the stored events")
+        """At start: the rollups catch up from their watermark (after a crash, or for a store
+        older than them), and events stored before the log existed become leaves, once."""
+        done = self._conn.execute("SELECT value FROM ledger_meta WHERE key = 'rolled_up'"
+                                  ).fetchone()
+        if (done[0] if done else 0) < self._log.size:
+            log.info("bringing the rollups up to date with the stored events")
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
                 rows = self._conn.execute(f"SELECT {', '.join(FIELDS)} FROM events "
-                                          "WHERE leaf_index IS NOT NULL")
+                                          "WHERE leaf_index >= ? ORDER BY leaf_index",
+                                          (done[0] if done else 0,))
                 while chunk := [list(r) for r in rows.fetchmany(10_000)]:
-                    for statement, params in upserts(chunk):
-                        self._conn.executemany(statement, params)
+                    _fold(self._conn, chunk)
         rows = [list(r) for r in self._conn.execute(
             f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index IS NULL ORDER BY id")]
         if rows:
@@ -244,6 +267,7 @@ class SQLiteLedger:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.execute("DELETE FROM events WHERE leaf_index IS NULL")
                 self._log = self._append(rows, self._log)
+            self._unrolled.extend(rows)
 
     def _commit(self, items: list[tuple[list[Any], asyncio.Future[None]]]) -> None:
         try:
@@ -263,6 +287,7 @@ class SQLiteLedger:
             self._conn.execute("BEGIN IMMEDIATE")
             grown = self._append(rows, self._log)
         self._log = grown  # only once the transaction is committed
+        self._unrolled.extend(rows)
 
     def _append(self, rows: list[list[Any]], log: MerkleLog) -> MerkleLog:
         """Insert the rows as the next leaves, with the tree nodes they complete."""
@@ -271,14 +296,21 @@ class SQLiteLedger:
         grown, nodes = log.extend([leaf_of(row) for row in rows])
         self._conn.executemany(INSERT_EVENT, rows)
         self._conn.executemany(INSERT_NODE, nodes)
-        for statement, params in upserts(rows):
-            self._conn.executemany(statement, params)
         return grown
 
     def _settle(self, items: list[tuple[list[Any], asyncio.Future[None]]],
                 error: Exception | None) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve, [f for _, f in items], error)
+
+
+def _fold(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
+    """Add event rows (in log order) to the rollups and move the watermark past them."""
+    for statement, params in upserts(rows):
+        conn.executemany(statement, params)
+    conn.execute("INSERT INTO ledger_meta (key, value) VALUES ('rolled_up', ?) "
+                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                 (rows[-1][_LEAF_COLUMN] + 1,))
 
 
 def _hand_over(futures: list[asyncio.Future[TreeHead]], head: TreeHead) -> None:
