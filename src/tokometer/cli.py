@@ -28,10 +28,7 @@ from .config import PERIODS, SCOPES, Budget
 from .errors import TokometerError
 from .events import FIELDS, decimal_str, rfc3339
 from .ledger import open_db
-from .ledger.audit import audit
 from .ledger.read import iter_events, time_filter
-from .ledger.receipts import NotFound, build_receipt, latest_head, sign_stored_head, verify_receipt
-from .ledger.signer import Signer, load_signer, parse_public_key
 from .policy import create_key, list_keys, revoke_key
 from .policy.budgets import (
     load_states,
@@ -314,7 +311,12 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -
         _print_table(rows, columns)
 
 
-def _signer(settings: config.Settings) -> Signer:
+# The ledger commands import the log's modules (and `cryptography`) when they run, so that
+# `tokometer serve`'s supervisor process does not carry them.
+
+def _signer(settings: config.Settings) -> Any:
+    from .ledger.signer import load_signer
+
     return load_signer(settings.server.signing_key, settings.server.signing_key_env)
 
 
@@ -324,6 +326,8 @@ def _ledger_pubkey(args: argparse.Namespace) -> int:
 
 
 def _ledger_head(args: argparse.Namespace) -> int:
+    from .ledger.receipts import latest_head
+
     head = latest_head(_db(args))
     if head is None:
         raise TokometerError("no signed tree head yet: start the gateway, or ask for a receipt")
@@ -332,6 +336,8 @@ def _ledger_head(args: argparse.Namespace) -> int:
 
 
 def _ledger_audit(args: argparse.Namespace) -> int:
+    from .ledger.audit import audit
+
     settings = config.load(args.config)
     conn = open_db(settings.server.store)
     total = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
@@ -350,6 +356,8 @@ def _ledger_audit(args: argparse.Namespace) -> int:
 
 
 def _receipt(args: argparse.Namespace) -> int:
+    from .ledger.receipts import NotFound, build_receipt, sign_stored_head
+
     settings = config.load(args.config)
     conn = open_db(settings.server.store)
     try:
@@ -364,6 +372,9 @@ def _receipt(args: argparse.Namespace) -> int:
 
 
 def _verify_receipt(args: argparse.Namespace) -> int:
+    from .ledger.receipts import verify_receipt
+    from .ledger.signer import parse_public_key
+
     source = sys.stdin if args.file == "-" else None
     try:
         text = source.read() if source else Path(args.file).read_text()

@@ -1,6 +1,19 @@
-"""What is known about models: vendor, vendor country, tokenizer family, and prices."""
+"""What is known about models: vendor, vendor country, tokenizer family, and prices.
 
-from .pricing import Priced, Pricer
+Prices (genai-prices' catalog: ~0.4 s and tens of MB to load) are imported on first use, so
+processes that only need vendors (the CLI, granian's supervisor) never load them.
+"""
+
+from typing import Any
+
 from .vendors import VendorInfo, origin_of, vendor_of
 
 __all__ = ["Priced", "Pricer", "VendorInfo", "origin_of", "vendor_of"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Priced", "Pricer"):
+        from . import pricing
+
+        return getattr(pricing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

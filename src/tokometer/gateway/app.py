@@ -93,10 +93,11 @@ class Gateway:
         meter = Meter(Recounter(registry), pricer, s.server.default_max_output_tokens)
         budgets = BudgetSync(Guard(s, {}), open_db(s.server.store), s.budgets)
         await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
-        self.admin = Admin(s, OffLoop(open_db(s.server.store)), self.keys, budgets, ledger)
-        self.transparency = Transparency(OffLoop(open_db(s.server.store)), ledger)
-        self.outcomes = OffLoop(open_db(s.server.store))
-        self.dashboard = Dashboard(s, OffLoop(open_db(s.server.store)))
+        side = OffLoop(open_db(s.server.store))  # one connection for the side endpoints
+        self.admin = Admin(s, side, self.keys, budgets, ledger)
+        self.transparency = Transparency(side, ledger)
+        self.outcomes = side
+        self.dashboard = Dashboard(s, side)
         self.deps = Deps(new_session(s.server), meter, ledger,
                          Router(pricer, s.server.max_attempts), budgets.guard, Metrics())
         self._tasks += [asyncio.create_task(self.keys.watch_revocations()),

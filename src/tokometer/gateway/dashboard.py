@@ -8,14 +8,13 @@ on a thread (OffLoop), never on the event loop.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
-
-import jinja2
 
 from ..analytics import flows, rankings, report
 from ..analytics.charts import flows_chart, rankings_chart, report_chart, svg
@@ -30,8 +29,6 @@ NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/flows", "Flows"),
 NUMERIC = {"requests", "input_tokens", "output_tokens", "cache_read_tokens", "tokens", "cost",
            "share", "change_pp", "duration_ms", "tasks", "successes", "cost_per_success",
            "status"}
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("tokometer.gateway", "templates"),
-                          autoescape=True)
 Page = tuple[int, list[tuple[bytes, bytes]], bytes]
 _HTML = (b"content-type", b"text/html; charset=utf-8")
 
@@ -83,9 +80,18 @@ class Dashboard:
         return 303, [(b"location", b"/"), (b"set-cookie", cookie.encode())], b""
 
 
+@functools.cache
+def _templates() -> Any:
+    """Jinja2, loaded when the first page is asked for: a gateway nobody browses saves it."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("tokometer.gateway", "templates"),
+                              autoescape=True)
+
+
 def _html(status: int, template: str, **context: Any) -> Page:
     context.setdefault("here", "")
-    page = _ENV.get_template(template).render(nav=NAV, numeric=NUMERIC, **context)
+    page = _templates().get_template(template).render(nav=NAV, numeric=NUMERIC, **context)
     return status, [_HTML], page.encode()
 
 
