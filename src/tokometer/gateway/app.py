@@ -22,6 +22,7 @@ from ..errors import AuthError, RequestError, TokometerError
 from ..events import new_event_id
 from ..ledger import SQLiteLedger, open_db
 from ..ledger.signer import load_signer
+from ..ledger.sqlite import SMALL_CACHE_KIB
 from ..policy import Consumer, Guard, KeyRing
 from ..policy.sync import BudgetSync
 from ..tokenize import Recounter, TokenizerRegistry
@@ -88,10 +89,11 @@ class Gateway:
         ledger.start()
         registry = TokenizerRegistry(s.server.data_dir)
         await asyncio.to_thread(_preload_tokenizers, s, registry)
-        self.keys = KeyRing(open_db(s.server.store))
+        self.keys = KeyRing(open_db(s.server.store, cache_kib=SMALL_CACHE_KIB))
         pricer = Pricer(s.server.currency)
         meter = Meter(Recounter(registry), pricer, s.server.default_max_output_tokens)
-        budgets = BudgetSync(Guard(s, {}), open_db(s.server.store), s.budgets)
+        budgets = BudgetSync(Guard(s, {}), open_db(s.server.store, cache_kib=SMALL_CACHE_KIB),
+                             s.budgets)
         await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
         side = OffLoop(open_db(s.server.store))  # one connection for the side endpoints
         self.admin = Admin(s, side, self.keys, budgets, ledger)

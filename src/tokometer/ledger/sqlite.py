@@ -47,8 +47,15 @@ ROLLUP_SECONDS = 1.0  # rollups catch up with the events this often (they are de
 WAL_LIMIT_BYTES = 128 * 1024 * 1024
 
 
-def open_db(path: Path, *, durability: str = "process") -> sqlite3.Connection:
-    """A connection with the schema in place; WAL so readers never block the writer."""
+SMALL_CACHE_KIB = 256  # for connections that read a few rows now and then
+
+
+def open_db(path: Path, *, durability: str = "process",
+            cache_kib: int | None = None) -> sqlite3.Connection:
+    """A connection with the schema in place; WAL so readers never block the writer.
+
+    `cache_kib` caps the page cache (SQLite's default is 2 MB per connection).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -56,6 +63,8 @@ def open_db(path: Path, *, durability: str = "process") -> sqlite3.Connection:
         # NORMAL: a commit is in the OS once it returns, so a killed process loses nothing;
         # FULL also fsyncs each (group) commit, for power loss.
         conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
+        if cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
         conn.executescript(SCHEMA + ROLLUP_SCHEMA)
         for statement in added_columns({r[1] for r in conn.execute("PRAGMA table_info(events)")}):
             conn.execute(statement)
@@ -170,7 +179,7 @@ class SQLiteLedger:
 
     def _checkpoint_forever(self) -> None:
         """Copy the WAL into the database now and then, on a connection of its own."""
-        conn = open_db(self.path)
+        conn = open_db(self.path, cache_kib=SMALL_CACHE_KIB)  # it only checkpoints
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         try:
             while not self._stopping.wait(CHECKPOINT_SECONDS):
