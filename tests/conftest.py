@@ -22,6 +22,17 @@ from tokometer.ledger import open_db
 from tokometer.ledger.read import get_event
 from tokometer.policy import create_key
 
+# The smallest valid config: one provider, one model. Tests append what they check.
+MINIMAL_CONFIG = """
+[[providers]]
+name = "p"
+api = "openai"
+base_url = "http://127.0.0.1:1/v1"
+[[models]]
+name = "m"
+routes = [{ provider = "p" }]
+"""
+
 TARIFF = {"input": Decimal("2.5"), "cache_read": Decimal("1.25"),
           "cache_write": Decimal("3.75"), "output": Decimal("10")}
 TARIFF_TOML = "{ input = 2.5, cache_read = 1.25, cache_write = 3.75, output = 10 }"

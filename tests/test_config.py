@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MINIMAL_CONFIG as BASE
 from tokometer import ConfigError, load
 from tokometer.cli import main
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "tokometer.toml"
 
-BASE = """
-[[providers]]
-name = "p"
-api = "openai"
-base_url = "http://127.0.0.1:1/v1"
-[[models]]
-name = "m"
-routes = [{ provider = "p" }]
-"""
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import MINIMAL_CONFIG as BASE
 from tokometer import ConfigError, load
 from tokometer.config import EU, Budget, Limit, Provider, Route, Rule, Scope, Server, Settings
 from tokometer.errors import PolicyError
@@ -19,15 +20,6 @@ from tokometer.policy.budgets import BudgetState, period_bounds
 from tokometer.policy.limits import Window
 from tokometer.policy.residency import breach
 
-BASE = """
-[[providers]]
-name = "p"
-api = "openai"
-base_url = "http://127.0.0.1:1/v1"
-[[models]]
-name = "m"
-routes = [{ provider = "p" }]
-"""
 WHO = Consumer("k1", "acme", "bot", "DE")
 
 
