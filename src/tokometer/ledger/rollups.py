@@ -15,12 +15,13 @@ from ..catalog import vendor_of
 from ..events import FIELDS, decimal_str
 
 # Each rollup sums over every dimension it leaves out, so it stays small: a handful of rows
-# per day per value. A report is answered by the smallest rollup holding all its fields.
+# per day per value. They are listed from the fewest rows per day to the most (countries and
+# models are few, tenants many), and a report is answered by the first that holds its fields.
 ROLLUPS: dict[str, tuple[str, ...]] = {
     "rollup_flows": ("consumer_region", "provider_region", "model_origin"),
-    "rollup_tenants": ("tenant", "app", "agent"),
-    "rollup_tenant_models": ("tenant", "model", "vendor"),
     "rollup_models": ("provider", "model", "vendor", "model_origin", "provider_region"),
+    "rollup_tenant_models": ("tenant", "model", "vendor"),
+    "rollup_tenants": ("tenant", "app", "agent"),
 }
 DIMENSIONS = tuple(dict.fromkeys(d for dims in ROLLUPS.values() for d in dims))
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
@@ -57,8 +58,7 @@ _UPSERTS = {name: _upsert(name, dims) for name, dims in ROLLUPS.items()}
 
 def table_for(fields: set[str]) -> str | None:
     """The smallest rollup that holds every one of `fields`, or None."""
-    fitting = [name for name, dims in ROLLUPS.items() if fields <= set(dims)]
-    return min(fitting, key=lambda name: len(ROLLUPS[name]), default=None)
+    return next((name for name, dims in ROLLUPS.items() if fields <= set(dims)), None)
 
 
 _AT = {name: FIELDS.index(name) for name in FIELDS}
