@@ -19,5 +19,5 @@ def test_all_matches_what_the_package_exposes():
 def test_import_starts_nothing():
     code = ("import threading, tokometer; import sys; "
             "assert threading.active_count() == 1, threading.enumerate(); "
-            "assert not {'granian', 'llama_cpp', 'aiohttp', 'genai_prices'} & set(sys.modules)")
+            "assert not {'granian', 'llama_cpp', 'pyreqwest', 'genai_prices'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -14,7 +14,7 @@ __all__ = ["ConfigError", "Event", "LedgerError", "RequestError", "Settings", "T
 
 
 def __getattr__(name: str) -> _typing.Any:
-    # The gateway (aiohttp, prices, tokenizers) loads only where it runs: not in the CLI, nor
+    # The gateway (pyreqwest, prices, tokenizers) loads only where it runs: not in the CLI, nor
     # in granian's supervisor process.
     if name == "create_app":
         from .gateway import create_app

@@ -8,7 +8,7 @@
     ├── UpstreamError      the provider failed, timed out or answered nonsense (502/504)
     └── LedgerError        the store could not record an event
 
-Foreign exceptions (aiohttp, sqlite3, tomllib) are translated where they arise.
+Foreign exceptions (pyreqwest, sqlite3, tomllib) are translated where they arise.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from .pipeline import Deps, handle, refuse
 from .relay import Receive, Send
 from .router import Router
 from .transparency import Transparency
-from .upstream import new_session
+from .upstream import Upstream
 from .wire import ENDPOINTS, JSON_HEADERS, Endpoint, render_error
 
 log = logging.getLogger("tokometer.gateway")
@@ -100,7 +100,7 @@ class Gateway:
         self.transparency = Transparency(side, ledger)
         self.outcomes = side
         self.dashboard = Dashboard(s, side)
-        self.deps = Deps(new_session(s.server), meter, ledger,
+        self.deps = Deps(Upstream(s.server), meter, ledger,
                          Router(pricer, s.server.max_attempts), budgets.guard, Metrics())
         self._tasks += [asyncio.create_task(self.keys.watch_revocations()),
                         asyncio.create_task(budgets.run_forever())]
@@ -112,7 +112,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.deps is not None:
-            await self.deps.session.close()
+            await self.deps.upstream.close()
             await self.deps.ledger.close()
 
     async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:

@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from ..config import Route
 from ..errors import LedgerError, PolicyError, RequestError, TokometerError, UpstreamError
 from ..events import Event, new_event_id
@@ -24,7 +22,7 @@ from .meter import Meter, Outcome
 from .metrics import Metrics
 from .relay import Receive, Send, relay_body, relay_error, relay_stream
 from .router import Router
-from .upstream import open_response
+from .upstream import Answer, Upstream, open_response
 from .wire import EVENT_ID_HEADER, JSON_HEADERS, render_error, sse_error
 
 _RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
@@ -33,7 +31,7 @@ log = logging.getLogger("tokometer.gateway")
 
 @dataclass(frozen=True, slots=True)
 class Deps:
-    session: aiohttp.ClientSession
+    upstream: Upstream
     meter: Meter
     ledger: SQLiteLedger
     router: Router
@@ -137,13 +135,13 @@ async def _send_error(send: Send, call: Call, error: TokometerError, event_id: s
 
 
 async def _first_answer(call: Call, deps: Deps, routes: list[Route]
-                        ) -> tuple[Route, aiohttp.ClientResponse | UpstreamError]:
+                        ) -> tuple[Route, Answer | UpstreamError]:
     """Try the planned routes in order; the next one only if nothing reached the client."""
-    answer: aiohttp.ClientResponse | UpstreamError
+    answer: Answer | UpstreamError
     for route in routes:
         t = time.perf_counter()
         try:
-            answer = await open_response(deps.session, call, route)
+            answer = await open_response(deps.upstream, call, route)
         except UpstreamError as error:
             deps.router.observe(route, (time.perf_counter() - t) * 1000, ok=False)
             answer = error
@@ -152,5 +150,5 @@ async def _first_answer(call: Call, deps: Deps, routes: list[Route]
         deps.router.observe(route, (time.perf_counter() - t) * 1000, ok=ok)
         if ok or route is routes[-1]:
             break
-        answer.release()
+        await answer.close()
     return route, answer

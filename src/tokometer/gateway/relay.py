@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..config import Route
@@ -22,7 +21,7 @@ from ..usage.stream import SSESplitter
 from ..usage.text import body_text
 from .call import Call, elapsed_ms
 from .meter import Outcome
-from .upstream import read_all
+from .upstream import Answer
 from .wire import COST_HEADER, EVENT_ID_HEADER, is_shaped_error
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -34,15 +33,15 @@ _PASS_HEADERS = frozenset({b"content-type", b"x-request-id", b"request-id", b"op
 CLIENT_GONE = 499
 
 
-def _headers(response: aiohttp.ClientResponse, event_id: str) -> list[tuple[bytes, bytes]]:
-    out = [(k.lower(), v) for k, v in response.raw_headers if k.lower() in _PASS_HEADERS]
+def _headers(response: Answer, event_id: str) -> list[tuple[bytes, bytes]]:
+    out = [(k, v) for k, v in response.headers if k in _PASS_HEADERS]
     out.append((EVENT_ID_HEADER, event_id.encode()))
     return out
 
 
-async def relay_body(call: Call, route: Route, response: aiohttp.ClientResponse, event_id: str,
+async def relay_body(call: Call, route: Route, response: Answer, event_id: str,
                      record: Record, send: Send) -> None:
-    raw = await read_all(response, route)
+    raw = await response.read()
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -63,10 +62,10 @@ async def relay_body(call: Call, route: Route, response: aiohttp.ClientResponse,
     await send({"type": "http.response.body", "body": raw})
 
 
-async def relay_error(call: Call, route: Route, response: aiohttp.ClientResponse, event_id: str,
+async def relay_error(call: Call, route: Route, response: Answer, event_id: str,
                       record: Record, send: Send) -> None:
     """An upstream 4xx/5xx: passed through when already in the SDK's error shape."""
-    raw = await read_all(response, route)
+    raw = await response.read()
     if not is_shaped_error(call.endpoint.api, raw):
         snippet = raw[:200].decode("utf-8", "replace")
         raise UpstreamError(f"provider {route.provider.name} answered HTTP {response.status}: "
@@ -77,7 +76,7 @@ async def relay_error(call: Call, route: Route, response: aiohttp.ClientResponse
     await send({"type": "http.response.body", "body": raw})
 
 
-async def relay_stream(call: Call, route: Route, response: aiohttp.ClientResponse,
+async def relay_stream(call: Call, route: Route, response: Answer,
                        event_id: str, record: Record, send: Send, receive: Receive) -> None:
     op = call.endpoint.operation
     tap = StreamTap(op, hide_usage_chunk=op in ("chat", "text_completion")
@@ -89,7 +88,7 @@ async def relay_stream(call: Call, route: Route, response: aiohttp.ClientRespons
                 "headers": _headers(response, event_id)})
 
     async def pump() -> None:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.chunks():
             out = []
             for block in splitter.feed(chunk):
                 if not tap.feed(block):
@@ -122,8 +121,8 @@ async def relay_stream(call: Call, route: Route, response: aiohttp.ClientRespons
             raise  # cancelled from outside: the server is shutting down
         this.uncancel()
         outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
-    except (aiohttp.ClientError, TimeoutError):
-        outcome.status, outcome.error_type = 502, "upstream_broken"
+    except UpstreamError as error:  # the provider broke off or fell silent mid-stream
+        outcome.status, outcome.error_type = error.status, error.type
     except OSError:  # writing to a client that has gone
         outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
     finally:

@@ -1,15 +1,22 @@
-"""The connection to providers: one pooled aiohttp session, requests built per route.
+"""The connection to providers: pooled pyreqwest clients (Rust's reqwest), requests built per
+route, and the provider's answer as an `Answer` the relay reads.
 
-aiohttp's exceptions stop here and become UpstreamError.
+pyreqwest was chosen over aiohttp for the hot path: at concurrency 1 a bare pass-through spends
+about a third less CPU per request on it. Its exceptions stop here and become UpstreamError.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from types import TracebackType
 
-import aiohttp
 import orjson
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import PyreqwestError
+from pyreqwest.request import StreamRequest
+from pyreqwest.response import Response
 
 from ..config import Route, Server
 from ..errors import UpstreamError
@@ -20,15 +27,68 @@ _FORWARD = (b"accept", b"anthropic-version", b"anthropic-beta", b"openai-beta")
 _ANTHROPIC_VERSION = "2023-06-01"
 
 
-def new_session(server: Server) -> aiohttp.ClientSession:
-    # upstream_timeout bounds silence, not length: a long stream that keeps talking is fine.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=server.connect_timeout,
-                                    sock_read=server.upstream_timeout)
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-    # Ask for identity encoding: usage is read from the bytes the client also receives.
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 skip_auto_headers=("Accept-Encoding", "User-Agent"),
-                                 json_serialize=lambda o: orjson.dumps(o).decode())
+class Upstream:
+    """One pooled client per bound on silence (the server's, and any provider's own)."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self._clients: dict[float, Client] = {}
+
+    def client(self, route: Route) -> Client:
+        silence = route.provider.timeout or self.server.upstream_timeout
+        if (client := self._clients.get(silence)) is None:
+            # The silence bound is per read, not for the whole answer: a long stream that
+            # keeps talking is fine. Bodies stay as sent: usage is read from the client's bytes.
+            client = (ClientBuilder()
+                      .connect_timeout(timedelta(seconds=self.server.connect_timeout))
+                      .read_timeout(timedelta(seconds=silence))
+                      .gzip(False).brotli(False).zstd(False).deflate(False)
+                      .follow_redirects(False)
+                      .build())
+            self._clients[silence] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+
+class Answer:
+    """A provider's response: status and headers at once, the body as it arrives. Closed on
+    leaving `async with`, which hands the connection back to the pool."""
+
+    def __init__(self, request: StreamRequest, response: Response, route: Route):
+        self._request, self._response, self.route = request, response, route
+        self.status = response.status
+        content_type = response.get_header("content-type") or ""
+        self.content_type = content_type.split(";", 1)[0].strip().lower()
+        self.headers = [(k.encode("latin-1"), v.encode("latin-1"))
+                        for k, v in response.headers.items()]
+
+    async def read(self) -> bytes:
+        with translated_errors(self.route, mid_response=True):
+            return bytes(await self._response.body_reader.bytes())
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as the provider sends it; UpstreamError if it breaks off."""
+        reader = self._response.body_reader
+        while True:
+            with translated_errors(self.route, mid_response=True):
+                chunk = await reader.read_chunk()
+            if chunk is None:
+                return
+            yield bytes(chunk)
+
+    async def close(self) -> None:
+        await self._request.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> Answer:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        trace: TracebackType | None) -> None:
+        await self.close()
 
 
 def upstream_body(call: Call, route: Route) -> bytes:
@@ -49,7 +109,7 @@ def upstream_body(call: Call, route: Route) -> bytes:
 
 
 def upstream_headers(call: Call, route: Route) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+    headers = {"content-type": "application/json", "accept-encoding": "identity"}
     for name in _FORWARD:
         if value := call.client_headers.get(name):
             headers[name.decode()] = value.decode("latin-1")
@@ -59,38 +119,33 @@ def upstream_headers(call: Call, route: Route) -> dict[str, str]:
         if key:
             headers["x-api-key"] = key
     elif key:
-        headers["Authorization"] = f"Bearer {key}"
+        headers["authorization"] = f"Bearer {key}"
     return headers
 
 
-async def open_response(session: aiohttp.ClientSession, call: Call,
-                        route: Route) -> aiohttp.ClientResponse:
+async def open_response(upstream: Upstream, call: Call, route: Route) -> Answer:
     url = route.provider.base_url + call.endpoint.upstream_path
-    timeout = session.timeout
-    if route.provider.timeout is not None:  # this provider's own bound on silence
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout.sock_connect,
-                                        sock_read=route.provider.timeout)
-    with _translated_errors(route, mid_response=False):
-        return await session.post(url, data=upstream_body(call, route),
-                                  headers=upstream_headers(call, route), timeout=timeout)
-
-
-async def read_all(response: aiohttp.ClientResponse, route: Route) -> bytes:
-    with _translated_errors(route, mid_response=True):
-        return await response.read()
+    request = (upstream.client(route).post(url)
+               .headers(upstream_headers(call, route))
+               .body_bytes(upstream_body(call, route))
+               .streamed_read_buffer_limit(0)  # else the answer waits to fill a read-ahead
+               .build_streamed())
+    with translated_errors(route, mid_response=False):
+        response = await request.__aenter__()
+    return Answer(request, response, route)
 
 
 @contextlib.contextmanager
-def _translated_errors(route: Route, *, mid_response: bool) -> Iterator[None]:
-    """aiohttp's failures as UpstreamError, saying whether the answer had begun."""
+def translated_errors(route: Route, *, mid_response: bool) -> Iterator[None]:
+    """pyreqwest's failures as UpstreamError, saying whether the answer had begun."""
     name = route.provider.name
     try:
         yield
-    except TimeoutError:
+    except TimeoutError:  # pyreqwest's timeouts are TimeoutErrors too
         what = "stopped answering mid-response" if mid_response else "did not answer in time"
         raise UpstreamError(f"provider {name} {what}", status=504,
                             type="upstream_timeout") from None
-    except aiohttp.ClientError as e:
+    except PyreqwestError as e:
         if mid_response:
             raise UpstreamError(f"provider {name} broke off the response: {e}",
                                 type="upstream_broken") from None

@@ -62,34 +62,48 @@ def table_for(fields: set[str]) -> str | None:
 
 
 _AT = {name: FIELDS.index(name) for name in FIELDS}
-_SOURCE_DIMENSIONS = [d for d in DIMENSIONS if d != "vendor"]
-
-
-def buckets(time: str) -> tuple[tuple[str, str], tuple[str, str]]:
-    """The hour and the day an RFC 3339 UTC time falls in."""
-    return ("hour", time[:13] + ":00:00Z"), ("day", time[:10])
+_SOURCE_DIMENSIONS = tuple(d for d in DIMENSIONS if d != "vendor")
+_SOURCE_AT = tuple(_AT[d] for d in _SOURCE_DIMENSIONS)
+_TOKENS_AT = tuple(_AT[t] for t in TOKENS)
+_TIME, _STATUS, _COST = _AT["time"], _AT["status"], _AT["cost"]
 
 
 def upserts(rows: list[list[Any]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """Event rows (in FIELDS order) folded into each rollup: (statement, parameter rows)."""
-    sums: dict[str, dict[tuple[str, ...], list[Any]]] = {name: {} for name in ROLLUPS}
+    """Event rows (in FIELDS order) folded into each rollup: (statement, parameter rows).
+
+    Events are first summed per hour and full set of dimensions, which few distinct values
+    share (the same app calling the same model), then each sum is spread over the rollups.
+    """
+    combos: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
-        values = {d: row[_AT[d]] or "" for d in _SOURCE_DIMENSIONS}
+        key = (row[_TIME][:13], *(row[i] for i in _SOURCE_AT))
+        cost = row[_COST]
+        acc = combos.get(key)
+        if acc is None:
+            combos[key] = [1, 1 if row[_STATUS] >= 400 else 0,
+                           *(row[i] or 0 for i in _TOKENS_AT), Decimal(cost or 0)]
+            continue
+        acc[0] += 1
+        if row[_STATUS] >= 400:
+            acc[1] += 1
+        for j, i in enumerate(_TOKENS_AT, start=2):
+            acc[j] += row[i] or 0
+        if cost:
+            acc[-1] += Decimal(cost)
+    sums: dict[str, dict[tuple[str, ...], list[Any]]] = {name: {} for name in ROLLUPS}
+    for (hour, *dims), measures in combos.items():
+        values = dict(zip(_SOURCE_DIMENSIONS, (v or "" for v in dims), strict=True))
         info = vendor_of(values["model"]) if values["model"] else None
         values["vendor"] = info.vendor if info else ""
-        measures = [1, 1 if row[_AT["status"]] >= 400 else 0,
-                    *(row[_AT[t]] or 0 for t in TOKENS)]
-        cost = Decimal(row[_AT["cost"]]) if row[_AT["cost"]] else Decimal(0)
-        for period, start in buckets(row[_AT["time"]]):
-            for name, dims in ROLLUPS.items():
-                key = (period, start, *(values[d] for d in dims))
+        for period, start in (("hour", hour + ":00:00Z"), ("day", hour[:10])):
+            for name, rollup_dims in ROLLUPS.items():
+                key = (period, start, *(values[d] for d in rollup_dims))
                 acc = sums[name].get(key)
                 if acc is None:
-                    sums[name][key] = [*measures, cost]
+                    sums[name][key] = list(measures)
                 else:
                     for i, v in enumerate(measures):
                         acc[i] += v
-                    acc[-1] += cost
     return [(_UPSERTS[name], [(*key, *acc[:-1], decimal_str(acc[-1]))
                               for key, acc in table.items()])
             for name, table in sums.items()]

@@ -23,7 +23,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,7 +34,9 @@ from .merkle import leaf_hash
 from .rollups import SCHEMA as ROLLUP_SCHEMA
 from .rollups import decimal_add, upserts
 from .schema import INSERT_EVENT, SCHEMA, added_columns
-from .signer import Signer, TreeHead
+
+if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
+    from .signer import Signer, TreeHead
 
 log = logging.getLogger("tokometer.ledger")
 
