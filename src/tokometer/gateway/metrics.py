@@ -1,59 +1,92 @@
 """`/metrics` in Prometheus' text format, counted from each event as it is recorded.
 
 Names follow Prometheus conventions (counters end in _total, durations in seconds); token
-kinds are OpenTelemetry GenAI's input/output plus the cache and reasoning parts.
+kinds are OpenTelemetry GenAI's input/output plus the cache and reasoning parts. Counting is
+plain dictionary arithmetic on the event loop (a few microseconds per request, where
+prometheus_client's labelled children cost ten times that); prometheus_client renders the
+families only when scraped.
 """
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from bisect import bisect_left
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from ..events import Event
 
 _KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _REFUSALS = frozenset({401, 402, 403, 429})
-disable_created_metrics()  # no *_created series: scrapes stay small
 
 
 class Metrics:
     def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, str]] = Counter()  # provider, model, status
+        self.tokens: Counter[tuple[str, str, str]] = Counter()  # provider, model, kind
+        self.cost: defaultdict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
+        self.upstream_errors: Counter[tuple[str, str]] = Counter()  # provider, error type
+        self.refusals: Counter[str] = Counter()  # reason
+        # per provider: a count per bucket (the last one is +Inf), and the sum of seconds
+        self.durations: dict[str, list[float]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        r = self.registry
-        self.requests = Counter("tokometer_requests", "Requests by provider, model and status",
-                                ["provider", "model", "status"], registry=r)
-        self.tokens = Counter("tokometer_tokens", "Tokens metered, by kind",
-                              ["provider", "model", "kind"], registry=r)
-        self.cost = Counter("tokometer_cost", "Cost metered, in the server currency",
-                            ["provider", "model", "currency"], registry=r)
-        self.duration = Histogram("tokometer_request_duration_seconds",
-                                  "Whole request time through the gateway", ["provider"],
-                                  buckets=_BUCKETS, registry=r)
-        self.upstream_errors = Counter("tokometer_upstream_errors",
-                                       "Provider failures (5xx, timeouts, broken answers)",
-                                       ["provider", "error_type"], registry=r)
-        self.refusals = Counter("tokometer_refusals", "Requests refused before any provider "
-                                "saw them", ["reason"], registry=r)
+        self.registry.register(self)
 
     def observe(self, event: Event) -> None:
         provider, model = event.provider or "", event.model or event.model_requested or ""
-        self.requests.labels(provider, model, str(event.status)).inc()
+        self.requests[provider, model, str(event.status)] += 1
         for kind in _KINDS:
             if n := getattr(event, f"{kind}_tokens"):
-                self.tokens.labels(provider, model, kind).inc(n)
+                self.tokens[provider, model, kind] += n
         if event.cost:
-            self.cost.labels(provider, model, event.currency).inc(float(event.cost))
-        self.duration.labels(provider).observe(event.duration_ms / 1000)
+            self.cost[provider, model, event.currency] += event.cost
+        seconds = event.duration_ms / 1000
+        counts = self.durations.get(provider)
+        if counts is None:
+            counts = self.durations[provider] = [0.0] * (len(_BUCKETS) + 2)
+        counts[bisect_left(_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
         if event.provider is None and event.status in _REFUSALS:
-            self.refusals.labels(event.error_type or str(event.status)).inc()
+            self.refusals[event.error_type or str(event.status)] += 1
         elif event.status >= 500:
-            self.upstream_errors.labels(provider, event.error_type or "").inc()
+            self.upstream_errors[provider, event.error_type or ""] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        """The families as prometheus_client renders them (called on each scrape)."""
+        yield _counter("tokometer_requests", "Requests by provider, model and status",
+                       ["provider", "model", "status"], self.requests)
+        yield _counter("tokometer_tokens", "Tokens metered, by kind",
+                       ["provider", "model", "kind"], self.tokens)
+        yield _counter("tokometer_cost", "Cost metered, in the server currency",
+                       ["provider", "model", "currency"], self.cost)
+        yield _counter("tokometer_upstream_errors",
+                       "Provider failures (5xx, timeouts, broken answers)",
+                       ["provider", "error_type"], self.upstream_errors)
+        yield _counter("tokometer_refusals", "Requests refused before any provider saw them",
+                       ["reason"], {(reason,): n for reason, n in self.refusals.items()})
+        histogram = HistogramMetricFamily("tokometer_request_duration_seconds",
+                                          "Whole request time through the gateway",
+                                          labels=["provider"])
+        for provider, counts in self.durations.items():
+            cumulative, buckets = 0.0, []
+            for bound, n in zip((*map(str, _BUCKETS), "+Inf"), counts[:-1], strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            histogram.add_metric([provider], buckets, counts[-1])
+        yield histogram
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _counter(name: str, documentation: str, labels: list[str],
+             values: dict[tuple[str, ...], int] | dict[tuple[str, ...], Decimal]
+             ) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in values.items():
+        family.add_metric(list(key), float(value))
+    return family

@@ -1,0 +1,44 @@
+"""The Prometheus counters and histogram, counted in plain dictionaries and rendered on scrape."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+from test_policy import event_costing
+from tokometer.gateway.metrics import Metrics
+
+
+def an_event():
+    return replace(event_costing(Decimal("0.5"), tokens=7), model="m")
+
+
+def samples(metrics: Metrics) -> dict[str, float]:
+    lines = metrics.render().decode().splitlines()
+    return {k: float(v) for k, v in (x.rsplit(" ", 1) for x in lines if not x.startswith("#"))}
+
+
+def test_durations_fall_in_the_first_bucket_that_holds_them_and_sum_up():
+    m = Metrics()
+    base = replace(an_event(), provider="p", duration_ms=10.0)  # exactly on the 0.01 s bound
+    for ms in (10.0, 11.0, 400_000.0):  # the last one is past every finite bucket
+        m.observe(replace(base, duration_ms=ms))
+    s = samples(m)
+    assert s['tokometer_request_duration_seconds_bucket{le="0.005",provider="p"}'] == 0
+    assert s['tokometer_request_duration_seconds_bucket{le="0.01",provider="p"}'] == 1
+    assert s['tokometer_request_duration_seconds_bucket{le="0.025",provider="p"}'] == 2
+    assert s['tokometer_request_duration_seconds_bucket{le="300",provider="p"}'] == 2
+    assert s['tokometer_request_duration_seconds_bucket{le="+Inf",provider="p"}'] == 3
+    assert s['tokometer_request_duration_seconds_count{provider="p"}'] == 3
+    assert abs(s['tokometer_request_duration_seconds_sum{provider="p"}'] - 400.021) < 1e-9
+
+
+def test_refusals_and_upstream_errors_are_told_apart():
+    m = Metrics()
+    m.observe(replace(an_event(), provider=None, status=402, error_type="budget_exceeded",
+                      cost=Decimal(0)))
+    m.observe(replace(an_event(), provider="p", status=504, error_type="upstream_timeout"))
+    s = samples(m)
+    assert s['tokometer_refusals_total{reason="budget_exceeded"}'] == 1
+    assert s['tokometer_upstream_errors_total{error_type="upstream_timeout",provider="p"}'] == 1
+    assert not any(k.startswith("tokometer_upstream_errors_total{error_type=\"budget") for k in s)
