@@ -192,6 +192,7 @@ MODELS_TOML = "".join([
     _model("claude-sonnet-5", provider="fake-anthropic"),
     _model("no-usage", extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}'),
     _model("slow", extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}'),
+    _model("broken", extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}'),
     _model("mystery-model", extra=""),
     _model("fail-400"), _model("html-502"), _model("garbage"), _model("hang"),
     _model("fail-500"),

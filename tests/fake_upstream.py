@@ -27,6 +27,7 @@ SCENARIOS = {
     "claude-sonnet-5": "anthropic",
     "no-usage": "nousage",
     "slow": "nousage",
+    "broken": "nousage",  # streams a few events, then drops the connection
 }
 DELAY_SECONDS = 0.2  # how long "NAME-delayed" takes to answer as NAME
 
@@ -104,12 +105,13 @@ class FakeUpstream:
             await asyncio.sleep(DELAY_SECONDS)
         name = SCENARIOS[model.removesuffix("-delayed")]
         if body.get("stream"):
-            return await self._stream(request, name, body, slow=model == "slow")
+            return await self._stream(request, name, body, slow=model == "slow",
+                                      broken=model == "broken")
         return web.Response(body=(FIXTURES / f"{name}.json").read_bytes(),
                             content_type="application/json", headers={"x-request-id": "req_123"})
 
     async def _stream(self, request: web.Request, name: str, body: dict[str, Any],
-                      slow: bool) -> web.StreamResponse:
+                      slow: bool, broken: bool = False) -> web.StreamResponse:
         wants_usage = (body.get("stream_options") or {}).get("include_usage") is True
         response = web.StreamResponse(headers={"content-type": "text/event-stream",
                                                "x-request-id": "req_456"})
@@ -118,6 +120,10 @@ class FakeUpstream:
         for i, event in enumerate(e for e in events if e.strip()):
             if b'"choices":[]' in event and b'"usage":{' in event and not wants_usage:
                 continue
+            if broken and i == 2:
+                assert request.transport is not None
+                request.transport.abort()  # no end of stream: the connection just goes
+                return response
             if slow and i == 2:
                 await asyncio.get_running_loop().run_in_executor(
                     None, self.release_slow.wait, 20)

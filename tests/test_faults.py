@@ -95,6 +95,17 @@ def test_a_client_leaving_mid_stream_is_recorded_as_499_with_tokens_so_far(gatew
                                             event["output_tokens"]).normalize())
 
 
+def test_a_provider_breaking_off_mid_stream_is_recorded_as_502(gateway):
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {gateway.key}"},
+                      json={"model": "broken", "messages": MESSAGES, "stream": True}) as r:
+        event_id = r.headers["x-tokometer-event-id"]
+        received = b"".join(r.iter_bytes())
+    assert b"[DONE]" not in received  # the client is not told the stream ended well
+    event = _wait_for_event(gateway, event_id)
+    assert event["status"] == 502 and event["error_type"] == "upstream_broken"
+
+
 def _wait_for_event(gateway: Gateway, event_id: str, timeout: float = 10) -> dict:
     deadline = time.monotonic() + timeout
     while True:
