@@ -38,6 +38,17 @@ def test_every_command_explains_itself(command):
     assert len(r.stdout.splitlines()) > 3
 
 
+def test_serve_stops_with_a_clear_error_when_the_store_cannot_be_opened(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = tmp_path / "t.toml"
+    config.write_text(f'[server]\nport = 0\nstore = "sqlite:///{blocker}/t.db"\n')
+    r = subprocess.run([sys.executable, "-m", "tokometer.cli", "serve", "--no-launch",
+                        "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert f"cannot open the store at {blocker}/t.db" in r.stdout + r.stderr
+
+
 def test_keys_create_json_list_and_revoke(gateway: Gateway, capsys):
     config = str(gateway.config)
     code, out, _ = run(capsys, "keys", "create", "--config", config, "--tenant", "t1",

@@ -1,4 +1,5 @@
-"""The ASGI edge: routing, authentication, body limits, error rendering, lifespan.
+"""The edge (RSGI on granian, ASGI on any other server): routing, authentication, body limits,
+error rendering, lifespan.
 
 Everything about a metered request past authentication happens in pipeline.handle.
 """
@@ -13,6 +14,7 @@ import time
 from typing import Any
 
 import orjson
+from granian import rsgi
 
 from .. import config
 from ..analytics.tasks import record_outcome
@@ -35,6 +37,7 @@ from .offloop import OffLoop
 from .pipeline import Deps, handle, refuse
 from .relay import Receive, Send
 from .router import Router
+from .rsgi import Exchange, asgi_scope
 from .transparency import Transparency
 from .upstream import Upstream
 from .wire import ENDPOINTS, JSON_HEADERS, Endpoint, render_error
@@ -60,6 +63,22 @@ class Gateway:
         self.outcomes: OffLoop | None = None
         self.dashboard: Dashboard | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.run_until_complete(self.start())
+        except TokometerError as e:
+            log.error("tokometer gateway cannot start: %s", e.message)
+            raise SystemExit(1) from None
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.stop())
+
+    async def __rsgi__(self, scope: rsgi.Scope, proto: rsgi.HTTPProtocol) -> None:
+        """granian's native interface: what `tokometer serve` runs (see gateway/rsgi.py)."""
+        exchange = Exchange(proto, scope)
+        await self._http(asgi_scope(scope), exchange.receive, exchange.send)
+        exchange.finish()
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

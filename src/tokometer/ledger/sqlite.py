@@ -58,8 +58,8 @@ def open_db(path: Path, *, durability: str = "process",
 
     `cache_kib` caps the page cache (SQLite's default is 2 MB per connection).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the OS once it returns, so a killed process loses nothing;
@@ -70,7 +70,7 @@ def open_db(path: Path, *, durability: str = "process",
         conn.executescript(SCHEMA + ROLLUP_SCHEMA)
         for statement in added_columns({r[1] for r in conn.execute("PRAGMA table_info(events)")}):
             conn.execute(statement)
-    except sqlite3.Error as e:
+    except (sqlite3.Error, OSError) as e:
         raise LedgerError(f"cannot open the store at {path}: {e}") from e
     conn.create_aggregate("decimal_sum", 1, _DecimalSum)
     conn.create_function("decimal_add", 2, decimal_add, deterministic=True)
