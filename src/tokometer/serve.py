@@ -1,4 +1,4 @@
-"""`tokometer serve`: local model servers first, then the gateway on granian (RSGI) + uvloop."""
+"""`tokometer serve`: local model servers first, then the gateway on granian + uvloop."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _run_gateway(settings: config.Settings, config_path: Path) -> None:
         "tokometer.gateway:create_app",
         address=settings.server.host,
         port=settings.server.port,
-        interface=Interfaces.RSGI,  # granian's own: cheaper per request than ASGI
+        interface=Interfaces.ASGI,
         loop=Loops.uvloop,
         factory=True,
         workers=1,

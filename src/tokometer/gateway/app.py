@@ -1,5 +1,4 @@
-"""The edge (RSGI on granian, ASGI on any other server): routing, authentication, body limits,
-error rendering, lifespan.
+"""The ASGI edge: routing, authentication, body limits, error rendering, lifespan.
 
 Everything about a metered request past authentication happens in pipeline.handle.
 """
@@ -14,7 +13,6 @@ import time
 from typing import Any
 
 import orjson
-from granian import rsgi
 
 from .. import config
 from ..analytics.tasks import record_outcome
@@ -37,7 +35,6 @@ from .offloop import OffLoop
 from .pipeline import Deps, handle, refuse
 from .relay import Receive, Send
 from .router import Router
-from .rsgi import Exchange, asgi_scope
 from .transparency import Transparency
 from .upstream import Upstream
 from .wire import ENDPOINTS, JSON_HEADERS, Endpoint, render_error
@@ -64,22 +61,6 @@ class Gateway:
         self.dashboard: Dashboard | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            loop.run_until_complete(self.start())
-        except TokometerError as e:
-            log.error("tokometer gateway cannot start: %s", e.message)
-            raise SystemExit(1) from None
-
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.run_until_complete(self.stop())
-
-    async def __rsgi__(self, scope: rsgi.Scope, proto: rsgi.HTTPProtocol) -> None:
-        """granian's native interface: what `tokometer serve` runs (see gateway/rsgi.py)."""
-        exchange = Exchange(proto, scope)
-        await self._http(asgi_scope(scope), exchange.receive, exchange.send)
-        exchange.finish()
-
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
@@ -94,6 +75,10 @@ class Gateway:
                     await self.start()
                 except TokometerError as e:
                     await send({"type": "lifespan.startup.failed", "message": e.message})
+                    return
+                except Exception as e:  # unforeseen: still fail the start, never hang it
+                    log.exception("tokometer gateway cannot start")
+                    await send({"type": "lifespan.startup.failed", "message": repr(e)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
