@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -47,6 +48,25 @@ def test_serve_stops_with_a_clear_error_when_the_store_cannot_be_opened(tmp_path
                         "--config", str(config)], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert f"cannot open the store at {blocker}/t.db" in r.stdout + r.stderr
+
+
+def test_an_unforeseen_error_at_start_fails_the_lifespan_instead_of_hanging_it():
+    from tokometer.gateway.app import Gateway
+
+    gateway, sent = Gateway(None), []  # type: ignore[arg-type]
+
+    async def boom() -> None:
+        raise RuntimeError("disk on fire")
+
+    async def receive() -> dict:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    gateway.start = boom  # type: ignore[method-assign]
+    asyncio.run(asyncio.wait_for(gateway._lifespan(receive, send), 10))
+    assert sent == [{"type": "lifespan.startup.failed", "message": "RuntimeError('disk on fire')"}]
 
 
 def test_keys_create_json_list_and_revoke(gateway: Gateway, capsys):
