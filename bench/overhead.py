@@ -3,8 +3,10 @@ tokometer, and through LiteLLM's proxy, measured in one run.
 
 The fake provider is nginx returning a fixed chat completion (JSON) and a fixed SSE stream;
 the load is wrk. "bare" is the least a Python proxy can do (bench/bare_passthrough.py), so
-the gap between it and tokometer is what metering costs. Reported per target, mode and
-concurrency: p50/p99 latency (and what the gateway adds over direct), requests/s, CPU
+the gap between it and tokometer is what metering costs; "bare+commit" is that pass-through
+plus the least a durable meter must do (one SQLite row committed by a writer thread before
+the last byte), the floor under any gateway that keeps that rule. Reported per target, mode
+and concurrency: p50/p99 latency (and what the gateway adds over direct), requests/s, CPU
 milliseconds per request, RSS after load.
 
     python bench/overhead.py                 # tokometer vs direct (and LiteLLM if installed)
@@ -161,9 +163,12 @@ routes = [{{ provider = "nginx-sse", model = "gpt-4o-mini" }}]
     return proc, port, json.loads(out)["key"]
 
 
-def bare(upstream: int) -> tuple[subprocess.Popen, int]:
+def bare(upstream: int, ledger: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """The bare pass-through; with `ledger`, also one durable SQLite row per request."""
     port = free_port()
     env = {**os.environ, "UPSTREAM": f"http://127.0.0.1:{upstream}", "PYTHONPATH": str(ROOT)}
+    if ledger is not None:
+        env["LEDGER"] = str(ledger)
     proc = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "asgi", "--loop",
                              "uvloop", "--no-ws", "--port", str(port), "--log-level", "warning",
                              "bench.bare_passthrough:app"], env=env)
@@ -287,9 +292,10 @@ def main() -> int:
     ap.add_argument("--concurrency", type=_levels, default=CONCURRENCY,
                     help="comma-separated concurrency levels (default: 1,4,16,64)")
     ap.add_argument("--targets", type=lambda s: s.split(","),
-                    default=["direct", "bare", "tokometer", "tokometer+policy", "litellm"],
-                    help="comma-separated subset of direct,bare,tokometer,tokometer+policy,"
-                         "litellm")
+                    default=["direct", "bare", "bare+commit", "tokometer", "tokometer+policy",
+                             "litellm"],
+                    help="comma-separated subset of direct,bare,bare+commit,tokometer,"
+                         "tokometer+policy,litellm")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -303,6 +309,7 @@ def main() -> int:
     # and its background jobs measures LiteLLM too); all of them within this one run.
     starters = {"direct": lambda: (None, up, None),
                 "bare": lambda: (*bare(up), None),
+                "bare+commit": lambda: (*bare(up, work / "bare.db"), None),
                 "tokometer": lambda: tokometer(work, up),
                 "tokometer+policy": lambda: tokometer(work, up, policy=True)}
     if (args.litellm / "bin" / "litellm").exists():
@@ -331,7 +338,7 @@ def main() -> int:
 def measure(name: str, base: str, auth: str | None, proc: subprocess.Popen | None,
             seconds: int, work: Path, levels: tuple[int, ...]) -> list[Result]:
     results = []
-    raw = name in ("direct", "bare")  # no model routing: the path picks JSON or SSE
+    raw = name in ("direct", "bare", "bare+commit")  # no model routing: the path picks JSON or SSE
     for mode in ("json", "sse"):
         path = "/stream/v1/chat/completions" if raw and mode == "sse" else "/v1/chat/completions"
         body = {"model": "gpt-4o-mini" if raw else f"bench-{mode}",

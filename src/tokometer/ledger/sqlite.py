@@ -1,15 +1,18 @@
 """SQLite ledger: events are appended by one writer thread in group commits.
 
 The event loop only enqueues and awaits a future; the thread drains whatever has queued
-up, writes it in one transaction (WAL) together with each event's Merkle leaf and the tree
-nodes it completes, and then resolves every waiting future at once. The same thread signs a
-tree head every few seconds while events arrive, and on demand, and folds the committed
-events into the rollups about once a second.
-So a request's response can wait until its event is durable, without the loop ever blocking
-on disk and without one transaction per request. Checkpoints, which fsync the database file
-(tens of ms on some disks), run on a thread of their own: passive ones, which never block the
-writer, every second; and, only when sustained load has kept the WAL from restarting for
-WAL_LIMIT_BYTES, one that waits for a gap between commits so the WAL can start over.
+up, writes it in one transaction (WAL), and then resolves every waiting future at once, so a
+response can wait until its event is durable without the loop ever blocking on disk and
+without one transaction per request. The commit a response waits for holds the events alone:
+each event's leaf index is fixed there, but its Merkle leaf, the tree nodes it completes and
+its share of the rollups are derived data, written by the same thread about once a second
+(and before every signed tree head) in a transaction of their own. A crash in between loses
+nothing: at the next start they are derived again from the stored events. The thread signs a
+tree head every few seconds while events arrive, and on demand.
+Checkpoints, which fsync the database file (tens of ms on some disks), run on a thread of
+their own: passive ones, which never block the writer, every second; and, only when sustained
+load has kept the WAL from restarting for WAL_LIMIT_BYTES, one that waits for a gap between
+commits so the WAL can start over.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ _STOP = object()
 _SIGN = object()
 CHECKPOINT_SECONDS = 1.0
 TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
-ROLLUP_SECONDS = 1.0  # rollups catch up with the events this often (they are derived data)
+DERIVE_SECONDS = 1.0  # the Merkle log and the rollups catch up with the events this often
 WAL_LIMIT_BYTES = 128 * 1024 * 1024
 
 
@@ -139,8 +142,9 @@ class SQLiteLedger:
         self._conn = open_db(path, durability=durability)
         self._log = MerkleLog.load(self._conn)
         self._signed_size, self._signed_at = -1, 0.0
+        self._unlogged: list[list[Any]] = []  # committed events not yet in the Merkle log
         self._unrolled: list[list[Any]] = []  # committed events not yet in the rollups
-        self._rolled_at = 0.0
+        self._derived_at = 0.0
         self._conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
         self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -199,7 +203,7 @@ class SQLiteLedger:
         self._backfill()
         while True:
             try:
-                batch = [self._queue.get(timeout=ROLLUP_SECONDS)]
+                batch = [self._queue.get(timeout=DERIVE_SECONDS)]
             except queue.Empty:
                 batch = []
             while 0 < len(batch) < _MAX_BATCH:
@@ -213,28 +217,30 @@ class SQLiteLedger:
                      not (isinstance(item, tuple) and item[0] is _SIGN)]
             if items:
                 self._commit(items)
-            if signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS:
+            sign = signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS
+            if sign or time.monotonic() - self._derived_at >= DERIVE_SECONDS:
+                self._derive()
+            if sign:
                 self._sign(signs)
-            if self._unrolled and (stop or time.monotonic() - self._rolled_at >= ROLLUP_SECONDS):
-                self._roll_up()
             if stop:
                 return
 
-    def _roll_up(self) -> None:
-        """Fold the events committed since the last time into the rollups, in one transaction.
-
-        Kept out of the events' own commits (it would double their cost); a crash in between
-        is caught up at the next start from the watermark stored with the rollups.
-        """
-        rows = self._unrolled
-        try:
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
-                _fold(self._conn, rows)
-        except sqlite3.Error as e:
-            log.warning("rollups are behind (will retry): %s", e)
-            return
-        self._unrolled, self._rolled_at = [], time.monotonic()
+    def _derive(self) -> None:
+        """Add the events committed since the last time to the Merkle log and the rollups,
+        in one transaction (kept out of the commits responses wait for)."""
+        unlogged, unrolled = self._unlogged, self._unrolled
+        if unlogged or unrolled:
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    grown = self._grow_log(unlogged, self._log)
+                    if unrolled:
+                        _fold(self._conn, unrolled)
+            except sqlite3.Error as e:
+                log.warning("the Merkle log and rollups are behind (will retry): %s", e)
+                return
+            self._log, self._unlogged, self._unrolled = grown, [], []
+        self._derived_at = time.monotonic()
 
     def _sign(self, waiting: list[asyncio.Future[TreeHead]]) -> None:
         """Sign the current head if it grew (or someone asked), and hand it to those waiting."""
@@ -257,19 +263,25 @@ class SQLiteLedger:
         self._signed_at = time.monotonic()
 
     def _backfill(self) -> None:
-        """At start: the rollups catch up from their watermark (after a crash, or for a store
-        older than them), and events stored before the log existed become leaves, once."""
-        done = self._conn.execute("SELECT value FROM ledger_meta WHERE key = 'rolled_up'"
-                                  ).fetchone()
-        if (done[0] if done else 0) < self._log.size:
-            log.info("bringing the rollups up to date with the stored events")
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
-                rows = self._conn.execute(f"SELECT {', '.join(FIELDS)} FROM events "
-                                          "WHERE leaf_index >= ? ORDER BY leaf_index",
-                                          (done[0] if done else 0,))
-                while chunk := [list(r) for r in rows.fetchmany(10_000)]:
-                    _fold(self._conn, chunk)
+        """At start, derive what a crash (or an older store) left underived: leaves and nodes
+        for events committed after the log's last node, rollups from their watermark; and
+        events stored before the log existed become leaves, once."""
+        tree = self._log
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            done = self._conn.execute("SELECT value FROM ledger_meta WHERE key = 'rolled_up'"
+                                      ).fetchone()
+            rolled = done[0] if done else 0
+            rows = self._conn.execute(f"SELECT {', '.join(FIELDS)} FROM events "
+                                      "WHERE leaf_index >= ? ORDER BY leaf_index",
+                                      (min(rolled, tree.size),))
+            while chunk := [list(r) for r in rows.fetchmany(10_000)]:
+                log.info("deriving the Merkle log and rollups of stored events from leaf %d",
+                         chunk[0][_LEAF_COLUMN])
+                tree = self._grow_log([r for r in chunk if r[_LEAF_COLUMN] >= tree.size], tree)
+                if unrolled := [r for r in chunk if r[_LEAF_COLUMN] >= rolled]:
+                    _fold(self._conn, unrolled)
+        self._log = tree
         rows = [list(r) for r in self._conn.execute(
             f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index IS NULL ORDER BY id")]
         if rows:
@@ -277,35 +289,41 @@ class SQLiteLedger:
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.execute("DELETE FROM events WHERE leaf_index IS NULL")
-                self._log = self._append(rows, self._log)
-            self._unrolled.extend(rows)
+                self._insert(rows)
+                tree = self._grow_log(rows, tree)
+            self._log = tree
+            self._unrolled += rows
 
     def _commit(self, items: list[tuple[list[Any], asyncio.Future[None]]]) -> None:
+        rows = [row for row, _ in items]
         try:
-            self._insert([row for row, _ in items])
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._insert(rows)
         except sqlite3.Error as e:
             if len(items) > 1:  # one bad row must not sink its batch: retry them one by one
                 for item in items:
                     self._commit([item])
                 return
-            log.error("could not record event %s: %s", items[0][0][0], e)
+            log.error("could not record event %s: %s", rows[0][0], e)
             self._settle(items, LedgerError(f"could not record the event: {e}"))
             return
+        self._unlogged += rows
+        self._unrolled += rows
         self._settle(items, None)
 
     def _insert(self, rows: list[list[Any]]) -> None:
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            grown = self._append(rows, self._log)
-        self._log = grown  # only once the transaction is committed
-        self._unrolled.extend(rows)
-
-    def _append(self, rows: list[list[Any]], log: MerkleLog) -> MerkleLog:
-        """Insert the rows as the next leaves, with the tree nodes they complete."""
+        """Insert the rows as the next leaves of the log, in the caller's transaction."""
+        first = self._log.size + len(self._unlogged)
         for i, row in enumerate(rows):
-            row[_LEAF_COLUMN] = log.size + i
-        grown, nodes = log.extend([leaf_of(row) for row in rows])
+            row[_LEAF_COLUMN] = first + i
         self._conn.executemany(INSERT_EVENT, rows)
+
+    def _grow_log(self, rows: list[list[Any]], tree: MerkleLog) -> MerkleLog:
+        """`tree` with the rows' leaves appended, storing the nodes they complete."""
+        if not rows:
+            return tree
+        grown, nodes = tree.extend([leaf_of(row) for row in rows])
         self._conn.executemany(INSERT_NODE, nodes)
         return grown
 
