@@ -154,8 +154,9 @@ def test_audit_catches_an_inserted_row(logged, tmp_path):
 
 def test_audit_counts_events_just_past_the_log_as_pending_and_a_gap_as_inserted(logged,
                                                                                   tmp_path):
-    """The gateway adds its latest events to the log within a second (or at its next start):
-    events continuing the log's indexes one by one are pending; one past a gap is forged."""
+    """The gateway adds its latest events to the log within a fraction of a second (or at its
+    next start): events continuing the log's indexes one by one are pending; one past a gap
+    is forged."""
     gw, ids, _ = logged
     config = copy_of(gw, tmp_path)
     columns = ", ".join(f for f in FIELDS if f not in ("id", "leaf_index"))
@@ -176,7 +177,7 @@ def test_a_restart_adds_events_committed_before_a_crash_to_the_log(logged, upstr
                                                                    tmp_path):
     """Leaves and nodes are derived after the commit a response waits for: what a crash left
     underived (here: the last events' nodes removed) is derived again at the next start."""
-    gw, ids, _ = logged
+    gw, _, _ = logged
     config = copy_of(gw, tmp_path)
     sql(config, "DELETE FROM merkle_nodes WHERE level = 0 AND idx >= ?", REQUESTS - 3)
     sql(config, "DELETE FROM merkle_nodes WHERE level > 0 AND (idx + 1) << level > ?",

@@ -2,7 +2,7 @@
 
 Every event's leaf is recomputed and compared with the logged leaf at its index; a leaf with
 no event means an event was deleted, an event without a leaf (or on a taken one) means one
-was inserted. The gateway adds its latest events to the log within about a second (at its
+was inserted. The gateway adds its latest events to the log within a fraction of a second (at its
 next start, after a crash), so events that continue the log's indexes without a gap are
 counted as pending, not as findings; like any event not yet under a signed head, they are
 not protected until then. Then every signed tree head's root is recomputed from the events

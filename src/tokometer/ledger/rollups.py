@@ -1,7 +1,7 @@
 """Rollups kept on ingest: per hour and per UTC day, requests, tokens and cost by the
 dimensions reports group on, so reports never scan raw events when a rollup can answer.
 
-The writer folds committed events into every rollup about once a second, in a transaction of
+The writer folds committed events into every rollup ten times a second, in a transaction of
 its own with a watermark (`ledger_meta.rolled_up`), so a restart catches up exactly. Missing
 values are stored as '' (SQLite keys treat NULLs as all different), read back as None.
 """
