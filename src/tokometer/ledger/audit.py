@@ -2,12 +2,8 @@
 
 Every event's leaf is recomputed and compared with the logged leaf at its index; a leaf with
 no event means an event was deleted, an event without a leaf (or on a taken one) means one
-was inserted. The gateway adds its latest events to the log within a fraction of a second (at its
-next start, after a crash), so events that continue the log's indexes without a gap are
-counted as pending, not as findings; like any event not yet under a signed head, they are
-not protected until then. Then every signed tree head's root is recomputed from the events
-in one pass and its signature checked, which also catches an event altered together with its
-stored leaf.
+was inserted. Then every signed tree head's root is recomputed from the events in one pass
+and its signature checked, which also catches an event altered together with its stored leaf.
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ class AuditReport:
     events: int = 0
     leaves: int = 0
     heads: int = 0
-    pending: int = 0  # events just past the log's end, that the gateway has yet to add
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -58,7 +53,6 @@ def audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
         "SELECT hash FROM merkle_nodes WHERE level = 0 ORDER BY idx")]
     report.leaves = len(logged)
     computed: list[bytes | None] = [None] * len(logged)
-    beyond: dict[int, list[str]] = {}  # leaf index past the log's end → events claiming it
     # In id order, which is about log order; each event is checked at the index it claims,
     # so no sort of the whole table is needed.
     rows = conn.execute(f"SELECT {', '.join(FIELDS)} FROM events")
@@ -67,9 +61,7 @@ def audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
         if progress is not None and report.events % 10_000 == 0:
             progress(10_000)
         index, event_id = row[_LEAF], row[_ID]
-        if index is not None and index >= len(logged):
-            beyond.setdefault(index, []).append(event_id)
-        elif index is None or index < 0:
+        if index is None or not 0 <= index < len(logged):
             report.findings.append(Finding(None, f"event {event_id} is not in the log: "
                                                  "inserted outside the gateway"))
         elif computed[index] is not None:
@@ -83,20 +75,8 @@ def audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
     for index, leaf in enumerate(computed):
         if leaf is None:
             report.findings.append(Finding(index, f"leaf {index} has no event: deleted"))
-    _check_pending(beyond, len(logged), report)
     _check_heads(conn, key, [c if c is not None else b"" for c in computed], report)
     return report
-
-
-def _check_pending(beyond: dict[int, list[str]], size: int, report: AuditReport) -> None:
-    """Events past the log's end: pending while they continue it one by one, else inserted."""
-    while len(beyond.get(size + report.pending, ())) == 1:
-        del beyond[size + report.pending]
-        report.pending += 1
-    for index, event_ids in beyond.items():
-        for event_id in event_ids:
-            report.findings.append(Finding(None, f"event {event_id} claims leaf {index}, past "
-                                                 "the log's end: inserted outside the gateway"))
 
 
 def _check_heads(conn: sqlite3.Connection, key: Ed25519PublicKey, leaves: list[bytes],

@@ -14,21 +14,26 @@ from .merkle import EMPTY_ROOT, Nodes, node_hash
 INSERT_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
 
 
+def leaf_count(conn: sqlite3.Connection) -> int:
+    """How many leaves the store holds (each lands in its event's commit)."""
+    return conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM merkle_nodes WHERE level = 0"
+                        ).fetchone()[0]
+
+
 @dataclass(frozen=True, slots=True)
 class MerkleLog:
     size: int
     frontier: tuple[tuple[int, bytes], ...]  # (level, hash), largest subtree first
 
     @classmethod
-    def load(cls, conn: sqlite3.Connection) -> MerkleLog:
-        last = conn.execute("SELECT MAX(idx) FROM merkle_nodes WHERE level = 0").fetchone()[0]
-        size = 0 if last is None else last + 1
+    def load(cls, conn: sqlite3.Connection, size: int | None = None) -> MerkleLog:
+        """The log of its first `size` stored leaves (all of them by default)."""
+        size = leaf_count(conn) if size is None else size
+        nodes = stored_nodes(conn)
         frontier, offset = [], 0
         for level in range(size.bit_length() - 1, -1, -1):
             if size >> level & 1:
-                row = conn.execute("SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?",
-                                   (level, offset >> level)).fetchone()
-                frontier.append((level, bytes(row[0])))
+                frontier.append((level, nodes(level, offset >> level)))
                 offset += 1 << level
         return cls(size, tuple(frontier))
 
@@ -56,11 +61,14 @@ class MerkleLog:
 
 
 def stored_nodes(conn: sqlite3.Connection) -> Nodes:
-    """A merkle.Nodes lookup over the store."""
+    """A merkle.Nodes lookup over the store. A node above the leaves that the writer has not
+    stored yet (its latest tenth of a second, or what a crash left) is folded from below."""
     def lookup(level: int, idx: int) -> bytes:
         row = conn.execute("SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?",
                            (level, idx)).fetchone()
-        if row is None:
-            raise LookupError(f"Merkle node ({level}, {idx}) is missing from the store")
-        return bytes(row[0])
+        if row is not None:
+            return bytes(row[0])
+        if level == 0:
+            raise LookupError(f"Merkle leaf {idx} is missing from the store")
+        return node_hash(lookup(level - 1, 2 * idx), lookup(level - 1, 2 * idx + 1))
     return lookup

@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .canonical import canonical_json
-from .log import stored_nodes
+from .log import leaf_count, stored_nodes
 from .merkle import Tree, leaf_hash, verify_inclusion
 from .read import get_event
 from .signer import Signer, TreeHead, verify_head
@@ -79,7 +79,7 @@ def verify_receipt(receipt: Any, key: Ed25519PublicKey) -> list[str]:
 
 def consistency_proof(conn: sqlite3.Connection, first: int, second: int) -> list[bytes]:
     """PROOF(first, D[0:second]); ValueError for sizes the log cannot prove."""
-    size = log_size(conn)
+    size = leaf_count(conn)
     if not 0 < first <= second <= size:
         raise ValueError(f"need 0 < first <= second <= {size} (the log's size), "
                          f"got first={first}, second={second}")
@@ -88,14 +88,9 @@ def consistency_proof(conn: sqlite3.Connection, first: int, second: int) -> list
 
 def sign_stored_head(conn: sqlite3.Connection, signer: Signer) -> TreeHead:
     """Sign the log as stored now (for the CLI; a running gateway signs on its own)."""
-    size = log_size(conn)
+    size = leaf_count(conn)
     head = signer.sign(size, Tree(stored_nodes(conn), size).root(), int(time.time() * 1000))
     conn.execute("INSERT INTO tree_heads (tree_size, root_hash, timestamp, signature) "
                  "VALUES (?,?,?,?)", (head.tree_size, head.root_hash, head.timestamp,
                                       head.signature))
     return head
-
-
-def log_size(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM merkle_nodes WHERE level = 0"
-                        ).fetchone()[0]

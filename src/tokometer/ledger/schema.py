@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS budgets (
   UNIQUE (scope, scope_value, unit, period)
 );
 CREATE TABLE IF NOT EXISTS ledger_meta (
-  key TEXT PRIMARY KEY,     -- 'rolled_up': how many leaves the rollups hold
+  key TEXT PRIMARY KEY,     -- 'rolled_up' / 'logged': how many leaves the rollups hold /
+                            -- have their Merkle tree nodes stored
   value INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS merkle_nodes (

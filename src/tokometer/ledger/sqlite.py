@@ -3,12 +3,13 @@
 The event loop only enqueues and awaits a future; the thread drains whatever has queued
 up, writes it in one transaction (WAL), and then resolves every waiting future at once, so a
 response can wait until its event is durable without the loop ever blocking on disk and
-without one transaction per request. The commit a response waits for holds the events alone:
-each event's leaf index is fixed there, but its Merkle leaf, the tree nodes it completes and
-its share of the rollups are derived data, written by the same thread ten times a second
-(and before every signed tree head) in a transaction of their own. A crash in between loses
-nothing: at the next start they are derived again from the stored events. The thread signs a
-tree head every few seconds while events arrive, and on demand.
+without one transaction per request. An event and its Merkle leaf land together in that
+commit; the tree nodes above the leaves and the rollups are derived data, written by the same
+thread ten times a second (and before every signed tree head) in a transaction of their own,
+so the commit a response waits for stays small. A crash in between loses nothing: at the next
+start they are derived again from the stored leaves and events, and readers fold a node not
+yet stored from the ones below it. The thread signs a tree head every few seconds while events
+arrive, and on demand.
 Checkpoints, which fsync the database file (tens of ms on some disks), run on a thread of
 their own: passive ones, which never block the writer, every second; and, only when sustained
 load has kept the WAL from restarting for WAL_LIMIT_BYTES, one that waits for a gap between
@@ -32,7 +33,7 @@ import orjson
 
 from ..errors import LedgerError
 from ..events import FIELDS, Event, decimal_str
-from .log import INSERT_NODE, MerkleLog
+from .log import INSERT_NODE, MerkleLog, leaf_count
 from .merkle import leaf_hash
 from .rollups import SCHEMA as ROLLUP_SCHEMA
 from .rollups import decimal_add, upserts
@@ -49,7 +50,7 @@ _SIGN = object()
 CHECKPOINT_SECONDS = 1.0
 TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
 # The Merkle log and the rollups catch up with the events this often: in small steps, since
-# a step holds the GIL for about 20 µs per event (a second's events at once showed in p99).
+# a step holds the GIL for a while per event (a second's events at once showed in p99).
 DERIVE_SECONDS = 0.1
 WAL_LIMIT_BYTES = 128 * 1024 * 1024
 
@@ -142,9 +143,13 @@ class SQLiteLedger:
         self.path = path
         self.signer = signer
         self._conn = open_db(path, durability=durability)
-        self._log = MerkleLog.load(self._conn)
+        logged = _meta(self._conn, "logged")  # how many leaves have their nodes stored
+        if logged is None:  # a store from before this watermark holds them all; a new one none
+            logged = leaf_count(self._conn)
+            _set_meta(self._conn, "logged", logged)
+        self._log = MerkleLog.load(self._conn, logged)
         self._signed_size, self._signed_at = -1, 0.0
-        self._unlogged: list[list[Any]] = []  # committed events not yet in the Merkle log
+        self._unlogged: list[bytes] = []  # committed leaves whose tree nodes are not stored yet
         self._unrolled: list[list[Any]] = []  # committed events not yet in the rollups
         self._derived_at = 0.0
         self._conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
@@ -228,8 +233,8 @@ class SQLiteLedger:
                 return
 
     def _derive(self) -> None:
-        """Add the events committed since the last time to the Merkle log and the rollups,
-        in one transaction (kept out of the commits responses wait for)."""
+        """Add the leaves committed since the last time to the Merkle log's tree, and their
+        events to the rollups, in one transaction (kept out of the commits responses wait for)."""
         unlogged, unrolled = self._unlogged, self._unrolled
         if unlogged or unrolled:
             try:
@@ -265,24 +270,21 @@ class SQLiteLedger:
         self._signed_at = time.monotonic()
 
     def _backfill(self) -> None:
-        """At start, derive what a crash (or an older store) left underived: leaves and nodes
-        for events committed after the log's last node, rollups from their watermark; and
+        """At start, derive what a crash (or an older store) left underived: the tree above the
+        leaves committed after the last derivation, and the rollups from their watermark; and
         events stored before the log existed become leaves, once."""
-        tree = self._log
+        leaves = [bytes(h) for (h,) in self._conn.execute(
+            "SELECT hash FROM merkle_nodes WHERE level = 0 AND idx >= ? ORDER BY idx",
+            (self._log.size,))]
+        rolled = _meta(self._conn, "rolled_up") or 0
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            done = self._conn.execute("SELECT value FROM ledger_meta WHERE key = 'rolled_up'"
-                                      ).fetchone()
-            rolled = done[0] if done else 0
+            tree = self._grow_log(leaves, self._log)
             rows = self._conn.execute(f"SELECT {', '.join(FIELDS)} FROM events "
-                                      "WHERE leaf_index >= ? ORDER BY leaf_index",
-                                      (min(rolled, tree.size),))
+                                      "WHERE leaf_index >= ? ORDER BY leaf_index", (rolled,))
             while chunk := [list(r) for r in rows.fetchmany(10_000)]:
-                log.info("deriving the Merkle log and rollups of stored events from leaf %d",
-                         chunk[0][_LEAF_COLUMN])
-                tree = self._grow_log([r for r in chunk if r[_LEAF_COLUMN] >= tree.size], tree)
-                if unrolled := [r for r in chunk if r[_LEAF_COLUMN] >= rolled]:
-                    _fold(self._conn, unrolled)
+                log.info("bringing the rollups up to date from leaf %d", chunk[0][_LEAF_COLUMN])
+                _fold(self._conn, chunk)
         self._log = tree
         rows = [list(r) for r in self._conn.execute(
             f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index IS NULL ORDER BY id")]
@@ -291,8 +293,7 @@ class SQLiteLedger:
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.execute("DELETE FROM events WHERE leaf_index IS NULL")
-                self._insert(rows)
-                tree = self._grow_log(rows, tree)
+                tree = self._grow_log(self._insert(rows), tree)
             self._log = tree
             self._unrolled += rows
 
@@ -301,7 +302,7 @@ class SQLiteLedger:
         try:
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._insert(rows)
+                leaves = self._insert(rows)
         except sqlite3.Error as e:
             if len(items) > 1:  # one bad row must not sink its batch: retry them one by one
                 for item in items:
@@ -310,23 +311,29 @@ class SQLiteLedger:
             log.error("could not record event %s: %s", rows[0][0], e)
             self._settle(items, LedgerError(f"could not record the event: {e}"))
             return
-        self._unlogged += rows
+        self._unlogged += leaves
         self._unrolled += rows
         self._settle(items, None)
 
-    def _insert(self, rows: list[list[Any]]) -> None:
-        """Insert the rows as the next leaves of the log, in the caller's transaction."""
+    def _insert(self, rows: list[list[Any]]) -> list[bytes]:
+        """Insert the rows as the next leaves of the log, each with its leaf hash, in the
+        caller's transaction; returns the leaves."""
         first = self._log.size + len(self._unlogged)
         for i, row in enumerate(rows):
             row[_LEAF_COLUMN] = first + i
+        leaves = [leaf_of(row) for row in rows]
         self._conn.executemany(INSERT_EVENT, rows)
+        self._conn.executemany(INSERT_NODE, [(0, first + i, leaf)
+                                             for i, leaf in enumerate(leaves)])
+        return leaves
 
-    def _grow_log(self, rows: list[list[Any]], tree: MerkleLog) -> MerkleLog:
-        """`tree` with the rows' leaves appended, storing the nodes they complete."""
-        if not rows:
+    def _grow_log(self, leaves: list[bytes], tree: MerkleLog) -> MerkleLog:
+        """`tree` with stored `leaves` appended, storing the nodes above them they complete."""
+        if not leaves:
             return tree
-        grown, nodes = tree.extend([leaf_of(row) for row in rows])
-        self._conn.executemany(INSERT_NODE, nodes)
+        grown, nodes = tree.extend(leaves)
+        self._conn.executemany(INSERT_NODE, [node for node in nodes if node[0] > 0])
+        _set_meta(self._conn, "logged", grown.size)
         return grown
 
     def _settle(self, items: list[tuple[list[Any], asyncio.Future[None]]],
@@ -339,9 +346,17 @@ def _fold(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
     """Add event rows (in log order) to the rollups and move the watermark past them."""
     for statement, params in upserts(rows):
         conn.executemany(statement, params)
-    conn.execute("INSERT INTO ledger_meta (key, value) VALUES ('rolled_up', ?) "
-                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                 (rows[-1][_LEAF_COLUMN] + 1,))
+    _set_meta(conn, "rolled_up", rows[-1][_LEAF_COLUMN] + 1)
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> int | None:
+    row = conn.execute("SELECT value FROM ledger_meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
+    conn.execute("INSERT INTO ledger_meta (key, value) VALUES (?, ?) "
+                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
 
 def _hand_over(futures: list[asyncio.Future[TreeHead]], head: TreeHead) -> None:
