@@ -26,9 +26,8 @@ class MerkleLog:
     frontier: tuple[tuple[int, bytes], ...]  # (level, hash), largest subtree first
 
     @classmethod
-    def load(cls, conn: sqlite3.Connection, size: int | None = None) -> MerkleLog:
-        """The log of its first `size` stored leaves (all of them by default)."""
-        size = leaf_count(conn) if size is None else size
+    def load(cls, conn: sqlite3.Connection, size: int) -> MerkleLog:
+        """The log of its first `size` stored leaves."""
         nodes = stored_nodes(conn)
         frontier, offset = [], 0
         for level in range(size.bit_length() - 1, -1, -1):
