@@ -6,7 +6,13 @@ own GGUF vocabulary and chat template; they must equal what the model itself cou
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
 
 import openai
 import pytest
@@ -81,3 +87,22 @@ def test_streamed_and_whole_text_completions_agree(client, local):
     assert streamed["usage_source"] == "counted"
     assert (streamed["input_tokens"], streamed["output_tokens"]) == \
         (own.prompt_tokens, own.completion_tokens)
+
+
+def test_the_readmes_tour_runs_as_written_against_the_local_model(local, tmp_path):
+    """The tour's first Python block, as a new user would paste it, only pointed at this
+    gateway: it prints an event id and a cost, then a streamed continuation."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    tour = readme[readme.index("## A quick tour"):]
+    code = re.findall(r"```python\n(.*?)```", tour, re.S)[0]
+    assert 'model="gemma-3-270m"' in code and "max_tokens" in code
+    script = tmp_path / "tour.py"
+    script.write_text(code.replace("http://127.0.0.1:4000", local.url))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "KEY": local.key}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    event_id, cost = done.stdout.splitlines()[0].split()
+    event = local.event(event_id)
+    assert event["agent"] == "planner" and event["task"] == "task-42"
+    assert Decimal(cost) == Decimal(event["cost"]) > 0
+    assert event["output_tokens"] > 0 and len(done.stdout.splitlines()) >= 2
