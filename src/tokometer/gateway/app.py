@@ -160,6 +160,8 @@ class Gateway:
             call = parse_call(endpoint, raw, headers, self.settings, consumer, t0)
             await handle(call, self.deps, send, receive)
         except Exception as error:
+            if send.started:
+                raise  # too late for an error body: the server cuts the response short
             await _fail(send, api, error, f"{method} {path}")
 
     async def _admin(self, method: str, path: str, headers: dict[bytes, bytes],
@@ -257,15 +259,13 @@ class _Tracked:
         await self._send(message)
 
 
-async def _fail(send: _Tracked, api: str, error: Exception, what: str) -> None:
+async def _fail(send: Send, api: str, error: Exception, what: str) -> None:
     """Any error as JSON in the client's shape; a surprise is logged and told as a plain 500."""
     if not isinstance(error, TokometerError):
         log.error("%.300s failed", what, exc_info=error)
         error = TokometerError("the gateway failed on this request; its log says why")
     elif error.status >= 500:
         log.error("%.300s failed: %s", what, error.message)
-    if send.started:  # too late for an error body: the response just ends
-        return
     status, body = render_error(api, error)
     await _reply(send, status, body)
 
