@@ -22,6 +22,8 @@ from .wire import Endpoint
 
 MAX_LABEL_CHARS = 256
 _ATTRIBUTION = (b"x-tokometer-agent", b"x-tokometer-task", b"x-tokometer-user")
+_UNKNOWN_MODEL = Model("", (), None, None, None, None)  # a refusal's: its body went unread
+
 
 @dataclass(slots=True)
 class Call:
@@ -88,9 +90,6 @@ def refused_call(endpoint: Endpoint, headers: dict[bytes, bytes], t0: float) -> 
     return Call(endpoint=endpoint, body={}, raw=b"", model=_UNKNOWN_MODEL, stream=False,
                 consumer=ANONYMOUS, agent=agent, task=task, end_user=end_user,
                 client_headers=headers, started=datetime.now(UTC), t0=t0)
-
-
-_UNKNOWN_MODEL = Model("", (), None, None, None, None)
 
 
 def _check_stream(body: dict[str, Any]) -> None:
