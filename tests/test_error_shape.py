@@ -167,6 +167,20 @@ def test_every_error_on_every_endpoint_has_its_apis_one_shape(gw, case):
         assert error["type"] == error_type
 
 
+def test_a_correction_the_store_refuses_is_a_ledger_error_in_the_one_shape(gw):
+    conn = sqlite3.connect(gw.store)
+    try:
+        event_id = conn.execute("SELECT id FROM events WHERE task = 't1'").fetchone()[0]
+    finally:
+        conn.close()
+    with store_fault(gw, "events:insert"):
+        r = httpx.post(gw.url + "/admin/corrections", timeout=30,
+                       headers={"authorization": f"Bearer {ADMIN}"},
+                       json={"event_id": event_id, "reason": "recount", "output_tokens": -1})
+    assert r.status_code == 500
+    assert assert_one_shape(r, "openai")["type"] == "ledger_error"
+
+
 def test_an_unforeseen_failure_is_a_500_in_the_clients_shape(tmp_path):
     """A bug, not a known fault: the edge still answers in the client's shape (in-process)."""
     class BrokenKeys:
