@@ -27,6 +27,7 @@ from conftest import (
 from fake_upstream import FakeUpstream
 from tokometer import config
 from tokometer.gateway.app import Gateway as App
+from tokometer.gateway.upstream import without_address
 
 ADMIN = "shape-admin"
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -250,6 +251,14 @@ def test_no_provider_address_reaches_the_client_but_the_log_has_it(gw):
     assert "cannot reach provider dead" in e.value.message
     assert port not in e.value.response.text and "127.0.0.1" not in e.value.response.text
     assert dead in (gw.config.parent / "gateway.log").read_text()
+
+
+def test_a_providers_own_words_reach_the_client_without_its_address(tmp_path):
+    (tmp_path / "tokometer.toml").write_text(MINIMAL_CONFIG)  # base_url http://127.0.0.1:1/v1
+    route = config.load(tmp_path / "tokometer.toml").models["m"].routes[0]
+    text = "<h1>502</h1> http://127.0.0.1:1/v1 is down; 127.0.0.1:1 refused; host 127.0.0.1"
+    assert without_address(text, route) == \
+        "<h1>502</h1> (provider) is down; (provider) refused; host (provider)"
 
 
 def test_the_anthropic_sdk_raises_on_a_keyless_request_and_sees_its_event(gw):

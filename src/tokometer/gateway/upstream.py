@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import orjson
 from pyreqwest.client import Client, ClientBuilder
@@ -136,6 +137,15 @@ async def open_response(upstream: Upstream, call: Call, route: Route) -> Answer:
     with translated_errors(route, mid_response=False):
         response = await request.__aenter__()
     return Answer(request, response, route)
+
+
+def without_address(text: str, route: Route) -> str:
+    """`text` (a provider's words) with the provider's address blanked, for a client to read."""
+    base_url = route.provider.base_url
+    for address in (base_url, urlsplit(base_url).netloc, urlsplit(base_url).hostname):
+        if address:
+            text = text.replace(address, "(provider)")
+    return text
 
 
 @contextlib.contextmanager
