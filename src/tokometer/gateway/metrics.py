@@ -6,9 +6,8 @@ plain dictionary arithmetic on the event loop (a few microseconds per request, w
 prometheus_client's labelled children cost ten times that); prometheus_client renders the
 families only when scraped.
 
-Labels take only values the operator configured or the gateway names itself: a model the
-config does not know (the provider's dated name, anything a client made up) counts as `other`,
-so no client can grow the label sets.
+A model label is always a name the config knows: a model it does not (the provider's dated
+name, anything a client made up) counts as `other`, so no client can grow the label sets.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from ..events import Event
 _KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _REFUSALS = frozenset({401, 402, 403, 429})
-OTHER = "other"
+_OTHER = "other"
 
 
 class Metrics:
@@ -67,7 +66,7 @@ class Metrics:
         for name in (event.model, event.model_requested):
             if name is not None and name in self.models:
                 return name
-        return OTHER
+        return _OTHER
 
     def collect(self) -> Iterator[Metric]:
         """The families as prometheus_client renders them (called on each scrape)."""
