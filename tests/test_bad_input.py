@@ -138,3 +138,31 @@ routes = [{ provider = "fake-openai", model = "gpt-4o-mini" }]
         assert len(upstream.calls) == before
     finally:
         stop_gateway(gw)
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    ({"stream": True, "stream_options": "x"}, "'stream_options' must be an object"),
+    ({"stream": True, "stream_options": ["include_usage"]}, "'stream_options' must be an object"),
+    ({"stream": True, "stream_options": {"include_usage": "yes"}},
+     "'stream_options.include_usage' must be true or false"),
+    ({"stream_options": {"include_usage": 1}}, "'stream_options.include_usage' must be true"),
+    ({"stream": "yes"}, "'stream' must be true or false"),
+    ({"stream": 1}, "'stream' must be true or false"),
+])
+def test_a_bad_stream_flag_or_stream_options_is_a_400_not_a_500(gateway, upstream, extra,
+                                                                fragment):
+    before = len(upstream.calls)
+    r = send(gateway, json={**GOOD, **extra})
+    assert r.status_code == 400
+    assert fragment in r.json()["error"]["message"]
+    assert len(upstream.calls) == before
+
+
+@pytest.mark.parametrize("max_price", [{"prompt": 1e300}, {"completion": "1e999999999"},
+                                       {"prompt": "NaN"}, {"prompt": "-0.5"}])
+def test_a_routing_price_limit_out_of_range_is_a_400(gateway, upstream, max_price):
+    before = len(upstream.calls)
+    r = send(gateway, json={**GOOD, "provider": {"max_price": max_price}})
+    assert r.status_code == 400
+    assert "must be a number from 0 to 1000000" in r.json()["error"]["message"]
+    assert len(upstream.calls) == before

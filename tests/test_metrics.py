@@ -19,7 +19,7 @@ def samples(metrics: Metrics) -> dict[str, float]:
 
 
 def test_durations_fall_in_the_first_bucket_that_holds_them_and_sum_up():
-    m = Metrics()
+    m = Metrics(["m"])
     base = replace(an_event(), provider="p", duration_ms=10.0)  # exactly on the 0.01 s bound
     for ms in (10.0, 11.0, 400_000.0):  # the last one is past every finite bucket
         m.observe(replace(base, duration_ms=ms))
@@ -34,7 +34,7 @@ def test_durations_fall_in_the_first_bucket_that_holds_them_and_sum_up():
 
 
 def test_refusals_and_upstream_errors_are_told_apart():
-    m = Metrics()
+    m = Metrics(["m"])
     m.observe(replace(an_event(), provider=None, status=402, error_type="budget_exceeded",
                       cost=Decimal(0)))
     m.observe(replace(an_event(), provider="p", status=504, error_type="upstream_timeout"))
@@ -42,3 +42,14 @@ def test_refusals_and_upstream_errors_are_told_apart():
     assert s['tokometer_refusals_total{reason="budget_exceeded"}'] == 1
     assert s['tokometer_upstream_errors_total{error_type="upstream_timeout",provider="p"}'] == 1
     assert not any(k.startswith("tokometer_upstream_errors_total{error_type=\"budget") for k in s)
+
+
+def test_a_model_the_config_does_not_know_is_labelled_other():
+    m = Metrics(["m"])
+    m.observe(replace(an_event(), provider="p", model="m-2025-01-01", model_requested="m"))
+    m.observe(replace(an_event(), provider=None, model=None, model_requested="x" * 10_000))
+    m.observe(replace(an_event(), provider=None, model=None, model_requested=None))
+    s = samples(m)
+    assert s['tokometer_requests_total{model="m",provider="p",status="200"}'] == 1
+    assert s['tokometer_requests_total{model="other",provider="",status="200"}'] == 2
+    assert {k.split('model="')[1].split('"')[0] for k in s if 'model="' in k} == {"m", "other"}

@@ -211,3 +211,12 @@ def test_models_lists_the_configured_models(client):
 def _time(text: str):
     from datetime import datetime
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.mark.parametrize("options", ["x", {"include_usage": "yes"}, ["include_usage"]])
+def test_a_bad_stream_options_is_a_bad_request_the_sdk_does_not_retry(client, upstream, options):
+    before = len(upstream.calls)
+    with pytest.raises(openai.BadRequestError, match="stream_options"):  # a 500 would be retried
+        list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                            stream_options=options))
+    assert len(upstream.calls) == before

@@ -221,7 +221,8 @@ def test_a_bad_key_is_recorded_as_an_auth_refusal(gw):
     assert r.status_code == 401
     event = gw.event(r.headers["x-tokometer-event-id"])
     assert (event["status"], event["error_type"]) == (401, "authentication_error")
-    assert event["model_requested"] == "metered" and event["key_id"] is None
+    # The body of a request without a valid key is never read: its model is unknown.
+    assert event["model_requested"] is None and event["key_id"] is None
 
 
 def test_anthropic_clients_get_an_anthropic_shaped_402(gw):
@@ -506,7 +507,8 @@ def test_metrics_count_requests_tokens_cost_and_refusals(gw):
         line = next((x for x in text.splitlines() if x.startswith(sample + " ")), None)
         return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
-    served = 'model="gpt-4o-mini-2024-07-18",provider="fake-openai"'  # labels sort by name
+    # The provider's "gpt-4o-mini-2024-07-18" is not configured: the label is the model asked.
+    served = 'model="multi",provider="fake-openai"'  # labels sort by name
     ok = f'tokometer_requests_total{{{served},status="200"}}'
     out = f'tokometer_tokens_total{{kind="output",{served}}}'
     refused = 'tokometer_refusals_total{reason="authentication_error"}'

@@ -1,6 +1,8 @@
 """The ASGI edge: routing, authentication, body limits, error rendering, lifespan.
 
-Everything about a metered request past authentication happens in pipeline.handle.
+Everything about a metered request past authentication happens in pipeline.handle. A request
+is authenticated before its body is read, and every error, foreseen or not, reaches the client
+as JSON in its API's shape (side endpoints: OpenAI's).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .relay import Receive, Send
 from .router import Router
 from .transparency import Transparency
 from .upstream import Upstream
-from .wire import ENDPOINTS, JSON_HEADERS, Endpoint, render_error
+from .wire import ENDPOINTS, JSON_HEADERS, render_error
 
 log = logging.getLogger("tokometer.gateway")
 _DASHBOARD = frozenset({"/login", *(href for href, _ in NAV)})
@@ -104,8 +106,9 @@ class Gateway:
         self.transparency = Transparency(side, ledger)
         self.outcomes = side
         self.dashboard = Dashboard(s, side)
+        labels = [*s.models, *(r.model for m in s.models.values() for r in m.routes)]
         self.deps = Deps(Upstream(s.server), meter, ledger,
-                         Router(pricer, s.server.max_attempts), budgets.guard, Metrics())
+                         Router(pricer, s.server.max_attempts), budgets.guard, Metrics(labels))
         self._tasks += [asyncio.create_task(self.keys.watch_revocations()),
                         asyncio.create_task(budgets.run_forever())]
         log.info("tokometer gateway ready: %d models, store %s", len(s.models), s.server.store)
@@ -119,56 +122,47 @@ class Gateway:
             await self.deps.upstream.close()
             await self.deps.ledger.close()
 
-    async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def _http(self, scope: dict[str, Any], receive: Receive, reply: Send) -> None:
         t0 = time.perf_counter()
         path, method = scope["path"], scope["method"]
         endpoint = ENDPOINTS.get(path)
-        api = endpoint.api if endpoint else "openai"
+        headers = dict(scope["headers"])
+        api = endpoint.api if endpoint else _side_api(path, headers)
+        send = _Tracked(reply)
         try:
             if path == "/healthz":
                 return await _json(send, 200, {"status": "ok"})
-            headers = dict(scope["headers"])
             if path.startswith("/admin/"):
                 return await self._admin(method, path, headers, receive, send)
             if path in _DASHBOARD or path.startswith("/tenants/"):
                 return await self._dashboard(method, path, headers, receive, send, scope)
             if path == "/metrics":
-                return await self._metrics(headers, send)
+                return await self._metrics(method, headers, send)
             if path == "/v1/outcomes":
                 return await self._outcome(method, headers, receive, send)
             if path.startswith(("/v1/ledger/", "/v1/receipts/")):
                 return await _json(send, 200, await self._log(method, path, headers, scope))
             if path == "/v1/models":
+                _only(method, "GET", path)
                 await self._authenticate(headers)
                 return await _json(send, 200, self._model_list(b"anthropic-version" in headers))
             if endpoint is None:
                 raise RequestError(f"no such endpoint: {method} {path}", status=404,
                                    type="not_found_error")
-            if method != "POST":
-                raise RequestError(f"{path} takes POST, not {method}", status=405)
+            _only(method, "POST", path)
+            assert self.deps is not None, "lifespan startup has not run"
             try:
                 consumer = await self._authenticate(headers)
-            except AuthError as error:
-                return await self._refuse_unknown(endpoint, error, headers, receive, send, t0)
+            except AuthError as error:  # recorded from the headers; the body is never read
+                call = refused_call(endpoint, headers, t0)
+                return await refuse(call, error, self.deps, send, new_event_id())
             raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
             call = parse_call(endpoint, raw, headers, self.settings, consumer, t0)
-        except RequestError as error:
-            status, body = render_error(api, error)
-            return await _reply(send, status, body)
-        assert self.deps is not None, "lifespan startup has not run"
-        await handle(call, self.deps, send, receive)
-
-    async def _refuse_unknown(self, endpoint: Endpoint, error: AuthError,
-                              headers: dict[bytes, bytes], receive: Receive, send: Send,
-                              t0: float) -> None:
-        """A bad key on a metered endpoint: recorded as a refusal, with what the body says."""
-        try:
-            raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
-        except RequestError:
-            raw = b""
-        assert self.deps is not None, "lifespan startup has not run"
-        call = refused_call(endpoint, raw, headers, self.settings, t0)
-        await refuse(call, error, self.deps, send, new_event_id())
+            await handle(call, self.deps, send, receive)
+        except Exception as error:
+            if send.started:
+                raise  # too late for an error body: the server cuts the response short
+            await _fail(send, api, error, f"{method} {path}")
 
     async def _admin(self, method: str, path: str, headers: dict[bytes, bytes],
                      receive: Receive, send: Send) -> None:
@@ -188,9 +182,10 @@ class Gateway:
         await send({"type": "http.response.start", "status": status, "headers": page_headers})
         await send({"type": "http.response.body", "body": page})
 
-    async def _metrics(self, headers: dict[bytes, bytes], send: Send) -> None:
+    async def _metrics(self, method: str, headers: dict[bytes, bytes], send: Send) -> None:
         """Prometheus' scrape, for the admin token."""
         assert self.admin is not None and self.deps is not None
+        _only(method, "GET", "/metrics")
         self.admin.check(headers)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
@@ -200,8 +195,7 @@ class Gateway:
                        send: Send) -> None:
         """POST /v1/outcomes: how one of the consumer's tasks ended."""
         assert self.outcomes is not None, "lifespan startup has not run"
-        if method != "POST":
-            raise RequestError(f"/v1/outcomes takes POST, not {method}", status=405)
+        _only(method, "POST", "/v1/outcomes")
         who = await self._authenticate(headers)
         body = await self._json_body(receive, headers)
         await _json(send, 201, await self.outcomes.run(record_outcome, who, body))
@@ -218,8 +212,7 @@ class Gateway:
                    scope: dict[str, Any]) -> dict[str, Any]:
         """The Merkle log's read endpoints, for consumers' keys and the admin token."""
         assert self.transparency is not None and self.admin is not None
-        if method != "GET":
-            raise RequestError(f"{path} takes GET, not {method}", status=405)
+        _only(method, "GET", path)
         who = None if self.admin.is_admin(headers) else await self._authenticate(headers)
         if path == "/v1/ledger/head":
             return await self.transparency.head()
@@ -252,6 +245,39 @@ class Gateway:
         return {"object": "list", "data": [
             {"id": n, "object": "model", "created": 0, "owned_by": _owner(self.settings, n)}
             for n in names]}
+
+
+class _Tracked:
+    """The ASGI send, remembering whether the response has begun (then no error can be sent)."""
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.started = True
+        await self._send(message)
+
+
+async def _fail(send: Send, api: str, error: Exception, what: str) -> None:
+    """Any error as JSON in the client's shape; a surprise is logged and told as a plain 500."""
+    if not isinstance(error, TokometerError):
+        log.error("%.300s failed", what, exc_info=error)
+        error = TokometerError("the gateway failed on this request; its log says why")
+    elif error.status >= 500:
+        log.error("%.300s failed: %s", what, error.message)
+    status, body = render_error(api, error)
+    await _reply(send, status, body)
+
+
+def _side_api(path: str, headers: dict[bytes, bytes]) -> str:
+    """Side endpoints answer in OpenAI's shape, but for the Anthropic SDK's model list."""
+    return "anthropic" if path == "/v1/models" and b"anthropic-version" in headers else "openai"
+
+
+def _only(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise RequestError(f"{path} takes {allowed}, not {method}", status=405)
 
 
 def _owner(settings: Settings, name: str) -> str:

@@ -1,4 +1,9 @@
-"""A client request, parsed and checked before anything is sent upstream."""
+"""A client request, parsed and checked before anything is sent upstream.
+
+Every string a client sends that reaches an event or a label (the model, the attribution
+headers, OpenAI's `user`) is UTF-8 of at most MAX_LABEL_CHARS characters; a request that
+breaks the bound is refused with a 400 before anything is stored.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,10 @@ from ..errors import RequestError
 from ..policy import ANONYMOUS, Consumer
 from .steering import Steering, parse_steering
 from .wire import Endpoint
+
+MAX_LABEL_CHARS = 256
+_ATTRIBUTION = (b"x-tokometer-agent", b"x-tokometer-task", b"x-tokometer-user")
+_UNKNOWN_MODEL = Model("", (), None, None, None, None)  # a refusal's: its body went unread
 
 
 @dataclass(slots=True)
@@ -50,6 +59,8 @@ def parse_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise RequestError("the request has no 'model' (a string naming a configured model)")
+    _bounded(name, "'model'")
+    _check_stream(body)
     model = settings.models.get(name)
     if model is None:
         raise RequestError(f"the model {name!r} does not exist on this gateway; "
@@ -63,47 +74,63 @@ def parse_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
         raise RequestError(f"the model {name!r} has no usable provider: set {missing} and "
                            "restart the gateway", status=503, type="provider_unavailable")
     steering = parse_steering(body["provider"]) if "provider" in body else None
-    return _call(endpoint, body, raw, model, headers, consumer, t0, started, steering)
+    agent, task, end_user = (_header(headers, h) for h in _ATTRIBUTION)
+    if not end_user and isinstance(user := body.get("user"), str):
+        end_user = _bounded(user, "'user'")
+    return Call(endpoint=endpoint, body=body, raw=raw, model=model,
+                stream=body.get("stream") is True, consumer=consumer, agent=agent, task=task,
+                end_user=end_user, client_headers=headers, started=started, t0=t0,
+                steering=steering)
 
 
-def refused_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
-                 settings: Settings, t0: float) -> Call:
-    """A request refused before it could be parsed (a bad key): what can be known of it."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = None
-    body = body if isinstance(body, dict) else {}
-    name = body.get("model") if isinstance(body.get("model"), str) else ""
-    model = settings.models.get(name) or Model(name, (), None, None, None, None)
-    return _call(endpoint, body, raw, model, headers, ANONYMOUS, t0, datetime.now(UTC), None)
+def refused_call(endpoint: Endpoint, headers: dict[bytes, bytes], t0: float) -> Call:
+    """A request refused by its key before its body was read: only what its headers say,
+    cut to the bound (the body, model included, is never read for a request without a key)."""
+    agent, task, end_user = (_clipped(headers.get(h)) for h in _ATTRIBUTION)
+    return Call(endpoint=endpoint, body={}, raw=b"", model=_UNKNOWN_MODEL, stream=False,
+                consumer=ANONYMOUS, agent=agent, task=task, end_user=end_user,
+                client_headers=headers, started=datetime.now(UTC), t0=t0)
 
 
-def _call(endpoint: Endpoint, body: dict[str, Any], raw: bytes, model: Model,
-          headers: dict[bytes, bytes], consumer: Consumer, t0: float, started: datetime,
-          steering: Steering | None) -> Call:
-    stream = body.get("stream") is True
-    user = body.get("user")
-    return Call(
-        endpoint=endpoint,
-        body=body,
-        raw=raw,
-        model=model,
-        stream=stream,
-        consumer=consumer,
-        agent=_header(headers, b"x-tokometer-agent"),
-        task=_header(headers, b"x-tokometer-task"),
-        end_user=_header(headers, b"x-tokometer-user") or (user if isinstance(user, str) else None),
-        client_headers=headers,
-        started=started,
-        t0=t0,
-        steering=steering,
-    )
+def _check_stream(body: dict[str, Any]) -> None:
+    """`stream` and `stream_options` as the APIs define them; the gateway rewrites the latter."""
+    if not _is_flag(body.get("stream")):
+        raise RequestError("'stream' must be true or false")
+    options = body.get("stream_options")
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object like {\"include_usage\": true}")
+    if not _is_flag(options.get("include_usage")):
+        raise RequestError("'stream_options.include_usage' must be true or false")
+
+
+def _is_flag(value: Any) -> bool:
+    return value is None or isinstance(value, bool)
 
 
 def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    """An attribution header as UTF-8 text within the bound; RequestError (400) if not."""
     value = headers.get(name)
-    return value.decode("latin-1") if value else None
+    if not value:
+        return None
+    what = f"the header {name.decode()}"
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        raise RequestError(f"{what} is not valid UTF-8") from None
+    return _bounded(text, what)
+
+
+def _bounded(text: str, what: str) -> str:
+    if len(text) > MAX_LABEL_CHARS:
+        raise RequestError(f"{what} is longer than {MAX_LABEL_CHARS} characters")
+    return text
+
+
+def _clipped(value: bytes | None) -> str | None:
+    """A header as it can be recorded for a refusal: UTF-8 (bad bytes replaced), cut short."""
+    return value.decode(errors="replace")[:MAX_LABEL_CHARS] if value else None
 
 
 def elapsed_ms(t0: float) -> float:

@@ -5,13 +5,16 @@ kinds are OpenTelemetry GenAI's input/output plus the cache and reasoning parts.
 plain dictionary arithmetic on the event loop (a few microseconds per request, where
 prometheus_client's labelled children cost ten times that); prometheus_client renders the
 families only when scraped.
+
+A model label is always a name the config knows: a model it does not (the provider's dated
+name, anything a client made up) counts as `other`, so no client can grow the label sets.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -22,10 +25,13 @@ from ..events import Event
 _KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _REFUSALS = frozenset({401, 402, 403, 429})
+_OTHER = "other"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, models: Iterable[str]) -> None:
+        """`models`: the model names labels may carry (the configured ones and their routes')."""
+        self.models = frozenset(models)
         self.requests: Counter[tuple[str, str, str]] = Counter()  # provider, model, status
         self.tokens: Counter[tuple[str, str, str]] = Counter()  # provider, model, kind
         self.cost: defaultdict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
@@ -37,7 +43,7 @@ class Metrics:
         self.registry.register(self)
 
     def observe(self, event: Event) -> None:
-        provider, model = event.provider or "", event.model or event.model_requested or ""
+        provider, model = event.provider or "", self._model(event)
         self.requests[provider, model, str(event.status)] += 1
         for kind in _KINDS:
             if n := getattr(event, f"{kind}_tokens"):
@@ -54,6 +60,13 @@ class Metrics:
             self.refusals[event.error_type or str(event.status)] += 1
         elif event.status >= 500:
             self.upstream_errors[provider, event.error_type or ""] += 1
+
+    def _model(self, event: Event) -> str:
+        """What answered if the config knows it, else what was asked if it does, else other."""
+        for name in (event.model, event.model_requested):
+            if name is not None and name in self.models:
+                return name
+        return _OTHER
 
     def collect(self) -> Iterator[Metric]:
         """The families as prometheus_client renders them (called on each scrape)."""

@@ -1,6 +1,7 @@
 """Store work for the gateway's side endpoints, kept off the event loop.
 
-One connection per user, one call at a time on it, each on a worker thread.
+One connection per user, one call at a time on it, each on a worker thread. A store that
+fails (locked, read-only, corrupt) is a LedgerError here, so the client gets it in its shape.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from typing import Any
+
+from ..errors import LedgerError
 
 
 class OffLoop:
@@ -19,4 +22,7 @@ class OffLoop:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(conn, *args) on a thread; calls on this connection never overlap."""
         async with self._lock:
-            return await asyncio.to_thread(fn, self._conn, *args)
+            try:
+                return await asyncio.to_thread(fn, self._conn, *args)
+            except sqlite3.Error as e:
+                raise LedgerError(f"the store failed: {e}") from e

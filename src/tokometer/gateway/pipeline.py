@@ -43,10 +43,8 @@ async def handle(call: Call, deps: Deps, send: Send, receive: Receive) -> None:
     event_id = new_event_id()
     try:
         routes, ticket = await _admit(call, deps)
-    except PolicyError as refusal:
+    except RequestError as refusal:  # policy, or the client's routing left no route
         return await refuse(call, refusal, deps, send, event_id)
-    except RequestError as error:
-        return await _send_error(send, call, error, event_id)
     try:
         await _forward(call, deps, send, receive, routes, ticket, event_id)
     finally:

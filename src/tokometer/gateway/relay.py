@@ -21,7 +21,7 @@ from ..usage.stream import SSESplitter
 from ..usage.text import body_text
 from .call import Call, elapsed_ms
 from .meter import Outcome
-from .upstream import Answer
+from .upstream import Answer, without_address
 from .wire import COST_HEADER, EVENT_ID_HEADER, is_shaped_error
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -67,7 +67,7 @@ async def relay_error(call: Call, route: Route, response: Answer, event_id: str,
     """An upstream 4xx/5xx: passed through when already in the SDK's error shape."""
     raw = await response.read()
     if not is_shaped_error(call.endpoint.api, raw):
-        snippet = raw[:200].decode("utf-8", "replace")
+        snippet = without_address(raw[:200].decode("utf-8", "replace"), route)
         raise UpstreamError(f"provider {route.provider.name} answered HTTP {response.status}: "
                             f"{snippet}", type="upstream_error")
     await record(Outcome(route, response.status, error_type=_error_type(raw)))

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import RequestError
 
 _SORTS = ("price", "latency", "throughput")  # throughput: ranked by latency here
+_MAX_PRICE = Decimal(1_000_000)  # per 1M tokens: far above any model's, far below absurd
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +33,14 @@ def parse_steering(value: Any) -> Steering:
         raise RequestError("'provider' must be an object (OpenRouter's provider preferences)")
     known = {"order", "only", "ignore", "allow_fallbacks", "sort", "max_price"}
     if unknown := sorted(set(value) - known):
-        raise RequestError(f"provider.{unknown[0]} is not supported here; "
+        raise RequestError(f"provider.{unknown[0][:64]} is not supported here; "
                            f"use {', '.join(sorted(known))}")
     fallbacks = value.get("allow_fallbacks", True)
     if not isinstance(fallbacks, bool):
         raise RequestError("provider.allow_fallbacks must be true or false")
     sort = value.get("sort")
     if sort is not None and sort not in _SORTS:
-        raise RequestError(f"provider.sort must be one of {', '.join(_SORTS)}, not {sort!r}")
+        raise RequestError(f"provider.sort must be one of {', '.join(_SORTS)}")
     only = value.get("only")
     max_price = value.get("max_price", {})
     if not isinstance(max_price, dict):
@@ -71,6 +72,7 @@ def _price(max_price: dict[str, Any], key: str) -> Decimal | None:
         price = Decimal(str(value)) if not isinstance(value, bool) else None
     except InvalidOperation:
         price = None
-    if price is None or not price.is_finite() or price < 0:
-        raise RequestError(f"provider.max_price.{key} must be a non-negative number")
+    if price is None or not price.is_finite() or not 0 <= price <= _MAX_PRICE:
+        raise RequestError(f"provider.max_price.{key} must be a number from 0 to {_MAX_PRICE} "
+                           "(per 1M tokens)")
     return price

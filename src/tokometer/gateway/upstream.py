@@ -2,15 +2,18 @@
 route, and the provider's answer as an `Answer` the relay reads.
 
 pyreqwest was chosen over aiohttp for the hot path: at concurrency 1 a bare pass-through spends
-about a third less CPU per request on it. Its exceptions stop here and become UpstreamError.
+about a third less CPU per request on it. Its exceptions stop here and become UpstreamError,
+whose messages name the provider but never its address: that goes to the log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import orjson
 from pyreqwest.client import Client, ClientBuilder
@@ -25,6 +28,7 @@ from .call import Call
 # Client headers that mean something to the provider; everything else stays here.
 _FORWARD = (b"accept", b"anthropic-version", b"anthropic-beta", b"openai-beta")
 _ANTHROPIC_VERSION = "2023-06-01"
+log = logging.getLogger("tokometer.upstream")
 
 
 class Upstream:
@@ -135,6 +139,15 @@ async def open_response(upstream: Upstream, call: Call, route: Route) -> Answer:
     return Answer(request, response, route)
 
 
+def without_address(text: str, route: Route) -> str:
+    """`text` (a provider's words) with the provider's address blanked, for a client to read."""
+    base_url = route.provider.base_url
+    for address in (base_url, urlsplit(base_url).netloc, urlsplit(base_url).hostname):
+        if address:
+            text = text.replace(address, "(provider)")
+    return text
+
+
 @contextlib.contextmanager
 def translated_errors(route: Route, *, mid_response: bool) -> Iterator[None]:
     """pyreqwest's failures as UpstreamError, saying whether the answer had begun."""
@@ -146,8 +159,10 @@ def translated_errors(route: Route, *, mid_response: bool) -> Iterator[None]:
         raise UpstreamError(f"provider {name} {what}", status=504,
                             type="upstream_timeout") from None
     except PyreqwestError as e:
+        # pyreqwest's message holds the URL: the operator's to see, not the client's.
+        log.warning("provider %s at %s: %s", name, route.provider.base_url, e)
         if mid_response:
-            raise UpstreamError(f"provider {name} broke off the response: {e}",
+            raise UpstreamError(f"provider {name} broke off the response ({type(e).__name__})",
                                 type="upstream_broken") from None
-        raise UpstreamError(f"cannot reach provider {name}: {e}",
-                            type="upstream_unreachable") from None
+        raise UpstreamError(f"cannot reach provider {name} ({type(e).__name__}); the gateway's "
+                            "log says why", type="upstream_unreachable") from None

@@ -1,0 +1,198 @@
+"""Clients that try to cost the gateway something: no key, huge strings, bytes that are not text.
+
+A request without a valid key is answered from its headers alone; every string a client sends
+that reaches an event or a label is UTF-8 of at most MAX_LABEL_CHARS characters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anthropic
+import httpx
+import openai
+import orjson
+import pytest
+
+from conftest import FAKE_KEYS, Gateway, providers_toml, start_gateway, stop_gateway
+from fake_upstream import FakeUpstream
+from tokometer.gateway.call import MAX_LABEL_CHARS
+
+ADMIN = "edge-admin"
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway with the default body limit (10 MB), so megabyte bodies are not refused as
+    too large before the key is looked at, and an admin token for /metrics."""
+    body = f"""admin_token_env = "TKM_EDGE_ADMIN"
+{providers_toml(upstream)}
+[[models]]
+name = "gpt-4o-mini"
+routes = [{{ provider = "fake-openai" }}]
+[[models]]
+name = "claude-sonnet-5"
+routes = [{{ provider = "fake-anthropic" }}]
+"""
+    gateway = start_gateway(tmp_path_factory.mktemp("hostile"), body,
+                            env={**FAKE_KEYS, "TKM_EDGE_ADMIN": ADMIN})
+    yield gateway
+    stop_gateway(gateway)
+
+
+def post(gw: Gateway, body: dict | bytes, *, key: str | None = None,
+         headers: dict[str, str | bytes] | None = None, path: str = CHAT) -> httpx.Response:
+    headers = {"content-type": "application/json", **(headers or {})}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return httpx.post(gw.url + path, content=content, headers=headers, timeout=30)
+
+
+def store_bytes(gw: Gateway) -> int:
+    """The store's size as SQLite sees it, its write-ahead log included."""
+    conn = sqlite3.connect(gw.store)
+    try:
+        return (conn.execute("PRAGMA page_count").fetchone()[0]
+                * conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (the gateway and its worker)."""
+    with contextlib.suppress(FileNotFoundError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        own = int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) * 1024  # type: ignore[index]
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+        return own + sum(rss_bytes(c) for c in children)
+    return 0
+
+
+def test_keyless_requests_with_megabyte_model_names_leave_the_store_as_it_was(gw):
+    name = "m" * 1_000_000
+    before_size, before_events = store_bytes(gw), gw.count_events()
+    before_rss = rss_bytes(gw.process.pid)
+    agent = {"x-tokometer-agent": "a" * 10_000}
+    responses = [post(gw, {"model": f"{i}{name}", "messages": MESSAGES},
+                      key=None if i % 2 else "tkm-wrong", headers=agent) for i in range(50)]
+    assert {r.status_code for r in responses} == {401}
+    assert gw.count_events() == before_events + 50  # each refusal is still on the record...
+    event = gw.event(responses[-1].headers["x-tokometer-event-id"])
+    assert (event["status"], event["model_requested"]) == (401, None)  # ...from its headers
+    assert event["agent"] == "a" * MAX_LABEL_CHARS
+    # Before the body went unread: 50-55 MB more in the store and 65 MB more resident.
+    assert store_bytes(gw) - before_size < 1_000_000
+    assert rss_bytes(gw.process.pid) - before_rss < 20_000_000
+
+
+@pytest.mark.parametrize("key", [None, "tkm-wrong"])
+def test_a_request_without_a_valid_key_is_answered_before_its_body_arrives(gw, key):
+    port = urlsplit(gw.url).port
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        # Headers promise a megabyte that never comes: the answer must not wait for it.
+        s.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                  f"{auth}Content-Length: 1000000\r\n\r\n".encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = s.recv(65536)
+            assert chunk, "the gateway closed the connection without an answer"
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 401")
+    event_id = re.search(rb"x-tokometer-event-id: (\S+)", reply, re.IGNORECASE)
+    assert event_id is not None
+    assert gw.event(event_id[1].decode())["status"] == 401
+
+
+def test_a_utf8_agent_name_arrives_intact(gw):
+    agent, task = "réviseur-机器人", "tâche ✓"
+    r = post(gw, {"model": "gpt-4o-mini", "messages": MESSAGES}, key=gw.key,
+             headers={"x-tokometer-agent": agent.encode(), "x-tokometer-task": task.encode()})
+    assert r.status_code == 200
+    event = gw.event(r.headers["x-tokometer-event-id"])
+    assert (event["agent"], event["task"]) == (agent, task)
+
+
+@pytest.mark.parametrize("header", ["x-tokometer-agent", "x-tokometer-task", "x-tokometer-user"])
+def test_an_attribution_header_that_is_not_utf8_is_a_400(gw, upstream, header):
+    before = len(upstream.calls)
+    r = post(gw, {"model": "gpt-4o-mini", "messages": MESSAGES}, key=gw.key,
+             headers={header: "réviseur".encode("latin-1")})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == f"the header {header} is not valid UTF-8"
+    assert len(upstream.calls) == before
+
+
+@pytest.mark.parametrize(("where", "what"), [
+    ("x-tokometer-agent", "the header x-tokometer-agent"),
+    ("x-tokometer-task", "the header x-tokometer-task"),
+    ("x-tokometer-user", "the header x-tokometer-user"),
+    ("user", "'user'"),
+    ("model", "'model'"),
+])
+def test_a_client_string_over_the_bound_is_a_400_and_at_the_bound_is_kept(gw, upstream, where,
+                                                                           what):
+    def send(length: int) -> httpx.Response:
+        value = "é" * length  # characters, not bytes: two bytes each in UTF-8
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+        if where.startswith("x-"):
+            return post(gw, body, key=gw.key, headers={where: value.encode()})
+        return post(gw, {**body, where: value}, key=gw.key)
+
+    before = len(upstream.calls)
+    r = send(MAX_LABEL_CHARS + 1)
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == f"{what} is longer than {MAX_LABEL_CHARS} characters"
+    assert len(upstream.calls) == before
+    if where != "model":  # no configured model has such a name
+        r = send(MAX_LABEL_CHARS)
+        assert r.status_code == 200
+        event = gw.event(r.headers["x-tokometer-event-id"])
+        assert event["agent" if where == "x-tokometer-agent" else "task"
+                     if where == "x-tokometer-task" else "end_user"] == "é" * MAX_LABEL_CHARS
+
+
+def test_a_keyless_refusal_records_its_headers_cut_to_the_bound_and_bad_bytes_replaced(gw):
+    r = post(gw, b"{}", headers={"x-tokometer-agent": b"bad\xff" + b"x" * 1000,
+                                 "x-tokometer-user": "ünïcode".encode()})
+    assert r.status_code == 401
+    event = gw.event(r.headers["x-tokometer-event-id"])
+    assert event["agent"] == ("bad\ufffd" + "x" * 1000)[:MAX_LABEL_CHARS]
+    assert event["end_user"] == "ünïcode"
+    assert (event["tenant"], event["key_id"], event["status"]) == (None, None, 401)
+
+
+def test_sdks_see_an_over_long_attribution_header_as_a_bad_request(gw):
+    long_agent = {"x-tokometer-agent": "a" * (MAX_LABEL_CHARS + 1)}
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0,
+                           default_headers=long_agent)
+    with pytest.raises(openai.BadRequestError, match="longer than 256 characters"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    claude = anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0,
+                                 default_headers=long_agent)
+    with pytest.raises(anthropic.BadRequestError, match="longer than 256 characters"):
+        claude.messages.create(model="claude-sonnet-5", max_tokens=10, messages=MESSAGES)
+
+
+def test_metrics_label_only_configured_models(gw):
+    junk = "junk-model-" + "z" * 5000
+    assert post(gw, {"model": junk, "messages": MESSAGES}).status_code == 401
+    assert post(gw, {"model": junk[:200], "messages": MESSAGES}, key=gw.key).status_code == 404
+    # The provider says it served "gpt-4o-mini-2024-07-18", a name the config does not know.
+    assert post(gw, {"model": "gpt-4o-mini", "messages": MESSAGES}, key=gw.key).status_code == 200
+    r = httpx.get(gw.url + "/metrics", headers={"authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 200
+    assert "junk-model" not in r.text and "2024-07-18" not in r.text
+    labels = set(re.findall(r'model="([^"]*)"', r.text))
+    assert {"gpt-4o-mini", "other"} <= labels  # "other": the keyless refusals
+    assert labels <= {"gpt-4o-mini", "claude-sonnet-5", "other"}
