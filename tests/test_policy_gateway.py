@@ -85,6 +85,10 @@ app = "rpm-app"
 rpm = 5
 
 [[limits]]
+app = "rpm-sdk-app"
+rpm = 1
+
+[[limits]]
 app = "tpm-app"
 tpm = {tpm}
 
@@ -296,8 +300,9 @@ def test_a_tpm_limit_holds_under_concurrency(gw, upstream):
 
 
 def test_openai_sdk_sees_rate_limit_error(gw):
-    key = key_for(gw, "acme", app="rpm-app")  # the app's window is already full
+    key = key_for(gw, "acme", app="rpm-sdk-app")  # its own window, of one request a minute
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    client.chat.completions.create(model="metered", messages=MESSAGES, max_tokens=5)
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="metered", messages=MESSAGES, max_tokens=5)
 
