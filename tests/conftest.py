@@ -247,3 +247,15 @@ def o200k(tmp_path_factory: pytest.TempPathFactory) -> Any:
         packaged = Path(spec.submodule_search_locations[0]) / "data" / "o200k_base.tiktoken.gz"
         target.write_bytes(gzip.decompress(packaged.read_bytes()))
     return tiktoken.get_encoding("o200k_base")
+
+
+def wait_for_event(gateway: Gateway, event_id: str, timeout: float = 10) -> dict[str, Any]:
+    """The event, once stored: a stream's is recorded after its client saw the last byte."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return gateway.event(event_id)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # readiness poll of the gateway's writer

@@ -94,15 +94,14 @@ class Meter:
         counted_out: Count | None
         try:
             usage, source, counted_in, counted_out = await self._measure(call, outcome)
-            priced = self._price(call, route, usage)
         except Exception:  # a failing meter still records a reading, and never a free one
             log.exception("metering event %s failed; recording an estimate", event_id)
             usage, source, counted_in, counted_out = _fallback(call, outcome), ESTIMATED, None, None
-            try:
-                priced = self._price(call, route, usage)
-            except Exception:
-                log.exception("pricing event %s failed; its cost is unknown", event_id)
-                priced = Priced(None, None)  # a budget then spends the reservation (guard.py)
+        try:
+            priced = self._price(call, route, usage)
+        except Exception:  # unknown, not free: a budget then spends the reservation (guard.py)
+            log.exception("pricing event %s failed; its cost is unknown", event_id)
+            priced = Priced(None, None)
         consumer = call.consumer
         return Event(
             id=event_id or new_event_id(),
@@ -187,15 +186,15 @@ def _tokenizer(call: Call, route: Route | None) -> str | None:
 
 
 def _plausible(outcome: Outcome) -> tuple[Usage | None, bool]:
-    """The reported usage and whether it is complete, distrusting what cannot be right:
-    a negative count, or no output for an answer that has text."""
+    """The reported usage and whether it is complete, distrusting what cannot be right: a
+    negative count or no input (every request has some), or no output for an answer with text
+    (then the output is recounted)."""
     reported = outcome.reported
-    if reported is None:
-        return None, False
-    if any(v < 0 for v in astuple(reported) if isinstance(v, int)):
+    if reported is None or reported.input_tokens <= 0 \
+            or any(v < 0 for v in astuple(reported) if isinstance(v, int)):
         return None, False
     if reported.output_tokens == 0 and outcome.text():
-        return (reported if reported.input_tokens > 0 else None), False
+        return reported, False
     return reported, outcome.usage_complete
 
 
