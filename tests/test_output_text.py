@@ -12,7 +12,7 @@ def test_reasoning_with_its_details_counts_once_in_a_delta_and_a_message():
     assert chunk_text("chat", delta) == "Add them."
     body = {"choices": [{"message": {"content": "4", "reasoning": "Add them.",
                                      "reasoning_details": DETAILS}}]}
-    assert body_text("chat", body) == "Add them.4"
+    assert body_text("chat", body) == "4Add them."
 
 
 def test_reasoning_details_alone_still_count():
