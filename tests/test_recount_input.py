@@ -7,6 +7,7 @@ import base64
 import io
 import math
 
+import httpx
 import orjson
 import pytest
 from PIL import Image as PILImage
@@ -182,3 +183,23 @@ def test_images_are_estimates_for_models_outside_openais_rule(tok, o200k):
     body = {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": data_url("PNG", (1024, 1024))}}]}]}
     assert not count_input(tok, None, "chat", body).exact
+
+
+def test_the_gateway_recount_bills_tools_and_images(gateway, o200k):
+    """A provider that reports no usage: the event's input holds the tools and the image."""
+    def event_for(**extra) -> dict:
+        r = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
+                       headers={"Authorization": f"Bearer {gateway.key}"},
+                       json={"model": "no-usage", **extra})
+        assert r.status_code == 200, r.text
+        return gateway.event(r.headers["x-tokometer-event-id"])
+
+    text = chat_formula(o200k, [("user", USER["content"])])
+    tools = event_for(messages=[USER], tools=[WEATHER])
+    assert tools["input_tokens"] == text + n(o200k, WEATHER)
+    assert tools["usage_source"] == "estimated" and tools["counted_input_tokens"] is None
+    image = {"type": "image_url", "image_url": {"url": data_url("PNG", (2048, 4096))}}
+    seen = event_for(messages=[{"role": "user", "content": [
+        {"type": "text", "text": USER["content"]}, image]}])
+    assert seen["input_tokens"] == seen["counted_input_tokens"] == text + 1105
+    assert seen["usage_source"] == "counted"
