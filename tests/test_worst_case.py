@@ -3,6 +3,7 @@ choice it asks for at its largest output bound, and its input as billed (tools, 
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 
 import httpx
@@ -135,3 +136,15 @@ def test_an_image_is_reserved_at_its_cost(gw, o200k):
     expected = hi_tokens(o200k) + 2 * 1445 + 10
     assert f"at most it may take {expected} tokens" in r.json()["error"]["message"]
     assert post(gw, key, max_tokens=10, messages=with_images(1)).status_code == 200
+
+
+def test_a_body_too_deep_to_walk_is_reserved_by_its_size(gw):
+    key, _ = gw.new_key("acme", app="tpm-app")
+    deep = b"[" * 400 + b'"' + b"x" * 50_000 + b'"' + b"]" * 400  # deeper than encoders go
+    raw = orjson.dumps({"model": "metered", "messages": MESSAGES, "max_tokens": 1,
+                        "tools": []}).replace(b'"tools":[]', b'"tools":[' + deep + b"]")
+    r = httpx.post(gw.url + "/v1/chat/completions", content=raw, timeout=30,
+                   headers={"Authorization": f"Bearer {key}",
+                            "content-type": "application/json"})
+    assert r.status_code == 429, r.text
+    assert f"needs up to {math.ceil(len(raw) / 4) + 1} tokens" in r.json()["error"]["message"]

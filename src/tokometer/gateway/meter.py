@@ -76,7 +76,10 @@ class Meter:
                 counted = count(spec)
         except Exception:  # a failed count must not refuse the request: estimate instead
             log.exception("counting the input of model %r failed; estimating", call.model.name)
-            counted = count(None)
+            try:
+                counted = count(None)
+            except Exception:  # a body too deeply nested to walk: estimate from its size
+                counted = Count(_size_estimate(call), exact=False)
         if call.endpoint.operation == "embeddings":
             return Usage(input_tokens=counted.tokens)
         return Usage(input_tokens=counted.tokens, output_tokens=out)
@@ -216,8 +219,13 @@ def _fallback(call: Call, outcome: Outcome) -> Usage:
         text = outcome.text()
     except Exception:  # the answer's text is what may have broken the meter
         text = ""
-    return Usage(input_tokens=estimate(call.raw.decode("utf-8", "replace")),
-                 output_tokens=estimate(text))
+    return Usage(input_tokens=_size_estimate(call), output_tokens=estimate(text))
+
+
+def _size_estimate(call: Call) -> int:
+    """The request body's size in tokens at about four characters a token (an overestimate:
+    it includes the JSON around the text)."""
+    return estimate(call.raw.decode("utf-8", "replace"))
 
 
 def worst_output(body: dict[str, Any], default: int) -> int:

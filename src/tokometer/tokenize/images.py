@@ -124,12 +124,13 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 # Start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_MAX_MARKERS = 4096
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
+    for _ in range(_JPEG_MAX_MARKERS):  # real files have a few dozen before their frame
+        if i + 4 > len(data) or data[i] != 0xFF:
             return None
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
