@@ -203,3 +203,14 @@ def test_the_gateway_recount_bills_tools_and_images(gateway, o200k):
         {"type": "text", "text": USER["content"]}, image]}])
     assert seen["input_tokens"] == seen["counted_input_tokens"] == text + 1105
     assert seen["usage_source"] == "counted"
+
+
+def test_other_kinds_of_content_make_it_an_estimate(tok, o200k):
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [
+        {"type": "summary_text", "text": "Thought about the weather."}]}
+    count = count_input(tok, "openai", "responses", {"input": [USER, reasoning]})
+    assert count.tokens == chat_formula(o200k, [("user", USER["content"])]) + n(o200k, reasoning)
+    assert not count.exact
+    audio = {"role": "user", "content": [{"type": "input_audio",
+                                          "input_audio": {"data": "AAAA", "format": "wav"}}]}
+    assert not count_input(tok, "openai", "chat", {"messages": [audio]}).exact

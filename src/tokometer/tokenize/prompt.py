@@ -14,12 +14,16 @@ import orjson
 
 from .images import Image, base64_bytes, data_url_bytes, image_size
 
+# Content blocks whose text a chat template renders as it is.
+_TEXT_BLOCKS = frozenset({None, "text", "input_text", "output_text"})
+
 
 @dataclass(slots=True)
 class Prompt:
     messages: list[dict[str, str]] = field(default_factory=list)
-    tooling: list[str] = field(default_factory=list)  # definitions, calls, results
+    tooling: list[str] = field(default_factory=list)  # definitions, calls, results, other items
     images: list[Image] = field(default_factory=list)
+    unknown_blocks: bool = False  # blocks of other kinds (audio, files, ...): text read only
 
 
 def prompt_of(operation: str, body: dict[str, Any]) -> Prompt:
@@ -53,6 +57,9 @@ def _add_item(prompt: Prompt, item: dict[str, Any]) -> None:
         return
     if kind == "function_call_output":  # Responses: its result
         prompt.tooling.append(_content(prompt, item.get("output")))
+        return
+    if kind not in (None, "message"):  # Responses: reasoning, built-in tool calls, ...
+        prompt.tooling.append(_json(item))
         return
     role = str(item.get("role", "user"))
     content = _content(prompt, item.get("content"))
@@ -96,6 +103,8 @@ def _block(prompt: Prompt, block: Any) -> str:
     if kind == "tool_result":  # Anthropic: its result, text and images
         prompt.tooling.append(_content(prompt, block.get("content")))
         return ""
+    if kind not in _TEXT_BLOCKS:
+        prompt.unknown_blocks = True
     for key in ("text", "content", "input_text"):
         value = block.get(key)
         if isinstance(value, str):

@@ -65,7 +65,8 @@ def count_input(tok: Tokenizer | None, template: str | None, operation: str,
     """The input as billed: messages, tool definitions, calls and results, and images.
 
     Exact only for plain text messages under a known template, and images by OpenAI's rule
-    for OpenAI models: tools follow no published rule, so their count makes it an estimate.
+    for OpenAI models: tools and other kinds of content follow no published rule, so their
+    count makes it an estimate.
     """
     if operation in ("text_completion", "embeddings"):
         # Raw text, no template: exact whenever the tokenizer is known.
@@ -76,7 +77,7 @@ def count_input(tok: Tokenizer | None, template: str | None, operation: str,
     tooling = sum(tok.count(t) if tok else estimate(t) for t in prompt.tooling)
     rule = anthropic_tokens if operation == "messages" else openai_tokens
     images = [rule(image) for image in prompt.images]
-    exact = (messages.exact and not prompt.tooling
+    exact = (messages.exact and not prompt.tooling and not prompt.unknown_blocks
              and all(exact and template == "openai" for _, exact in images))
     return Count(messages.tokens + tooling + sum(tokens for tokens, _ in images), exact)
 
