@@ -130,4 +130,5 @@ def _image(block: dict[str, Any]) -> Image:
 
 
 def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()  # the body came from orjson: it encodes
+    # Raises for values nested deeper than orjson writes: callers then estimate by size.
+    return orjson.dumps(value).decode()
