@@ -198,8 +198,10 @@ MODELS_TOML = "".join([
     _model("fail-500"),
     _model("claude-html-502", provider="fake-anthropic", upstream_model="html-502"),
     _model("claude-broken", provider="fake-anthropic"),
+    _model("claude-overloaded", provider="fake-anthropic"),
     *(_model(name, extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}')
-      for name in ("bad-usage-json", "bad-usage-types", "zero-usage", "reasoning-dup")),
+      for name in ("bad-usage-json", "bad-usage-types", "zero-usage", "reasoning-dup",
+                   "error-mid-stream")),
     """[[models]]
 name = "fallback"
 routes = [{ provider = "dead", model = "gpt-4o-mini" },

@@ -35,6 +35,13 @@ SCENARIOS = {
     "reasoning-dup": "reasoning_dup",  # OpenRouter-style reasoning, twice in each delta
 }
 BREAK_AT = {"broken": 2, "claude-broken": 5}  # the event before which the connection drops
+SCENARIOS.update({"error-mid-stream": "nousage", "claude-overloaded": "anthropic"})
+ERROR_AT = {  # the event before which the provider sends an error event and ends the stream
+    "error-mid-stream": (2, b'data: {"error":{"message":"The server had an error",'
+                            b'"type":"server_error"}}\n\n'),
+    "claude-overloaded": (5, b'event: error\ndata: {"type":"error","error":'
+                             b'{"type":"overloaded_error","message":"Overloaded"}}\n\n'),
+}
 DELAY_SECONDS = 0.2  # how long "NAME-delayed" takes to answer as NAME
 
 
@@ -112,12 +119,13 @@ class FakeUpstream:
         name = SCENARIOS[model.removesuffix("-delayed")]
         if body.get("stream"):
             return await self._stream(request, name, body, slow=model == "slow",
-                                      cut=BREAK_AT.get(model))
+                                      cut=BREAK_AT.get(model), error=ERROR_AT.get(model))
         return web.Response(body=(FIXTURES / f"{name}.json").read_bytes(),
                             content_type="application/json", headers={"x-request-id": "req_123"})
 
     async def _stream(self, request: web.Request, name: str, body: dict[str, Any],
-                      slow: bool, cut: int | None = None) -> web.StreamResponse:
+                      slow: bool, cut: int | None = None,
+                      error: tuple[int, bytes] | None = None) -> web.StreamResponse:
         wants_usage = (body.get("stream_options") or {}).get("include_usage") is True
         response = web.StreamResponse(headers={"content-type": "text/event-stream",
                                                "x-request-id": "req_456"})
@@ -126,6 +134,9 @@ class FakeUpstream:
         for i, event in enumerate(e for e in events if e.strip()):
             if b'"choices":[]' in event and b'"usage":{' in event and not wants_usage:
                 continue
+            if error is not None and i == error[0]:
+                await response.write(error[1])
+                break
             if i == cut:
                 assert request.transport is not None
                 request.transport.abort()  # no end of stream: the connection just goes

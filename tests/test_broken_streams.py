@@ -148,3 +148,25 @@ def test_reasoning_sent_twice_in_a_delta_is_counted_once(gateway, o200k):
     text = "Two plus two: add them. It is four.The answer is 4."
     assert event["output_tokens"] == len(o200k.encode(text))
     assert event["usage_source"] == "counted"
+
+
+def test_a_providers_own_error_event_mid_stream_is_recorded_with_the_tokens_delivered(gateway,
+                                                                                      o200k):
+    stream = openai_client(gateway).chat.completions.create(model="error-mid-stream",
+                                                            messages=MESSAGES, stream=True)
+    text, error = stream_text(stream)
+    assert text == DELIVERED and isinstance(error, openai.APIError)  # passed through as sent
+    event = wait_for_event(gateway, stream.response.headers["x-tokometer-event-id"])
+    assert (event["status"], event["error_type"]) == (502, "server_error")
+    assert event["output_tokens"] == len(o200k.encode(DELIVERED))
+    assert event["usage_source"] == "counted"
+
+    client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0)
+    stream = client.messages.create(model="claude-overloaded", max_tokens=100, messages=MESSAGES,
+                                    stream=True)
+    text, error = stream_text(stream)
+    assert text == "Hi! My name is Claude." and isinstance(error, anthropic.APIStatusError)
+    assert error.body["error"]["type"] == "overloaded_error"
+    event = wait_for_event(gateway, stream.response.headers["x-tokometer-event-id"])
+    assert (event["status"], event["error_type"]) == (502, "overloaded_error")
+    assert (event["input_tokens"], event["output_tokens"]) == (3050, math.ceil(len(text) / 4))

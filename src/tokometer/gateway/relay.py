@@ -131,6 +131,8 @@ async def relay_stream(call: Call, route: Route, response: Answer,
     finally:
         pumping = False
         client_left.cancel()
+    if tap.error is not None and outcome.status < 400:  # the provider's own error event
+        outcome.status, outcome.error_type = 502, tap.error
     outcome.partial = outcome.status >= 400
     outcome.reported = tap.usage()
     outcome.usage_complete = tap.final_usage_seen

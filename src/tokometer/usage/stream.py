@@ -20,6 +20,8 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]+)"')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]+)"')
 _RESPONSES_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+# An error event: OpenAI's {"error": {...}}, Anthropic's and Responses' {"type": "error", ...}.
+_ERROR = re.compile(rb'"error"\s*:\s*\{|"type"\s*:\s*"error"')
 
 
 class SSESplitter:
@@ -65,6 +67,7 @@ class StreamTap:
         self.model: str | None = None
         self.finish_reason: str | None = None
         self.terminal = False  # the end-of-stream marker has been seen
+        self.error: str | None = None  # the type of an error event the provider sent
         self.payloads: list[bytes] = []
 
     def feed(self, block: bytes) -> bool:
@@ -72,6 +75,8 @@ class StreamTap:
         self.payloads.append(data)
         if self.model is None and (m := _MODEL.search(data)):
             self.model = m.group(1).decode()
+        if _ERROR.search(data):
+            self.error = _error_type(_object(data)) or self.error
         if self.operation == "messages":
             return self._anthropic(data)
         if self.operation == "responses":
@@ -151,6 +156,15 @@ def _object(data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _error_type(event: dict[str, Any]) -> str | None:
+    error = event.get("error")
+    if isinstance(error, dict):
+        return _str(error.get("type")) or _str(error.get("code")) or "upstream_error"
+    if event.get("type") == "error":
+        return _str(event.get("code")) or "upstream_error"
+    return None
 
 
 def _dict(value: Any) -> dict[str, Any]:
