@@ -199,6 +199,8 @@ MODELS_TOML = "".join([
     _model("claude-html-502", provider="fake-anthropic", upstream_model="html-502"),
     _model("claude-broken", provider="fake-anthropic"),
     _model("claude-overloaded", provider="fake-anthropic"),
+    _model("vision-no-usage", upstream_model="gpt-4o-2024-11-20",
+           extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}'),
     *(_model(name, extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}')
       for name in ("bad-usage-json", "bad-usage-types", "zero-usage", "reasoning-dup",
                    "error-mid-stream")),

@@ -35,7 +35,8 @@ SCENARIOS = {
     "reasoning-dup": "reasoning_dup",  # OpenRouter-style reasoning, twice in each delta
 }
 BREAK_AT = {"broken": 2, "claude-broken": 5}  # the event before which the connection drops
-SCENARIOS.update({"error-mid-stream": "nousage", "claude-overloaded": "anthropic"})
+SCENARIOS.update({"error-mid-stream": "nousage", "claude-overloaded": "anthropic",
+                  "gpt-4o-2024-11-20": "nousage"})
 ERROR_AT = {  # the event before which the provider sends an error event and ends the stream
     "error-mid-stream": (2, b'data: {"error":{"message":"The server had an error",'
                             b'"type":"server_error"}}\n\n'),

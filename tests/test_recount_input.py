@@ -118,7 +118,16 @@ def test_anthropic_tools_tool_use_and_tool_result_blocks_are_counted():
     ((768, 2048), "high", 1445),  # the most any image can cost: 8 tiles
 ])
 def test_openai_images_follow_the_tile_rule(size, detail, tokens):
-    assert openai_tokens(Image(size, detail)) == (tokens, True)
+    for model in ("gpt-4o", "gpt-4o-2024-11-20", "openai/gpt-4.1", "gpt-4.5-preview"):
+        assert openai_tokens(Image(size, detail), model) == (tokens, True)
+
+
+def test_gpt_4o_mini_bills_its_own_tile_rates_and_other_models_are_estimates():
+    assert openai_tokens(Image((1024, 1024), "high"), "gpt-4o-mini") == (2833 + 4 * 5667, True)
+    assert openai_tokens(Image((1024, 1024), "low"), "gpt-4o-mini-2024-07-18") == (2833, True)
+    for model in ("gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "o3", "gpt-5", None):
+        assert openai_tokens(Image((1024, 1024), "high"), model) == (765, False)
+        assert openai_tokens(Image(None, "low"), model) == (85, False)
 
 
 # Anthropic's table (vision guide): 200x200 ~54, 1000x1000 ~1334, 1092x1092 ~1590 tokens.
@@ -156,20 +165,21 @@ def test_images_in_chat_are_counted_exactly_when_their_size_is_known(tok, o200k)
             {"type": "image_url", "image_url": {"url": url, "detail": detail}}]}]}
 
     text = chat_formula(o200k, [("user", "What is this?")])
-    known = count_input(tok, "openai", "chat", body(data_url("PNG", (1024, 1024))))
-    assert (known.tokens, known.exact) == (text + 765, True)
-    low = count_input(tok, "openai", "chat", body("https://example.com/a.png", "low"))
-    assert (low.tokens, low.exact) == (text + 85, True)
-    unknown = count_input(tok, "openai", "chat", body("https://example.com/a.png"))
-    assert (unknown.tokens, unknown.exact) == (text + 1445, False)  # the most it may cost
-    garbled = count_input(tok, "openai", "chat", body("data:image/png;base64,!!!!"))
-    assert (garbled.tokens, garbled.exact) == (text + 1445, False)
+
+    def count(body: dict) -> tuple[int, bool]:
+        counted = count_input(tok, "openai", "chat", body, "gpt-4o")
+        return counted.tokens, counted.exact
+
+    assert count(body(data_url("PNG", (1024, 1024)))) == (text + 765, True)
+    assert count(body("https://example.com/a.png", "low")) == (text + 85, True)
+    assert count(body("https://example.com/a.png")) == (text + 1445, False)  # the most
+    assert count(body("data:image/png;base64,!!!!")) == (text + 1445, False)
 
 
 def test_images_in_responses_and_anthropic_requests_are_counted(tok, o200k):
     url = data_url("JPEG", (2048, 4096))
     responses = count_input(tok, "openai", "responses", {"input": [{"role": "user", "content": [
-        {"type": "input_image", "image_url": url, "detail": "high"}]}]})
+        {"type": "input_image", "image_url": url, "detail": "high"}]}]}, "gpt-4.1")
     assert responses.tokens == chat_formula(o200k, [("user", "")]) + 1105 and responses.exact
     source = {"type": "base64", "media_type": "image/png",
               "data": base64.b64encode(image_bytes("PNG", (1000, 1000))).decode()}
@@ -182,7 +192,9 @@ def test_images_in_responses_and_anthropic_requests_are_counted(tok, o200k):
 def test_images_are_estimates_for_models_outside_openais_rule(tok, o200k):
     body = {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": data_url("PNG", (1024, 1024))}}]}]}
-    assert not count_input(tok, None, "chat", body).exact
+    assert count_input(tok, "openai", "chat", body, "gpt-4o").exact
+    assert not count_input(tok, "openai", "chat", body, "gpt-4.1-mini").exact
+    assert not count_input(tok, "gemma", "chat", body, "gemma-3-4b").exact
 
 
 def test_the_gateway_recount_bills_tools_and_images(gateway, o200k):
@@ -190,7 +202,7 @@ def test_the_gateway_recount_bills_tools_and_images(gateway, o200k):
     def event_for(**extra) -> dict:
         r = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
                        headers={"Authorization": f"Bearer {gateway.key}"},
-                       json={"model": "no-usage", **extra})
+                       json={"model": "vision-no-usage", **extra})
         assert r.status_code == 200, r.text
         return gateway.event(r.headers["x-tokometer-event-id"])
 

@@ -16,7 +16,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 OUT_PRICE = Decimal(10)  # per 1M output tokens; input is free, so a request costs its output
 ONE_REQUEST = 300 * OUT_PRICE / 1_000_000  # the fake's answer: 300 output tokens
 TPM = 10_000
-IMAGE_URL = "https://example.com/cat.png"  # no size known: reserved at the rule's most, 1445
+IMAGE_URL = "https://example.com/cat.png"  # no size known: reserved at the rule's most
+IMAGE_MOST = 2833 + 8 * 5667  # gpt-4o-mini's tile rates, 8 tiles (a 768 x 2048 image)
 TOOL = {"type": "function", "function": {
     "name": "lookup", "description": " ".join(f"clause {i} of the house rules applies" for i in
                                               range(2_200)),  # about 80 kB
@@ -50,7 +51,7 @@ period = "month"
 
 [[budgets]]
 tenant = "image-co"
-limit = {hi_tokens(o200k) + 1445 + 10}
+limit = {hi_tokens(o200k) + IMAGE_MOST + 10}
 unit = "tokens"
 period = "month"
 """
@@ -133,7 +134,7 @@ def test_an_image_is_reserved_at_its_cost(gw, o200k):
 
     r = post(gw, key, max_tokens=10, messages=with_images(2))
     assert r.status_code == 402
-    expected = hi_tokens(o200k) + 2 * 1445 + 10
+    expected = hi_tokens(o200k) + 2 * IMAGE_MOST + 10
     assert f"at most it may take {expected} tokens" in r.json()["error"]["message"]
     assert post(gw, key, max_tokens=10, messages=with_images(1)).status_code == 200
 

@@ -61,13 +61,14 @@ class Meter:
     async def expected(self, call: Call) -> Usage:
         """The most a request may use: its input counted now, and the most output it allows,
         for each of the choices it asks for. RequestError if those bounds are malformed."""
-        spec = _tokenizer(call, call.model.routes[0] if call.model.routes else None)
+        route = call.model.routes[0] if call.model.routes else None
+        spec = _tokenizer(call, route)
         out = worst_output(call.body, call.model.max_output_tokens
                            or self.default_max_output_tokens)
 
         def count(spec: str | None) -> Count:
             return self.recounter.input(spec, call.model.chat_template, call.endpoint.operation,
-                                        call.body)
+                                        call.body, route.model if route else None)
 
         try:
             if len(call.raw) > _OFFLOAD_CHARS:
@@ -167,7 +168,8 @@ class Meter:
 
         def count(spec: str | None) -> tuple[Count, Count]:
             return (self.recounter.input(spec, call.model.chat_template,
-                                         call.endpoint.operation, call.body),
+                                         call.endpoint.operation, call.body,
+                                         outcome.route.model if outcome.route else None),
                     self.recounter.output(spec, text))
 
         try:

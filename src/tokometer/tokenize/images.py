@@ -20,9 +20,18 @@ from urllib.parse import unquote_to_bytes
 # is 768px long. Finally, we count how many 512px squares the image consists of. Each of those
 # squares costs 170 tokens. Another 85 tokens are always added to the final total."
 # Images are only ever scaled down, as in the guide's worked examples.
-_OPENAI_BASE, _OPENAI_TILE, _OPENAI_TILE_PX = 85, 170, 512
-_OPENAI_FIT, _OPENAI_SHORT = 2048, 768
-_OPENAI_MOST = _OPENAI_BASE + _OPENAI_TILE * 2 * 4  # 768 x 2048 after scaling: 8 tiles
+_OPENAI_TILE_PX, _OPENAI_FIT, _OPENAI_SHORT = 512, 2048, 768
+_OPENAI_MOST_TILES = 2 * 4  # 768 x 2048 after scaling
+# The base and per-tile tokens of the models billed by that rule (gpt-4o-mini bills the same
+# image as many more, cheaper tokens). Others (gpt-4.1-mini and -nano, o4-mini: 32-pixel
+# patches; o-series, gpt-5: rates of their own) are estimated by the gpt-4o rates. The first
+# matching prefix applies.
+_TILE_RATES: tuple[tuple[str, tuple[int, int] | None], ...] = (
+    ("gpt-4o-mini", (2833, 5667)), ("gpt-4o", (85, 170)), ("gpt-4.1-mini", None),
+    ("gpt-4.1-nano", None), ("gpt-4.1", (85, 170)), ("gpt-4.5", (85, 170)),
+    ("gpt-4-turbo", (85, 170)),
+)
+_ESTIMATE_RATES = (85, 170)
 
 # Anthropic (vision guide, "Evaluate image size"): "If your image's long edge is more than
 # 1568 pixels, or your image is more than ~1,600 tokens, it will first be scaled down,
@@ -40,19 +49,26 @@ class Image:
     detail: str = "auto"
 
 
-def openai_tokens(image: Image) -> tuple[int, bool]:
-    """(tokens, exact) by OpenAI's tile rule."""
+def openai_tokens(image: Image, model: str | None) -> tuple[int, bool]:
+    """(tokens, exact) by OpenAI's tile rule, exact for the models known to follow it."""
+    rates = _tile_rates(model)
+    base, tile = rates or _ESTIMATE_RATES
     if image.detail == "low":
-        return _OPENAI_BASE, True
+        return base, rates is not None
     if image.size is None:
-        return _OPENAI_MOST, False
+        return base + tile * _OPENAI_MOST_TILES, False
     w, h = image.size
     scale = min(1.0, _OPENAI_FIT / max(w, h))
     w, h = w * scale, h * scale
     scale = min(1.0, _OPENAI_SHORT / min(w, h))
     w, h = w * scale, h * scale
     tiles = math.ceil(w / _OPENAI_TILE_PX) * math.ceil(h / _OPENAI_TILE_PX)
-    return _OPENAI_BASE + _OPENAI_TILE * tiles, True
+    return base + tile * tiles, rates is not None
+
+
+def _tile_rates(model: str | None) -> tuple[int, int] | None:
+    name = (model or "").rsplit("/", 1)[-1].lower()  # "openai/gpt-4o" as routers name it
+    return next((rates for prefix, rates in _TILE_RATES if name.startswith(prefix)), None)
 
 
 def anthropic_tokens(image: Image) -> tuple[int, bool]:

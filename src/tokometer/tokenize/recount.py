@@ -45,9 +45,10 @@ class Recounter:
         return count_output(self.registry.get(spec), text)
 
     def input(self, spec: str | None, template: str | None, operation: str,
-              body: dict[str, Any]) -> Count:
+              body: dict[str, Any], model: str | None = None) -> Count:
+        """`model`: the provider's name for the model, which picks its image rule."""
         tok = self.registry.get(spec) if spec else None
-        return count_input(tok, _template_for(spec, template), operation, body)
+        return count_input(tok, _template_for(spec, template), operation, body, model)
 
 
 def _template_for(spec: str | None, template: str | None) -> str | None:
@@ -61,12 +62,12 @@ def count_output(tok: Tokenizer, text: str) -> Count:
 
 
 def count_input(tok: Tokenizer | None, template: str | None, operation: str,
-                body: dict[str, Any]) -> Count:
+                body: dict[str, Any], model: str | None = None) -> Count:
     """The input as billed: messages, tool definitions, calls and results, and images.
 
     Exact only for plain text messages under a known template, and images by OpenAI's rule
-    for OpenAI models: tools and other kinds of content follow no published rule, so their
-    count makes it an estimate.
+    for the OpenAI models known to follow it: tools and other kinds of content follow no
+    published rule, so their count makes it an estimate.
     """
     if operation in ("text_completion", "embeddings"):
         # Raw text, no template: exact whenever the tokenizer is known.
@@ -75,10 +76,10 @@ def count_input(tok: Tokenizer | None, template: str | None, operation: str,
     prompt = prompt_of(operation, body)
     messages = _count_messages(tok, template, prompt.messages)
     tooling = sum(tok.count(t) if tok else estimate(t) for t in prompt.tooling)
-    rule = anthropic_tokens if operation == "messages" else openai_tokens
-    images = [rule(image) for image in prompt.images]
+    images = [anthropic_tokens(image) if operation == "messages" else openai_tokens(image, model)
+              for image in prompt.images]
     exact = (messages.exact and not prompt.tooling and not prompt.unknown_blocks
-             and all(exact and template == "openai" for _, exact in images))
+             and all(exact for _, exact in images))
     return Count(messages.tokens + tooling + sum(tokens for tokens, _ in images), exact)
 
 
