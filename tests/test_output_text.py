@@ -1,7 +1,9 @@
-"""The generated text a recount reads: every piece once, even when a provider repeats it."""
+"""What a response says beyond usage: the generated text a recount reads (every piece once,
+even when a provider repeats it) and a finish reason that is a string or nothing."""
 
 from __future__ import annotations
 
+from tokometer.usage import read_body
 from tokometer.usage.text import body_text, chunk_text
 
 DETAILS = [{"type": "reasoning.text", "text": "Add them.", "format": "unknown", "index": 0}]
@@ -20,3 +22,10 @@ def test_reasoning_details_alone_still_count():
     assert chunk_text("chat", delta) == "Add them."
     empty = {"choices": [{"delta": {"reasoning": "", "reasoning_details": DETAILS}}]}
     assert chunk_text("chat", empty) == "Add them."
+
+
+def test_a_malformed_finish_reason_is_dropped():
+    body = {"choices": [{"message": {"content": "4"}, "finish_reason": {"nested": True}}]}
+    assert read_body("chat", body).finish_reason is None
+    assert read_body("messages", {"stop_reason": ["end_turn"]}).finish_reason is None
+    assert read_body("messages", {"stop_reason": "end_turn"}).finish_reason == "end_turn"
