@@ -197,6 +197,13 @@ MODELS_TOML = "".join([
     _model("fail-400"), _model("html-502"), _model("garbage"), _model("hang"),
     _model("fail-500"),
     _model("claude-html-502", provider="fake-anthropic", upstream_model="html-502"),
+    _model("claude-broken", provider="fake-anthropic"),
+    _model("claude-overloaded", provider="fake-anthropic"),
+    _model("vision-no-usage", upstream_model="gpt-4o-2024-11-20",
+           extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}'),
+    *(_model(name, extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}')
+      for name in ("bad-usage-json", "bad-usage-types", "zero-usage", "reasoning-dup",
+                   "error-mid-stream")),
     """[[models]]
 name = "fallback"
 routes = [{ provider = "dead", model = "gpt-4o-mini" },
@@ -244,3 +251,15 @@ def o200k(tmp_path_factory: pytest.TempPathFactory) -> Any:
         packaged = Path(spec.submodule_search_locations[0]) / "data" / "o200k_base.tiktoken.gz"
         target.write_bytes(gzip.decompress(packaged.read_bytes()))
     return tiktoken.get_encoding("o200k_base")
+
+
+def wait_for_event(gateway: Gateway, event_id: str, timeout: float = 10) -> dict[str, Any]:
+    """The event, once stored: a stream's is recorded after its client saw the last byte."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return gateway.event(event_id)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # readiness poll of the gateway's writer

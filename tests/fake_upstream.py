@@ -28,6 +28,20 @@ SCENARIOS = {
     "no-usage": "nousage",
     "slow": "nousage",
     "broken": "nousage",  # streams a few events, then drops the connection
+    "claude-broken": "anthropic",  # the same, after two text deltas
+    "bad-usage-json": "badusage_json",  # a usage chunk that is not JSON
+    "bad-usage-types": "badusage_types",  # a usage chunk with strings and negatives
+    "zero-usage": "zerousage",  # an answer with text, reported as 0 tokens
+    "reasoning-dup": "reasoning_dup",  # OpenRouter-style reasoning, twice in each delta
+}
+BREAK_AT = {"broken": 2, "claude-broken": 5}  # the event before which the connection drops
+SCENARIOS.update({"error-mid-stream": "nousage", "claude-overloaded": "anthropic",
+                  "gpt-4o-2024-11-20": "nousage"})
+ERROR_AT = {  # the event before which the provider sends an error event and ends the stream
+    "error-mid-stream": (2, b'data: {"error":{"message":"The server had an error",'
+                            b'"type":"server_error"}}\n\n'),
+    "claude-overloaded": (5, b'event: error\ndata: {"type":"error","error":'
+                             b'{"type":"overloaded_error","message":"Overloaded"}}\n\n'),
 }
 DELAY_SECONDS = 0.2  # how long "NAME-delayed" takes to answer as NAME
 
@@ -106,12 +120,13 @@ class FakeUpstream:
         name = SCENARIOS[model.removesuffix("-delayed")]
         if body.get("stream"):
             return await self._stream(request, name, body, slow=model == "slow",
-                                      broken=model == "broken")
+                                      cut=BREAK_AT.get(model), error=ERROR_AT.get(model))
         return web.Response(body=(FIXTURES / f"{name}.json").read_bytes(),
                             content_type="application/json", headers={"x-request-id": "req_123"})
 
     async def _stream(self, request: web.Request, name: str, body: dict[str, Any],
-                      slow: bool, broken: bool = False) -> web.StreamResponse:
+                      slow: bool, cut: int | None = None,
+                      error: tuple[int, bytes] | None = None) -> web.StreamResponse:
         wants_usage = (body.get("stream_options") or {}).get("include_usage") is True
         response = web.StreamResponse(headers={"content-type": "text/event-stream",
                                                "x-request-id": "req_456"})
@@ -120,7 +135,10 @@ class FakeUpstream:
         for i, event in enumerate(e for e in events if e.strip()):
             if b'"choices":[]' in event and b'"usage":{' in event and not wants_usage:
                 continue
-            if broken and i == 2:
+            if error is not None and i == error[0]:
+                await response.write(error[1])
+                break
+            if i == cut:
                 assert request.transport is not None
                 request.transport.abort()  # no end of stream: the connection just goes
                 return response

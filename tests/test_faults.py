@@ -3,13 +3,11 @@ recorded, timeouts, and a client that leaves mid-stream."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 import pytest
 
-from conftest import Gateway, tariff_cost
+from conftest import Gateway, tariff_cost, wait_for_event
 from fake_upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -85,7 +83,7 @@ def test_a_client_leaving_mid_stream_is_recorded_as_499_with_tokens_so_far(gatew
             received += chunk
             if b"quick brown fox" in received:
                 break  # leave while the provider is still generating
-    event = _wait_for_event(gateway, event_id)
+    event = wait_for_event(gateway, event_id)
     upstream.release_slow.set()
     assert event["status"] == 499 and event["error_type"] == "client_disconnected"
     assert event["output_tokens"] == len(o200k.encode("The quick brown fox")) > 0
@@ -93,25 +91,3 @@ def test_a_client_leaving_mid_stream_is_recorded_as_499_with_tokens_so_far(gatew
     assert event["input_tokens"] > 0
     assert event["cost"] == str(tariff_cost(event["input_tokens"], 0, 0,
                                             event["output_tokens"]).normalize())
-
-
-def test_a_provider_breaking_off_mid_stream_is_recorded_as_502(gateway):
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", timeout=30,
-                      headers={"Authorization": f"Bearer {gateway.key}"},
-                      json={"model": "broken", "messages": MESSAGES, "stream": True}) as r:
-        event_id = r.headers["x-tokometer-event-id"]
-        received = b"".join(r.iter_bytes())
-    assert b"[DONE]" not in received  # the client is not told the stream ended well
-    event = _wait_for_event(gateway, event_id)
-    assert event["status"] == 502 and event["error_type"] == "upstream_broken"
-
-
-def _wait_for_event(gateway: Gateway, event_id: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return gateway.event(event_id)
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)  # readiness poll: the gateway records after noticing the client left

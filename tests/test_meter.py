@@ -8,6 +8,8 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import orjson
+
 from tokometer.catalog import Pricer
 from tokometer.config import Model, Price, Provider, Route
 from tokometer.events import Usage
@@ -56,3 +58,59 @@ def test_reported_usage_wins_and_errors_bill_nothing():
     failed = asyncio.run(meter.event(call(model, {"model": "m"}),
                                      Outcome(ROUTE, 502, error_type="upstream_error")))
     assert (failed.input_tokens, failed.output_tokens, failed.cost) == (0, 0, Decimal(0))
+
+
+class BrokenPricer(Pricer):
+    def price(self, *args, **kwargs):
+        raise ArithmeticError("pricing blew up")
+
+
+def text_that_breaks() -> str:
+    raise RecursionError("a provider's answer nested too deep")
+
+
+def raw_call(model: Model, body: dict) -> Call:
+    c = call(model, body)
+    c.raw = orjson.dumps(body)
+    return c
+
+
+def test_a_meter_that_fails_records_an_estimate_from_the_request_size(caplog):
+    model = Model("m", (ROUTE,), None, "hf:/broken.json", None, PRICE)
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
+    meter = Meter(Recounter(BrokenRegistry()), Pricer("USD"))  # type: ignore[arg-type]
+    event = asyncio.run(meter.event(raw_call(model, body),
+                                    Outcome(ROUTE, 200, text=text_that_breaks), "e1"))
+    assert event.usage_source == "estimated" and event.status == 200
+    assert event.input_tokens == math.ceil(len(orjson.dumps(body)) / 4)
+    assert event.cost == event.input_tokens * Decimal(1) / Decimal(10**6)
+    assert "metering event e1 failed" in caplog.text
+    refused = asyncio.run(meter.event(raw_call(model, body),
+                                      Outcome(ROUTE, 502, text=text_that_breaks)))
+    assert (refused.input_tokens, refused.output_tokens, refused.cost) == (0, 0, Decimal(0))
+
+
+def test_a_price_that_fails_is_unknown_not_free(caplog):
+    model = Model("m", (ROUTE,), None, None, None, PRICE)
+    meter = Meter(Recounter(BrokenRegistry()), BrokenPricer("USD"))  # type: ignore[arg-type]
+    event = asyncio.run(meter.event(call(model, {"model": "m"}),
+                                    Outcome(ROUTE, 200, reported=Usage(10, 0, 0, 5, 0)), "e2"))
+    assert (event.input_tokens, event.output_tokens, event.usage_source) == (10, 5, "reported")
+    assert event.cost is None and "pricing event e2 failed" in caplog.text
+
+
+def test_implausible_reported_usage_is_recounted():
+    model = Model("m", (ROUTE,), None, None, None, PRICE)
+    body = {"model": "m", "messages": [{"role": "user", "content": "12345678"}]}
+    meter = Meter(Recounter(BrokenRegistry()), Pricer("USD"))  # type: ignore[arg-type]
+
+    def reading(usage: Usage, text: str = "hello world") -> tuple[int, int, str]:
+        event = asyncio.run(meter.event(call(model, body), Outcome(ROUTE, 200, reported=usage,
+                                                                   text=lambda: text)))
+        return event.input_tokens, event.output_tokens, event.usage_source
+
+    estimated_input = math.ceil(8 / 4) + 4  # the text, and 4 tokens for the message
+    assert reading(Usage(-10, 0, 0, 5, 0)) == (estimated_input, 3, "estimated")
+    assert reading(Usage(0, 0, 0, 5, 0)) == (estimated_input, 3, "estimated")
+    assert reading(Usage(10, 0, 0, 0, 0)) == (10, 3, "estimated")  # input kept, output recounted
+    assert reading(Usage(10, 0, 0, 0, 0), text="") == (10, 0, "reported")  # truly nothing

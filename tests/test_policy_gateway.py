@@ -175,20 +175,20 @@ def test_fifty_concurrent_requests_against_a_budget_worth_ten(gw, upstream):
     assert status["budget-co"]["reserved"] == "0" and status["budget-co"]["remaining"] == "0"
 
 
-def test_without_max_tokens_the_worst_case_is_reserved_and_spend_stays_within_one_request(gw):
+def test_without_max_tokens_the_default_bound_is_reserved_and_refused_if_it_cannot_fit(
+        gw, upstream):
     key = key_for(gw, "loose-co")
-    budget = 10 * ONE_REQUEST
-    admin(gw, "PUT", "/admin/budgets", {"tenant": "loose-co", "limit": str(budget),
+    admin(gw, "PUT", "/admin/budgets", {"tenant": "loose-co", "limit": str(10 * ONE_REQUEST),
                                         "unit": "USD", "period": "month"})
-    # Each reserves 4096 output tokens (the default bound), more than the whole budget: while
-    # one is in flight the others are refused, yet spend never passes the budget.
-    for _ in range(4):
-        responses = burst(gw, key, 12)
-        assert statuses(responses).get(200, 0) <= 1
-        assert spend(gw, "loose-co") <= budget + ONE_REQUEST
-    while burst(gw, key, 1)[0].status_code == 200:
-        assert spend(gw, "loose-co") <= budget + ONE_REQUEST
-    assert budget <= spend(gw, "loose-co") <= budget + ONE_REQUEST
+    # Each would reserve 4096 output tokens (the default bound), more than the whole budget:
+    # refused up front, no provider call, nothing spent.
+    calls = len(upstream.calls_for("gpt-4o-mini-delayed"))
+    responses = burst(gw, key, 3)
+    assert statuses(responses) == {402: 3}
+    assert len(upstream.calls_for("gpt-4o-mini-delayed")) == calls
+    assert "lower max_tokens" in responses[0].json()["error"]["message"]
+    assert spend(gw, "loose-co") == 0
+    assert burst(gw, key, 1, max_tokens=FIXTURE_OUTPUT)[0].status_code == 200
 
 
 def test_streamed_requests_are_charged_to_budgets_too(gw):

@@ -9,20 +9,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from decimal import Decimal
+from typing import Any
 
 from ..catalog import Priced, Pricer, origin_of, vendor_of
 from ..config import Route
+from ..errors import RequestError
 from ..events import COUNTED, ESTIMATED, REPORTED, Event, Usage, new_event_id, rfc3339
 from ..policy import Need
 from ..tokenize import Recounter
-from ..tokenize.recount import Count
+from ..tokenize.recount import Count, estimate
 from .call import Call, elapsed_ms
 
 _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
-# Where each API puts the most output a request allows.
+# Where each API puts the most output a request allows, and how many answers it wants
+# (a completion's `best_of` answers are all generated and billed, like `n`).
 _MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_CHOICES_KEYS = ("n", "best_of")
+MAX_CHOICES = 128  # OpenAI's own bound on `n`
 log = logging.getLogger("tokometer.meter")
 
 
@@ -39,6 +44,12 @@ class Outcome:
     finish_reason: str | None = None
     ttft_ms: float | None = None
     text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
+    partial: bool = False  # a stream cut short (client left, provider broke off or fell silent)
+
+    @property
+    def produced(self) -> bool:
+        """Whether the provider generated anything to bill: an answer, or part of one."""
+        return self.status < 400 or self.partial
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +59,16 @@ class Meter:
     default_max_output_tokens: int = 4096
 
     async def expected(self, call: Call) -> Usage:
-        """The most a request may use: its input counted now, its output at the allowed max."""
-        spec = _tokenizer(call, call.model.routes[0] if call.model.routes else None)
+        """The most a request may use: its input counted now, and the most output it allows,
+        for each of the choices it asks for. RequestError if those bounds are malformed."""
+        route = call.model.routes[0] if call.model.routes else None
+        spec = _tokenizer(call, route)
+        out = worst_output(call.body, call.model.max_output_tokens
+                           or self.default_max_output_tokens)
 
         def count(spec: str | None) -> Count:
             return self.recounter.input(spec, call.model.chat_template, call.endpoint.operation,
-                                        call.body)
+                                        call.body, route.model if route else None)
 
         try:
             if len(call.raw) > _OFFLOAD_CHARS:
@@ -62,12 +77,12 @@ class Meter:
                 counted = count(spec)
         except Exception:  # a failed count must not refuse the request: estimate instead
             log.exception("counting the input of model %r failed; estimating", call.model.name)
-            counted = count(None)
+            try:
+                counted = count(None)
+            except Exception:  # a body too deeply nested to walk: estimate from its size
+                counted = Count(_size_estimate(call), exact=False)
         if call.endpoint.operation == "embeddings":
             return Usage(input_tokens=counted.tokens)
-        out = next((v for k in _MAX_OUTPUT_KEYS if isinstance(v := call.body.get(k), int)
-                    and not isinstance(v, bool) and v > 0), None)
-        out = out or call.model.max_output_tokens or self.default_max_output_tokens
         return Usage(input_tokens=counted.tokens, output_tokens=out)
 
     def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
@@ -79,16 +94,18 @@ class Meter:
 
     async def event(self, call: Call, outcome: Outcome, event_id: str | None = None) -> Event:
         route = outcome.route
-        spec = _tokenizer(call, route)
-        produced = outcome.status < 400 or outcome.status == 499
-        counted_in = counted_out = None
-        if produced and (spec is not None or outcome.reported is None
-                         or not outcome.usage_complete):
-            counted_in, counted_out = await self._recount(call, spec, outcome)
-        usage, source = _reading(outcome, counted_in, counted_out)
-        # No route: refused before anything was sent, so nothing to pay.
-        priced = (self.pricer.price(call.model, route, usage, call.started)
-                  if route is not None else Priced(Decimal(0), None))
+        counted_in: Count | None
+        counted_out: Count | None
+        try:
+            usage, source, counted_in, counted_out = await self._measure(call, outcome)
+        except Exception:  # a failing meter still records a reading, and never a free one
+            log.exception("metering event %s failed; recording an estimate", event_id)
+            usage, source, counted_in, counted_out = _fallback(call, outcome), ESTIMATED, None, None
+        try:
+            priced = self._price(call, route, usage)
+        except Exception:  # unknown, not free: a budget then spends the reservation (guard.py)
+            log.exception("pricing event %s failed; its cost is unknown", event_id)
+            priced = Priced(None, None)
         consumer = call.consumer
         return Event(
             id=event_id or new_event_id(),
@@ -126,12 +143,33 @@ class Meter:
             finish_reason=outcome.finish_reason,
         )
 
+    def _price(self, call: Call, route: Route | None, usage: Usage) -> Priced:
+        # No route: refused before anything was sent, so nothing to pay.
+        if route is None:
+            return Priced(Decimal(0), None)
+        return self.pricer.price(call.model, route, usage, call.started)
+
+    async def _measure(self, call: Call, outcome: Outcome
+                       ) -> tuple[Usage, str, Count | None, Count | None]:
+        """The reading, where it came from, and the recount (None where none was needed)."""
+        if not outcome.produced:
+            return outcome.reported or Usage(), REPORTED, None, None
+        spec = _tokenizer(call, outcome.route)
+        reported, complete = _plausible(outcome)
+        if reported is not None and complete and spec is None:
+            return reported, REPORTED, None, None
+        counted_in, counted_out = await self._recount(call, spec, outcome)
+        if reported is not None and complete:
+            return reported, REPORTED, counted_in, counted_out
+        return (*_reading(reported, counted_in, counted_out), counted_in, counted_out)
+
     async def _recount(self, call: Call, spec: str | None, outcome: Outcome) -> tuple[Count, Count]:
         text = outcome.text()
 
         def count(spec: str | None) -> tuple[Count, Count]:
             return (self.recounter.input(spec, call.model.chat_template,
-                                         call.endpoint.operation, call.body),
+                                         call.endpoint.operation, call.body,
+                                         outcome.route.model if outcome.route else None),
                     self.recounter.output(spec, text))
 
         try:
@@ -152,17 +190,62 @@ def _tokenizer(call: Call, route: Route | None) -> str | None:
     return info.tokenizer if info else None
 
 
-def _reading(outcome: Outcome, counted_in: Count | None,
-             counted_out: Count | None) -> tuple[Usage, str]:
-    """The usage to bill and where it came from: reported first, recounted when absent."""
+def _plausible(outcome: Outcome) -> tuple[Usage | None, bool]:
+    """The reported usage and whether it is complete, distrusting what cannot be right: a
+    negative count or no input (every request has some), or no output for an answer with text
+    (then the output is recounted)."""
     reported = outcome.reported
-    if reported is not None and outcome.usage_complete:
-        return reported, REPORTED
-    if counted_out is None or counted_in is None:
-        return reported or Usage(), REPORTED
-    if reported is not None:  # input was reported, output was cut short
-        usage = Usage(reported.input_tokens, reported.cache_read_tokens,
-                      reported.cache_write_tokens, counted_out.tokens, 0)
+    if reported is None or reported.input_tokens <= 0 \
+            or any(v < 0 for v in astuple(reported) if isinstance(v, int)):
+        return None, False
+    if reported.output_tokens == 0 and outcome.text():
+        return reported, False
+    return reported, outcome.usage_complete
+
+
+def _reading(reported: Usage | None, counted_in: Count, counted_out: Count) -> tuple[Usage, str]:
+    """The usage to bill when the provider's is missing or incomplete: recounted."""
+    if reported is not None:  # input was reported, output was cut short or left out
+        usage = replace(reported, output_tokens=counted_out.tokens, reasoning_tokens=0)
         return usage, COUNTED if counted_out.exact else ESTIMATED
     usage = Usage(input_tokens=counted_in.tokens, output_tokens=counted_out.tokens)
     return usage, COUNTED if counted_in.exact and counted_out.exact else ESTIMATED
+
+
+def _fallback(call: Call, outcome: Outcome) -> Usage:
+    """A reading when metering failed: the request's and the answer's size at about four
+    characters a token, or nothing if nothing was produced."""
+    if not outcome.produced:
+        return Usage()
+    try:
+        text = outcome.text()
+    except Exception:  # the answer's text is what may have broken the meter
+        text = ""
+    return Usage(input_tokens=_size_estimate(call), output_tokens=estimate(text))
+
+
+def _size_estimate(call: Call) -> int:
+    """The request body's size in tokens at about four characters a token (an overestimate:
+    it includes the JSON around the text)."""
+    return estimate(call.raw.decode("utf-8", "replace"))
+
+
+def worst_output(body: dict[str, Any], default: int) -> int:
+    """The most output a request allows: its largest bound (else `default`) times its choices.
+
+    The largest of the bounds, because providers differ in which one they obey. A bound or
+    count that is not a positive integer (or more than MAX_CHOICES choices) is a RequestError:
+    it could not be reserved for.
+    """
+    bounds = [_positive(body, key) for key in _MAX_OUTPUT_KEYS if body.get(key) is not None]
+    choices = [_positive(body, key) for key in _CHOICES_KEYS if body.get(key) is not None]
+    if any(c > MAX_CHOICES for c in choices):
+        raise RequestError(f"'n' and 'best_of' may be at most {MAX_CHOICES}")
+    return max(bounds, default=default) * max(choices, default=1)
+
+
+def _positive(body: dict[str, Any], key: str) -> int:
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(f"'{key}' must be a positive integer")
+    return value

@@ -2,7 +2,8 @@
 
 Streams are forwarded event by event as they arrive. The stream's end marker (`[DONE]`,
 `message_stop`, `response.completed`) is held back until the event is durable, so a client
-that saw the end of a stream knows its reading was recorded.
+that saw the end of a stream knows its reading was recorded. A stream the provider breaks off
+ends instead with an error event in the client's wire format, so its SDK raises.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..usage.text import body_text
 from .call import Call, elapsed_ms
 from .meter import Outcome
 from .upstream import Answer, without_address
-from .wire import COST_HEADER, EVENT_ID_HEADER, is_shaped_error
+from .wire import COST_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -114,6 +115,7 @@ async def relay_stream(call: Call, route: Route, response: Answer,
 
     client_left = asyncio.ensure_future(_disconnected(receive))
     client_left.add_done_callback(on_client_left)
+    broken: UpstreamError | None = None
     try:
         await pump()
     except asyncio.CancelledError:
@@ -122,19 +124,25 @@ async def relay_stream(call: Call, route: Route, response: Answer,
         this.uncancel()
         outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
     except UpstreamError as error:  # the provider broke off or fell silent mid-stream
+        broken = error
         outcome.status, outcome.error_type = error.status, error.type
     except OSError:  # writing to a client that has gone
         outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
     finally:
         pumping = False
         client_left.cancel()
-    held.append(splitter.rest())
+    if tap.error is not None and outcome.status < 400:  # the provider's own error event
+        outcome.status, outcome.error_type = 502, tap.error
+    outcome.partial = outcome.status >= 400
     outcome.reported = tap.usage()
     outcome.usage_complete = tap.final_usage_seen
     outcome.model, outcome.finish_reason = tap.model, tap.finish_reason
     await record(outcome)
-    if outcome.status != CLIENT_GONE:
-        await send({"type": "http.response.body", "body": b"".join(held)})
+    if broken is not None:
+        # Not a half event, nor an end marker: an error event the client's SDK raises.
+        await send({"type": "http.response.body", "body": sse_error(call.endpoint.api, broken)})
+    elif outcome.status != CLIENT_GONE:
+        await send({"type": "http.response.body", "body": b"".join([*held, splitter.rest()])})
 
 
 async def _disconnected(receive: Receive) -> None:

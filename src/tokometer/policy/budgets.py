@@ -2,9 +2,9 @@
 
 The gateway keeps every budget's spend and reservations in memory, so checking one costs no
 I/O; the spend is re-read from the ledger at start-up (a restart resets nothing) and when a
-budget is added. A request is admitted while spend plus reservations is below the limit, and
-reserves its worst case: so spend can pass the limit only by the last admitted request, and
-only by what it cost.
+budget is added. A request reserves its worst case and is admitted only if that fits in what
+spend and reservations leave of the limit: so spend stays within the limit, unless a
+request used more input than was counted (an estimate) before it went out.
 """
 
 from __future__ import annotations

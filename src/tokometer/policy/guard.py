@@ -1,8 +1,9 @@
 """The gate before a request goes out: residency rules, rate limits and budgets.
 
 `admit` checks every limit and budget that applies before it reserves anything, with no
-await in between, so concurrent requests see each other's reservations; the Ticket it
-returns settles them from the request's event. Nothing here does I/O.
+await in between, so concurrent requests see each other's reservations; a request is admitted
+only if its worst case fits in what is left. The Ticket it returns settles them from the
+request's event. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class Ticket:
         for state, amount, start in self.holds:
             state.reserved -= amount
             if event is not None and state.start == start:  # same period as the reservation
-                state.spent += amount_of(state.budget, event)
+                # A cost the meter could not work out spends the whole reservation.
+                unknown = state.budget.unit != TOKENS and event.cost is None
+                state.spent += amount if unknown else amount_of(state.budget, event)
         tokens = event.input_tokens + event.output_tokens if event is not None else 0
         for window, entry in self.entries:
             window.settle(entry, tokens)
@@ -101,6 +104,8 @@ class Guard:
             amount = _reservation(state.budget, wants)
             if state.exhausted:
                 raise _exhausted(state)
+            if state.spent + state.reserved + amount > state.budget.limit:
+                raise _too_big(state, amount)
             holds.append((state, amount, state.start))
         ticket = Ticket(holds, [(w, w.add(now, wants.tokens)) for w in applicable.windows])
         for state, amount, _ in holds:
@@ -136,6 +141,15 @@ def _reservation(budget: Budget, wants: Need) -> Decimal:
                           "route it may take; give it a price in the config",
                           status=402, type="insufficient_quota", code="budget_exceeded")
     return wants.cost
+
+
+def _too_big(state: BudgetState, amount: Decimal) -> PolicyError:
+    left = state.budget.limit - state.spent - state.reserved
+    return PolicyError(
+        f"{state.budget} cannot cover this request: at most it may take {decimal_str(amount)} "
+        f"{state.budget.unit} (its input, and its max_tokens for each of its n choices), more "
+        f"than the {decimal_str(left)} left; lower max_tokens or n",
+        status=402, type="insufficient_quota", code="budget_exceeded")
 
 
 def _exhausted(state: BudgetState) -> PolicyError:

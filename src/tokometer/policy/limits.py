@@ -67,7 +67,8 @@ class Window:
         rpm, tpm = self.limit.rpm, self.limit.tpm
         if tpm is not None and tokens > tpm:
             return (f"limit {self.limit.name} ({self.limit.scope}): the request needs up to "
-                    f"{tokens} tokens, more than its {tpm} tokens per minute; lower max_tokens")
+                    f"{tokens} tokens, more than its {tpm} tokens per minute; lower max_tokens "
+                    "or n")
         parts = [f"{rpm} requests" if rpm else "", f"{tpm} tokens" if tpm else ""]
         return (f"rate limit {self.limit.name} ({self.limit.scope}) of "
                 f"{' and '.join(p for p in parts if p)} per minute reached")

@@ -1,7 +1,8 @@
 """Recount a request's input and output with the model's own tokenizer and chat template.
 
-Input is counted as the model sees it: the prompt rendered by its chat template. Where the
-template is unknown the count is an estimate, and says so.
+Input is counted as the model sees it: the prompt rendered by its chat template, plus the
+tools and images the provider bills with it. Where no exact rule is known the count is an
+estimate, and says so.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .images import anthropic_tokens, openai_tokens
+from .prompt import prompt_of
 from .registry import GGUFTokenizer, Tokenizer, TokenizerRegistry
 
 # OpenAI's published accounting for chat models: each message costs 3 tokens of framing
@@ -42,9 +45,10 @@ class Recounter:
         return count_output(self.registry.get(spec), text)
 
     def input(self, spec: str | None, template: str | None, operation: str,
-              body: dict[str, Any]) -> Count:
+              body: dict[str, Any], model: str | None = None) -> Count:
+        """`model`: the provider's name for the model, which picks its image rule."""
         tok = self.registry.get(spec) if spec else None
-        return count_input(tok, _template_for(spec, template), operation, body)
+        return count_input(tok, _template_for(spec, template), operation, body, model)
 
 
 def _template_for(spec: str | None, template: str | None) -> str | None:
@@ -58,14 +62,31 @@ def count_output(tok: Tokenizer, text: str) -> Count:
 
 
 def count_input(tok: Tokenizer | None, template: str | None, operation: str,
-                body: dict[str, Any]) -> Count:
+                body: dict[str, Any], model: str | None = None) -> Count:
+    """The input as billed: messages, tool definitions, calls and results, and images.
+
+    Exact only for plain text messages under a known template, and images by OpenAI's rule
+    for the OpenAI models known to follow it: tools and other kinds of content follow no
+    published rule, so their count makes it an estimate.
+    """
     if operation in ("text_completion", "embeddings"):
         # Raw text, no template: exact whenever the tokenizer is known.
         key = "prompt" if operation == "text_completion" else "input"
         return _count_raw(tok, body.get(key))
-    messages = chat_messages(operation, body)
+    prompt = prompt_of(operation, body)
+    messages = _count_messages(tok, template, prompt.messages)
+    tooling = sum(tok.count(t) if tok else estimate(t) for t in prompt.tooling)
+    images = [anthropic_tokens(image) if operation == "messages" else openai_tokens(image, model)
+              for image in prompt.images]
+    exact = (messages.exact and not prompt.tooling and not prompt.unknown_blocks
+             and all(exact for _, exact in images))
+    return Count(messages.tokens + tooling + sum(tokens for tokens, _ in images), exact)
+
+
+def _count_messages(tok: Tokenizer | None, template: str | None,
+                    messages: list[dict[str, str]]) -> Count:
     if tok is None:
-        text_tokens = sum(estimate(m.get("content", "")) for m in messages)
+        text_tokens = sum(estimate(m["content"]) for m in messages)
         return Count(text_tokens + _ESTIMATE_PER_MESSAGE * len(messages), exact=False)
     if template == "openai":
         total = _OPENAI_REPLY
@@ -98,52 +119,3 @@ def _count_raw(tok: Tokenizer | None, value: Any) -> Count:
         parts = [_count_raw(tok, v) for v in value]
         return Count(sum(p.tokens for p in parts), all(p.exact for p in parts))
     return Count(0, exact=tok is not None)
-
-
-def chat_messages(operation: str, body: dict[str, Any]) -> list[dict[str, str]]:
-    """The conversation as plain {role, content[, name]} messages, for any chat-like API."""
-    out: list[dict[str, str]] = []
-    if operation == "messages":
-        system = body.get("system")
-        if system:
-            out.append({"role": "system", "content": _text_of(system)})
-    if operation == "responses":
-        if body.get("instructions"):
-            out.append({"role": "system", "content": _text_of(body["instructions"])})
-        items = body.get("input")
-        if isinstance(items, str):
-            items = [{"role": "user", "content": items}]
-    else:
-        items = body.get("messages")
-    for m in items or ():
-        if isinstance(m, dict):
-            msg = {"role": str(m.get("role", "user")), "content": _text_of(m.get("content"))}
-            if m.get("name"):
-                msg["name"] = str(m["name"])
-            out.append(msg)
-    return out
-
-
-def _text_of(content: Any) -> str:
-    """Text of a message's content: a string, or the text parts of a list of blocks."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(_block_text(b) for b in content)
-    return str(content)
-
-
-def _block_text(block: Any) -> str:
-    if isinstance(block, str):
-        return block
-    if isinstance(block, dict):
-        for key in ("text", "content", "input_text"):
-            value = block.get(key)
-            if isinstance(value, str):
-                return value
-            if isinstance(value, list):
-                return _text_of(value)
-    return ""
-

@@ -24,6 +24,11 @@ def read_body(operation: str, body: dict[str, Any]) -> Reading:
 
 
 def _finish(operation: str, body: dict[str, Any]) -> str | None:
+    reason = _raw_finish(operation, body)
+    return reason if isinstance(reason, str) else None  # a provider's malformed value is dropped
+
+
+def _raw_finish(operation: str, body: dict[str, Any]) -> Any:
     if operation == "messages":
         return body.get("stop_reason")
     if operation == "responses":

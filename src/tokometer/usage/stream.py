@@ -20,6 +20,8 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]+)"')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]+)"')
 _RESPONSES_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+# An error event: OpenAI's {"error": {...}}, Anthropic's and Responses' {"type": "error", ...}.
+_ERROR = re.compile(rb'"error"\s*:\s*\{|"type"\s*:\s*"error"')
 
 
 class SSESplitter:
@@ -65,6 +67,7 @@ class StreamTap:
         self.model: str | None = None
         self.finish_reason: str | None = None
         self.terminal = False  # the end-of-stream marker has been seen
+        self.error: str | None = None  # the type of an error event the provider sent
         self.payloads: list[bytes] = []
 
     def feed(self, block: bytes) -> bool:
@@ -72,6 +75,8 @@ class StreamTap:
         self.payloads.append(data)
         if self.model is None and (m := _MODEL.search(data)):
             self.model = m.group(1).decode()
+        if _ERROR.search(data):
+            self.error = _error_type(_object(data)) or self.error
         if self.operation == "messages":
             return self._anthropic(data)
         if self.operation == "responses":
@@ -86,11 +91,12 @@ class StreamTap:
             self.finish_reason = m.group(1).decode()
         if not _USAGE_OBJECT.search(data):
             return True
-        chunk = orjson.loads(data)
-        choices = chunk.get("choices") or []
+        chunk = _object(data)
+        choices = chunk.get("choices")
+        choices = choices if isinstance(choices, list) else []
         usage = chunk.get("usage")
-        if not isinstance(usage, dict) and choices and isinstance(choices[0], dict):
-            usage = choices[0].get("usage")  # Moonshot (Kimi) streams put it here
+        if not isinstance(usage, dict) and choices:
+            usage = _dict(choices[0]).get("usage")  # Moonshot (Kimi) streams put it here
         if isinstance(usage, dict):
             self.raw_usage = usage
             self.final_usage_seen = True
@@ -101,15 +107,16 @@ class StreamTap:
             if b'"message_stop"' in data:
                 self.terminal = True
             return True
-        ev = orjson.loads(data)
+        ev = _object(data)
         kind = ev.get("type")
         if kind == "message_start":
-            usage = (ev.get("message") or {}).get("usage")
+            usage = _dict(ev.get("message")).get("usage")
         else:
             usage = ev.get("usage")
             if kind == "message_delta":
-                self.final_usage_seen = True  # output_tokens here are cumulative
-                self.finish_reason = (ev.get("delta") or {}).get("stop_reason")
+                # output_tokens here are cumulative: the final word, unless malformed
+                self.final_usage_seen = isinstance(usage, dict)
+                self.finish_reason = _str(_dict(ev.get("delta")).get("stop_reason"))
         if isinstance(usage, dict):
             self.raw_usage.update((k, v) for k, v in usage.items() if v is not None)
         return True
@@ -117,16 +124,16 @@ class StreamTap:
     def _responses(self, data: bytes) -> bool:
         if not any(marker in data for marker in _RESPONSES_FINAL):
             return True
-        ev = orjson.loads(data)
+        ev = _object(data)
         if ev.get("type") not in ("response.completed", "response.incomplete", "response.failed"):
             return True
         self.terminal = True
-        response = ev.get("response") or {}
+        response = _dict(ev.get("response"))
         if isinstance(response.get("usage"), dict):
             self.raw_usage = response["usage"]
             self.final_usage_seen = True
-        details = response.get("incomplete_details")
-        self.finish_reason = (details or {}).get("reason") or response.get("status")
+        reason = _dict(response.get("incomplete_details")).get("reason")
+        self.finish_reason = _str(reason) or _str(response.get("status"))
         return True
 
     def usage(self) -> Usage | None:
@@ -137,11 +144,32 @@ class StreamTap:
 
     def text(self) -> str:
         """Generated text seen so far (decodes every event: only for recounts)."""
-        parts = []
-        for data in self.payloads:
-            if data.startswith(b"{"):
-                try:
-                    parts.append(chunk_text(self.operation, orjson.loads(data)))
-                except orjson.JSONDecodeError:
-                    continue
-        return "".join(parts)
+        return "".join(chunk_text(self.operation, _object(data))
+                       for data in self.payloads if data.startswith(b"{"))
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    """An event's JSON object, or {} when it is malformed: a provider's bad event must not
+    stop the stream or the reading (the usage it should have carried is then recounted)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error_type(event: dict[str, Any]) -> str | None:
+    error = event.get("error")
+    if isinstance(error, dict):
+        return _str(error.get("type")) or _str(error.get("code")) or "upstream_error"
+    if event.get("type") == "error":
+        return _str(event.get("code")) or "upstream_error"
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

@@ -40,10 +40,17 @@ def chunk_text(operation: str, data: dict[str, Any]) -> str:
 
 
 def _collect(node: Any) -> str:
-    """Depth-first concatenation of every text-bearing string under node."""
+    """Depth-first concatenation of every text-bearing string under node.
+
+    OpenRouter-style messages and deltas carry their reasoning twice: as `reasoning` and
+    again as `reasoning_details` entries; the details are read only when `reasoning` is empty.
+    """
     if isinstance(node, dict):
         out = []
+        has_reasoning = isinstance(node.get("reasoning"), str) and node["reasoning"] != ""
         for key, value in node.items():
+            if key == "reasoning_details" and has_reasoning:
+                continue
             if key in _TEXT_KEYS and isinstance(value, str):
                 out.append(value)
             elif isinstance(value, dict | list):
