@@ -20,7 +20,7 @@ import orjson
 
 from . import config
 from .analytics import GROUPABLE, RANKED_BY, REPORT_PERIODS, flows, rankings, report
-from .analytics.cells import CSVWriter, terminal_safe
+from .analytics.cells import CSVWriter, visible
 from .analytics.charts import flows_chart, rankings_chart, report_chart
 from .analytics.export import export
 from .analytics.tasks import agents, tasks
@@ -508,7 +508,7 @@ def _progress(total: int, unit: str) -> Iterator[Callable[[int], None]]:
 
 
 def _print_table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
-    cells = [["" if r.get(c) is None else terminal_safe(str(r[c])) for c in columns]
+    cells = [["" if r.get(c) is None else visible(str(r[c])) for c in columns]
              for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())

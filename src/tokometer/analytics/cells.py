@@ -1,4 +1,4 @@
-"""Cells of output people open: CSV for spreadsheets, text for terminals.
+"""Cells of output people open: CSV for spreadsheets, text for terminals and charts.
 
 Tenant, app, agent, task and model names come from clients, so they are hostile input here.
 A spreadsheet runs a CSV cell that begins with `=`, `+`, `-` or `@` (or tab or carriage return)
@@ -6,7 +6,7 @@ as a formula, so such a cell gets a leading `'` (OWASP's rule: the spreadsheet s
 text). A plain decimal number is the one exception: a refund's cost `-0.0042` stays a number,
 and a number cannot hold a formula. A terminal obeys control characters and ANSI escape
 sequences, so those are shown escaped (`\\x1b`), as are other invisible or reordering
-characters (bidirectional overrides).
+characters (bidirectional overrides); chart labels get the same, having no glyph for them.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ def spreadsheet_safe(value: Any) -> Any:
 
 
 class CSVWriter:
-    """A csv.DictWriter (header first) whose cells are spreadsheet-safe."""
+    """A csv.DictWriter (header first) whose cells are spreadsheet-safe. Lines end in CRLF as
+    RFC 4180 says: the csv module quotes a cell holding a line-end character only when that
+    character is in the line terminator, so with "\n" alone a bare CR split a row in two."""
 
     def __init__(self, out: IO[str], columns: Sequence[str]):
-        self._writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        self._writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
         self._writer.writeheader()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -40,8 +42,8 @@ class CSVWriter:
                                for row in rows)
 
 
-def terminal_safe(text: str) -> str:
-    """`text` with every character a terminal would not simply print shown escaped."""
+def visible(text: str) -> str:
+    """`text` with every character that does not simply print shown escaped."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")

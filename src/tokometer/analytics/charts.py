@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import RequestError
+from .cells import visible
 
 SUFFIXES = (".png", ".svg")
 _OTHERS = 8  # groups beyond this many are drawn together as "other"
@@ -60,7 +61,7 @@ def svg(draw: Any, *args: Any) -> str:
 
 
 def _label(value: Any) -> str:
-    return "(none)" if value in (None, "") else str(value)
+    return "(none)" if value in (None, "") else visible(str(value))
 
 
 def _stacked(series: dict[str, dict[str, float]], columns: list[str], title: str,
