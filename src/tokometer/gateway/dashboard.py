@@ -8,7 +8,8 @@ thread (OffLoop), never on the event loop.
 
 Every answer carries a Content-Security-Policy that allows no script at all, no framing and
 no style element but the pages' own stylesheet (by its hash); charts' SVG keeps its inline
-style attributes, which cannot run code or fetch anything under this policy.
+style attributes and embedded images (the heat map is a data: PNG), which cannot run code or
+fetch anything under this policy.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def _guard_headers() -> list[tuple[bytes, bytes]]:
     digest = base64.b64encode(hashlib.sha256(_stylesheet().encode()).digest()).decode()
     policy = (f"default-src 'none'; style-src 'sha256-{digest}'; "
               f"style-src-elem 'sha256-{digest}'; style-src-attr 'unsafe-inline'; "
-              "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+              "img-src data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
     return [(b"content-security-policy", policy.encode()), (b"x-frame-options", b"DENY"),
             (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
             (b"cache-control", b"no-store")]
