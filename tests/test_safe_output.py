@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -67,7 +68,8 @@ def config(tmp_path_factory):
 
     asyncio.run(fill())
     path = work / "t.toml"
-    path.write_text(f'[server]\nstore = "sqlite:///{work}/t.db"\n{MINIMAL_CONFIG}')
+    path.write_text(f'[server]\nstore = "sqlite:///{work}/t.db"\nsigning_key = "{work}/key.pem"\n'
+                    f'{MINIMAL_CONFIG}')
     return str(path)
 
 
@@ -132,6 +134,16 @@ def test_terminal_tables_show_control_characters_escaped(config, capsys):
     report = run(capsys, "report", "--config", config, "--by", "tenant,model")
     assert "\\x1b[31mred\\x1b]0;pwned\\x07\\u202eevil" in report and "\\r=1+1" in report
     assert "job\\x1b[2J\\x1b[H" in run(capsys, "tasks", "--config", config)
+
+
+def test_a_hostile_receipt_cannot_drive_the_terminal(config, capsys, monkeypatch):
+    receipt = json.loads(run(capsys, "receipt", HOSTILE[0].id, "--config", config))
+    pubkey = run(capsys, "ledger", "pubkey", "--config", config).strip()
+    receipt["event"]["leaf_index"] = CLEAR
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(receipt)))
+    assert main(["verify-receipt", "-", "--pubkey", pubkey]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "the event says leaf job\\x1b[2J\\x1b[H, the receipt" in out
 
 
 @pytest.mark.parametrize("suffix", [".svg", ".png"])

@@ -409,7 +409,7 @@ def _verify_receipt(args: argparse.Namespace) -> int:
         raise TokometerError(f"--pubkey: {e}") from None
     problems = verify_receipt(receipt, key)
     if problems:
-        print("INVALID receipt:\n" + "\n".join(f"- {p}" for p in problems))
+        print("INVALID receipt:\n" + "\n".join(f"- {visible(p)}" for p in problems))
         return 1
     event = receipt["event"]
     print(f"valid: event {event.get('id')} is leaf {receipt['leaf_index']} of the log signed at "
