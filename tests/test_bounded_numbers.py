@@ -96,6 +96,22 @@ def test_outcome_values_are_bounded(gw, value):
     assert refused(r, "'value'")
 
 
+@pytest.mark.parametrize("number", [b"1e999999999", b"1E3", b"-1e-999999999",
+                                    b"123456789012345678901234567890", b"12.5"])
+def test_outcome_values_as_json_numbers_other_than_integers_are_refused(gw, number):
+    chat(gw, "number-task")
+    r = httpx.post(gw.url + "/v1/outcomes", timeout=10,
+                   headers={"Authorization": f"Bearer {gw.key}"},
+                   content=b'{"task": "number-task", "outcome": "success", "value": %s}' % number)
+    assert r.status_code == 400  # a float, or no number a double can hold
+    conn = open_db(gw.store)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM outcomes WHERE task = 'number-task'"
+                            ).fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
 def test_an_outcome_value_in_bounds_is_stored_digit_for_digit(gw):
     chat(gw, "exact-task")
     r = call(gw, "POST", "/v1/outcomes", {"task": "exact-task", "outcome": "partial",
