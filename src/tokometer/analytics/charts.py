@@ -78,13 +78,15 @@ def _stacked(series: dict[str, dict[str, float]], columns: list[str], title: str
         order = [*order[:_OTHERS], "other"]
     fig, ax = plt.subplots(figsize=(10, 5.5))
     bottom = [0.0] * len(columns)
+    bars = []
     for name in order:
         heights = [series[name].get(c, 0.0) for c in columns]
-        ax.bar(columns, heights, bottom=bottom, label=name)
+        bars.append(ax.bar(columns, heights, bottom=bottom))
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    # Labels passed as a list: matplotlib would drop a `label=` that starts with "_".
+    ax.legend(bars, order, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     ax.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
     _save(fig, path)
