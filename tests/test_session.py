@@ -10,7 +10,7 @@ import pytest
 from tokometer import config
 from tokometer.gateway import session
 from tokometer.gateway.dashboard import Dashboard
-from tokometer.gateway.session import FAILURES, WINDOW, LoginBrake, Sessions
+from tokometer.gateway.session import FAILURES, WINDOW, LoginBrake, Sessions, client_of
 
 
 def test_a_session_holds_until_its_expiry_and_only_for_its_token():
@@ -34,6 +34,14 @@ def test_the_brake_slides_with_its_window():
     assert brake.retry_after("a", now=100.0 + WINDOW) == 1
     brake.succeeded("a")
     assert brake.retry_after("a", now=100.0 + WINDOW) is None
+
+
+@pytest.mark.parametrize(("address", "client"), [
+    ("192.0.2.7", "192.0.2.7"), ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"), ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"), ("", "")])
+def test_the_brake_counts_an_ipv6_host_by_its_64(address, client):
+    assert client_of(address) == client
 
 
 def test_the_brake_remembers_a_bounded_number_of_addresses(monkeypatch):

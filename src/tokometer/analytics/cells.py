@@ -31,7 +31,7 @@ def spreadsheet_safe(value: Any) -> Any:
 class CSVWriter:
     """A csv.DictWriter (header first) whose cells are spreadsheet-safe. Lines end in CRLF as
     RFC 4180 says: the csv module quotes a cell holding a line-end character only when that
-    character is in the line terminator, so with "\n" alone a bare CR split a row in two."""
+    character is in the line terminator, so with LF alone a CR inside a cell split its row."""
 
     def __init__(self, out: IO[str], columns: Sequence[str]):
         self._writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")

@@ -32,7 +32,7 @@ from ..analytics.tasks import agents, tasks
 from ..config import Settings
 from ..events import rfc3339
 from .offloop import OffLoop
-from .session import SESSION_SECONDS, LoginBrake, Sessions
+from .session import SESSION_SECONDS, LoginBrake, Sessions, client_of
 
 COOKIE = "tokometer_admin"
 NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/flows", "Flows"),
@@ -63,7 +63,7 @@ class Dashboard:
             return _html(404, "login.html", title="Dashboard off",
                          error="The dashboard is off: set server.admin_token_env in the config "
                                "and start the gateway with that variable set.")
-        client = (scope.get("client") or ("",))[0]
+        client = client_of((scope.get("client") or ("",))[0])
         if path == "/login":
             return self._login(method, body, client, https=scope.get("scheme") == "https")
         if not self._signed_in(headers, client):

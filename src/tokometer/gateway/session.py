@@ -9,7 +9,8 @@ valid for the admin API too and forever). It holds its expiry and an HMAC-SHA256
 So a session cannot be forged or extended without the token, it ends at its expiry, and
 changing the admin token ends every session at once. Nothing is kept on the server.
 
-Failed sign-ins are counted per client address (the ASGI scope's `client`): after FAILURES
+Failed sign-ins are counted per client address (the ASGI scope's `client`; for IPv6 its /64,
+which one host gets whole and can walk through): after FAILURES
 of them within WINDOW seconds the form answers 429 with `Retry-After` until the oldest one
 is WINDOW old, without looking at the token, so guessing goes no faster than FAILURES per
 WINDOW per address. Nothing waits on the event loop. Behind a reverse proxy every client has
@@ -21,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import math
 from collections import deque
 
@@ -52,6 +54,19 @@ class Sessions:
     def _mac(self, expires: int) -> str:
         digest = hmac.new(self._key, str(expires).encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def client_of(address: str) -> str:
+    """Whom the brake counts: the IPv4 address, or the IPv6 address's /64 network."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # no address (a Unix socket): one client
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class LoginBrake:
