@@ -88,13 +88,12 @@ class Dashboard:
         if COOKIE in cookie and self.sessions.valid(cookie[COOKIE].value, time.time()):
             return True
         bearer = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
-        return bool(bearer) and self._token_is_right(bearer, client)
-
-    def _token_is_right(self, given: str, client: str) -> bool:
-        """The admin token? False without looking while `client` is braked."""
         now = time.monotonic()
-        if self.brake.retry_after(client, now) is not None:
-            return False
+        return (bool(bearer) and self.brake.retry_after(client, now) is None
+                and self._token_is_right(bearer, client, now))
+
+    def _token_is_right(self, given: str, client: str, now: float) -> bool:
+        """The admin token? A wrong one counts against `client`."""
         expected = self.settings.server.admin_token or ""
         if hmac.compare_digest(given.encode(), expected.encode()):
             self.brake.succeeded(client)
@@ -106,14 +105,15 @@ class Dashboard:
         assert self.sessions is not None
         if method != "POST":
             return _html(200, "login.html", title="Sign in")
-        wait = self.brake.retry_after(client, time.monotonic())
-        if wait is not None:
+        now = time.monotonic()
+        wait = self.brake.retry_after(client, now)
+        if wait is not None:  # the token is not even looked at
             status, headers, page = _html(
                 429, "login.html", title="Sign in",
                 error=f"Too many wrong tokens from your address: try again in {wait} s.")
             return status, [*headers, (b"retry-after", str(wait).encode())], page
         token = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
-        if not self._token_is_right(token, client):
+        if not self._token_is_right(token, client, now):
             return _html(401, "login.html", title="Sign in", error="That is not the admin token.")
         cookie = (f"{COOKIE}={self.sessions.issue(time.time())}; Max-Age={SESSION_SECONDS}; "
                   f"Path=/; HttpOnly; SameSite=Strict{'; Secure' if https else ''}")
