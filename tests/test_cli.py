@@ -176,3 +176,48 @@ def test_budgets_set_list_status_remove(gateway: Gateway, capsys):
 def test_budgets_set_rejects_bad_input(gateway: Gateway, capsys, args, fragment):
     code, _, err = run(capsys, "budgets", "set", "--config", str(gateway.config), *args)
     assert code == 2 and fragment in err
+
+
+# --- numeric and time arguments out of range: argparse's usage error, exit 2, no traceback --
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["report", "--top", "0"], "argument --top: '0' is not a whole number from 1 to 1000000"),
+    (["report", "--top", "-1"], "argument --top: '-1' is not a whole number"),
+    (["report", "--top", "1000001"], "argument --top: '1000001' is not a whole number"),
+    (["report", "--top", "9" * 30], "argument --top:"),
+    (["report", "--top", "lots"], "argument --top: 'lots' is not a whole number"),
+    (["rankings", "--weeks", "0"], "argument --weeks: '0' is not a whole number from 1 to 520"),
+    (["rankings", "--weeks", "100000"], "argument --weeks: '100000' is not a whole number"),
+    (["events", "--since", "99999999999d"], "argument --since: '99999999999d' is not a time "
+                                            "in the years 1 to 9999"),
+    (["report", "--since", "999999999w"], "argument --since: '999999999w' is not a time"),
+    (["tasks", "--until", "0001-01-01T00:00:00+01:00"], "argument --until: "
+                                                         "'0001-01-01T00:00:00+01:00' is not"),
+    (["flows", "--since", "9999-12-31T23:59:59-01:00"], "argument --since:"),
+    (["export", "-o", "x.csv", "--since", "1e9d"], "argument --since: '1e9d' is not a time"),
+    (["rankings", "--since", "1d"], "unrecognized arguments: --since"),
+    (["report", "--period", "fortnight"], "argument --period: invalid choice: 'fortnight'"),
+    (["budgets", "set", "--tenant", "t", "--limit", "1", "--period", "year"],
+     "argument --period: invalid choice: 'year'"),
+])
+def test_arguments_out_of_range_are_usage_errors(capsys, args, fragment):
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--config", "nowhere.toml"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith("usage: tokometer") and fragment in err and "Traceback" not in err
+
+
+def test_arguments_at_their_bounds_are_taken(gateway, capsys):
+    config = str(gateway.config)
+    httpx.post(gateway.url + "/v1/chat/completions", timeout=10,
+               headers={"Authorization": f"Bearer {gateway.key}"},
+               json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+               ).raise_for_status()
+    gateway.wait_rolled_up()
+    code, out, _ = run(capsys, "report", "--config", config, "--by", "model", "--top", "1000000",
+                       "--since", "0001-01-01", "--until", "9999-12-31T23:59:59Z")
+    assert code == 0 and "gpt-4o-mini" in out
+    code, out, _ = run(capsys, "rankings", "--config", config, "--weeks", "520",
+                       "--format", "json")
+    assert code == 0 and json.loads(out)

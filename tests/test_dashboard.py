@@ -1,11 +1,17 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright.
 
-Pages load, charts render with data, a drill-down link works; a screenshot of each page is
-saved under test-artifacts/.
+Pages load, charts render with data, a drill-down link works, nothing breaks the pages'
+Content-Security-Policy; a screenshot of each page is saved under test-artifacts/. Over plain
+HTTP: the session cookie, the guard headers and the brake on wrong tokens.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
+import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +23,9 @@ from conftest import FAKE_KEYS, MODELS_TOML, providers_toml, start_gateway, stop
 ADMIN = "dash-secret"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; scripts/test installs it
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+CONSOLE: list[str] = []  # what the browser logged on any page (CSP violations land here)
+PAGES = ["/", "/rankings", "/rankings?by=vendor", "/flows", "/tenants", "/tenants/acme",
+         "/tenants/acme/apps/tests", "/tasks", "/live"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +54,7 @@ def page(dash):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda message: CONSOLE.append(message.text))
         page.goto(dash.url + "/")
         assert page.url.endswith("/login")  # not signed in: sent to the form
         page.fill("input[name=token]", ADMIN)
@@ -95,3 +105,113 @@ def test_without_the_token_nothing_is_shown(dash):
     assert r.status_code == 303 and r.headers["location"] == "/login"
     r = httpx.post(dash.url + "/login", data={"token": "wrong"})
     assert r.status_code == 401 and "not the admin token" in r.text
+
+
+def test_no_page_breaks_its_content_security_policy(page, dash):
+    for path in [*PAGES, "/login"]:
+        response = page.goto(dash.url + path)
+        assert response is not None and response.status == 200
+    assert not [m for m in CONSOLE if "Content Security Policy" in m], CONSOLE
+    # The control: a style element the policy does not name is refused, and that is logged.
+    page.evaluate("document.head.appendChild(document.createElement('style')).textContent"
+                  " = 'body { color: red }'")
+    page.wait_for_timeout(200)
+    assert [m for m in CONSOLE if "Content Security Policy" in m]
+
+
+# --- over HTTP: the session cookie, the guard headers, the brake on wrong tokens -------------
+
+def client(address: str) -> httpx.Client:
+    """A client from its own loopback address: the brake counts per address."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10,
+                        follow_redirects=False)
+
+
+def session_value(expires: int, token: str = ADMIN) -> str:
+    """A session cookie worked out from the documented rule (gateway/session.py)."""
+    key = hmac.new(token.encode(), b"tokometer dashboard session", hashlib.sha256).digest()
+    mac = hmac.new(key, str(expires).encode(), hashlib.sha256).digest()
+    return f"{expires}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+def test_signing_in_sets_a_signed_expiring_session_not_the_token(dash):
+    with client("127.0.0.2") as c:
+        before = int(time.time())
+        r = c.post(dash.url + "/login", data={"token": ADMIN})
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        cookie = r.headers["set-cookie"]
+        name, value = cookie.split(";")[0].split("=", 1)
+        attributes = {a.strip().split("=")[0].lower(): a.strip() for a in cookie.split(";")[1:]}
+        assert ADMIN not in cookie and name == "tokometer_admin"
+        assert attributes["max-age"] == "Max-Age=43200"  # 12 hours
+        assert attributes["samesite"] == "SameSite=Strict" and "httponly" in attributes
+        assert attributes["path"] == "Path=/" and "secure" not in attributes  # plain HTTP
+        expires = int(value.split(".")[0])
+        assert before + 43200 <= expires <= int(time.time()) + 43200
+        assert value == session_value(expires)
+        c.cookies.clear()
+        assert c.get(dash.url + "/").status_code == 303
+        assert c.get(dash.url + "/", headers={"cookie": f"{name}={value}"}).status_code == 200
+
+
+@pytest.mark.parametrize("cookie", [
+    ADMIN,  # the raw token, as cookies used to hold it
+    session_value(int(time.time()) - 1),  # signed right, but expired
+    session_value(int(time.time()) + 3600, token="not-the-admin-token"),  # forged
+    session_value(int(time.time()) + 3600)[:-1] + "A",  # the signature tampered with
+    str(int(time.time()) + 10**6) + "." + session_value(int(time.time()) + 3600).split(".")[1],
+    "9" * 400 + ".x", "", "é.é",
+], ids=["raw-token", "expired", "forged", "tampered-mac", "extended", "huge", "empty", "latin1"])
+def test_a_bad_session_cookie_gets_the_login_page(dash, cookie):
+    with client("127.0.0.3") as c:
+        r = c.get(dash.url + "/tenants", headers={"cookie": f"tokometer_admin={cookie}".encode()})
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+        login = c.get(dash.url + r.headers["location"])
+        assert login.status_code == 200 and 'name="token"' in login.text
+
+
+def test_every_dashboard_answer_forbids_framing_and_scripts(dash):
+    with client("127.0.0.4") as c:
+        signed_in = {"cookie": f"tokometer_admin={session_value(int(time.time()) + 60)}"}
+        answers = [c.get(dash.url + "/login"), c.get(dash.url + "/"),  # the redirect
+                   c.post(dash.url + "/login", data={"token": ADMIN}),
+                   *(c.get(dash.url + path, headers=signed_in) for path in PAGES),
+                   c.get(dash.url + "/tenants/acme/nope", headers=signed_in)]  # a 404
+    for r in answers:
+        policy = dict(d.strip().split(" ", 1) for d in
+                      r.headers["content-security-policy"].split(";"))
+        assert r.headers["x-frame-options"] == "DENY"
+        assert policy["frame-ancestors"] == "'none'" and policy["default-src"] == "'none'"
+        assert "script-src" not in policy and "unsafe-inline" not in policy["style-src-elem"]
+        if r.status_code == 200:  # the one style element is the one the policy names
+            css = re.search(r"<style>(.*?)</style>", r.text, re.DOTALL).group(1)
+            digest = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+            assert policy["style-src-elem"] == f"'sha256-{digest}'"
+            assert "<script" not in r.text and r.text.count("<style") == 1
+
+
+def test_wrong_tokens_are_braked_per_address(dash):
+    with client("127.0.0.5") as c:
+        for _ in range(5):
+            r = c.post(dash.url + "/login", data={"token": "guess"})
+            assert r.status_code == 401 and "not the admin token" in r.text
+        r = c.post(dash.url + "/login", data={"token": "guess"})
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 300
+        assert "Too many wrong tokens" in r.text
+        # While braked the token is not even looked at: the right one is refused too,
+        # on the form and as a bearer header.
+        assert c.post(dash.url + "/login", data={"token": ADMIN}).status_code == 429
+        r = c.get(dash.url + "/", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+    with client("127.0.0.6") as c:  # another address is not braked
+        assert c.post(dash.url + "/login", data={"token": ADMIN}).status_code == 303
+        assert c.get(dash.url + "/", headers={"Authorization": f"Bearer {ADMIN}"}
+                     ).status_code == 200
+
+
+def test_wrong_bearer_tokens_count_as_wrong_sign_ins(dash):
+    with client("127.0.0.7") as c:
+        for _ in range(5):
+            r = c.get(dash.url + "/", headers={"Authorization": "Bearer guess"})
+            assert r.status_code == 303
+        assert c.post(dash.url + "/login", data={"token": ADMIN}).status_code == 429

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ import orjson
 
 from . import config
 from .analytics import GROUPABLE, RANKED_BY, REPORT_PERIODS, flows, rankings, report
+from .analytics.cells import CSVWriter, visible
 from .analytics.charts import flows_chart, rankings_chart, report_chart
 from .analytics.export import export
 from .analytics.tasks import agents, tasks
@@ -41,6 +41,8 @@ from .policy.budgets import (
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+MAX_TOP = 1_000_000
+MAX_WEEKS = 520  # ten years
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,13 +163,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
     rep.add_argument("--period", choices=REPORT_PERIODS,
                      help="also group by UTC hour, day, week (from Monday) or month")
-    rep.add_argument("--top", type=int, help="only the N groups with the most tokens")
+    rep.add_argument("--top", type=_whole(1, MAX_TOP),
+                     help="only the N groups with the most tokens")
     rep.add_argument("--chart", type=Path, help="also draw it to FILE.png or FILE.svg")
 
     rank = command("rankings", "token share per model, vendor or vendor country, week by "
                    "week, with the change since the week before", _rankings)
     rank.add_argument("--by", choices=tuple(RANKED_BY), default="model")
-    rank.add_argument("--weeks", type=int, default=4, help="weeks to show (default 4)")
+    rank.add_argument("--weeks", type=_whole(1, MAX_WEEKS), default=4,
+                      help=f"weeks to show, 1 to {MAX_WEEKS} (default 4)")
     rank.add_argument("--format", choices=("table", "csv", "json"), default="table")
     rank.add_argument("--chart", type=Path, help="also draw it to FILE.png or FILE.svg")
 
@@ -205,16 +209,31 @@ def _time_range(p: argparse.ArgumentParser) -> None:
 
 
 def _time(text: str) -> str:
-    if m := _RELATIVE.match(text):
-        then = datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-        return rfc3339(then)
+    """An argparse type: an RFC 3339 time, a date or an age, as an RFC 3339 UTC time."""
     try:
+        if m := _RELATIVE.match(text):
+            return rfc3339(datetime.now(UTC)
+                           - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))}))
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return rfc3339(t if t.tzinfo else t.replace(tzinfo=UTC))
+    except (ValueError, OverflowError):  # not a time, or before year 1 / after 9999 in UTC
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a time: use 2026-11-28, 2026-11-28T10:00:00Z or an age like 24h"
-        ) from None
-    return rfc3339(t if t.tzinfo else t.replace(tzinfo=UTC))
+            f"{text!r} is not a time in the years 1 to 9999: use 2026-11-28, "
+            "2026-11-28T10:00:00Z or an age like 24h") from None
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`."""
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number from {low} to {high}")
+        return number
+    return parse
 
 
 def _db(args: argparse.Namespace) -> Any:
@@ -390,7 +409,7 @@ def _verify_receipt(args: argparse.Namespace) -> int:
         raise TokometerError(f"--pubkey: {e}") from None
     problems = verify_receipt(receipt, key)
     if problems:
-        print("INVALID receipt:\n" + "\n".join(f"- {p}" for p in problems))
+        print("INVALID receipt:\n" + "\n".join(f"- {visible(p)}" for p in problems))
         return 1
     event = receipt["event"]
     print(f"valid: event {event.get('id')} is leaf {receipt['leaf_index']} of the log signed at "
@@ -402,9 +421,7 @@ def _events(args: argparse.Namespace) -> int:
     rows = iter_events(_db(args), args.since, args.until)
     out = sys.stdout
     if args.format == "csv":
-        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        CSVWriter(out, FIELDS).write(rows)
     else:
         for row in rows:
             out.write(orjson.dumps(row).decode() + "\n")
@@ -465,9 +482,7 @@ def _output(rows: list[dict[str, Any]], columns: list[str], fmt: str) -> None:
     if fmt == "json":
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
     elif fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        CSVWriter(sys.stdout, columns).write(rows)
     else:
         _print_table(rows, columns)
 
@@ -493,7 +508,8 @@ def _progress(total: int, unit: str) -> Iterator[Callable[[int], None]]:
 
 
 def _print_table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
-    cells = [[("" if r.get(c) is None else str(r[c])) for c in columns] for r in rows]
+    cells = [["" if r.get(c) is None else visible(str(r[c])) for c in columns]
+             for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:

@@ -2,17 +2,22 @@
 
 report: tokens per group (stacked over time with --period); rankings: each week's token share,
 stacked to 100%; flows: a heat map of tokens from consumer country to serving country.
-matplotlib (Agg, no display) is imported only when a chart is asked for.
+matplotlib (Agg, no display) is imported only when a chart is asked for. Labels are client
+strings (model, tenant, agent names), so matplotlib's math-text parser is off: a name like
+`$\\frac{a}{b}$` or `$\\nosuchcommand$` is drawn as it is written, never parsed (an unknown
+command would otherwise stop the drawing with an error).
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import RequestError
+from .cells import visible
 
 SUFFIXES = (".png", ".svg")
 _OTHERS = 8  # groups beyond this many are drawn together as "other"
@@ -23,6 +28,7 @@ def _pyplot() -> Any:
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable, small
+    matplotlib.rcParams["text.parse_math"] = False  # labels are client strings: see above
     import matplotlib.pyplot as plt
 
     return plt
@@ -41,16 +47,21 @@ def _save(fig: Any, target: Target) -> None:
     _pyplot().close(fig)
 
 
+_STYLE_ELEMENT = re.compile(r"<style[^>]*>.*?</style>", re.DOTALL)
+
+
 def svg(draw: Any, *args: Any) -> str:
-    """A chart function's drawing as SVG text, to put inline in a page."""
+    """A chart function's drawing as SVG text, to put inline in a page: without the XML
+    prolog and doctype, and without matplotlib's <style> element (its one rule is in the
+    dashboard's stylesheet, whose CSP admits no other style element)."""
     buffer = io.BytesIO()
     draw(*args, buffer)
     text = buffer.getvalue().decode()
-    return text[text.index("<svg"):]  # without the XML prolog and doctype
+    return _STYLE_ELEMENT.sub("", text[text.index("<svg"):], count=1)
 
 
 def _label(value: Any) -> str:
-    return "(none)" if value in (None, "") else str(value)
+    return "(none)" if value in (None, "") else visible(str(value))
 
 
 def _stacked(series: dict[str, dict[str, float]], columns: list[str], title: str,
@@ -67,13 +78,15 @@ def _stacked(series: dict[str, dict[str, float]], columns: list[str], title: str
         order = [*order[:_OTHERS], "other"]
     fig, ax = plt.subplots(figsize=(10, 5.5))
     bottom = [0.0] * len(columns)
+    bars = []
     for name in order:
         heights = [series[name].get(c, 0.0) for c in columns]
-        ax.bar(columns, heights, bottom=bottom, label=name)
+        bars.append(ax.bar(columns, heights, bottom=bottom))
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    # Labels passed as a list: matplotlib would drop a `label=` that starts with "_".
+    ax.legend(bars, order, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     ax.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
     _save(fig, path)

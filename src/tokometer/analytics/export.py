@@ -1,12 +1,12 @@
 """`tokometer export`: every event for data teams, as CSV or Parquet, streamed in batches.
 
-Parquet columns are typed: integers, floats, booleans, strings, and money as decimal(38, 18)
+CSV cells a spreadsheet would run as formulas are neutralised (see cells.py). Parquet columns
+are typed: integers, floats, booleans, strings, and money as decimal(38, 18)
 (exact for every cost the meter produces; 18 places is far below a billable amount).
 """
 
 from __future__ import annotations
 
-import csv
 import sqlite3
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -16,6 +16,7 @@ from typing import Any
 
 from ..events import FIELDS
 from ..ledger.read import iter_events
+from .cells import CSVWriter
 
 BATCH = 65_536
 _INTEGERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
@@ -44,10 +45,9 @@ def _csv(events: Iterator[dict[str, Any]], out: Path,
          progress: Callable[[int], None] | None) -> int:
     n = 0
     with out.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
-        writer.writeheader()
+        writer = CSVWriter(f, FIELDS)
         for batch in _batches(events):
-            writer.writerows(batch)
+            writer.write(batch)
             n += len(batch)
             if progress:
                 progress(len(batch))

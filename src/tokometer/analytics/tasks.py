@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+from ..amounts import amount
 from ..errors import RequestError
 from ..events import decimal_str, new_event_id, rfc3339
 from ..ledger.read import time_filter
@@ -32,14 +33,7 @@ def record_outcome(conn: sqlite3.Connection, who: Consumer, body: Any) -> dict[s
         raise RequestError("'task' must be the task's id, as sent in x-tokometer-task")
     if outcome not in OUTCOMES:
         raise RequestError(f"'outcome' must be one of {', '.join(OUTCOMES)}")
-    amount = None
-    if value is not None:
-        try:
-            amount = Decimal(str(value)) if not isinstance(value, bool | float) else None
-        except InvalidOperation:
-            amount = None
-        if amount is None or not amount.is_finite():
-            raise RequestError("'value' must be a decimal string like \"12.50\"")
+    worth = None if value is None else amount(value, "'value'", negative=True)
     known = conn.execute("SELECT 1 FROM events WHERE task = ? AND tenant = ? LIMIT 1",
                          (task, who.tenant)).fetchone()
     if known is None:
@@ -47,7 +41,7 @@ def record_outcome(conn: sqlite3.Connection, who: Consumer, body: Any) -> dict[s
                            "x-tokometer-task first", status=404, type="not_found_error")
     row = {"id": new_event_id(), "time": rfc3339(datetime.now(UTC)), "tenant": who.tenant,
            "task": task, "outcome": outcome,
-           "value": decimal_str(amount) if amount is not None else None, "key_id": who.key_id}
+           "value": decimal_str(worth) if worth is not None else None, "key_id": who.key_id}
     conn.execute("INSERT INTO outcomes (id, time, tenant, task, outcome, value, key_id) "
                  "VALUES (:id, :time, :tenant, :task, :outcome, :value, :key_id)", row)
     return row

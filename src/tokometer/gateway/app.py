@@ -178,7 +178,7 @@ class Gateway:
         body = (await _read_body(receive, headers, self.settings.server.max_body_bytes)
                 if method == "POST" else b"")
         status, page_headers, page = await self.dashboard.handle(
-            method, path, scope.get("query_string", b""), headers, body)
+            method, path, scope, headers, body)
         await send({"type": "http.response.start", "status": status, "headers": page_headers})
         await send({"type": "http.response.body", "body": page})
 

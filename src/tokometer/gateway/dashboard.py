@@ -1,18 +1,28 @@
 """The web dashboard at `/`: server-rendered pages with inline SVG charts, no JavaScript.
 
 Pages: overview, rankings, flows, tenants → apps → agents drill-down, tasks, and a live
-view of the latest events that refreshes itself. The admin token opens it (a form sets an
-HttpOnly cookie; a bearer header works too). Each page's numbers and charts are worked out
-on a thread (OffLoop), never on the event loop.
+view of the latest events that refreshes itself. The admin token opens it: the sign-in form
+sets a signed session cookie (session.py), and a bearer header works too; failed attempts
+of either are braked per client address. Each page's numbers and charts are worked out on a
+thread (OffLoop), never on the event loop.
+
+Every answer carries a Content-Security-Policy that allows no script at all, no framing and
+no style element but the pages' own stylesheet (by its hash); charts' SVG keeps its inline
+style attributes and embedded images (the heat map is a data: PNG), which cannot run code or
+fetch anything under this policy.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import hmac
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
@@ -22,6 +32,7 @@ from ..analytics.tasks import agents, tasks
 from ..config import Settings
 from ..events import rfc3339
 from .offloop import OffLoop
+from .session import SESSION_SECONDS, LoginBrake, Sessions, client_of
 
 COOKIE = "tokometer_admin"
 NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/flows", "Flows"),
@@ -37,26 +48,27 @@ class Dashboard:
     def __init__(self, settings: Settings, store: OffLoop):
         self.settings = settings
         self._run = store.run
+        token = settings.server.admin_token
+        self.sessions = Sessions(token) if token is not None else None
+        self.brake = LoginBrake()
 
-    def signed_in(self, headers: dict[bytes, bytes]) -> bool:
-        token = self.settings.server.admin_token
-        if token is None:
-            return False
-        cookie = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
-        given = cookie[COOKIE].value if COOKIE in cookie else ""
-        bearer = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
-        return any(hmac.compare_digest(g.encode(), token.encode()) for g in (given, bearer) if g)
+    async def handle(self, method: str, path: str, scope: dict[str, Any],
+                     headers: dict[bytes, bytes], body: bytes) -> Page:
+        status, page_headers, page = await self._page(method, path, scope, headers, body)
+        return status, [*page_headers, *_guard_headers()], page
 
-    async def handle(self, method: str, path: str, query: bytes, headers: dict[bytes, bytes],
-                     body: bytes) -> Page:
-        if self.settings.server.admin_token is None:
+    async def _page(self, method: str, path: str, scope: dict[str, Any],
+                    headers: dict[bytes, bytes], body: bytes) -> Page:
+        if self.sessions is None:
             return _html(404, "login.html", title="Dashboard off",
                          error="The dashboard is off: set server.admin_token_env in the config "
                                "and start the gateway with that variable set.")
+        client = client_of((scope.get("client") or ("",))[0])
         if path == "/login":
-            return self._login(method, body)
-        if not self.signed_in(headers):
+            return self._login(method, body, client, https=scope.get("scheme") == "https")
+        if not self._signed_in(headers, client):
             return 303, [(b"location", b"/login")], b""
+        query = scope.get("query_string", b"")
         params = {k: v[0] for k, v in parse_qs(query.decode("latin-1")).items()}
         parts = [unquote(p) for p in path.strip("/").split("/") if p]
         if parts[:1] == ["tenants"] and len(parts) in (2, 4) and (len(parts) == 2
@@ -69,14 +81,42 @@ class Dashboard:
                          intro=f"There is no page {path}.")
         return _html(200, "page.html", here="/" + (parts[0] if parts else ""), **data)
 
-    def _login(self, method: str, body: bytes) -> Page:
+    def _signed_in(self, headers: dict[bytes, bytes], client: str) -> bool:
+        """A valid session cookie, or the admin token as a bearer (a wrong one is braked)."""
+        assert self.sessions is not None
+        cookie = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
+        if COOKIE in cookie and self.sessions.valid(cookie[COOKIE].value, time.time()):
+            return True
+        bearer = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
+        now = time.monotonic()
+        return (bool(bearer) and self.brake.retry_after(client, now) is None
+                and self._token_is_right(bearer, client, now))
+
+    def _token_is_right(self, given: str, client: str, now: float) -> bool:
+        """The admin token? A wrong one counts against `client`."""
+        expected = self.settings.server.admin_token or ""
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            self.brake.succeeded(client)
+            return True
+        self.brake.failed(client, now)
+        return False
+
+    def _login(self, method: str, body: bytes, client: str, https: bool) -> Page:
+        assert self.sessions is not None
         if method != "POST":
             return _html(200, "login.html", title="Sign in")
+        now = time.monotonic()
+        wait = self.brake.retry_after(client, now)
+        if wait is not None:  # the token is not even looked at
+            status, headers, page = _html(
+                429, "login.html", title="Sign in",
+                error=f"Too many wrong tokens from your address: try again in {wait} s.")
+            return status, [*headers, (b"retry-after", str(wait).encode())], page
         token = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
-        expected = self.settings.server.admin_token or ""
-        if not hmac.compare_digest(token.encode(), expected.encode()):
+        if not self._token_is_right(token, client, now):
             return _html(401, "login.html", title="Sign in", error="That is not the admin token.")
-        cookie = f"{COOKIE}={quote(token)}; HttpOnly; SameSite=Strict; Path=/"
+        cookie = (f"{COOKIE}={self.sessions.issue(time.time())}; Max-Age={SESSION_SECONDS}; "
+                  f"Path=/; HttpOnly; SameSite=Strict{'; Secure' if https else ''}")
         return 303, [(b"location", b"/"), (b"set-cookie", cookie.encode())], b""
 
 
@@ -89,9 +129,27 @@ def _templates() -> Any:
                               autoescape=True)
 
 
+@functools.cache
+def _stylesheet() -> str:
+    return (resources.files(__package__) / "templates" / "dashboard.css").read_text("utf-8")
+
+
+@functools.cache
+def _guard_headers() -> list[tuple[bytes, bytes]]:
+    """Headers on every dashboard answer: CSP, no framing, no sniffing, no caching."""
+    digest = base64.b64encode(hashlib.sha256(_stylesheet().encode()).digest()).decode()
+    policy = (f"default-src 'none'; style-src 'sha256-{digest}'; "
+              f"style-src-elem 'sha256-{digest}'; style-src-attr 'unsafe-inline'; "
+              "img-src data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+    return [(b"content-security-policy", policy.encode()), (b"x-frame-options", b"DENY"),
+            (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+            (b"cache-control", b"no-store")]
+
+
 def _html(status: int, template: str, **context: Any) -> Page:
     context.setdefault("here", "")
-    page = _templates().get_template(template).render(nav=NAV, numeric=NUMERIC, **context)
+    page = _templates().get_template(template).render(nav=NAV, numeric=NUMERIC,
+                                                      css=_stylesheet(), **context)
     return status, [_HTML], page.encode()
 
 

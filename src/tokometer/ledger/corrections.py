@@ -8,9 +8,9 @@ append-only; `corrects` names the original and `price_ref` the reason.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ..amounts import amount, whole_number
 from ..errors import RequestError
 from ..events import CORRECTION, Event, new_event_id, rfc3339
 
@@ -25,18 +25,9 @@ def correction(original: dict[str, Any], changes: dict[str, Any], reason: str) -
     """The event correcting `original` (a stored event) by `changes` (token and cost deltas)."""
     if not isinstance(reason, str) or not reason.strip():
         raise RequestError("a correction needs a reason (a non-empty string)")
-    tokens = {}
-    for name in TOKEN_DELTAS:
-        value = changes.get(name, 0)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise RequestError(f"{name} must be an integer (a difference, may be negative)")
-        tokens[name] = value
-    try:
-        cost = Decimal(str(changes.get("cost", "0")))
-    except InvalidOperation:
-        cost = Decimal("NaN")
-    if not cost.is_finite() or isinstance(changes.get("cost"), float | bool):
-        raise RequestError("cost must be a decimal string like \"-0.0042\" (a difference)")
+    tokens = {name: whole_number(changes.get(name, 0), name)
+              for name in TOKEN_DELTAS}
+    cost = amount(changes.get("cost", "0"), "cost", negative=True)
     if not any(tokens.values()) and not cost:
         raise RequestError("a correction must change some tokens or the cost")
     return Event(

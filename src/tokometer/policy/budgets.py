@@ -13,8 +13,9 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
+from ..amounts import amount
 from ..config import PERIODS, SCOPES, TOKENS, Budget, Scope
 from ..errors import RequestError
 from ..events import Event, decimal_str, new_event_id, rfc3339
@@ -110,13 +111,8 @@ def new_budget(scope_kind: str, scope_value: str, limit: object, unit: str, peri
                            f"not {unit!r}")
     if period not in PERIODS:
         raise RequestError(f"period must be one of {', '.join(PERIODS)}, not {period!r}")
-    try:
-        amount = Decimal(str(limit)) if not isinstance(limit, bool | float) else None
-    except InvalidOperation:
-        amount = None
-    if amount is None or not amount.is_finite() or amount < 0:
-        raise RequestError(f"limit must be a non-negative decimal number, not {limit!r}")
-    return Budget(budget_id, Scope(scope_kind, scope_value), amount, unit, period)
+    return Budget(budget_id, Scope(scope_kind, scope_value), amount(limit, "limit"), unit,
+                  period)
 
 
 def set_budget(conn: sqlite3.Connection, budget: Budget, config_ids: Iterable[str]) -> Budget:
