@@ -217,9 +217,10 @@ def _time(text: str) -> str:
     return rfc3339(t if t.tzinfo else t.replace(tzinfo=UTC))
 
 
-def _db(args: argparse.Namespace) -> Any:
+def _db(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The config's store; only commands that write may create it."""
     settings = config.load(args.config)
-    return open_db(settings.server.store)
+    return open_db(settings.server.store, create=create)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -232,7 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    key, key_id = create_key(_db(args), args.tenant, args.app, args.region)
+    key, key_id = create_key(_db(args, create=True), args.tenant, args.app, args.region)
     if args.json:
         print(orjson.dumps({"key": key, "key_id": key_id}).decode())
     else:
@@ -268,8 +269,9 @@ def _budgets_set(args: argparse.Namespace) -> int:
 
 def _budgets_list(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
+    stored = stored_budgets(open_db(settings.server.store, create=False))
     rows = [*(_budget_row(b, "config") for b in settings.budgets),
-            *(_budget_row(b, "store") for b in stored_budgets(open_db(settings.server.store)))]
+            *(_budget_row(b, "store") for b in stored)]
     _print_rows(rows, ["budget_id", "scope", "scope_value", "limit", "unit", "period", "source"],
                 args.json)
     return 0
@@ -277,7 +279,7 @@ def _budgets_list(args: argparse.Namespace) -> int:
 
 def _budgets_status(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
-    conn = open_db(settings.server.store)
+    conn = open_db(settings.server.store, create=False)
     budgets = [*settings.budgets, *stored_budgets(conn)]
     states = load_states(conn, budgets, datetime.now(UTC))
     for budget_id, reserved in saved_reservations(conn).items():
@@ -291,7 +293,7 @@ def _budgets_status(args: argparse.Namespace) -> int:
 
 def _budgets_remove(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
-    remove_budget(open_db(settings.server.store), args.budget_id,
+    remove_budget(open_db(settings.server.store, create=False), args.budget_id,
                   [b.id for b in settings.budgets])
     print(f"removed {args.budget_id}")
     return 0
@@ -339,7 +341,7 @@ def _ledger_audit(args: argparse.Namespace) -> int:
     from .ledger.audit import audit
 
     settings = config.load(args.config)
-    conn = open_db(settings.server.store)
+    conn = open_db(settings.server.store, create=False)
     total = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     with _progress(total, "events") as step:
         report = audit(conn, _signer(settings).public_key, step)
@@ -359,7 +361,7 @@ def _receipt(args: argparse.Namespace) -> int:
     from .ledger.receipts import NotFound, build_receipt, sign_stored_head
 
     settings = config.load(args.config)
-    conn = open_db(settings.server.store)
+    conn = open_db(settings.server.store, create=False)
     try:
         receipt = build_receipt(conn, args.event_id)
         if receipt is None:  # no signed head covers it yet: sign one now

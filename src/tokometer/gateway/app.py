@@ -21,6 +21,7 @@ from ..config import Settings
 from ..errors import AuthError, RequestError, TokometerError
 from ..events import new_event_id
 from ..ledger import SQLiteLedger, open_db
+from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
 from ..ledger.sqlite import SMALL_CACHE_KIB
 from ..policy import Consumer, Guard, KeyRing
@@ -51,8 +52,9 @@ def create_app(settings: Settings | None = None) -> Gateway:
 
 
 class Gateway:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, lock: StoreLock | None = None):
         self.settings = settings
+        self.lock = lock  # the store's; taken at start unless `tokometer serve` holds it
         self.deps: Deps | None = None
         self.keys: KeyRing | None = None
         self.admin: Admin | None = None
@@ -88,6 +90,7 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        self.lock = self.lock or StoreLock.take(s.server.store)
         signer = load_signer(s.server.signing_key, s.server.signing_key_env)
         ledger = SQLiteLedger(s.server.store, signer, durability=s.server.durability)
         ledger.start()
@@ -118,6 +121,8 @@ class Gateway:
         if self.deps is not None:
             await self.deps.upstream.close()
             await self.deps.ledger.close()
+        if self.lock is not None:
+            self.lock.close()
 
     async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
@@ -150,7 +155,7 @@ class Gateway:
                 consumer = await self._authenticate(headers)
             except AuthError as error:
                 return await self._refuse_unknown(endpoint, error, headers, receive, send, t0)
-            raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
+            raw = await _read_body(receive, headers, self.settings.server)
             call = parse_call(endpoint, raw, headers, self.settings, consumer, t0)
         except RequestError as error:
             status, body = render_error(api, error)
@@ -163,7 +168,7 @@ class Gateway:
                               t0: float) -> None:
         """A bad key on a metered endpoint: recorded as a refusal, with what the body says."""
         try:
-            raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
+            raw = await _read_body(receive, headers, self.settings.server)
         except RequestError:
             raw = b""
         assert self.deps is not None, "lifespan startup has not run"
@@ -181,7 +186,7 @@ class Gateway:
     async def _dashboard(self, method: str, path: str, headers: dict[bytes, bytes],
                          receive: Receive, send: Send, scope: dict[str, Any]) -> None:
         assert self.dashboard is not None, "lifespan startup has not run"
-        body = (await _read_body(receive, headers, self.settings.server.max_body_bytes)
+        body = (await _read_body(receive, headers, self.settings.server)
                 if method == "POST" else b"")
         status, page_headers, page = await self.dashboard.handle(
             method, path, scope.get("query_string", b""), headers, body)
@@ -208,7 +213,7 @@ class Gateway:
 
     async def _json_body(self, receive: Receive, headers: dict[bytes, bytes]) -> Any:
         """A side endpoint's JSON body (None when empty), within the body limit."""
-        raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
+        raw = await _read_body(receive, headers, self.settings.server)
         try:
             return orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError as e:
@@ -267,24 +272,33 @@ def _api_key(headers: dict[bytes, bytes]) -> str | None:
     return key.decode("latin-1") if key else None
 
 
-async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+async def _read_body(receive: Receive, headers: dict[bytes, bytes],
+                     server: config.Server) -> bytes:
+    """The whole body, within server.max_body_bytes and server.body_timeout (a client that
+    stalls mid-body must not hold its connection for ever)."""
+    limit = server.max_body_bytes
     too_big = RequestError(f"the request body is larger than the limit of {limit} bytes "
                            "(server.max_body_bytes)", status=413, type="request_too_large")
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
     parts, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise RequestError("the client went away", status=499)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        parts.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(parts) if len(parts) != 1 else parts[0]
+    try:
+        async with asyncio.timeout(server.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise RequestError("the client went away", status=499)
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                parts.append(chunk)
+                if not message.get("more_body"):
+                    return b"".join(parts) if len(parts) != 1 else parts[0]
+    except TimeoutError:
+        raise RequestError(f"the request body did not arrive within {server.body_timeout:g} s "
+                           "(server.body_timeout)", status=408, type="request_timeout") from None
 
 
 def _preload_tokenizers(settings: Settings, registry: TokenizerRegistry) -> None:
