@@ -180,3 +180,23 @@ def test_a_killed_worker_is_respawned_and_holds_the_store_again(upstream, tmp_pa
         os.kill(gw.process.pid, signal.SIGKILL)
         gw.process.wait(10)
     until(lambda: not alive(respawned), 10, "the respawned worker outlived the supervisor")
+
+
+def test_a_model_server_dies_with_the_serving_process_too(tmp_path):
+    """What `tokometer serve` starts before the gateway (llama.cpp's server) gets the same
+    lifeline: here a stand-in child of a stand-in parent, killed with kill -9."""
+    parent = subprocess.Popen([sys.executable, "-c", """
+import functools, os, subprocess, sys, time
+from tokometer.lifeline import die_with_parent
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                         preexec_fn=functools.partial(die_with_parent, os.getpid()))
+print(child.pid, flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert alive(child)
+    finally:
+        parent.kill()
+        parent.wait(10)
+    until(lambda: not alive(child), 10, "the model server outlived `tokometer serve`")

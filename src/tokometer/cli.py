@@ -135,8 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     _runs(ledger_sub.add_parser(
         "audit", help="recompute the whole log from the stored events and check every head",
         description="Recompute every leaf from the stored events, check every signed tree "
-                    "head and its signature, and report the first event that was altered, "
-                    "deleted or inserted. Exit code 1 when the log does not audit clean."),
+                    "head and its signature, that the heads never shrink and the log proves "
+                    "each consistent with the one before, and that the rollups hold the "
+                    "events' sums; report the first event that was altered, deleted or "
+                    "inserted. Exit code 1 when the log does not audit clean."),
         _ledger_audit)
     rec = command("receipt", "print a self-contained, verifiable receipt for one event",
                   _receipt)

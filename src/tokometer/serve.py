@@ -8,20 +8,18 @@ dies alone.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import os
 import resource
-import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import config
 from .launch import start_model_server
 from .ledger.lock import StoreLock
+from .lifeline import die_with_parent
 
 if TYPE_CHECKING:  # the supervisor never loads the gateway; its worker does
     from .gateway.app import Gateway
@@ -30,10 +28,9 @@ log = logging.getLogger("tokometer")
 
 _CONFIG_ENV = "TOKOMETER_CONFIG"  # read by the worker's factory
 _LOCK_FD_ENV = "TOKOMETER_STORE_LOCK_FD"  # the inherited lock's file descriptor
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _FILES_PER_CONNECTION = 2  # the client's socket, and the provider's while it is relayed
 _FILES_SPARE = 256  # the store, tokenizers, logs, pipes
-MAX_CONNECTIONS = 65_536
+_MAX_CONNECTIONS = 65_536
 
 
 def serve(config_path: Path, *, launch: bool = True) -> None:
@@ -55,7 +52,7 @@ def serve(config_path: Path, *, launch: bool = True) -> None:
         lock.close()
 
 
-def connection_limit() -> int:
+def _connection_limit() -> int:
     """Raise the soft open-file limit to the hard one (each connection is a file) and return
     how many connections the gateway can hold with it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -65,7 +62,7 @@ def connection_limit() -> int:
         soft = wanted
     except (ValueError, OSError) as e:  # e.g. above the kernel's nr_open
         log.warning("cannot raise the open-file limit from %d to %d: %s", soft, wanted, e)
-    return max(1, min(MAX_CONNECTIONS, (soft - _FILES_SPARE) // _FILES_PER_CONNECTION))
+    return max(1, min(_MAX_CONNECTIONS, (soft - _FILES_SPARE) // _FILES_PER_CONNECTION))
 
 
 def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) -> None:
@@ -76,7 +73,7 @@ def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) 
     os.environ[_LOCK_FD_ENV] = str(lock.fd)
     # The worker must be forked to inherit the lock (Python 3.14 would pick forkserver).
     multiprocessing.set_start_method("fork", force=True)
-    connections = connection_limit()
+    connections = _connection_limit()
     log.info("gateway listening on http://%s:%d (up to %d connections at once)",
              settings.server.host, settings.server.port, connections)
     Server(
@@ -97,20 +94,9 @@ def worker_app() -> Gateway:
     """granian's factory, run in the worker process: the gateway on the inherited lock."""
     from .gateway.app import Gateway
 
-    _die_with_parent()
+    parent = multiprocessing.parent_process()
+    assert parent is not None, "granian starts its workers with multiprocessing"
+    die_with_parent(parent.pid)
     settings = config.load(os.environ[_CONFIG_ENV])
     return Gateway(settings, StoreLock.inherited(settings.server.store,
                                                  int(os.environ[_LOCK_FD_ENV])))
-
-
-def _die_with_parent() -> None:
-    """Have the kernel kill this worker when the serving process dies, however it dies, so
-    no orphan keeps serving and writing without its supervisor."""
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died before the prctl
-        os._exit(1)
