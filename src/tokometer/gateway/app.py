@@ -276,29 +276,32 @@ async def _read_body(receive: Receive, headers: dict[bytes, bytes],
                      server: config.Server) -> bytes:
     """The whole body, within server.max_body_bytes and server.body_timeout (a client that
     stalls mid-body must not hold its connection for ever)."""
-    limit = server.max_body_bytes
+    try:
+        async with asyncio.timeout(server.body_timeout):
+            return await _body(receive, headers, server.max_body_bytes)
+    except TimeoutError:
+        raise RequestError(f"the request body did not arrive within {server.body_timeout:g} s "
+                           "(server.body_timeout)", status=408, type="request_timeout") from None
+
+
+async def _body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
     too_big = RequestError(f"the request body is larger than the limit of {limit} bytes "
                            "(server.max_body_bytes)", status=413, type="request_too_large")
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
     parts, size = [], 0
-    try:
-        async with asyncio.timeout(server.body_timeout):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise RequestError("the client went away", status=499)
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise too_big
-                parts.append(chunk)
-                if not message.get("more_body"):
-                    return b"".join(parts) if len(parts) != 1 else parts[0]
-    except TimeoutError:
-        raise RequestError(f"the request body did not arrive within {server.body_timeout:g} s "
-                           "(server.body_timeout)", status=408, type="request_timeout") from None
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestError("the client went away", status=499)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
 def _preload_tokenizers(settings: Settings, registry: TokenizerRegistry) -> None:
