@@ -24,7 +24,8 @@ from conftest import (
     start_gateway,
     stop_gateway,
 )
-from tokometer.ledger.lock import lock_path
+from tokometer.errors import LedgerError
+from tokometer.ledger.lock import StoreLock, lock_path
 
 
 def serve(config: Path) -> subprocess.CompletedProcess[str]:
@@ -200,3 +201,23 @@ time.sleep(60)
         parent.kill()
         parent.wait(10)
     until(lambda: not alive(child), 10, "the model server outlived `tokometer serve`")
+
+
+def test_the_lock_names_its_holder_and_is_free_again_once_closed(tmp_path):
+    store = tmp_path / "t.db"
+    held = StoreLock.take(store)
+    with pytest.raises(LedgerError, match=rf"the store {store} is in use by another tokometer "
+                                          rf"gateway \(pid {os.getpid()}\)"):
+        StoreLock.take(store)
+    held.close()
+    StoreLock.take(store).close()
+    assert not store.exists()  # the lock does not create the store
+
+
+def test_the_lock_file_is_never_followed_through_a_symlink(tmp_path):
+    victim = tmp_path / "precious"
+    victim.write_text("keep me")
+    lock_path(tmp_path / "t.db").symlink_to(victim)
+    with pytest.raises(LedgerError, match="cannot open the store"):
+        StoreLock.take(tmp_path / "t.db")
+    assert victim.read_text() == "keep me"

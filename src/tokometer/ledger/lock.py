@@ -35,7 +35,7 @@ class StoreLock:
         path = lock_path(store)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)  # we truncate it
         except OSError as e:
             raise LedgerError(f"cannot open the store at {store}: {e}") from e
         try:

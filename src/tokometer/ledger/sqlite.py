@@ -19,6 +19,7 @@ commits so the WAL can start over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import operator
 import os
@@ -74,7 +75,8 @@ def open_db(path: Path, *, durability: str = "process", cache_kib: int | None = 
                 raise LedgerError(f"there is no store at {path} (server.store in the config): "
                                   "start the gateway once to create it, or check the path")
             path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            with contextlib.suppress(FileExistsError):  # O_EXCL: and never through a symlink
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the OS once it returns, so a killed process loses nothing;
