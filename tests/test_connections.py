@@ -24,7 +24,7 @@ BODY = json.dumps({"model": "gpt-4o-mini",
 
 @contextlib.contextmanager
 def open_files_limit(soft: int) -> Iterator[None]:
-    """Run with the soft open-file limit many systems ship (children inherit it)."""
+    """Run with another soft open-file limit (children inherit it; open files stay open)."""
     before = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, before[1]), before[1]))
     try:
@@ -57,8 +57,8 @@ def response_of(sock: socket.socket, timeout: float) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def crowded(upstream, tmp_path_factory) -> Iterator[Gateway]:
-    """A gateway started under a 1,024 open-file limit, with a body deadline well beyond
-    the test's, so stalled connections stay stalled while it runs."""
+    """A gateway started under the soft open-file limit of 1,024 many systems ship, with a
+    body deadline well beyond the test's, so stalled connections stay stalled while it runs."""
     with open_files_limit(1024):
         gw = start_gateway(tmp_path_factory.mktemp("crowded"),
                            "body_timeout = 120\n" + providers_toml(upstream) + MODELS_TOML,
@@ -69,8 +69,10 @@ def crowded(upstream, tmp_path_factory) -> Iterator[Gateway]:
 
 @pytest.mark.parametrize("with_key", [False, True], ids=["keyless", "with a key"])
 def test_a_crowd_of_stalled_bodies_does_not_lock_out_a_real_request(crowded, with_key):
-    stalled = [half_sent(crowded, crowded.key if with_key else None) for _ in range(STALLED)]
-    try:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    with open_files_limit(hard), contextlib.ExitStack() as stalled_ones:  # for our own sockets
+        stalled = [stalled_ones.enter_context(half_sent(crowded, crowded.key if with_key
+                                                        else None)) for _ in range(STALLED)]
         client = openai.OpenAI(base_url=crowded.url + "/v1", api_key=crowded.key,
                                max_retries=0, timeout=15)
         t0 = time.monotonic()
@@ -84,9 +86,6 @@ def test_a_crowd_of_stalled_bodies_does_not_lock_out_a_real_request(crowded, wit
                 sock.setblocking(False)
                 with pytest.raises(BlockingIOError):
                     sock.recv(1)
-    finally:
-        for sock in stalled:
-            sock.close()
 
 
 @pytest.fixture(scope="module")
