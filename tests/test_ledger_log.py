@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sqlite3
@@ -17,13 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
-from tokometer.events import FIELDS
+from tokometer.errors import LedgerError
+from tokometer.events import FIELDS, Event, new_event_id
+from tokometer.ledger import SQLiteLedger, open_db
 from tokometer.ledger.canonical import canonical_json
 from tokometer.ledger.log import stored_nodes
 from tokometer.ledger.merkle import Tree, leaf_hash, verify_consistency
-from tokometer.ledger.read import event_of_row
+from tokometer.ledger.read import event_of_row, iter_events
 from tokometer.ledger.receipts import verify_receipt
-from tokometer.ledger.signer import load_signer, parse_public_key
+from tokometer.ledger.signer import TreeHead, load_signer, parse_public_key
 from tokometer.ledger.sqlite import leaf_of
 
 REQUESTS = 12
@@ -253,6 +256,46 @@ def test_audit_catches_signed_heads_that_go_backwards(logged, tmp_path):
            "signed log went backwards" in out.stdout
     _forge_heads(config, (3, 1_000), (3, 2_000), (REQUESTS, 3_000))
     assert cli(config, "ledger", "audit").returncode == 0
+
+
+def test_audit_catches_what_two_writers_on_one_store_do(logged, tmp_path):
+    """What two gateways on one store did before a store had one owner: the second's appends
+    fail (its leaves are taken) and each signs its own view, so the signed heads go backwards
+    (and the audit used to say clean)."""
+    gw, _, _ = logged
+    config = copy_of(gw, tmp_path)
+    store = config.parent / "tokometer.db"
+    conn = open_db(store)
+    row = next(iter_events(conn))
+    conn.close()
+    row.update({k: Decimal(row[k]) for k in ("cost", "energy_wh", "co2e_g") if row[k]})
+    signer = load_signer(config.parent / "data" / "ledger-ed25519.pem", None)
+
+    def event() -> Event:
+        return Event(**{**row, "id": new_event_id(), "leaf_index": None})
+
+    async def two_writers() -> tuple[TreeHead, TreeHead]:
+        first, second = SQLiteLedger(store, signer), SQLiteLedger(store, signer)
+        first.start()
+        second.start()
+        try:
+            for _ in range(3):
+                await first.append(event())
+            ahead = await first.sign_now()
+            with pytest.raises(LedgerError):
+                await second.append(event())
+            await asyncio.sleep(0.01)  # so the heads' millisecond timestamps differ
+            return ahead, await second.sign_now()
+        finally:
+            await first.close()
+            await second.close()
+
+    ahead, behind = asyncio.run(two_writers())
+    assert (ahead.tree_size, behind.tree_size) == (REQUESTS + 3, REQUESTS)
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1
+    assert f"covers {REQUESTS} leaves, fewer than the one before it ({REQUESTS + 3}): the " \
+           "signed log went backwards" in out.stdout
 
 
 def test_audit_catches_a_stored_tree_that_proves_no_consistency(logged, tmp_path):
