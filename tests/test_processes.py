@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import pytest
 
 from conftest import (
     FAKE_KEYS,
+    MINIMAL_CONFIG,
     MODELS_TOML,
     Gateway,
     free_port,
@@ -24,7 +26,9 @@ from conftest import (
     start_gateway,
     stop_gateway,
 )
+from tokometer import config
 from tokometer.errors import LedgerError
+from tokometer.gateway import app
 from tokometer.ledger.lock import StoreLock, lock_path
 
 
@@ -221,3 +225,23 @@ def test_the_lock_file_is_never_followed_through_a_symlink(tmp_path):
     with pytest.raises(LedgerError, match="cannot open the store"):
         StoreLock.take(tmp_path / "t.db")
     assert victim.read_text() == "keep me"
+
+
+def test_a_gateway_started_without_serve_owns_its_store_too(tmp_path):
+    """An ASGI server other than `tokometer serve` (or several workers) gets the same rule."""
+    path = tmp_path / "t.toml"
+    path.write_text('[server]\nstore = "sqlite:///t.db"\n' + MINIMAL_CONFIG)
+    settings = config.load(path)
+
+    async def both() -> None:
+        first, second = app.Gateway(settings), app.Gateway(settings)
+        await first.start()
+        try:
+            with pytest.raises(LedgerError, match=f"the store {settings.server.store} is in use"):
+                await second.start()
+        finally:
+            await first.stop()
+        await second.start()  # the first let go of it when it stopped
+        await second.stop()
+
+    asyncio.run(both())
