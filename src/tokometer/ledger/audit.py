@@ -77,8 +77,8 @@ def _audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
         "SELECT hash FROM merkle_nodes WHERE level = 0 ORDER BY idx")]
     report.leaves = len(logged)
     computed: list[bytes | None] = [None] * len(logged)
-    row = conn.execute("SELECT value FROM ledger_meta WHERE key = 'rolled_up'").fetchone()
-    rolled_up, sums = row[0] if row else 0, _Sums()
+    watermark = conn.execute("SELECT value FROM ledger_meta WHERE key = 'rolled_up'").fetchone()
+    rolled_up, sums = watermark[0] if watermark else 0, _Sums()
     unrolled: list[list[Any]] = []  # events the rollups hold, to fold a chunk at a time
     # In id order, which is about log order; each event is checked at the index it claims,
     # so no sort of the whole table is needed.
