@@ -353,8 +353,7 @@ def _ledger_audit(args: argparse.Namespace) -> int:
         print("the log audits clean")
         return 0
     print(f"NOT CLEAN: {len(report.findings)} problem(s); the first: {first.what}")
-    for finding in sorted(report.findings, key=lambda f: -1 if f.leaf_index is None
-                          else f.leaf_index)[1:20]:
+    for finding in report.ordered()[1:20]:
         print(f"  also: {finding.what}")
     return 1
 

@@ -51,14 +51,14 @@ class AuditReport:
     def clean(self) -> bool:
         return not self.findings
 
+    def ordered(self) -> list[Finding]:
+        """The problems in log order: events outside the log first, the rollups last (an
+        altered event shows there too)."""
+        return sorted(self.findings, key=lambda f: (
+            f.derived, -1 if f.leaf_index is None else f.leaf_index))
+
     def first(self) -> Finding | None:
-        """The earliest problem in log order (events outside the log first, the rollups
-        last: an altered event shows there too)."""
-        return min(self.findings, key=_log_order, default=None)
-
-
-def _log_order(finding: Finding) -> tuple[bool, int]:
-    return finding.derived, -1 if finding.leaf_index is None else finding.leaf_index
+        return next(iter(self.ordered()), None)
 
 
 def audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
