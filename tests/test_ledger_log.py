@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sqlite3
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -16,12 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
-from tokometer.events import FIELDS
+from tokometer.errors import LedgerError
+from tokometer.events import FIELDS, Event, new_event_id
+from tokometer.ledger import SQLiteLedger, open_db
 from tokometer.ledger.canonical import canonical_json
-from tokometer.ledger.merkle import leaf_hash, verify_consistency
-from tokometer.ledger.read import event_of_row
+from tokometer.ledger.log import stored_nodes
+from tokometer.ledger.merkle import Tree, leaf_hash, verify_consistency
+from tokometer.ledger.read import event_of_row, iter_events
 from tokometer.ledger.receipts import verify_receipt
-from tokometer.ledger.signer import parse_public_key
+from tokometer.ledger.signer import TreeHead, load_signer, parse_public_key
 from tokometer.ledger.sqlite import leaf_of
 
 REQUESTS = 12
@@ -204,6 +209,107 @@ def test_audit_catches_heads_signed_with_another_key(logged, tmp_path):
     (config.parent / "data" / "ledger-ed25519.pem").unlink()  # the auditor trusts a new key
     out = cli(config, "ledger", "audit")
     assert out.returncode == 1 and "bad signature" in out.stdout
+
+
+def test_audit_catches_a_rollup_that_disagrees_with_its_events(logged, tmp_path):
+    gw, _, _ = logged
+    config = copy_of(gw, tmp_path)
+    conn = sqlite3.connect(config.parent / "tokometer.db")
+    costs = [Decimal(c) for (c,) in conn.execute("SELECT cost FROM events WHERE tenant = 'acme'")]
+    day, requests, cost = conn.execute(
+        "SELECT start, requests, cost FROM rollup_tenants WHERE period = 'day'").fetchone()
+    conn.close()
+    assert (requests, Decimal(cost)) == (REQUESTS, sum(costs))  # the oracle: the raw events
+    sql(config, "UPDATE rollup_tenants SET cost = '0.5' WHERE period = 'day'")
+    sql(config, "DELETE FROM rollup_flows WHERE period = 'hour'")
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1
+    assert "NOT CLEAN: 2 problem(s)" in out.stdout
+    assert f"the rollup rollup_tenants at day, {day}, acme, tests, " in out.stdout
+    assert f"holds ({REQUESTS}, 0, " in out.stdout and ", 0.5) but its events sum to " \
+        f"({REQUESTS}, 0, " in out.stdout and f", {sum(costs).normalize():f})" in out.stdout
+    assert "the rollup rollup_flows at hour, " in out.stdout and "holds nothing" in out.stdout
+
+
+def _forge_heads(config: Path, *heads: tuple[int, int]) -> None:
+    """Replace the signed heads with (tree size, timestamp) pairs, signed with the log's own
+    key over the right roots: only their order or the stored tree can be wrong."""
+    signer = load_signer(config.parent / "data" / "ledger-ed25519.pem", None)
+    conn = sqlite3.connect(config.parent / "tokometer.db")
+    with conn:
+        conn.execute("DELETE FROM tree_heads")
+        for size, timestamp in heads:
+            head = signer.sign(size, Tree(stored_nodes(conn), size).root(), timestamp)
+            conn.execute("INSERT INTO tree_heads VALUES (?, ?, ?, ?)",
+                         (head.tree_size, head.root_hash, head.timestamp, head.signature))
+    conn.close()
+
+
+def test_audit_catches_signed_heads_that_go_backwards(logged, tmp_path):
+    """What two gateways on one store did: each signed its own view of the log."""
+    gw, _, _ = logged
+    config = copy_of(gw, tmp_path)
+    _forge_heads(config, (3, 1_000), (REQUESTS, 2_000), (3, 3_000))
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1
+    assert "the head signed at 3000 covers 3 leaves, fewer than the one before it (12): the " \
+           "signed log went backwards" in out.stdout
+    _forge_heads(config, (3, 1_000), (3, 2_000), (REQUESTS, 3_000))
+    assert cli(config, "ledger", "audit").returncode == 0
+
+
+def test_audit_catches_what_two_writers_on_one_store_do(logged, tmp_path):
+    """What two gateways on one store did before a store had one owner: the second's appends
+    fail (its leaves are taken) and each signs its own view, so the signed heads go backwards
+    (and the audit used to say clean)."""
+    gw, _, _ = logged
+    config = copy_of(gw, tmp_path)
+    store = config.parent / "tokometer.db"
+    conn = open_db(store)
+    row = next(iter_events(conn))
+    conn.close()
+    row.update({k: Decimal(row[k]) for k in ("cost", "energy_wh", "co2e_g") if row[k]})
+    signer = load_signer(config.parent / "data" / "ledger-ed25519.pem", None)
+
+    def event() -> Event:
+        return Event(**{**row, "id": new_event_id(), "leaf_index": None})
+
+    async def two_writers() -> tuple[TreeHead, TreeHead]:
+        first, second = SQLiteLedger(store, signer), SQLiteLedger(store, signer)
+        first.start()
+        second.start()
+        try:
+            for _ in range(3):
+                await first.append(event())
+            ahead = await first.sign_now()
+            with pytest.raises(LedgerError):
+                await second.append(event())
+            await asyncio.sleep(0.01)  # so the heads' millisecond timestamps differ
+            return ahead, await second.sign_now()
+        finally:
+            await first.close()
+            await second.close()
+
+    ahead, behind = asyncio.run(two_writers())
+    assert (ahead.tree_size, behind.tree_size) == (REQUESTS + 3, REQUESTS)
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1
+    assert f"covers {REQUESTS} leaves, fewer than the one before it ({REQUESTS + 3}): the " \
+           "signed log went backwards" in out.stdout
+
+
+def test_audit_catches_a_stored_tree_that_proves_no_consistency(logged, tmp_path):
+    """The roots come from the events, but clients get their proofs from the stored nodes."""
+    gw, _, _ = logged
+    config = copy_of(gw, tmp_path)
+    _forge_heads(config, (3, 1_000), (REQUESTS, 2_000))
+    assert cli(config, "ledger", "audit").returncode == 0
+    # PROOF(3, D[0:12]) ends with the subtree over leaves 8-11: level 2, index 2.
+    sql(config, "UPDATE merkle_nodes SET hash = zeroblob(32) WHERE level = 2 AND idx = 2")
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1
+    assert "the log proves no consistency from the head of 3 leaves to the next one, of 12" \
+        in out.stdout
 
 
 @settings(max_examples=200, deadline=None)

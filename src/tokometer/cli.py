@@ -137,8 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     _runs(ledger_sub.add_parser(
         "audit", help="recompute the whole log from the stored events and check every head",
         description="Recompute every leaf from the stored events, check every signed tree "
-                    "head and its signature, and report the first event that was altered, "
-                    "deleted or inserted. Exit code 1 when the log does not audit clean."),
+                    "head and its signature, that the heads never shrink and the log proves "
+                    "each consistent with the one before, and that the rollups hold the "
+                    "events' sums; report the first event that was altered, deleted or "
+                    "inserted. Exit code 1 when the log does not audit clean."),
         _ledger_audit)
     rec = command("receipt", "print a self-contained, verifiable receipt for one event",
                   _receipt)
@@ -236,9 +238,10 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _db(args: argparse.Namespace) -> Any:
+def _db(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The config's store; only commands that write may create it."""
     settings = config.load(args.config)
-    return open_db(settings.server.store)
+    return open_db(settings.server.store, create=create)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -251,7 +254,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    key, key_id = create_key(_db(args), args.tenant, args.app, args.region)
+    key, key_id = create_key(_db(args, create=True), args.tenant, args.app, args.region)
     if args.json:
         print(orjson.dumps({"key": key, "key_id": key_id}).decode())
     else:
@@ -287,8 +290,9 @@ def _budgets_set(args: argparse.Namespace) -> int:
 
 def _budgets_list(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
+    stored = stored_budgets(open_db(settings.server.store, create=False))
     rows = [*(_budget_row(b, "config") for b in settings.budgets),
-            *(_budget_row(b, "store") for b in stored_budgets(open_db(settings.server.store)))]
+            *(_budget_row(b, "store") for b in stored)]
     _print_rows(rows, ["budget_id", "scope", "scope_value", "limit", "unit", "period", "source"],
                 args.json)
     return 0
@@ -296,7 +300,7 @@ def _budgets_list(args: argparse.Namespace) -> int:
 
 def _budgets_status(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
-    conn = open_db(settings.server.store)
+    conn = open_db(settings.server.store, create=False)
     budgets = [*settings.budgets, *stored_budgets(conn)]
     states = load_states(conn, budgets, datetime.now(UTC))
     for budget_id, reserved in saved_reservations(conn).items():
@@ -310,7 +314,7 @@ def _budgets_status(args: argparse.Namespace) -> int:
 
 def _budgets_remove(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
-    remove_budget(open_db(settings.server.store), args.budget_id,
+    remove_budget(open_db(settings.server.store, create=False), args.budget_id,
                   [b.id for b in settings.budgets])
     print(f"removed {args.budget_id}")
     return 0
@@ -358,7 +362,7 @@ def _ledger_audit(args: argparse.Namespace) -> int:
     from .ledger.audit import audit
 
     settings = config.load(args.config)
-    conn = open_db(settings.server.store)
+    conn = open_db(settings.server.store, create=False)
     total = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     with _progress(total, "events") as step:
         report = audit(conn, _signer(settings).public_key, step)
@@ -368,8 +372,7 @@ def _ledger_audit(args: argparse.Namespace) -> int:
         print("the log audits clean")
         return 0
     print(f"NOT CLEAN: {len(report.findings)} problem(s); the first: {first.what}")
-    for finding in sorted(report.findings, key=lambda f: -1 if f.leaf_index is None
-                          else f.leaf_index)[1:20]:
+    for finding in report.ordered()[1:20]:
         print(f"  also: {finding.what}")
     return 1
 
@@ -378,7 +381,7 @@ def _receipt(args: argparse.Namespace) -> int:
     from .ledger.receipts import NotFound, build_receipt, sign_stored_head
 
     settings = config.load(args.config)
-    conn = open_db(settings.server.store)
+    conn = open_db(settings.server.store, create=False)
     try:
         receipt = build_receipt(conn, args.event_id)
         if receipt is None:  # no signed head covers it yet: sign one now

@@ -148,6 +148,7 @@ class Server:
     currency: str = "USD"
     data_dir: Path = Path("data")
     max_body_bytes: int = 10_000_000
+    body_timeout: float = 30.0  # seconds a client may take to send a request's body
     upstream_timeout: float = 600.0  # seconds a provider may stay silent
     connect_timeout: float = 10.0
     durability: str = "process"  # "process": survives kill -9; "power": fsync every commit
@@ -210,7 +211,7 @@ def _by_name(tables: list[_Reader], build: Callable[[_Reader], _Named],
 
 
 def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
-    s.only("host", "port", "store", "currency", "data_dir", "max_body_bytes",
+    s.only("host", "port", "store", "currency", "data_dir", "max_body_bytes", "body_timeout",
            "upstream_timeout", "connect_timeout", "durability", "max_attempts",
            "default_max_output_tokens", "admin_token_env", "signing_key", "signing_key_env")
     d = Server()
@@ -231,6 +232,7 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
         currency=currency,
         data_dir=data_dir,
         max_body_bytes=s.int("max_body_bytes", d.max_body_bytes, lo=1),
+        body_timeout=s.number("body_timeout", d.body_timeout),
         upstream_timeout=s.number("upstream_timeout", d.upstream_timeout),
         connect_timeout=s.number("connect_timeout", d.connect_timeout),
         durability=durability,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from .config import Provider
 from .errors import ConfigError
+from .lifeline import die_with_parent
 from .tokenize.registry import resolve_gguf
 
 READY_TIMEOUT = 600.0
@@ -43,7 +46,8 @@ def start_model_server(provider: Provider, data_dir: Path) -> subprocess.Popen[b
            "--chat_format", launch.chat_format, "--n_ctx", str(launch.n_ctx),
            "--host", launch.host, "--port", str(launch.port)]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=functools.partial(die_with_parent, os.getpid()))
     deadline = time.monotonic() + READY_TIMEOUT
     while not is_up(provider):
         if process.poll() is not None:

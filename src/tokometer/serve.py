@@ -1,20 +1,41 @@
-"""`tokometer serve`: local model servers first, then the gateway on granian + uvloop."""
+"""`tokometer serve`: own the store, start local model servers, then the gateway on granian.
+
+The serving process (granian's supervisor) takes the store's lock before it binds anything,
+so a second gateway on the same store fails at once instead of corrupting the log; its worker
+process is forked, inherits that lock, dies with it (even on kill -9) and is respawned if it
+dies alone.
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import resource
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import config
 from .launch import start_model_server
+from .ledger.lock import StoreLock
+from .lifeline import die_with_parent
+
+if TYPE_CHECKING:  # the supervisor never loads the gateway; its worker does
+    from .gateway.app import Gateway
 
 log = logging.getLogger("tokometer")
+
+_CONFIG_ENV = "TOKOMETER_CONFIG"  # read by the worker's factory
+_LOCK_FD_ENV = "TOKOMETER_STORE_LOCK_FD"  # the inherited lock's file descriptor
+_FILES_PER_CONNECTION = 2  # the client's socket, and the provider's while it is relayed
+_FILES_SPARE = 256  # the store, tokenizers, logs, pipes
+_MAX_CONNECTIONS = 65_536
 
 
 def serve(config_path: Path, *, launch: bool = True) -> None:
     settings = config.load(config_path)  # fail fast, before starting anything
+    lock = StoreLock.take(settings.server.store)
     children: list[subprocess.Popen[bytes]] = []
     try:
         for provider in settings.providers.values():
@@ -23,26 +44,59 @@ def serve(config_path: Path, *, launch: bool = True) -> None:
                          "model; this can take a minute)", provider.name, provider.base_url)
                 if (child := start_model_server(provider, settings.server.data_dir)) is not None:
                     children.append(child)
-        _run_gateway(settings, config_path)
+        _run_gateway(settings, config_path, lock)
     finally:
         for child in children:
             child.terminate()
             child.wait(timeout=30)
+        lock.close()
 
 
-def _run_gateway(settings: config.Settings, config_path: Path) -> None:
+def _connection_limit() -> int:
+    """Raise the soft open-file limit to the hard one (each connection is a file) and return
+    how many connections the gateway can hold with it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    except (ValueError, OSError) as e:  # e.g. above the kernel's nr_open
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, wanted, e)
+    return max(1, min(_MAX_CONNECTIONS, (soft - _FILES_SPARE) // _FILES_PER_CONNECTION))
+
+
+def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
-    os.environ["TOKOMETER_CONFIG"] = str(config_path.resolve())  # read by the worker's factory
-    log.info("gateway listening on http://%s:%d", settings.server.host, settings.server.port)
+    os.environ[_CONFIG_ENV] = str(config_path.resolve())
+    os.environ[_LOCK_FD_ENV] = str(lock.fd)
+    # The worker must be forked to inherit the lock (Python 3.14 would pick forkserver).
+    multiprocessing.set_start_method("fork", force=True)
+    connections = _connection_limit()
+    log.info("gateway listening on http://%s:%d (up to %d connections at once)",
+             settings.server.host, settings.server.port, connections)
     Server(
-        "tokometer.gateway:create_app",
+        "tokometer.serve:worker_app",
         address=settings.server.host,
         port=settings.server.port,
         interface=Interfaces.ASGI,
         loop=Loops.uvloop,
         factory=True,
         workers=1,
+        backpressure=connections,
+        respawn_failed_workers=True,
         log_access=False,
     ).serve()
+
+
+def worker_app() -> Gateway:
+    """granian's factory, run in the worker process: the gateway on the inherited lock."""
+    from .gateway.app import Gateway
+
+    parent = multiprocessing.parent_process()
+    assert parent is not None, "granian starts its workers with multiprocessing"
+    die_with_parent(parent.pid)
+    settings = config.load(os.environ[_CONFIG_ENV])
+    return Gateway(settings, StoreLock.inherited(settings.server.store,
+                                                 int(os.environ[_LOCK_FD_ENV])))

@@ -23,6 +23,7 @@ from ..config import Settings
 from ..errors import AuthError, RequestError, TokometerError
 from ..events import new_event_id
 from ..ledger import SQLiteLedger, open_db
+from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
 from ..ledger.sqlite import SMALL_CACHE_KIB
 from ..policy import Consumer, Guard, KeyRing
@@ -53,8 +54,9 @@ def create_app(settings: Settings | None = None) -> Gateway:
 
 
 class Gateway:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, lock: StoreLock | None = None):
         self.settings = settings
+        self.lock = lock  # the store's; taken at start unless `tokometer serve` holds it
         self.deps: Deps | None = None
         self.keys: KeyRing | None = None
         self.admin: Admin | None = None
@@ -90,6 +92,7 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        self.lock = self.lock or StoreLock.take(s.server.store)
         signer = load_signer(s.server.signing_key, s.server.signing_key_env)
         ledger = SQLiteLedger(s.server.store, signer, durability=s.server.durability)
         ledger.start()
@@ -121,6 +124,8 @@ class Gateway:
         if self.deps is not None:
             await self.deps.upstream.close()
             await self.deps.ledger.close()
+        if self.lock is not None:
+            self.lock.close()
 
     async def _http(self, scope: dict[str, Any], receive: Receive, reply: Send) -> None:
         t0 = time.perf_counter()
@@ -156,7 +161,7 @@ class Gateway:
             except AuthError as error:  # recorded from the headers; the body is never read
                 call = refused_call(endpoint, headers, t0)
                 return await refuse(call, error, self.deps, send, new_event_id())
-            raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
+            raw = await _read_body(receive, headers, self.settings.server)
             call = parse_call(endpoint, raw, headers, self.settings, consumer, t0)
             await handle(call, self.deps, send, receive)
         except Exception as error:
@@ -175,7 +180,7 @@ class Gateway:
     async def _dashboard(self, method: str, path: str, headers: dict[bytes, bytes],
                          receive: Receive, send: Send, scope: dict[str, Any]) -> None:
         assert self.dashboard is not None, "lifespan startup has not run"
-        body = (await _read_body(receive, headers, self.settings.server.max_body_bytes)
+        body = (await _read_body(receive, headers, self.settings.server)
                 if method == "POST" else b"")
         status, page_headers, page = await self.dashboard.handle(
             method, path, scope, headers, body)
@@ -202,7 +207,7 @@ class Gateway:
 
     async def _json_body(self, receive: Receive, headers: dict[bytes, bytes]) -> Any:
         """A side endpoint's JSON body (None when empty), within the body limit."""
-        raw = await _read_body(receive, headers, self.settings.server.max_body_bytes)
+        raw = await _read_body(receive, headers, self.settings.server)
         try:
             return orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError as e:
@@ -293,7 +298,19 @@ def _api_key(headers: dict[bytes, bytes]) -> str | None:
     return key.decode("latin-1") if key else None
 
 
-async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+async def _read_body(receive: Receive, headers: dict[bytes, bytes],
+                     server: config.Server) -> bytes:
+    """The whole body, within server.max_body_bytes and server.body_timeout (a client that
+    stalls mid-body must not hold its connection for ever)."""
+    try:
+        async with asyncio.timeout(server.body_timeout):
+            return await _body(receive, headers, server.max_body_bytes)
+    except TimeoutError:
+        raise RequestError(f"the request body did not arrive within {server.body_timeout:g} s "
+                           "(server.body_timeout)", status=408, type="request_timeout") from None
+
+
+async def _body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
     too_big = RequestError(f"the request body is larger than the limit of {limit} bytes "
                            "(server.max_body_bytes)", status=413, type="request_too_large")
     declared = headers.get(b"content-length")

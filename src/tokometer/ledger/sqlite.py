@@ -19,8 +19,10 @@ commits so the WAL can start over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import operator
+import os
 import queue
 import sqlite3
 import threading
@@ -58,14 +60,23 @@ WAL_LIMIT_BYTES = 128 * 1024 * 1024
 SMALL_CACHE_KIB = 256  # for connections that read a few rows now and then
 
 
-def open_db(path: Path, *, durability: str = "process",
-            cache_kib: int | None = None) -> sqlite3.Connection:
+def open_db(path: Path, *, durability: str = "process", cache_kib: int | None = None,
+            create: bool = True) -> sqlite3.Connection:
     """A connection with the schema in place; WAL so readers never block the writer.
 
-    `cache_kib` caps the page cache (SQLite's default is 2 MB per connection).
+    A new store is created readable by its owner only (SQLite gives its -wal and -shm files
+    the same mode); with `create=False` a missing store is a LedgerError instead, so reading
+    never leaves an empty store behind. `cache_kib` caps the page cache (SQLite's default is
+    2 MB per connection).
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            if not create:
+                raise LedgerError(f"there is no store at {path} (server.store in the config): "
+                                  "start the gateway once to create it, or check the path")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # O_EXCL: and never through a symlink
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the OS once it returns, so a killed process loses nothing;
