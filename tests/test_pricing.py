@@ -14,7 +14,8 @@ from tokometer.config import Model, Price, Provider, Route
 from tokometer.events import Usage
 
 USAGE = Usage(input_tokens=5000, cache_read_tokens=1200, cache_write_tokens=300,
-              output_tokens=700, reasoning_tokens=100)
+              output_tokens=700, reasoning_tokens=100, cache_write_1h_tokens=120,
+              web_search_requests=3)
 
 
 def route(provider: str, model: str) -> Route:

@@ -36,6 +36,7 @@ class Outcome:
     reported: Usage | None = None
     usage_complete: bool = True  # False: the provider's final usage never arrived
     model: str | None = None
+    service_tier: str | None = None
     finish_reason: str | None = None
     ttft_ms: float | None = None
     text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
@@ -71,8 +72,10 @@ class Meter:
         return Usage(input_tokens=counted.tokens, output_tokens=out)
 
     def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
-        """`usage`'s tokens, and its cost on the dearest of `routes` (None if one is unpriced)."""
-        costs = [self.pricer.price(call.model, r, usage, call.started).cost for r in routes]
+        """`usage`'s tokens, and its cost on the dearest of `routes` (None if one is unpriced,
+        or priced in another currency than the server's, which its budgets are kept in)."""
+        priced = [self.pricer.price(call.model, r, usage, call.started) for r in routes]
+        costs = [p.cost if p.currency == self.pricer.currency else None for p in priced]
         known = [c for c in costs if c is not None]
         cost = max(known) if known and len(known) == len(costs) else None
         return Need(usage.input_tokens + usage.output_tokens, cost)
@@ -87,8 +90,9 @@ class Meter:
             counted_in, counted_out = await self._recount(call, spec, outcome)
         usage, source = _reading(outcome, counted_in, counted_out)
         # No route: refused before anything was sent, so nothing to pay.
-        priced = (self.pricer.price(call.model, route, usage, call.started)
-                  if route is not None else Priced(Decimal(0), None))
+        priced = (self.pricer.price(call.model, route, usage, call.started,
+                                    served=outcome.model, service_tier=outcome.service_tier)
+                  if route is not None else Priced(Decimal(0), None, self.pricer.currency))
         consumer = call.consumer
         return Event(
             id=event_id or new_event_id(),
@@ -115,11 +119,14 @@ class Meter:
             cache_write_tokens=usage.cache_write_tokens,
             output_tokens=usage.output_tokens,
             reasoning_tokens=usage.reasoning_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            web_search_requests=usage.web_search_requests,
+            service_tier=outcome.service_tier,
             usage_source=source,
             counted_input_tokens=counted_in.tokens if counted_in and counted_in.exact else None,
             counted_output_tokens=counted_out.tokens if counted_out and counted_out.exact else None,
             cost=priced.cost,
-            currency=self.pricer.currency,
+            currency=priced.currency,
             price_ref=priced.price_ref,
             status=outcome.status,
             error_type=outcome.error_type,
@@ -162,7 +169,8 @@ def _reading(outcome: Outcome, counted_in: Count | None,
         return reported or Usage(), REPORTED
     if reported is not None:  # input was reported, output was cut short
         usage = Usage(reported.input_tokens, reported.cache_read_tokens,
-                      reported.cache_write_tokens, counted_out.tokens, 0)
+                      reported.cache_write_tokens, counted_out.tokens, 0,
+                      reported.cache_write_1h_tokens, reported.web_search_requests)
         return usage, COUNTED if counted_out.exact else ESTIMATED
     usage = Usage(input_tokens=counted_in.tokens, output_tokens=counted_out.tokens)
     return usage, COUNTED if counted_in.exact and counted_out.exact else ESTIMATED

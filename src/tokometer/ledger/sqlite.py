@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import LedgerError
-from ..events import FIELDS, Event, decimal_str
+from ..events import FIELDS, LATE_FIELDS, Event, decimal_str
 from .log import INSERT_NODE, MerkleLog, leaf_count
 from .merkle import leaf_hash
 from .rollups import SCHEMA as ROLLUP_SCHEMA
@@ -122,16 +122,20 @@ _FLOAT_COLUMNS = [FIELDS.index(name) for name in ("duration_ms", "ttft_ms")]
 def leaf_of(row: list[Any] | tuple[Any, ...]) -> bytes:
     """The Merkle leaf hash of an event row: SHA-256(0x00 || JCS of the stored event).
 
-    The same bytes as canonical_json(event_of_row(row)) (a test holds them equal), built
-    for the writer and the audit, which hash every event: only the float columns can hold
-    an integral float, and the keys are put in JCS order once, here.
+    The same bytes as canonical_json(leaf_document(event_of_row(row))) (a test holds them
+    equal), built for the writer and the audit, which hash every event: only the float
+    columns can hold an integral float, and the keys are put in JCS order once, here.
     """
     values = [row[i] for i in _BY_NAME]
     for i in _FLOAT_SORTED:
         if isinstance(values[i], float) and values[i].is_integer():
             values[i] = int(values[i])
     values[_STREAM_SORTED] = bool(values[_STREAM_SORTED])
-    return leaf_hash(orjson.dumps(dict(zip(_SORTED_FIELDS, values, strict=True))))
+    document = dict(zip(_SORTED_FIELDS, values, strict=True))
+    for name in LATE_FIELDS:  # left out while null: see canonical.leaf_document
+        if document[name] is None:
+            del document[name]
+    return leaf_hash(orjson.dumps(document))
 
 
 _FLOAT_SORTED = [_BY_NAME.index(i) for i in _FLOAT_COLUMNS]

@@ -12,12 +12,14 @@ from typing import Any
 import orjson
 
 from ..events import Usage
+from .body import MAX_TIER_CHARS, web_search_calls
 from .dialects import dialect_for, usage_from
 from .text import chunk_text
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]+)"')
+_TIER = re.compile(rb'"service_tier"\s*:\s*"([^"\\]{1,%d})"' % MAX_TIER_CHARS)
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]+)"')
 _RESPONSES_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
 
@@ -63,6 +65,8 @@ class StreamTap:
         self.raw_usage: dict[str, Any] = {}
         self.final_usage_seen = False  # the provider's last word on usage arrived
         self.model: str | None = None
+        self.service_tier: str | None = None
+        self.web_searches = 0  # counted outside the usage object (Responses output items)
         self.finish_reason: str | None = None
         self.terminal = False  # the end-of-stream marker has been seen
         self.payloads: list[bytes] = []
@@ -72,6 +76,8 @@ class StreamTap:
         self.payloads.append(data)
         if self.model is None and (m := _MODEL.search(data)):
             self.model = m.group(1).decode()
+        if self.service_tier is None and (m := _TIER.search(data)):
+            self.service_tier = m.group(1).decode()
         if self.operation == "messages":
             return self._anthropic(data)
         if self.operation == "responses":
@@ -125,6 +131,7 @@ class StreamTap:
         if isinstance(response.get("usage"), dict):
             self.raw_usage = response["usage"]
             self.final_usage_seen = True
+        self.web_searches = web_search_calls(self.operation, response)
         details = response.get("incomplete_details")
         self.finish_reason = (details or {}).get("reason") or response.get("status")
         return True
@@ -133,7 +140,7 @@ class StreamTap:
         """What the provider reported, or None when it reported nothing."""
         if not self.raw_usage:
             return None
-        return usage_from(dialect_for(self.operation), self.raw_usage)
+        return usage_from(dialect_for(self.operation), self.raw_usage, self.web_searches)
 
     def text(self) -> str:
         """Generated text seen so far (decodes every event: only for recounts)."""
