@@ -128,12 +128,12 @@ class Pricer:
         rate = next((r for r in self._rates if r.source == CATALOG_CURRENCY and r.since <= day),
                     None)
         if rate is None:
-            self._warn((model.name, "no rate"), f"model {model.name!r} is priced by genai-prices in "
-                       f"{CATALOG_CURRENCY}, but the server currency is {self.currency} and the "
-                       f"config has no {CATALOG_CURRENCY}->{self.currency} exchange rate in force "
-                       f"on {day}: events record cost null; add [[exchange_rates]] from = "
-                       f"\"{CATALOG_CURRENCY}\", to = \"{self.currency}\", rate = ..., "
-                       f"since = {day}, or give the model a price in {self.currency}")
+            usd, here = CATALOG_CURRENCY, self.currency
+            self._warn((model.name, "no rate"), f"model {model.name!r} is priced by genai-prices "
+                       f"in {usd}, but the server currency is {here} and the config has no "
+                       f"{usd}->{here} exchange rate in force on {day}: events record cost null; "
+                       f"add [[exchange_rates]] from = \"{usd}\", to = \"{here}\", rate = ..., "
+                       f"since = {day}, or give the model a price in {here}")
             return Priced(None, None, self.currency)
         return Priced(cost * rate.rate, f"{ref}; 1 {CATALOG_CURRENCY} = "
                       f"{decimal_str(rate.rate)} {self.currency} (rate since {rate.since})",
