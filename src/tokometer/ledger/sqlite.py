@@ -37,6 +37,7 @@ from .log import INSERT_NODE, MerkleLog, leaf_count
 from .merkle import leaf_hash
 from .rollups import SCHEMA as ROLLUP_SCHEMA
 from .rollups import decimal_add, upserts
+from .rollups import upgrade as upgrade_rollups
 from .schema import INSERT_EVENT, SCHEMA, added_columns
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
@@ -73,13 +74,14 @@ def open_db(path: Path, *, durability: str = "process",
         conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
         if cache_kib is not None:
             conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        conn.create_aggregate("decimal_sum", 1, _DecimalSum)
+        conn.create_function("decimal_add", 2, decimal_add, deterministic=True)
         conn.executescript(SCHEMA + ROLLUP_SCHEMA)
         for statement in added_columns({r[1] for r in conn.execute("PRAGMA table_info(events)")}):
             conn.execute(statement)
+        upgrade_rollups(conn)
     except (sqlite3.Error, OSError) as e:
         raise LedgerError(f"cannot open the store at {path}: {e}") from e
-    conn.create_aggregate("decimal_sum", 1, _DecimalSum)
-    conn.create_function("decimal_add", 2, decimal_add, deterministic=True)
     return conn
 
 
