@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 SCENARIOS = {
     "gpt-4o-mini": "openai_chat",
-    "mystery-model": "openai_chat",
+    "mystery-model": "mystery",  # a served model no catalog knows
     "deepseek-chat": "deepseek_chat",
     "kimi-k2-0905-preview": "kimi",
     "gpt-3.5-turbo-instruct": "completions",
@@ -28,6 +28,9 @@ SCENARIOS = {
     "no-usage": "nousage",
     "slow": "nousage",
     "broken": "nousage",  # streams a few events, then drops the connection
+    "claude-1h": "anthropic_1h",  # 1-hour cache writes and web searches
+    "gpt-4.1-priority": "openai_priority",  # served at the priority tier
+    "gpt-4.1-search": "responses_search",  # two web_search_call output items
 }
 DELAY_SECONDS = 0.2  # how long "NAME-delayed" takes to answer as NAME
 

@@ -36,7 +36,8 @@ OPENAI_CHAT = Dialect(
         ("prompt_cache_hit_tokens",),  # DeepSeek
         ("cached_tokens",),  # Moonshot (Kimi)
     ),
-    cache_write=(("prompt_tokens_details", "cache_creation_tokens"),),
+    cache_write=(("prompt_tokens_details", "cache_write_tokens"),
+                 ("prompt_tokens_details", "cache_creation_tokens")),
     output=(("completion_tokens",),),
     reasoning=(("completion_tokens_details", "reasoning_tokens"),),
 )
@@ -44,6 +45,7 @@ OPENAI_CHAT = Dialect(
 OPENAI_RESPONSES = Dialect(
     input=(("input_tokens",),),
     cache_read=(("input_tokens_details", "cached_tokens"),),
+    cache_write=(("input_tokens_details", "cache_write_tokens"),),
     output=(("output_tokens",),),
     reasoning=(("output_tokens_details", "reasoning_tokens"),),
 )
@@ -53,6 +55,7 @@ ANTHROPIC = Dialect(
     cache_read=(("cache_read_input_tokens",),),
     cache_write=(("cache_creation_input_tokens",),),
     output=(("output_tokens",),),
+    reasoning=(("output_tokens_details", "thinking_tokens"),),
     cache_write_1h=(("cache_creation", "ephemeral_1h_input_tokens"),),
     web_searches=(("server_tool_use", "web_search_requests"),),
     input_excludes_cache=True,
