@@ -264,3 +264,23 @@ def test_the_example_config_prices_glm_4_5():
     example = Path(__file__).parent.parent / "examples" / "tokometer.toml"
     price = load(example, environ={}).models["glm-4.5"].price
     assert price is not None and price.input > 0 and price.output > 0
+
+
+def test_the_new_fields_export_typed(gw, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tokometer.analytics.export import export
+    from tokometer.ledger import open_db
+
+    event, _ = ask_claude(gw, "claude", stream=False)
+    conn = open_db(gw.store)
+    try:
+        export(conn, "parquet", tmp_path / "events.parquet", since=event["time"])
+    finally:
+        conn.close()
+    table = pq.read_table(tmp_path / "events.parquet")
+    assert table.schema.field("web_search_requests").type == "int64"
+    assert table.schema.field("cache_write_1h_tokens").type == "int64"
+    row = next(r for r in table.to_pylist() if r["id"] == event["id"])
+    assert (row["cache_write_1h_tokens"], row["web_search_requests"], row["service_tier"]) == \
+        (20000, 2, "standard")
