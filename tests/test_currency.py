@@ -77,6 +77,10 @@ def test_a_tariff_keeps_its_own_currency_and_is_never_converted():
     plain = dataclasses.replace(price, currency=None)
     assert Pricer("EUR").price(dataclasses.replace(model, price=plain), route, USAGE,
                                datetime.now(UTC)).currency == "EUR"
+    # Reservations and routing compare amounts in the server currency only.
+    foreign = dataclasses.replace(model, price=price)
+    assert Pricer("EUR", RATES).estimate(foreign, route, USAGE, datetime.now(UTC)) is None
+    assert Pricer("CNY").estimate(foreign, route, USAGE, datetime.now(UTC)) == priced.cost
 
 
 @pytest.mark.parametrize(("toml", "error"), [

@@ -139,6 +139,12 @@ class Pricer:
                       f"{decimal_str(rate.rate)} {self.currency} (rate since {rate.since})",
                       self.currency)
 
+    def estimate(self, model: Model, route: Route, usage: Usage, at: datetime) -> Decimal | None:
+        """What `usage` would cost on `route` in the server currency, before the call (for
+        reservations and routing): None when unknown or priced in another currency."""
+        priced = self.price(model, route, usage, at)
+        return priced.cost if priced.currency == self.currency else None
+
     def _warn(self, once: tuple[str, str], message: str) -> None:
         if once not in self._warned:
             self._warned.add(once)

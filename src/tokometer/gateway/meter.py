@@ -74,8 +74,7 @@ class Meter:
     def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
         """`usage`'s tokens, and its cost on the dearest of `routes` (None if one is unpriced,
         or priced in another currency than the server's, which its budgets are kept in)."""
-        priced = [self.pricer.price(call.model, r, usage, call.started) for r in routes]
-        costs = [p.cost if p.currency == self.pricer.currency else None for p in priced]
+        costs = [self.pricer.estimate(call.model, r, usage, call.started) for r in routes]
         known = [c for c in costs if c is not None]
         cost = max(known) if known and len(known) == len(costs) else None
         return Need(usage.input_tokens + usage.output_tokens, cost)
