@@ -155,3 +155,14 @@ def test_a_service_tier_is_priced_as_genai_prices_prices_it(tier):
     assert priced.cost == expected
     default = Pricer("USD").price(model("o4-mini"), route("openai", "o4-mini"), usage, at).cost
     assert (priced.cost != default) is (tier in ("priority", "flex"))  # "scale": no variant
+
+
+def test_a_reading_genai_prices_refuses_is_unknown_not_an_error(caplog):
+    """Sonnet 4.5's tiered prices go through genai-prices' calculator, which refuses a part
+    larger than its whole: the price is unknown (null, with a warning), never an exception."""
+    bad = Usage(input_tokens=10_000, cache_write_tokens=100, cache_write_1h_tokens=5_000,
+                output_tokens=10)
+    priced = Pricer("USD").price(model("claude-sonnet-4-5"),
+                                 route("anthropic", "claude-sonnet-4-5"), bad, datetime.now(UTC))
+    assert (priced.cost, priced.price_ref) == (None, None)
+    assert "genai-prices cannot price a reading of model 'claude-sonnet-4-5'" in caplog.text

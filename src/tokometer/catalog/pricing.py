@@ -118,8 +118,13 @@ class Pricer:
                        "price = {input = ..., output = ...} to the model in the config")
             return Priced(None, None, self.currency)
         provider, info = found
-        cost = genai_cost(provider, info, usage, at, service_tier)
         ref = f"{GENAI_PRICES_REF}:{provider.id}/{info.id}"
+        try:
+            cost = genai_cost(provider, info, usage, at, service_tier)
+        except (ValueError, LookupError) as e:  # a reading its calculator cannot price
+            self._warn((model.name, "refused"), f"genai-prices cannot price a reading of model "
+                       f"{model.name!r} as {ref}: {e}; events record cost null")
+            return Priced(None, None, self.currency)
         if service_tier is not None and _tiered(info):
             ref += f" service_tier={service_tier}"
         if self.currency == CATALOG_CURRENCY:
