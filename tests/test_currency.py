@@ -84,8 +84,10 @@ def test_a_tariff_keeps_its_own_currency_and_is_never_converted():
 
 
 @pytest.mark.parametrize(("toml", "error"), [
-    ('[[exchange_rates]]\nfrom = "USD"\nto = "USD"\nrate = 1\nsince = 2026-01-01\n',
-     "exchange_rates[0].to: a rate converts between two currencies"),
+    ('[[exchange_rates]]\nfrom = "USD"\nto = "GBP"\nrate = 1\nsince = 2026-01-01\n',
+     "exchange_rates[0].to: only rates to the server currency 'EUR' are used, got 'GBP'"),
+    ('[[exchange_rates]]\nfrom = "CNY"\nto = "EUR"\nrate = 1\nsince = 2026-01-01\n',
+     "exchange_rates[0].from: only rates from 'USD'"),
     ('[[exchange_rates]]\nfrom = "usd"\nto = "EUR"\nrate = 1\nsince = 2026-01-01\n',
      "exchange_rates[0].from: expected an ISO 4217 code"),
     ('[[exchange_rates]]\nfrom = "USD"\nto = "EUR"\nrate = 0\nsince = 2026-01-01\n',
@@ -110,7 +112,8 @@ def test_a_tariff_keeps_its_own_currency_and_is_never_converted():
 ])
 def test_bad_rates_and_tariffs_are_refused_naming_the_key(tmp_path, toml, error):
     path = tmp_path / "t.toml"
-    path.write_text('[[providers]]\nname = "p"\napi = "openai"\nbase_url = "http://x"\n' + toml)
+    path.write_text('[server]\ncurrency = "EUR"\n[[providers]]\nname = "p"\napi = "openai"\n'
+                    'base_url = "http://x"\n' + toml)
     with pytest.raises(ConfigError) as e:
         load(path, environ={})
     assert error in str(e.value)
@@ -118,7 +121,8 @@ def test_bad_rates_and_tariffs_are_refused_naming_the_key(tmp_path, toml, error)
 
 def test_rates_and_tariff_keys_load(tmp_path):
     path = tmp_path / "t.toml"
-    path.write_text('[[providers]]\nname = "p"\napi = "openai"\nbase_url = "http://x"\n'
+    path.write_text('[server]\ncurrency = "EUR"\n'
+                    '[[providers]]\nname = "p"\napi = "openai"\nbase_url = "http://x"\n'
                     '[[models]]\nname = "m"\nroutes = [{ provider = "p" }]\n'
                     'price = { input = 3, output = 15, cache_write = 3.75, cache_write_1h = 6, '
                     'web_search = 10, currency = "CNY" }\n'

@@ -210,7 +210,7 @@ def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settin
                       for i, b in enumerate(cfg.tables("budgets"))),
         limits=tuple(_limit(x) for x in cfg.tables("limits")),
         rules=tuple(_rule(r) for r in cfg.tables("rules")),
-        exchange_rates=_exchange_rates(cfg.tables("exchange_rates")),
+        exchange_rates=_exchange_rates(cfg.tables("exchange_rates"), server.currency),
     )
 
 
@@ -334,13 +334,19 @@ def _price(r: _Reader) -> Price | None:
                  currency=_currency(pr, "currency") if "currency" in pr.raw else None)
 
 
-def _exchange_rates(tables: list[_Reader]) -> tuple[ExchangeRate, ...]:
+def _exchange_rates(tables: list[_Reader], currency: str) -> tuple[ExchangeRate, ...]:
+    """Dated rates converting genai-prices' USD into the server currency (tariffs keep theirs,
+    so a rate for any other pair would never be used: it is refused)."""
     rates: dict[tuple[str, str, date], ExchangeRate] = {}
     for x in tables:
         x.only("from", "to", "rate", "since")
         source, target = _currency(x, "from"), _currency(x, "to")
-        if source == target:
-            raise x.error("to", f"a rate converts between two currencies, got {source!r} twice")
+        if source != "USD":
+            raise x.error("from", f"only rates from 'USD' (genai-prices' currency) are used, "
+                          f"got {source!r}")
+        if target != currency:
+            raise x.error("to", f"only rates to the server currency {currency!r} are used, "
+                          f"got {target!r}")
         since = x.raw.get("since")
         if type(since) is not date:
             raise x.error("since", f"expected a date like 2026-01-01 (unquoted), got {since!r}")
