@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 SCENARIOS = {
     "gpt-4o-mini": "openai_chat",
-    "mystery-model": "openai_chat",
+    "mystery-model": "mystery",  # a served model no catalog knows
     "deepseek-chat": "deepseek_chat",
     "kimi-k2-0905-preview": "kimi",
     "gpt-3.5-turbo-instruct": "completions",
@@ -33,6 +33,9 @@ SCENARIOS = {
     "bad-usage-types": "badusage_types",  # a usage chunk with strings and negatives
     "zero-usage": "zerousage",  # an answer with text, reported as 0 tokens
     "reasoning-dup": "reasoning_dup",  # OpenRouter-style reasoning, twice in each delta
+    "claude-1h": "anthropic_1h",  # 1-hour cache writes and web searches
+    "gpt-4.1-priority": "openai_priority",  # served at the priority tier
+    "gpt-4.1-search": "responses_search",  # two web_search_call output items
 }
 BREAK_AT = {"broken": 2, "claude-broken": 5}  # the event before which the connection drops
 SCENARIOS.update({"error-mid-stream": "nousage", "claude-overloaded": "anthropic",

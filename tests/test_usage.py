@@ -22,13 +22,58 @@ CASES = [
     ("completions", "text_completion", Usage(5, 0, 0, 7, 0)),
     ("responses", "responses", Usage(1284, 1024, 0, 210, 128)),
     ("anthropic", "messages", Usage(3050, 2000, 1000, 393, 0)),
+    # 1-hour cache writes are a part of the writes; web searches counted in server_tool_use
+    ("anthropic_1h", "messages", Usage(44125, 12000, 30000, 512, 0, 20000, 2)),
+    ("openai_priority", "chat", Usage(2006, 1920, 0, 300, 192)),
+    # two web_search_call output items
+    ("responses_search", "responses", Usage(9012, 0, 0, 340, 0, 0, 2)),
 ]
+# The tier each fixture's body and stream say they were served at (None: they do not say).
+TIERS = {"anthropic": ("standard", None), "anthropic_1h": ("standard", "standard"),
+         "openai_priority": ("priority", "priority"),
+         "responses_search": ("default", "default"), "openai_chat": ("default", "default")}
 
 
 @pytest.mark.parametrize(("fixture", "operation", "expected"), CASES)
 def test_whole_bodies(fixture, operation, expected):
     body = orjson.loads((FIXTURES / f"{fixture}.json").read_bytes())
     assert read_body(operation, body).usage == expected
+
+
+@pytest.mark.parametrize(("fixture", "operation", "expected"), CASES)
+def test_the_served_service_tier_is_read_from_bodies_and_streams(fixture, operation, expected):
+    in_body, in_stream = TIERS.get(fixture, (None, None))
+    body = orjson.loads((FIXTURES / f"{fixture}.json").read_bytes())
+    assert read_body(operation, body).service_tier == in_body
+    if (FIXTURES / f"{fixture}.sse").exists():
+        tap, _ = tap_all(operation, (FIXTURES / f"{fixture}.sse").read_bytes(), [])
+        assert tap.service_tier == in_stream
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    # cached_tokens beyond the prompt would make uncached input (and the cost) negative
+    ({"prompt_tokens": 100, "prompt_tokens_details": {"cached_tokens": 250},
+      "completion_tokens": 10, "completion_tokens_details": {"reasoning_tokens": 40}},
+     Usage(100, 100, 0, 10, 10)),
+    ({"prompt_tokens": -5, "completion_tokens": True}, Usage(0, 0, 0, 0, 0)),
+])
+def test_a_part_never_exceeds_its_whole_and_bad_counts_read_as_absent(raw, expected):
+    assert read_body("chat", {"usage": raw}).usage == expected
+
+
+def test_one_hour_writes_never_exceed_the_writes():
+    raw = {"input_tokens": 10, "cache_creation_input_tokens": 100,
+           "cache_creation": {"ephemeral_1h_input_tokens": 500}, "output_tokens": 1}
+    usage = read_body("messages", {"usage": raw}).usage
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (100, 100)
+
+
+def test_a_tier_name_is_bounded():
+    body = {"service_tier": "p" * 65, "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+    assert read_body("chat", body).service_tier is None
+    tap, _ = tap_all("chat", b'data: {"service_tier":"' + b"p" * 65 + b'","choices":[]}\n\n',
+                     [])
+    assert tap.service_tier is None
 
 
 def test_embeddings_have_input_only():

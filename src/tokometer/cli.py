@@ -438,7 +438,7 @@ def _report(args: argparse.Namespace) -> int:
         report_chart(rows, by, args.period, args.chart)
     columns = [*(["period"] if args.period else []), *by, "requests", "input_tokens",
                "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-               "cost"]
+               "cost", "currency"]
     _output(rows, columns, args.format)
     return 0
 
@@ -477,7 +477,8 @@ def _flows(args: argparse.Namespace) -> int:
     rows = flows(_db(args), args.since, args.until)
     if args.chart:
         flows_chart(rows, args.chart)
-    _output(rows, ["from", "to", "model_origin", "requests", "tokens", "cost"], args.format)
+    _output(rows, ["from", "to", "model_origin", "requests", "tokens", "cost", "currency"],
+            args.format)
     return 0
 
 

@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,12 +34,25 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """A tariff in the server currency per million tokens."""
+    """A tariff per million tokens (web searches: per thousand), in its own currency."""
 
     input: Decimal
     output: Decimal
     cache_read: Decimal
     cache_write: Decimal
+    cache_write_1h: Decimal | None = None  # None: 1-hour cache writes cost cache_write
+    web_search: Decimal = Decimal(0)  # per 1,000 web search requests
+    currency: str | None = None  # None: the server currency
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRate:
+    """1 `source` = `rate` `target` from `since` (a UTC day) until a later rate of the pair."""
+
+    source: str
+    target: str
+    rate: Decimal
+    since: date
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +183,7 @@ class Settings:
     budgets: tuple[Budget, ...] = ()
     limits: tuple[Limit, ...] = ()
     rules: tuple[Rule, ...] = ()
+    exchange_rates: tuple[ExchangeRate, ...] = ()
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:
@@ -185,7 +200,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 
 def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settings:
     cfg = _Reader(raw, str(path))
-    cfg.only("server", "providers", "models", "budgets", "limits", "rules")
+    cfg.only("server", "providers", "models", "budgets", "limits", "rules", "exchange_rates")
     base = path.resolve().parent
     server = _server(cfg.table("server"), base, environ)
     providers = _by_name(cfg.tables("providers"), lambda p: _provider(p, environ), "provider")
@@ -196,6 +211,7 @@ def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settin
                       for i, b in enumerate(cfg.tables("budgets"))),
         limits=tuple(_limit(x) for x in cfg.tables("limits")),
         rules=tuple(_rule(r) for r in cfg.tables("rules")),
+        exchange_rates=_exchange_rates(cfg.tables("exchange_rates"), server.currency),
     )
 
 
@@ -218,9 +234,7 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     store = s.str("store", "sqlite:///tokometer.db")
     if not store.startswith("sqlite:///"):
         raise s.error("store", f"expected 'sqlite:///PATH', got {store!r}")
-    currency = s.str("currency", d.currency)
-    if not _CURRENCY.match(currency):
-        raise s.error("currency", f"expected an ISO 4217 code like 'USD', got {currency!r}")
+    currency = _currency(s, "currency") if "currency" in s.raw else d.currency
     durability = s.str("durability", d.durability)
     if durability not in ("process", "power"):
         raise s.error("durability", f"expected 'process' or 'power', got {durability!r}")
@@ -312,10 +326,46 @@ def _price(r: _Reader) -> Price | None:
     if "price" not in r.raw:
         return None
     pr = r.table("price")
-    pr.only("input", "output", "cache_read", "cache_write")
+    pr.only("input", "output", "cache_read", "cache_write", "cache_write_1h", "web_search",
+            "currency")
     inp = pr.money("input")
     return Price(input=inp, output=pr.money("output"), cache_read=pr.money("cache_read", inp),
-                 cache_write=pr.money("cache_write", inp))
+                 cache_write=pr.money("cache_write", inp),
+                 cache_write_1h=pr.money("cache_write_1h") if "cache_write_1h" in pr.raw else None,
+                 web_search=pr.money("web_search", Decimal(0)),
+                 currency=_currency(pr, "currency") if "currency" in pr.raw else None)
+
+
+def _exchange_rates(tables: list[_Reader], currency: str) -> tuple[ExchangeRate, ...]:
+    """Dated rates converting genai-prices' USD into the server currency (tariffs keep theirs,
+    so a rate for any other pair would never be used: it is refused)."""
+    rates: dict[tuple[str, str, date], ExchangeRate] = {}
+    for x in tables:
+        x.only("from", "to", "rate", "since")
+        source, target = _currency(x, "from"), _currency(x, "to")
+        if source != "USD":
+            raise x.error("from", f"only rates from 'USD' (genai-prices' currency) are used, "
+                          f"got {source!r}")
+        if target != currency:
+            raise x.error("to", f"only rates to the server currency {currency!r} are used, "
+                          f"got {target!r}")
+        since = x.raw.get("since")
+        if type(since) is not date:
+            raise x.error("since", f"expected a date like 2026-01-01 (unquoted), got {since!r}")
+        rate = x.money("rate", what="a number (units of `to` for one unit of `from`)")
+        if rate == 0:
+            raise x.error("rate", "must be positive")
+        if (source, target, since) in rates:
+            raise x.error("since", f"a second {source}->{target} rate from {since}")
+        rates[source, target, since] = ExchangeRate(source, target, rate, since)
+    return tuple(sorted(rates.values(), key=lambda r: (r.source, r.target, r.since)))
+
+
+def _currency(r: _Reader, key: str) -> str:
+    value = r.str(key)
+    if not _CURRENCY.match(value):
+        raise r.error(key, f"expected an ISO 4217 code like 'USD', got {value!r}")
+    return value
 
 
 def _scope(r: _Reader) -> Scope:

@@ -26,6 +26,8 @@ class Usage:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # the part of cache_write_tokens kept for an hour
+    web_search_requests: int = 0  # server-side web searches, billed per request
 
     @property
     def uncached_input_tokens(self) -> int:
@@ -71,10 +73,17 @@ class Event:
     co2e_g: Decimal | None = None
     output_sha256: str | None = None
     corrects: str | None = None  # a correction: the id of the event it adjusts, by deltas
+    cache_write_1h_tokens: int | None = None
+    web_search_requests: int | None = None
+    service_tier: str | None = None
     leaf_index: int | None = None
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+# Fields added after stores were first written. A leaf leaves each of them out while it is
+# null, so an event stored before the field existed keeps its leaf hash (and its receipt).
+LATE_FIELDS: frozenset[str] = frozenset({"cache_write_1h_tokens", "web_search_requests",
+                                         "service_tier"})
 
 
 def new_event_id() -> str:

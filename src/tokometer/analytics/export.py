@@ -21,7 +21,7 @@ from .cells import CSVWriter
 BATCH = 65_536
 _INTEGERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
              "reasoning_tokens", "counted_input_tokens", "counted_output_tokens", "status",
-             "leaf_index")
+             "cache_write_1h_tokens", "web_search_requests", "leaf_index")
 _FLOATS = ("duration_ms", "ttft_ms")
 _MONEY = ("cost", "energy_wh", "co2e_g")
 _PLACES = Decimal("1e-18")

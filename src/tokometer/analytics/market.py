@@ -2,7 +2,8 @@
 
 rankings: each model's (vendor's, vendor country's) share of tokens week by week, and how it
 moved since the week before, as OpenRouter's public rankings show for the whole market.
-flows: tokens and cost from the consumer's country to the serving country, by model origin.
+flows: tokens and cost from the consumer's country to the serving country, by model origin
+(a row per currency).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def rankings(conn: sqlite3.Connection, by: str = "model", weeks: int = 4,
     since = rfc3339(datetime(first.year, first.month, first.day, tzinfo=UTC))
     column = RANKED_BY[by]
     tokens: dict[str, dict[str | None, int]] = {}
-    for row in report(conn, [column], since=since, period="week"):
-        tokens.setdefault(row["period"], {})[row[column]] = (row["input_tokens"]
-                                                             + row["output_tokens"])
+    for row in report(conn, [column], since=since, period="week"):  # a row per currency
+        week = tokens.setdefault(row["period"], {})
+        week[row[column]] = week.get(row[column], 0) + row["input_tokens"] + row["output_tokens"]
     out = []
     for i in range(1, weeks + 1):
         week = (first + timedelta(weeks=i)).isoformat()
@@ -53,5 +54,6 @@ def flows(conn: sqlite3.Connection, since: str | None = None,
     rows = report(conn, ["consumer_region", "provider_region", "model_origin"], since, until)
     return [{"from": r["consumer_region"], "to": r["provider_region"],
              "model_origin": r["model_origin"], "requests": r["requests"],
-             "tokens": r["input_tokens"] + r["output_tokens"], "cost": r["cost"]}
+             "tokens": r["input_tokens"] + r["output_tokens"], "cost": r["cost"],
+             "currency": r["currency"]}
             for r in rows]

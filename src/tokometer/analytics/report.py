@@ -1,7 +1,9 @@
 """Requests, tokens by kind and cost per group and period (cost summed as Decimal).
 
 Answered from the rollups whenever they can (every grouping field is a rollup dimension and
-the time range falls on hour or day boundaries), else from the raw events.
+the time range falls on hour or day boundaries), else from the raw events. Every row is of one
+currency (its `currency`): groups are always split by currency, so amounts in different
+currencies are never added.
 """
 
 from __future__ import annotations
@@ -48,15 +50,16 @@ def report(conn: sqlite3.Connection, by: list[str], since: str | None = None,
         raise RequestError(f"period must be one of {', '.join(REPORT_PERIODS)}")
     if top is not None and top < 1:
         raise RequestError("top must be at least 1")
-    rollup = rollup_grain([*by, *where], since, until, period)
-    table = table_for({*by, *where}) if rollup is not None else None
+    group = by if "currency" in by else [*by, "currency"]
+    rollup = rollup_grain([*group, *where], since, until, period)
+    table = table_for({*group, *where}) if rollup is not None else None
     if rollup is None and "vendor" in by:
         raise RequestError("vendor is kept in the rollups only: give --since/--until on "
                            "whole hours, or group by model")
     # "bucket", not "period": the rollup tables have a column of that name.
     keys = ([f"{bucket(period, 'start' if rollup else 'time')} AS bucket"] if period else []) \
-        + by
-    names = (["bucket"] if period else []) + by
+        + group
+    names = (["bucket"] if period else []) + group
     if rollup is not None:
         clause, params = rollup_filter(rollup, since, until)
         source = table
@@ -71,22 +74,19 @@ def report(conn: sqlite3.Connection, by: list[str], since: str | None = None,
             params.append(value if value is not None else "")
     count = "SUM(requests)" if rollup is not None else "COUNT(*)"
     select = f"{count}, {_SUMS} FROM {source}{clause}"
-    sql = f"SELECT {', '.join(keys) + ', ' if keys else ''}{select}"
-    if keys:
-        sql += f" GROUP BY {', '.join(names)}"
-        sql += (" ORDER BY SUM(input_tokens) + SUM(output_tokens) DESC"
-                if top else f" ORDER BY {', '.join(names)}")
-        if top:
-            sql += f" LIMIT {int(top)}"
+    sql = f"SELECT {', '.join(keys)}, {select} GROUP BY {', '.join(names)}"
+    sql += (" ORDER BY SUM(input_tokens) + SUM(output_tokens) DESC"
+            if top else f" ORDER BY {', '.join(names)}")
+    if top:
+        sql += f" LIMIT {int(top)}"
     rows = []
     for row in conn.execute(sql, params):
-        if not keys and not row[0]:
-            break
-        values = dict(zip([*(["period"] if period else []), *by, *MEASURES], row, strict=True))
+        values = dict(zip([*(["period"] if period else []), *group, *MEASURES], row,
+                          strict=True))
         for m in MEASURES[:-1]:
             values[m] = values[m] or 0
         if rollup is not None:  # rollups keep a missing value as ''
-            for name in by:
+            for name in group:
                 values[name] = values[name] or None
         rows.append(values)
     return rows

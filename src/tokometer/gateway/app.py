@@ -99,7 +99,7 @@ class Gateway:
         registry = TokenizerRegistry(s.server.data_dir)
         await asyncio.to_thread(_preload_tokenizers, s, registry)
         self.keys = KeyRing(open_db(s.server.store, cache_kib=SMALL_CACHE_KIB))
-        pricer = Pricer(s.server.currency)
+        pricer = Pricer(s.server.currency, s.exchange_rates)
         meter = Meter(Recounter(registry), pricer, s.server.default_max_output_tokens)
         budgets = BudgetSync(Guard(s, {}), open_db(s.server.store, cache_kib=SMALL_CACHE_KIB),
                              s.budgets)

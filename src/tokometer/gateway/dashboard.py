@@ -165,9 +165,11 @@ def _tokens(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _overview(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
     since = _since(30)
     days = report(conn, [], since=since, period="day")
-    total = report(conn, [], since=since)
-    t = total[0] if total else {"requests": 0, "input_tokens": 0, "output_tokens": 0,
-                                "cost": None}
+    total = report(conn, [], since=since)  # a row per currency
+    t = {"requests": sum(r["requests"] for r in total),
+         "input_tokens": sum(r["input_tokens"] for r in total),
+         "output_tokens": sum(r["output_tokens"] for r in total),
+         "cost": ", ".join(f"{r['cost']} {r['currency']}" for r in total if r["cost"])}
     models = _tokens(report(conn, ["model", "vendor"], since=since, top=10))
     return {"title": "Overview: the last 30 days", "cards": [
         ("requests", f"{t['requests']:,}"),
@@ -177,9 +179,9 @@ def _overview(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any
             {"heading": "Tokens per day",
              "chart": svg(report_chart, days, [], "day") if days else None},
             {"heading": "Top models", "rows": models,
-             "columns": ["model", "vendor", "requests", "tokens", "cost"]},
+             "columns": ["model", "vendor", "requests", "tokens", "cost", "currency"]},
             {"heading": "Per day", "rows": _tokens(days),
-             "columns": ["period", "requests", "tokens", "cost"]}]}
+             "columns": ["period", "requests", "tokens", "cost", "currency"]}]}
 
 
 def _rankings(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
@@ -199,13 +201,13 @@ def _flows(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
     return {"title": "Token flows: the last 30 days",
             "sections": [{"chart": svg(flows_chart, rows) if rows else None},
                          {"rows": rows, "columns": ["from", "to", "model_origin", "requests",
-                                                    "tokens", "cost"]}]}
+                                                    "tokens", "cost", "currency"]}]}
 
 
 def _tenants(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
     rows = _tokens(report(conn, ["tenant"], since=_since(30)))
     return {"title": "Tenants: the last 30 days", "sections": [{
-        "rows": rows, "columns": ["tenant", "requests", "tokens", "cost"],
+        "rows": rows, "columns": ["tenant", "requests", "tokens", "cost", "currency"],
         "links": {"tenant": lambda r: "/tenants/" + quote(r["tenant"], safe="")}}]}
 
 
@@ -221,7 +223,7 @@ def _drill_down(conn: sqlite3.Connection, tenant: str, app: str | None = None
         {"heading": f"Tokens per day by {level}",
          "chart": svg(report_chart, over_time, [level], "day") if over_time else None},
         {"heading": f"By {level}", "rows": rows,
-         "columns": [level, "requests", "tokens", "cost"],
+         "columns": [level, "requests", "tokens", "cost", "currency"],
          "links": {} if app else {"app": lambda r: f"{base}/apps/{quote(r['app'], safe='')}"}}]}
 
 
@@ -235,7 +237,7 @@ def _tasks(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
 
 def _live(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
     columns = ["time", "tenant", "app", "agent", "provider", "model", "status",
-               "input_tokens", "output_tokens", "cost"]
+               "input_tokens", "output_tokens", "cost", "currency"]
     rows = [dict(zip(columns, r, strict=True)) for r in conn.execute(
         f"SELECT {', '.join(columns)} FROM events ORDER BY id DESC LIMIT 50")]
     return {"title": "Live: the latest 50 events", "refresh": 5,

@@ -41,6 +41,7 @@ class Outcome:
     reported: Usage | None = None
     usage_complete: bool = True  # False: the provider's final usage never arrived
     model: str | None = None
+    service_tier: str | None = None
     finish_reason: str | None = None
     ttft_ms: float | None = None
     text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
@@ -86,8 +87,9 @@ class Meter:
         return Usage(input_tokens=counted.tokens, output_tokens=out)
 
     def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
-        """`usage`'s tokens, and its cost on the dearest of `routes` (None if one is unpriced)."""
-        costs = [self.pricer.price(call.model, r, usage, call.started).cost for r in routes]
+        """`usage`'s tokens, and its cost on the dearest of `routes` (None if one is unpriced,
+        or priced in another currency than the server's, which its budgets are kept in)."""
+        costs = [self.pricer.estimate(call.model, r, usage, call.started) for r in routes]
         known = [c for c in costs if c is not None]
         cost = max(known) if known and len(known) == len(costs) else None
         return Need(usage.input_tokens + usage.output_tokens, cost)
@@ -102,10 +104,10 @@ class Meter:
             log.exception("metering event %s failed; recording an estimate", event_id)
             usage, source, counted_in, counted_out = _fallback(call, outcome), ESTIMATED, None, None
         try:
-            priced = self._price(call, route, usage)
+            priced = self._price(call, outcome, usage)
         except Exception:  # unknown, not free: a budget then spends the reservation (guard.py)
             log.exception("pricing event %s failed; its cost is unknown", event_id)
-            priced = Priced(None, None)
+            priced = Priced(None, None, self.pricer.currency)
         consumer = call.consumer
         return Event(
             id=event_id or new_event_id(),
@@ -132,22 +134,26 @@ class Meter:
             cache_write_tokens=usage.cache_write_tokens,
             output_tokens=usage.output_tokens,
             reasoning_tokens=usage.reasoning_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            web_search_requests=usage.web_search_requests,
+            service_tier=outcome.service_tier,
             usage_source=source,
             counted_input_tokens=counted_in.tokens if counted_in and counted_in.exact else None,
             counted_output_tokens=counted_out.tokens if counted_out and counted_out.exact else None,
             cost=priced.cost,
-            currency=self.pricer.currency,
+            currency=priced.currency,
             price_ref=priced.price_ref,
             status=outcome.status,
             error_type=outcome.error_type,
             finish_reason=outcome.finish_reason,
         )
 
-    def _price(self, call: Call, route: Route | None, usage: Usage) -> Priced:
+    def _price(self, call: Call, outcome: Outcome, usage: Usage) -> Priced:
         # No route: refused before anything was sent, so nothing to pay.
-        if route is None:
-            return Priced(Decimal(0), None)
-        return self.pricer.price(call.model, route, usage, call.started)
+        if outcome.route is None:
+            return Priced(Decimal(0), None, self.pricer.currency)
+        return self.pricer.price(call.model, outcome.route, usage, call.started,
+                                 served=outcome.model, service_tier=outcome.service_tier)
 
     async def _measure(self, call: Call, outcome: Outcome
                        ) -> tuple[Usage, str, Count | None, Count | None]:

@@ -23,7 +23,7 @@ from ..usage.text import body_text
 from .call import Call, elapsed_ms
 from .meter import Outcome
 from .upstream import Answer, without_address
-from .wire import COST_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
+from .wire import COST_HEADER, CURRENCY_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -53,12 +53,13 @@ async def relay_body(call: Call, route: Route, response: Answer, event_id: str,
     reading = read_body(call.endpoint.operation, body)
     event = await record(Outcome(
         route, response.status, reported=reading.usage, model=reading.model,
-        finish_reason=reading.finish_reason,
+        service_tier=reading.service_tier, finish_reason=reading.finish_reason,
         text=lambda: body_text(call.endpoint.operation, body),
     ))
     headers = _headers(response, event_id)
     if event.cost is not None:
         headers.append((COST_HEADER, decimal_str(event.cost).encode()))
+        headers.append((CURRENCY_HEADER, event.currency.encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})
 
@@ -137,6 +138,7 @@ async def relay_stream(call: Call, route: Route, response: Answer,
     outcome.reported = tap.usage()
     outcome.usage_complete = tap.final_usage_seen
     outcome.model, outcome.finish_reason = tap.model, tap.finish_reason
+    outcome.service_tier = tap.service_tier
     await record(outcome)
     if broken is not None:
         # Not a half event, nor an end marker: an error event the client's SDK raises.

@@ -74,13 +74,13 @@ class Router:
         for limit, usage in ((steer.max_prompt, Usage(input_tokens=_MILLION)),
                              (steer.max_completion, Usage(output_tokens=_MILLION))):
             if limit is not None:
-                rate = self.pricer.price(call.model, route, usage, call.started).cost
+                rate = self.pricer.estimate(call.model, route, usage, call.started)
                 if rate is None or rate > limit:
                     return False
         return True
 
     def _cost(self, call: Call, route: Route, usage: Usage) -> Decimal:
-        cost = self.pricer.price(call.model, route, usage, call.started).cost
+        cost = self.pricer.estimate(call.model, route, usage, call.started)
         return cost if cost is not None else Decimal("Infinity")  # unpriced routes last
 
     def observe(self, route: Route, ms: float, ok: bool) -> None:

@@ -30,6 +30,7 @@ ENDPOINTS: dict[str, Endpoint] = {
 
 EVENT_ID_HEADER = b"x-tokometer-event-id"
 COST_HEADER = b"x-tokometer-cost"
+CURRENCY_HEADER = b"x-tokometer-currency"  # the currency of x-tokometer-cost, always with it
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 _ANTHROPIC_TYPES = {

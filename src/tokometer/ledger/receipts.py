@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .canonical import canonical_json
+from .canonical import canonical_json, leaf_document
 from .log import leaf_count, stored_nodes
 from .merkle import Tree, leaf_hash, verify_inclusion
 from .read import get_event
@@ -38,9 +38,10 @@ def latest_head(conn: sqlite3.Connection, covering: int = 0) -> TreeHead | None:
 
 def build_receipt(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
     """The receipt for an event, or None when no signed head covers it yet (sign, retry)."""
-    event = get_event(conn, event_id)
-    if event is None or event["leaf_index"] is None:
+    stored = get_event(conn, event_id)
+    if stored is None or stored["leaf_index"] is None:
         raise NotFound(f"no event {event_id} in the log")
+    event = leaf_document(stored)
     index = event["leaf_index"]
     head = latest_head(conn, covering=index + 1)
     if head is None:
@@ -66,7 +67,7 @@ def verify_receipt(receipt: Any, key: Ed25519PublicKey) -> list[str]:
         return ["the receipt's event must be an object and leaf_index an integer"]
     if event.get("leaf_index") != index:
         problems.append(f"the event says leaf {event.get('leaf_index')}, the receipt {index}")
-    leaf = leaf_hash(canonical_json(event))
+    leaf = leaf_hash(canonical_json(leaf_document(event)))
     if receipt.get("leaf_hash") not in (None, leaf.hex()):
         problems.append("leaf_hash is not the hash of the event: the event was altered")
     if not verify_head(head, key):

@@ -9,6 +9,7 @@ _TYPES = {
     "input_tokens": "INTEGER", "cache_read_tokens": "INTEGER", "cache_write_tokens": "INTEGER",
     "output_tokens": "INTEGER", "reasoning_tokens": "INTEGER",
     "counted_input_tokens": "INTEGER", "counted_output_tokens": "INTEGER",
+    "cache_write_1h_tokens": "INTEGER", "web_search_requests": "INTEGER",
     "leaf_index": "INTEGER",
 }  # everything else TEXT: money stays a decimal string
 
@@ -84,6 +85,7 @@ INSERT_EVENT = (
 
 
 def added_columns(existing: set[str]) -> list[str]:
-    """ALTER statements bringing an older store's events table up to FIELDS."""
+    """ALTER statements bringing an older store's events table up to FIELDS. Its events read
+    the new columns as null, which their leaves leave out (canonical.leaf_document)."""
     return [f"ALTER TABLE events ADD COLUMN {name} {_TYPES.get(name, 'TEXT')}"
             for name in FIELDS if name not in existing]

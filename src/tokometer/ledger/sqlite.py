@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import LedgerError
-from ..events import FIELDS, Event, decimal_str
+from ..events import FIELDS, LATE_FIELDS, Event, decimal_str
 from .log import INSERT_NODE, MerkleLog, leaf_count
 from .merkle import leaf_hash
 from .rollups import SCHEMA as ROLLUP_SCHEMA
 from .rollups import decimal_add, upserts
+from .rollups import upgrade as upgrade_rollups
 from .schema import INSERT_EVENT, SCHEMA, added_columns
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
@@ -84,13 +85,14 @@ def open_db(path: Path, *, durability: str = "process", cache_kib: int | None = 
         conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
         if cache_kib is not None:
             conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        conn.create_aggregate("decimal_sum", 1, _DecimalSum)
+        conn.create_function("decimal_add", 2, decimal_add, deterministic=True)
         conn.executescript(SCHEMA + ROLLUP_SCHEMA)
         for statement in added_columns({r[1] for r in conn.execute("PRAGMA table_info(events)")}):
             conn.execute(statement)
+        upgrade_rollups(conn)
     except (sqlite3.Error, OSError) as e:
         raise LedgerError(f"cannot open the store at {path}: {e}") from e
-    conn.create_aggregate("decimal_sum", 1, _DecimalSum)
-    conn.create_function("decimal_add", 2, decimal_add, deterministic=True)
     return conn
 
 
@@ -133,16 +135,20 @@ _FLOAT_COLUMNS = [FIELDS.index(name) for name in ("duration_ms", "ttft_ms")]
 def leaf_of(row: list[Any] | tuple[Any, ...]) -> bytes:
     """The Merkle leaf hash of an event row: SHA-256(0x00 || JCS of the stored event).
 
-    The same bytes as canonical_json(event_of_row(row)) (a test holds them equal), built
-    for the writer and the audit, which hash every event: only the float columns can hold
-    an integral float, and the keys are put in JCS order once, here.
+    The same bytes as canonical_json(leaf_document(event_of_row(row))) (a test holds them
+    equal), built for the writer and the audit, which hash every event: only the float
+    columns can hold an integral float, and the keys are put in JCS order once, here.
     """
     values = [row[i] for i in _BY_NAME]
     for i in _FLOAT_SORTED:
         if isinstance(values[i], float) and values[i].is_integer():
             values[i] = int(values[i])
     values[_STREAM_SORTED] = bool(values[_STREAM_SORTED])
-    return leaf_hash(orjson.dumps(dict(zip(_SORTED_FIELDS, values, strict=True))))
+    document = dict(zip(_SORTED_FIELDS, values, strict=True))
+    for name in LATE_FIELDS:  # left out while null: see canonical.leaf_document
+        if document[name] is None:
+            del document[name]
+    return leaf_hash(orjson.dumps(document))
 
 
 _FLOAT_SORTED = [_BY_NAME.index(i) for i in _FLOAT_COLUMNS]

@@ -38,10 +38,11 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime | None, datetime
 
 
 def amount_of(budget: Budget, event: Event) -> Decimal:
-    """What an event takes from a budget: its cost, or its tokens."""
+    """What an event takes from a budget: its tokens, or its cost when in the budget's
+    currency (amounts in different currencies are never added)."""
     if budget.unit == TOKENS:
         return Decimal(event.input_tokens + event.output_tokens)
-    return event.cost or Decimal(0)
+    return event.cost or Decimal(0) if event.currency == budget.unit else Decimal(0)
 
 
 @dataclass(slots=True)
@@ -87,10 +88,13 @@ def load_states(conn: sqlite3.Connection, budgets: Iterable[Budget],
 
 
 def spent_in(conn: sqlite3.Connection, budget: Budget, since: datetime | None) -> Decimal:
-    measure = ("SUM(input_tokens + output_tokens)" if budget.unit == TOKENS
-               else "decimal_sum(cost)")
+    money = budget.unit != TOKENS
+    measure = "decimal_sum(cost)" if money else "SUM(input_tokens + output_tokens)"
     sql = f"SELECT {measure} FROM events WHERE {budget.scope.kind} = ?"  # kind is one of SCOPES
     params = [budget.scope.value]
+    if money:  # amounts in another currency are not this budget's
+        sql += " AND currency = ?"
+        params.append(budget.unit)
     if since is not None:
         sql += " AND time >= ?"
         params.append(rfc3339(since))

@@ -8,19 +8,41 @@ from typing import Any
 from ..events import Usage
 from .dialects import dialect_for, usage_from
 
+MAX_TIER_CHARS = 64  # a tier name is a short word; anything longer is not recorded
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
     usage: Usage | None  # None: the provider reported nothing
     model: str | None
     finish_reason: str | None
+    service_tier: str | None = None  # the tier the provider says it served, which it prices
 
 
 def read_body(operation: str, body: dict[str, Any]) -> Reading:
     raw = body.get("usage")
-    usage = usage_from(dialect_for(operation), raw) if isinstance(raw, dict) else None
+    usage = (usage_from(dialect_for(operation), raw, web_search_calls(operation, body))
+             if isinstance(raw, dict) else None)
     model = body.get("model")
-    return Reading(usage, model if isinstance(model, str) else None, _finish(operation, body))
+    return Reading(usage, model if isinstance(model, str) else None, _finish(operation, body),
+                   service_tier(body))
+
+
+def service_tier(document: dict[str, Any]) -> str | None:
+    """OpenAI's top-level `service_tier` (chat, Responses), else Anthropic's in its usage."""
+    tier = document.get("service_tier")
+    if tier is None and isinstance(document.get("usage"), dict):
+        tier = document["usage"].get("service_tier")
+    return tier if isinstance(tier, str) and 0 < len(tier) <= MAX_TIER_CHARS else None
+
+
+def web_search_calls(operation: str, response: dict[str, Any]) -> int:
+    """Web searches an OpenAI Responses answer made: its `web_search_call` output items."""
+    output = response.get("output") if operation == "responses" else None
+    if not isinstance(output, list):
+        return 0
+    return sum(1 for item in output
+               if isinstance(item, dict) and item.get("type") == "web_search_call")
 
 
 def _finish(operation: str, body: dict[str, Any]) -> str | None:

@@ -1,8 +1,10 @@
 """Where each wire format keeps its token counts, as data: one table per dialect.
 
-Quirks live here and nowhere else: Anthropic's input excludes cache reads and writes;
-DeepSeek reports cache hits as `prompt_cache_hit_tokens`; Moonshot (Kimi) as a top-level
-`cached_tokens`; OpenAI nests them in `prompt_tokens_details`.
+Quirks live here and nowhere else: Anthropic's input excludes cache reads and writes, and
+splits its cache writes into 5-minute and 1-hour ones under `cache_creation`; DeepSeek reports
+cache hits as `prompt_cache_hit_tokens`; Moonshot (Kimi) as a top-level `cached_tokens`;
+OpenAI nests them in `prompt_tokens_details`. Web searches are counted in the usage object
+by Anthropic, and as `web_search_call` output items by OpenAI's Responses API (body.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class Dialect:
     cache_write: tuple[Path, ...] = ()
     output: tuple[Path, ...] = ()
     reasoning: tuple[Path, ...] = ()
+    cache_write_1h: tuple[Path, ...] = ()
+    web_searches: tuple[Path, ...] = ()
     input_excludes_cache: bool = False
 
 
@@ -32,7 +36,8 @@ OPENAI_CHAT = Dialect(
         ("prompt_cache_hit_tokens",),  # DeepSeek
         ("cached_tokens",),  # Moonshot (Kimi)
     ),
-    cache_write=(("prompt_tokens_details", "cache_creation_tokens"),),
+    cache_write=(("prompt_tokens_details", "cache_write_tokens"),
+                 ("prompt_tokens_details", "cache_creation_tokens")),
     output=(("completion_tokens",),),
     reasoning=(("completion_tokens_details", "reasoning_tokens"),),
 )
@@ -40,6 +45,7 @@ OPENAI_CHAT = Dialect(
 OPENAI_RESPONSES = Dialect(
     input=(("input_tokens",),),
     cache_read=(("input_tokens_details", "cached_tokens"),),
+    cache_write=(("input_tokens_details", "cache_write_tokens"),),
     output=(("output_tokens",),),
     reasoning=(("output_tokens_details", "reasoning_tokens"),),
 )
@@ -49,6 +55,9 @@ ANTHROPIC = Dialect(
     cache_read=(("cache_read_input_tokens",),),
     cache_write=(("cache_creation_input_tokens",),),
     output=(("output_tokens",),),
+    reasoning=(("output_tokens_details", "thinking_tokens"),),
+    cache_write_1h=(("cache_creation", "ephemeral_1h_input_tokens"),),
+    web_searches=(("server_tool_use", "web_search_requests"),),
     input_excludes_cache=True,
 )
 
@@ -65,19 +74,30 @@ def dialect_for(operation: str) -> Dialect:
     return _BY_OPERATION[operation]
 
 
-def usage_from(dialect: Dialect, raw: dict[str, Any]) -> Usage:
-    """Normalise a provider usage object: input total includes cache, output includes reasoning."""
+def usage_from(dialect: Dialect, raw: dict[str, Any], web_searches: int = 0) -> Usage:
+    """Normalise a provider usage object: input total includes cache, output includes reasoning.
+
+    A part is never more than its whole (a provider's bad count must not make a negative
+    uncached input or a negative price): cache reads and writes fit in the input, the 1-hour
+    writes in the writes, reasoning in the output. `web_searches` counted outside the usage
+    object (OpenAI Responses output items) add to those counted in it.
+    """
     inp = _first(raw, dialect.input)
     cache_read = _first(raw, dialect.cache_read)
     cache_write = _first(raw, dialect.cache_write)
     if dialect.input_excludes_cache:
         inp += cache_read + cache_write
+    cache_read = min(cache_read, inp)
+    cache_write = min(cache_write, inp - cache_read)
+    output = _first(raw, dialect.output)
     return Usage(
         input_tokens=inp,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
-        output_tokens=_first(raw, dialect.output),
-        reasoning_tokens=_first(raw, dialect.reasoning),
+        output_tokens=output,
+        reasoning_tokens=min(_first(raw, dialect.reasoning), output),
+        cache_write_1h_tokens=min(_first(raw, dialect.cache_write_1h), cache_write),
+        web_search_requests=_first(raw, dialect.web_searches) + web_searches,
     )
 
 
@@ -86,6 +106,6 @@ def _first(raw: dict[str, Any], paths: tuple[Path, ...]) -> int:
         value: Any = raw
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
     return 0

@@ -12,12 +12,14 @@ from typing import Any
 import orjson
 
 from ..events import Usage
+from .body import MAX_TIER_CHARS, web_search_calls
 from .dialects import dialect_for, usage_from
 from .text import chunk_text
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]+)"')
+_TIER = re.compile(rb'"service_tier"\s*:\s*"([^"\\]{1,%d})"' % MAX_TIER_CHARS)
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]+)"')
 _RESPONSES_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
 # An error event: OpenAI's {"error": {...}}, Anthropic's and Responses' {"type": "error", ...}.
@@ -65,6 +67,8 @@ class StreamTap:
         self.raw_usage: dict[str, Any] = {}
         self.final_usage_seen = False  # the provider's last word on usage arrived
         self.model: str | None = None
+        self.service_tier: str | None = None
+        self.web_searches = 0  # counted outside the usage object (Responses output items)
         self.finish_reason: str | None = None
         self.terminal = False  # the end-of-stream marker has been seen
         self.error: str | None = None  # the type of an error event the provider sent
@@ -77,6 +81,8 @@ class StreamTap:
             self.model = m.group(1).decode()
         if _ERROR.search(data):
             self.error = _error_type(_object(data)) or self.error
+        if self.service_tier is None and (m := _TIER.search(data)):
+            self.service_tier = m.group(1).decode()
         if self.operation == "messages":
             return self._anthropic(data)
         if self.operation == "responses":
@@ -132,6 +138,7 @@ class StreamTap:
         if isinstance(response.get("usage"), dict):
             self.raw_usage = response["usage"]
             self.final_usage_seen = True
+        self.web_searches = web_search_calls(self.operation, response)
         reason = _dict(response.get("incomplete_details")).get("reason")
         self.finish_reason = _str(reason) or _str(response.get("status"))
         return True
@@ -140,7 +147,7 @@ class StreamTap:
         """What the provider reported, or None when it reported nothing."""
         if not self.raw_usage:
             return None
-        return usage_from(dialect_for(self.operation), self.raw_usage)
+        return usage_from(dialect_for(self.operation), self.raw_usage, self.web_searches)
 
     def text(self) -> str:
         """Generated text seen so far (decodes every event: only for recounts)."""
