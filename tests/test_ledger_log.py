@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
 from tokometer.errors import LedgerError
 from tokometer.events import FIELDS, Event, new_event_id
-from tokometer.ledger import SQLiteLedger, open_db
+from tokometer.ledger import SQLiteLedger, open_db, receipts
 from tokometer.ledger.canonical import canonical_json, leaf_document
 from tokometer.ledger.log import stored_nodes
 from tokometer.ledger.merkle import Tree, leaf_hash, verify_consistency
@@ -382,3 +382,20 @@ def _column(name: str) -> st.SearchStrategy:
 def test_the_fast_leaf_equals_the_canonical_leaf(row):
     """What the writer and the audit hash is what a receipt's verifier recomputes."""
     assert leaf_of(row) == leaf_hash(canonical_json(leaf_document(event_of_row(row))))
+
+
+def test_a_head_signed_twice_in_one_millisecond_is_stored_once(logged, tmp_path, monkeypatch):
+    """The CLI signing while the gateway just did: the same head, not a broken primary key."""
+    gw, _, _ = logged
+    config = copy_of(gw, tmp_path)
+    signer = load_signer(config.parent / "data" / "ledger-ed25519.pem", None)
+    conn = sqlite3.connect(config.parent / "tokometer.db", isolation_level=None)
+    latest = conn.execute("SELECT MAX(timestamp) FROM tree_heads").fetchone()[0]
+    monkeypatch.setattr(receipts.time, "time", lambda: (latest + 1_000) / 1_000)
+    first, second = (receipts.sign_stored_head(conn, signer) for _ in range(2))
+    assert first == second
+    assert conn.execute("SELECT COUNT(*) FROM tree_heads WHERE timestamp = ?",
+                        (first.timestamp,)).fetchone()[0] == 1
+    conn.close()
+    audit = cli(config, "ledger", "audit")
+    assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -19,6 +19,7 @@ from .canonical import canonical_json, leaf_document
 from .log import leaf_count, stored_nodes
 from .merkle import Tree, leaf_hash, verify_inclusion
 from .read import get_event
+from .schema import INSERT_HEAD
 from .signer import Signer, TreeHead, verify_head
 
 RECEIPT_VERSION = 1
@@ -88,10 +89,13 @@ def consistency_proof(conn: sqlite3.Connection, first: int, second: int) -> list
 
 
 def sign_stored_head(conn: sqlite3.Connection, signer: Signer) -> TreeHead:
-    """Sign the log as stored now (for the CLI; a running gateway signs on its own)."""
+    """Sign the log as stored now (for the CLI; a running gateway signs on its own).
+
+    The time is taken before the size is read: a head the gateway signed earlier covers no
+    more than was committed then, so heads in the order of their timestamps never shrink.
+    """
+    timestamp = int(time.time() * 1000)
     size = leaf_count(conn)
-    head = signer.sign(size, Tree(stored_nodes(conn), size).root(), int(time.time() * 1000))
-    conn.execute("INSERT INTO tree_heads (tree_size, root_hash, timestamp, signature) "
-                 "VALUES (?,?,?,?)", (head.tree_size, head.root_hash, head.timestamp,
-                                      head.signature))
+    head = signer.sign(size, Tree(stored_nodes(conn), size).root(), timestamp)
+    conn.execute(INSERT_HEAD, (head.tree_size, head.root_hash, head.timestamp, head.signature))
     return head

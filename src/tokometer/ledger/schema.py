@@ -89,3 +89,8 @@ def added_columns(existing: set[str]) -> list[str]:
     the new columns as null, which their leaves leave out (canonical.leaf_document)."""
     return [f"ALTER TABLE events ADD COLUMN {name} {_TYPES.get(name, 'TEXT')}"
             for name in FIELDS if name not in existing]
+
+# Two heads of the same size signed in the same millisecond are the same head (Ed25519 is
+# deterministic), so the second is no news, not an error.
+INSERT_HEAD = ("INSERT OR IGNORE INTO tree_heads (tree_size, root_hash, timestamp, signature) "
+               "VALUES (?,?,?,?)")

@@ -40,7 +40,7 @@ from .merkle import leaf_hash
 from .rollups import SCHEMA as ROLLUP_SCHEMA
 from .rollups import decimal_add, upserts
 from .rollups import upgrade as upgrade_rollups
-from .schema import INSERT_EVENT, SCHEMA, added_columns
+from .schema import INSERT_EVENT, INSERT_HEAD, SCHEMA, added_columns
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
@@ -114,7 +114,6 @@ _ALL_FIELDS = operator.attrgetter(*FIELDS)
 _DECIMAL_COLUMNS = [FIELDS.index(name) for name in ("cost", "energy_wh", "co2e_g")]
 _STREAM_COLUMN = FIELDS.index("stream")
 _LEAF_COLUMN = FIELDS.index("leaf_index")
-INSERT_HEAD = "INSERT INTO tree_heads (tree_size, root_hash, timestamp, signature) VALUES (?,?,?,?)"
 
 
 def event_row(event: Event) -> list[Any]:
