@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import genai_prices
 import orjson
 
 from tokometer.catalog import Pricer
@@ -114,3 +115,20 @@ def test_implausible_reported_usage_is_recounted():
     assert reading(Usage(0, 0, 0, 5, 0)) == (estimated_input, 3, "estimated")
     assert reading(Usage(10, 0, 0, 0, 0)) == (10, 3, "estimated")  # input kept, output recounted
     assert reading(Usage(10, 0, 0, 0, 0), text="") == (10, 0, "reported")  # truly nothing
+
+
+def test_a_request_for_the_priority_tier_reserves_at_the_priority_price():
+    """genai-prices prices gpt-4.1 higher at the priority tier; the reservation must too."""
+    openai_route = Route(Provider("openai", "openai", "http://x", None, None, "US", None, None),
+                         "gpt-4.1")
+    model = Model("gpt-4.1", (openai_route,), None, None, None, None)
+    meter = Meter(Recounter(BrokenRegistry()), Pricer("USD"))
+    usage = Usage(input_tokens=1_000, output_tokens=1_000)
+    by_tier = {tier: meter.need(call(model, {"model": "gpt-4.1", "service_tier": tier}),
+                                [openai_route], usage).cost
+               for tier in ("priority", "default", "auto", "bogus")}
+    info = genai_prices.calc_price(genai_prices.Usage(input_tokens=1_000, output_tokens=1_000),
+                                   "gpt-4.1", provider_id="openai",
+                                   price_context={"service_tier": "priority"})
+    assert by_tier["priority"] == info.total_price > by_tier["default"] * Decimal("1.5")
+    assert by_tier["auto"] == by_tier["bogus"] == by_tier["default"]

@@ -144,10 +144,12 @@ class Pricer:
                       f"{decimal_str(rate.rate)} {self.currency} (rate since {rate.since})",
                       self.currency)
 
-    def estimate(self, model: Model, route: Route, usage: Usage, at: datetime) -> Decimal | None:
+    def estimate(self, model: Model, route: Route, usage: Usage, at: datetime, *,
+                 service_tier: str | None = None) -> Decimal | None:
         """What `usage` would cost on `route` in the server currency, before the call (for
-        reservations and routing): None when unknown or priced in another currency."""
-        priced = self.price(model, route, usage, at)
+        reservations and routing), at the tier the request asks for: None when unknown or
+        priced in another currency."""
+        priced = self.price(model, route, usage, at, service_tier=service_tier)
         return priced.cost if priced.currency == self.currency else None
 
     def _warn(self, once: tuple[str, str], message: str) -> None:

@@ -28,6 +28,8 @@ _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
 _MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 _CHOICES_KEYS = ("n", "best_of")
 MAX_CHOICES = 128  # OpenAI's own bound on `n`
+# The tiers a request may ask for by name, and then is priced at (OpenAI's `service_tier`).
+REQUESTED_TIERS = frozenset({"default", "flex", "priority", "scale"})
 log = logging.getLogger("tokometer.meter")
 
 
@@ -87,9 +89,13 @@ class Meter:
         return Usage(input_tokens=counted.tokens, output_tokens=out)
 
     def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
-        """`usage`'s tokens, and its cost on the dearest of `routes` (None if one is unpriced,
-        or priced in another currency than the server's, which its budgets are kept in)."""
-        costs = [self.pricer.estimate(call.model, r, usage, call.started) for r in routes]
+        """`usage`'s tokens, and its cost on the dearest of `routes` at the service tier the
+        request asks for (None if one is unpriced, or priced in another currency than the
+        server's, which its budgets are kept in)."""
+        tier = call.body.get("service_tier")
+        tier = tier if tier in REQUESTED_TIERS else None  # "auto" and absent: the default
+        costs = [self.pricer.estimate(call.model, r, usage, call.started, service_tier=tier)
+                 for r in routes]
         known = [c for c in costs if c is not None]
         cost = max(known) if known and len(known) == len(costs) else None
         return Need(usage.input_tokens + usage.output_tokens, cost)
