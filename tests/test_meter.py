@@ -14,7 +14,7 @@ import orjson
 from tokometer.catalog import Pricer
 from tokometer.config import Model, Price, Provider, Route
 from tokometer.events import Usage
-from tokometer.gateway.call import Call
+from tokometer.gateway.call import MAX_LABEL_CHARS, Call
 from tokometer.gateway.meter import Meter, Outcome
 from tokometer.gateway.wire import ENDPOINTS
 from tokometer.policy import Consumer
@@ -132,3 +132,15 @@ def test_a_request_for_the_priority_tier_reserves_at_the_priority_price():
                                    price_context={"service_tier": "priority"})
     assert by_tier["priority"] == info.total_price > by_tier["default"] * Decimal("1.5")
     assert by_tier["auto"] == by_tier["bogus"] == by_tier["default"]
+
+
+def test_strings_a_provider_sends_are_bounded_before_they_are_stored():
+    """A hostile or broken provider's megabyte `model`, finish reason or error type."""
+    model = Model("m", (ROUTE,), None, None, None, PRICE)
+    meter = Meter(Recounter(BrokenRegistry()), Pricer("USD"))  # type: ignore[arg-type]
+    huge = "x" * 1_000_000
+    event = asyncio.run(meter.event(call(model, {"model": "m"}), Outcome(
+        ROUTE, 500, error_type=huge, reported=Usage(10, 0, 0, 5, 0), model=huge,
+        finish_reason=huge, service_tier=huge)))
+    assert [len(v) for v in (event.model, event.error_type, event.finish_reason,
+                             event.service_tier)] == [MAX_LABEL_CHARS] * 4
