@@ -13,6 +13,7 @@ import pytest
 
 from tokometer.analytics import rankings, report
 from tokometer.analytics.report import rollup_grain
+from tokometer.analytics.tasks import agents, tasks
 from tokometer.catalog.pricing import Pricer, _genai_model, genai_cost
 from tokometer.config import Budget, ExchangeRate, Model, Price, Provider, Route, Scope, load
 from tokometer.errors import ConfigError
@@ -153,7 +154,8 @@ DAY = datetime(2026, 11, 30, 9, tzinfo=UTC)
 def mixed(tmp_path_factory):
     work = tmp_path_factory.mktemp("currency")
     events = [dataclasses.replace(BASE, id=new_event_id(), time=rfc3339(DAY), currency=c,
-                                  cost=Decimal(v)) for c, v in MIXED]
+                                  cost=Decimal(v), agent="planner", task="t-1")
+              for c, v in MIXED]
 
     async def fill() -> None:
         ledger = SQLiteLedger(work / "t.db", load_signer(work / "key.pem", None))
@@ -200,3 +202,11 @@ def test_a_budget_counts_only_events_in_its_currency(mixed):
         [Decimal("1.25"), 0, Decimal("0.5"), 0, 0]
     tokens = Budget("t", Scope("tenant", "acme"), Decimal(10**6), "tokens", "total")
     assert spent_in(conn, tokens, None) == 5 * 1100  # tokens are tokens in any currency
+
+
+def test_tasks_and_agents_give_a_row_per_currency(mixed):
+    conn, _ = mixed
+    assert {(r["task"], r["currency"]): (r["requests"], r["cost"]) for r in tasks(conn)} == \
+        {("t-1", "USD"): (2, "1.75"), ("t-1", "CNY"): (2, "10.5"), ("t-1", "EUR"): (1, "2")}
+    assert {(r["agent"], r["currency"]): r["cost"] for r in agents(conn)} == \
+        {("planner", "USD"): "1.75", ("planner", "CNY"): "10.5", ("planner", "EUR"): "2"}

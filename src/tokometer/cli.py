@@ -454,12 +454,13 @@ def _rankings(args: argparse.Namespace) -> int:
 def _tasks(args: argparse.Namespace) -> int:
     if args.agents:
         _output(agents(_db(args), args.since, args.until),
-                ["tenant", "agent", "tasks", "successes", "cost", "cost_per_success"],
+                ["tenant", "agent", "tasks", "successes", "cost", "currency",
+                 "cost_per_success"],
                 args.format)
     else:
         _output(tasks(_db(args), args.since, args.until),
-                ["tenant", "task", "requests", "tokens", "cost", "duration_ms", "outcome",
-                 "value"], args.format)
+                ["tenant", "task", "requests", "tokens", "cost", "currency", "duration_ms",
+                 "outcome", "value"], args.format)
     return 0
 
 

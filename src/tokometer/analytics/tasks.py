@@ -3,6 +3,7 @@
 A task is every event that carried the same `x-tokometer-task` for one tenant; its outcome
 is the latest one reported for it with POST /v1/outcomes. An agent's cost per successful
 outcome is all its tasks' cost over its successful tasks: failures are part of the price.
+Costs in different currencies are never added: a task or agent has a row per currency.
 """
 
 from __future__ import annotations
@@ -53,34 +54,36 @@ _LATEST = """(SELECT {column} FROM outcomes o WHERE o.tenant = e.tenant AND o.ta
 
 def tasks(conn: sqlite3.Connection, since: str | None = None,
           until: str | None = None) -> list[dict[str, Any]]:
-    """Per task: requests, tokens, cost, wall-clock duration and its latest outcome."""
+    """Per task (and currency): requests, tokens, cost, wall-clock duration, latest outcome."""
     where, params = _with_task(since, until)
     sql = f"""
         SELECT e.tenant, e.task, COUNT(*), SUM(input_tokens + output_tokens), decimal_sum(cost),
+               e.currency,
                MAX(julianday(time) * 86400000 + duration_ms) - MIN(julianday(time) * 86400000),
                {_LATEST.format(column="outcome")}, {_LATEST.format(column="value")}
-        FROM events e{where} GROUP BY e.tenant, e.task ORDER BY MIN(time)"""
+        FROM events e{where} GROUP BY e.tenant, e.task, e.currency ORDER BY MIN(time)"""
     return [{"tenant": tenant, "task": task, "requests": n, "tokens": tokens or 0, "cost": cost,
-             "duration_ms": round(duration, 3), "outcome": outcome, "value": value}
-            for tenant, task, n, tokens, cost, duration, outcome, value
+             "currency": currency, "duration_ms": round(duration, 3), "outcome": outcome,
+             "value": value}
+            for tenant, task, n, tokens, cost, currency, duration, outcome, value
             in conn.execute(sql, params)]
 
 
 def agents(conn: sqlite3.Connection, since: str | None = None,
            until: str | None = None) -> list[dict[str, Any]]:
-    """Per agent: tasks, successful ones, its own cost on them, and cost per success."""
+    """Per agent (and currency): tasks, successful ones, its cost on them, cost per success."""
     where, params = _with_task(since, until)
     sql = f"""
-        SELECT tenant, agent, COUNT(*), SUM(outcome = '{SUCCESS}'), decimal_sum(cost)
-        FROM (SELECT e.tenant, e.agent, e.task, decimal_sum(e.cost) AS cost,
+        SELECT tenant, agent, COUNT(*), SUM(outcome = '{SUCCESS}'), decimal_sum(cost), currency
+        FROM (SELECT e.tenant, e.agent, e.task, e.currency, decimal_sum(e.cost) AS cost,
                      {_LATEST.format(column="outcome")} AS outcome
-              FROM events e{where} GROUP BY e.tenant, e.agent, e.task)
-        GROUP BY tenant, agent ORDER BY tenant, agent"""
+              FROM events e{where} GROUP BY e.tenant, e.agent, e.task, e.currency)
+        GROUP BY tenant, agent, currency ORDER BY tenant, agent, currency"""
     out = []
-    for tenant, agent, n, successes, cost in conn.execute(sql, params):
+    for tenant, agent, n, successes, cost, currency in conn.execute(sql, params):
         total = Decimal(cost or 0)
         out.append({"tenant": tenant, "agent": agent, "tasks": n, "successes": successes or 0,
-                    "cost": decimal_str(total),
+                    "cost": decimal_str(total), "currency": currency,
                     "cost_per_success": decimal_str(total / successes) if successes else None})
     return out
 

@@ -230,9 +230,11 @@ def _drill_down(conn: sqlite3.Connection, tenant: str, app: str | None = None
 def _tasks(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
     return {"title": "Agent tasks", "sections": [
         {"heading": "Per agent", "rows": agents(conn),
-         "columns": ["tenant", "agent", "tasks", "successes", "cost", "cost_per_success"]},
+         "columns": ["tenant", "agent", "tasks", "successes", "cost", "currency",
+                     "cost_per_success"]},
         {"heading": "Latest tasks", "rows": tasks(conn)[-100:][::-1],
-         "columns": ["tenant", "task", "requests", "tokens", "cost", "duration_ms", "outcome"]}]}
+         "columns": ["tenant", "task", "requests", "tokens", "cost", "currency", "duration_ms",
+                     "outcome"]}]}
 
 
 def _live(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
