@@ -399,3 +399,13 @@ def test_a_head_signed_twice_in_one_millisecond_is_stored_once(logged, tmp_path,
     conn.close()
     audit = cli(config, "ledger", "audit")
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_audit_findings_cannot_drive_the_terminal(logged, tmp_path):
+    """A finding quotes stored names (an agent is whatever a client sent): shown escaped."""
+    gw, _, _ = logged
+    config = copy_of(gw, tmp_path)
+    sql(config, "UPDATE rollup_tenants SET agent = ? WHERE period = 'day'", "evil\x1b[2J\x07")
+    out = cli(config, "ledger", "audit")
+    assert out.returncode == 1 and "evil\\x1b[2J\\x07" in out.stdout
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout

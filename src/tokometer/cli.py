@@ -371,9 +371,10 @@ def _ledger_audit(args: argparse.Namespace) -> int:
     if first is None:
         print("the log audits clean")
         return 0
-    print(f"NOT CLEAN: {len(report.findings)} problem(s); the first: {first.what}")
+    # Findings quote stored values, which clients chose: escaped, like every terminal table.
+    print(f"NOT CLEAN: {len(report.findings)} problem(s); the first: {visible(first.what)}")
     for finding in report.ordered()[1:20]:
-        print(f"  also: {finding.what}")
+        print(f"  also: {visible(finding.what)}")
     return 1
 
 
