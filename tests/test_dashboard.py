@@ -215,3 +215,20 @@ def test_wrong_bearer_tokens_count_as_wrong_sign_ins(dash):
             r = c.get(dash.url + "/", headers={"Authorization": "Bearer guess"})
             assert r.status_code == 303
         assert c.post(dash.url + "/login", data={"token": ADMIN}).status_code == 429
+
+
+def test_wrong_admin_tokens_on_the_api_are_braked_too(dash):
+    """The admin API and /metrics take the same token: guessing it there is braked as well,
+    and counts against the dashboard's sign-in from the same address."""
+    with client("127.0.0.8") as c:
+        for path in ("/admin/keys", "/metrics", "/admin/budgets", "/metrics", "/admin/keys"):
+            r = c.get(dash.url + path, headers={"Authorization": "Bearer guess"})
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        for path in ("/admin/keys", "/metrics"):
+            r = c.get(dash.url + path, headers={"Authorization": f"Bearer {ADMIN}"})
+            assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 300
+            assert r.json()["error"]["code"] == "too_many_attempts"
+        assert c.post(dash.url + "/login", data={"token": ADMIN}).status_code == 429
+    with client("127.0.0.9") as c:  # another address is not braked
+        assert c.get(dash.url + "/admin/keys",
+                     headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200

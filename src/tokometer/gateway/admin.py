@@ -16,10 +16,11 @@ variable `server.admin_token_env` names; without it the admin API is off.
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Any
 
 from ..config import SCOPES, Settings
-from ..errors import AuthError, RequestError
+from ..errors import AuthError, PolicyError, RequestError
 from ..ledger import SQLiteLedger
 from ..ledger.corrections import TOKEN_DELTAS, correction
 from ..ledger.read import get_event
@@ -27,14 +28,16 @@ from ..policy import KeyRing, create_key, list_keys, revoke_key
 from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
 from .offloop import OffLoop
+from .session import LoginBrake, client_of
 
 Answer = tuple[int, Any]
 
 
 class Admin:
     def __init__(self, settings: Settings, store: OffLoop, keys: KeyRing, budgets: BudgetSync,
-                 ledger: SQLiteLedger):
+                 ledger: SQLiteLedger, brake: LoginBrake):
         self.settings = settings
+        self.brake = brake
         self.ledger = ledger
         self._run = store.run
         self.keys = keys
@@ -45,14 +48,24 @@ class Admin:
         given = headers.get(b"authorization", b"")
         return token is not None and hmac.compare_digest(given, b"Bearer " + token.encode())
 
-    def check(self, headers: dict[bytes, bytes]) -> None:
+    def check(self, headers: dict[bytes, bytes], scope: dict[str, Any]) -> None:
+        """The admin token, or AuthError; an address that keeps guessing is refused (429)
+        before its token is even compared."""
         token = self.settings.server.admin_token
         if token is None:
             raise RequestError("the admin API is off: set server.admin_token_env in the config "
                                "and put a token in that environment variable",
                                status=404, type="not_found_error")
+        client, now = client_of((scope.get("client") or ("",))[0]), time.monotonic()
+        wait = self.brake.retry_after(client, now)
+        if wait is not None:
+            raise PolicyError(f"too many wrong admin tokens from your address: try again in "
+                              f"{wait} s", status=429, type="rate_limit_error",
+                              code="too_many_attempts", retry_after=wait)
         if not self.is_admin(headers):
+            self.brake.failed(client, now)
             raise AuthError("the admin API needs 'Authorization: Bearer ADMIN_TOKEN'")
+        self.brake.succeeded(client)
 
     async def handle(self, method: str, path: str, body: Any) -> Answer:
         parts = path.removeprefix("/admin/").split("/")

@@ -20,7 +20,7 @@ from .. import config
 from ..analytics.tasks import record_outcome
 from ..catalog import Pricer, vendor_of
 from ..config import Settings
-from ..errors import AuthError, RequestError, TokometerError
+from ..errors import AuthError, PolicyError, RequestError, TokometerError
 from ..events import new_event_id
 from ..ledger import SQLiteLedger, open_db
 from ..ledger.lock import StoreLock
@@ -105,10 +105,11 @@ class Gateway:
                              s.budgets)
         await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
         side = OffLoop(open_db(s.server.store))  # one connection for the side endpoints
-        self.admin = Admin(s, side, self.keys, budgets, ledger)
+        self.dashboard = Dashboard(s, side)
+        # One brake on wrong admin tokens, however they come: sign-in form, bearer, admin API.
+        self.admin = Admin(s, side, self.keys, budgets, ledger, self.dashboard.brake)
         self.transparency = Transparency(side, ledger)
         self.outcomes = side
-        self.dashboard = Dashboard(s, side)
         labels = [*s.models, *(r.model for m in s.models.values() for r in m.routes)]
         self.deps = Deps(Upstream(s.server), meter, ledger,
                          Router(pricer, s.server.max_attempts), budgets.guard, Metrics(labels))
@@ -138,11 +139,11 @@ class Gateway:
             if path == "/healthz":
                 return await _json(send, 200, {"status": "ok"})
             if path.startswith("/admin/"):
-                return await self._admin(method, path, headers, receive, send)
+                return await self._admin(method, path, headers, receive, send, scope)
             if path in _DASHBOARD or path.startswith("/tenants/"):
                 return await self._dashboard(method, path, headers, receive, send, scope)
             if path == "/metrics":
-                return await self._metrics(method, headers, send)
+                return await self._metrics(method, headers, send, scope)
             if path == "/v1/outcomes":
                 return await self._outcome(method, headers, receive, send)
             if path.startswith(("/v1/ledger/", "/v1/receipts/")):
@@ -170,9 +171,9 @@ class Gateway:
             await _fail(send, api, error, f"{method} {path}")
 
     async def _admin(self, method: str, path: str, headers: dict[bytes, bytes],
-                     receive: Receive, send: Send) -> None:
+                     receive: Receive, send: Send, scope: dict[str, Any]) -> None:
         assert self.admin is not None, "lifespan startup has not run"
-        self.admin.check(headers)
+        self.admin.check(headers, scope)
         body = await self._json_body(receive, headers)
         status, data = await self.admin.handle(method, path, body)
         await _json(send, status, data)
@@ -187,11 +188,12 @@ class Gateway:
         await send({"type": "http.response.start", "status": status, "headers": page_headers})
         await send({"type": "http.response.body", "body": page})
 
-    async def _metrics(self, method: str, headers: dict[bytes, bytes], send: Send) -> None:
+    async def _metrics(self, method: str, headers: dict[bytes, bytes], send: Send,
+                       scope: dict[str, Any]) -> None:
         """Prometheus' scrape, for the admin token."""
         assert self.admin is not None and self.deps is not None
         _only(method, "GET", "/metrics")
-        self.admin.check(headers)
+        self.admin.check(headers, scope)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
         await send({"type": "http.response.body", "body": self.deps.metrics.render()})
@@ -272,7 +274,11 @@ async def _fail(send: Send, api: str, error: Exception, what: str) -> None:
     elif error.status >= 500:
         log.error("%.300s failed: %s", what, error.message)
     status, body = render_error(api, error)
-    await _reply(send, status, body)
+    headers = JSON_HEADERS
+    if isinstance(error, PolicyError) and error.retry_after is not None:
+        headers = [*headers, (b"retry-after", str(error.retry_after).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _side_api(path: str, headers: dict[bytes, bytes]) -> str:
