@@ -157,6 +157,7 @@ def test_a_correction_at_the_bounds_is_recorded_exactly(gw):
         "event_id": event_id, "reason": "x", "output_tokens": -(10**12 - 1),
         "cost": "-999999999999.9999999999999999"})
     assert r.status_code == 201, r.text
+    assert r.headers["x-tokometer-event-id"] == r.json()["id"]  # an event, named as such
     fix = gw.event(r.json()["id"])
     assert (fix["output_tokens"], fix["cost"]) == (-(10**12 - 1),
                                                     "-999999999999.9999999999999999")

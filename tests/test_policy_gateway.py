@@ -492,6 +492,7 @@ def test_a_refund_is_a_new_event_that_references_the_original(gw):
     ({"event_id": "E", "reason": "x", "output_tokens": 1.5}, 400, "must be an integer"),
     ({"event_id": "E", "reason": "x"}, 400, "must change"),
     ({"event_id": "E", "reason": "x", "input": 1}, 400, "unknown field"),
+    ({"event_id": "E", "reason": "x" * 257, "cost": "-1"}, 400, "at most 256 characters"),
 ])
 def test_bad_corrections_are_refused(gw, body, status, fragment):
     event_id = burst(gw, gw.key, 1, max_tokens=5)[0].headers["x-tokometer-event-id"]

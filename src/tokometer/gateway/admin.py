@@ -27,6 +27,7 @@ from ..ledger.read import get_event
 from ..policy import KeyRing, create_key, list_keys, revoke_key
 from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
+from .call import MAX_LABEL_CHARS
 from .offloop import OffLoop
 from .session import LoginBrake, client_of
 
@@ -134,9 +135,11 @@ def _object(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> 
                            f"{', '.join(required + optional)}")
     if missing := [k for k in required if k not in body]:
         raise RequestError(f"missing field {missing[0]!r}")
-    for k in ("tenant", "app", "region", "key_id", "unit", "period", "event_id"):
+    for k in ("tenant", "app", "region", "key_id", "unit", "period", "event_id", "reason"):
         if k in body and not isinstance(body[k], str | None):
             raise RequestError(f"{k!r} must be a string")
+        if isinstance(body.get(k), str) and len(body[k]) > MAX_LABEL_CHARS:
+            raise RequestError(f"{k!r} may have at most {MAX_LABEL_CHARS} characters")
     return body
 
 

@@ -40,7 +40,7 @@ from .relay import Receive, Send
 from .router import Router
 from .transparency import Transparency
 from .upstream import Upstream
-from .wire import ENDPOINTS, JSON_HEADERS, render_error
+from .wire import ENDPOINTS, EVENT_ID_HEADER, JSON_HEADERS, render_error
 
 log = logging.getLogger("tokometer.gateway")
 _DASHBOARD = frozenset({"/login", *(href for href, _ in NAV)})
@@ -176,6 +176,9 @@ class Gateway:
         self.admin.check(headers, scope)
         body = await self._json_body(receive, headers)
         status, data = await self.admin.handle(method, path, body)
+        if path == "/admin/corrections":  # its answer is an event: named like every other
+            return await _reply(send, status, orjson.dumps(data),
+                                [(EVENT_ID_HEADER, data["id"].encode())])
         await _json(send, status, data)
 
     async def _dashboard(self, method: str, path: str, headers: dict[bytes, bytes],
@@ -274,11 +277,8 @@ async def _fail(send: Send, api: str, error: Exception, what: str) -> None:
     elif error.status >= 500:
         log.error("%.300s failed: %s", what, error.message)
     status, body = render_error(api, error)
-    headers = JSON_HEADERS
-    if isinstance(error, PolicyError) and error.retry_after is not None:
-        headers = [*headers, (b"retry-after", str(error.retry_after).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    wait = error.retry_after if isinstance(error, PolicyError) else None
+    await _reply(send, status, body, [] if wait is None else [(b"retry-after", str(wait).encode())])
 
 
 def _side_api(path: str, headers: dict[bytes, bytes]) -> str:
@@ -352,6 +352,8 @@ async def _json(send: Send, status: int, data: Any) -> None:
     await _reply(send, status, orjson.dumps(data))
 
 
-async def _reply(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
+async def _reply(send: Send, status: int, body: bytes,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*JSON_HEADERS, *(headers or ())]})
     await send({"type": "http.response.body", "body": body})
