@@ -60,34 +60,51 @@ class Meter:
 
     async def expected(self, call: Call) -> Usage:
         """The most a request may use: its input counted now, and the most output it allows,
-        for each of the choices it asks for. RequestError if those bounds are malformed."""
-        route = call.model.routes[0] if call.model.routes else None
-        spec = _tokenizer(call, route)
+        for each of the choices it asks for. RequestError if those bounds are malformed.
+
+        The input is counted for each route it may take (their tokenizers and image rules
+        differ: gpt-4o-mini bills an image as 33 times gpt-4o's tokens), and the largest kept.
+        """
         out = worst_output(call.body, call.model.max_output_tokens
                            or self.default_max_output_tokens)
+        routes = [r for r in call.model.routes if r.provider.api == call.endpoint.api]
+        ways = dict.fromkeys((_tokenizer(call, r), r.model) for r in routes) or {(None, None): None}
 
-        def count(spec: str | None) -> Count:
+        def count(spec: str | None, model: str | None) -> int:
             return self.recounter.input(spec, call.model.chat_template, call.endpoint.operation,
-                                        call.body, route.model if route else None)
+                                        call.body, model).tokens
 
-        try:
-            if len(call.raw) > _OFFLOAD_CHARS:
-                counted = await asyncio.to_thread(count, spec)
-            else:
-                counted = count(spec)
-        except Exception:  # a failed count must not refuse the request: estimate instead
-            log.exception("counting the input of model %r failed; estimating", call.model.name)
+        def counted(spec: str | None, model: str | None) -> int:
             try:
-                counted = count(None)
+                return count(spec, model)
+            except Exception:  # a failed count must not refuse the request: estimate instead
+                log.exception("counting the input of model %r failed; estimating",
+                              call.model.name)
+            try:
+                return count(None, model)
             except Exception:  # a body too deeply nested to walk: estimate from its size
-                counted = Count(_size_estimate(call), exact=False)
+                return _size_estimate(call)
+
+        def largest() -> int:
+            return max(counted(spec, model) for spec, model in ways)
+
+        if len(call.raw) > _OFFLOAD_CHARS:
+            tokens = await asyncio.to_thread(largest)
+        else:
+            tokens = largest()
         if call.endpoint.operation == "embeddings":
-            return Usage(input_tokens=counted.tokens)
-        return Usage(input_tokens=counted.tokens, output_tokens=out)
+            return Usage(input_tokens=tokens)
+        return Usage(input_tokens=tokens, output_tokens=out)
 
     def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
-        """`usage`'s tokens, and its cost on the dearest of `routes` (None if one is unpriced)."""
-        costs = [self.pricer.price(call.model, r, usage, call.started).cost for r in routes]
+        """`usage`'s tokens, and its cost on the dearest of `routes` (None if one is unpriced).
+
+        The input is priced at the dearer of the input and cache-write rates: a provider may
+        write the whole prompt to its cache (Anthropic bills that at 1.25 times the input).
+        """
+        written = replace(usage, cache_write_tokens=usage.input_tokens)
+        costs = [self.pricer.price(call.model, r, u, call.started).cost
+                 for r in routes for u in (usage, written)]
         known = [c for c in costs if c is not None]
         cost = max(known) if known and len(known) == len(costs) else None
         return Need(usage.input_tokens + usage.output_tokens, cost)
