@@ -22,6 +22,7 @@ class Script:
     body: dict[str, Any] | None = None  # a JSON answer
     events: list[bytes] | None = None  # SSE events (each without its blank line)
     cut_after: int | None = None  # drop the connection after this many events
+    tail: bytes = b""  # what is written just before the connection drops (half an event)
     hold: threading.Event | None = None
 
 
@@ -71,12 +72,14 @@ class ScriptedUpstream:
             return web.json_response(script.body)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        for i, event in enumerate(script.events):
+        for i, event in enumerate([*script.events, None]):
             if i == script.cut_after:
+                await response.write(script.tail)
                 assert request.transport is not None
                 request.transport.abort()
                 return response
-            await response.write(event + b"\n\n")
+            if event is not None:
+                await response.write(event + b"\n\n")
         await response.write_eof()
         return response
 

@@ -1,0 +1,234 @@
+"""Audit of issue 11's broken streams and recount fallbacks, through the real gateway: a
+scripted provider cuts each API's stream after k events (and half of the next); the event's
+output must be tiktoken's own count of exactly the text the client received, parsed here from
+the bytes the client got, and its cost the tariff applied by hand."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from conftest import Gateway, start_gateway, stop_gateway, wait_for_event
+from scripted_upstream import Script, ScriptedUpstream
+
+PRICE = {"input": Decimal("0.15"), "cache_read": Decimal("0.075"),
+         "cache_write": Decimal("0.1875"), "output": Decimal("0.6")}
+WORDS = ["Hello", " wörld", ",", " 日本語", " tokens", " are", " counted", " here", "!"]
+MESSAGES = [{"role": "user", "content": "Say hello to the world."}]
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    fake = ScriptedUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(scripted, tmp_path_factory):
+    price = "{ " + ", ".join(f"{k} = {v}" for k, v in PRICE.items()) + " }"
+    body = f"""upstream_timeout = 5
+[[providers]]
+name = "oa"
+api = "openai"
+base_url = "{scripted.url}/v1"
+[[providers]]
+name = "an"
+api = "anthropic"
+base_url = "{scripted.url}/anthropic"
+[[models]]
+name = "chat"
+tokenizer = "tiktoken:o200k_base"
+routes = [{{ provider = "oa", model = "up-chat" }}]
+price = {price}
+[[models]]
+name = "claude"
+tokenizer = "tiktoken:o200k_base"
+routes = [{{ provider = "an", model = "up-claude" }}]
+price = {price}
+"""
+    g = start_gateway(tmp_path_factory.mktemp("audit-streams"), body)
+    yield g
+    stop_gateway(g)
+
+
+def _cost(inp: int, out: int, cache_read: int = 0, cache_write: int = 0) -> Decimal:
+    return ((inp - cache_read - cache_write) * PRICE["input"] + cache_read * PRICE["cache_read"]
+            + cache_write * PRICE["cache_write"] + out * PRICE["output"]) / 1_000_000
+
+
+def _chat_events(words: list[str]) -> list[bytes]:
+    first = {"id": "c", "object": "chat.completion.chunk", "model": "up-chat",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    return [b"data: " + orjson.dumps(first)] + [
+        b"data: " + orjson.dumps({**first, "choices": [{"index": 0, "delta": {"content": w}}]})
+        for w in words]
+
+
+def _responses_events(words: list[str]) -> list[bytes]:
+    created = {"type": "response.created", "response": {"id": "r", "status": "in_progress"}}
+    return [b"event: response.created\ndata: " + orjson.dumps(created)] + [
+        b"event: response.output_text.delta\ndata: " + orjson.dumps(
+            {"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
+             "content_index": 0, "delta": w}) for w in words]
+
+
+def _anthropic_events(words: list[str], input_tokens: int) -> list[bytes]:
+    start = {"type": "message_start", "message": {
+        "id": "m", "type": "message", "role": "assistant", "content": [], "model": "up-claude",
+        "usage": {"input_tokens": input_tokens, "cache_read_input_tokens": 7,
+                  "cache_creation_input_tokens": 5, "output_tokens": 1}}}
+    block = {"type": "content_block_start", "index": 0,
+             "content_block": {"type": "text", "text": ""}}
+    return [b"event: message_start\ndata: " + orjson.dumps(start),
+            b"event: content_block_start\ndata: " + orjson.dumps(block)] + [
+        b"event: content_block_delta\ndata: " + orjson.dumps(
+            {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": w}}) for w in words]
+
+
+def _received_text(api: str, raw: bytes) -> tuple[str, bool]:
+    """The text in the whole events the client received, and whether an error event ended it;
+    parsed here, independently of the gateway's own SSE code."""
+    text, errored = [], False
+    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"".join(line[5:].strip() for line in block.split(b"\n")
+                        if line.startswith(b"data:"))
+        if not data.startswith(b"{"):
+            continue
+        ev = orjson.loads(data)
+        if "error" in ev:
+            errored = True
+        elif api == "chat":
+            text += [c["delta"].get("content") or "" for c in ev.get("choices", [])]
+        elif api == "responses" and ev.get("type") == "response.output_text.delta":
+            text.append(ev["delta"])
+        elif api == "messages" and ev.get("type") == "content_block_delta":
+            text.append(ev["delta"].get("text", ""))
+    return "".join(text), errored
+
+
+def _chat_input(o200k, messages: list[dict[str, str]]) -> int:
+    return 3 + sum(3 + len(o200k.encode(m["role"])) + len(o200k.encode(m["content"]))
+                   for m in messages)
+
+
+def _stream(gw: Gateway, path: str, body: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {gw.key}", "x-api-key": gw.key,
+               "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", gw.url + path, json=body, headers=headers, timeout=30) as r:
+        raw = b"".join(r.iter_bytes())
+        event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
+    return raw, event
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 9])
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+def test_a_cut_stream_bills_exactly_the_text_the_client_received(gw, scripted, o200k, api, k):
+    tag = f"cut-{api}-{k}"
+    inp = _chat_input(o200k, MESSAGES)
+    if api == "chat":
+        events, skip = _chat_events(WORDS), 1
+        path, body = "/v1/chat/completions", {"model": "chat", "messages": MESSAGES, "user": tag}
+    elif api == "responses":
+        events, skip = _responses_events(WORDS), 1
+        path, body = "/v1/responses", {"model": "chat", "input": MESSAGES, "user": tag}
+    else:
+        events, skip = _anthropic_events(WORDS, 40), 2
+        path, body = "/v1/messages", {"model": "claude", "messages": MESSAGES, "max_tokens": 50,
+                                      "metadata": {"user_id": tag}}
+    # k text events reach the client; half of the next one is on the wire when it breaks.
+    nxt = events[skip + k] if skip + k < len(events) else b"data: {\"choices\": [{\"delta\""
+    scripted.scripts[tag] = Script(events=events, cut_after=skip + k, tail=nxt[:len(nxt) // 2])
+    raw, event = _stream(gw, path, {**body, "stream": True})
+    text, errored = _received_text(api, raw)
+    assert text == "".join(WORDS[:k]) and errored
+    out = len(o200k.encode(text))
+    assert event["status"] == 502 and event["output_tokens"] == out
+    if api == "messages":  # input as reported in message_start (40 + 7 read + 5 written)
+        assert event["input_tokens"] == 52 and event["usage_source"] == "counted"
+        assert Decimal(event["cost"]) == _cost(52, out, cache_read=7, cache_write=5)
+    else:  # input recounted by OpenAI's chat accounting
+        assert event["input_tokens"] == inp and event["usage_source"] == "counted"
+        assert Decimal(event["cost"]) == _cost(inp, out)
+
+
+def _chat_once(gw: Gateway, scripted, tag: str, events: list[bytes]) -> dict[str, Any]:
+    scripted.scripts[tag] = Script(events=events)
+    raw, event = _stream(gw, "/v1/chat/completions",
+                         {"model": "chat", "messages": MESSAGES, "user": tag, "stream": True,
+                          "stream_options": {"include_usage": True}})
+    assert b"[DONE]" in raw
+    return event
+
+
+def _usage_chunk(usage: bytes) -> bytes:
+    return b'data: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":' + usage + b"}"
+
+
+@pytest.mark.parametrize("usage", [
+    b'{"prompt_tokens":12,,"completion_tokens":}',  # not JSON
+    b'{"prompt_tokens":"12","completion_tokens":-3}',  # wrong types
+    b'{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}',  # zero for a real answer
+    b'{"prompt_tokens":-1,"completion_tokens":5}',
+    b'[1,2,3]',
+])
+def test_a_bad_usage_chunk_falls_back_to_the_recount(gw, scripted, o200k, usage):
+    event = _chat_once(gw, scripted, f"bad-{usage.hex()[:40]}",
+                       [*_chat_events(WORDS), _usage_chunk(usage), b"data: [DONE]"])
+    out = len(o200k.encode("".join(WORDS)))
+    inp = _chat_input(o200k, MESSAGES)
+    assert (event["input_tokens"], event["output_tokens"]) == (inp, out)
+    assert event["usage_source"] == "counted" and event["status"] == 200
+    assert Decimal(event["cost"]) == _cost(inp, out)
+
+
+def test_zero_output_reported_for_text_is_recounted_and_input_kept(gw, scripted, o200k):
+    event = _chat_once(gw, scripted, "zero-out", [
+        *_chat_events(WORDS),
+        _usage_chunk(b'{"prompt_tokens":33,"completion_tokens":0,"total_tokens":33,'
+                     b'"prompt_tokens_details":{"cached_tokens":11}}'),
+        b"data: [DONE]"])
+    out = len(o200k.encode("".join(WORDS)))
+    assert (event["input_tokens"], event["cache_read_tokens"], event["output_tokens"]) == (
+        33, 11, out)
+    assert Decimal(event["cost"]) == _cost(33, out, cache_read=11)
+
+
+def test_reasoning_and_reasoning_details_count_once(gw, scripted, o200k):
+    reasoning = ["Two plus two", ": add them.", " It is four."]
+    chunks = [{"reasoning": r, "reasoning_details": [
+        {"type": "reasoning.text", "text": r, "format": "unknown", "index": 0}]}
+        for r in reasoning]
+    chunks.append({"content": "4"})
+    chunks.append({"reasoning": "", "reasoning_details": [
+        {"type": "reasoning.text", "text": " Checked.", "index": 0}]})  # details alone: counted
+    events = [b"data: " + orjson.dumps({"object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": c}]}) for c in chunks]
+    event = _chat_once(gw, scripted, "reasoning-dup", [*events, b"data: [DONE]"])
+    expected = "".join(reasoning) + "4" + " Checked."
+    assert event["output_tokens"] == len(o200k.encode(expected))
+
+
+@pytest.mark.parametrize("api", ["chat", "messages"])
+def test_a_stream_that_ends_without_its_end_marker_is_not_a_clean_200(gw, scripted, o200k, api):
+    """The provider closes the stream cleanly (EOF) but never sent `[DONE]` / `message_stop`:
+    the answer was cut short all the same, and its client must not see a complete stream."""
+    tag = f"eof-{api}"
+    if api == "chat":
+        events, path = _chat_events(WORDS[:3]), "/v1/chat/completions"
+        body = {"model": "chat", "messages": MESSAGES, "user": tag}
+    else:
+        events, path = _anthropic_events(WORDS[:3], 40), "/v1/messages"
+        body = {"model": "claude", "messages": MESSAGES, "max_tokens": 50,
+                "metadata": {"user_id": tag}}
+    scripted.scripts[tag] = Script(events=events)
+    raw, event = _stream(gw, path, {**body, "stream": True})
+    text, errored = _received_text(api, raw)
+    assert text == "".join(WORDS[:3])
+    assert event["output_tokens"] == len(o200k.encode(text))
+    assert (event["status"], errored) == (502, True), (event["status"], event["error_type"])
