@@ -133,6 +133,12 @@ async def relay_stream(call: Call, route: Route, response: Answer,
         client_left.cancel()
     if tap.error is not None and outcome.status < 400:  # the provider's own error event
         outcome.status, outcome.error_type = 502, tap.error
+    elif outcome.status < 400 and not (tap.terminal or tap.finish_reason):
+        # Closed cleanly but before its end (no end marker, no finish reason): cut short all
+        # the same, and the client's SDK would otherwise take the answer as whole.
+        broken = UpstreamError(f"provider {route.provider.name} ended the stream before its "
+                               "end", type="upstream_broken")
+        outcome.status, outcome.error_type = broken.status, broken.type
     outcome.partial = outcome.status >= 400
     outcome.reported = tap.usage()
     outcome.usage_complete = tap.final_usage_seen
