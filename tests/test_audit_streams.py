@@ -232,3 +232,15 @@ def test_a_stream_that_ends_without_its_end_marker_is_not_a_clean_200(gw, script
     assert text == "".join(WORDS[:3])
     assert event["output_tokens"] == len(o200k.encode(text))
     assert (event["status"], errored) == (502, True), (event["status"], event["error_type"])
+
+
+def test_a_refusal_is_output_and_is_counted(gw, scripted, o200k):
+    """OpenAI streams a refusal as `delta.refusal` text instead of `content`: it is generated
+    and billed like any answer, so a recount must count it."""
+    refusal = ["I'm sorry,", " but I can't", " help with that."]
+    events = [b"data: " + orjson.dumps({"object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"content": None, "refusal": r}}]}) for r in refusal]
+    event = _chat_once(gw, scripted, "refusal", [*events, b'data: {"object":"chat.completion.'
+                                                  b'chunk","choices":[{"index":0,"delta":{},'
+                                                  b'"finish_reason":"stop"}]}', b"data: [DONE]"])
+    assert event["output_tokens"] == len(o200k.encode("".join(refusal)))
