@@ -18,7 +18,7 @@ import orjson
 import pytest
 from genai_prices import data_snapshot
 
-from conftest import Gateway, start_gateway, stop_gateway, wait_for_event
+from conftest import start_gateway, stop_gateway, wait_for_event
 from scripted_upstream import Script, ScriptedUpstream
 from tokometer.cli import main
 
