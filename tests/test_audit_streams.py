@@ -244,3 +244,36 @@ def test_a_refusal_is_output_and_is_counted(gw, scripted, o200k):
                                                   b'chunk","choices":[{"index":0,"delta":{},'
                                                   b'"finish_reason":"stop"}]}', b"data: [DONE]"])
     assert event["output_tokens"] == len(o200k.encode("".join(refusal)))
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 5000}},
+    {"prompt_tokens": 10, "completion_tokens": 3,
+     "completion_tokens_details": {"reasoning_tokens": 900}},
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_whose_parts_exceed_their_whole_is_recounted(gw, scripted, o200k, usage, stream):
+    """Cached tokens are part of the input and reasoning part of the output: a report with more
+    of a part than its whole cannot be right (taken as is, 5,000 cached of 10 input is a
+    negative uncached input and a negative cost), so it is recounted like a malformed one."""
+    tag = f"parts-{stream}-{sorted(usage)}-{len(str(usage))}"
+    text = "".join(WORDS)
+    if stream:
+        scripted.scripts[tag] = Script(events=[*_chat_events(WORDS), _usage_chunk(
+            orjson.dumps(usage)), b"data: [DONE]"])
+        _, event = _stream(gw, "/v1/chat/completions", {
+            "model": "chat", "messages": MESSAGES, "user": tag, "stream": True})
+    else:
+        scripted.scripts[tag] = Script(body={
+            "id": "c", "object": "chat.completion", "model": "up-chat", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text},
+                 "finish_reason": "stop"}], "usage": usage})
+        r = httpx.post(gw.url + "/v1/chat/completions", timeout=30,
+                       headers={"Authorization": f"Bearer {gw.key}"},
+                       json={"model": "chat", "messages": MESSAGES, "user": tag})
+        event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
+    inp, out = _chat_input(o200k, MESSAGES), len(o200k.encode(text))
+    assert Decimal(event["cost"]) >= 0
+    assert (event["input_tokens"], event["cache_read_tokens"], event["output_tokens"],
+            event["reasoning_tokens"], event["usage_source"]) == (inp, 0, out, 0, "counted")
+    assert Decimal(event["cost"]) == _cost(inp, out)
