@@ -246,17 +246,14 @@ def test_a_refusal_is_output_and_is_counted(gw, scripted, o200k):
     assert event["output_tokens"] == len(o200k.encode("".join(refusal)))
 
 
-@pytest.mark.parametrize("usage", [
-    {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 5000}},
-    {"prompt_tokens": 10, "completion_tokens": 3,
-     "completion_tokens_details": {"reasoning_tokens": 900}},
-])
 @pytest.mark.parametrize("stream", [False, True])
-def test_usage_whose_parts_exceed_their_whole_is_recounted(gw, scripted, o200k, usage, stream):
-    """Cached tokens are part of the input and reasoning part of the output: a report with more
-    of a part than its whole cannot be right (taken as is, 5,000 cached of 10 input is a
-    negative uncached input and a negative cost), so it is recounted like a malformed one."""
-    tag = f"parts-{stream}-{sorted(usage)}-{len(str(usage))}"
+def test_more_cached_tokens_than_input_is_recounted(gw, scripted, o200k, stream):
+    """Cached tokens are part of the input: a report of 5,000 cached of 10 input cannot be right
+    (taken as is, a negative uncached input and a negative cost), so it is recounted like a
+    malformed one."""
+    usage = {"prompt_tokens": 10, "completion_tokens": 3,
+             "prompt_tokens_details": {"cached_tokens": 5000}}
+    tag = f"parts-{stream}"
     text = "".join(WORDS)
     if stream:
         scripted.scripts[tag] = Script(events=[*_chat_events(WORDS), _usage_chunk(

@@ -209,11 +209,12 @@ def _tokenizer(call: Call, route: Route | None) -> str | None:
 
 def _plausible(outcome: Outcome) -> tuple[Usage | None, bool]:
     """The reported usage and whether it is complete, distrusting what cannot be right: a
-    negative count or no input (every request has some), or no output for an answer with text
-    (then the output is recounted)."""
+    negative count, no input (every request has some), more cached input than input (a
+    negative cost), or no output for an answer with text (then the output is recounted)."""
     reported = outcome.reported
     if reported is None or reported.input_tokens <= 0 \
-            or any(v < 0 for v in astuple(reported) if isinstance(v, int)):
+            or any(v < 0 for v in astuple(reported) if isinstance(v, int)) \
+            or reported.uncached_input_tokens < 0:
         return None, False
     if reported.output_tokens == 0 and outcome.text():
         return reported, False
