@@ -274,3 +274,25 @@ def test_more_cached_tokens_than_input_is_recounted(gw, scripted, o200k, stream)
     assert (event["input_tokens"], event["cache_read_tokens"], event["output_tokens"],
             event["reasoning_tokens"], event["usage_source"]) == (inp, 0, out, 0, "counted")
     assert Decimal(event["cost"]) == _cost(inp, out)
+
+
+@pytest.mark.xfail(strict=True, reason="audit: tool-call output is recounted as its arguments "
+                   "alone and marked counted; no documented rule makes that exact")
+def test_a_recounted_tool_call_is_an_estimate(gw, scripted, o200k):
+    """A streamed tool call without usage: the provider bills the call's name and its framing
+    as well as its arguments, by no published rule, so the recount can only be an estimate."""
+    first = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {
+        "role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                             "function": {"name": "get_weather",
+                                                          "arguments": ""}}]}}]}
+    args = ['{"ci', 'ty": "Pa', 'ris"}']
+    events = [b"data: " + orjson.dumps(first)] + [b"data: " + orjson.dumps({
+        "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": a}}]}}]}) for a in args]
+    scripted.scripts["tool-call"] = Script(events=[*events, b'data: {"choices":[{"index":0,'
+                                                   b'"delta":{},"finish_reason":"tool_calls"}]}',
+                                                   b"data: [DONE]"])
+    _, event = _stream(gw, "/v1/chat/completions", {
+        "model": "chat", "messages": MESSAGES, "user": "tool-call", "stream": True})
+    assert event["output_tokens"] >= len(o200k.encode("".join(args)))
+    assert event["usage_source"] == "estimated" and event["counted_output_tokens"] is None
