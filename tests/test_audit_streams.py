@@ -276,8 +276,6 @@ def test_more_cached_tokens_than_input_is_recounted(gw, scripted, o200k, stream)
     assert Decimal(event["cost"]) == _cost(inp, out)
 
 
-@pytest.mark.xfail(strict=True, reason="audit: tool-call output is recounted as its arguments "
-                   "alone and marked counted; no documented rule makes that exact")
 def test_a_recounted_tool_call_is_an_estimate(gw, scripted, o200k):
     """A streamed tool call without usage: the provider bills the call's name and its framing
     as well as its arguments, by no published rule, so the recount can only be an estimate."""
@@ -295,4 +293,31 @@ def test_a_recounted_tool_call_is_an_estimate(gw, scripted, o200k):
     _, event = _stream(gw, "/v1/chat/completions", {
         "model": "chat", "messages": MESSAGES, "user": "tool-call", "stream": True})
     assert event["output_tokens"] >= len(o200k.encode("".join(args)))
+    assert event["usage_source"] == "estimated" and event["counted_output_tokens"] is None
+
+
+@pytest.mark.parametrize("api", ["chat", "messages"])
+def test_a_tool_call_in_a_body_without_usage_is_an_estimate(gw, scripted, api):
+    """The same for a JSON answer: Anthropic's tool_use input is not even in the recounted
+    text, so a count marked exact would bill it as nothing."""
+    if api == "chat":
+        answer = {"id": "c", "object": "chat.completion", "model": "up-chat", "choices": [
+            {"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {
+                        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]}}]}
+        path, body = "/v1/chat/completions", {"model": "chat", "messages": MESSAGES}
+        body["user"] = tag = "tool-body-chat"
+    else:
+        answer = {"id": "m", "type": "message", "role": "assistant", "model": "up-claude",
+                  "content": [{"type": "tool_use", "id": "t1", "name": "get_weather",
+                               "input": {"city": "Paris"}}], "stop_reason": "tool_use"}
+        path, body = "/v1/messages", {"model": "claude", "messages": MESSAGES, "max_tokens": 50,
+                                      "metadata": {"user_id": "tool-body-messages"}}
+        tag = "tool-body-messages"
+    scripted.scripts[tag] = Script(body=answer)
+    r = httpx.post(gw.url + path, json=body, timeout=30,
+                   headers={"Authorization": f"Bearer {gw.key}", "x-api-key": gw.key,
+                            "anthropic-version": "2023-06-01"})
+    event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
     assert event["usage_source"] == "estimated" and event["counted_output_tokens"] is None
