@@ -45,6 +45,7 @@ class Outcome:
     ttft_ms: float | None = None
     text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
     partial: bool = False  # a stream cut short (client left, provider broke off or fell silent)
+    tool_call: bool = False  # the answer holds a tool call: its recount is an estimate
 
     @property
     def produced(self) -> bool:
@@ -191,12 +192,16 @@ class Meter:
 
         try:
             if len(text) + len(call.raw) > _OFFLOAD_CHARS:
-                return await asyncio.to_thread(count, spec)
-            return count(spec)
+                counted_in, counted_out = await asyncio.to_thread(count, spec)
+            else:
+                counted_in, counted_out = count(spec)
         except Exception:  # a recount must never cost the reading: estimate instead
             log.exception("recount with %s failed for model %r; estimating", spec,
                           call.model.name)
-            return count(None)
+            counted_in, counted_out = count(None)
+        if outcome.tool_call:
+            counted_out = Count(counted_out.tokens, exact=False)
+        return counted_in, counted_out
 
 
 def _tokenizer(call: Call, route: Route | None) -> str | None:

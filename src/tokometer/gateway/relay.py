@@ -19,7 +19,7 @@ from ..errors import UpstreamError
 from ..events import Event, decimal_str
 from ..usage import StreamTap, read_body
 from ..usage.stream import SSESplitter
-from ..usage.text import body_text
+from ..usage.text import TOOL_CALL, body_text
 from .call import Call, elapsed_ms
 from .meter import Outcome
 from .upstream import Answer, without_address
@@ -53,7 +53,7 @@ async def relay_body(call: Call, route: Route, response: Answer, event_id: str,
     reading = read_body(call.endpoint.operation, body)
     event = await record(Outcome(
         route, response.status, reported=reading.usage, model=reading.model,
-        finish_reason=reading.finish_reason,
+        finish_reason=reading.finish_reason, tool_call=TOOL_CALL.search(raw) is not None,
         text=lambda: body_text(call.endpoint.operation, body),
     ))
     headers = _headers(response, event_id)
@@ -143,6 +143,7 @@ async def relay_stream(call: Call, route: Route, response: Answer,
     outcome.reported = tap.usage()
     outcome.usage_complete = tap.final_usage_seen
     outcome.model, outcome.finish_reason = tap.model, tap.finish_reason
+    outcome.tool_call = tap.tool_call
     await record(outcome)
     if broken is not None:
         # Not a half event, nor an end marker: an error event the client's SDK raises.
