@@ -24,6 +24,7 @@ class Script:
     cut_after: int | None = None  # drop the connection after this many events
     tail: bytes = b""  # what is written just before the connection drops (half an event)
     hold: threading.Event | None = None
+    linger: threading.Event | None = None  # after the events, keep the stream open until set
 
 
 @dataclass
@@ -80,6 +81,8 @@ class ScriptedUpstream:
                 return response
             if event is not None:
                 await response.write(event + b"\n\n")
+        if script.linger is not None:
+            await asyncio.get_running_loop().run_in_executor(None, script.linger.wait, 30)
         await response.write_eof()
         return response
 

@@ -5,6 +5,7 @@ the bytes the client got, and its cost the tariff applied by hand."""
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -321,3 +322,30 @@ def test_a_tool_call_in_a_body_without_usage_is_an_estimate(gw, scripted, api):
                             "anthropic-version": "2023-06-01"})
     event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
     assert event["usage_source"] == "estimated" and event["counted_output_tokens"] is None
+
+
+def test_a_providers_error_event_wins_over_the_client_leaving_because_of_it(gw, scripted,
+                                                                           o200k):
+    """The provider sends an error event and keeps the connection open a moment; the client's
+    SDK raises on the event and hangs up. The reading is the provider's error (502), not a
+    client disconnect (499): the order the gateway notices the two in must not decide it."""
+    linger = threading.Event()
+    error = b'data: {"error":{"message":"The server had an error","type":"server_error"}}'
+    scripted.scripts["error-linger"] = Script(events=[*_chat_events(WORDS[:2]), error],
+                                              linger=linger)
+    headers = {"Authorization": f"Bearer {gw.key}"}
+    try:
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=headers, timeout=30,
+                          json={"model": "chat", "messages": MESSAGES, "stream": True,
+                                "user": "error-linger"}) as r:
+            seen = b""
+            for chunk in r.iter_bytes():
+                seen += chunk
+                if b'"error"' in seen:
+                    break  # as the SDK does: raise, and close the connection
+            event_id = r.headers["x-tokometer-event-id"]
+        event = wait_for_event(gw, event_id)
+    finally:
+        linger.set()
+    assert (event["status"], event["error_type"]) == (502, "server_error")
+    assert event["output_tokens"] == len(o200k.encode("".join(WORDS[:2])))
