@@ -131,7 +131,10 @@ async def relay_stream(call: Call, route: Route, response: Answer,
     finally:
         pumping = False
         client_left.cancel()
-    if tap.error is not None and outcome.status < 400:  # the provider's own error event
+    gone = outcome.status == CLIENT_GONE
+    if tap.error is not None and (outcome.status < 400 or gone):
+        # The provider's own error event, forwarded: it comes first even when the client's
+        # SDK, raising on it, hung up before the provider closed the stream.
         outcome.status, outcome.error_type = 502, tap.error
     elif outcome.status < 400 and not (tap.terminal or tap.finish_reason):
         # Closed cleanly but before its end (no end marker, no finish reason): cut short all
@@ -148,7 +151,7 @@ async def relay_stream(call: Call, route: Route, response: Answer,
     if broken is not None:
         # Not a half event, nor an end marker: an error event the client's SDK raises.
         await send({"type": "http.response.body", "body": sse_error(call.endpoint.api, broken)})
-    elif outcome.status != CLIENT_GONE:
+    elif not gone:
         await send({"type": "http.response.body", "body": b"".join([*held, splitter.rest()])})
 
 
