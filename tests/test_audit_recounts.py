@@ -174,3 +174,29 @@ def test_tools_calls_and_results_are_counted_with_tiktoken_and_never_exact(tok, 
     expected = _chat(o200k, [("user", "hi")]) + len(o200k.encode('{"name":"f","arguments":'
                                                                  '"{\\"q\\": 1}"}')) + 1
     assert (count.tokens, count.exact) == (expected, False)
+
+
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": {
+    "type": "object", "properties": {"name": {"type": "string", "description": "Full name"},
+                                     "age": {"type": "integer"}},
+    "required": ["name", "age"], "additionalProperties": False}}}
+
+
+def test_a_structured_output_schema_is_billed_input_and_an_estimate(tok, o200k):
+    """OpenAI adds a `response_format` / `text.format` JSON schema to the input it bills, by no
+    published rule (openai-cookbook issue 2140): the recount must hold it and be an estimate,
+    else a request with a large schema is `counted` exact and reserved as almost nothing."""
+    plain = count_input(tok, "openai", "chat", {"messages": [{"role": "user", "content": "hi"}]},
+                        "gpt-4o")
+    chat = count_input(tok, "openai", "chat", {"messages": [{"role": "user", "content": "hi"}],
+                                               "response_format": SCHEMA}, "gpt-4o")
+    assert (chat.tokens, chat.exact) == (plain.tokens + len(o200k.encode(orjson.dumps(
+        SCHEMA).decode())), False)
+    fmt = {"type": "json_schema", **SCHEMA["json_schema"]}
+    responses = count_input(tok, "openai", "responses", {"input": "hi", "text": {"format": fmt}},
+                            "gpt-4.1")
+    assert (responses.tokens, responses.exact) == (plain.tokens + len(o200k.encode(orjson.dumps(
+        fmt).decode())), False)
+    text = count_input(tok, "openai", "chat", {"messages": [{"role": "user", "content": "hi"}],
+                                               "response_format": {"type": "text"}}, "gpt-4o")
+    assert (text.tokens, text.exact) == (plain.tokens, True)
