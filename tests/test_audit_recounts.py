@@ -200,3 +200,14 @@ def test_a_structured_output_schema_is_billed_input_and_an_estimate(tok, o200k):
     text = count_input(tok, "openai", "chat", {"messages": [{"role": "user", "content": "hi"}],
                                                "response_format": {"type": "text"}}, "gpt-4o")
     assert (text.tokens, text.exact) == (plain.tokens, True)
+
+
+def test_openai_chat_accounting_is_not_exact_for_the_anthropic_api(tmp_path, o200k):
+    """OpenAI's published per-message framing is OpenAI's chat format: a model served over the
+    Anthropic Messages API with an o200k tokenizer is counted by it only as an estimate."""
+    from tokometer.tokenize import Recounter
+
+    recounter = Recounter(TokenizerRegistry(tmp_path))
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    assert recounter.input("tiktoken:o200k_base", None, "chat", body).exact
+    assert not recounter.input("tiktoken:o200k_base", None, "messages", body).exact
