@@ -115,6 +115,9 @@ def test_implausible_reported_usage_is_recounted():
     assert reading(Usage(0, 0, 0, 5, 0)) == (estimated_input, 3, "estimated")
     assert reading(Usage(10, 0, 0, 0, 0)) == (10, 3, "estimated")  # input kept, output recounted
     assert reading(Usage(10, 0, 0, 0, 0), text="") == (10, 0, "reported")  # truly nothing
+    # A part larger than its whole: more cached than input, more 1-hour writes than writes.
+    assert reading(Usage(10, 5_000, 0, 3, 0)) == (estimated_input, 3, "estimated")
+    assert reading(Usage(10, 0, 5, 3, 0, 500)) == (estimated_input, 3, "estimated")
 
 
 def test_a_request_for_the_priority_tier_reserves_at_the_priority_price():

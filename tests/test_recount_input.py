@@ -114,7 +114,7 @@ def test_anthropic_tools_tool_use_and_tool_result_blocks_are_counted():
     ((1024, 1024), "high", 765),  # scaled to 768 x 768: 4 tiles
     ((2048, 4096), "high", 1105),  # 1024 x 2048, then 768 x 1536: 6 tiles
     ((4096, 8192), "low", 85),
-    ((300, 200), "auto", 255),  # never scaled up: 1 tile
+    ((300, 200), "high", 255),  # never scaled up: 1 tile
     ((768, 2048), "high", 1445),  # the most any image can cost: 8 tiles
 ])
 def test_openai_images_follow_the_tile_rule(size, detail, tokens):
@@ -191,7 +191,8 @@ def test_images_in_responses_and_anthropic_requests_are_counted(tok, o200k):
 
 def test_images_are_estimates_for_models_outside_openais_rule(tok, o200k):
     body = {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_url("PNG", (1024, 1024))}}]}]}
+        {"type": "image_url", "image_url": {"url": data_url("PNG", (1024, 1024)),
+                                            "detail": "high"}}]}]}
     assert count_input(tok, "openai", "chat", body, "gpt-4o").exact
     assert not count_input(tok, "openai", "chat", body, "gpt-4.1-mini").exact
     assert not count_input(tok, "gemma", "chat", body, "gemma-3-4b").exact
@@ -210,7 +211,8 @@ def test_the_gateway_recount_bills_tools_and_images(gateway, o200k):
     tools = event_for(messages=[USER], tools=[WEATHER])
     assert tools["input_tokens"] == text + n(o200k, WEATHER)
     assert tools["usage_source"] == "estimated" and tools["counted_input_tokens"] is None
-    image = {"type": "image_url", "image_url": {"url": data_url("PNG", (2048, 4096))}}
+    image = {"type": "image_url", "image_url": {"url": data_url("PNG", (2048, 4096)),
+                                                "detail": "high"}}
     seen = event_for(messages=[{"role": "user", "content": [
         {"type": "text", "text": USER["content"]}, image]}])
     assert seen["input_tokens"] == seen["counted_input_tokens"] == text + 1105

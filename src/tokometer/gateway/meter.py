@@ -48,6 +48,7 @@ class Outcome:
     ttft_ms: float | None = None
     text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
     partial: bool = False  # a stream cut short (client left, provider broke off or fell silent)
+    tool_call: bool = False  # the answer holds a tool call: its recount is an estimate
 
     @property
     def produced(self) -> bool:
@@ -63,39 +64,58 @@ class Meter:
 
     async def expected(self, call: Call) -> Usage:
         """The most a request may use: its input counted now, and the most output it allows,
-        for each of the choices it asks for. RequestError if those bounds are malformed."""
-        route = call.model.routes[0] if call.model.routes else None
-        spec = _tokenizer(call, route)
+        for each of the choices it asks for. RequestError if those bounds are malformed.
+
+        The input is counted for each route it may take (their tokenizers and image rules
+        differ: gpt-4o-mini bills an image as 33 times gpt-4o's tokens), and the largest kept.
+        """
         out = worst_output(call.body, call.model.max_output_tokens
                            or self.default_max_output_tokens)
+        routes = [r for r in call.model.routes if r.provider.api == call.endpoint.api]
+        ways = dict.fromkeys((_tokenizer(call, r), r.model) for r in routes) or {(None, None): None}
 
-        def count(spec: str | None) -> Count:
+        def count(spec: str | None, model: str | None) -> int:
             return self.recounter.input(spec, call.model.chat_template, call.endpoint.operation,
-                                        call.body, route.model if route else None)
+                                        call.body, model).tokens
 
-        try:
-            if len(call.raw) > _OFFLOAD_CHARS:
-                counted = await asyncio.to_thread(count, spec)
-            else:
-                counted = count(spec)
-        except Exception:  # a failed count must not refuse the request: estimate instead
-            log.exception("counting the input of model %r failed; estimating", call.model.name)
+        def counted(spec: str | None, model: str | None) -> int:
             try:
-                counted = count(None)
+                return count(spec, model)
+            except Exception:  # a failed count must not refuse the request: estimate instead
+                log.exception("counting the input of model %r failed; estimating",
+                              call.model.name)
+            try:
+                return count(None, model)
             except Exception:  # a body too deeply nested to walk: estimate from its size
-                counted = Count(_size_estimate(call), exact=False)
+                return _size_estimate(call)
+
+        def largest() -> int:
+            return max(counted(spec, model) for spec, model in ways)
+
+        if len(call.raw) > _OFFLOAD_CHARS:
+            tokens = await asyncio.to_thread(largest)
+        else:
+            tokens = largest()
         if call.endpoint.operation == "embeddings":
-            return Usage(input_tokens=counted.tokens)
-        return Usage(input_tokens=counted.tokens, output_tokens=out)
+            return Usage(input_tokens=tokens)
+        return Usage(input_tokens=tokens, output_tokens=out)
 
     def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
         """`usage`'s tokens, and its cost on the dearest of `routes` at the service tier the
         request asks for (None if one is unpriced, or priced in another currency than the
-        server's, which its budgets are kept in)."""
+        server's, which its budgets are kept in).
+
+        The input is priced at the dearest of the input and cache-write rates: a provider may
+        write the whole prompt to its cache (Anthropic bills that at 1.25 times the input, and
+        twice for an hour).
+        """
         tier = call.body.get("service_tier")
         tier = tier if tier in REQUESTED_TIERS else None  # "auto" and absent: the default
-        costs = [self.pricer.estimate(call.model, r, usage, call.started, service_tier=tier)
-                 for r in routes]
+        n = usage.input_tokens
+        ways = (usage, replace(usage, cache_write_tokens=n),
+                replace(usage, cache_write_tokens=n, cache_write_1h_tokens=n))
+        costs = [self.pricer.estimate(call.model, r, u, call.started, service_tier=tier)
+                 for r in routes for u in ways]
         known = [c for c in costs if c is not None]
         cost = max(known) if known and len(known) == len(costs) else None
         return Need(usage.input_tokens + usage.output_tokens, cost)
@@ -186,12 +206,16 @@ class Meter:
 
         try:
             if len(text) + len(call.raw) > _OFFLOAD_CHARS:
-                return await asyncio.to_thread(count, spec)
-            return count(spec)
+                counted_in, counted_out = await asyncio.to_thread(count, spec)
+            else:
+                counted_in, counted_out = count(spec)
         except Exception:  # a recount must never cost the reading: estimate instead
             log.exception("recount with %s failed for model %r; estimating", spec,
                           call.model.name)
-            return count(None)
+            counted_in, counted_out = count(None)
+        if outcome.tool_call:
+            counted_out = Count(counted_out.tokens, exact=False)
+        return counted_in, counted_out
 
 
 def _bounded(text: str | None) -> str | None:
@@ -210,11 +234,14 @@ def _tokenizer(call: Call, route: Route | None) -> str | None:
 
 def _plausible(outcome: Outcome) -> tuple[Usage | None, bool]:
     """The reported usage and whether it is complete, distrusting what cannot be right: a
-    negative count or no input (every request has some), or no output for an answer with text
-    (then the output is recounted)."""
+    negative count, no input (every request has some), a part larger than its whole (more
+    cached input than input: a negative cost; more 1-hour writes than writes), or no output
+    for an answer with text (then the output is recounted)."""
     reported = outcome.reported
     if reported is None or reported.input_tokens <= 0 \
-            or any(v < 0 for v in astuple(reported) if isinstance(v, int)):
+            or any(v < 0 for v in astuple(reported) if isinstance(v, int)) \
+            or reported.uncached_input_tokens < 0 \
+            or reported.cache_write_1h_tokens > reported.cache_write_tokens:
         return None, False
     if reported.output_tokens == 0 and outcome.text():
         return reported, False

@@ -19,7 +19,7 @@ from ..errors import UpstreamError
 from ..events import Event, decimal_str
 from ..usage import StreamTap, read_body
 from ..usage.stream import SSESplitter
-from ..usage.text import body_text
+from ..usage.text import TOOL_CALL, body_text
 from .call import Call, elapsed_ms
 from .meter import Outcome
 from .upstream import Answer, without_address
@@ -54,6 +54,7 @@ async def relay_body(call: Call, route: Route, response: Answer, event_id: str,
     event = await record(Outcome(
         route, response.status, reported=reading.usage, model=reading.model,
         service_tier=reading.service_tier, finish_reason=reading.finish_reason,
+        tool_call=TOOL_CALL.search(raw) is not None,
         text=lambda: body_text(call.endpoint.operation, body),
     ))
     headers = _headers(response, event_id)
@@ -132,18 +133,28 @@ async def relay_stream(call: Call, route: Route, response: Answer,
     finally:
         pumping = False
         client_left.cancel()
-    if tap.error is not None and outcome.status < 400:  # the provider's own error event
+    gone = outcome.status == CLIENT_GONE
+    if tap.error is not None and (outcome.status < 400 or gone):
+        # The provider's own error event, forwarded: it comes first even when the client's
+        # SDK, raising on it, hung up before the provider closed the stream.
         outcome.status, outcome.error_type = 502, tap.error
+    elif outcome.status < 400 and not (tap.terminal or tap.finish_reason):
+        # Closed cleanly but before its end (no end marker, no finish reason): cut short all
+        # the same, and the client's SDK would otherwise take the answer as whole.
+        broken = UpstreamError(f"provider {route.provider.name} ended the stream before its "
+                               "end", type="upstream_broken")
+        outcome.status, outcome.error_type = broken.status, broken.type
     outcome.partial = outcome.status >= 400
     outcome.reported = tap.usage()
     outcome.usage_complete = tap.final_usage_seen
     outcome.model, outcome.finish_reason = tap.model, tap.finish_reason
     outcome.service_tier = tap.service_tier
+    outcome.tool_call = tap.tool_call
     await record(outcome)
     if broken is not None:
         # Not a half event, nor an end marker: an error event the client's SDK raises.
         await send({"type": "http.response.body", "body": sse_error(call.endpoint.api, broken)})
-    elif outcome.status != CLIENT_GONE:
+    elif not gone:
         await send({"type": "http.response.body", "body": b"".join([*held, splitter.rest()])})
 
 

@@ -50,7 +50,11 @@ class Image:
 
 
 def openai_tokens(image: Image, model: str | None) -> tuple[int, bool]:
-    """(tokens, exact) by OpenAI's tile rule, exact for the models known to follow it."""
+    """(tokens, exact) by OpenAI's tile rule, exact for the models known to follow it.
+
+    `auto` (the default) lets the model choose low or high by the image's size, under no
+    published rule: it is counted as high, the larger, and is an estimate.
+    """
     rates = _tile_rates(model)
     base, tile = rates or _ESTIMATE_RATES
     if image.detail == "low":
@@ -63,7 +67,7 @@ def openai_tokens(image: Image, model: str | None) -> tuple[int, bool]:
     scale = min(1.0, _OPENAI_SHORT / min(w, h))
     w, h = w * scale, h * scale
     tiles = math.ceil(w / _OPENAI_TILE_PX) * math.ceil(h / _OPENAI_TILE_PX)
-    return base + tile * tiles, rates is not None
+    return base + tile * tiles, rates is not None and image.detail == "high"
 
 
 def _tile_rates(model: str | None) -> tuple[int, int] | None:
@@ -131,10 +135,11 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
         w, h = struct.unpack("<HH", data[26:30])
         return w & 0x3FFF, h & 0x3FFF
     if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit sizes minus one
-        bits = int.from_bytes(data[21:25], "little")
+        (bits,) = struct.unpack("<I", data[21:25])
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     if chunk == b"VP8X":  # extended: 24-bit canvas sizes minus one
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+        w_low, w_high, h_low, h_high = struct.unpack("<HBHB", data[24:30])
+        return w_low + (w_high << 16) + 1, h_low + (h_high << 16) + 1
     return None
 
 

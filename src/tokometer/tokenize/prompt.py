@@ -1,8 +1,9 @@
 """A chat-like request body → everything in it the provider bills as input.
 
 Three parts: the conversation as plain {role, content[, name]} messages (what a chat template
-renders), the tool definitions, calls and results as text (billed, under no published rule),
-and the images (billed by the provider's image rule, see images.py).
+renders), the tool definitions, calls and results and any structured-output format as text
+(billed, under no published rule), and the images (billed by the provider's image rule, see
+images.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def prompt_of(operation: str, body: dict[str, Any]) -> Prompt:
     for key in ("tools", "functions"):  # `functions`: OpenAI's older name for tools
         if isinstance(body.get(key), list):
             prompt.tooling.extend(_json(tool) for tool in body[key])
+    # A structured-output format (chat `response_format`, Responses `text.format`) is billed
+    # as input too, like a tool definition.
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        prompt.tooling.append(_json(fmt))
     for item in items if isinstance(items, list) else ():
         if isinstance(item, dict):
             _add_item(prompt, item)

@@ -48,11 +48,14 @@ class Recounter:
               body: dict[str, Any], model: str | None = None) -> Count:
         """`model`: the provider's name for the model, which picks its image rule."""
         tok = self.registry.get(spec) if spec else None
-        return count_input(tok, _template_for(spec, template), operation, body, model)
+        return count_input(tok, _template_for(spec, template, operation), operation, body, model)
 
 
-def _template_for(spec: str | None, template: str | None) -> str | None:
-    if template is None and spec is not None and spec.split(":", 1)[1] in _OPENAI_VOCABULARIES:
+def _template_for(spec: str | None, template: str | None, operation: str) -> str | None:
+    """OpenAI's chat accounting for its vocabularies, but only on its own APIs: Anthropic's
+    Messages format frames messages by no published rule."""
+    if template is None and spec is not None and operation != "messages" \
+            and spec.split(":", 1)[1] in _OPENAI_VOCABULARIES:
         return "openai"
     return template
 

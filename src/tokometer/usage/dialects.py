@@ -77,26 +77,22 @@ def dialect_for(operation: str) -> Dialect:
 def usage_from(dialect: Dialect, raw: dict[str, Any], web_searches: int = 0) -> Usage:
     """Normalise a provider usage object: input total includes cache, output includes reasoning.
 
-    A part is never more than its whole (a provider's bad count must not make a negative
-    uncached input or a negative price): cache reads and writes fit in the input, the 1-hour
-    writes in the writes, reasoning in the output. `web_searches` counted outside the usage
-    object (OpenAI Responses output items) add to those counted in it.
+    Counts are read as sent (a negative or non-integer one as absent); a part larger than its
+    whole is the meter's to distrust (gateway/meter.py recounts it). `web_searches` counted
+    outside the usage object (OpenAI Responses output items) add to those counted in it.
     """
     inp = _first(raw, dialect.input)
     cache_read = _first(raw, dialect.cache_read)
     cache_write = _first(raw, dialect.cache_write)
     if dialect.input_excludes_cache:
         inp += cache_read + cache_write
-    cache_read = min(cache_read, inp)
-    cache_write = min(cache_write, inp - cache_read)
-    output = _first(raw, dialect.output)
     return Usage(
         input_tokens=inp,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
-        output_tokens=output,
-        reasoning_tokens=min(_first(raw, dialect.reasoning), output),
-        cache_write_1h_tokens=min(_first(raw, dialect.cache_write_1h), cache_write),
+        output_tokens=_first(raw, dialect.output),
+        reasoning_tokens=_first(raw, dialect.reasoning),
+        cache_write_1h_tokens=_first(raw, dialect.cache_write_1h),
         web_search_requests=_first(raw, dialect.web_searches) + web_searches,
     )
 

@@ -14,7 +14,7 @@ import orjson
 from ..events import Usage
 from .body import MAX_TIER_CHARS, web_search_calls
 from .dialects import dialect_for, usage_from
-from .text import chunk_text
+from .text import TOOL_CALL, chunk_text
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -72,6 +72,7 @@ class StreamTap:
         self.finish_reason: str | None = None
         self.terminal = False  # the end-of-stream marker has been seen
         self.error: str | None = None  # the type of an error event the provider sent
+        self.tool_call = False  # a tool call was streamed (its recount is an estimate)
         self.payloads: list[bytes] = []
 
     def feed(self, block: bytes) -> bool:
@@ -79,6 +80,8 @@ class StreamTap:
         self.payloads.append(data)
         if self.model is None and (m := _MODEL.search(data)):
             self.model = m.group(1).decode()
+        if not self.tool_call and TOOL_CALL.search(data):
+            self.tool_call = True
         if _ERROR.search(data):
             self.error = _error_type(_object(data)) or self.error
         if self.service_tier is None and (m := _TIER.search(data)):

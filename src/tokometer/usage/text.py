@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-# Keys under which generated text (answers, reasoning, tool arguments) appears.
-_TEXT_KEYS = ("content", "text", "reasoning_content", "reasoning", "thinking", "arguments",
-              "partial_json")
+# Keys under which generated text (answers, refusals, reasoning, tool arguments) appears.
+_TEXT_KEYS = ("content", "text", "refusal", "reasoning_content", "reasoning", "thinking",
+              "arguments", "partial_json")
+
+
+# A tool call in a response body or stream event (OpenAI chat and Responses, Anthropic). Its
+# name and framing are billed too, by no published rule: a recount that includes one is an
+# estimate.
+TOOL_CALL = re.compile(rb'"(?:tool_calls|function_call)"\s*:\s*[\[{]\s*[^\]\s]'
+                       rb'|"type"\s*:\s*"(?:tool_use|function_call|custom_tool_call|'
+                       rb'input_json_delta|response\.function_call_arguments\.delta)"')
 
 
 def body_text(operation: str, body: dict[str, Any]) -> str:
