@@ -20,7 +20,7 @@ from ..events import COUNTED, ESTIMATED, REPORTED, Event, Usage, new_event_id, r
 from ..policy import Need
 from ..tokenize import Recounter
 from ..tokenize.recount import Count, estimate
-from .call import Call, elapsed_ms
+from .call import Call, clip, elapsed_ms
 
 _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
 # Where each API puts the most output a request allows, and how many answers it wants
@@ -125,7 +125,7 @@ class Meter:
             provider=route.provider.name if route else None,
             provider_region=route.provider.region if route else None,
             model_requested=call.model.name or None,
-            model=outcome.model or (route.model if route else None),
+            model=clip(outcome.model) or (route.model if route else None),
             model_origin=origin_of(call.model, route.model) if route else None,
             input_tokens=usage.input_tokens,
             cache_read_tokens=usage.cache_read_tokens,
@@ -139,8 +139,8 @@ class Meter:
             currency=self.pricer.currency,
             price_ref=priced.price_ref,
             status=outcome.status,
-            error_type=outcome.error_type,
-            finish_reason=outcome.finish_reason,
+            error_type=clip(outcome.error_type),
+            finish_reason=clip(outcome.finish_reason),
         )
 
     def _price(self, call: Call, route: Route | None, usage: Usage) -> Priced:
