@@ -10,12 +10,15 @@
                                        correction event (201); the original stays as it was
 
 Authenticated with `Authorization: Bearer TOKEN`, the token read from the environment
-variable `server.admin_token_env` names; without it the admin API is off.
+variable `server.admin_token_env` names; without it the admin API is off. Wrong tokens count
+against the client's address on the dashboard's login brake (session.py), so the API (and
+/metrics) is no faster a way to guess the token than the sign-in form.
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Any
 
 from ..config import SCOPES, Settings
@@ -27,14 +30,16 @@ from ..policy import KeyRing, create_key, list_keys, revoke_key
 from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
 from .offloop import OffLoop
+from .session import LoginBrake
 
 Answer = tuple[int, Any]
 
 
 class Admin:
     def __init__(self, settings: Settings, store: OffLoop, keys: KeyRing, budgets: BudgetSync,
-                 ledger: SQLiteLedger):
+                 ledger: SQLiteLedger, brake: LoginBrake):
         self.settings = settings
+        self.brake = brake
         self.ledger = ledger
         self._run = store.run
         self.keys = keys
@@ -45,14 +50,21 @@ class Admin:
         given = headers.get(b"authorization", b"")
         return token is not None and hmac.compare_digest(given, b"Bearer " + token.encode())
 
-    def check(self, headers: dict[bytes, bytes]) -> None:
+    def check(self, headers: dict[bytes, bytes], client: str) -> None:
+        """The admin token, or an error; `client` (session.client_of) is braked when wrong."""
         token = self.settings.server.admin_token
         if token is None:
             raise RequestError("the admin API is off: set server.admin_token_env in the config "
                                "and put a token in that environment variable",
                                status=404, type="not_found_error")
+        now = time.monotonic()
+        if (wait := self.brake.retry_after(client, now)) is not None:  # not even looked at
+            raise RequestError(f"too many wrong admin tokens from your address: try again in "
+                               f"{wait} s", status=429, type="rate_limit_error")
         if not self.is_admin(headers):
+            self.brake.failed(client, now)
             raise AuthError("the admin API needs 'Authorization: Bearer ADMIN_TOKEN'")
+        self.brake.succeeded(client)
 
     async def handle(self, method: str, path: str, body: Any) -> Answer:
         parts = path.removeprefix("/admin/").split("/")

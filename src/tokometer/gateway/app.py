@@ -38,6 +38,7 @@ from .offloop import OffLoop
 from .pipeline import Deps, handle, refuse
 from .relay import Receive, Send
 from .router import Router
+from .session import LoginBrake, client_of
 from .transparency import Transparency
 from .upstream import Upstream
 from .wire import ENDPOINTS, JSON_HEADERS, render_error
@@ -105,10 +106,11 @@ class Gateway:
                              s.budgets)
         await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
         side = OffLoop(open_db(s.server.store))  # one connection for the side endpoints
-        self.admin = Admin(s, side, self.keys, budgets, ledger)
+        brake = LoginBrake()
+        self.admin = Admin(s, side, self.keys, budgets, ledger, brake)
         self.transparency = Transparency(side, ledger)
         self.outcomes = side
-        self.dashboard = Dashboard(s, side)
+        self.dashboard = Dashboard(s, side, brake)
         labels = [*s.models, *(r.model for m in s.models.values() for r in m.routes)]
         self.deps = Deps(Upstream(s.server), meter, ledger,
                          Router(pricer, s.server.max_attempts), budgets.guard, Metrics(labels))
@@ -138,11 +140,11 @@ class Gateway:
             if path == "/healthz":
                 return await _json(send, 200, {"status": "ok"})
             if path.startswith("/admin/"):
-                return await self._admin(method, path, headers, receive, send)
+                return await self._admin(method, path, headers, receive, send, scope)
             if path in _DASHBOARD or path.startswith("/tenants/"):
                 return await self._dashboard(method, path, headers, receive, send, scope)
             if path == "/metrics":
-                return await self._metrics(method, headers, send)
+                return await self._metrics(method, headers, send, scope)
             if path == "/v1/outcomes":
                 return await self._outcome(method, headers, receive, send)
             if path.startswith(("/v1/ledger/", "/v1/receipts/")):
@@ -170,9 +172,9 @@ class Gateway:
             await _fail(send, api, error, f"{method} {path}")
 
     async def _admin(self, method: str, path: str, headers: dict[bytes, bytes],
-                     receive: Receive, send: Send) -> None:
+                     receive: Receive, send: Send, scope: dict[str, Any]) -> None:
         assert self.admin is not None, "lifespan startup has not run"
-        self.admin.check(headers)
+        self.admin.check(headers, _client(scope))
         body = await self._json_body(receive, headers)
         status, data = await self.admin.handle(method, path, body)
         await _json(send, status, data)
@@ -187,11 +189,12 @@ class Gateway:
         await send({"type": "http.response.start", "status": status, "headers": page_headers})
         await send({"type": "http.response.body", "body": page})
 
-    async def _metrics(self, method: str, headers: dict[bytes, bytes], send: Send) -> None:
+    async def _metrics(self, method: str, headers: dict[bytes, bytes], send: Send,
+                       scope: dict[str, Any]) -> None:
         """Prometheus' scrape, for the admin token."""
         assert self.admin is not None and self.deps is not None
         _only(method, "GET", "/metrics")
-        self.admin.check(headers)
+        self.admin.check(headers, _client(scope))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
         await send({"type": "http.response.body", "body": self.deps.metrics.render()})
@@ -283,6 +286,11 @@ def _side_api(path: str, headers: dict[bytes, bytes]) -> str:
 def _only(method: str, allowed: str, path: str) -> None:
     if method != allowed:
         raise RequestError(f"{path} takes {allowed}, not {method}", status=405)
+
+
+def _client(scope: dict[str, Any]) -> str:
+    """Whom the login brake counts for this request."""
+    return client_of((scope.get("client") or ("",))[0])
 
 
 def _owner(settings: Settings, name: str) -> str:

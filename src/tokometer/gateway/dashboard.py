@@ -45,12 +45,12 @@ _HTML = (b"content-type", b"text/html; charset=utf-8")
 
 
 class Dashboard:
-    def __init__(self, settings: Settings, store: OffLoop):
+    def __init__(self, settings: Settings, store: OffLoop, brake: LoginBrake):
         self.settings = settings
         self._run = store.run
         token = settings.server.admin_token
         self.sessions = Sessions(token) if token is not None else None
-        self.brake = LoginBrake()
+        self.brake = brake  # shared with the admin API: one count of wrong tokens
 
     async def handle(self, method: str, path: str, scope: dict[str, Any],
                      headers: dict[bytes, bytes], body: bytes) -> Page:
