@@ -22,10 +22,11 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     stop_gateway(gateway)
 
 
-@pytest.mark.parametrize("path", ["/admin/keys", "/metrics"])
+@pytest.mark.parametrize("path", ["/admin/keys", "/metrics", "/v1/ledger/head"])
 def test_guessing_the_admin_token_on_the_api_is_braked_like_the_dashboard_login(gw, path):
     """The dashboard brakes wrong tokens (5 per 5 minutes per address); the same token opens
-    /admin/* and /metrics, where guesses went unbraked at full speed: the brake was moot."""
+    /admin/*, /metrics and the log's endpoints (which tell a right admin token from a wrong
+    one), where guesses went unbraked at full speed: the brake was moot."""
     with httpx.Client(base_url=gw.url, timeout=10) as client:
         codes = [client.get(path, headers={"authorization": f"Bearer guess-{i}"}).status_code
                  for i in range(FAILURES + 3)]
