@@ -3,7 +3,8 @@
 Streams are forwarded event by event as they arrive. The stream's end marker (`[DONE]`,
 `message_stop`, `response.completed`) is held back until the event is durable, so a client
 that saw the end of a stream knows its reading was recorded. A stream the provider breaks off
-ends instead with an error event in the client's wire format, so its SDK raises.
+(or just stops, without its end marker) ends instead with an error event in the client's wire
+format, so its SDK raises.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ async def relay_stream(call: Call, route: Route, response: Answer,
         client_left.cancel()
     if tap.error is not None and outcome.status < 400:  # the provider's own error event
         outcome.status, outcome.error_type = 502, tap.error
+    if not tap.terminal and outcome.status < 400:  # closed cleanly, but before its end
+        broken = UpstreamError(f"provider {route.provider.name} ended the stream before its "
+                               "end marker", type="upstream_incomplete")
+        outcome.status, outcome.error_type = broken.status, broken.type
     outcome.partial = outcome.status >= 400
     outcome.reported = tap.usage()
     outcome.usage_complete = tap.final_usage_seen
