@@ -62,6 +62,14 @@ class HostileUpstream(FakeUpstream):
                              "finish_reason": "stop" if out == 20000 else "length"}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": out,
                           "total_tokens": 10 + out}})
+        if model == "stateful":  # bills the conversation it keeps, not the request's input
+            return web.json_response({
+                "id": "resp_2", "object": "response", "status": "completed", "model": "stateful",
+                "output": [{"type": "message", "role": "assistant", "content": [
+                    {"type": "output_text", "text": "yes", "annotations": []}]}],
+                "usage": {"input_tokens": 200_000, "output_tokens": 1, "total_tokens": 200_001,
+                          "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}}})
         raise AssertionError(model)
 
 
@@ -76,7 +84,7 @@ def hostile() -> Iterator[HostileUpstream]:
 def gw(hostile: HostileUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     models = "".join(f'[[models]]\nname = "{m}"\nroutes = [{{ provider = "h" }}]\n'
                      f'price = {TARIFF_TOML}\n'
-                     for m in ("huge-strings", "made-up-errors", "long-answer"))
+                     for m in ("huge-strings", "made-up-errors", "long-answer", "stateful"))
     gateway = start_gateway(tmp_path_factory.mktemp("hostile"), f"""
 default_max_output_tokens = 1000
 admin_token_env = "ADMIN"
@@ -88,6 +96,11 @@ region = "US"
 {models}
 [[budgets]]
 tenant = "spender"
+limit = 0.02
+unit = "USD"
+period = "total"
+[[budgets]]
+tenant = "stateful"
 limit = 0.02
 unit = "USD"
 period = "total"
@@ -141,5 +154,25 @@ def test_a_request_without_max_tokens_cannot_spend_past_its_budget(gw):
         assert event["output_tokens"] <= 1000, "the provider wrote past the reserved bound"
     budgets = httpx.get(gw.url + "/admin/budgets", timeout=10,
                         headers={"authorization": "Bearer admin-secret"}).json()
-    (budget,) = budgets["data"] if isinstance(budgets, dict) else budgets
+    (budget,) = [b for b in budgets["data"] if b.get("scope_value") == "spender"]
+    assert Decimal(str(budget["spent"])) <= Decimal("0.02"), budget
+
+
+def test_a_responses_request_that_continues_a_stored_conversation_cannot_overspend(gw):
+    """`previous_response_id` (or `conversation`) makes OpenAI bill the whole stored
+    conversation as input, which the request does not carry: the reservation counts the
+    request's 1-token input, and one such request spends 25x the $0.02 budget ($0.50 for
+    200,000 input tokens at $2.50/M). The README promises spend stays within a budget unless
+    an *estimated* count was short; this count is called exact."""
+    key, _ = gw.new_key(tenant="stateful")
+    r = httpx.post(gw.url + "/v1/responses", timeout=30,
+                   headers={"authorization": f"Bearer {key}"},
+                   json={"model": "stateful", "input": "and then?", "max_output_tokens": 10,
+                         "previous_response_id": "resp_1"})
+    if r.status_code == 200:
+        event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
+        assert event["usage_source"] == "reported" and event["input_tokens"] == 200_000
+    budgets = httpx.get(gw.url + "/admin/budgets", timeout=10,
+                        headers={"authorization": "Bearer admin-secret"}).json()
+    (budget,) = [b for b in budgets["data"] if b.get("scope_value") == "stateful"]
     assert Decimal(str(budget["spent"])) <= Decimal("0.02"), budget
