@@ -56,22 +56,22 @@ class Admin:
             raise RequestError("the admin API is off: set server.admin_token_env in the config "
                                "and put a token in that environment variable",
                                status=404, type="not_found_error")
-        if not self.admits(headers, client):
-            self.brake.failed(client, time.monotonic())
+        if (wait := self.braked(client)) is not None:  # the token is not even looked at
+            raise RequestError(f"too many wrong tokens from your address: try again in "
+                               f"{wait} s", status=429, type="rate_limit_error")
+        if not self.is_admin(headers):
+            self.wrong(client)
             raise AuthError("the admin API needs 'Authorization: Bearer ADMIN_TOKEN'")
         self.brake.succeeded(client)
 
-    def admits(self, headers: dict[bytes, bytes], client: str) -> bool:
-        """Whether the headers carry the admin token; a 429 while `client` is braked (the
-        token is then not even looked at). A caller counts a wrong token with `wrong`."""
-        wait = self.brake.retry_after(client, time.monotonic())
-        if wait is not None and self.settings.server.admin_token is not None:
-            raise RequestError(f"too many wrong tokens from your address: try again in "
-                               f"{wait} s", status=429, type="rate_limit_error")
-        return self.is_admin(headers)
+    def braked(self, client: str) -> int | None:
+        """Seconds until `client` may present the admin token again, or None."""
+        if self.settings.server.admin_token is None:
+            return None
+        return self.brake.retry_after(client, time.monotonic())
 
     def wrong(self, client: str) -> None:
-        """A token that was neither the admin token nor a consumer's key."""
+        """A wrong guess at the admin token from `client`."""
         if self.settings.server.admin_token is not None:
             self.brake.failed(client, time.monotonic())
 
