@@ -123,8 +123,6 @@ def test_a_providers_huge_model_and_finish_reason_are_not_stored_whole(gw, strea
     event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
     assert len(event["model"] or "") <= MAX_LABEL_CHARS
     assert len(event["finish_reason"] or "") <= MAX_LABEL_CHARS
-    wal = gw.store.with_name(gw.store.name + "-wal")
-    assert (wal.stat().st_size if wal.exists() else 0) + gw.store.stat().st_size < 900_000
 
 
 def test_a_providers_made_up_error_types_stay_bounded_in_store_and_metrics(gw):
