@@ -52,3 +52,26 @@ def test_csv_on_a_terminal_shows_control_characters_escaped(tmp_path, command):
     out = on_a_terminal(*command, "--config", str(config))
     assert "\\x1b[31mred" in out
     assert not any(c in out for c in "\x1b\x07\u202e"), repr(out[:300])
+
+
+@pytest.mark.parametrize("command", [["export", "--format", "csv", "-o", "{missing}/e.csv"],
+                                     ["export", "--format", "parquet", "-o", "{missing}/e.pq"],
+                                     ["report", "--by", "model", "--chart", "{missing}/c.png"]])
+def test_an_output_file_that_cannot_be_written_is_a_clear_error(tmp_path, command):
+    """Not a traceback: a missing directory (or a full disk) is the user's to fix."""
+    config = tmp_path / "t.toml"
+    config.write_text(f'[server]\nstore = "sqlite:///{tmp_path}/t.db"\n{MINIMAL_CONFIG}')
+    asyncio.run(_one_event(tmp_path))
+    args = [a.format(missing=tmp_path / "no-such-dir") for a in command]
+    done = subprocess.run([sys.executable, "-m", "tokometer.cli", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-500:]
+    assert "no-such-dir" in done.stderr
+
+
+async def _one_event(work) -> None:
+    ledger = SQLiteLedger(work / "t.db", load_signer(work / "key.pem", None))
+    ledger.start()
+    await ledger.append(event())
+    await ledger.close()
