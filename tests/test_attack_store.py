@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
-from conftest import FAKE_KEYS, MODELS_TOML, free_port, providers_toml, start_gateway, stop_gateway
+from conftest import (
+    FAKE_KEYS,
+    MINIMAL_CONFIG,
+    MODELS_TOML,
+    free_port,
+    providers_toml,
+    start_gateway,
+    stop_gateway,
+)
 from test_processes import answers, chat, children, cli, the_worker, until
 from tokometer.ledger.lock import lock_path
 
@@ -85,3 +94,18 @@ def test_a_worker_killed_twice_in_a_row_is_respawned_both_times(upstream, tmp_pa
             gw.process.wait(10)
     audit = cli(gw.config, "ledger", "audit")
     assert audit.returncode == 0, audit.stdout
+
+
+def test_a_port_another_program_holds_is_a_clear_error(tmp_path):
+    """The lock answers a second gateway on the store; another program on the port got a
+    40-line Rust and Python traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "tokometer.toml"
+        config.write_text(f'[server]\nport = {port}\nstore = "sqlite:///t.db"\n{MINIMAL_CONFIG}')
+        code, output = second_serve(config)
+    assert code is not None and code != 0
+    assert "Traceback" not in output, output[-800:]
+    assert f"127.0.0.1:{port}" in output and "in use" in output
