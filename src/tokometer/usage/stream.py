@@ -19,7 +19,6 @@ _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]+)"')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]+)"')
-_CHOICE = re.compile(rb'"choices"\s*:\s*\[\s*\{')
 _RESPONSES_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
 # An error event: OpenAI's {"error": {...}}, Anthropic's and Responses' {"type": "error", ...}.
 _ERROR = re.compile(rb'"error"\s*:\s*\{|"type"\s*:\s*"error"')
@@ -91,7 +90,7 @@ class StreamTap:
         if m := _FINISH.search(data):
             self.finish_reason = m.group(1).decode()
         if not _USAGE_OBJECT.search(data):
-            if self.final_usage_seen and _CHOICE.search(data):
+            if self.final_usage_seen and chunk_text(self.operation, _object(data)):
                 self.final_usage_seen = False  # the answer went on past its usage: recount
             return True
         chunk = _object(data)
