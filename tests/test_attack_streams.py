@@ -19,6 +19,7 @@ from conftest import TARIFF_TOML, Gateway, start_gateway, stop_gateway, wait_for
 from fake_upstream import FakeUpstream
 
 WORDS = 20  # text deltas of "hello world "
+REFUSAL = "I'm sorry, but I cannot help with that request in any form whatsoever today."
 
 
 def _chunk(text: str) -> bytes:
@@ -47,6 +48,15 @@ class StoppingUpstream(FakeUpstream):
             await response.write(_MESSAGE_START + _TEXT_DELTA * WORDS)
         elif model == "stops":  # text, then a clean close: no finish, usage or [DONE]
             await response.write(_chunk("hello world ") * WORDS)
+        elif model == "refusal-cut":  # a structured-output refusal, then the line drops
+            for word in REFUSAL.split(" "):
+                await response.write(b"data: " + orjson.dumps({
+                    "id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [
+                        {"index": 0, "delta": {"refusal": word + " "}, "finish_reason": None}]})
+                    + b"\n\n")
+            assert request.transport is not None
+            request.transport.abort()
+            return response
         elif model == "early-usage":  # a usage chunk of 1 token, then the answer goes on
             await response.write(_chunk("hi") + _USAGE + _chunk("hello world ") * WORDS
                                  + b"data: [DONE]\n\n")
@@ -60,7 +70,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     models = "".join(
         f'[[models]]\nname = "{name}"\nroutes = [{{ provider = "{provider}" }}]\n'
         f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}\n'
-        for name, provider in (("stops", "o"), ("early-usage", "o"), ("claude-stops", "a")))
+        for name, provider in (("stops", "o"), ("early-usage", "o"), ("claude-stops", "a"),
+                               ("refusal-cut", "o")))
     gateway = start_gateway(tmp_path_factory.mktemp("stops"), f"""
 [[providers]]
 name = "o"
@@ -111,3 +122,19 @@ def test_usage_that_arrives_before_the_answer_ends_is_not_its_last_word(gw, o200
     assert text == "hi" + "hello world " * WORDS
     event = wait_for_event(gw, raw.headers["x-tokometer-event-id"])
     assert event["output_tokens"] == len(o200k.encode(text)), event["usage_source"]
+
+
+def test_a_cut_stream_of_refusal_deltas_is_not_recorded_without_output(gw, o200k):
+    """OpenAI streams a structured-output refusal as `delta.refusal`: those are output tokens
+    the provider bills, and when the stream breaks off before its usage chunk the recount
+    must see them (it read content, reasoning and tool arguments, not refusals)."""
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0, timeout=20)
+    raw = client.chat.completions.with_raw_response.create(
+        model="refusal-cut", messages=[{"role": "user", "content": "hi"}], stream=True)
+    with pytest.raises(openai.APIError):
+        for _ in raw.parse():
+            pass
+    event = wait_for_event(gw, raw.headers["x-tokometer-event-id"])
+    assert event["status"] >= 500
+    expected = len(o200k.encode("".join(w + " " for w in REFUSAL.split(" "))))
+    assert event["output_tokens"] == expected
