@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-# Keys under which generated text (answers, reasoning, tool arguments) appears.
-_TEXT_KEYS = ("content", "text", "reasoning_content", "reasoning", "thinking", "arguments",
-              "partial_json")
+# Keys under which generated text (answers, refusals, reasoning, tool arguments) appears.
+_TEXT_KEYS = ("content", "text", "refusal", "reasoning_content", "reasoning", "thinking",
+              "arguments", "partial_json")
 
 
 def body_text(operation: str, body: dict[str, Any]) -> str:
