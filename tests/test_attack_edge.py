@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -50,3 +52,22 @@ def test_a_braked_address_still_reads_the_log_with_a_consumer_key(gw):
             client.get("/admin/keys", headers={"authorization": f"Bearer guess-{i}"})
         head = client.get("/v1/ledger/head", headers={"authorization": f"Bearer {gw.key}"})
         assert head.status_code == 200
+
+
+@pytest.mark.parametrize("tenant", ["acme/eu", "r%41w"])
+def test_the_drill_down_opens_a_tenant_whose_name_has_a_slash_or_a_percent(gw, tenant):
+    """The tenants page links to /tenants/<name, percent-encoded>; the server has already
+    decoded the path, and the dashboard split it on "/" and decoded it again, so "acme/eu"
+    was a 404 and "r%41w" opened the tenant "rAw"."""
+    key, _ = gw.new_key(tenant=tenant)
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        gw.wait_rolled_up()
+        admin = {"authorization": f"Bearer {ADMIN}"}
+        listing = client.get("/tenants", headers=admin)
+        href = "/tenants/" + quote(tenant, safe="")
+        assert f'href="{href}"' in listing.text
+        page = client.get(href, headers=admin)
+        assert page.status_code == 200
+        assert html.escape(tenant) in page.text
