@@ -11,6 +11,7 @@ import pytest
 
 from conftest import MINIMAL_CONFIG, Gateway, start_gateway, stop_gateway
 from tokometer.gateway.session import FAILURES
+from tokometer.ledger import open_db
 
 ADMIN = "the-admin-token"
 
@@ -71,3 +72,29 @@ def test_the_drill_down_opens_a_tenant_whose_name_has_a_slash_or_a_percent(gw, t
         page = client.get(href, headers=admin)
         assert page.status_code == 200
         assert html.escape(tenant) in page.text
+
+
+def _logged_bytes(gw: Gateway) -> int:
+    """What the store's events hold, in bytes of their canonical form (file sizes trail)."""
+    conn = open_db(gw.store)
+    try:
+        return conn.execute("SELECT COALESCE(SUM(LENGTH(CAST(id AS BLOB)) + LENGTH(agent) "
+                            "+ LENGTH(task) + LENGTH(end_user)), 0) FROM events").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_flood_of_keyless_requests_does_not_grow_the_store(gw):
+    """"Unauthenticated requests cost nothing": each is still an event in the append-only,
+    signed log, with 768 characters of the client's choosing (its attribution headers). At
+    the ~1,000 requests/s one plain client reaches here that is ~1.5 MB/s (5 GB an hour) of
+    disk no one can give back without breaking the log, and text anyone can write into it."""
+    headers = {h: "x" * 256 for h in ("x-tokometer-agent", "x-tokometer-task",
+                                      "x-tokometer-user")}
+    before = _logged_bytes(gw)
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        for _ in range(500):
+            assert client.post("/v1/chat/completions", headers=headers,
+                               content=b"").status_code == 401
+    grown = _logged_bytes(gw) - before
+    assert grown < 500 * 256, f"500 keyless requests wrote {grown:,} bytes of events"
