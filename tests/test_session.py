@@ -59,7 +59,7 @@ def test_the_cookie_is_secure_when_served_over_tls(tmp_path, scheme, secure):
     path = tmp_path / "t.toml"
     path.write_text('[server]\nadmin_token_env = "TKM"\nstore = "sqlite:///t.db"\n')
     dashboard = Dashboard(config.load(path, environ={"TKM": "s3cret"}),
-                          SimpleNamespace(run=None))  # type: ignore[arg-type]
+                          SimpleNamespace(run=None), LoginBrake())  # type: ignore[arg-type]
     scope = {"scheme": scheme, "client": ("192.0.2.1", 5000)}
     status, headers, _ = asyncio.run(dashboard.handle("POST", "/login", scope, {},
                                                       b"token=s3cret"))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import config
+from .errors import ConfigError
 from .launch import start_model_server
 from .ledger.lock import StoreLock
 from .lifeline import die_with_parent
@@ -76,7 +77,7 @@ def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) 
     connections = _connection_limit()
     log.info("gateway listening on http://%s:%d (up to %d connections at once)",
              settings.server.host, settings.server.port, connections)
-    Server(
+    server = Server(
         "tokometer.serve:worker_app",
         address=settings.server.host,
         port=settings.server.port,
@@ -87,7 +88,15 @@ def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) 
         backpressure=connections,
         respawn_failed_workers=True,
         log_access=False,
-    ).serve()
+    )
+    try:
+        server.serve()
+    except RuntimeError as e:  # granian's bind error: the message holds a Rust backtrace
+        if "Address already in use" not in str(e):
+            raise
+        raise ConfigError(f"cannot listen on {settings.server.host}:{settings.server.port}: "
+                          "the address is in use by another program (server.host, "
+                          "server.port)") from None
 
 
 def worker_app() -> Gateway:

@@ -31,15 +31,20 @@ def spreadsheet_safe(value: Any) -> Any:
 class CSVWriter:
     """A csv.DictWriter (header first) whose cells are spreadsheet-safe. Lines end in CRLF as
     RFC 4180 says: the csv module quotes a cell holding a line-end character only when that
-    character is in the line terminator, so with LF alone a CR inside a cell split its row."""
+    character is in the line terminator, so with LF alone a CR inside a cell split its row.
+    Written to a terminal, text cells are also shown `visible` (a file keeps them as data)."""
 
     def __init__(self, out: IO[str], columns: Sequence[str]):
         self._writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
         self._writer.writeheader()
+        self._terminal = out.isatty()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        self._writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()}
-                               for row in rows)
+        self._writer.writerows({k: self._cell(v) for k, v in row.items()} for row in rows)
+
+    def _cell(self, value: Any) -> Any:
+        value = spreadsheet_safe(value)
+        return visible(value) if self._terminal and isinstance(value, str) else value
 
 
 def visible(text: str) -> str:

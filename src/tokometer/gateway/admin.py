@@ -10,7 +10,9 @@
                                        correction event (201); the original stays as it was
 
 Authenticated with `Authorization: Bearer TOKEN`, the token read from the environment
-variable `server.admin_token_env` names; without it the admin API is off.
+variable `server.admin_token_env` names; without it the admin API is off. Wrong tokens count
+against the client's address on the dashboard's login brake (session.py), so the API (and
+/metrics) is no faster a way to guess the token than the sign-in form.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
 from .call import MAX_LABEL_CHARS
 from .offloop import OffLoop
-from .session import LoginBrake, client_of
+from .session import LoginBrake
 
 Answer = tuple[int, Any]
 
@@ -49,24 +51,31 @@ class Admin:
         given = headers.get(b"authorization", b"")
         return token is not None and hmac.compare_digest(given, b"Bearer " + token.encode())
 
-    def check(self, headers: dict[bytes, bytes], scope: dict[str, Any]) -> None:
-        """The admin token, or AuthError; an address that keeps guessing is refused (429)
-        before its token is even compared."""
-        token = self.settings.server.admin_token
-        if token is None:
+    def check(self, headers: dict[bytes, bytes], client: str) -> None:
+        """The admin token, or an error; `client` (session.client_of) is braked when wrong."""
+        if self.settings.server.admin_token is None:
             raise RequestError("the admin API is off: set server.admin_token_env in the config "
                                "and put a token in that environment variable",
                                status=404, type="not_found_error")
-        client, now = client_of((scope.get("client") or ("",))[0]), time.monotonic()
-        wait = self.brake.retry_after(client, now)
-        if wait is not None:
+        if (wait := self.braked(client)) is not None:  # the token is not even looked at
             raise PolicyError(f"too many wrong admin tokens from your address: try again in "
                               f"{wait} s", status=429, type="rate_limit_error",
                               code="too_many_attempts", retry_after=wait)
         if not self.is_admin(headers):
-            self.brake.failed(client, now)
+            self.wrong(client)
             raise AuthError("the admin API needs 'Authorization: Bearer ADMIN_TOKEN'")
         self.brake.succeeded(client)
+
+    def braked(self, client: str) -> int | None:
+        """Seconds until `client` may present the admin token again, or None."""
+        if self.settings.server.admin_token is None:
+            return None
+        return self.brake.retry_after(client, time.monotonic())
+
+    def wrong(self, client: str) -> None:
+        """A wrong guess at the admin token from `client`."""
+        if self.settings.server.admin_token is not None:
+            self.brake.failed(client, time.monotonic())
 
     async def handle(self, method: str, path: str, body: Any) -> Answer:
         parts = path.removeprefix("/admin/").split("/")

@@ -27,6 +27,7 @@ from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
 from ..ledger.sqlite import SMALL_CACHE_KIB
 from ..policy import Consumer, Guard, KeyRing
+from ..policy.keys import is_key_shaped
 from ..policy.sync import BudgetSync
 from ..tokenize import Recounter, TokenizerRegistry
 from .admin import Admin
@@ -38,6 +39,7 @@ from .offloop import OffLoop
 from .pipeline import Deps, handle, refuse
 from .relay import Receive, Send
 from .router import Router
+from .session import LoginBrake, client_of
 from .transparency import Transparency
 from .upstream import Upstream
 from .wire import ENDPOINTS, EVENT_ID_HEADER, JSON_HEADERS, render_error
@@ -105,11 +107,11 @@ class Gateway:
                              s.budgets)
         await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
         side = OffLoop(open_db(s.server.store))  # one connection for the side endpoints
-        self.dashboard = Dashboard(s, side)
-        # One brake on wrong admin tokens, however they come: sign-in form, bearer, admin API.
-        self.admin = Admin(s, side, self.keys, budgets, ledger, self.dashboard.brake)
+        brake = LoginBrake()
+        self.admin = Admin(s, side, self.keys, budgets, ledger, brake)
         self.transparency = Transparency(side, ledger)
         self.outcomes = side
+        self.dashboard = Dashboard(s, side, brake)
         labels = [*s.models, *(r.model for m in s.models.values() for r in m.routes)]
         self.deps = Deps(Upstream(s.server), meter, ledger,
                          Router(pricer, s.server.max_attempts), budgets.guard, Metrics(labels))
@@ -173,7 +175,7 @@ class Gateway:
     async def _admin(self, method: str, path: str, headers: dict[bytes, bytes],
                      receive: Receive, send: Send, scope: dict[str, Any]) -> None:
         assert self.admin is not None, "lifespan startup has not run"
-        self.admin.check(headers, scope)
+        self.admin.check(headers, _client(scope))
         body = await self._json_body(receive, headers)
         status, data = await self.admin.handle(method, path, body)
         if path == "/admin/corrections":  # its answer is an event: named like every other
@@ -196,7 +198,7 @@ class Gateway:
         """Prometheus' scrape, for the admin token."""
         assert self.admin is not None and self.deps is not None
         _only(method, "GET", "/metrics")
-        self.admin.check(headers, scope)
+        self.admin.check(headers, _client(scope))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
         await send({"type": "http.response.body", "body": self.deps.metrics.render()})
@@ -223,7 +225,16 @@ class Gateway:
         """The Merkle log's read endpoints, for consumers' keys and the admin token."""
         assert self.transparency is not None and self.admin is not None
         _only(method, "GET", path)
-        who = None if self.admin.is_admin(headers) else await self._authenticate(headers)
+        client, who = _client(scope), None
+        # A braked address is not asked for the admin token (keys still work: behind a proxy
+        # it is everyone's); a wrong token not shaped like a key is a guess at the admin's.
+        if self.admin.braked(client) is not None or not self.admin.is_admin(headers):
+            try:
+                who = await self._authenticate(headers)
+            except AuthError:
+                if not is_key_shaped(_api_key(headers) or ""):
+                    self.admin.wrong(client)
+                raise
         if path == "/v1/ledger/head":
             return await self.transparency.head()
         if path == "/v1/ledger/consistency":
@@ -289,6 +300,11 @@ def _side_api(path: str, headers: dict[bytes, bytes]) -> str:
 def _only(method: str, allowed: str, path: str) -> None:
     if method != allowed:
         raise RequestError(f"{path} takes {allowed}, not {method}", status=405)
+
+
+def _client(scope: dict[str, Any]) -> str:
+    """Whom the login brake counts for this request."""
+    return client_of((scope.get("client") or ("",))[0])
 
 
 def _owner(settings: Settings, name: str) -> str:

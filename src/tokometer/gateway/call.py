@@ -130,7 +130,13 @@ def _bounded(text: str, what: str) -> str:
 
 def _clipped(value: bytes | None) -> str | None:
     """A header as it can be recorded for a refusal: UTF-8 (bad bytes replaced), cut short."""
-    return value.decode(errors="replace")[:MAX_LABEL_CHARS] if value else None
+    return clip(value.decode(errors="replace")) if value else None
+
+
+def clip(text: str | None) -> str | None:
+    """A string from outside (a provider's model, finish reason or error type) cut to the
+    bound before it is stored: a provider's answer is input too."""
+    return text[:MAX_LABEL_CHARS] if text else text
 
 
 def elapsed_ms(t0: float) -> float:

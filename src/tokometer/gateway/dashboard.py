@@ -45,12 +45,12 @@ _HTML = (b"content-type", b"text/html; charset=utf-8")
 
 
 class Dashboard:
-    def __init__(self, settings: Settings, store: OffLoop):
+    def __init__(self, settings: Settings, store: OffLoop, brake: LoginBrake):
         self.settings = settings
         self._run = store.run
         token = settings.server.admin_token
         self.sessions = Sessions(token) if token is not None else None
-        self.brake = LoginBrake()
+        self.brake = brake  # shared with the admin API: one count of wrong tokens
 
     async def handle(self, method: str, path: str, scope: dict[str, Any],
                      headers: dict[bytes, bytes], body: bytes) -> Page:
@@ -70,7 +70,11 @@ class Dashboard:
             return 303, [(b"location", b"/login")], b""
         query = scope.get("query_string", b"")
         params = {k: v[0] for k, v in parse_qs(query.decode("latin-1")).items()}
-        parts = [unquote(p) for p in path.strip("/").split("/") if p]
+        # Split the path as sent, then decode each part once: `path` is decoded already, so a
+        # name holding "/" or "%" (sent as %2F, %25) would split or decode again.
+        raw = scope.get("raw_path")
+        sent = raw.decode("utf-8", "replace").split("?", 1)[0] if raw else quote(path)
+        parts = [unquote(p) for p in sent.strip("/").split("/") if p]
         if parts[:1] == ["tenants"] and len(parts) in (2, 4) and (len(parts) == 2
                                                                   or parts[2] == "apps"):
             data = await self._run(_drill_down, *parts[1::2])

@@ -20,7 +20,7 @@ from ..events import COUNTED, ESTIMATED, REPORTED, Event, Usage, new_event_id, r
 from ..policy import Need
 from ..tokenize import Recounter
 from ..tokenize.recount import Count, estimate
-from .call import MAX_LABEL_CHARS, Call, elapsed_ms
+from .call import Call, clip, elapsed_ms
 
 _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
 # Where each API puts the most output a request allows, and how many answers it wants
@@ -153,7 +153,7 @@ class Meter:
             provider=route.provider.name if route else None,
             provider_region=route.provider.region if route else None,
             model_requested=call.model.name or None,
-            model=_bounded(outcome.model) or (route.model if route else None),
+            model=clip(outcome.model) or (route.model if route else None),
             model_origin=origin_of(call.model, route.model) if route else None,
             input_tokens=usage.input_tokens,
             cache_read_tokens=usage.cache_read_tokens,
@@ -162,7 +162,7 @@ class Meter:
             reasoning_tokens=usage.reasoning_tokens,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             web_search_requests=usage.web_search_requests,
-            service_tier=_bounded(outcome.service_tier),
+            service_tier=clip(outcome.service_tier),
             usage_source=source,
             counted_input_tokens=counted_in.tokens if counted_in and counted_in.exact else None,
             counted_output_tokens=counted_out.tokens if counted_out and counted_out.exact else None,
@@ -170,8 +170,8 @@ class Meter:
             currency=priced.currency,
             price_ref=priced.price_ref,
             status=outcome.status,
-            error_type=_bounded(outcome.error_type),
-            finish_reason=_bounded(outcome.finish_reason),
+            error_type=clip(outcome.error_type),
+            finish_reason=clip(outcome.finish_reason),
         )
 
     def _price(self, call: Call, outcome: Outcome, usage: Usage) -> Priced:
@@ -216,12 +216,6 @@ class Meter:
         if outcome.tool_call:
             counted_out = Count(counted_out.tokens, exact=False)
         return counted_in, counted_out
-
-
-def _bounded(text: str | None) -> str | None:
-    """A string the provider sent, cut to the bound every stored label keeps: a hostile or
-    broken provider cannot fill the append-only store either."""
-    return text[:MAX_LABEL_CHARS] if text else text
 
 
 def _tokenizer(call: Call, route: Route | None) -> str | None:

@@ -7,7 +7,8 @@ prometheus_client's labelled children cost ten times that); prometheus_client re
 families only when scraped.
 
 A model label is always a name the config knows: a model it does not (the provider's dated
-name, anything a client made up) counts as `other`, so no client can grow the label sets.
+name, anything a client made up) counts as `other`, so no client can grow the label sets. An
+error type comes from the provider too: past ERROR_TYPES distinct ones, more count as `other`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _REFUSALS = frozenset({401, 402, 403, 429})
 _OTHER = "other"
+ERROR_TYPES = 100  # distinct error_type labels at most
 
 
 class Metrics:
@@ -37,6 +39,7 @@ class Metrics:
         self.cost: defaultdict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
         self.upstream_errors: Counter[tuple[str, str]] = Counter()  # provider, error type
         self.refusals: Counter[str] = Counter()  # reason
+        self._error_types: set[str] = set()
         # per provider: a count per bucket (the last one is +Inf), and the sum of seconds
         self.durations: dict[str, list[float]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -59,13 +62,20 @@ class Metrics:
         if event.provider is None and event.status in _REFUSALS:
             self.refusals[event.error_type or str(event.status)] += 1
         elif event.status >= 500:
-            self.upstream_errors[provider, event.error_type or ""] += 1
+            self.upstream_errors[provider, self._error_type(event.error_type or "")] += 1
 
     def _model(self, event: Event) -> str:
         """What answered if the config knows it, else what was asked if it does, else other."""
         for name in (event.model, event.model_requested):
             if name is not None and name in self.models:
                 return name
+        return _OTHER
+
+    def _error_type(self, kind: str) -> str:
+        """`kind` as a label, unless ERROR_TYPES others already are (then `other`)."""
+        if kind in self._error_types or len(self._error_types) < ERROR_TYPES:
+            self._error_types.add(kind)
+            return kind
         return _OTHER
 
     def collect(self) -> Iterator[Metric]:

@@ -3,7 +3,8 @@
 Streams are forwarded event by event as they arrive. The stream's end marker (`[DONE]`,
 `message_stop`, `response.completed`) is held back until the event is durable, so a client
 that saw the end of a stream knows its reading was recorded. A stream the provider breaks off
-ends instead with an error event in the client's wire format, so its SDK raises.
+(or just stops, without its end marker) ends instead with an error event in the client's wire
+format, so its SDK raises.
 """
 
 from __future__ import annotations

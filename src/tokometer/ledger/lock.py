@@ -19,7 +19,10 @@ from ..errors import LedgerError
 
 
 def lock_path(store: Path) -> Path:
-    return store.with_name(store.name + "-lock")
+    """The lock file beside the store's real file: a store reached through a symlink (or a
+    symlinked directory) is the same store, and must meet the same lock."""
+    real = store.resolve()
+    return real.with_name(real.name + "-lock")
 
 
 class StoreLock:

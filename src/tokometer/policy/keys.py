@@ -32,6 +32,12 @@ class Consumer:
 ANONYMOUS = Consumer(None, None, None, None)  # who a request without a valid key is
 
 
+def is_key_shaped(text: str) -> bool:
+    """Whether `text` looks like a consumer key (they are random: guessing one is hopeless,
+    so a wrong one is a client's mistake, not a guess worth braking)."""
+    return text.startswith(_PREFIX)
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

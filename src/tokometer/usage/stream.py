@@ -99,6 +99,8 @@ class StreamTap:
         if m := _FINISH.search(data):
             self.finish_reason = m.group(1).decode()
         if not _USAGE_OBJECT.search(data):
+            if self.final_usage_seen and chunk_text(self.operation, _object(data)):
+                self.final_usage_seen = False  # the answer went on past its usage: recount
             return True
         chunk = _object(data)
         choices = chunk.get("choices")
