@@ -10,12 +10,14 @@ from decimal import Decimal
 
 import genai_prices
 import orjson
+import pytest
 
 from tokometer.catalog import Pricer
 from tokometer.config import Model, Price, Provider, Route
 from tokometer.events import Usage
 from tokometer.gateway.call import MAX_LABEL_CHARS, Call
 from tokometer.gateway.meter import Meter, Outcome
+from tokometer.gateway.upstream import upstream_body
 from tokometer.gateway.wire import ENDPOINTS
 from tokometer.policy import Consumer
 from tokometer.tokenize import Recounter
@@ -147,3 +149,25 @@ def test_strings_a_provider_sends_are_bounded_before_they_are_stored():
         finish_reason=huge, service_tier=huge)))
     assert [len(v) for v in (event.model, event.error_type, event.finish_reason,
                              event.service_tier)] == [MAX_LABEL_CHARS] * 4
+
+
+@pytest.mark.parametrize(("path", "upstream_model", "provider", "key"), [
+    ("/v1/chat/completions", "gpt-5", "openai", "max_completion_tokens"),
+    ("/v1/chat/completions", "deepseek-chat", "deepseek", "max_tokens"),
+    ("/v1/completions", "gpt-3.5-turbo-instruct", "openai", "max_tokens"),
+    ("/v1/responses", "gpt-5", "openai", "max_output_tokens"),
+])
+def test_the_reserved_bound_goes_upstream_where_the_provider_reads_it(path, upstream_model,
+                                                                      provider, key):
+    route = Route(Provider(provider, "openai", "http://x", None, None, "US", None, None),
+                  upstream_model)
+    model = Model("m", (route,), None, None, None, PRICE, max_output_tokens=700)
+    meter = Meter(Recounter(BrokenRegistry()), Pricer("USD"))  # type: ignore[arg-type]
+    body = {"model": upstream_model, "input": "hi", "prompt": "hi", "messages": []}
+    c = Call(ENDPOINTS[path], body, orjson.dumps(body), model, False,
+             Consumer("k", "t", "a", None), None, None, None, {}, datetime.now(UTC),
+             time.perf_counter())
+    assert upstream_body(c, route) == c.raw  # unmetered: the client's bytes, untouched
+    c.output_bound = meter.unstated_bound(c)
+    assert orjson.loads(upstream_body(c, route))[key] == 700
+    assert meter.unstated_bound(call(model, {"model": "m", "max_tokens": 5})) is None

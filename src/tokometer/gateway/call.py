@@ -40,6 +40,9 @@ class Call:
     started: datetime
     t0: float  # perf_counter at arrival
     steering: Steering | None = None
+    # The output bound the gateway reserved and sends upstream for a metered request that
+    # set none (else nothing would hold the provider to what was reserved).
+    output_bound: int | None = None
 
     @property
     def client_wants_usage(self) -> bool:

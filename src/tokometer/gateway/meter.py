@@ -15,7 +15,7 @@ from typing import Any
 
 from ..catalog import Priced, Pricer, origin_of, vendor_of
 from ..config import Route
-from ..errors import RequestError
+from ..errors import PolicyError, RequestError
 from ..events import COUNTED, ESTIMATED, REPORTED, Event, Usage, new_event_id, rfc3339
 from ..policy import Need
 from ..tokenize import Recounter
@@ -28,6 +28,11 @@ _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
 _MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 _CHOICES_KEYS = ("n", "best_of")
 MAX_CHOICES = 128  # OpenAI's own bound on `n`
+# Where a request names input the provider keeps (OpenAI Responses): not in the body, so not
+# in the reservation either.
+_STORED_CONTEXT_KEYS = ("previous_response_id", "conversation", "prompt")
+# The operations whose output a client may leave unbounded (Anthropic requires max_tokens).
+_UNBOUNDED_OPERATIONS = frozenset({"chat", "text_completion", "responses"})
 # The tiers a request may ask for by name, and then is priced at (OpenAI's `service_tier`).
 REQUESTED_TIERS = frozenset({"default", "flex", "priority", "scale"})
 log = logging.getLogger("tokometer.meter")
@@ -99,6 +104,26 @@ class Meter:
         if call.endpoint.operation == "embeddings":
             return Usage(input_tokens=tokens)
         return Usage(input_tokens=tokens, output_tokens=out)
+
+    def check_reservable(self, call: Call) -> None:
+        """PolicyError for a request whose worst case cannot be known before the call: one
+        that continues a conversation the provider stores, whose input it does not carry."""
+        if call.endpoint.operation != "responses":
+            return
+        if stored := [k for k in _STORED_CONTEXT_KEYS if call.body.get(k) is not None]:
+            raise PolicyError(
+                f"a budget or token limit covers this key, and a request with {stored[0]!r} "
+                "continues a conversation the provider stores, whose size the gateway cannot "
+                "reserve for: send the conversation in 'input' instead",
+                status=402, type="insufficient_quota", code="budget_exceeded")
+
+    def unstated_bound(self, call: Call) -> int | None:
+        """The output bound reserved for a request that states none, to send upstream with
+        it; None when it states one (or its API has none)."""
+        if call.endpoint.operation not in _UNBOUNDED_OPERATIONS or any(
+                call.body.get(k) is not None for k in _MAX_OUTPUT_KEYS):
+            return None
+        return call.model.max_output_tokens or self.default_max_output_tokens
 
     def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
         """`usage`'s tokens, and its cost on the dearest of `routes` at the service tier the

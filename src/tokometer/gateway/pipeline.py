@@ -58,6 +58,9 @@ async def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
     budget needs it; nothing is awaited between the guard's check and its reservation.
     """
     metered = deps.guard.meters(call.consumer)
+    if metered:
+        deps.meter.check_reservable(call)
+        call.output_bound = deps.meter.unstated_bound(call)
     expected = (await deps.meter.expected(call)
                 if metered or deps.router.ranks_by_price(call) else None)
     routes = deps.router.plan(call, deps.guard.rules_for(call.consumer), expected)

@@ -21,6 +21,7 @@ from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.request import StreamRequest
 from pyreqwest.response import Response
 
+from ..catalog import vendor_of
 from ..config import Route, Server
 from ..errors import UpstreamError
 from .call import Call
@@ -105,11 +106,23 @@ def upstream_body(call: Call, route: Route) -> bytes:
             and not call.client_wants_usage:
         # Without this an OpenAI-format stream carries no usage at all.
         changes["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    if call.output_bound is not None:  # what was reserved for a request that set no bound
+        changes[_bound_key(call.endpoint.operation, route)] = call.output_bound
     if not changes and call.steering is None:
         return call.raw
     out = {**body, **changes}
     out.pop("provider", None)  # the routing preferences were for us
     return orjson.dumps(out)
+
+
+def _bound_key(operation: str, route: Route) -> str:
+    """Where the provider reads the most output it may write: OpenAI's own chat models
+    refuse `max_tokens` (its reasoning models) and take `max_completion_tokens`."""
+    if operation == "responses":
+        return "max_output_tokens"
+    info = vendor_of(route.model)
+    openai = route.provider.name == "openai" or (info is not None and info.vendor == "openai")
+    return "max_completion_tokens" if operation == "chat" and openai else "max_tokens"
 
 
 def upstream_headers(call: Call, route: Route) -> dict[str, str]:
