@@ -87,11 +87,11 @@ def parse_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
 
 
 def refused_call(endpoint: Endpoint, headers: dict[bytes, bytes], t0: float) -> Call:
-    """A request refused by its key before its body was read: only what its headers say,
-    cut to the bound (the body, model included, is never read for a request without a key)."""
-    agent, task, end_user = (_clipped(headers.get(h)) for h in _ATTRIBUTION)
+    """A request refused by its key before its body was read: recorded with no text of the
+    client's at all (its attribution is an unauthenticated claim, and anyone could fill the
+    append-only log with it); the body, model included, is never read."""
     return Call(endpoint=endpoint, body={}, raw=b"", model=_UNKNOWN_MODEL, stream=False,
-                consumer=ANONYMOUS, agent=agent, task=task, end_user=end_user,
+                consumer=ANONYMOUS, agent=None, task=None, end_user=None,
                 client_headers=headers, started=datetime.now(UTC), t0=t0)
 
 
@@ -129,11 +129,6 @@ def _bounded(text: str, what: str) -> str:
     if len(text) > MAX_LABEL_CHARS:
         raise RequestError(f"{what} is longer than {MAX_LABEL_CHARS} characters")
     return text
-
-
-def _clipped(value: bytes | None) -> str | None:
-    """A header as it can be recorded for a refusal: UTF-8 (bad bytes replaced), cut short."""
-    return clip(value.decode(errors="replace")) if value else None
 
 
 def clip(text: str | None) -> str | None:
