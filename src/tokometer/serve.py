@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import resource
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,8 @@ log = logging.getLogger("tokometer")
 
 _CONFIG_ENV = "TOKOMETER_CONFIG"  # read by the worker's factory
 _LOCK_FD_ENV = "TOKOMETER_STORE_LOCK_FD"  # the inherited lock's file descriptor
+_READY_FD_ENV = "TOKOMETER_READY_FD"  # where a worker says it has started
+_FIRST_PAUSE, _LAST_PAUSE = 1.0, 60.0  # seconds before the gateway starts again after a crash
 _FILES_PER_CONNECTION = 2  # the client's socket, and the provider's while it is relayed
 _FILES_SPARE = 256  # the store, tokenizers, logs, pipes
 _MAX_CONNECTIONS = 65_536
@@ -77,26 +80,51 @@ def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) 
     connections = _connection_limit()
     log.info("gateway listening on http://%s:%d (up to %d connections at once)",
              settings.server.host, settings.server.port, connections)
-    server = Server(
-        "tokometer.serve:worker_app",
-        address=settings.server.host,
-        port=settings.server.port,
-        interface=Interfaces.ASGI,
-        loop=Loops.uvloop,
-        factory=True,
-        workers=1,
-        backpressure=connections,
-        respawn_failed_workers=True,
-        log_access=False,
-    )
+    # granian respawns a worker that dies, but ends the whole server when one dies again within
+    # seconds (a crash loop). A worker that never started ends `serve` with that error; once
+    # one has started, the gateway starts again after a pause that doubles up to a minute.
+    pause = _FIRST_PAUSE
+    while True:
+        ready_in, ready_out = os.pipe()  # a started worker writes a byte (forked: it has it)
+        os.set_blocking(ready_in, False)
+        os.environ[_READY_FD_ENV] = str(ready_out)
+        server = Server(
+            "tokometer.serve:worker_app",
+            address=settings.server.host,
+            port=settings.server.port,
+            interface=Interfaces.ASGI,
+            loop=Loops.uvloop,
+            factory=True,
+            workers=1,
+            backpressure=connections,
+            respawn_failed_workers=True,
+            log_access=False,
+        )
+        try:
+            server.serve()
+            return
+        except SystemExit:
+            if server.interrupt_signal or not _any_byte(ready_in):
+                raise
+        except RuntimeError as e:  # granian's bind error: the message holds a Rust backtrace
+            if "Address already in use" not in str(e):
+                raise
+            raise ConfigError(f"cannot listen on {settings.server.host}:"
+                              f"{settings.server.port}: the address is in use by another "
+                              "program (server.host, server.port)") from None
+        finally:
+            os.close(ready_in)
+            os.close(ready_out)
+        log.error("the gateway's worker kept dying; starting it again in %.0f s", pause)
+        time.sleep(pause)  # the supervisor has nothing else to do meanwhile
+        pause = min(pause * 2, _LAST_PAUSE)
+
+
+def _any_byte(fd: int) -> bool:
     try:
-        server.serve()
-    except RuntimeError as e:  # granian's bind error: the message holds a Rust backtrace
-        if "Address already in use" not in str(e):
-            raise
-        raise ConfigError(f"cannot listen on {settings.server.host}:{settings.server.port}: "
-                          "the address is in use by another program (server.host, "
-                          "server.port)") from None
+        return bool(os.read(fd, 1))
+    except BlockingIOError:
+        return False
 
 
 def worker_app() -> Gateway:
@@ -107,5 +135,7 @@ def worker_app() -> Gateway:
     assert parent is not None, "granian starts its workers with multiprocessing"
     die_with_parent(parent.pid)
     settings = config.load(os.environ[_CONFIG_ENV])
+    ready = int(os.environ[_READY_FD_ENV])
     return Gateway(settings, StoreLock.inherited(settings.server.store,
-                                                 int(os.environ[_LOCK_FD_ENV])))
+                                                 int(os.environ[_LOCK_FD_ENV])),
+                   on_ready=lambda: os.write(ready, b"r"))

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -56,9 +57,11 @@ def create_app(settings: Settings | None = None) -> Gateway:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, lock: StoreLock | None = None):
+    def __init__(self, settings: Settings, lock: StoreLock | None = None,
+                 on_ready: Callable[[], object] | None = None):
         self.settings = settings
         self.lock = lock  # the store's; taken at start unless `tokometer serve` holds it
+        self.on_ready = on_ready  # told once the gateway has started (serve's supervisor)
         self.deps: Deps | None = None
         self.keys: KeyRing | None = None
         self.admin: Admin | None = None
@@ -118,6 +121,8 @@ class Gateway:
         self._tasks += [asyncio.create_task(self.keys.watch_revocations()),
                         asyncio.create_task(budgets.run_forever())]
         log.info("tokometer gateway ready: %d models, store %s", len(s.models), s.server.store)
+        if self.on_ready is not None:
+            self.on_ready()
 
     async def stop(self) -> None:
         for task in self._tasks:
