@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from fake_upstream import FakeUpstream
+from scripted_upstream import ScriptedUpstream
 from tokometer.ledger import open_db
 from tokometer.ledger.read import get_event
 from tokometer.policy import create_key
@@ -263,3 +264,16 @@ def wait_for_event(gateway: Gateway, event_id: str, timeout: float = 10) -> dict
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)  # readiness poll of the gateway's writer
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[ScriptedUpstream]:
+    """A provider each test scripts (tests/scripted_upstream.py), one per test module."""
+    fake = ScriptedUpstream().start()
+    yield fake
+    fake.stop()
+
+
+def inline_table(values: dict[str, Any]) -> str:
+    """A TOML inline table, such as a tariff: { input = 0.15, output = 0.6 }."""
+    return "{ " + ", ".join(f"{k} = {v}" for k, v in values.items()) + " }"

@@ -44,6 +44,12 @@ class ScriptedUpstream:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def providers_toml(self) -> str:
+        """This fake as two providers of a gateway's config: "oa" (OpenAI) and "an" (Anthropic)."""
+        return (f'[[providers]]\nname = "oa"\napi = "openai"\nbase_url = "{self.url}/v1"\n'
+                f'[[providers]]\nname = "an"\napi = "anthropic"\n'
+                f'base_url = "{self.url}/anthropic"')
+
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
 

@@ -18,8 +18,8 @@ import orjson
 import pytest
 from PIL import Image as PILImage
 
-from conftest import Gateway, start_gateway, stop_gateway
-from scripted_upstream import Script, ScriptedUpstream
+from conftest import Gateway, inline_table, start_gateway, stop_gateway
+from scripted_upstream import Script
 
 ADMIN = "audit-admin-token"
 CHEAP = {"input": Decimal("0.15"), "cache_read": Decimal("0.075"), "cache_write": Decimal("0.15"),
@@ -31,39 +31,26 @@ CLAUDE = {"input": Decimal(3), "cache_read": Decimal("0.3"), "cache_write": Deci
 DEFAULT_OUT = 1000
 
 
-def _toml(price: dict[str, Decimal]) -> str:
-    return "{ " + ", ".join(f"{k} = {v}" for k, v in price.items()) + " }"
-
-
-@pytest.fixture(scope="module")
-def scripted():
-    fake = ScriptedUpstream().start()
-    yield fake
-    fake.stop()
+def _models(scripted) -> str:
+    """Both gateways' providers (the scripted fake, over both APIs) and models."""
+    return f"""{scripted.providers_toml()}
+[[models]]
+name = "dual"
+tokenizer = "tiktoken:o200k_base"
+routes = [{{ provider = "oa", model = "gpt-4o-mini", price = {inline_table(CHEAP)} }},
+          {{ provider = "oa", model = "gpt-4o", price = {inline_table(DEAR)} }}]
+[[models]]
+name = "claude"
+tokenizer = "tiktoken:o200k_base"
+routes = [{{ provider = "an", model = "claude-x" }}]
+price = {inline_table(CLAUDE)}"""
 
 
 @pytest.fixture(scope="module")
 def gw(scripted, tmp_path_factory):
     body = f"""admin_token_env = "AUDIT_ADMIN"
 default_max_output_tokens = {DEFAULT_OUT}
-[[providers]]
-name = "oa"
-api = "openai"
-base_url = "{scripted.url}/v1"
-[[providers]]
-name = "an"
-api = "anthropic"
-base_url = "{scripted.url}/anthropic"
-[[models]]
-name = "dual"
-tokenizer = "tiktoken:o200k_base"
-routes = [{{ provider = "oa", model = "gpt-4o-mini", price = {_toml(CHEAP)} }},
-          {{ provider = "oa", model = "gpt-4o", price = {_toml(DEAR)} }}]
-[[models]]
-name = "claude"
-tokenizer = "tiktoken:o200k_base"
-routes = [{{ provider = "an", model = "claude-x" }}]
-price = {_toml(CLAUDE)}
+{_models(scripted)}
 [[budgets]]
 tenant = "held-co"
 limit = 1000
@@ -233,29 +220,12 @@ def test_reservations_equal_the_hand_computed_worst_case(gw, scripted, o200k):
 def tight(scripted, tmp_path_factory):
     """Budgets just large enough for a known number of worst cases."""
     body = f"""admin_token_env = "AUDIT_ADMIN"
-[[providers]]
-name = "oa"
-api = "openai"
-base_url = "{scripted.url}/v1"
-[[providers]]
-name = "an"
-api = "anthropic"
-base_url = "{scripted.url}/anthropic"
-[[models]]
-name = "dual"
-tokenizer = "tiktoken:o200k_base"
-routes = [{{ provider = "oa", model = "gpt-4o-mini", price = {_toml(CHEAP)} }},
-          {{ provider = "oa", model = "gpt-4o", price = {_toml(DEAR)} }}]
-[[models]]
-name = "claude"
-tokenizer = "tiktoken:o200k_base"
-routes = [{{ provider = "an", model = "claude-x" }}]
-price = {_toml(CLAUDE)}
+{_models(scripted)}
 [[models]]
 name = "vision"
 tokenizer = "tiktoken:o200k_base"
 routes = [{{ provider = "oa", model = "gpt-4o" }}, {{ provider = "oa", model = "gpt-4o-mini" }}]
-price = {_toml(DEAR)}
+price = {inline_table(DEAR)}
 [[budgets]]
 tenant = "crowd-co"
 limit = {7 * _worst_cost("dual", 14, 1000)}

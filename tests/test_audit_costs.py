@@ -18,8 +18,8 @@ import orjson
 import pytest
 from genai_prices import data_snapshot
 
-from conftest import start_gateway, stop_gateway, wait_for_event
-from scripted_upstream import Script, ScriptedUpstream
+from conftest import inline_table, start_gateway, stop_gateway, wait_for_event
+from scripted_upstream import Script
 from tokometer.cli import main
 
 TARIFFS = {
@@ -35,25 +35,11 @@ PATHS = {"chat": "/v1/chat/completions", "text_completion": "/v1/completions",
 
 
 @pytest.fixture(scope="module")
-def scripted():
-    fake = ScriptedUpstream().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(scripted, tmp_path_factory):
     def tariff(name: str) -> str:
-        return "{ " + ", ".join(f"{k} = {v}" for k, v in TARIFFS[name].items()) + " }"
+        return inline_table(TARIFFS[name])
 
-    body = f"""[[providers]]
-name = "oa"
-api = "openai"
-base_url = "{scripted.url}/v1"
-[[providers]]
-name = "an"
-api = "anthropic"
-base_url = "{scripted.url}/anthropic"
+    body = f"""{scripted.providers_toml()}
 [[providers]]
 name = "openai"
 api = "openai"

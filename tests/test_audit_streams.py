@@ -13,8 +13,8 @@ import httpx
 import orjson
 import pytest
 
-from conftest import Gateway, start_gateway, stop_gateway, wait_for_event
-from scripted_upstream import Script, ScriptedUpstream
+from conftest import Gateway, inline_table, start_gateway, stop_gateway, wait_for_event
+from scripted_upstream import Script
 
 PRICE = {"input": Decimal("0.15"), "cache_read": Decimal("0.075"),
          "cache_write": Decimal("0.1875"), "output": Decimal("0.6")}
@@ -23,24 +23,10 @@ MESSAGES = [{"role": "user", "content": "Say hello to the world."}]
 
 
 @pytest.fixture(scope="module")
-def scripted():
-    fake = ScriptedUpstream().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(scripted, tmp_path_factory):
-    price = "{ " + ", ".join(f"{k} = {v}" for k, v in PRICE.items()) + " }"
+    price = inline_table(PRICE)
     body = f"""upstream_timeout = 5
-[[providers]]
-name = "oa"
-api = "openai"
-base_url = "{scripted.url}/v1"
-[[providers]]
-name = "an"
-api = "anthropic"
-base_url = "{scripted.url}/anthropic"
+{scripted.providers_toml()}
 [[models]]
 name = "chat"
 tokenizer = "tiktoken:o200k_base"
