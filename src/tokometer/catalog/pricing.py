@@ -175,20 +175,26 @@ def _tiered(info: Any) -> bool:
 
 def genai_cost(provider: Any, info: Any, usage: Usage, at: datetime,
                service_tier: str | None = None) -> Decimal:
-    if service_tier is not None and _tiered(info):
-        return info.calc_price(genai_usage(usage), provider, genai_request_timestamp=at,
-                               price_context={"service_tier": service_tier}).total_price
+    """The cost genai-prices gives, from flat rates worked out once per price (and tier) and
+    multiplied here; a price that is not flat goes through its own calculator."""
+    context = {"service_tier": service_tier} if service_tier is not None and _tiered(info) \
+        and any(info is m for m in provider.models) else None  # as its calculator decides
     prices = info.get_prices(at)
-    rates = _flat_rates.get(id(prices), _UNSEEN)
+    key: tuple[Any, ...] = (id(prices),)
+    if context is not None:  # which tier, and which of its variants are in force at `at`
+        key += (service_tier, *(v.constraint is None or v.constraint.active(at)
+                                for v in info.price_variants))
+    rates = _flat_rates.get(key, _UNSEEN)
     if rates is _UNSEEN:  # the catalog's price objects live as long as the process
-        rates = _flat_rates[id(prices)] = _flat(prices)
+        rates = _flat_rates[key] = _flat(info.get_prices(at, context) if context else prices)
     if rates is None:
-        return info.calc_price(genai_usage(usage), provider, genai_request_timestamp=at).total_price
+        return info.calc_price(genai_usage(usage), provider, genai_request_timestamp=at,
+                               price_context=context).total_price
     return cost_at(rates, usage)
 
 
 _UNSEEN = object()
-_flat_rates: dict[int, Rates | None] = {}
+_flat_rates: dict[tuple[Any, ...], Rates | None] = {}
 
 
 def _flat(prices: Any) -> Rates | None:
