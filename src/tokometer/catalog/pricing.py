@@ -125,7 +125,7 @@ class Pricer:
             self._warn((model.name, "refused"), f"genai-prices cannot price a reading of model "
                        f"{model.name!r} as {ref}: {e}; events record cost null")
             return Priced(None, None, self.currency)
-        if service_tier is not None and _tiered(info):
+        if service_tier is not None and _tiered(provider, info):
             ref += f" service_tier={service_tier}"
         if self.currency == CATALOG_CURRENCY:
             return Priced(cost, ref, self.currency)
@@ -168,17 +168,27 @@ def _genai_model(provider_id: str, model_ref: str) -> tuple[Any, Any] | None:
         return None
 
 
-def _tiered(info: Any) -> bool:
-    """Whether the catalog prices this model differently by service tier."""
-    return any("service_tier" in v.when for v in info.price_variants or ())
+def _tiered(provider: Any, info: Any) -> bool:
+    """Whether the catalog prices this model differently by service tier (and, as its own
+    calculator decides, only for a model of the provider it was found under)."""
+    key = (id(provider), id(info))  # the catalog's objects live as long as the process
+    found = _tiered_models.get(key)
+    if found is None:
+        found = _tiered_models[key] = any(
+            "service_tier" in v.when for v in info.price_variants or ()) and any(
+            info is m for m in provider.models)
+    return found
+
+
+_tiered_models: dict[tuple[int, int], bool] = {}
 
 
 def genai_cost(provider: Any, info: Any, usage: Usage, at: datetime,
                service_tier: str | None = None) -> Decimal:
     """The cost genai-prices gives, from flat rates worked out once per price (and tier) and
     multiplied here; a price that is not flat goes through its own calculator."""
-    context = {"service_tier": service_tier} if service_tier is not None and _tiered(info) \
-        and any(info is m for m in provider.models) else None  # as its calculator decides
+    context = {"service_tier": service_tier} \
+        if service_tier is not None and _tiered(provider, info) else None
     prices = info.get_prices(at)
     key: tuple[Any, ...] = (id(prices),)
     if context is not None:  # which tier, and which of its variants are in force at `at`

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -257,8 +257,10 @@ def _plausible(outcome: Outcome) -> tuple[Usage | None, bool]:
     cached input than input: a negative cost; more 1-hour writes than writes), or no output
     for an answer with text (then the output is recounted)."""
     reported = outcome.reported
-    if reported is None or reported.input_tokens <= 0 \
-            or any(v < 0 for v in astuple(reported) if isinstance(v, int)) \
+    if reported is None or reported.input_tokens <= 0 or min(
+            reported.cache_read_tokens, reported.cache_write_tokens, reported.output_tokens,
+            reported.reasoning_tokens, reported.cache_write_1h_tokens,
+            reported.web_search_requests) < 0 \
             or reported.uncached_input_tokens < 0 \
             or reported.cache_write_1h_tokens > reported.cache_write_tokens:
         return None, False
