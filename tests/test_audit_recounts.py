@@ -13,8 +13,8 @@ import orjson
 import pytest
 from PIL import Image as PILImage
 
-from tokometer.tokenize import TokenizerRegistry, count_input
-from tokometer.tokenize.images import Image, anthropic_tokens, image_size, openai_tokens
+from tokometer.counting import TokenizerRegistry, count_input
+from tokometer.counting.images import Image, anthropic_tokens, image_size, openai_tokens
 
 
 def openai_oracle(w: int, h: int, base: int, tile: int) -> int:
@@ -205,7 +205,7 @@ def test_a_structured_output_schema_is_billed_input_and_an_estimate(tok, o200k):
 def test_openai_chat_accounting_is_not_exact_for_the_anthropic_api(tmp_path, o200k):
     """OpenAI's published per-message framing is OpenAI's chat format: a model served over the
     Anthropic Messages API with an o200k tokenizer is counted by it only as an estimate."""
-    from tokometer.tokenize import Recounter
+    from tokometer.counting import Recounter
 
     recounter = Recounter(TokenizerRegistry(tmp_path))
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}

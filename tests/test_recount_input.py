@@ -12,8 +12,8 @@ import orjson
 import pytest
 from PIL import Image as PILImage
 
-from tokometer.tokenize import TokenizerRegistry, count_input
-from tokometer.tokenize.images import Image, anthropic_tokens, image_size, openai_tokens
+from tokometer.counting import TokenizerRegistry, count_input
+from tokometer.counting.images import Image, anthropic_tokens, image_size, openai_tokens
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city, today.",

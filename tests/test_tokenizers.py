@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
+from tokometer.counting import TokenizerRegistry
 from tokometer.errors import ConfigError
-from tokometer.tokenize import TokenizerRegistry
 
 TEXT = "Metering tokens: 你好，世界! def f(x): return x ** 2  # 🌍\n\n"
 

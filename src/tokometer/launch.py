@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 from .config import Provider
+from .counting.registry import resolve_gguf
 from .errors import ConfigError
 from .lifeline import die_with_parent
-from .tokenize.registry import resolve_gguf
 
 READY_TIMEOUT = 600.0
 

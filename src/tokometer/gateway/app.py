@@ -21,6 +21,7 @@ from .. import config
 from ..analytics.tasks import record_outcome
 from ..catalog import Pricer, vendor_of
 from ..config import Settings
+from ..counting import Recounter, TokenizerRegistry
 from ..errors import AuthError, PolicyError, RequestError, TokometerError
 from ..events import new_event_id
 from ..ledger import SQLiteLedger, open_db
@@ -30,7 +31,6 @@ from ..ledger.sqlite import SMALL_CACHE_KIB
 from ..policy import Consumer, Guard, KeyRing
 from ..policy.keys import is_key_shaped
 from ..policy.sync import BudgetSync
-from ..tokenize import Recounter, TokenizerRegistry
 from .admin import Admin
 from .call import parse_call, refused_call
 from .dashboard import NAV, Dashboard

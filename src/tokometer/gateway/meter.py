@@ -15,11 +15,11 @@ from typing import Any
 
 from ..catalog import Priced, Pricer, origin_of, vendor_of
 from ..config import Route
+from ..counting import Recounter
+from ..counting.recount import Count, estimate
 from ..errors import PolicyError, RequestError
 from ..events import COUNTED, ESTIMATED, REPORTED, Event, Usage, new_event_id, rfc3339
 from ..policy import Need
-from ..tokenize import Recounter
-from ..tokenize.recount import Count, estimate
 from .call import Call, clip, elapsed_ms
 
 _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
