@@ -22,12 +22,23 @@ LARGEST = 10**INTEGER_DIGITS - 1
 _PLAIN = re.compile(rf"-?[0-9]{{1,{INTEGER_DIGITS}}}(?:\.[0-9]{{1,{FRACTION_DIGITS}}})?")
 
 
-def amount(value: object, name: str, *, negative: bool = False) -> Decimal:
-    """`value` (a decimal string or a JSON integer) as a Decimal; RequestError naming `name`."""
+def amount(value: object, name: str, *, negative: bool = False,
+           floats: bool = False) -> Decimal:
+    """`value` (a decimal string, a JSON integer, or a Decimal read from TOML) as a Decimal;
+    RequestError naming `name`.
+
+    `floats`: a JSON float too, by its shortest decimal form (where an API defines the field
+    as a JSON number, like OpenRouter's max_price), and under the same rule.
+    """
+    if floats and isinstance(value, float):
+        value = repr(value)
     number = None
     if ((isinstance(value, str) and _PLAIN.fullmatch(value))
             or (isinstance(value, int) and not isinstance(value, bool) and abs(value) <= LARGEST)):
         number = Decimal(value)
+    elif isinstance(value, Decimal) and value.is_finite() and value.adjusted() < INTEGER_DIGITS \
+            and int(value.as_tuple().exponent) >= -FRACTION_DIGITS:  # the config's, from TOML
+        number = value
     if number is None or (number.is_signed() and not negative):  # "-0" is signed too
         kind = "a decimal string" if negative else "a non-negative decimal string"
         raise RequestError(

@@ -16,7 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from .amounts import amount
+from .errors import ConfigError, RequestError
 from .events import decimal_str as decimal_text
 
 APIS = ("openai", "anthropic")
@@ -493,7 +494,10 @@ class _Reader:
         value = self._get(key, _REQUIRED if default is None else default, (int, Decimal), what)
         if value < 0:
             raise self.error(key, "cannot be negative")
-        return Decimal(value)
+        try:
+            return amount(value, key)  # the one rule for amounts, clients' and the config's
+        except RequestError as e:
+            raise self.error(key, e.message) from None
 
     def table(self, key: str) -> _Reader:
         value = self._get(key, {}, (dict,), "a table")

@@ -33,7 +33,7 @@ from .call import MAX_LABEL_CHARS
 from .offloop import OffLoop
 from .session import LoginBrake
 
-Answer = tuple[int, Any]
+Reply = tuple[int, Any]  # an admin endpoint's status and JSON body
 
 
 class Admin:
@@ -77,7 +77,7 @@ class Admin:
         if self.settings.server.admin_token is not None:
             self.brake.failed(client, time.monotonic())
 
-    async def handle(self, method: str, path: str, body: Any) -> Answer:
+    async def handle(self, method: str, path: str, body: Any) -> Reply:
         parts = path.removeprefix("/admin/").split("/")
         if parts[0] == "keys":
             return await self._keys(method, parts[1:], body)
@@ -88,7 +88,7 @@ class Admin:
         raise RequestError(f"no such admin endpoint: {method} {path}", status=404,
                            type="not_found_error")
 
-    async def _keys(self, method: str, rest: list[str], body: Any) -> Answer:
+    async def _keys(self, method: str, rest: list[str], body: Any) -> Reply:
         if method == "GET" and not rest:
             return 200, {"data": await self._run(list_keys)}
         if method == "POST" and not rest:
@@ -102,7 +102,7 @@ class Admin:
             return 200, {"key_id": rest[0], "revoked": True}
         raise _no_route(method, "keys", rest)
 
-    async def _budgets(self, method: str, rest: list[str], body: Any) -> Answer:
+    async def _budgets(self, method: str, rest: list[str], body: Any) -> Reply:
         config_ids = [b.id for b in self.settings.budgets]
         if method == "GET" and not rest:
             return 200, {"data": [s.status() for s in self.budgets.guard.states.values()]}
@@ -122,7 +122,7 @@ class Admin:
             return 200, {"budget_id": rest[0], "removed": True}
         raise _no_route(method, "budgets", rest)
 
-    async def _correct(self, body: Any) -> Answer:
+    async def _correct(self, body: Any) -> Reply:
         fields = _object(body, required=("event_id", "reason"),
                          optional=(*TOKEN_DELTAS, "cost"))
         original = await self._run(get_event, fields["event_id"])

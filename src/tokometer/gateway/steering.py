@@ -6,9 +6,10 @@ Parsed and checked with the request; the gateway removes it before forwarding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+from ..amounts import amount
 from ..errors import RequestError
 
 _SORTS = ("price", "latency", "throughput")  # throughput: ranked by latency here
@@ -68,11 +69,11 @@ def _price(max_price: dict[str, Any], key: str) -> Decimal | None:
     value = max_price.get(key)
     if value is None:
         return None
+    bounds = f"provider.max_price.{key} must be a number from 0 to {_MAX_PRICE} (per 1M tokens)"
     try:
-        price = Decimal(str(value)) if not isinstance(value, bool) else None
-    except InvalidOperation:
-        price = None
-    if price is None or not price.is_finite() or not 0 <= price <= _MAX_PRICE:
-        raise RequestError(f"provider.max_price.{key} must be a number from 0 to {_MAX_PRICE} "
-                           "(per 1M tokens)")
+        price = amount(value, f"provider.max_price.{key}", floats=True)
+    except RequestError as e:
+        raise RequestError(f"{bounds}: {e.message}") from None
+    if price > _MAX_PRICE:
+        raise RequestError(bounds)
     return price
