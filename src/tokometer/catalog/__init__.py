@@ -1,7 +1,7 @@
 """What is known about models: vendor, vendor country, tokenizer family, and prices.
 
-Prices (genai-prices' catalog: ~0.4 s and tens of MB to load) are imported on first use, so
-processes that only need vendors (the CLI, granian's supervisor) never load them.
+Prices (genai-prices' catalog, slow and large to load: bench/hot_path.py) are imported on
+first use, so processes that only need vendors (the CLI, granian's supervisor) never load them.
 """
 
 from typing import Any

@@ -2,10 +2,10 @@
 genai-prices at the request time, for the model the provider says it served when the catalog
 knows it (else the route's model), at the service tier it says it served.
 
-genai-prices' general calculator costs ~0.3 ms a call, more than the whole gateway may add;
-so the model's price at the request time is looked up through genai-prices (cached) and, when
-its prices are flat and in units we meter (tokens by kind, 1-hour cache writes, reasoning,
-web searches), multiplied out here. Tiered prices, other units and service-tier variants go
+genai-prices' general calculator costs more per call than the whole gateway may add
+(bench/hot_path.py), so the model's price at the request time (and served tier) is looked up
+through genai-prices once and, when it is flat and in units we meter (tokens by kind, 1-hour
+cache writes, reasoning, web searches), multiplied out here. Tiered prices and other units go
 through genai-prices' own calculator. A test holds the two to the same result for every model
 in the catalog.
 

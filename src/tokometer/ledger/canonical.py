@@ -3,8 +3,8 @@ leaf document.
 
 An event as stored holds only strings, integers, floats, booleans and nulls under ASCII keys.
 For such documents JCS is orjson with sorted keys, except that JCS writes an integral float
-as an integer (5.0 → 5); so this is ~40x faster than a general JCS encoder, and a test holds
-it to the rfc8785 package's output.
+as an integer (5.0 → 5); so this is many times faster than a general JCS encoder
+(bench/hot_path.py), and a test holds it to the rfc8785 package's output.
 
 The leaf document is the event less its late fields (events.LATE_FIELDS, added after stores
 were first written) while they are null: an event stored before a field existed reads it back

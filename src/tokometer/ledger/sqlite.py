@@ -53,7 +53,7 @@ _SIGN = object()
 CHECKPOINT_SECONDS = 1.0
 TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
 # The Merkle log and the rollups catch up with the events this often: in small steps, since
-# a step holds the GIL ~20 µs per event (a second's events at once showed as p99 of 11-24 ms).
+# a step holds the GIL for every event it folds (a second's events at once showed in p99).
 DERIVE_SECONDS = 0.1
 WAL_LIMIT_BYTES = 128 * 1024 * 1024
 
