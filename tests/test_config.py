@@ -82,3 +82,18 @@ def test_the_cli_turns_config_errors_into_exit_code_2(tmp_path, capsys):
     path = write(tmp_path, "[server]\nport = -5\n")
     assert main(["events", "--config", str(path)]) == 2
     assert "server.port: -5 is out of range" in capsys.readouterr().err
+
+
+def test_secrets_are_read_from_the_environment_here_and_never_printed(tmp_path):
+    """Config is the one place that reads the environment: the signing key's PEM too."""
+    path = tmp_path / "t.toml"
+    path.write_text('[server]\nadmin_token_env = "ADMIN"\nsigning_key_env = "LOG_KEY"\n'
+                    '[[providers]]\nname = "p"\napi = "openai"\nbase_url = "http://x"\n'
+                    'api_key_env = "P_KEY"\n')
+    environ = {"ADMIN": "admin-secret", "LOG_KEY": "-----BEGIN PRIVATE KEY-----",
+               "P_KEY": "sk-secret"}
+    s = load(path, environ=environ)
+    assert (s.server.admin_token, s.server.signing_key_pem, s.providers["p"].api_key) == \
+        ("admin-secret", "-----BEGIN PRIVATE KEY-----", "sk-secret")
+    shown = repr(s)
+    assert not any(secret in shown for secret in environ.values())

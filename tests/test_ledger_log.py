@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
-from tokometer.errors import LedgerError
+from tokometer.errors import ConfigError, LedgerError
 from tokometer.events import FIELDS, Event, new_event_id
 from tokometer.ledger import SQLiteLedger, open_db, receipts
 from tokometer.ledger.canonical import canonical_json, leaf_document
@@ -409,3 +409,13 @@ def test_audit_findings_cannot_drive_the_terminal(logged, tmp_path):
     out = cli(config, "ledger", "audit")
     assert out.returncode == 1 and "evil\\x1b[2J\\x07" in out.stdout
     assert "\x1b" not in out.stdout and "\x07" not in out.stdout
+
+
+def test_a_signing_key_given_as_pem_is_used_and_a_bad_one_names_its_variable(tmp_path):
+    made = load_signer(tmp_path / "made.pem")
+    pem = (tmp_path / "made.pem").read_text()
+    given = load_signer(tmp_path / "unused.pem", pem, "LOG_KEY")
+    assert given.public_key.public_bytes_raw() == made.public_key.public_bytes_raw()
+    assert not (tmp_path / "unused.pem").exists()
+    with pytest.raises(ConfigError, match=r"^\$LOG_KEY: not a PEM private key"):
+        load_signer(tmp_path / "unused.pem", "not a key", "LOG_KEY")

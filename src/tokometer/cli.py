@@ -343,7 +343,8 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -
 def _signer(settings: config.Settings) -> Any:
     from .ledger.signer import load_signer
 
-    return load_signer(settings.server.signing_key, settings.server.signing_key_env)
+    return load_signer(settings.server.signing_key, settings.server.signing_key_pem,
+                       settings.server.signing_key_env)
 
 
 def _ledger_pubkey(args: argparse.Namespace) -> int:

@@ -73,7 +73,7 @@ class Provider:
     api: str
     base_url: str
     api_key_env: str | None
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     region: str | None
     price_provider: str | None  # genai-prices provider id, when it differs from `name`
     launch: Launch | None
@@ -170,9 +170,10 @@ class Server:
     max_attempts: int | None = None  # routes tried per request, at most; None: all of them
     default_max_output_tokens: int = 4096  # the reservation when nothing else bounds output
     admin_token_env: str | None = None
-    admin_token: str | None = None  # /admin/... is off until this is set
+    admin_token: str | None = field(default=None, repr=False)  # /admin/... is off until set
     signing_key: Path = Path("data/ledger-ed25519.pem")  # the log's key; created if missing
     signing_key_env: str | None = None  # a variable holding the key's PEM, used first
+    signing_key_pem: str | None = field(default=None, repr=False)  # that variable's value
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +259,8 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
         admin_token=environ.get(admin_env) or None if admin_env else None,
         signing_key=(base / s.str("signing_key") if "signing_key" in s.raw
                      else data_dir / "ledger-ed25519.pem"),
-        signing_key_env=s.opt_str("signing_key_env"),
+        signing_key_env=(key_env := s.opt_str("signing_key_env")),
+        signing_key_pem=environ.get(key_env) or None if key_env else None,
     )
 
 

@@ -98,7 +98,8 @@ class Gateway:
     async def start(self) -> None:
         s = self.settings
         self.lock = self.lock or StoreLock.take(s.server.store)
-        signer = load_signer(s.server.signing_key, s.server.signing_key_env)
+        signer = load_signer(s.server.signing_key, s.server.signing_key_pem,
+                             s.server.signing_key_env)
         ledger = SQLiteLedger(s.server.store, signer, durability=s.server.durability)
         ledger.start()
         registry = TokenizerRegistry(s.server.data_dir)

@@ -95,9 +95,9 @@ def verify_head(head: TreeHead, key: Ed25519PublicKey) -> bool:
     return True
 
 
-def load_signer(key_file: Path, key_env: str | None) -> Signer:
-    """The log's key: from $key_env (PEM) if set, else from key_file, created there if new."""
-    pem = os.environ.get(key_env) if key_env else None
+def load_signer(key_file: Path, pem: str | None = None, pem_from: str | None = None) -> Signer:
+    """The log's key: `pem` if given (config read it from the variable `pem_from`), else from
+    key_file, created there if new."""
     if pem is None:
         if not key_file.exists():
             key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def load_signer(key_file: Path, key_env: str | None) -> Signer:
     try:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
     except ValueError as e:
-        where = f"${key_env}" if key_env and os.environ.get(key_env) else str(key_file)
+        where = f"${pem_from}" if pem_from and pem is not None else str(key_file)
         raise ConfigError(f"{where}: not a PEM private key: {e}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{key_file}: the ledger signing key must be Ed25519")
