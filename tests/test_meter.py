@@ -15,9 +15,9 @@ import pytest
 from tokometer.catalog import Pricer
 from tokometer.config import Model, Price, Provider, Route
 from tokometer.counting import Recounter
-from tokometer.events import Usage
+from tokometer.events import Outcome, Usage
 from tokometer.gateway.call import MAX_LABEL_CHARS, Call
-from tokometer.gateway.meter import Meter, Outcome
+from tokometer.gateway.meter import Meter
 from tokometer.gateway.upstream import upstream_body
 from tokometer.gateway.wire import ENDPOINTS
 from tokometer.policy import Consumer

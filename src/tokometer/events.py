@@ -7,11 +7,17 @@ includes reasoning.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import uuid_utils
+
+if TYPE_CHECKING:  # config imports this module
+    from .config import Route
 
 REPORTED = "reported"
 COUNTED = "counted"
@@ -101,3 +107,31 @@ def decimal_str(d: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text or "0"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What came back from upstream, however it ended."""
+
+    route: Route | None
+    status: int
+    error_type: str | None = None
+    reported: Usage | None = None
+    usage_complete: bool = True  # False: the provider's final usage never arrived
+    model: str | None = None
+    service_tier: str | None = None
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+    text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
+    partial: bool = False  # a stream cut short (client left, provider broke off or fell silent)
+    tool_call: bool = False  # the answer holds a tool call: its recount is an estimate
+
+    @property
+    def produced(self) -> bool:
+        """Whether the provider generated anything to bill: an answer, or part of one."""
+        return self.status < 400 or self.partial
+
+
+def elapsed_ms(t0: float) -> float:
+    """Milliseconds since `t0` (a time.perf_counter reading), as events record durations."""
+    return round((time.perf_counter() - t0) * 1000, 3)

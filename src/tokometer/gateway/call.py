@@ -7,7 +7,6 @@ breaks the bound is refused with a 400 before anything is stored.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -136,6 +135,3 @@ def clip(text: str | None) -> str | None:
     bound before it is stored: a provider's answer is input too."""
     return text[:MAX_LABEL_CHARS] if text else text
 
-
-def elapsed_ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 3)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -18,9 +17,19 @@ from ..config import Route
 from ..counting import Recounter
 from ..counting.recount import Count, estimate
 from ..errors import PolicyError, RequestError
-from ..events import COUNTED, ESTIMATED, REPORTED, Event, Usage, new_event_id, rfc3339
+from ..events import (
+    COUNTED,
+    ESTIMATED,
+    REPORTED,
+    Event,
+    Outcome,
+    Usage,
+    elapsed_ms,
+    new_event_id,
+    rfc3339,
+)
 from ..policy import Need
-from .call import Call, clip, elapsed_ms
+from .call import Call, clip
 
 _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
 # Where each API puts the most output a request allows, and how many answers it wants
@@ -36,29 +45,6 @@ _UNBOUNDED_OPERATIONS = frozenset({"chat", "text_completion", "responses"})
 # The tiers a request may ask for by name, and then is priced at (OpenAI's `service_tier`).
 REQUESTED_TIERS = frozenset({"default", "flex", "priority", "scale"})
 log = logging.getLogger("tokometer.meter")
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What came back from upstream, however it ended."""
-
-    route: Route | None
-    status: int
-    error_type: str | None = None
-    reported: Usage | None = None
-    usage_complete: bool = True  # False: the provider's final usage never arrived
-    model: str | None = None
-    service_tier: str | None = None
-    finish_reason: str | None = None
-    ttft_ms: float | None = None
-    text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
-    partial: bool = False  # a stream cut short (client left, provider broke off or fell silent)
-    tool_call: bool = False  # the answer holds a tool call: its recount is an estimate
-
-    @property
-    def produced(self) -> bool:
-        """Whether the provider generated anything to bill: an answer, or part of one."""
-        return self.status < 400 or self.partial
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,13 @@
 """The walk of one request, one call per stage. Read this file first.
 
 authenticate (app.py) → parse → plan routes (rules, strategy) → admit (rate limits,
-budgets) → try routes in order → relay (body, error or stream) → meter (usage, recount,
-price) → ledger append (durable) and budgets settled → last byte to the client.
+budgets) → try routes in order → relay (body, error or stream, all but its last part) →
+record (meter: usage, recount, price; ledger: durable append; budgets settled) → finish
+(the last part to the client):
+
+    outcome, finish = await relay(...)
+    event = await _record(call, outcome, ...)
+    await finish(event)
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ from typing import Any
 
 from ..config import Route
 from ..errors import LedgerError, PolicyError, RequestError, TokometerError, UpstreamError
-from ..events import Event, new_event_id
+from ..events import Event, Outcome, new_event_id
 from ..ledger import SQLiteLedger
 from ..policy import Guard, Ticket
 from .call import Call
-from .meter import Meter, Outcome
+from .meter import Meter
 from .metrics import Metrics
-from .relay import Receive, Send, relay_body, relay_error, relay_stream
+from .relay import Finish, Receive, Send, relay
 from .router import Router
 from .upstream import Answer, Upstream, open_response
 from .wire import EVENT_ID_HEADER, JSON_HEADERS, render_error, sse_error
@@ -86,15 +91,6 @@ async def _forward(call: Call, deps: Deps, send: Send, receive: Receive, routes:
                    ticket: Ticket, event_id: str) -> None:
     started = False
 
-    async def record(outcome: Outcome) -> Event:
-        event = await deps.meter.event(call, outcome, event_id)
-        deps.metrics.observe(event)
-        try:
-            await deps.ledger.append(event)
-        finally:
-            ticket.settle(event)
-        return event
-
     async def tracked_send(message: dict[str, Any]) -> None:
         nonlocal started
         started = True
@@ -106,16 +102,13 @@ async def _forward(call: Call, deps: Deps, send: Send, receive: Receive, routes:
             if isinstance(answer, UpstreamError):
                 raise answer
             async with answer as response:
-                if response.status >= 400:
-                    await relay_error(call, route, response, event_id, record, tracked_send)
-                elif response.content_type == "text/event-stream":
-                    await relay_stream(call, route, response, event_id, record, tracked_send,
-                                       receive)
-                else:
-                    await relay_body(call, route, response, event_id, record, tracked_send)
+                outcome, finish = await relay(call, route, response, event_id, tracked_send,
+                                              receive)
         except UpstreamError as error:
-            await record(Outcome(route, error.status, error_type=error.type))
-            await _send_error(send, call, error, event_id)
+            outcome, finish = (Outcome(route, error.status, error_type=error.type),
+                               _error_reply(send, call, error, event_id))
+        event = await _record(call, outcome, deps, ticket, event_id)  # durable, then...
+        await finish(event)  # ...the rest of the answer
     except LedgerError as error:
         # Fail loudly: an unrecorded reading is never passed off as a normal answer.
         log.error("event %s was not recorded: %s", event_id, error.message)
@@ -124,6 +117,24 @@ async def _forward(call: Call, deps: Deps, send: Send, receive: Receive, routes:
         else:  # a stream: end it with an error event instead of its end marker
             await send({"type": "http.response.body",
                         "body": sse_error(call.endpoint.api, error)})
+
+
+async def _record(call: Call, outcome: Outcome, deps: Deps, ticket: Ticket,
+                  event_id: str) -> Event:
+    """The reading, durable in the ledger, and the reservations settled from it."""
+    event = await deps.meter.event(call, outcome, event_id)
+    deps.metrics.observe(event)
+    try:
+        await deps.ledger.append(event)
+    finally:
+        ticket.settle(event)
+    return event
+
+
+def _error_reply(send: Send, call: Call, error: TokometerError, event_id: str) -> Finish:
+    async def finish(event: Event) -> None:
+        await _send_error(send, call, error, event_id)
+    return finish
 
 
 async def _send_error(send: Send, call: Call, error: TokometerError, event_id: str) -> None:

@@ -1,10 +1,11 @@
 """Passing a provider's response to the client byte for byte, reading usage on the way.
 
-Streams are forwarded event by event as they arrive. The stream's end marker (`[DONE]`,
-`message_stop`, `response.completed`) is held back until the event is durable, so a client
-that saw the end of a stream knows its reading was recorded. A stream the provider breaks off
-(or just stops, without its end marker) ends instead with an error event in the client's wire
-format, so its SDK raises.
+`relay` returns what came back (the meter's Outcome) and a `finish` that sends the rest once
+the pipeline has recorded the event: a whole body goes out only then, and a stream is forwarded
+event by event as it arrives but for its end marker (`[DONE]`, `message_stop`,
+`response.completed`), so a client that saw the end knows its reading was recorded. A stream
+the provider breaks off (or just stops, without its end marker) ends instead with an error
+event in the client's wire format, so its SDK raises.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ import orjson
 
 from ..config import Route
 from ..errors import UpstreamError
-from ..events import Event, decimal_str
+from ..events import Event, Outcome, decimal_str, elapsed_ms
 from ..usage import StreamTap, read_body
 from ..usage.stream import SSESplitter
 from ..usage.text import TOOL_CALL, body_text
-from .call import Call, elapsed_ms
-from .meter import Outcome
+from .call import Call
 from .upstream import Answer, without_address
 from .wire import COST_HEADER, CURRENCY_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-Record = Callable[[Outcome], Awaitable[Event]]
+Finish = Callable[[Event], Awaitable[None]]  # sends what is left, once the event is recorded
 
 _PASS_HEADERS = frozenset({b"content-type", b"x-request-id", b"request-id", b"openai-processing-ms",
                            b"anthropic-organization-id", b"retry-after"})
@@ -41,8 +41,18 @@ def _headers(response: Answer, event_id: str) -> list[tuple[bytes, bytes]]:
     return out
 
 
-async def relay_body(call: Call, route: Route, response: Answer, event_id: str,
-                     record: Record, send: Send) -> None:
+async def relay(call: Call, route: Route, response: Answer, event_id: str, send: Send,
+                receive: Receive) -> tuple[Outcome, Finish]:
+    """The provider's answer relayed as far as it may go before its event is recorded."""
+    if response.status >= 400:
+        return await _relay_error(call, route, response, event_id, send)
+    if response.content_type == "text/event-stream":
+        return await _relay_stream(call, route, response, event_id, send, receive)
+    return await _relay_body(call, route, response, event_id, send)
+
+
+async def _relay_body(call: Call, route: Route, response: Answer, event_id: str,
+                      send: Send) -> tuple[Outcome, Finish]:
     raw = await response.read()
     try:
         body = orjson.loads(raw)
@@ -52,36 +62,45 @@ async def relay_body(call: Call, route: Route, response: Answer, event_id: str,
         raise UpstreamError(f"provider {route.provider.name} sent a malformed response body",
                             type="upstream_malformed")
     reading = read_body(call.endpoint.operation, body)
-    event = await record(Outcome(
+    outcome = Outcome(
         route, response.status, reported=reading.usage, model=reading.model,
         service_tier=reading.service_tier, finish_reason=reading.finish_reason,
         tool_call=TOOL_CALL.search(raw) is not None,
         text=lambda: body_text(call.endpoint.operation, body),
-    ))
+    )
     headers = _headers(response, event_id)
-    if event.cost is not None:
-        headers.append((COST_HEADER, decimal_str(event.cost).encode()))
-        headers.append((CURRENCY_HEADER, event.currency.encode()))
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": raw})
+
+    async def finish(event: Event) -> None:
+        if event.cost is not None:
+            headers.append((COST_HEADER, decimal_str(event.cost).encode()))
+            headers.append((CURRENCY_HEADER, event.currency.encode()))
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
+
+    return outcome, finish
 
 
-async def relay_error(call: Call, route: Route, response: Answer, event_id: str,
-                      record: Record, send: Send) -> None:
+async def _relay_error(call: Call, route: Route, response: Answer, event_id: str,
+                       send: Send) -> tuple[Outcome, Finish]:
     """An upstream 4xx/5xx: passed through when already in the SDK's error shape."""
     raw = await response.read()
     if not is_shaped_error(call.endpoint.api, raw):
         snippet = without_address(raw[:200].decode("utf-8", "replace"), route)
         raise UpstreamError(f"provider {route.provider.name} answered HTTP {response.status}: "
                             f"{snippet}", type="upstream_error")
-    await record(Outcome(route, response.status, error_type=_error_type(raw)))
-    await send({"type": "http.response.start", "status": response.status,
-                "headers": _headers(response, event_id)})
-    await send({"type": "http.response.body", "body": raw})
+    headers = _headers(response, event_id)
+
+    async def finish(event: Event) -> None:
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
+
+    return Outcome(route, response.status, error_type=_error_type(raw)), finish
 
 
-async def relay_stream(call: Call, route: Route, response: Answer,
-                       event_id: str, record: Record, send: Send, receive: Receive) -> None:
+async def _relay_stream(call: Call, route: Route, response: Answer, event_id: str, send: Send,
+                        receive: Receive) -> tuple[Outcome, Finish]:
     op = call.endpoint.operation
     tap = StreamTap(op, hide_usage_chunk=op in ("chat", "text_completion")
                     and not call.client_wants_usage)
@@ -151,12 +170,17 @@ async def relay_stream(call: Call, route: Route, response: Answer,
     outcome.model, outcome.finish_reason = tap.model, tap.finish_reason
     outcome.service_tier = tap.service_tier
     outcome.tool_call = tap.tool_call
-    await record(outcome)
-    if broken is not None:
-        # Not a half event, nor an end marker: an error event the client's SDK raises.
-        await send({"type": "http.response.body", "body": sse_error(call.endpoint.api, broken)})
-    elif not gone:
-        await send({"type": "http.response.body", "body": b"".join([*held, splitter.rest()])})
+
+    async def finish(event: Event) -> None:
+        if broken is not None:
+            # Not a half event, nor an end marker: an error event the client's SDK raises.
+            await send({"type": "http.response.body",
+                        "body": sse_error(call.endpoint.api, broken)})
+        elif not gone:
+            await send({"type": "http.response.body",
+                        "body": b"".join([*held, splitter.rest()])})
+
+    return outcome, finish
 
 
 async def _disconnected(receive: Receive) -> None:
