@@ -22,6 +22,7 @@ from ..errors import LedgerError, PolicyError, RequestError, TokometerError, Ups
 from ..events import Event, Outcome, new_event_id
 from ..ledger import SQLiteLedger
 from ..policy import Guard, Ticket
+from ..policy.residency import allowed_routes
 from .call import Call
 from .meter import Meter
 from .metrics import Metrics
@@ -68,7 +69,9 @@ async def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
         call.output_bound = deps.meter.unstated_bound(call)
     expected = (await deps.meter.expected(call)
                 if metered or deps.router.ranks_by_price(call) else None)
-    routes = deps.router.plan(call, deps.guard.rules_for(call.consumer), expected)
+    routes = allowed_routes(call.model, deps.router.candidates(call),
+                            deps.guard.rules_for(call.consumer))
+    routes = deps.router.rank(call, routes, expected)
     need = deps.meter.need(call, routes, expected) if metered and expected else None
     return routes, deps.guard.admit(call.consumer, need)
 

@@ -1,21 +1,20 @@
-"""Which of a model's routes a request may take, and in which order.
+"""Which of a model's routes a request's client lets it take, and in which order to try them.
 
-The model's strategy ranks them ("order", "price" for the request's expected tokens, or
-"latency": a moving average of recent answers); a client may steer with OpenRouter's
-`provider` object; residency rules remove routes, and if none is left the request is refused
-before the prompt leaves the gateway.
+`candidates` keeps the routes on the request's API whose provider is usable and which the
+client's OpenRouter-style `provider` object allows; policy (residency rules) then removes what
+the consumer may not use; `rank` orders the rest by the model's strategy ("order", "price"
+for the request's expected tokens, or "latency": a moving average of recent answers) and the
+client's own order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import Decimal
 
-from ..catalog import Pricer, origin_of
-from ..config import Route, Rule
-from ..errors import PolicyError, RequestError
+from ..catalog import Pricer
+from ..config import Route
+from ..errors import RequestError
 from ..events import Usage
-from ..policy.residency import breach
 from .call import Call
 from .steering import Steering
 
@@ -36,15 +35,15 @@ class Router:
         steer = call.steering
         return ((steer.sort if steer and steer.sort else None) or call.model.strategy) == "price"
 
-    def plan(self, call: Call, rules: Sequence[Rule], expected: Usage | None) -> list[Route]:
-        """The routes to try, best first; RequestError (400) or PolicyError (403) if none."""
+    def candidates(self, call: Call) -> list[Route]:
+        """The routes the request may take as its client asks; RequestError (404) if none."""
         routes = [r for r in call.model.routes
                   if r.provider.api == call.endpoint.api and r.provider.usable]
+        return self._steered(call, routes, call.steering) if call.steering else routes
+
+    def rank(self, call: Call, routes: list[Route], expected: Usage | None) -> list[Route]:
+        """`routes` in the order to try them, as many as may be tried."""
         steer = call.steering
-        if steer is not None:
-            routes = self._steered(call, routes, steer)
-        if rules:
-            routes = _kept(call, routes, rules)
         sort = (steer.sort if steer and steer.sort else None) or call.model.strategy
         if sort == "price":
             assert expected is not None, "ranks_by_price(call) said no"
@@ -96,19 +95,3 @@ def _no_route(call: Call, what: str) -> RequestError:
     return RequestError(f"no route of model {call.model.name!r} is left by {what} "
                         f"(its providers: {names})", status=404, code="no_route")
 
-
-def _kept(call: Call, routes: list[Route], rules: Sequence[Rule]) -> list[Route]:
-    kept, why = [], []
-    for route in routes:
-        breaches = [(rule, b) for rule in rules
-                    if (b := breach(rule, route, origin_of(call.model, route.model))) is not None]
-        if breaches:
-            why.extend(breaches)
-        else:
-            kept.append(route)
-    if not kept:
-        detail = "; ".join(f"{rule.name} ({rule.scope}): {b}" for rule, b in why)
-        raise PolicyError(f"no route of model {call.model.name!r} keeps this key's residency "
-                          f"rules: {detail}", status=403, type="permission_error",
-                          code="residency_rule")
-    return kept

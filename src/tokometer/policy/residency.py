@@ -7,7 +7,11 @@ it breaks any rule that asks about it: rules fail closed.
 
 from __future__ import annotations
 
-from ..config import Route, Rule
+from collections.abc import Sequence
+
+from ..catalog import origin_of
+from ..config import Model, Route, Rule
+from ..errors import PolicyError
 
 
 def breach(rule: Rule, route: Route, origin: str | None) -> str | None:
@@ -24,3 +28,23 @@ def breach(rule: Rule, route: Route, origin: str | None) -> str | None:
     if rule.deny_origins and (origin is None or origin in rule.deny_origins):
         return f"{whose}, a denied origin" if origin else whose
     return None
+
+
+def allowed_routes(model: Model, routes: list[Route], rules: Sequence[Rule]) -> list[Route]:
+    """The routes that keep every rule; PolicyError (403) naming each breach if none does."""
+    if not rules:
+        return routes
+    kept, why = [], []
+    for route in routes:
+        breaches = [(rule, b) for rule in rules
+                    if (b := breach(rule, route, origin_of(model, route.model))) is not None]
+        if breaches:
+            why.extend(breaches)
+        else:
+            kept.append(route)
+    if not kept:
+        detail = "; ".join(f"{rule.name} ({rule.scope}): {b}" for rule, b in why)
+        raise PolicyError(f"no route of model {model.name!r} keeps this key's residency "
+                          f"rules: {detail}", status=403, type="permission_error",
+                          code="residency_rule")
+    return kept
