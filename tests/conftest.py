@@ -10,15 +10,18 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from fake_upstream import FakeUpstream
 from scripted_upstream import ScriptedUpstream
+from tokometer.events import Event, new_event_id, rfc3339
 from tokometer.ledger import open_db
 from tokometer.ledger.read import get_event
 from tokometer.policy import create_key
@@ -277,3 +280,31 @@ def scripted() -> Iterator[ScriptedUpstream]:
 def inline_table(values: dict[str, Any]) -> str:
     """A TOML inline table, such as a tariff: { input = 0.15, output = 0.6 }."""
     return "{ " + ", ".join(f"{k} = {v}" for k, v in values.items()) + " }"
+
+
+def chat_event(gw: Gateway, key: str | None = None) -> dict[str, Any]:
+    """One chat through the openai SDK (gpt-4o-mini on the fake provider): its event."""
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key or gw.key, max_retries=0,
+                           timeout=20)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert raw.parse().choices[0].message.content
+    return gw.event(raw.headers["x-tokometer-event-id"])
+
+
+def make_event(**fields: Any) -> Event:
+    """An Event as the meter would write it, with `fields` changed (for stores built by hand)."""
+    base = dict(
+        id=new_event_id(), time=rfc3339(datetime.now(UTC)), duration_ms=5.0, ttft_ms=None,
+        key_id="k", tenant="t", app="a", agent=None, task=None, end_user=None,
+        consumer_region="DE", api="openai", operation="chat", stream=False, provider="p",
+        provider_region="US", model_requested="m", model="m", model_origin="US",
+        input_tokens=12, cache_read_tokens=0, cache_write_tokens=0, output_tokens=30,
+        reasoning_tokens=0, usage_source="reported", counted_input_tokens=None,
+        counted_output_tokens=None, cost=Decimal("0.01"), currency="USD", price_ref=None,
+        status=200, error_type=None, finish_reason="stop")
+    return Event(**{**base, **fields})
+
+
+# A client string that would drive a terminal: colour, window title, bell, RTL override.
+TERMINAL = "\x1b[31mred\x1b]0;pwned\x07\u202eevil"

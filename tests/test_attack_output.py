@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from conftest import MINIMAL_CONFIG
-from test_safe_output import TERMINAL, event
+from conftest import MINIMAL_CONFIG, TERMINAL, make_event
 from tokometer.ledger import SQLiteLedger
 from tokometer.ledger.signer import load_signer
 
@@ -42,7 +41,7 @@ def test_csv_on_a_terminal_shows_control_characters_escaped(tmp_path, command):
     async def fill() -> None:
         ledger = SQLiteLedger(tmp_path / "t.db", load_signer(tmp_path / "key.pem", None))
         ledger.start()
-        await ledger.append(event(model=TERMINAL, task="job\x1b[2J\x1b[H"))
+        await ledger.append(make_event(model=TERMINAL, task="job\x1b[2J\x1b[H"))
         await ledger.close()
 
     asyncio.run(fill())
@@ -73,5 +72,5 @@ def test_an_output_file_that_cannot_be_written_is_a_clear_error(tmp_path, comman
 async def _one_event(work) -> None:
     ledger = SQLiteLedger(work / "t.db", load_signer(work / "key.pem", None))
     ledger.start()
-    await ledger.append(event())
+    await ledger.append(make_event())
     await ledger.close()

@@ -12,12 +12,13 @@ from conftest import (
     FAKE_KEYS,
     MINIMAL_CONFIG,
     MODELS_TOML,
+    chat_event,
     free_port,
     providers_toml,
     start_gateway,
     stop_gateway,
 )
-from test_processes import answers, chat, children, cli, the_worker, until
+from processes import answers, children, cli, the_worker, until
 
 
 def second_serve(config) -> tuple[int | None, str]:
@@ -73,7 +74,7 @@ def test_a_worker_killed_twice_in_a_row_is_respawned_both_times(upstream, tmp_pa
                   or children(gw.process.pid) not in ([], [w]), 20, "no worker was respawned")
             assert gw.process.poll() is None, "the gateway exited after its worker died"
             until(lambda: answers(gw) or gw.process.poll() is not None, 30, "no answer")
-        assert chat(gw)["status"] == 200
+        assert chat_event(gw)["status"] == 200
     finally:
         if gw.process.poll() is None:
             os.kill(gw.process.pid, signal.SIGKILL)

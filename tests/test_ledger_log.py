@@ -6,8 +6,6 @@ import asyncio
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
+from processes import cli
 from tokometer.errors import ConfigError, LedgerError
 from tokometer.events import FIELDS, Event, new_event_id
 from tokometer.ledger import SQLiteLedger, open_db, receipts
@@ -31,11 +30,6 @@ from tokometer.ledger.sqlite import leaf_of
 
 REQUESTS = 12
 
-
-def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tokometer.cli", *args,
-                           *(["--config", str(config)] if args[0] != "verify-receipt" else [])],
-                          capture_output=True, text=True, input=stdin, timeout=120)
 
 
 @pytest.fixture(scope="module")

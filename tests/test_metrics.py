@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
-from test_policy import event_costing
+from conftest import make_event
 from tokometer.gateway.metrics import Metrics
 
 
 def an_event():
-    return replace(event_costing(Decimal("0.5"), tokens=7), model="m")
+    return make_event(cost=Decimal("0.5"), input_tokens=7, output_tokens=0, model="m")
 
 
 def samples(metrics: Metrics) -> dict[str, float]:

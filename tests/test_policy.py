@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import MINIMAL_CONFIG as BASE
+from conftest import make_event
 from tokometer import ConfigError, load
 from tokometer.config import EU, Budget, Limit, Provider, Route, Rule, Scope, Server, Settings
 from tokometer.errors import PolicyError
@@ -77,13 +78,8 @@ def guard_with(budget: Budget, spent: Decimal = Decimal(0)) -> Guard:
     return Guard(no_rules, {budget.id: BudgetState(budget, start, end, spent)})
 
 
-def event_costing(cost: Decimal, tokens: int = 0) -> Event:
-    fields = dict.fromkeys(Event.__dataclass_fields__)
-    fields.update(id="e", time="t", duration_ms=0.0, api="openai", operation="chat",
-                  stream=False, input_tokens=tokens, cache_read_tokens=0, cache_write_tokens=0,
-                  output_tokens=0, reasoning_tokens=0, usage_source="reported", cost=cost,
-                  currency="USD", status=200)
-    return Event(**fields)
+def event_costing(cost: Decimal | None, tokens: int = 0) -> Event:
+    return make_event(cost=cost, input_tokens=tokens, output_tokens=0)
 
 
 def test_a_budget_admits_only_what_fits_in_what_is_left():

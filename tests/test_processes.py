@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import openai
 import pytest
 
 from conftest import (
@@ -21,11 +17,13 @@ from conftest import (
     MINIMAL_CONFIG,
     MODELS_TOML,
     Gateway,
+    chat_event,
     free_port,
     providers_toml,
     start_gateway,
     stop_gateway,
 )
+from processes import alive, answers, children, cli, listening, the_worker, until
 from tokometer import config
 from tokometer.errors import LedgerError
 from tokometer.gateway import app
@@ -38,70 +36,12 @@ def serve(config: Path) -> subprocess.CompletedProcess[str]:
                           timeout=60, env={**os.environ, **FAKE_KEYS})
 
 
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tokometer.cli", *args, "--config", str(config)],
-                          capture_output=True, text=True, timeout=60)
 
 
-def chat(gw: Gateway, key: str | None = None) -> dict:
-    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key or gw.key, max_retries=0,
-                           timeout=20)
-    raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-    assert raw.parse().choices[0].message.content
-    return gw.event(raw.headers["x-tokometer-event-id"])
 
 
-def children(pid: int) -> list[int]:
-    """Living (not zombie) child processes of `pid`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(stat.parent.name))
-    return found
 
 
-def alive(pid: int) -> bool:
-    """Whether any thread of `pid` still runs (a killed process's main thread can show as a
-    zombie while its other threads, and its files, are still being torn down)."""
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            if stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
-                return True
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return False
-
-
-def listening(gw: Gateway) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])), timeout=2).close()
-    except ConnectionRefusedError:
-        return False
-    return True
-
-
-def answers(gw: Gateway) -> bool:
-    try:
-        return httpx.get(gw.url + "/healthz", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)  # polling other processes' state
-
-
-def the_worker(gw: Gateway) -> int:
-    until(lambda: len(children(gw.process.pid)) == 1, 20, "granian has no single worker")
-    return children(gw.process.pid)[0]
 
 
 def start(upstream, directory: Path) -> Gateway:
@@ -122,7 +62,7 @@ def test_the_same_config_started_twice_refuses_to_start(owner):
     assert f"the store {owner.store} is in use by another tokometer gateway " \
            f"(pid {owner.process.pid})" in output
     assert "Listening" not in output  # it never bound the port, even with SO_REUSEPORT
-    assert chat(owner)["status"] == 200
+    assert chat_event(owner)["status"] == 200
     assert cli(owner.config, "ledger", "audit").returncode == 0
 
 
@@ -140,7 +80,7 @@ def test_the_cli_writes_beside_a_running_gateway(owner):
     created = cli(owner.config, "keys", "create", "--tenant", "beside", "--app", "cli", "--json")
     assert created.returncode == 0, created.stderr
     key = created.stdout.split('"key":"')[1].split('"')[0]
-    assert chat(owner, key)["tenant"] == "beside"
+    assert chat_event(owner, key)["tenant"] == "beside"
     budget = cli(owner.config, "budgets", "set", "--tenant", "beside", "--limit", "5")
     assert budget.returncode == 0, budget.stderr
 
@@ -149,7 +89,7 @@ def test_kill_9_of_the_serving_process_takes_its_worker_along(upstream, tmp_path
     gw = start(upstream, tmp_path)
     worker = the_worker(gw)
     try:
-        assert chat(gw)["status"] == 200
+        assert chat_event(gw)["status"] == 200
         os.kill(gw.process.pid, signal.SIGKILL)  # the supervisor alone, not its process group
         gw.process.wait(10)
         until(lambda: not alive(worker), 10, "the orphaned worker lives on")
@@ -159,7 +99,7 @@ def test_kill_9_of_the_serving_process_takes_its_worker_along(upstream, tmp_path
             os.kill(worker, signal.SIGKILL)
     again = start(upstream, tmp_path)  # the kernel let go of the lock with the processes
     try:
-        assert chat(again)["status"] == 200
+        assert chat_event(again)["status"] == 200
     finally:
         stop_gateway(again)
     audit = cli(again.config, "ledger", "audit")
@@ -175,7 +115,7 @@ def test_a_killed_worker_is_respawned_and_holds_the_store_again(upstream, tmp_pa
               "no worker was respawned")
         respawned = the_worker(gw)
         until(lambda: answers(gw), 30, "the respawned worker does not answer")
-        assert chat(gw)["status"] == 200
+        assert chat_event(gw)["status"] == 200
         lock = lock_path(gw.store).resolve()
         held = {Path(os.readlink(fd)) for fd in Path(f"/proc/{respawned}/fd").iterdir()
                 if fd.is_symlink()}

@@ -7,19 +7,17 @@ import asyncio
 import csv
 import io
 import json
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import MINIMAL_CONFIG, Gateway
+from conftest import MINIMAL_CONFIG, TERMINAL, Gateway, make_event
 from tokometer.analytics import report
 from tokometer.analytics.cells import spreadsheet_safe
 from tokometer.analytics.charts import report_chart, svg
 from tokometer.cli import main
-from tokometer.events import Event, new_event_id, rfc3339
 from tokometer.ledger import SQLiteLedger, open_db
 from tokometer.ledger.signer import load_signer
 
@@ -31,34 +29,21 @@ END_USER = "\t=1+1"
 MODEL = "\r=1+1"
 FORMULAS = {"tenant": TENANT, "app": APP, "agent": AGENT, "task": TASK, "end_user": END_USER,
             "model": MODEL}
-TERMINAL = "\x1b[31mred\x1b]0;pwned\x07\u202eevil"  # colour, window title, bell, RTL override
 CLEAR = "job\x1b[2J\x1b[H"  # clears the screen
 MATH = ["$\\frac{a}{b}$", "$\\nosuchcommand$", "$x"]
 MARKUP = "</svg><script>alert(1)</script>"
 HIDDEN = "_nolegend_"  # matplotlib leaves a label starting with "_" out of a legend
 
 
-def event(**fields) -> Event:
-    base = dict(
-        id=new_event_id(), time=rfc3339(datetime.now(UTC)), duration_ms=5.0, ttft_ms=None,
-        key_id="k", tenant="t", app="a", agent=None, task=None, end_user=None,
-        consumer_region="DE", api="openai", operation="chat", stream=False, provider="p",
-        provider_region="US", model_requested="m", model="m", model_origin="US",
-        input_tokens=12, cache_read_tokens=0, cache_write_tokens=0, output_tokens=30,
-        reasoning_tokens=0, usage_source="reported", counted_input_tokens=None,
-        counted_output_tokens=None, cost=Decimal("0.01"), currency="USD", price_ref=None,
-        status=200, error_type=None, finish_reason="stop")
-    return Event(**{**base, **fields})
-
 
 HOSTILE = [
-    event(**FORMULAS),
-    event(tenant="-5", app="plain", agent=MATH[0], model=TERMINAL, task=CLEAR,
+    make_event(**FORMULAS),
+    make_event(tenant="-5", app="plain", agent=MATH[0], model=TERMINAL, task=CLEAR,
           output_tokens=-100, cost=Decimal("-0.0042"), usage_source="correction"),
-    event(agent=MATH[1], model=MATH[1]),
-    event(agent=MATH[2], model=MATH[2]),
-    event(agent=MARKUP),
-    event(agent=HIDDEN),
+    make_event(agent=MATH[1], model=MATH[1]),
+    make_event(agent=MATH[2], model=MATH[2]),
+    make_event(agent=MARKUP),
+    make_event(agent=HIDDEN),
 ]
 
 
