@@ -27,6 +27,7 @@ from conftest import (
 from fake_upstream import FakeUpstream
 from tokometer import config
 from tokometer.gateway.app import Gateway as App
+from tokometer.gateway.services import Services
 from tokometer.gateway.upstream import without_address
 
 ADMIN = "shape-admin"
@@ -189,8 +190,10 @@ def test_an_unforeseen_failure_is_a_500_in_the_clients_shape(tmp_path):
             raise RuntimeError("a bug")
 
     (tmp_path / "tokometer.toml").write_text(MINIMAL_CONFIG)
-    app = App(config.load(tmp_path / "tokometer.toml"))
-    app.keys, app.deps = BrokenKeys(), object()  # type: ignore[assignment]
+    settings = config.load(tmp_path / "tokometer.toml")
+    app = App(settings)
+    app.services = Services(settings, deps=object(), keys=BrokenKeys(), admin=None,  # type: ignore[arg-type]
+                            transparency=None, side=None, dashboard=None, lock=None, tasks=())
 
     async def ask(path: str, body: dict) -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),

@@ -23,10 +23,11 @@ from ..events import Event, Outcome, new_event_id
 from ..ledger import SQLiteLedger
 from ..policy import Guard, Ticket
 from ..policy.residency import allowed_routes
+from .asgi import Receive, Send
 from .call import Call
 from .meter import Meter
 from .metrics import Metrics
-from .relay import Finish, Receive, Send, relay
+from .relay import Finish, relay
 from .router import Router
 from .upstream import Answer, Upstream, open_response
 from .wire import EVENT_ID_HEADER, JSON_HEADERS, render_error, sse_error

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 
@@ -22,12 +21,11 @@ from ..events import Event, Outcome, decimal_str, elapsed_ms
 from ..usage import StreamTap, read_body
 from ..usage.stream import SSESplitter
 from ..usage.text import TOOL_CALL, body_text
+from .asgi import Receive, Send
 from .call import Call
 from .upstream import Answer, without_address
 from .wire import COST_HEADER, CURRENCY_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 Finish = Callable[[Event], Awaitable[None]]  # sends what is left, once the event is recorded
 
 _PASS_HEADERS = frozenset({b"content-type", b"x-request-id", b"request-id", b"openai-processing-ms",

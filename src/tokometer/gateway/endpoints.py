@@ -1,0 +1,178 @@
+"""Every endpoint as an entry of one route table: (method, path) → handler(request, services).
+
+The metered endpoints (wire.ENDPOINTS) authenticate before they read a body and hand the
+request to pipeline.handle; the side endpoints (health, models, outcomes, the log, metrics,
+the admin API, the dashboard) answer here. `route` finds a request's handler, or says why not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ..analytics.tasks import record_outcome
+from ..catalog import vendor_of
+from ..config import Settings
+from ..errors import AuthError, RequestError
+from ..events import new_event_id
+from ..policy import Consumer
+from ..policy.keys import is_key_shaped
+from .asgi import Request, reply, reply_json
+from .call import parse_call, refused_call
+from .dashboard import NAV
+from .pipeline import handle, refuse
+from .services import Services, api_key
+from .session import client_of
+from .wire import ENDPOINTS, EVENT_ID_HEADER
+
+Handler = Callable[[Request, Services], Awaitable[None]]
+_PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+async def metered(request: Request, services: Services) -> None:
+    """A provider call: refused (and recorded) without a valid key, else the pipeline's."""
+    endpoint = ENDPOINTS[request.path]
+    try:
+        consumer = await services.authenticate(request.headers)
+    except AuthError as error:  # recorded from the headers; the body is never read
+        call = refused_call(endpoint, request.headers, request.t0)
+        return await refuse(call, error, services.deps, request.send, new_event_id())
+    raw = await request.body(services.settings.server)
+    call = parse_call(endpoint, raw, request.headers, services.settings, consumer, request.t0)
+    await handle(call, services.deps, request.send, request.receive)
+
+
+async def health(request: Request, services: Services) -> None:
+    await reply_json(request.send, 200, {"status": "ok"})
+
+
+async def models(request: Request, services: Services) -> None:
+    await services.authenticate(request.headers)
+    await reply_json(request.send, 200, _model_list(services.settings,
+                                                    b"anthropic-version" in request.headers))
+
+
+async def outcomes(request: Request, services: Services) -> None:
+    """How one of the consumer's tasks ended."""
+    who = await services.authenticate(request.headers)
+    body = await request.json(services.settings.server)
+    await reply_json(request.send, 201, await services.side.run(record_outcome, who, body))
+
+
+async def log(request: Request, services: Services) -> None:
+    """The Merkle log's read endpoints, for consumers' keys and the admin token."""
+    who: Consumer | None = None
+    client, admin = _client(request), services.admin
+    # A braked address is not asked for the admin token (keys still work: behind a proxy
+    # it is everyone's); a wrong token not shaped like a key is a guess at the admin's.
+    if admin.braked(client) is not None or not admin.is_admin(request.headers):
+        try:
+            who = await services.authenticate(request.headers)
+        except AuthError:
+            if not is_key_shaped(api_key(request.headers) or ""):
+                admin.wrong(client)
+            raise
+    path, transparency = request.path, services.transparency
+    if path == "/v1/ledger/head":
+        data = await transparency.head()
+    elif path == "/v1/ledger/consistency":
+        data = await transparency.consistency(request.scope.get("query_string", b""))
+    elif (event_id := path.removeprefix("/v1/receipts/")) != path and event_id \
+            and "/" not in event_id:
+        data = await transparency.receipt(event_id, who)
+    else:
+        raise _not_found(request)
+    await reply_json(request.send, 200, data)
+
+
+async def metrics(request: Request, services: Services) -> None:
+    """Prometheus' scrape, for the admin token."""
+    services.admin.check(request.headers, _client(request))
+    await reply(request.send, 200, services.deps.metrics.render(), content_type=_PROMETHEUS)
+
+
+async def admin(request: Request, services: Services) -> None:
+    services.admin.check(request.headers, _client(request))
+    body = await request.json(services.settings.server)
+    status, data = await services.admin.handle(request.method, request.path, body)
+    named = [(EVENT_ID_HEADER, data["id"].encode())] if request.path == "/admin/corrections" \
+        else []  # a correction's answer is an event: named like every other
+    await reply(request.send, status, orjson.dumps(data), named)
+
+
+async def dashboard(request: Request, services: Services) -> None:
+    body = await request.body(services.settings.server) if request.method == "POST" else b""
+    status, headers, page = await services.dashboard.handle(
+        request.method, request.path, request.scope, request.headers, body)
+    await request.send({"type": "http.response.start", "status": status, "headers": headers})
+    await request.send({"type": "http.response.body", "body": page})
+
+
+_ANY = None  # the handler itself says which methods it takes
+_EXACT: dict[str, tuple[frozenset[str] | None, Handler]] = {
+    **{path: (frozenset({"POST"}), metered) for path in ENDPOINTS},
+    "/healthz": (_ANY, health),
+    "/v1/models": (frozenset({"GET"}), models),
+    "/v1/outcomes": (frozenset({"POST"}), outcomes),
+    "/metrics": (frozenset({"GET"}), metrics),
+    **{href: (_ANY, dashboard) for href in ("/login", *(h for h, _ in NAV))},
+}
+_PREFIXES: tuple[tuple[str, frozenset[str] | None, Handler], ...] = (
+    ("/admin/", _ANY, admin),
+    ("/tenants/", _ANY, dashboard),
+    ("/v1/ledger/", frozenset({"GET"}), log),
+    ("/v1/receipts/", frozenset({"GET"}), log),
+)
+
+
+def route(request: Request) -> Handler:
+    """The request's handler; RequestError 404 (no such path) or 405 (not that method)."""
+    path, method = request.path, request.method
+    found = _EXACT.get(path) or next(((m, h) for prefix, m, h in _PREFIXES
+                                      if path.startswith(prefix)), None)
+    if found is None:
+        raise _not_found(request)
+    methods, handler = found
+    if methods is not None and method not in methods:
+        raise RequestError(f"{path} takes {' or '.join(sorted(methods))}, not {method}",
+                           status=405)
+    return handler
+
+
+def side_api(request: Request) -> str:
+    """The wire shape of a request's errors: its endpoint's, OpenAI's for side endpoints, but
+    Anthropic's for the Anthropic SDK's model list."""
+    endpoint = ENDPOINTS.get(request.path)
+    if endpoint is not None:
+        return endpoint.api
+    anthropic = request.path == "/v1/models" and b"anthropic-version" in request.headers
+    return "anthropic" if anthropic else "openai"
+
+
+def _not_found(request: Request) -> RequestError:
+    return RequestError(f"no such endpoint: {request.method} {request.path}", status=404,
+                        type="not_found_error")
+
+
+def _client(request: Request) -> str:
+    """Whom the login brake counts for this request."""
+    return client_of((request.scope.get("client") or ("",))[0])
+
+
+def _model_list(settings: Settings, anthropic: bool) -> dict[str, Any]:
+    names = list(settings.models)
+    if anthropic:
+        data = [{"type": "model", "id": n, "display_name": n,
+                 "created_at": "1970-01-01T00:00:00Z"} for n in names]
+        return {"data": data, "has_more": False, "first_id": names[0] if names else None,
+                "last_id": names[-1] if names else None}
+    return {"object": "list", "data": [
+        {"id": n, "object": "model", "created": 0, "owned_by": _owner(settings, n)}
+        for n in names]}
+
+
+def _owner(settings: Settings, name: str) -> str:
+    info = vendor_of(settings.models[name].routes[0].model)
+    return info.vendor if info else settings.models[name].routes[0].provider.name

@@ -1,0 +1,115 @@
+"""Everything a running gateway holds, built once at start-up and stopped at shutdown.
+
+The lifespan builds one frozen Services value; the endpoints read it and change nothing in it
+(what changes at run time, such as budgets' spend and the key ring, lives inside its parts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from ..catalog import Pricer, vendor_of
+from ..config import Settings
+from ..counting import Recounter, TokenizerRegistry
+from ..errors import AuthError
+from ..ledger import SQLiteLedger, open_db
+from ..ledger.lock import StoreLock
+from ..ledger.signer import load_signer
+from ..ledger.sqlite import SMALL_CACHE_KIB
+from ..policy import Consumer, Guard, KeyRing
+from ..policy.sync import BudgetSync
+from .admin import Admin
+from .dashboard import Dashboard
+from .meter import Meter
+from .metrics import Metrics
+from .offloop import OffLoop
+from .pipeline import Deps
+from .router import Router
+from .session import LoginBrake
+from .transparency import Transparency
+from .upstream import Upstream
+
+log = logging.getLogger("tokometer.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    deps: Deps  # what the request path needs (pipeline.py)
+    keys: KeyRing
+    admin: Admin
+    transparency: Transparency
+    side: OffLoop  # one store connection, off the event loop, for the side endpoints
+    dashboard: Dashboard
+    lock: StoreLock
+    tasks: tuple[asyncio.Task[None], ...]  # background watchers: revocations, budgets
+
+    async def authenticate(self, headers: dict[bytes, bytes]) -> Consumer:
+        key = api_key(headers)
+        if key is None:
+            raise AuthError("no API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'")
+        consumer = await self.keys.lookup(key)
+        if consumer is None:
+            raise AuthError("invalid API key (unknown or revoked)")
+        return consumer
+
+
+async def start_services(settings: Settings, lock: StoreLock | None) -> Services:
+    """The gateway's parts, on `lock` (taken here when `tokometer serve` did not)."""
+    s = settings.server
+    lock = lock or StoreLock.take(s.store)
+    ledger = SQLiteLedger(s.store, load_signer(s.signing_key, s.signing_key_pem,
+                                                s.signing_key_env), durability=s.durability)
+    ledger.start()
+    registry = TokenizerRegistry(s.data_dir)
+    await asyncio.to_thread(_preload_tokenizers, settings, registry)
+    keys = KeyRing(open_db(s.store, cache_kib=SMALL_CACHE_KIB))
+    pricer = Pricer(s.currency, settings.exchange_rates)
+    budgets = BudgetSync(Guard(settings, {}), open_db(s.store, cache_kib=SMALL_CACHE_KIB),
+                         settings.budgets)
+    await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
+    side = OffLoop(open_db(s.store))
+    brake = LoginBrake()  # one count of wrong admin tokens, however they come
+    labels = [*settings.models, *(r.model for m in settings.models.values() for r in m.routes)]
+    deps = Deps(Upstream(s), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
+                ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels))
+    tasks = (asyncio.create_task(keys.watch_revocations()),
+             asyncio.create_task(budgets.run_forever()))
+    log.info("tokometer gateway ready: %d models, store %s", len(settings.models), s.store)
+    return Services(settings, deps, keys, Admin(settings, side, keys, budgets, ledger, brake),
+                    Transparency(side, ledger), side, Dashboard(settings, side, brake), lock,
+                    tasks)
+
+
+async def stop_services(services: Services) -> None:
+    for task in services.tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await services.deps.upstream.close()
+    await services.deps.ledger.close()
+    services.lock.close()
+
+
+def api_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key a request presents: `Authorization: Bearer KEY`, else `x-api-key`."""
+    auth = headers.get(b"authorization", b"")
+    if auth[:7].lower() == b"bearer ":
+        return auth[7:].strip().decode("latin-1") or None
+    key = headers.get(b"x-api-key")
+    return key.decode("latin-1") if key else None
+
+
+def _preload_tokenizers(settings: Settings, registry: TokenizerRegistry) -> None:
+    """Load every tokenizer the usable models need now (seconds each), not on a request."""
+    for model in settings.models.values():
+        routes = [r for r in model.routes if r.provider.usable]
+        if not routes:
+            continue
+        specs = {model.tokenizer} if model.tokenizer else {
+            info.tokenizer for r in routes if (info := vendor_of(r.model))}
+        for spec in specs - {None}:
+            registry.get(spec)  # type: ignore[arg-type]
