@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import SCOPES, Settings
 from ..errors import AuthError, PolicyError, RequestError
-from ..ledger import SQLiteLedger
+from ..ledger import Ledger
 from ..ledger.corrections import TOKEN_DELTAS, correction
 from ..ledger.read import get_event
 from ..policy import KeyRing, create_key, list_keys, revoke_key
@@ -38,7 +38,7 @@ Reply = tuple[int, Any]  # an admin endpoint's status and JSON body
 
 class Admin:
     def __init__(self, settings: Settings, store: OffLoop, keys: KeyRing, budgets: BudgetSync,
-                 ledger: SQLiteLedger, brake: LoginBrake):
+                 ledger: Ledger, brake: LoginBrake):
         self.settings = settings
         self.brake = brake
         self.ledger = ledger

@@ -20,7 +20,7 @@ from typing import Any
 from ..config import Route
 from ..errors import LedgerError, PolicyError, RequestError, TokometerError, UpstreamError
 from ..events import Event, Outcome, new_event_id
-from ..ledger import SQLiteLedger
+from ..ledger import Ledger
 from ..policy import Guard, Ticket
 from ..policy.residency import allowed_routes
 from .asgi import Receive, Send
@@ -40,7 +40,7 @@ log = logging.getLogger("tokometer.gateway")
 class Deps:
     upstream: Upstream
     meter: Meter
-    ledger: SQLiteLedger
+    ledger: Ledger
     router: Router
     guard: Guard
     metrics: Metrics

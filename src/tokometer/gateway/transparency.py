@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ..errors import RequestError
-from ..ledger import SQLiteLedger
+from ..ledger import Ledger
 from ..ledger.read import get_event
 from ..ledger.receipts import NotFound, build_receipt, consistency_proof, latest_head
 from ..policy import Consumer
@@ -21,7 +21,7 @@ from .offloop import OffLoop
 
 
 class Transparency:
-    def __init__(self, store: OffLoop, ledger: SQLiteLedger):
+    def __init__(self, store: OffLoop, ledger: Ledger):
         self._read = store.run
         self.ledger = ledger
 
