@@ -28,8 +28,8 @@ from tokometer.events import Event, rfc3339
 from tokometer.gateway.dashboard import _html, _overview
 from tokometer.ledger import open_db
 from tokometer.ledger.rollups import ROLLUPS, upserts
+from tokometer.ledger.rows import event_row
 from tokometer.ledger.schema import INSERT_EVENT
-from tokometer.ledger.sqlite import event_row
 
 WEEKS = 12
 MODELS = [("gpt-4o-mini", "US"), ("gpt-4.1", "US"), ("claude-sonnet-4", "US"),

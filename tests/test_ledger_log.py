@@ -25,8 +25,8 @@ from tokometer.ledger.log import stored_nodes
 from tokometer.ledger.merkle import Tree, leaf_hash, verify_consistency
 from tokometer.ledger.read import event_of_row, iter_events
 from tokometer.ledger.receipts import verify_receipt
+from tokometer.ledger.rows import leaf_of
 from tokometer.ledger.signer import TreeHead, load_signer, parse_public_key
-from tokometer.ledger.sqlite import leaf_of
 
 REQUESTS = 12
 

@@ -27,9 +27,9 @@ from tokometer.ledger.log import INSERT_NODE, MerkleLog, stored_nodes
 from tokometer.ledger.merkle import Tree, leaf_hash
 from tokometer.ledger.receipts import build_receipt, verify_receipt
 from tokometer.ledger.rollups import ROLLUPS
+from tokometer.ledger.rows import event_row
 from tokometer.ledger.schema import _TYPES, SCHEMA
 from tokometer.ledger.signer import load_signer
-from tokometer.ledger.sqlite import event_row
 
 BASE_TIME = datetime(2026, 11, 30, 11, 0, tzinfo=UTC)
 OLD_FIELDS = tuple(f for f in FIELDS if f not in LATE_FIELDS)  # the field set before them

@@ -16,9 +16,9 @@ from ..config import Settings
 from ..counting import Recounter, TokenizerRegistry
 from ..errors import AuthError
 from ..ledger import SQLiteLedger, open_db
+from ..ledger.connect import SMALL_CACHE_KIB
 from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
-from ..ledger.sqlite import SMALL_CACHE_KIB
 from ..policy import Consumer, Guard, KeyRing
 from ..policy.sync import BudgetSync
 from .admin import Admin

@@ -1,6 +1,7 @@
 """The durable record of every meter reading (SQLite by default)."""
 
-from .sqlite import SQLiteLedger, open_db
+from .connect import open_db
+from .sqlite import SQLiteLedger
 from .store import Ledger
 
 __all__ = ["Ledger", "SQLiteLedger", "open_db"]

@@ -25,8 +25,8 @@ from ..events import FIELDS
 from .log import stored_nodes
 from .merkle import Tree, roots_at, verify_consistency
 from .rollups import ROLLUPS, upserts
+from .rows import leaf_of
 from .signer import TreeHead, verify_head
-from .sqlite import leaf_of
 
 _LEAF = FIELDS.index("leaf_index")
 _ID = FIELDS.index("id")

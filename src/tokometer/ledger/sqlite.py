@@ -19,28 +19,21 @@ commits so the WAL can start over.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import operator
-import os
 import queue
 import sqlite3
 import threading
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from ..errors import LedgerError
-from ..events import FIELDS, LATE_FIELDS, Event, decimal_str
+from ..events import FIELDS, Event
+from .connect import SMALL_CACHE_KIB, open_db
 from .log import INSERT_NODE, MerkleLog, leaf_count
-from .merkle import leaf_hash
-from .rollups import SCHEMA as ROLLUP_SCHEMA
-from .rollups import decimal_add, upserts
-from .rollups import upgrade as upgrade_rollups
-from .schema import INSERT_EVENT, INSERT_HEAD, SCHEMA, added_columns
+from .rollups import upserts
+from .rows import LEAF_COLUMN, event_row, leaf_of
+from .schema import INSERT_EVENT, INSERT_HEAD
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
@@ -56,102 +49,6 @@ TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events a
 # a step holds the GIL for every event it folds (a second's events at once showed in p99).
 DERIVE_SECONDS = 0.1
 WAL_LIMIT_BYTES = 128 * 1024 * 1024
-
-
-SMALL_CACHE_KIB = 256  # for connections that read a few rows now and then
-
-
-def open_db(path: Path, *, durability: str = "process", cache_kib: int | None = None,
-            create: bool = True) -> sqlite3.Connection:
-    """A connection with the schema in place; WAL so readers never block the writer.
-
-    A new store is created readable by its owner only (SQLite gives its -wal and -shm files
-    the same mode); with `create=False` a missing store is a LedgerError instead, so reading
-    never leaves an empty store behind. `cache_kib` caps the page cache (SQLite's default is
-    2 MB per connection).
-    """
-    try:
-        if not path.exists():
-            if not create:
-                raise LedgerError(f"there is no store at {path} (server.store in the config): "
-                                  "start the gateway once to create it, or check the path")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):  # O_EXCL: and never through a symlink
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a commit is in the OS once it returns, so a killed process loses nothing;
-        # FULL also fsyncs each (group) commit, for power loss.
-        conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
-        if cache_kib is not None:
-            conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-        conn.create_aggregate("decimal_sum", 1, _DecimalSum)
-        conn.create_function("decimal_add", 2, decimal_add, deterministic=True)
-        conn.executescript(SCHEMA + ROLLUP_SCHEMA)
-        for statement in added_columns({r[1] for r in conn.execute("PRAGMA table_info(events)")}):
-            conn.execute(statement)
-        upgrade_rollups(conn)
-    except (sqlite3.Error, OSError) as e:
-        raise LedgerError(f"cannot open the store at {path}: {e}") from e
-    return conn
-
-
-class _DecimalSum:
-    """SUM over decimal strings without passing through float."""
-
-    def __init__(self) -> None:
-        self.total: Decimal | None = None
-
-    def step(self, value: str | None) -> None:
-        if value is not None:
-            self.total = (self.total or Decimal(0)) + Decimal(value)
-
-    def finalize(self) -> str | None:
-        return None if self.total is None else decimal_str(self.total)
-
-
-_ALL_FIELDS = operator.attrgetter(*FIELDS)
-_DECIMAL_COLUMNS = [FIELDS.index(name) for name in ("cost", "energy_wh", "co2e_g")]
-_STREAM_COLUMN = FIELDS.index("stream")
-_LEAF_COLUMN = FIELDS.index("leaf_index")
-
-
-def event_row(event: Event) -> list[Any]:
-    """The event as column values: decimals as strings, booleans as integers."""
-    row = list(_ALL_FIELDS(event))
-    for i in _DECIMAL_COLUMNS:
-        if row[i] is not None:
-            row[i] = decimal_str(row[i])
-    row[_STREAM_COLUMN] = int(row[_STREAM_COLUMN])
-    return row
-
-
-_BY_NAME = sorted(range(len(FIELDS)), key=FIELDS.__getitem__)  # JCS orders keys by name
-_SORTED_FIELDS = [FIELDS[i] for i in _BY_NAME]
-_FLOAT_COLUMNS = [FIELDS.index(name) for name in ("duration_ms", "ttft_ms")]
-
-
-def leaf_of(row: list[Any] | tuple[Any, ...]) -> bytes:
-    """The Merkle leaf hash of an event row: SHA-256(0x00 || JCS of the stored event).
-
-    The same bytes as canonical_json(leaf_document(event_of_row(row))) (a test holds them
-    equal), built for the writer and the audit, which hash every event: only the float
-    columns can hold an integral float, and the keys are put in JCS order once, here.
-    """
-    values = [row[i] for i in _BY_NAME]
-    for i in _FLOAT_SORTED:
-        if isinstance(values[i], float) and values[i].is_integer():
-            values[i] = int(values[i])
-    values[_STREAM_SORTED] = bool(values[_STREAM_SORTED])
-    document = dict(zip(_SORTED_FIELDS, values, strict=True))
-    for name in LATE_FIELDS:  # left out while null: see canonical.leaf_document
-        if document[name] is None:
-            del document[name]
-    return leaf_hash(orjson.dumps(document))
-
-
-_FLOAT_SORTED = [_BY_NAME.index(i) for i in _FLOAT_COLUMNS]
-_STREAM_SORTED = _BY_NAME.index(_STREAM_COLUMN)
 
 
 class SQLiteLedger:
@@ -299,7 +196,7 @@ class SQLiteLedger:
             rows = self._conn.execute(f"SELECT {', '.join(FIELDS)} FROM events "
                                       "WHERE leaf_index >= ? ORDER BY leaf_index", (rolled,))
             while chunk := [list(r) for r in rows.fetchmany(10_000)]:
-                log.info("bringing the rollups up to date from leaf %d", chunk[0][_LEAF_COLUMN])
+                log.info("bringing the rollups up to date from leaf %d", chunk[0][LEAF_COLUMN])
                 _fold(self._conn, chunk)
         self._log = tree
         rows = [list(r) for r in self._conn.execute(
@@ -336,7 +233,7 @@ class SQLiteLedger:
         caller's transaction; returns the leaves."""
         first = self._log.size + len(self._unlogged)
         for i, row in enumerate(rows):
-            row[_LEAF_COLUMN] = first + i
+            row[LEAF_COLUMN] = first + i
         leaves = [leaf_of(row) for row in rows]
         self._conn.executemany(INSERT_EVENT, rows)
         self._conn.executemany(INSERT_NODE, [(0, first + i, leaf)
@@ -362,7 +259,7 @@ def _fold(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
     """Add event rows (in log order) to the rollups and move the watermark past them."""
     for statement, params in upserts(rows):
         conn.executemany(statement, params)
-    _set_meta(conn, "rolled_up", rows[-1][_LEAF_COLUMN] + 1)
+    _set_meta(conn, "rolled_up", rows[-1][LEAF_COLUMN] + 1)
 
 
 def _meta(conn: sqlite3.Connection, key: str) -> int | None:
