@@ -24,6 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +42,24 @@ if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI 
 log = logging.getLogger("tokometer.ledger")
 
 _MAX_BATCH = 2048
-_STOP = object()
-_SIGN = object()
+_STOP = object()  # the last message: write what is queued, sign, and end
+
+
+@dataclass(frozen=True, slots=True)
+class _Append:
+    """An event's row to commit; `done` resolves once it is durable."""
+
+    row: list[Any]
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sign:
+    """A tree head to sign now; `done` resolves with it."""
+
+    done: asyncio.Future[TreeHead]
+
+
 CHECKPOINT_SECONDS = 1.0
 TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
 # The Merkle log and the rollups catch up with the events this often: in small steps, since
@@ -84,14 +101,14 @@ class SQLiteLedger:
         """Returns once the event is committed; raises LedgerError if it could not be."""
         assert self._loop is not None, "SQLiteLedger.start() was not called"
         done = self._loop.create_future()
-        self._queue.put((event_row(event), done))
+        self._queue.put(_Append(event_row(event), done))
         await done
 
     async def sign_now(self) -> TreeHead:
         """A tree head signed over everything committed so far (the latest, if it already is)."""
         assert self._loop is not None, "SQLiteLedger.start() was not called"
         done: asyncio.Future[TreeHead] = self._loop.create_future()
-        self._queue.put((_SIGN, done))
+        self._queue.put(_Sign(done))
         return await done
 
     async def close(self) -> None:
@@ -131,12 +148,11 @@ class SQLiteLedger:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = any(item is _STOP for item in batch)
-            signs = [item[1] for item in batch if isinstance(item, tuple) and item[0] is _SIGN]
-            items = [item for item in batch if item is not _STOP and
-                     not (isinstance(item, tuple) and item[0] is _SIGN)]
-            if items:
-                self._commit(items)
+            stop = any(message is _STOP for message in batch)
+            signs = [message.done for message in batch if isinstance(message, _Sign)]
+            appends = [message for message in batch if isinstance(message, _Append)]
+            if appends:
+                self._commit(appends)
             sign = signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS
             if sign or time.monotonic() - self._derived_at >= DERIVE_SECONDS:
                 self._derive()
@@ -210,8 +226,8 @@ class SQLiteLedger:
             self._log = tree
             self._unrolled += rows
 
-    def _commit(self, items: list[tuple[list[Any], asyncio.Future[None]]]) -> None:
-        rows = [row for row, _ in items]
+    def _commit(self, items: list[_Append]) -> None:
+        rows = [item.row for item in items]
         try:
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -249,10 +265,9 @@ class SQLiteLedger:
         _set_meta(self._conn, "logged", grown.size)
         return grown
 
-    def _settle(self, items: list[tuple[list[Any], asyncio.Future[None]]],
-                error: Exception | None) -> None:
+    def _settle(self, items: list[_Append], error: Exception | None) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(_resolve, [f for _, f in items], error)
+        self._loop.call_soon_threadsafe(_resolve, [item.done for item in items], error)
 
 
 def _fold(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
