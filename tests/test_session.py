@@ -10,7 +10,14 @@ import pytest
 from tokometer import config
 from tokometer.gateway import session
 from tokometer.gateway.dashboard import Dashboard
-from tokometer.gateway.session import FAILURES, WINDOW, LoginBrake, Sessions, client_of
+from tokometer.gateway.session import (
+    FAILURES,
+    WINDOW,
+    AdminToken,
+    LoginBrake,
+    Sessions,
+    client_of,
+)
 
 
 def test_a_session_holds_until_its_expiry_and_only_for_its_token():
@@ -58,8 +65,8 @@ def test_the_brake_remembers_a_bounded_number_of_addresses(monkeypatch):
 def test_the_cookie_is_secure_when_served_over_tls(tmp_path, scheme, secure):
     path = tmp_path / "t.toml"
     path.write_text('[server]\nadmin_token_env = "TKM"\nstore = "sqlite:///t.db"\n')
-    dashboard = Dashboard(config.load(path, environ={"TKM": "s3cret"}),
-                          SimpleNamespace(run=None), LoginBrake())  # type: ignore[arg-type]
+    dashboard = Dashboard(config.load(path, environ={"TKM": "s3cret"}),  # type: ignore[arg-type]
+                          SimpleNamespace(run=None), AdminToken("s3cret"))
     scope = {"scheme": scheme, "client": ("192.0.2.1", 5000)}
     status, headers, _ = asyncio.run(dashboard.handle("POST", "/login", scope, {},
                                                       b"token=s3cret"))

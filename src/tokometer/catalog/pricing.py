@@ -36,7 +36,6 @@ log = logging.getLogger("tokometer.pricing")
 CATALOG_CURRENCY = "USD"
 _MILLION = Decimal(1_000_000)
 _THOUSAND = Decimal(1_000)
-_MAX_MODEL_CHARS = 256  # a served model name longer than this is not looked up
 # Units a reading never holds, so they add nothing. Anything else (per-request fees,
 # per-character prices, ...) goes through genai-prices' own calculator.
 _IDLE_UNITS = frozenset({
@@ -109,7 +108,7 @@ class Pricer:
                           tariff.currency or self.currency)
         provider_id = route.provider.price_provider or route.provider.name
         found = None
-        if served and served != route.model and len(served) <= _MAX_MODEL_CHARS:
+        if served and served != route.model:
             found = _genai_model(provider_id, served)
         found = found or _genai_model(provider_id, route.model)
         if found is None:

@@ -17,8 +17,6 @@ against the client's address on the dashboard's login brake (session.py), so the
 
 from __future__ import annotations
 
-import hmac
-import time
 from typing import Any
 
 from ..config import SCOPES, Settings
@@ -31,51 +29,36 @@ from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
 from .call import MAX_LABEL_CHARS
 from .offloop import OffLoop
-from .session import LoginBrake
+from .session import AdminToken
 
 Reply = tuple[int, Any]  # an admin endpoint's status and JSON body
 
 
 class Admin:
     def __init__(self, settings: Settings, store: OffLoop, keys: KeyRing, budgets: BudgetSync,
-                 ledger: Ledger, brake: LoginBrake):
+                 ledger: Ledger, token: AdminToken):
         self.settings = settings
-        self.brake = brake
+        self.token = token
         self.ledger = ledger
         self._run = store.run
         self.keys = keys
         self.budgets = budgets
 
     def is_admin(self, headers: dict[bytes, bytes]) -> bool:
-        token = self.settings.server.admin_token
-        given = headers.get(b"authorization", b"")
-        return token is not None and hmac.compare_digest(given, b"Bearer " + token.encode())
+        return self.token.matches(_bearer(headers))
 
     def check(self, headers: dict[bytes, bytes], client: str) -> None:
         """The admin token, or an error; `client` (session.client_of) is braked when wrong."""
-        if self.settings.server.admin_token is None:
+        if self.token.token is None:
             raise RequestError("the admin API is off: set server.admin_token_env in the config "
                                "and put a token in that environment variable",
                                status=404, type="not_found_error")
-        if (wait := self.braked(client)) is not None:  # the token is not even looked at
+        if (wait := self.token.braked(client)) is not None:  # the token is not even looked at
             raise PolicyError(f"too many wrong admin tokens from your address: try again in "
                               f"{wait} s", status=429, type="rate_limit_error",
                               code="too_many_attempts", retry_after=wait)
-        if not self.is_admin(headers):
-            self.wrong(client)
+        if not self.token.check(_bearer(headers), client):
             raise AuthError("the admin API needs 'Authorization: Bearer ADMIN_TOKEN'")
-        self.brake.succeeded(client)
-
-    def braked(self, client: str) -> int | None:
-        """Seconds until `client` may present the admin token again, or None."""
-        if self.settings.server.admin_token is None:
-            return None
-        return self.brake.retry_after(client, time.monotonic())
-
-    def wrong(self, client: str) -> None:
-        """A wrong guess at the admin token from `client`."""
-        if self.settings.server.admin_token is not None:
-            self.brake.failed(client, time.monotonic())
 
     async def handle(self, method: str, path: str, body: Any) -> Reply:
         parts = path.removeprefix("/admin/").split("/")
@@ -134,6 +117,13 @@ class Admin:
         await self.ledger.append(event)
         self.budgets.guard.correct(event)
         return 201, {"id": event.id, "corrects": event.corrects}
+
+
+def _bearer(headers: dict[bytes, bytes]) -> bytes:
+    """What follows `Bearer ` in the Authorization header (nothing the token could match if
+    the header is missing or of another scheme)."""
+    auth = headers.get(b"authorization", b"")
+    return auth[7:] if auth.startswith(b"Bearer ") else b""
 
 
 def _object(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:

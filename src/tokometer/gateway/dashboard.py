@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import hmac
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,7 @@ from ..analytics.tasks import agents, tasks
 from ..config import Settings
 from ..events import rfc3339
 from .offloop import OffLoop
-from .session import SESSION_SECONDS, LoginBrake, Sessions, client_of
+from .session import SESSION_SECONDS, AdminToken, Sessions, scope_client
 
 COOKIE = "tokometer_admin"
 NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/flows", "Flows"),
@@ -45,12 +44,11 @@ _HTML = (b"content-type", b"text/html; charset=utf-8")
 
 
 class Dashboard:
-    def __init__(self, settings: Settings, store: OffLoop, brake: LoginBrake):
+    def __init__(self, settings: Settings, store: OffLoop, token: AdminToken):
         self.settings = settings
         self._run = store.run
-        token = settings.server.admin_token
-        self.sessions = Sessions(token) if token is not None else None
-        self.brake = brake  # shared with the admin API: one count of wrong tokens
+        self.sessions = Sessions(token.token) if token.token is not None else None
+        self.token = token  # shared with the admin API: one count of wrong tokens
 
     async def handle(self, method: str, path: str, scope: dict[str, Any],
                      headers: dict[bytes, bytes], body: bytes) -> Page:
@@ -63,7 +61,7 @@ class Dashboard:
             return _html(404, "login.html", title="Dashboard off",
                          error="The dashboard is off: set server.admin_token_env in the config "
                                "and start the gateway with that variable set.")
-        client = client_of((scope.get("client") or ("",))[0])
+        client = scope_client(scope)
         if path == "/login":
             return self._login(method, body, client, https=scope.get("scheme") == "https")
         if not self._signed_in(headers, client):
@@ -92,32 +90,21 @@ class Dashboard:
         if COOKIE in cookie and self.sessions.valid(cookie[COOKIE].value, time.time()):
             return True
         bearer = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
-        now = time.monotonic()
-        return (bool(bearer) and self.brake.retry_after(client, now) is None
-                and self._token_is_right(bearer, client, now))
-
-    def _token_is_right(self, given: str, client: str, now: float) -> bool:
-        """The admin token? A wrong one counts against `client`."""
-        expected = self.settings.server.admin_token or ""
-        if hmac.compare_digest(given.encode(), expected.encode()):
-            self.brake.succeeded(client)
-            return True
-        self.brake.failed(client, now)
-        return False
+        return (bool(bearer) and self.token.braked(client) is None
+                and self.token.check(bearer.encode(), client))
 
     def _login(self, method: str, body: bytes, client: str, https: bool) -> Page:
         assert self.sessions is not None
         if method != "POST":
             return _html(200, "login.html", title="Sign in")
-        now = time.monotonic()
-        wait = self.brake.retry_after(client, now)
+        wait = self.token.braked(client)
         if wait is not None:  # the token is not even looked at
             status, headers, page = _html(
                 429, "login.html", title="Sign in",
                 error=f"Too many wrong tokens from your address: try again in {wait} s.")
             return status, [*headers, (b"retry-after", str(wait).encode())], page
         token = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
-        if not self._token_is_right(token, client, now):
+        if not self.token.check(token.encode(), client):
             return _html(401, "login.html", title="Sign in", error="That is not the admin token.")
         cookie = (f"{COOKIE}={self.sessions.issue(time.time())}; Max-Age={SESSION_SECONDS}; "
                   f"Path=/; HttpOnly; SameSite=Strict{'; Secure' if https else ''}")

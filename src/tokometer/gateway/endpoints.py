@@ -24,7 +24,7 @@ from .call import parse_call, refused_call
 from .dashboard import NAV
 from .pipeline import handle, refuse
 from .services import Services, api_key
-from .session import client_of
+from .session import scope_client
 from .wire import ENDPOINTS, EVENT_ID_HEADER
 
 Handler = Callable[[Request, Services], Awaitable[None]]
@@ -64,15 +64,15 @@ async def outcomes(request: Request, services: Services) -> None:
 async def log(request: Request, services: Services) -> None:
     """The Merkle log's read endpoints, for consumers' keys and the admin token."""
     who: Consumer | None = None
-    client, admin = _client(request), services.admin
+    client, token = scope_client(request.scope), services.admin.token
     # A braked address is not asked for the admin token (keys still work: behind a proxy
     # it is everyone's); a wrong token not shaped like a key is a guess at the admin's.
-    if admin.braked(client) is not None or not admin.is_admin(request.headers):
+    if token.braked(client) is not None or not services.admin.is_admin(request.headers):
         try:
             who = await services.authenticate(request.headers)
         except AuthError:
             if not is_key_shaped(api_key(request.headers) or ""):
-                admin.wrong(client)
+                token.wrong(client)
             raise
     path, transparency = request.path, services.transparency
     if path == "/v1/ledger/head":
@@ -89,12 +89,12 @@ async def log(request: Request, services: Services) -> None:
 
 async def metrics(request: Request, services: Services) -> None:
     """Prometheus' scrape, for the admin token."""
-    services.admin.check(request.headers, _client(request))
+    services.admin.check(request.headers, scope_client(request.scope))
     await reply(request.send, 200, services.deps.metrics.render(), content_type=_PROMETHEUS)
 
 
 async def admin(request: Request, services: Services) -> None:
-    services.admin.check(request.headers, _client(request))
+    services.admin.check(request.headers, scope_client(request.scope))
     body = await request.json(services.settings.server)
     status, data = await services.admin.handle(request.method, request.path, body)
     named = [(EVENT_ID_HEADER, data["id"].encode())] if request.path == "/admin/corrections" \
@@ -154,11 +154,6 @@ def side_api(request: Request) -> str:
 def _not_found(request: Request) -> RequestError:
     return RequestError(f"no such endpoint: {request.method} {request.path}", status=404,
                         type="not_found_error")
-
-
-def _client(request: Request) -> str:
-    """Whom the login brake counts for this request."""
-    return client_of((request.scope.get("client") or ("",))[0])
 
 
 def _model_list(settings: Settings, anthropic: bool) -> dict[str, Any]:

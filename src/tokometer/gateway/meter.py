@@ -60,8 +60,7 @@ class Meter:
         The input is counted for each route it may take (their tokenizers and image rules
         differ: gpt-4o-mini bills an image as 33 times gpt-4o's tokens), and the largest kept.
         """
-        out = worst_output(call.body, call.model.max_output_tokens
-                           or self.default_max_output_tokens)
+        out = worst_output(call.body, self._default_output(call))
         routes = [r for r in call.model.routes if r.provider.api == call.endpoint.api]
         ways = dict.fromkeys((_tokenizer(call, r), r.model) for r in routes) or {(None, None): None}
 
@@ -109,6 +108,10 @@ class Meter:
         if call.endpoint.operation not in _UNBOUNDED_OPERATIONS or any(
                 call.body.get(k) is not None for k in _MAX_OUTPUT_KEYS):
             return None
+        return self._default_output(call)
+
+    def _default_output(self, call: Call) -> int:
+        """The output reserved for a request that bounds none: the model's, else the server's."""
         return call.model.max_output_tokens or self.default_max_output_tokens
 
     def need(self, call: Call, routes: list[Route], usage: Usage) -> Need:
@@ -190,7 +193,7 @@ class Meter:
         if outcome.route is None:
             return Priced(Decimal(0), None, self.pricer.currency)
         return self.pricer.price(call.model, outcome.route, usage, call.started,
-                                 served=outcome.model, service_tier=outcome.service_tier)
+                                 served=clip(outcome.model), service_tier=outcome.service_tier)
 
     async def _measure(self, call: Call, outcome: Outcome
                        ) -> tuple[Usage, str, Count | None, Count | None]:

@@ -28,7 +28,7 @@ from .metrics import Metrics
 from .offloop import OffLoop
 from .pipeline import Deps
 from .router import Router
-from .session import LoginBrake
+from .session import AdminToken
 from .transparency import Transparency
 from .upstream import Upstream
 
@@ -72,15 +72,15 @@ async def start_services(settings: Settings, lock: StoreLock | None) -> Services
                          settings.budgets)
     await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
     side = OffLoop(open_db(s.store))
-    brake = LoginBrake()  # one count of wrong admin tokens, however they come
+    token = AdminToken(s.admin_token)  # one count of wrong guesses, however they come
     labels = [*settings.models, *(r.model for m in settings.models.values() for r in m.routes)]
     deps = Deps(Upstream(s), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
                 ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels))
     tasks = (asyncio.create_task(keys.watch_revocations()),
              asyncio.create_task(budgets.run_forever()))
     log.info("tokometer gateway ready: %d models, store %s", len(settings.models), s.store)
-    return Services(settings, deps, keys, Admin(settings, side, keys, budgets, ledger, brake),
-                    Transparency(side, ledger), side, Dashboard(settings, side, brake), lock,
+    return Services(settings, deps, keys, Admin(settings, side, keys, budgets, ledger, token),
+                    Transparency(side, ledger), side, Dashboard(settings, side, token), lock,
                     tasks)
 
 

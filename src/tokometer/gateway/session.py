@@ -24,7 +24,9 @@ import hashlib
 import hmac
 import ipaddress
 import math
+import time
 from collections import deque
+from typing import Any
 
 SESSION_SECONDS = 12 * 3600
 FAILURES = 5
@@ -54,6 +56,44 @@ class Sessions:
     def _mac(self, expires: int) -> str:
         digest = hmac.new(self._key, str(expires).encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+class AdminToken:
+    """The admin token and the brake on guessing it: one count of wrong tokens per client
+    address, however the token comes (the sign-in form, a bearer header to the dashboard, the
+    admin API, /metrics, the log's endpoints). Without a token, nothing matches it."""
+
+    def __init__(self, token: str | None, brake: LoginBrake | None = None):
+        self.token = token
+        self.brake = brake or LoginBrake()
+
+    def matches(self, given: bytes) -> bool:
+        """Whether `given` is the token (in constant time), braked or not."""
+        return self.token is not None and hmac.compare_digest(given, self.token.encode())
+
+    def braked(self, client: str) -> int | None:
+        """Seconds until `client` may present the token again, or None."""
+        if self.token is None:
+            return None
+        return self.brake.retry_after(client, time.monotonic())
+
+    def check(self, given: bytes, client: str) -> bool:
+        """Whether `given` is the token; a wrong one counts against `client`."""
+        if self.matches(given):
+            self.brake.succeeded(client)
+            return True
+        self.wrong(client)
+        return False
+
+    def wrong(self, client: str) -> None:
+        """A wrong guess at the token from `client`."""
+        if self.token is not None:
+            self.brake.failed(client, time.monotonic())
+
+
+def scope_client(scope: dict[str, Any]) -> str:
+    """Whom the brake counts for an ASGI request: client_of its peer's address."""
+    return client_of((scope.get("client") or ("",))[0])
 
 
 def client_of(address: str) -> str:

@@ -25,10 +25,9 @@ from ..events import FIELDS
 from .log import stored_nodes
 from .merkle import Tree, roots_at, verify_consistency
 from .rollups import ROLLUPS, upserts
-from .rows import leaf_of
+from .rows import LEAF_COLUMN, leaf_of
 from .signer import TreeHead, verify_head
 
-_LEAF = FIELDS.index("leaf_index")
 _ID = FIELDS.index("id")
 _CHUNK = 10_000
 
@@ -87,7 +86,7 @@ def _audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
         report.events += 1
         if progress is not None and report.events % _CHUNK == 0:
             progress(_CHUNK)
-        index, event_id = row[_LEAF], row[_ID]
+        index, event_id = row[LEAF_COLUMN], row[_ID]
         if index is None or not 0 <= index < len(logged):
             report.findings.append(Finding(None, f"event {event_id} is not in the log: "
                                                  "inserted outside the gateway"))

@@ -42,7 +42,9 @@ def amount_of(budget: Budget, event: Event) -> Decimal:
     currency (amounts in different currencies are never added)."""
     if budget.unit == TOKENS:
         return Decimal(event.input_tokens + event.output_tokens)
-    return event.cost or Decimal(0) if event.currency == budget.unit else Decimal(0)
+    if event.cost is None or event.currency != budget.unit:
+        return Decimal(0)
+    return event.cost
 
 
 @dataclass(slots=True)
