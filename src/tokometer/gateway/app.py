@@ -16,7 +16,7 @@ from .. import config
 from ..config import Settings
 from ..errors import PolicyError, TokometerError
 from ..ledger.lock import StoreLock
-from .asgi import Message, Receive, Request, Scope, Send, reply
+from .asgi import Receive, Request, Scope, Send, TrackedSend, reply
 from .endpoints import route, side_api
 from .services import Services, start_services, stop_services
 from .wire import render_error
@@ -74,7 +74,7 @@ class Gateway:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        tracked = _Tracked(send)
+        tracked = TrackedSend(send)
         request = Request(scope, receive, tracked, dict(scope["headers"]), time.perf_counter())
         try:
             assert self.services is not None, "lifespan startup has not run"
@@ -83,18 +83,6 @@ class Gateway:
             if tracked.started:
                 raise  # too late for an error body: the server cuts the response short
             await _fail(send, side_api(request), error, f"{request.method} {request.path}")
-
-
-class _Tracked:
-    """The ASGI send, remembering whether the response has begun (then no error can be sent)."""
-
-    def __init__(self, send: Send):
-        self._send = send
-        self.started = False
-
-    async def __call__(self, message: Message) -> None:
-        self.started = True
-        await self._send(message)
 
 
 async def _fail(send: Send, api: str, error: Exception, what: str) -> None:

@@ -24,11 +24,24 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = Sequence[tuple[bytes, bytes]]
 
 
+class TrackedSend:
+    """The ASGI send, remembering whether the response has begun (then no error body can be
+    sent: a failure ends the response some other way)."""
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = True
+        await self._send(message)
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     scope: Scope
     receive: Receive
-    send: Send
+    send: TrackedSend
     headers: dict[bytes, bytes]
     t0: float  # perf_counter at arrival
 

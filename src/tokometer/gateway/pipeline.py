@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from ..config import Route
 from ..errors import LedgerError, PolicyError, RequestError, TokometerError, UpstreamError
@@ -23,7 +22,7 @@ from ..events import Event, Outcome, new_event_id
 from ..ledger import Ledger
 from ..policy import Guard, Ticket
 from ..policy.residency import allowed_routes
-from .asgi import Receive, Send
+from .asgi import Receive, Send, TrackedSend
 from .call import Call
 from .meter import Meter
 from .metrics import Metrics
@@ -46,7 +45,7 @@ class Deps:
     metrics: Metrics
 
 
-async def handle(call: Call, deps: Deps, send: Send, receive: Receive) -> None:
+async def handle(call: Call, deps: Deps, send: TrackedSend, receive: Receive) -> None:
     event_id = new_event_id()
     try:
         routes, ticket = await _admit(call, deps)
@@ -91,23 +90,15 @@ async def refuse(call: Call, refusal: RequestError, deps: Deps, send: Send,
     await _send_error(send, call, refusal, event_id)
 
 
-async def _forward(call: Call, deps: Deps, send: Send, receive: Receive, routes: list[Route],
-                   ticket: Ticket, event_id: str) -> None:
-    started = False
-
-    async def tracked_send(message: dict[str, Any]) -> None:
-        nonlocal started
-        started = True
-        await send(message)
-
+async def _forward(call: Call, deps: Deps, send: TrackedSend, receive: Receive,
+                   routes: list[Route], ticket: Ticket, event_id: str) -> None:
     route, answer = await _first_answer(call, deps, routes)
     try:
         try:
             if isinstance(answer, UpstreamError):
                 raise answer
             async with answer as response:
-                outcome, finish = await relay(call, route, response, event_id, tracked_send,
-                                              receive)
+                outcome, finish = await relay(call, route, response, event_id, send, receive)
         except UpstreamError as error:
             outcome, finish = (Outcome(route, error.status, error_type=error.type),
                                _error_reply(send, call, error, event_id))
@@ -116,7 +107,7 @@ async def _forward(call: Call, deps: Deps, send: Send, receive: Receive, routes:
     except LedgerError as error:
         # Fail loudly: an unrecorded reading is never passed off as a normal answer.
         log.error("event %s was not recorded: %s", event_id, error.message)
-        if not started:
+        if not send.started:
             await _send_error(send, call, error, event_id)
         else:  # a stream: end it with an error event instead of its end marker
             await send({"type": "http.response.body",
