@@ -26,7 +26,7 @@ from pathlib import Path
 from tokometer.analytics import flows, rankings, report
 from tokometer.events import Event, rfc3339
 from tokometer.gateway.dashboard import _html, _overview
-from tokometer.ledger import open_db
+from tokometer.ledger import open_store
 from tokometer.ledger.rollups import ROLLUPS, upserts
 from tokometer.ledger.rows import event_row
 from tokometer.ledger.schema import INSERT_EVENT
@@ -96,8 +96,7 @@ def generate(conn, n: int) -> None:
     tasks = [(first, min(CHUNK, n - first), n, end) for first in range(0, n, CHUNK)]
     with multiprocessing.Pool(os.cpu_count() or 2) as pool:
         for rows, rollups in pool.imap(chunk, tasks):
-            with conn:
-                conn.execute("BEGIN")
+            with conn.transaction():
                 conn.executemany(INSERT_EVENT, rows)
                 for statement, params in rollups:
                     conn.executemany(statement, params)
@@ -115,7 +114,7 @@ def main() -> int:
     args = ap.parse_args()
     store = args.store or Path(tempfile.mkdtemp(prefix="tokometer-analytics-bench-")) / "t.db"
     fresh = not store.exists()
-    conn = open_db(store)
+    conn = open_store(store, create=fresh)
     if fresh:
         conn.execute("PRAGMA wal_autocheckpoint=10000")
         generate(conn, args.events)

@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from tokometer.events import Event, new_event_id, rfc3339
-from tokometer.ledger import SQLiteLedger, open_db
+from tokometer.ledger import SQLiteLedger, open_store
 from tokometer.ledger.audit import audit
 from tokometer.ledger.receipts import build_receipt, verify_receipt
 from tokometer.ledger.signer import load_signer
@@ -77,7 +77,7 @@ async def main() -> int:
     print(f"appends: {args.events:,} events in {seconds:.1f} s = "
           f"{args.events / seconds:,.0f} events/s (hashing, Merkle nodes, group commit)")
 
-    conn = open_db(store)
+    conn = open_store(store)
     ids = [r[0] for r in conn.execute("SELECT id FROM events")]
     sample = random.Random(1).sample(ids, min(args.receipts, len(ids)))
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import pytest
 from fake_upstream import FakeUpstream
 from scripted_upstream import ScriptedUpstream
 from tokometer.events import Event, new_event_id, rfc3339
-from tokometer.ledger import open_db
+from tokometer.ledger import open_store
 from tokometer.ledger.read import get_event
 from tokometer.policy import create_key
 
@@ -66,7 +66,7 @@ class Gateway:
     process: subprocess.Popen[bytes]
 
     def event(self, event_id: str) -> dict[str, Any]:
-        conn = open_db(self.store)
+        conn = open_store(self.store)
         try:
             event = get_event(conn, event_id)
         finally:
@@ -75,7 +75,7 @@ class Gateway:
         return event
 
     def count_events(self) -> int:
-        conn = open_db(self.store)
+        conn = open_store(self.store)
         try:
             return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         finally:
@@ -85,7 +85,7 @@ class Gateway:
         """Until the rollups hold every stored event (they trail the events by about 1 s)."""
         deadline = time.monotonic() + timeout
         while True:
-            conn = open_db(self.store)
+            conn = open_store(self.store)
             try:
                 events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
                 row = conn.execute("SELECT value FROM ledger_meta WHERE key = 'rolled_up'"
@@ -99,7 +99,7 @@ class Gateway:
 
     def new_key(self, tenant: str = "acme", app: str = "tests",
                 region: str | None = "DE") -> tuple[str, str]:
-        conn = open_db(self.store)
+        conn = open_store(self.store)
         try:
             return create_key(conn, tenant, app, region)
         finally:
@@ -133,7 +133,7 @@ def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = No
             raise RuntimeError("gateway did not start:\n"
                                + (directory / "gateway.log").read_text(errors="replace"))
         time.sleep(0.05)  # readiness poll of a child process
-    conn = open_db(directory / "tokometer.db")
+    conn = open_store(directory / "tokometer.db")
     key, key_id = create_key(conn, "acme", "tests", "DE")
     conn.close()
     return Gateway(url, config, directory / "tokometer.db", key, key_id, process)

@@ -22,7 +22,7 @@ from tokometer.analytics.tasks import agents, tasks
 from tokometer.catalog import vendor_of
 from tokometer.errors import RequestError
 from tokometer.events import Event, new_event_id, rfc3339
-from tokometer.ledger import SQLiteLedger, open_db
+from tokometer.ledger import SQLiteLedger, open_store
 from tokometer.ledger.read import iter_events
 from tokometer.ledger.rollups import ROLLUPS, table_for
 from tokometer.ledger.signer import load_signer
@@ -75,7 +75,7 @@ def store(tmp_path_factory):
         await ledger.close()
 
     asyncio.run(fill())
-    conn = open_db(work / "t.db")
+    conn = open_store(work / "t.db")
     yield conn
     conn.close()
 
@@ -234,7 +234,7 @@ def test_tasks_outcomes_and_cost_per_success(gateway):
                           ("t-3", "success")):
         r = post_outcome(gateway, key, {"task": task, "outcome": outcome, "value": "5"})
         assert r.status_code == 201, r.text
-    conn = open_db(gateway.store)
+    conn = open_store(gateway.store)
     try:
         mine = {t["task"]: t for t in tasks(conn) if t["tenant"] == "task-co"}
         per_agent = {a["agent"]: a for a in agents(conn) if a["tenant"] == "task-co"}
@@ -332,8 +332,8 @@ def test_rollups_catch_up_from_their_watermark_after_a_restart(tmp_path):
         await asyncio.gather(*(ledger.append(e) for e in events))
         await ledger.close()
         if drop_watermark:  # as if killed before the rollups were written
-            conn = open_db(tmp_path / "t.db")
-            with conn:
+            conn = open_store(tmp_path / "t.db")
+            with conn.transaction():
                 for name in ROLLUPS:
                     conn.execute(f"DELETE FROM {name}")
                 conn.execute("UPDATE ledger_meta SET value = 0 WHERE key = 'rolled_up'")
@@ -342,7 +342,7 @@ def test_rollups_catch_up_from_their_watermark_after_a_restart(tmp_path):
     batch = generated(300, seed=11)
     asyncio.run(run(batch[:200], drop_watermark=True))
     asyncio.run(run(batch[200:], drop_watermark=False))
-    conn = open_db(tmp_path / "t.db")
+    conn = open_store(tmp_path / "t.db")
     try:
         assert as_truth(report(conn, ["model"]), ["model"]) == truth(conn, ["model"])
     finally:

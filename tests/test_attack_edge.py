@@ -11,7 +11,7 @@ import pytest
 
 from conftest import MINIMAL_CONFIG, Gateway, start_gateway, stop_gateway
 from tokometer.gateway.session import FAILURES
-from tokometer.ledger import open_db
+from tokometer.ledger import open_store
 
 ADMIN = "the-admin-token"
 
@@ -76,7 +76,7 @@ def test_the_drill_down_opens_a_tenant_whose_name_has_a_slash_or_a_percent(gw, t
 
 def _logged_bytes(gw: Gateway) -> int:
     """What the store's events hold, in bytes of their canonical form (file sizes trail)."""
-    conn = open_db(gw.store)
+    conn = open_store(gw.store)
     try:
         return conn.execute("SELECT COALESCE(SUM(LENGTH(CAST(id AS BLOB)) + LENGTH(agent) "
                             "+ LENGTH(task) + LENGTH(end_user)), 0) FROM events").fetchone()[0]

@@ -12,7 +12,7 @@ from conftest import FAKE_KEYS, MINIMAL_CONFIG, Gateway, providers_toml, start_g
 from tokometer.amounts import amount, whole_number
 from tokometer.cli import main
 from tokometer.errors import RequestError
-from tokometer.ledger import open_db
+from tokometer.ledger import open_store
 
 ADMIN = "numbers-secret"
 HUGE = ["1e999999999", "1E3", "-1e-999999999", "Infinity", "NaN", "sNaN", "9" * 13,
@@ -104,7 +104,7 @@ def test_outcome_values_as_json_numbers_other_than_integers_are_refused(gw, numb
                    headers={"Authorization": f"Bearer {gw.key}"},
                    content=b'{"task": "number-task", "outcome": "success", "value": %s}' % number)
     assert r.status_code == 400  # a float, or no number a double can hold
-    conn = open_db(gw.store)
+    conn = open_store(gw.store)
     try:
         assert conn.execute("SELECT COUNT(*) FROM outcomes WHERE task = 'number-task'"
                             ).fetchone()[0] == 0
@@ -118,7 +118,7 @@ def test_an_outcome_value_in_bounds_is_stored_digit_for_digit(gw):
                                           "value": "-123456789012.0000000000000001"},
              token=gw.key)
     assert r.status_code == 201, r.text
-    conn = open_db(gw.store)
+    conn = open_store(gw.store)
     try:
         stored = conn.execute("SELECT value FROM outcomes WHERE task = 'exact-task'").fetchone()
     finally:
@@ -143,7 +143,7 @@ def test_corrections_are_bounded(gw, changes):
     message = r.json()["error"]["message"]
     assert r.status_code == 400
     assert ("no exponent" in message) if "cost" in changes else ("at most 12 digits" in message)
-    conn = open_db(gw.store)
+    conn = open_store(gw.store)
     try:
         assert conn.execute("SELECT COUNT(*) FROM events WHERE corrects = ?",
                             (event_id,)).fetchone()[0] == 0

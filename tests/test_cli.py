@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import io
@@ -14,14 +15,8 @@ import httpx
 import pytest
 
 from conftest import Gateway
-from tokometer.cli import main
+from tokometer.cli import build_parser, main
 from tokometer.events import FIELDS
-
-COMMANDS = [["serve"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
-            ["events"], ["report"], ["budgets"], ["budgets", "set"], ["budgets", "list"],
-            ["budgets", "status"], ["budgets", "remove"], ["ledger"], ["ledger", "pubkey"],
-            ["ledger", "head"], ["ledger", "audit"], ["receipt"], ["verify-receipt"],
-            ["rankings"], ["flows"], ["tasks"], ["export"]]
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -30,13 +25,42 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_every_command_explains_itself(command):
-    r = subprocess.run([sys.executable, "-m", "tokometer.cli", *command, "--help"],
+def commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+    """Every command and group of commands under `parser`, walking argparse's own tree."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*words, name)
+                yield from commands(sub, (*words, name))
+
+
+WORDS = list(commands(build_parser()))
+
+
+def test_the_walk_finds_every_command_and_group():
+    assert len(WORDS) == 22
+    assert ("budgets", "set") in WORDS and ("verify-receipt",) in WORDS
+
+
+@pytest.mark.parametrize("words", WORDS, ids=" ".join)
+def test_every_command_explains_itself(words, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*words, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: tokometer {' '.join(words)}")
+    assert len(out.splitlines()) > 3
+
+
+def test_the_module_runs_as_the_command():
+    r = subprocess.run([sys.executable, "-m", "tokometer.cli", "--help"],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0
-    assert "usage: tokometer" in r.stdout
-    assert len(r.stdout.splitlines()) > 3
+    assert r.returncode == 0 and "usage: tokometer" in r.stdout
+
+
+def test_a_group_without_a_command_shows_its_commands_and_fails(capsys):
+    assert main(["budgets"]) == 2
+    assert "set" in capsys.readouterr().out
 
 
 def test_serve_stops_with_a_clear_error_when_the_store_cannot_be_opened(tmp_path):

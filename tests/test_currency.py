@@ -18,7 +18,7 @@ from tokometer.catalog.pricing import Pricer, _genai_model, genai_cost
 from tokometer.config import Budget, ExchangeRate, Model, Price, Provider, Route, Scope, load
 from tokometer.errors import ConfigError
 from tokometer.events import Event, Usage, new_event_id, rfc3339
-from tokometer.ledger import SQLiteLedger, open_db
+from tokometer.ledger import SQLiteLedger, open_store
 from tokometer.ledger.signer import load_signer
 from tokometer.policy.budgets import amount_of, spent_in
 
@@ -165,7 +165,7 @@ def mixed(tmp_path_factory):
         await ledger.close()
 
     asyncio.run(fill())
-    conn = open_db(work / "t.db")
+    conn = open_store(work / "t.db")
     yield conn, events
     conn.close()
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import MINIMAL_CONFIG, start_gateway, stop_gateway
 from tokometer.cli import main
-from tokometer.ledger import open_db
+from tokometer.ledger import open_store
 from tokometer.ledger.lock import lock_path
 
 READ_COMMANDS = [["events"], ["events", "--format", "csv"], ["report"], ["rankings"], ["flows"],
@@ -42,7 +42,7 @@ def test_a_store_opened_for_reading_is_never_created(tmp_path):
     from tokometer.errors import LedgerError
 
     with pytest.raises(LedgerError, match="there is no store at"):
-        open_db(tmp_path / "nothing.db", create=False)
+        open_store(tmp_path / "nothing.db", create=False)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -19,7 +19,7 @@ from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gate
 from processes import cli
 from tokometer.errors import ConfigError, LedgerError
 from tokometer.events import FIELDS, Event, new_event_id
-from tokometer.ledger import SQLiteLedger, open_db, receipts
+from tokometer.ledger import SQLiteLedger, open_store, receipts
 from tokometer.ledger.canonical import canonical_json, leaf_document
 from tokometer.ledger.log import stored_nodes
 from tokometer.ledger.merkle import Tree, leaf_hash, verify_consistency
@@ -259,7 +259,7 @@ def test_audit_catches_what_two_writers_on_one_store_do(logged, tmp_path):
     gw, _, _ = logged
     config = copy_of(gw, tmp_path)
     store = config.parent / "tokometer.db"
-    conn = open_db(store)
+    conn = open_store(store)
     row = next(iter_events(conn))
     conn.close()
     row.update({k: Decimal(row[k]) for k in ("cost", "energy_wh", "co2e_g") if row[k]})

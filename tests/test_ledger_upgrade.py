@@ -20,7 +20,7 @@ import pytest
 from tokometer.analytics import report
 from tokometer.analytics.report import rollup_grain
 from tokometer.events import FIELDS, LATE_FIELDS, Event, new_event_id, rfc3339
-from tokometer.ledger import SQLiteLedger, open_db
+from tokometer.ledger import SQLiteLedger, open_store
 from tokometer.ledger.audit import audit
 from tokometer.ledger.canonical import canonical_json
 from tokometer.ledger.log import INSERT_NODE, MerkleLog, stored_nodes
@@ -115,7 +115,7 @@ def test_an_old_store_audits_clean_and_keeps_its_receipts(upgraded):
     path, documents, receipt = upgraded
     out = audit_cli(path.parent)
     assert out.returncode == 0, out.stdout + out.stderr
-    conn = open_db(path)
+    conn = open_store(path)
     try:
         columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
         assert columns >= LATE_FIELDS  # the upgrade added them
@@ -151,7 +151,7 @@ def test_new_events_with_late_fields_join_the_upgraded_log(upgraded):
 
     asyncio.run(append())
     assert audit_cli(path.parent).returncode == 0
-    conn = open_db(path)
+    conn = open_store(path)
     try:
         receipt = build_receipt(conn, new.id)
         assert receipt is not None and receipt["leaf_index"] == len(documents)
@@ -166,7 +166,7 @@ def test_new_events_with_late_fields_join_the_upgraded_log(upgraded):
 
 def test_old_rollups_are_refolded_by_currency_from_the_events(upgraded):
     path, documents, _ = upgraded
-    conn = open_db(path)
+    conn = open_store(path)
     try:
         assert rollup_grain(["tenant"], None, None, None) == "day"
         rows = {(r["tenant"], r["currency"]): (r["requests"], Decimal(r["cost"]))

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import FAKE_KEYS, Gateway, providers_toml, start_gateway, stop_gateway
 from fake_upstream import FakeUpstream
-from tokometer.ledger import open_db
+from tokometer.ledger import open_store
 
 ADMIN = "admin-secret"
 OUT_PRICE = Decimal(10)  # per 1M output tokens; input is free, so a request costs its output
@@ -138,7 +138,7 @@ def burst(gw: Gateway, key: str, n: int, **body) -> list[httpx.Response]:
 
 
 def spend(gw: Gateway, tenant: str) -> Decimal:
-    conn = open_db(gw.store)
+    conn = open_store(gw.store)
     try:
         value = conn.execute("SELECT decimal_sum(cost) FROM events WHERE tenant = ?",
                              (tenant,)).fetchone()[0]

@@ -270,10 +270,10 @@ def test_the_new_fields_export_typed(gw, tmp_path):
     import pyarrow.parquet as pq
 
     from tokometer.analytics.export import export
-    from tokometer.ledger import open_db
+    from tokometer.ledger import open_store
 
     event, _ = ask_claude(gw, "claude", stream=False)
-    conn = open_db(gw.store)
+    conn = open_store(gw.store)
     try:
         export(conn, "parquet", tmp_path / "events.parquet", since=event["time"])
     finally:

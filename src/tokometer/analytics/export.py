@@ -7,7 +7,6 @@ are typed: integers, floats, booleans, strings, and money as decimal(38, 18)
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from itertools import islice
@@ -16,6 +15,7 @@ from typing import Any
 
 from ..events import FIELDS
 from ..ledger.read import iter_events
+from ..ledger.store import Store
 from .cells import CSVWriter
 
 BATCH = 65_536
@@ -27,7 +27,7 @@ _MONEY = ("cost", "energy_wh", "co2e_g")
 _PLACES = Decimal("1e-18")
 
 
-def export(conn: sqlite3.Connection, fmt: str, out: Path, since: str | None = None,
+def export(conn: Store, fmt: str, out: Path, since: str | None = None,
            until: str | None = None, progress: Callable[[int], None] | None = None) -> int:
     """Write the events to `out`; returns how many."""
     events = iter_events(conn, since, until)

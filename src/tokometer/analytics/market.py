@@ -8,18 +8,18 @@ flows: tokens and cost from the consumer's country to the serving country, by mo
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ..errors import RequestError
 from ..events import rfc3339
+from ..ledger.store import Store
 from .report import report
 
 RANKED_BY = {"model": "model", "vendor": "vendor", "origin": "model_origin"}
 
 
-def rankings(conn: sqlite3.Connection, by: str = "model", weeks: int = 4,
+def rankings(conn: Store, by: str = "model", weeks: int = 4,
              today: date | None = None) -> list[dict[str, Any]]:
     if by not in RANKED_BY:
         raise RequestError(f"rank by one of {', '.join(RANKED_BY)}, not {by!r}")
@@ -48,7 +48,7 @@ def rankings(conn: sqlite3.Connection, by: str = "model", weeks: int = 4,
     return out
 
 
-def flows(conn: sqlite3.Connection, since: str | None = None,
+def flows(conn: Store, since: str | None = None,
           until: str | None = None) -> list[dict[str, Any]]:
     """Consumer country → serving country, split by model origin (the cross-border matrix)."""
     rows = report(conn, ["consumer_region", "provider_region", "model_origin"], since, until)

@@ -8,13 +8,13 @@ currencies are never added.
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import Any
 
 from ..errors import RequestError
 from ..ledger.read import time_filter
 from ..ledger.rollups import table_for
+from ..ledger.store import Store
 
 GROUPABLE = ("tenant", "app", "agent", "task", "end_user", "key_id", "consumer_region", "api",
              "operation", "stream", "provider", "provider_region", "model_requested", "model",
@@ -37,7 +37,7 @@ def bucket(period: str, column: str) -> str:
     return f"substr({column}, 1, 7)"
 
 
-def report(conn: sqlite3.Connection, by: list[str], since: str | None = None,
+def report(conn: Store, by: list[str], since: str | None = None,
            until: str | None = None, period: str | None = None, top: int | None = None,
            where: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
     """`where` keeps only events whose fields have these values (None: the field is empty)."""

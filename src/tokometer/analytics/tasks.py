@@ -8,7 +8,6 @@ Costs in different currencies are never added: a task or agent has a row per cur
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -17,13 +16,14 @@ from ..amounts import amount
 from ..errors import RequestError
 from ..events import decimal_str, new_event_id, rfc3339
 from ..ledger.read import time_filter
+from ..ledger.store import Store
 from ..policy import Consumer
 
 OUTCOMES = ("success", "failure", "partial", "abandoned")
 SUCCESS = "success"
 
 
-def record_outcome(conn: sqlite3.Connection, who: Consumer, body: Any) -> dict[str, Any]:
+def record_outcome(conn: Store, who: Consumer, body: Any) -> dict[str, Any]:
     """Store an outcome for one of the consumer's tenant's tasks; RequestError if it is bad."""
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object: {\"task\", \"outcome\", \"value\"?}")
@@ -52,7 +52,7 @@ _LATEST = """(SELECT {column} FROM outcomes o WHERE o.tenant = e.tenant AND o.ta
                ORDER BY o.time DESC, o.id DESC LIMIT 1)"""
 
 
-def tasks(conn: sqlite3.Connection, since: str | None = None,
+def tasks(conn: Store, since: str | None = None,
           until: str | None = None) -> list[dict[str, Any]]:
     """Per task (and currency): requests, tokens, cost, wall-clock duration, latest outcome."""
     where, params = _with_task(since, until)
@@ -69,7 +69,7 @@ def tasks(conn: sqlite3.Connection, since: str | None = None,
             in conn.execute(sql, params)]
 
 
-def agents(conn: sqlite3.Connection, since: str | None = None,
+def agents(conn: Store, since: str | None = None,
            until: str | None = None) -> list[dict[str, Any]]:
     """Per agent (and currency): tasks, successful ones, its cost on them, cost per success."""
     where, params = _with_task(since, until)

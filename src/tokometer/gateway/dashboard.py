@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
@@ -30,6 +29,7 @@ from ..analytics.charts import flows_chart, rankings_chart, report_chart, svg
 from ..analytics.tasks import agents, tasks
 from ..config import Settings
 from ..events import rfc3339
+from ..ledger.store import Store
 from .offloop import OffLoop
 from .session import SESSION_SECONDS, AdminToken, Sessions, scope_client
 
@@ -153,7 +153,7 @@ def _tokens(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**r, "tokens": r["input_tokens"] + r["output_tokens"]} for r in rows]
 
 
-def _overview(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+def _overview(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     since = _since(30)
     days = report(conn, [], since=since, period="day")
     total = report(conn, [], since=since)  # a row per currency
@@ -175,7 +175,7 @@ def _overview(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any
              "columns": ["period", "requests", "tokens", "cost", "currency"]}]}
 
 
-def _rankings(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+def _rankings(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     by = params.get("by", "model") if params.get("by") in ("model", "vendor", "origin") \
         else "model"
     rows = rankings(conn, by, weeks=8)
@@ -187,7 +187,7 @@ def _rankings(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any
                                                     "change_pp"]}]}
 
 
-def _flows(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+def _flows(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     rows = flows(conn, since=_since(30))
     return {"title": "Token flows: the last 30 days",
             "sections": [{"chart": svg(flows_chart, rows) if rows else None},
@@ -195,14 +195,14 @@ def _flows(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
                                                     "tokens", "cost", "currency"]}]}
 
 
-def _tenants(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+def _tenants(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     rows = _tokens(report(conn, ["tenant"], since=_since(30)))
     return {"title": "Tenants: the last 30 days", "sections": [{
         "rows": rows, "columns": ["tenant", "requests", "tokens", "cost", "currency"],
         "links": {"tenant": lambda r: "/tenants/" + quote(r["tenant"], safe="")}}]}
 
 
-def _drill_down(conn: sqlite3.Connection, tenant: str, app: str | None = None
+def _drill_down(conn: Store, tenant: str, app: str | None = None
                 ) -> dict[str, Any]:
     since = _since(30)
     where = {"tenant": tenant, **({"app": app} if app else {})}
@@ -218,7 +218,7 @@ def _drill_down(conn: sqlite3.Connection, tenant: str, app: str | None = None
          "links": {} if app else {"app": lambda r: f"{base}/apps/{quote(r['app'], safe='')}"}}]}
 
 
-def _tasks(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+def _tasks(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     return {"title": "Agent tasks", "sections": [
         {"heading": "Per agent", "rows": agents(conn),
          "columns": ["tenant", "agent", "tasks", "successes", "cost", "currency",
@@ -228,7 +228,7 @@ def _tasks(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
                      "outcome"]}]}
 
 
-def _live(conn: sqlite3.Connection, params: dict[str, str]) -> dict[str, Any]:
+def _live(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     columns = ["time", "tenant", "app", "agent", "provider", "model", "status",
                "input_tokens", "output_tokens", "cost", "currency"]
     rows = [dict(zip(columns, r, strict=True)) for r in conn.execute(

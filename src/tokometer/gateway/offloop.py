@@ -7,22 +7,22 @@ fails (locked, read-only, corrupt) is a LedgerError here, so the client gets it 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import LedgerError
+from ..ledger.store import Store
 
 
 class OffLoop:
-    def __init__(self, conn: sqlite3.Connection):
-        self._conn = conn
+    def __init__(self, store: Store):
+        self._store = store
         self._lock = asyncio.Lock()
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(conn, *args) on a thread; calls on this connection never overlap."""
+        """fn(store, *args) on a thread; calls on this connection never overlap."""
         async with self._lock:
             try:
-                return await asyncio.to_thread(fn, self._conn, *args)
-            except sqlite3.Error as e:
+                return await asyncio.to_thread(fn, self._store, *args)
+            except self._store.Error as e:
                 raise LedgerError(f"the store failed: {e}") from e

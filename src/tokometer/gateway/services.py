@@ -15,7 +15,7 @@ from ..catalog import Pricer, vendor_of
 from ..config import Settings
 from ..counting import Recounter, TokenizerRegistry
 from ..errors import AuthError
-from ..ledger import SQLiteLedger, open_db
+from ..ledger import SQLiteLedger, Store, open_store
 from ..ledger.connect import SMALL_CACHE_KIB
 from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
@@ -46,6 +46,7 @@ class Services:
     dashboard: Dashboard
     lock: StoreLock
     tasks: tuple[asyncio.Task[None], ...]  # background watchers: revocations, budgets
+    stores: tuple[Store, ...]  # the readers' connections, closed at shutdown
 
     async def authenticate(self, headers: dict[bytes, bytes]) -> Consumer:
         key = api_key(headers)
@@ -66,12 +67,15 @@ async def start_services(settings: Settings, lock: StoreLock | None) -> Services
     ledger.start()
     registry = TokenizerRegistry(s.data_dir)
     await asyncio.to_thread(_preload_tokenizers, settings, registry)
-    keys = KeyRing(open_db(s.store, cache_kib=SMALL_CACHE_KIB))
+    # Three readers, each with a connection of its own: key look-ups never queue behind a
+    # report, nor the budget sync behind either.
+    stores = (open_store(s.store, cache_kib=SMALL_CACHE_KIB),
+              open_store(s.store, cache_kib=SMALL_CACHE_KIB), open_store(s.store))
+    keys = KeyRing(stores[0])
     pricer = Pricer(s.currency, settings.exchange_rates)
-    budgets = BudgetSync(Guard(settings, {}), open_db(s.store, cache_kib=SMALL_CACHE_KIB),
-                         settings.budgets)
+    budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets)
     await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
-    side = OffLoop(open_db(s.store))
+    side = OffLoop(stores[2])
     token = AdminToken(s.admin_token)  # one count of wrong guesses, however they come
     labels = [*settings.models, *(r.model for m in settings.models.values() for r in m.routes)]
     deps = Deps(Upstream(s), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
@@ -81,7 +85,7 @@ async def start_services(settings: Settings, lock: StoreLock | None) -> Services
     log.info("tokometer gateway ready: %d models, store %s", len(settings.models), s.store)
     return Services(settings, deps, keys, Admin(settings, side, keys, budgets, ledger, token),
                     Transparency(side, ledger), side, Dashboard(settings, side, token), lock,
-                    tasks)
+                    tasks, stores)
 
 
 async def stop_services(services: Services) -> None:
@@ -91,6 +95,8 @@ async def stop_services(services: Services) -> None:
             await task
     await services.deps.upstream.close()
     await services.deps.ledger.close()
+    for store in services.stores:
+        store.close()
     services.lock.close()
 
 

@@ -1,7 +1,7 @@
 """The durable record of every meter reading (SQLite by default)."""
 
-from .connect import open_db
+from .connect import SQLiteStore, open_store
 from .sqlite import SQLiteLedger
-from .store import Ledger
+from .store import Ledger, Store
 
-__all__ = ["Ledger", "SQLiteLedger", "open_db"]
+__all__ = ["Ledger", "SQLiteLedger", "SQLiteStore", "Store", "open_store"]

@@ -13,7 +13,6 @@ running gateway's writes do not show as problems.
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,6 +26,7 @@ from .merkle import Tree, roots_at, verify_consistency
 from .rollups import ROLLUPS, upserts
 from .rows import LEAF_COLUMN, leaf_of
 from .signer import TreeHead, verify_head
+from .store import Store
 
 _ID = FIELDS.index("id")
 _CHUNK = 10_000
@@ -60,7 +60,7 @@ class AuditReport:
         return next(iter(self.ordered()), None)
 
 
-def audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
+def audit(conn: Store, key: Ed25519PublicKey,
           progress: Callable[[int], None] | None = None) -> AuditReport:
     conn.execute("BEGIN")  # one snapshot of a store a gateway may be writing
     try:
@@ -69,7 +69,7 @@ def audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
         conn.execute("ROLLBACK")
 
 
-def _audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
+def _audit(conn: Store, key: Ed25519PublicKey,
            progress: Callable[[int], None] | None) -> AuditReport:
     report = AuditReport()
     logged = [bytes(h) for (h,) in conn.execute(
@@ -112,7 +112,7 @@ def _audit(conn: sqlite3.Connection, key: Ed25519PublicKey,
     return report
 
 
-def _check_heads(conn: sqlite3.Connection, key: Ed25519PublicKey, leaves: list[bytes],
+def _check_heads(conn: Store, key: Ed25519PublicKey, leaves: list[bytes],
                  report: AuditReport) -> None:
     heads = [TreeHead(size, bytes(root), ts, bytes(sig)) for size, root, ts, sig in conn.execute(
         "SELECT tree_size, root_hash, timestamp, signature FROM tree_heads "
@@ -142,7 +142,7 @@ def _check_heads(conn: sqlite3.Connection, key: Ed25519PublicKey, leaves: list[b
             _check_consistency(conn, before, after, report)
 
 
-def _check_consistency(conn: sqlite3.Connection, before: TreeHead, after: TreeHead,
+def _check_consistency(conn: Store, before: TreeHead, after: TreeHead,
                        report: AuditReport) -> None:
     """Whether the log proves `after` an extension of `before`, as it would to a client."""
     try:
@@ -177,7 +177,7 @@ class _Sums:
                 else:
                     table[key] = [a + b for a, b in zip(acc, measures, strict=True)]
 
-    def differences(self, conn: sqlite3.Connection) -> list[Finding]:
+    def differences(self, conn: Store) -> list[Finding]:
         found = []
         for name, expected in self.rows.items():
             width = 2 + len(ROLLUPS[name])

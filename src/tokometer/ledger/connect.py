@@ -1,32 +1,31 @@
-"""Opening a SQLite store: the file created for its owner only, WAL, the schema in place and
-brought up to date (new event columns, rollups keyed by currency), decimal SQL functions."""
+"""Opening a SQLite store: the file created for its owner only, WAL, decimal SQL functions,
+and the schema brought up to date (migrate.py); and the Store protocol over the connection."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from ..errors import LedgerError
 from ..events import decimal_str
-from .rollups import SCHEMA as ROLLUP_SCHEMA
-from .rollups import decimal_add
-from .rollups import upgrade as upgrade_rollups
-from .schema import SCHEMA, added_columns
+from .migrate import migrate
 
 SMALL_CACHE_KIB = 256  # for connections that read a few rows now and then
 
 
-def open_db(path: Path, *, durability: str = "process", cache_kib: int | None = None,
-            create: bool = True) -> sqlite3.Connection:
+def open_store(path: Path, *, create: bool = False, durability: str = "process",
+               cache_kib: int | None = None) -> SQLiteStore:
     """A connection with the schema in place; WAL so readers never block the writer.
 
-    A new store is created readable by its owner only (SQLite gives its -wal and -shm files
-    the same mode); with `create=False` a missing store is a LedgerError instead, so reading
-    never leaves an empty store behind. `cache_kib` caps the page cache (SQLite's default is
-    2 MB per connection).
+    Only `create=True` makes a missing store (readable by its owner only; SQLite gives its -wal
+    and -shm files the same mode); otherwise a missing store is a LedgerError, so reading never
+    leaves an empty store behind. `cache_kib` caps the page cache (SQLite's default is 2 MB per
+    connection).
     """
     try:
         if not path.exists():
@@ -44,14 +43,48 @@ def open_db(path: Path, *, durability: str = "process", cache_kib: int | None = 
         if cache_kib is not None:
             conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
         conn.create_aggregate("decimal_sum", 1, _DecimalSum)
-        conn.create_function("decimal_add", 2, decimal_add, deterministic=True)
-        conn.executescript(SCHEMA + ROLLUP_SCHEMA)
-        for statement in added_columns({r[1] for r in conn.execute("PRAGMA table_info(events)")}):
-            conn.execute(statement)
-        upgrade_rollups(conn)
+        conn.create_function("decimal_add", 2, _decimal_add, deterministic=True)
+        store = SQLiteStore(conn)
+        migrate(store)
     except (sqlite3.Error, OSError) as e:
         raise LedgerError(f"cannot open the store at {path}: {e}") from e
-    return conn
+    return store
+
+
+class SQLiteStore:
+    """The Store protocol (store.py) over one SQLite connection; `with` closes it."""
+
+    Error = sqlite3.Error
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        return self.conn.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """IMMEDIATE: the write lock is taken at the start, so the transaction never fails
+        half-way for want of it."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            yield
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _decimal_add(a: str | None, b: str | None) -> str:
+    return decimal_str(Decimal(a or 0) + Decimal(b or 0))
 
 
 class _DecimalSum:

@@ -6,15 +6,15 @@ merges equal-sized subtrees like carrying in binary addition. Each merge is a no
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from .merkle import EMPTY_ROOT, Nodes, node_hash
+from .store import Store
 
 INSERT_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
 
 
-def leaf_count(conn: sqlite3.Connection) -> int:
+def leaf_count(conn: Store) -> int:
     """How many leaves the store holds (each lands in its event's commit)."""
     return conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM merkle_nodes WHERE level = 0"
                         ).fetchone()[0]
@@ -26,7 +26,7 @@ class MerkleLog:
     frontier: tuple[tuple[int, bytes], ...]  # (level, hash), largest subtree first
 
     @classmethod
-    def load(cls, conn: sqlite3.Connection, size: int) -> MerkleLog:
+    def load(cls, conn: Store, size: int) -> MerkleLog:
         """The log of its first `size` stored leaves."""
         nodes = stored_nodes(conn)
         frontier, offset = [], 0
@@ -59,7 +59,7 @@ class MerkleLog:
         return root
 
 
-def stored_nodes(conn: sqlite3.Connection) -> Nodes:
+def stored_nodes(conn: Store) -> Nodes:
     """A merkle.Nodes lookup over the store. A node above the leaves that the writer has not
     stored yet (its latest tenth of a second, or what a crash left) is folded from below."""
     def lookup(level: int, idx: int) -> bytes:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
 from ..events import FIELDS
+from .store import Store
 
 
 def time_filter(since: str | None, until: str | None) -> tuple[str, list[str]]:
@@ -21,14 +21,19 @@ def time_filter(since: str | None, until: str | None) -> tuple[str, list[str]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def iter_events(conn: sqlite3.Connection, since: str | None = None,
+def iter_events(conn: Store, since: str | None = None,
                 until: str | None = None) -> Iterator[dict[str, Any]]:
     where, params = time_filter(since, until)
     for row in conn.execute(f"{_SELECT}{where} ORDER BY time, id", params):
         yield event_of_row(row)
 
 
-def get_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
+def count_events(conn: Store, since: str | None = None, until: str | None = None) -> int:
+    where, params = time_filter(since, until)
+    return int(conn.execute(f"SELECT COUNT(*) FROM events{where}", params).fetchone()[0])
+
+
+def get_event(conn: Store, event_id: str) -> dict[str, Any] | None:
     row = conn.execute(f"{_SELECT} WHERE id = ?", (event_id,)).fetchone()
     return None if row is None else event_of_row(row)
 

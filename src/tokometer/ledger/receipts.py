@@ -9,18 +9,18 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .canonical import canonical_json, leaf_document
+from .derive import sign_head
 from .log import leaf_count, stored_nodes
 from .merkle import Tree, leaf_hash, verify_inclusion
 from .read import get_event
-from .schema import INSERT_HEAD
 from .signer import Signer, TreeHead, verify_head
+from .store import Store
 
 RECEIPT_VERSION = 1
 
@@ -29,7 +29,7 @@ class NotFound(LookupError):
     """No such event, or not in the log yet."""
 
 
-def latest_head(conn: sqlite3.Connection, covering: int = 0) -> TreeHead | None:
+def latest_head(conn: Store, covering: int = 0) -> TreeHead | None:
     """The newest signed head over at least `covering` leaves."""
     row = conn.execute("SELECT tree_size, root_hash, timestamp, signature FROM tree_heads "
                        "WHERE tree_size >= ? ORDER BY tree_size DESC, timestamp DESC LIMIT 1",
@@ -37,7 +37,7 @@ def latest_head(conn: sqlite3.Connection, covering: int = 0) -> TreeHead | None:
     return None if row is None else TreeHead(row[0], bytes(row[1]), row[2], bytes(row[3]))
 
 
-def build_receipt(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
+def build_receipt(conn: Store, event_id: str) -> dict[str, Any] | None:
     """The receipt for an event, or None when no signed head covers it yet (sign, retry)."""
     stored = get_event(conn, event_id)
     if stored is None or stored["leaf_index"] is None:
@@ -79,7 +79,7 @@ def verify_receipt(receipt: Any, key: Ed25519PublicKey) -> list[str]:
     return problems
 
 
-def consistency_proof(conn: sqlite3.Connection, first: int, second: int) -> list[bytes]:
+def consistency_proof(conn: Store, first: int, second: int) -> list[bytes]:
     """PROOF(first, D[0:second]); ValueError for sizes the log cannot prove."""
     size = leaf_count(conn)
     if not 0 < first <= second <= size:
@@ -88,14 +88,23 @@ def consistency_proof(conn: sqlite3.Connection, first: int, second: int) -> list
     return Tree(stored_nodes(conn), second).consistency_proof(first)
 
 
-def sign_stored_head(conn: sqlite3.Connection, signer: Signer) -> TreeHead:
-    """Sign the log as stored now (for the CLI; a running gateway signs on its own).
+def receipt_signing_if_needed(conn: Store, event_id: str, signer: Signer) -> dict[str, Any]:
+    """The receipt for an event, signing a head over the stored log first if none covers it
+    yet (the CLI's way; a running gateway's writer signs on request, transparency.py)."""
+    receipt = build_receipt(conn, event_id)
+    if receipt is None:
+        sign_stored_head(conn, signer)
+        receipt = build_receipt(conn, event_id)
+    assert receipt is not None, "a head signed over the stored log covers every stored event"
+    return receipt
+
+
+def sign_stored_head(conn: Store, signer: Signer) -> TreeHead:
+    """Sign the log as stored now.
 
     The time is taken before the size is read: a head the gateway signed earlier covers no
     more than was committed then, so heads in the order of their timestamps never shrink.
     """
     timestamp = int(time.time() * 1000)
     size = leaf_count(conn)
-    head = signer.sign(size, Tree(stored_nodes(conn), size).root(), timestamp)
-    conn.execute(INSERT_HEAD, (head.tree_size, head.root_hash, head.timestamp, head.signature))
-    return head
+    return sign_head(conn, signer, size, Tree(stored_nodes(conn), size).root(), timestamp)

@@ -8,7 +8,6 @@ values are stored as '' (SQLite keys treat NULLs as all different), read back as
 
 from __future__ import annotations
 
-import sqlite3
 from decimal import Decimal
 from typing import Any
 
@@ -55,8 +54,8 @@ def _upsert(name: str, dims: tuple[str, ...]) -> str:
             + ", cost = decimal_add(cost, excluded.cost)")
 
 
-_TABLES = [_table(name, dims) for name, dims in ROLLUPS.items()]
-SCHEMA = "".join(_TABLES)
+TABLES = [_table(name, dims) for name, dims in ROLLUPS.items()]
+SCHEMA = "".join(TABLES)
 _UPSERTS = {name: _upsert(name, dims) for name, dims in ROLLUPS.items()}
 
 
@@ -111,35 +110,3 @@ def upserts(rows: list[list[Any]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     return [(_UPSERTS[name], [(*key, *acc[:-1], decimal_str(acc[-1]))
                               for key, acc in table.items()])
             for name, table in sums.items()]
-
-
-def upgrade(conn: sqlite3.Connection) -> None:
-    """Rebuild rollups written before they were keyed by currency: they are derived data, so
-    they are folded again from the logged events, in one transaction."""
-    def current() -> bool:
-        return all("currency" in {r[1] for r in conn.execute(f"PRAGMA table_info({name})")}
-                   for name in ROLLUPS)
-
-    if current():
-        return
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
-        if current():  # another connection did it first
-            return
-        for name in ROLLUPS:
-            conn.execute(f"DROP TABLE {name}")
-        for statement in _TABLES:
-            conn.execute(statement)
-        rows = conn.execute(f"SELECT {', '.join(FIELDS)} FROM events "
-                            "WHERE leaf_index IS NOT NULL ORDER BY leaf_index")
-        rolled = 0
-        while chunk := [list(r) for r in rows.fetchmany(10_000)]:
-            for statement, params in upserts(chunk):
-                conn.executemany(statement, params)
-            rolled = chunk[-1][_AT["leaf_index"]] + 1
-        conn.execute("INSERT INTO ledger_meta (key, value) VALUES ('rolled_up', ?) "
-                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (rolled,))
-
-
-def decimal_add(a: str | None, b: str | None) -> str:
-    return decimal_str(Decimal(a or 0) + Decimal(b or 0))

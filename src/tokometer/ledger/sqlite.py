@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LedgerError
 from ..events import FIELDS, Event
-from .connect import SMALL_CACHE_KIB, open_db
+from .connect import SMALL_CACHE_KIB, open_store
+from .derive import LOGGED, ROLLED_UP, fold, grow_log, meta, set_meta, sign_head
 from .log import INSERT_NODE, MerkleLog, leaf_count
-from .rollups import upserts
 from .rows import LEAF_COLUMN, event_row, leaf_of
-from .schema import INSERT_EVENT, INSERT_HEAD
+from .schema import INSERT_EVENT
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
@@ -72,18 +72,18 @@ class SQLiteLedger:
     def __init__(self, path: Path, signer: Signer, *, durability: str = "process"):
         self.path = path
         self.signer = signer
-        self._conn = open_db(path, durability=durability)
-        logged = _meta(self._conn, "logged")  # how many leaves have their nodes stored
+        self._store = open_store(path, create=True, durability=durability)
+        logged = meta(self._store, LOGGED)
         if logged is None:  # a store from before this watermark holds them all; a new one none
-            logged = leaf_count(self._conn)
-            _set_meta(self._conn, "logged", logged)
-        self._log = MerkleLog.load(self._conn, logged)
+            logged = leaf_count(self._store)
+            set_meta(self._store, LOGGED, logged)
+        self._log = MerkleLog.load(self._store, logged)
         self._signed_size, self._signed_at = -1, 0.0
         self._unlogged: list[bytes] = []  # committed leaves whose tree nodes are not stored yet
         self._unrolled: list[list[Any]] = []  # committed events not yet in the rollups
         self._derived_at = 0.0
-        self._conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
-        self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        self._store.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
+        self._store.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -118,23 +118,20 @@ class SQLiteLedger:
             for thread in self._threads:
                 await asyncio.to_thread(thread.join)
             self._threads = []
-        self._conn.close()
+        self._store.close()
 
     def _checkpoint_forever(self) -> None:
         """Copy the WAL into the database now and then, on a connection of its own."""
-        conn = open_db(self.path, cache_kib=SMALL_CACHE_KIB)  # it only checkpoints
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        try:
+        with open_store(self.path, cache_kib=SMALL_CACHE_KIB) as store:  # it only checkpoints
+            page_size = store.execute("PRAGMA page_size").fetchone()[0]
             while not self._stopping.wait(CHECKPOINT_SECONDS):
                 try:
-                    _, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    _, wal_pages, _ = store.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if wal_pages * page_size > WAL_LIMIT_BYTES:
-                        conn.execute("PRAGMA wal_checkpoint(RESTART)")
+                        store.execute("PRAGMA wal_checkpoint(RESTART)")
                 except sqlite3.Error as e:
                     log.warning("WAL checkpoint failed (will retry): %s", e)
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
+            store.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _write_forever(self) -> None:
         self._backfill()
@@ -167,11 +164,10 @@ class SQLiteLedger:
         unlogged, unrolled = self._unlogged, self._unrolled
         if unlogged or unrolled:
             try:
-                with self._conn:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    grown = self._grow_log(unlogged, self._log)
+                with self._store.transaction():
+                    grown = grow_log(self._store, self._log, unlogged)
                     if unrolled:
-                        _fold(self._conn, unrolled)
+                        fold(self._store, unrolled)
             except sqlite3.Error as e:
                 log.warning("the Merkle log and rollups are behind (will retry): %s", e)
                 return
@@ -184,11 +180,9 @@ class SQLiteLedger:
         assert self._loop is not None
         try:
             if tree.size != self._signed_size or waiting:
-                head = self.signer.sign(tree.size, tree.root(), int(time.time() * 1000))
-                with self._conn:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    self._conn.execute(INSERT_HEAD, (head.tree_size, head.root_hash,
-                                                     head.timestamp, head.signature))
+                with self._store.transaction():
+                    head = sign_head(self._store, self.signer, tree.size, tree.root(),
+                                     int(time.time() * 1000))
                 self._signed_size = tree.size
                 if waiting:
                     self._loop.call_soon_threadsafe(_hand_over, waiting, head)
@@ -202,35 +196,33 @@ class SQLiteLedger:
         """At start, derive what a crash (or an older store) left underived: the tree above the
         leaves committed after the last derivation, and the rollups from their watermark; and
         events stored before the log existed become leaves, once."""
-        leaves = [bytes(h) for (h,) in self._conn.execute(
+        store = self._store
+        leaves = [bytes(h) for (h,) in store.execute(
             "SELECT hash FROM merkle_nodes WHERE level = 0 AND idx >= ? ORDER BY idx",
             (self._log.size,))]
-        rolled = _meta(self._conn, "rolled_up") or 0
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            tree = self._grow_log(leaves, self._log)
-            rows = self._conn.execute(f"SELECT {', '.join(FIELDS)} FROM events "
-                                      "WHERE leaf_index >= ? ORDER BY leaf_index", (rolled,))
+        rolled = meta(store, ROLLED_UP) or 0
+        with store.transaction():
+            tree = grow_log(store, self._log, leaves)
+            rows = store.execute(f"SELECT {', '.join(FIELDS)} FROM events "
+                                 "WHERE leaf_index >= ? ORDER BY leaf_index", (rolled,))
             while chunk := [list(r) for r in rows.fetchmany(10_000)]:
                 log.info("bringing the rollups up to date from leaf %d", chunk[0][LEAF_COLUMN])
-                _fold(self._conn, chunk)
+                fold(store, chunk)
         self._log = tree
-        rows = [list(r) for r in self._conn.execute(
+        rows = [list(r) for r in store.execute(
             f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index IS NULL ORDER BY id")]
         if rows:
             log.info("adding %d earlier events to the Merkle log", len(rows))
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute("DELETE FROM events WHERE leaf_index IS NULL")
-                tree = self._grow_log(self._insert(rows), tree)
+            with store.transaction():
+                store.execute("DELETE FROM events WHERE leaf_index IS NULL")
+                tree = grow_log(store, tree, self._insert(rows))
             self._log = tree
             self._unrolled += rows
 
     def _commit(self, items: list[_Append]) -> None:
         rows = [item.row for item in items]
         try:
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
+            with self._store.transaction():
                 leaves = self._insert(rows)
         except sqlite3.Error as e:
             if len(items) > 1:  # one bad row must not sink its batch: retry them one by one
@@ -251,40 +243,14 @@ class SQLiteLedger:
         for i, row in enumerate(rows):
             row[LEAF_COLUMN] = first + i
         leaves = [leaf_of(row) for row in rows]
-        self._conn.executemany(INSERT_EVENT, rows)
-        self._conn.executemany(INSERT_NODE, [(0, first + i, leaf)
-                                             for i, leaf in enumerate(leaves)])
+        self._store.executemany(INSERT_EVENT, rows)
+        self._store.executemany(INSERT_NODE, [(0, first + i, leaf)
+                                              for i, leaf in enumerate(leaves)])
         return leaves
-
-    def _grow_log(self, leaves: list[bytes], tree: MerkleLog) -> MerkleLog:
-        """`tree` with stored `leaves` appended, storing the nodes above them they complete."""
-        if not leaves:
-            return tree
-        grown, nodes = tree.extend(leaves)
-        self._conn.executemany(INSERT_NODE, [node for node in nodes if node[0] > 0])
-        _set_meta(self._conn, "logged", grown.size)
-        return grown
 
     def _settle(self, items: list[_Append], error: Exception | None) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve, [item.done for item in items], error)
-
-
-def _fold(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
-    """Add event rows (in log order) to the rollups and move the watermark past them."""
-    for statement, params in upserts(rows):
-        conn.executemany(statement, params)
-    _set_meta(conn, "rolled_up", rows[-1][LEAF_COLUMN] + 1)
-
-
-def _meta(conn: sqlite3.Connection, key: str) -> int | None:
-    row = conn.execute("SELECT value FROM ledger_meta WHERE key = ?", (key,)).fetchone()
-    return row[0] if row else None
-
-
-def _set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
-    conn.execute("INSERT INTO ledger_meta (key, value) VALUES (?, ?) "
-                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
 
 def _hand_over(futures: list[asyncio.Future[TreeHead]], head: TreeHead) -> None:

@@ -1,17 +1,60 @@
-"""What the gateway asks of a ledger, whatever store keeps it (SQLite today; PostgreSQL is
-to be one more implementation of this protocol, not a fork of the request path)."""
+"""The store seam: what the gateway, the CLI and the reports ask of a store, whatever keeps it.
+
+SQLite implements both protocols today; a PostgreSQL store is to be one more implementation of
+them, not a fork of the request path or the commands.
+
+- `Ledger`: the append-only writer the request path awaits (events durable, heads signed).
+- `Store`: a connection for reading and for administration (keys, budgets, receipts, reports).
+  Its SQL is written with `?` placeholders; a store whose driver wants others translates them.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..events import Event
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
-    from .signer import TreeHead
+    from .signer import Signer, TreeHead
+
+
+class Rows(Protocol):
+    """The result of a statement: DB-API's cursor, as far as we use it."""
+
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchmany(self, size: int) -> list[Any]: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Store(Protocol):
+    Error: type[Exception]  # what the store raises when it fails (locked, read-only, corrupt)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Rows: ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """All statements inside commit together, or none does."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class Ledger(Protocol):
+    signer: Signer
+
     def start(self) -> None:
         """Begin writing (on the running event loop)."""
         ...

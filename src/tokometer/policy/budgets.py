@@ -9,7 +9,6 @@ request used more input than was counted (an estimate) before it went out.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from ..amounts import amount
 from ..config import PERIODS, SCOPES, TOKENS, Budget, Scope
 from ..errors import RequestError
 from ..events import Event, decimal_str, new_event_id, rfc3339
+from ..ledger.store import Store
 
 RESERVATIONS_FRESH_SECONDS = 5.0  # older snapshots mean no gateway is running
 
@@ -79,7 +79,7 @@ class BudgetState:
                 "resets": rfc3339(self.end) if self.end else None}
 
 
-def load_states(conn: sqlite3.Connection, budgets: Iterable[Budget],
+def load_states(conn: Store, budgets: Iterable[Budget],
                 now: datetime) -> dict[str, BudgetState]:
     """Each budget with what the ledger says was spent in its current period."""
     states = {}
@@ -89,7 +89,7 @@ def load_states(conn: sqlite3.Connection, budgets: Iterable[Budget],
     return states
 
 
-def spent_in(conn: sqlite3.Connection, budget: Budget, since: datetime | None) -> Decimal:
+def spent_in(conn: Store, budget: Budget, since: datetime | None) -> Decimal:
     money = budget.unit != TOKENS
     measure = "decimal_sum(cost)" if money else "SUM(input_tokens + output_tokens)"
     sql = f"SELECT {measure} FROM events WHERE {budget.scope.kind} = ?"  # kind is one of SCOPES
@@ -121,7 +121,7 @@ def new_budget(scope_kind: str, scope_value: str, limit: object, unit: str, peri
                   period)
 
 
-def set_budget(conn: sqlite3.Connection, budget: Budget, config_ids: Iterable[str]) -> Budget:
+def set_budget(conn: Store, budget: Budget, config_ids: Iterable[str]) -> Budget:
     """Create or replace the budget for this scope, unit and period; returns it with its id."""
     if budget.id in set(config_ids):
         raise RequestError(f"budget {budget.id} is set in the config file; change it there")
@@ -139,31 +139,49 @@ def set_budget(conn: sqlite3.Connection, budget: Budget, config_ids: Iterable[st
     return Budget(budget_id, budget.scope, budget.limit, budget.unit, budget.period)
 
 
-def stored_budgets(conn: sqlite3.Connection) -> list[Budget]:
+def all_budgets(conn: Store, config: Iterable[Budget]) -> list[Budget]:
+    """The config's budgets, then those set at run time."""
+    return [*config, *stored_budgets(conn)]
+
+
+def budget_statuses(conn: Store, config: Iterable[Budget],
+                    now: datetime) -> list[dict[str, str | None]]:
+    """Every budget as another process sees it: the ledger's spend, and the in-flight
+    reservations a running gateway last saved."""
+    states = load_states(conn, all_budgets(conn, config), now)
+    for budget_id, reserved in saved_reservations(conn).items():
+        if budget_id in states:
+            states[budget_id].reserved = reserved
+    return [state.status() for state in states.values()]
+
+
+def stored_budgets(conn: Store) -> list[Budget]:
     rows = conn.execute("SELECT budget_id, scope, scope_value, limit_value, unit, period "
                         "FROM budgets ORDER BY budget_id")
     return [Budget(i, Scope(kind, value), Decimal(limit), unit, period)
             for i, kind, value, limit, unit, period in rows]
 
 
-def remove_budget(conn: sqlite3.Connection, budget_id: str, config_ids: Iterable[str]) -> None:
+def remove_budget(conn: Store, budget_id: str, config_ids: Iterable[str]) -> None:
     if budget_id in set(config_ids):
         raise RequestError(f"budget {budget_id} is set in the config file; remove it there")
-    if conn.execute("DELETE FROM budgets WHERE budget_id = ?", (budget_id,)).rowcount == 0:
-        raise RequestError(f"no budget with id {budget_id}", status=404, type="not_found_error")
-    conn.execute("DELETE FROM budget_reservations WHERE budget_id = ?", (budget_id,))
+    with conn.transaction():
+        if conn.execute("DELETE FROM budgets WHERE budget_id = ?", (budget_id,)).rowcount == 0:
+            raise RequestError(f"no budget with id {budget_id}", status=404,
+                               type="not_found_error")
+        conn.execute("DELETE FROM budget_reservations WHERE budget_id = ?", (budget_id,))
 
 
-def save_reservations(conn: sqlite3.Connection, reserved: dict[str, Decimal]) -> None:
+def save_reservations(conn: Store, reserved: dict[str, Decimal]) -> None:
     """The gateway's in-flight reservations, for `budgets status` in another process."""
     now = rfc3339(datetime.now(UTC))
-    with conn:
+    with conn.transaction():
         conn.execute("DELETE FROM budget_reservations")
         conn.executemany("INSERT INTO budget_reservations VALUES (?,?,?)",
                          [(i, decimal_str(r), now) for i, r in reserved.items()])
 
 
-def saved_reservations(conn: sqlite3.Connection) -> dict[str, Decimal]:
+def saved_reservations(conn: Store) -> dict[str, Decimal]:
     fresh = rfc3339(datetime.now(UTC) - timedelta(seconds=RESERVATIONS_FRESH_SECONDS))
     rows = conn.execute("SELECT budget_id, reserved FROM budget_reservations WHERE updated >= ?",
                         (fresh,))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..errors import RequestError
 from ..events import new_event_id, rfc3339
+from ..ledger.store import Store
 
 _PREFIX = "tkm-"
 REFRESH_SECONDS = 1.0
@@ -42,7 +42,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(conn: sqlite3.Connection, tenant: str, app: str,
+def create_key(conn: Store, tenant: str, app: str,
                region: str | None = None) -> tuple[str, str]:
     """Returns (key, key_id); the key itself is never stored."""
     if not tenant or not app:
@@ -58,7 +58,7 @@ def create_key(conn: sqlite3.Connection, tenant: str, app: str,
     return key, key_id
 
 
-def list_keys(conn: sqlite3.Connection) -> list[dict[str, str | None]]:
+def list_keys(conn: Store) -> list[dict[str, str | None]]:
     rows = conn.execute(
         "SELECT key_id, tenant, app, region, created, revoked FROM keys ORDER BY key_id"
     )
@@ -66,7 +66,7 @@ def list_keys(conn: sqlite3.Connection) -> list[dict[str, str | None]]:
     return [dict(zip(cols, row, strict=True)) for row in rows]
 
 
-def revoke_key(conn: sqlite3.Connection, key_id: str) -> None:
+def revoke_key(conn: Store, key_id: str) -> None:
     cur = conn.execute("UPDATE keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL",
                        (rfc3339(datetime.now(UTC)), key_id))
     if cur.rowcount == 0:
@@ -78,7 +78,7 @@ def revoke_key(conn: sqlite3.Connection, key_id: str) -> None:
 class KeyRing:
     """The gateway's view of the keys table."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: Store):
         self._conn = conn
         self._lock = asyncio.Lock()
         self._known: dict[str, Consumer] = {}

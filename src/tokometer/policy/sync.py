@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from ..config import Budget
-from .budgets import load_states, save_reservations, stored_budgets
+from ..ledger.store import Store
+from .budgets import all_budgets, load_states, save_reservations
 from .guard import Guard
 
 SYNC_SECONDS = 1.0
@@ -22,7 +22,7 @@ log = logging.getLogger("tokometer.policy")
 
 
 class BudgetSync:
-    def __init__(self, guard: Guard, conn: sqlite3.Connection, config: tuple[Budget, ...]):
+    def __init__(self, guard: Guard, conn: Store, config: tuple[Budget, ...]):
         self.guard = guard
         self._conn = conn
         self._config = config
@@ -32,8 +32,8 @@ class BudgetSync:
     async def sync(self) -> None:
         """Take up budgets added, changed or removed in the store; save reservations."""
         async with self._lock:
-            stored = await asyncio.to_thread(stored_budgets, self._conn)
-            wanted = {b.id: b for b in (*self._config, *stored)}
+            budgets = await asyncio.to_thread(all_budgets, self._conn, self._config)
+            wanted = {b.id: b for b in budgets}
             missing = self.guard.missing(wanted.values())
             fresh = (await asyncio.to_thread(load_states, self._conn, missing, datetime.now(UTC))
                      if missing else {})
@@ -48,5 +48,5 @@ class BudgetSync:
             await asyncio.sleep(SYNC_SECONDS)
             try:
                 await self.sync()
-            except sqlite3.Error as e:
+            except self._conn.Error as e:
                 log.warning("budget sync failed (will retry): %s", e)

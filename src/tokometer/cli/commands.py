@@ -1,0 +1,364 @@
+"""The commands, declared as data (COMMANDS), and what each runs: a call into the library and
+a choice of how to show its answer (output.py). No SQL and no business rules live here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import analytics, config
+from ..analytics import GROUPABLE, RANKED_BY, REPORT_PERIODS
+from ..analytics import tasks as agent_tasks
+from ..analytics.charts import flows_chart, rankings_chart, report_chart
+from ..analytics.export import export as write_events
+from ..config import PERIODS, SCOPES, Budget
+from ..errors import TokometerError
+from ..events import FIELDS, decimal_str
+from ..ledger import SQLiteStore, open_store
+from ..ledger.read import count_events, iter_events
+from ..policy import create_key, list_keys, revoke_key
+from ..policy.budgets import (
+    budget_statuses,
+    new_budget,
+    remove_budget,
+    set_budget,
+    stored_budgets,
+)
+from .output import progress, show, show_json, show_lines
+from .spec import CHART, JSON_LINES, SINCE, TABLE_FORMAT, UNTIL, Command, OneOf, arg, whole
+
+if TYPE_CHECKING:
+    from ..ledger.signer import Signer
+
+MAX_TOP = 1_000_000
+MAX_WEEKS = 520  # ten years
+REPORT_COLUMNS = ["requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
+                  "output_tokens", "reasoning_tokens", "cost", "currency"]
+BUDGET_COLUMNS = ["budget_id", "scope", "scope_value", "limit", "unit", "period"]
+
+
+def _store(args: argparse.Namespace, *, create: bool = False) -> SQLiteStore:
+    """The config's store; only commands that write may create it. Close it (`with`)."""
+    return open_store(config.load(args.config).server.store, create=create)
+
+
+def _rows_format(args: argparse.Namespace) -> str:
+    return "jsonl" if args.json else "table"
+
+
+def serve(args: argparse.Namespace) -> int:
+    from ..serve import serve
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(Path(args.config), launch=not args.no_launch)
+    return 0
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+def keys_create(args: argparse.Namespace) -> int:
+    with _store(args, create=True) as store:
+        key, key_id = create_key(store, args.tenant, args.app, args.region)
+    if args.json:
+        show_json({"key": key, "key_id": key_id})
+    else:
+        print(f"key:    {key}\nkey_id: {key_id}\n(the key is shown only now; store it safely)")
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        rows = list_keys(store)
+    show(rows, ["key_id", "tenant", "app", "region", "created", "revoked"], _rows_format(args))
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        revoke_key(store, args.key_id)
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+# --- budgets ------------------------------------------------------------------------------
+
+def budgets_set(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    currency = settings.server.currency
+    kind = next(k for k in SCOPES if getattr(args, k) is not None)
+    budget = new_budget(kind, getattr(args, kind), args.limit, args.unit or currency,
+                        args.period, currency)
+    with open_store(settings.server.store, create=True) as store:
+        budget = set_budget(store, budget, [b.id for b in settings.budgets])
+    if args.json:
+        show_json(_budget_row(budget, "store"))
+    else:
+        print(f"set {budget}")
+    return 0
+
+
+def budgets_list(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    with open_store(settings.server.store) as store:
+        stored = stored_budgets(store)
+    rows = [*(_budget_row(b, "config") for b in settings.budgets),
+            *(_budget_row(b, "store") for b in stored)]
+    show(rows, [*BUDGET_COLUMNS, "source"], _rows_format(args))
+    return 0
+
+
+def budgets_status(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    with open_store(settings.server.store) as store:
+        rows = budget_statuses(store, settings.budgets, datetime.now(UTC))
+    show(rows, [*BUDGET_COLUMNS, "spent", "reserved", "remaining", "resets"],
+         _rows_format(args))
+    return 0
+
+
+def budgets_remove(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    with open_store(settings.server.store) as store:
+        remove_budget(store, args.budget_id, [b.id for b in settings.budgets])
+    print(f"removed {args.budget_id}")
+    return 0
+
+
+def _budget_row(budget: Budget, source: str) -> dict[str, str]:
+    return {"budget_id": budget.id, "scope": budget.scope.kind,
+            "scope_value": budget.scope.value, "limit": decimal_str(budget.limit),
+            "unit": budget.unit, "period": budget.period, "source": source}
+
+
+# --- the log ------------------------------------------------------------------------------
+# These import the log's modules (and `cryptography`) when they run, so that `tokometer
+# serve`'s supervisor process does not carry them.
+
+def _signer(settings: config.Settings) -> Signer:
+    from ..ledger.signer import load_signer
+
+    s = settings.server
+    return load_signer(s.signing_key, s.signing_key_pem, s.signing_key_env)
+
+
+def ledger_pubkey(args: argparse.Namespace) -> int:
+    print(_signer(config.load(args.config)).public_key_text())
+    return 0
+
+
+def ledger_head(args: argparse.Namespace) -> int:
+    from ..ledger.receipts import latest_head
+
+    with _store(args) as store:
+        head = latest_head(store)
+    if head is None:
+        raise TokometerError("no signed tree head yet: start the gateway, or ask for a receipt")
+    show_json(head.to_json())
+    return 0
+
+
+def ledger_audit(args: argparse.Namespace) -> int:
+    from ..ledger.audit import audit
+
+    settings = config.load(args.config)
+    with open_store(settings.server.store) as store, \
+            progress(count_events(store), "events") as step:
+        report = audit(store, _signer(settings).public_key, step)
+    print(f"{report.events} events, {report.leaves} leaves, {report.heads} signed tree heads")
+    first = report.first()
+    if first is None:
+        print("the log audits clean")
+        return 0
+    show_lines([f"NOT CLEAN: {len(report.findings)} problem(s); the first: {first.what}",
+                *(f"  also: {finding.what}" for finding in report.ordered()[1:20])])
+    return 1
+
+
+def receipt(args: argparse.Namespace) -> int:
+    from ..ledger.receipts import NotFound, receipt_signing_if_needed
+
+    settings = config.load(args.config)
+    try:
+        with open_store(settings.server.store) as store:
+            document = receipt_signing_if_needed(store, args.event_id, _signer(settings))
+    except NotFound as e:
+        raise TokometerError(str(e)) from None
+    show_json(document, indent=True)
+    return 0
+
+
+def verify_receipt(args: argparse.Namespace) -> int:
+    import orjson
+
+    from ..ledger.receipts import verify_receipt
+    from ..ledger.signer import parse_public_key
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        document = orjson.loads(text)
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise TokometerError(f"cannot read the receipt {args.file}: {e}") from None
+    pubkey = Path(args.pubkey).read_text() if Path(args.pubkey).is_file() else args.pubkey
+    try:
+        key = parse_public_key(pubkey)
+    except ValueError as e:
+        raise TokometerError(f"--pubkey: {e}") from None
+    if problems := verify_receipt(document, key):
+        show_lines(["INVALID receipt:", *(f"- {p}" for p in problems)])
+        return 1
+    event = document["event"]
+    print(f"valid: event {event.get('id')} is leaf {document['leaf_index']} of the log signed "
+          f"at {document['tree_head']['tree_size']} leaves")
+    return 0
+
+
+# --- reading the events -------------------------------------------------------------------
+
+def events(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        show(iter_events(store, args.since, args.until), list(FIELDS),
+             "csv" if args.format == "csv" else "jsonl")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    by = [b.strip() for b in args.by.split(",") if b.strip()]
+    with _store(args) as store:
+        rows = analytics.report(store, by, args.since, args.until, args.period, args.top)
+    if args.chart:
+        report_chart(rows, by, args.period, args.chart)
+    show(rows, [*(["period"] if args.period else []), *by, *REPORT_COLUMNS], args.format)
+    return 0
+
+
+def rankings(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        rows = analytics.rankings(store, args.by, args.weeks)
+    if args.chart:
+        rankings_chart(rows, args.by, args.chart)
+    show(rows, ["week", args.by, "tokens", "share", "change_pp"], args.format)
+    return 0
+
+
+def tasks(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.agents:
+            rows, columns = agent_tasks.agents(store, args.since, args.until), [
+                "tenant", "agent", "tasks", "successes", "cost", "currency", "cost_per_success"]
+        else:
+            rows, columns = agent_tasks.tasks(store, args.since, args.until), [
+                "tenant", "task", "requests", "tokens", "cost", "currency", "duration_ms",
+                "outcome", "value"]
+    show(rows, columns, args.format)
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    with _store(args) as store, \
+            progress(count_events(store, args.since, args.until), "events") as step:
+        n = write_events(store, args.format, args.output, args.since, args.until, step)
+    print(f"wrote {n} events to {args.output}")
+    return 0
+
+
+def flows(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        rows = analytics.flows(store, args.since, args.until)
+    if args.chart:
+        flows_chart(rows, args.chart)
+    show(rows, ["from", "to", "model_origin", "requests", "tokens", "cost", "currency"],
+         args.format)
+    return 0
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("serve", "run the gateway (and any local model servers the config launches) "
+            "until interrupted", serve,
+            (arg("--no-launch", action="store_true",
+                 help="do not start the config's local model servers"),)),
+    Command("keys", "create, list and revoke API keys",
+            about="API keys are shown once at creation and stored hashed."),
+    Command("keys create", "create a key and print it once", keys_create, (
+        arg("--tenant", required=True, help="the organisation or team billed"),
+        arg("--app", required=True, help="the application using the key"),
+        arg("--region", help="consumer country, ISO 3166-1 alpha-2 (e.g. DE)"),
+        arg("--json", action="store_true", help='print {"key": ..., "key_id": ...}'))),
+    Command("keys list", "list keys (never the keys themselves)", keys_list, (JSON_LINES,)),
+    Command("keys revoke", "revoke a key by its id", keys_revoke,
+            (arg("key_id", help="the key's id, as `keys list` shows it"),)),
+    Command("budgets", "set, list, remove budgets and show their status",
+            about="Budgets cap cost or tokens per day, week, month or in total for a tenant, "
+                  "an app or one key. Those in the config file are changed there; these "
+                  "commands manage the rest, and a running gateway takes them up within a "
+                  "second."),
+    Command("budgets set", "create or change a budget", budgets_set, (
+        OneOf((arg("--tenant", help="every key of this tenant"),
+               arg("--app", help="every key of this app"),
+               arg("--key-id", help="one key, by its id"))),
+        arg("--limit", required=True, help="the cap: an amount of money, or tokens"),
+        arg("--unit", help="the server currency (default) or 'tokens'"),
+        arg("--period", default="month", choices=PERIODS,
+            help="UTC calendar period the cap applies to (default: month)"),
+        arg("--json", action="store_true", help="print the budget as JSON")),
+        about="Create a budget, or change the limit of the one with the same scope, unit and "
+              "period."),
+    Command("budgets list", "list budgets, from the config and set here", budgets_list,
+            (JSON_LINES,)),
+    Command("budgets status", "spend, reservations and what remains of every budget",
+            budgets_status, (JSON_LINES,)),
+    Command("budgets remove", "remove a budget set at run time", budgets_remove,
+            (arg("budget_id", help="the budget's id, as `budgets list` shows it"),)),
+    Command("ledger", "the verifiable log: public key, signed head, audit",
+            about="Every event is a leaf of an RFC 9162 Merkle log whose heads the gateway "
+                  "signs with Ed25519."),
+    Command("ledger pubkey", "print the log's public key (base64, 32 bytes)", ledger_pubkey),
+    Command("ledger head", "print the latest signed tree head as JSON", ledger_head),
+    Command("ledger audit", "recompute the whole log from the stored events and check every "
+            "head", ledger_audit,
+            about="Recompute every leaf from the stored events, check every signed tree head "
+                  "and its signature, that the heads never shrink and the log proves each "
+                  "consistent with the one before, and that the rollups hold the events' sums; "
+                  "report the first event that was altered, deleted or inserted. Exit code 1 "
+                  "when the log does not audit clean."),
+    Command("receipt", "print a self-contained, verifiable receipt for one event", receipt,
+            (arg("event_id", help="the event's id (x-tokometer-event-id)"),)),
+    Command("verify-receipt", "check a receipt offline with the log's key", verify_receipt, (
+        arg("file", help="the receipt (JSON), or - for standard input"),
+        arg("--pubkey", required=True, help="the log's public key as `tokometer ledger "
+            "pubkey` prints it, or a PEM file")),
+        about="Check a receipt with nothing but the log's public key: the event's hash, the "
+              "inclusion proof and the tree head's signature. Exit code 1 and what is wrong "
+              "when it fails.", config=False),
+    Command("events", "print every meter reading, oldest first", events,
+            (SINCE, UNTIL, arg("--format", choices=("jsonl", "csv"), default="jsonl"))),
+    Command("report", "requests, tokens by kind and cost per group", report, (
+        arg("--by", default="", help=f"comma-separated fields: {', '.join(GROUPABLE)}"),
+        SINCE, UNTIL, TABLE_FORMAT,
+        arg("--period", choices=REPORT_PERIODS,
+            help="also group by UTC hour, day, week (from Monday) or month"),
+        arg("--top", type=whole(1, MAX_TOP), help="only the N groups with the most tokens"),
+        CHART)),
+    Command("rankings", "token share per model, vendor or vendor country, week by week, with "
+            "the change since the week before", rankings, (
+                arg("--by", choices=tuple(RANKED_BY), default="model"),
+                arg("--weeks", type=whole(1, MAX_WEEKS), default=4,
+                    help=f"weeks to show, 1 to {MAX_WEEKS} (default 4)"),
+                TABLE_FORMAT, CHART)),
+    Command("tasks", "agent tasks: requests, tokens, cost, duration and outcome per task; "
+            "with --agents, cost per successful outcome per agent", tasks, (
+                SINCE, UNTIL,
+                arg("--agents", action="store_true", help="one row per agent instead"),
+                TABLE_FORMAT)),
+    Command("export", "write every event to a CSV or Parquet file, for data teams", export, (
+        arg("--format", choices=("parquet", "csv"), default="parquet"),
+        arg("--output", "-o", type=Path, required=True, help="the file to write"),
+        SINCE, UNTIL)),
+    Command("flows", "tokens and cost from consumer country to serving country, by model "
+            "origin", flows, (SINCE, UNTIL, TABLE_FORMAT, CHART)),
+)
+

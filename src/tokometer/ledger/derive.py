@@ -1,0 +1,55 @@
+"""What follows from the stored events: the Merkle tree above the leaves, the rollups, and
+signed tree heads; each step moves a watermark in `ledger_meta` in the same transaction, so
+whatever a crash interrupts is derived again, exactly once, at the next start."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .log import INSERT_NODE, MerkleLog
+from .rollups import upserts
+from .rows import LEAF_COLUMN
+from .schema import INSERT_HEAD
+from .store import Store
+
+if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
+    from .signer import Signer, TreeHead
+
+LOGGED = "logged"  # how many leaves have the tree nodes above them stored
+ROLLED_UP = "rolled_up"  # how many leaves' events are in the rollups
+
+
+def grow_log(store: Store, tree: MerkleLog, leaves: list[bytes]) -> MerkleLog:
+    """`tree` with stored `leaves` appended, storing the nodes above them they complete."""
+    if not leaves:
+        return tree
+    grown, nodes = tree.extend(leaves)
+    store.executemany(INSERT_NODE, [node for node in nodes if node[0] > 0])
+    set_meta(store, LOGGED, grown.size)
+    return grown
+
+
+def fold(store: Store, rows: list[list[Any]]) -> None:
+    """Add event rows (in log order) to the rollups and move the watermark past them."""
+    for statement, params in upserts(rows):
+        store.executemany(statement, params)
+    set_meta(store, ROLLED_UP, rows[-1][LEAF_COLUMN] + 1)
+
+
+def sign_head(store: Store, signer: Signer, tree_size: int, root: bytes,
+              timestamp: int) -> TreeHead:
+    """Sign the log at `tree_size` leaves with this root and store the head."""
+    head = signer.sign(tree_size, root, timestamp)
+    store.execute(INSERT_HEAD, (head.tree_size, head.root_hash, head.timestamp,
+                                head.signature))
+    return head
+
+
+def meta(store: Store, key: str) -> int | None:
+    row = store.execute("SELECT value FROM ledger_meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def set_meta(store: Store, key: str, value: int) -> None:
+    store.execute("INSERT INTO ledger_meta (key, value) VALUES (?, ?) "
+                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
