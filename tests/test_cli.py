@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import sqlite3
 import subprocess
 import sys
 from decimal import Decimal
@@ -15,8 +16,9 @@ import httpx
 import pytest
 
 from conftest import Gateway
-from tokometer.cli import build_parser, main
+from tokometer.cli import build_parser, commands, main
 from tokometer.events import FIELDS
+from tokometer.ledger import SQLiteStore, open_store
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -25,16 +27,16 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+def walk(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
     """Every command and group of commands under `parser`, walking argparse's own tree."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield (*words, name)
-                yield from commands(sub, (*words, name))
+                yield from walk(sub, (*words, name))
 
 
-WORDS = list(commands(build_parser()))
+WORDS = list(walk(build_parser()))
 
 
 def test_the_walk_finds_every_command_and_group():
@@ -245,3 +247,26 @@ def test_arguments_at_their_bounds_are_taken(gateway, capsys):
     code, out, _ = run(capsys, "rankings", "--config", config, "--weeks", "520",
                        "--format", "json")
     assert code == 0 and json.loads(out)
+
+
+def test_commands_close_the_store_they_open(gateway: Gateway, capsys, tmp_path, monkeypatch):
+    """Each command opens the store for its own use and closes it, even when it fails."""
+    opened: list[SQLiteStore] = []
+
+    def recording(*args, **kwargs) -> SQLiteStore:
+        opened.append(open_store(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(commands, "open_store", recording)
+    for args in (["keys", "list"], ["budgets", "status"], ["budgets", "list"],
+                 ["budgets", "remove", "no-such-budget"], ["events"], ["report", "--by", "model"],
+                 ["rankings"], ["flows"], ["tasks"], ["ledger", "head"], ["ledger", "audit"],
+                 ["receipt", "no-such-event"], ["export", "-o", str(tmp_path / "e.csv"),
+                                                "--format", "csv"]):
+        opened.clear()
+        main([*args, "--config", str(gateway.config)])
+        assert opened, args
+        for store in opened:
+            with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+                store.execute("SELECT 1")
+    capsys.readouterr()
