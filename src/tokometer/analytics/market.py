@@ -32,8 +32,9 @@ def rankings(conn: Store, by: str = "model", weeks: int = 4,
     column = RANKED_BY[by]
     tokens: dict[str, dict[str | None, int]] = {}
     for row in report(conn, [column], since=since, period="week"):  # a row per currency
-        week = tokens.setdefault(row["period"], {})
-        week[row[column]] = week.get(row[column], 0) + row["input_tokens"] + row["output_tokens"]
+        counts = tokens.setdefault(row["period"], {})
+        counts[row[column]] = (counts.get(row[column], 0) + row["input_tokens"]
+                               + row["output_tokens"])
     out = []
     for i in range(1, weeks + 1):
         week = (first + timedelta(weeks=i)).isoformat()

@@ -104,8 +104,8 @@ def _audit(conn: Store, key: Ed25519PublicKey,
                 sums.add(unrolled)
                 unrolled = []
     sums.add(unrolled)
-    for index, leaf in enumerate(computed):
-        if leaf is None:
+    for index, found in enumerate(computed):
+        if found is None:
             report.findings.append(Finding(index, f"leaf {index} has no event: deleted"))
     _check_heads(conn, key, [c if c is not None else b"" for c in computed], report)
     report.findings += sums.differences(conn)

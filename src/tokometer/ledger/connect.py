@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,8 @@ def open_store(path: Path, *, create: bool = False, durability: str = "process",
         conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
         if cache_kib is not None:
             conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-        conn.create_aggregate("decimal_sum", 1, _DecimalSum)
+        # typeshed's aggregate protocol allows only int values; SQLite passes any value.
+        conn.create_aggregate("decimal_sum", 1, _DecimalSum)  # type: ignore[arg-type]
         conn.create_function("decimal_add", 2, _decimal_add, deterministic=True)
         store = SQLiteStore(conn)
         migrate(store)
@@ -59,7 +60,8 @@ class SQLiteStore:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str,
+                params: Sequence[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:

@@ -25,8 +25,8 @@ def correction(original: dict[str, Any], changes: dict[str, Any], reason: str) -
     """The event correcting `original` (a stored event) by `changes` (token and cost deltas)."""
     if not isinstance(reason, str) or not reason.strip():
         raise RequestError("a correction needs a reason (a non-empty string)")
-    tokens = {name: whole_number(changes.get(name, 0), name)
-              for name in TOKEN_DELTAS}
+    tokens: dict[str, Any] = {name: whole_number(changes.get(name, 0), name)
+                              for name in TOKEN_DELTAS}
     cost = amount(changes.get("cost", "0"), "cost", negative=True)
     if not any(tokens.values()) and not cost:
         raise RequestError("a correction must change some tokens or the cost")

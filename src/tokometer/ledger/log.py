@@ -16,8 +16,8 @@ INSERT_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
 
 def leaf_count(conn: Store) -> int:
     """How many leaves the store holds (each lands in its event's commit)."""
-    return conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM merkle_nodes WHERE level = 0"
-                        ).fetchone()[0]
+    return int(conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM merkle_nodes WHERE level = 0"
+                            ).fetchone()[0])
 
 
 @dataclass(frozen=True, slots=True)

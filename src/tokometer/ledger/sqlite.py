@@ -203,9 +203,9 @@ class SQLiteLedger:
         rolled = meta(store, ROLLED_UP) or 0
         with store.transaction():
             tree = grow_log(store, self._log, leaves)
-            rows = store.execute(f"SELECT {', '.join(FIELDS)} FROM events "
-                                 "WHERE leaf_index >= ? ORDER BY leaf_index", (rolled,))
-            while chunk := [list(r) for r in rows.fetchmany(10_000)]:
+            logged = store.execute(f"SELECT {', '.join(FIELDS)} FROM events "
+                                   "WHERE leaf_index >= ? ORDER BY leaf_index", (rolled,))
+            while chunk := [list(r) for r in logged.fetchmany(10_000)]:
                 log.info("bringing the rollups up to date from leaf %d", chunk[0][LEAF_COLUMN])
                 fold(store, chunk)
         self._log = tree
@@ -259,7 +259,7 @@ def _hand_over(futures: list[asyncio.Future[TreeHead]], head: TreeHead) -> None:
             f.set_result(head)
 
 
-def _resolve(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+def _resolve(futures: list[asyncio.Future[Any]], error: Exception | None) -> None:
     for f in futures:
         if not f.done():
             if error is None:

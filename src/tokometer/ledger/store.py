@@ -10,9 +10,9 @@ them, not a fork of the request path or the commands.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from ..events import Event
 
@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI 
 class Rows(Protocol):
     """The result of a statement: DB-API's cursor, as far as we use it."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -35,9 +36,12 @@ class Rows(Protocol):
 
 
 class Store(Protocol):
-    Error: type[Exception]  # what the store raises when it fails (locked, read-only, corrupt)
+    @property
+    def Error(self) -> type[Exception]:  # DB-API's name for it
+        """What the store raises when it fails (locked, read-only, corrupt)."""
+        ...
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows: ...
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Rows: ...
 
@@ -47,7 +51,7 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
-    def __enter__(self) -> Store: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
