@@ -42,8 +42,10 @@ def test_a_store_opened_for_reading_is_never_created(tmp_path):
     from tokometer.errors import LedgerError
 
     with pytest.raises(LedgerError, match="there is no store at"):
-        open_store(tmp_path / "nothing.db", create=False)
+        open_store(tmp_path / "nothing.db")  # reading is the default: only create=True makes one
     assert list(tmp_path.iterdir()) == []
+    open_store(tmp_path / "new.db", create=True).close()
+    assert (tmp_path / "new.db").exists()
 
 
 @pytest.mark.parametrize("command", READ_COMMANDS, ids=" ".join)
