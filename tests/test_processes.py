@@ -185,3 +185,12 @@ def test_a_gateway_started_without_serve_owns_its_store_too(tmp_path):
         await second.stop()
 
     asyncio.run(both())
+
+
+def test_the_worker_factory_outside_serve_says_what_to_use_instead():
+    """granian pointed at serve's worker factory by hand gets a sentence, not a KeyError."""
+    from tokometer.errors import ConfigError
+    from tokometer.serve import worker_app
+
+    with pytest.raises(ConfigError, match=r"gateway\.app:create_app"):
+        worker_app()

@@ -1,7 +1,8 @@
 """The TOML config, validated once at start-up into frozen Settings.
 
 Every mistake is one ConfigError naming the file, the key and what is wrong. Environment
-variables (provider API keys) are read here and nowhere else.
+variables (the config's own path, provider API keys, the admin token, the signing key) are
+read here and nowhere else.
 """
 
 from __future__ import annotations
@@ -186,6 +187,11 @@ class Settings:
     limits: tuple[Limit, ...] = ()
     rules: tuple[Rule, ...] = ()
     exchange_rates: tuple[ExchangeRate, ...] = ()
+
+
+def default_path() -> str:
+    """The config file when none is named: $TOKOMETER_CONFIG, else ./tokometer.toml."""
+    return os.environ.get("TOKOMETER_CONFIG", "tokometer.toml")
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:

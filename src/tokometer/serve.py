@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,13 +29,22 @@ if TYPE_CHECKING:  # the supervisor never loads the gateway; its worker does
 
 log = logging.getLogger("tokometer")
 
-_CONFIG_ENV = "TOKOMETER_CONFIG"  # read by the worker's factory
-_LOCK_FD_ENV = "TOKOMETER_STORE_LOCK_FD"  # the inherited lock's file descriptor
-_READY_FD_ENV = "TOKOMETER_READY_FD"  # where a worker says it has started
 _FIRST_PAUSE, _LAST_PAUSE = 1.0, 60.0  # seconds before the gateway starts again after a crash
 _FILES_PER_CONNECTION = 2  # the client's socket, and the provider's while it is relayed
 _FILES_SPARE = 256  # the store, tokenizers, logs, pipes
 _MAX_CONNECTIONS = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class _Handoff:
+    """What the supervisor hands the worker it forks (which inherits this process's memory)."""
+
+    settings: config.Settings
+    lock_fd: int  # the store's lock, inherited
+    ready_fd: int  # where the worker says it has started
+
+
+_handoff: _Handoff | None = None
 
 
 def serve(config_path: Path, *, launch: bool = True) -> None:
@@ -48,7 +58,7 @@ def serve(config_path: Path, *, launch: bool = True) -> None:
                          "model; this can take a minute)", provider.name, provider.base_url)
                 if (child := start_model_server(provider, settings.server.data_dir)) is not None:
                     children.append(child)
-        _run_gateway(settings, config_path, lock)
+        _run_gateway(settings, lock)
     finally:
         for child in children:
             child.terminate()
@@ -69,12 +79,10 @@ def _connection_limit() -> int:
     return max(1, min(_MAX_CONNECTIONS, (soft - _FILES_SPARE) // _FILES_PER_CONNECTION))
 
 
-def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) -> None:
+def _run_gateway(settings: config.Settings, lock: StoreLock) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
-    os.environ[_CONFIG_ENV] = str(config_path.resolve())
-    os.environ[_LOCK_FD_ENV] = str(lock.fd)
     # The worker must be forked to inherit the lock (Python 3.14 would pick forkserver).
     multiprocessing.set_start_method("fork", force=True)
     connections = _connection_limit()
@@ -87,7 +95,8 @@ def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) 
     while True:
         ready_in, ready_out = os.pipe()  # a started worker writes a byte (forked: it has it)
         os.set_blocking(ready_in, False)
-        os.environ[_READY_FD_ENV] = str(ready_out)
+        global _handoff
+        _handoff = _Handoff(settings, lock.fd, ready_out)
         server = Server(
             "tokometer.serve:worker_app",
             address=settings.server.host,
@@ -132,10 +141,11 @@ def worker_app() -> Gateway:
     from .gateway.app import Gateway
 
     parent = multiprocessing.parent_process()
-    assert parent is not None, "granian starts its workers with multiprocessing"
+    if _handoff is None or parent is None or parent.pid is None:
+        raise ConfigError("tokometer.serve:worker_app runs only in the worker `tokometer serve` "
+                          "forks; under another ASGI server use tokometer.gateway.app:create_app")
     die_with_parent(parent.pid)
-    settings = config.load(os.environ[_CONFIG_ENV])
-    ready = int(os.environ[_READY_FD_ENV])
-    return Gateway(settings, StoreLock.inherited(settings.server.store,
-                                                 int(os.environ[_LOCK_FD_ENV])),
-                   on_ready=lambda: os.write(ready, b"r"))
+    handoff = _handoff
+    return Gateway(handoff.settings,
+                   StoreLock.inherited(handoff.settings.server.store, handoff.lock_fd),
+                   on_ready=lambda: os.write(handoff.ready_fd, b"r"))

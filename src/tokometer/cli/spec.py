@@ -7,7 +7,6 @@ its arguments and its `--help` test come from one place.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ..config import default_path
 from ..events import rfc3339
 
 
@@ -81,7 +81,7 @@ def whole(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-CONFIG = arg("--config", default=os.environ.get("TOKOMETER_CONFIG", "tokometer.toml"),
+CONFIG = arg("--config", default=default_path(),
              help="the TOML config (default: $TOKOMETER_CONFIG or ./tokometer.toml)")
 SINCE = arg("--since", type=time_arg, help="RFC 3339 time, a date, or an age like 24h, 7d")
 UNTIL = arg("--until", type=time_arg, help="RFC 3339 time, a date, or an age like 1h")

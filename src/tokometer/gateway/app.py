@@ -8,7 +8,6 @@ OpenAI's), unless the answer had begun: then the server cuts it short.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -27,7 +26,7 @@ log = logging.getLogger("tokometer.gateway")
 def create_app(settings: Settings | None = None) -> Gateway:
     """The ASGI app; without settings, reads the file named by $TOKOMETER_CONFIG."""
     if settings is None:
-        settings = config.load(os.environ.get("TOKOMETER_CONFIG", "tokometer.toml"))
+        settings = config.load(config.default_path())
     return Gateway(settings)
 
 
