@@ -60,14 +60,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Own(enum.Enum):
+class _Own(enum.Enum):
     """The default of a client call's `key`: the gateway's own key (`key=None` sends none)."""
     KEY = "own"
 
 
-OWN = Own.KEY
-Key = str | None | Own
-Headers = Mapping[str, str | bytes] | None
+_OWN = _Own.KEY
+_Key = str | None | _Own
+_Headers = Mapping[str, str | bytes] | None
 
 
 @dataclass
@@ -81,33 +81,33 @@ class Gateway:
 
     # --- the client: every test's request to a gateway goes through these --------------------
 
-    def request(self, method: str, path: str, body: Any = None, *, key: Key = OWN,
-                headers: Headers = None, timeout: float = 30) -> httpx.Response:
+    def request(self, method: str, path: str, body: Any = None, *, key: _Key = _OWN,
+                headers: _Headers = None, timeout: float = 30) -> httpx.Response:
         """One request as a client sends it: `body` is JSON, or bytes as they are (a generator
         of bytes: a body without a length), `key` a Bearer token, `headers` added last."""
         return httpx.request(method, self.url + path, **self._sent(body, key, headers),
                              timeout=timeout)
 
-    def post(self, path: str, body: Any = None, *, key: Key = OWN, headers: Headers = None,
+    def post(self, path: str, body: Any = None, *, key: _Key = _OWN, headers: _Headers = None,
              timeout: float = 30) -> httpx.Response:
         return self.request("POST", path, body, key=key, headers=headers, timeout=timeout)
 
-    def get(self, path: str, *, key: Key = OWN, headers: Headers = None) -> httpx.Response:
+    def get(self, path: str, *, key: _Key = _OWN, headers: _Headers = None) -> httpx.Response:
         return self.request("GET", path, key=key, headers=headers)
 
-    def chat(self, model: str, content: str = "hi", *, key: Key = OWN, headers: Headers = None,
+    def chat(self, model: str, content: str = "hi", *, key: _Key = _OWN, headers: _Headers = None,
              timeout: float = 30, **body: Any) -> httpx.Response:
         """A chat completion of one user message; `body` adds fields or replaces them."""
         return self.post("/v1/chat/completions",
                          {"model": model, "messages": [{"role": "user", "content": content}],
                           **body}, key=key, headers=headers, timeout=timeout)
 
-    def stream(self, path: str, body: Any, *, key: Key = OWN, headers: Headers = None
+    def stream(self, path: str, body: Any, *, key: _Key = _OWN, headers: _Headers = None
                ) -> AbstractContextManager[httpx.Response]:
         """A POST whose response is read as it arrives: `with gw.stream(...) as r:`."""
         return httpx.stream("POST", self.url + path, **self._sent(body, key, headers), timeout=30)
 
-    def burst(self, body: Any, keys: Sequence[Key], path: str = "/v1/chat/completions"
+    def burst(self, body: Any, keys: Sequence[_Key], path: str = "/v1/chat/completions"
               ) -> list[httpx.Response]:
         """The same POST once per key, all at once, each on its own connection."""
         async def run() -> list[httpx.Response]:
@@ -117,11 +117,11 @@ class Gateway:
                     self.url + path, **self._sent(body, key, None)) for key in keys))
         return asyncio.run(run())
 
-    def _sent(self, body: Any, key: Key, headers: Headers) -> dict[str, Any]:
+    def _sent(self, body: Any, key: _Key, headers: _Headers) -> dict[str, Any]:
         raw = isinstance(body, bytes | Iterator)
         sent = httpx.Headers({"content-type": "application/json"} if raw else {})
         if key is not None:
-            sent["authorization"] = f"Bearer {self.key if key is OWN else key}"
+            sent["authorization"] = f"Bearer {self.key if key is _OWN else key}"
         sent.update(headers or {})
         return {"headers": sent, "content" if raw else "json": body}
 
