@@ -1,14 +1,18 @@
-"""Fixtures: a fake remote provider, and real gateway processes started from a config."""
+"""Fixtures: a fake remote provider, and real gateway processes started from a config, with
+the one client every test talks to a gateway through (`Gateway.post`, `.chat`, `.burst`...)."""
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -56,6 +60,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Own(enum.Enum):
+    """The default of a client call's `key`: the gateway's own key (`key=None` sends none)."""
+    KEY = "own"
+
+
+_OWN = _Own.KEY
+_Key = str | None | _Own
+_Headers = Mapping[str, str | bytes] | None
+
+
 @dataclass
 class Gateway:
     url: str
@@ -64,6 +78,54 @@ class Gateway:
     key: str
     key_id: str
     process: subprocess.Popen[bytes]
+
+    # --- the client: every test's request to a gateway goes through these --------------------
+
+    def request(self, method: str, path: str, body: Any = None, *, key: _Key = _OWN,
+                headers: _Headers = None, timeout: float = 30) -> httpx.Response:
+        """One request as a client sends it: `body` is JSON, or bytes as they are (a generator
+        of bytes: a body without a length), `key` a Bearer token, `headers` added last."""
+        return httpx.request(method, self.url + path, **self._sent(body, key, headers),
+                             timeout=timeout)
+
+    def post(self, path: str, body: Any = None, *, key: _Key = _OWN, headers: _Headers = None,
+             timeout: float = 30) -> httpx.Response:
+        return self.request("POST", path, body, key=key, headers=headers, timeout=timeout)
+
+    def get(self, path: str, *, key: _Key = _OWN, headers: _Headers = None) -> httpx.Response:
+        return self.request("GET", path, key=key, headers=headers)
+
+    def chat(self, model: str, content: str = "hi", *, key: _Key = _OWN, headers: _Headers = None,
+             timeout: float = 30, **body: Any) -> httpx.Response:
+        """A chat completion of one user message; `body` adds fields or replaces them."""
+        return self.post("/v1/chat/completions",
+                         {"model": model, "messages": [{"role": "user", "content": content}],
+                          **body}, key=key, headers=headers, timeout=timeout)
+
+    def stream(self, path: str, body: Any, *, key: _Key = _OWN, headers: _Headers = None
+               ) -> AbstractContextManager[httpx.Response]:
+        """A POST whose response is read as it arrives: `with gw.stream(...) as r:`."""
+        return httpx.stream("POST", self.url + path, **self._sent(body, key, headers), timeout=30)
+
+    def burst(self, body: Any, keys: Sequence[_Key], path: str = "/v1/chat/completions"
+              ) -> list[httpx.Response]:
+        """The same POST once per key, all at once, each on its own connection."""
+        async def run() -> list[httpx.Response]:
+            limits = httpx.Limits(max_connections=len(keys))
+            async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+                return await asyncio.gather(*(client.post(
+                    self.url + path, **self._sent(body, key, None)) for key in keys))
+        return asyncio.run(run())
+
+    def _sent(self, body: Any, key: _Key, headers: _Headers) -> dict[str, Any]:
+        raw = isinstance(body, bytes | Iterator)
+        sent = httpx.Headers({"content-type": "application/json"} if raw else {})
+        if key is not None:
+            sent["authorization"] = f"Bearer {self.key if key is _OWN else key}"
+        sent.update(headers or {})
+        return {"headers": sent, "content" if raw else "json": body}
+
+    # --- the store, read directly -------------------------------------------------------------
 
     def event(self, event_id: str) -> dict[str, Any]:
         conn = open_store(self.store)

@@ -10,10 +10,10 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import Gateway
 from tokometer.analytics import flows, rankings, report
 from tokometer.analytics.charts import flows_chart, rankings_chart, report_chart
 from tokometer.analytics.export import export
@@ -210,29 +210,24 @@ def test_rankings_refuse_bad_input(store):
 
 # --- agent tasks and outcomes, through a real gateway ------------------------------------------
 
-def post_chat(gw, key, task, agent):
-    r = httpx.post(gw.url + "/v1/chat/completions",
-                   headers={"Authorization": f"Bearer {key}", "x-tokometer-task": task,
-                            "x-tokometer-agent": agent},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+def chat_cost(gw: Gateway, key: str, task: str, agent: str) -> Decimal:
+    """What one chat of a task by an agent cost, as the gateway told its client."""
+    r = gw.chat("gpt-4o-mini", "x", key=key,
+                headers={"x-tokometer-task": task, "x-tokometer-agent": agent})
     assert r.status_code == 200
     return Decimal(r.headers["x-tokometer-cost"])
 
 
-def post_outcome(gw, key, body, raw=None):
-    return httpx.post(gw.url + "/v1/outcomes", headers={"Authorization": f"Bearer {key}"},
-                      **({"content": raw} if raw is not None else {"json": body}))
-
-
 def test_tasks_outcomes_and_cost_per_success(gateway):
     key, _ = gateway.new_key("task-co", "agents")
-    costs = {"t-1": post_chat(gateway, key, "t-1", "writer") + post_chat(gateway, key, "t-1",
+    costs = {"t-1": chat_cost(gateway, key, "t-1", "writer") + chat_cost(gateway, key, "t-1",
                                                                          "writer"),
-             "t-2": post_chat(gateway, key, "t-2", "writer"),
-             "t-3": post_chat(gateway, key, "t-3", "reviewer")}
+             "t-2": chat_cost(gateway, key, "t-2", "writer"),
+             "t-3": chat_cost(gateway, key, "t-3", "reviewer")}
     for task, outcome in (("t-1", "failure"), ("t-1", "success"), ("t-2", "failure"),
                           ("t-3", "success")):
-        r = post_outcome(gateway, key, {"task": task, "outcome": outcome, "value": "5"})
+        r = gateway.post("/v1/outcomes", {"task": task, "outcome": outcome, "value": "5"},
+                         key=key)
         assert r.status_code == 201, r.text
     conn = open_store(gateway.store)
     try:
@@ -250,30 +245,29 @@ def test_tasks_outcomes_and_cost_per_success(gateway):
     assert Decimal(per_agent["reviewer"]["cost_per_success"]) == costs["t-3"]
 
 
-@pytest.mark.parametrize(("body", "raw", "status", "fragment"), [
-    ({"task": "never-seen", "outcome": "success"}, None, 404, "no requests of task"),
-    ({"task": "t-x", "outcome": "great"}, None, 400, "'outcome' must be one of"),
-    ({"outcome": "success"}, None, 400, "'task' must be"),
-    ({"task": "t-x", "outcome": "success", "value": 1.5}, None, 400, "decimal string"),
-    ({"task": "t-x", "outcome": "success", "cost": 1}, None, 400, "unknown field"),
-    (None, b"{nope", 400, "not valid JSON"),
-    ([1], None, 400, "JSON object"),
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    ({"task": "never-seen", "outcome": "success"}, 404, "no requests of task"),
+    ({"task": "t-x", "outcome": "great"}, 400, "'outcome' must be one of"),
+    ({"outcome": "success"}, 400, "'task' must be"),
+    ({"task": "t-x", "outcome": "success", "value": 1.5}, 400, "decimal string"),
+    ({"task": "t-x", "outcome": "success", "cost": 1}, 400, "unknown field"),
+    (b"{nope", 400, "not valid JSON"),
+    ([1], 400, "JSON object"),
 ])
-def test_bad_outcomes_are_refused(gateway, body, raw, status, fragment):
+def test_bad_outcomes_are_refused(gateway, body, status, fragment):
     key, _ = gateway.new_key("outcome-co", "agents")
-    post_chat(gateway, key, "t-x", "a")
-    r = post_outcome(gateway, key, body, raw)
+    chat_cost(gateway, key, "t-x", "a")
+    r = gateway.post("/v1/outcomes", body, key=key)
     assert r.status_code == status and fragment in r.json()["error"]["message"]
 
 
 def test_outcomes_need_the_tasks_own_tenant_and_a_key(gateway):
     key, _ = gateway.new_key("owner-co", "agents")
-    post_chat(gateway, key, "private-task", "a")
+    chat_cost(gateway, key, "private-task", "a")
     other, _ = gateway.new_key("other-co", "agents")
-    assert post_outcome(gateway, other, {"task": "private-task",
-                                         "outcome": "success"}).status_code == 404
-    assert post_outcome(gateway, "tkm-bad", {"task": "private-task",
-                                             "outcome": "success"}).status_code == 401
+    done = {"task": "private-task", "outcome": "success"}
+    assert gateway.post("/v1/outcomes", done, key=other).status_code == 404
+    assert gateway.post("/v1/outcomes", done, key="tkm-bad").status_code == 401
 
 
 # --- export ---------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import anthropic
-import httpx
 import pytest
 
 from conftest import Gateway, tariff_cost
@@ -60,9 +59,9 @@ def test_upstream_gets_the_providers_key_and_the_clients_anthropic_version(clien
 
 def test_a_client_without_anthropic_version_gets_a_default(gateway, upstream):
     before = len(upstream.calls)
-    r = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": gateway.key},
-                   json={"model": "claude-sonnet-5", "max_tokens": 10,
-                         "messages": [{"role": "user", "content": "Hi"}]})
+    r = gateway.post("/v1/messages", {"model": "claude-sonnet-5", "max_tokens": 10,
+                                      "messages": [{"role": "user", "content": "Hi"}]},
+                     key=None, headers={"x-api-key": gateway.key})
     assert r.status_code == 200
     assert upstream.calls[before]["headers"]["anthropic-version"] == "2023-06-01"
 

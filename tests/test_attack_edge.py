@@ -62,8 +62,7 @@ def test_the_drill_down_opens_a_tenant_whose_name_has_a_slash_or_a_percent(gw, t
     was a 404 and "r%41w" opened the tenant "rAw"."""
     key, _ = gw.new_key(tenant=tenant)
     with httpx.Client(base_url=gw.url, timeout=10) as client:
-        client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        gw.chat("m", key=key)
         gw.wait_rolled_up()
         admin = {"authorization": f"Bearer {ADMIN}"}
         listing = client.get("/tenants", headers=admin)

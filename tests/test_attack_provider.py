@@ -11,7 +11,6 @@ import itertools
 from collections.abc import Iterator
 from decimal import Decimal
 
-import httpx
 import orjson
 import pytest
 from aiohttp import web
@@ -109,16 +108,9 @@ period = "total"
     stop_gateway(gateway)
 
 
-def _chat(gw: Gateway, model: str, key: str | None = None, **extra) -> httpx.Response:
-    return httpx.post(gw.url + "/v1/chat/completions", timeout=30,
-                      headers={"authorization": f"Bearer {key or gw.key}"},
-                      json={"model": model, "messages": [{"role": "user", "content": "hi"}],
-                            **extra})
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_providers_huge_model_and_finish_reason_are_not_stored_whole(gw, stream):
-    r = _chat(gw, "huge-strings", stream=stream, max_tokens=5)
+    r = gw.chat("huge-strings", stream=stream, max_tokens=5)
     assert r.status_code == 200
     event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
     assert len(event["model"] or "") <= MAX_LABEL_CHARS
@@ -128,13 +120,12 @@ def test_a_providers_huge_model_and_finish_reason_are_not_stored_whole(gw, strea
 def test_a_providers_made_up_error_types_stay_bounded_in_store_and_metrics(gw):
     ids = []
     for _ in range(ERROR_TYPES + 20):
-        r = _chat(gw, "made-up-errors", max_tokens=5)
+        r = gw.chat("made-up-errors", max_tokens=5)
         assert r.status_code == 500
         ids.append(r.headers["x-tokometer-event-id"])
     for event_id in ids:
         assert len(wait_for_event(gw, event_id)["error_type"] or "") <= MAX_LABEL_CHARS
-    metrics = httpx.get(gw.url + "/metrics", headers={"authorization": "Bearer admin-secret"},
-                        timeout=10).text
+    metrics = gw.get("/metrics", key="admin-secret").text
     lines = [ln for ln in metrics.splitlines() if ln.startswith("tokometer_upstream_errors_total")]
     assert len(metrics) < 100_000, f"/metrics is {len(metrics)} bytes"
     assert len(lines) <= ERROR_TYPES + 1, "each of a provider's made-up error types is a label"
@@ -146,12 +137,11 @@ def test_a_request_without_max_tokens_cannot_spend_past_its_budget(gw):
     $10/M, inside the $0.02 budget), but nothing tells the provider that bound, and a model
     that writes 20,000 tokens ($0.20) spends ten times the budget in one request."""
     key, _ = gw.new_key(tenant="spender")
-    r = _chat(gw, "long-answer", key=key)
+    r = gw.chat("long-answer", key=key)
     assert r.status_code == 200  # the reserved bound went upstream with it
     event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
     assert event["output_tokens"] == 1000, "the provider wrote past the reserved bound"
-    budgets = httpx.get(gw.url + "/admin/budgets", timeout=10,
-                        headers={"authorization": "Bearer admin-secret"}).json()
+    budgets = gw.get("/admin/budgets", key="admin-secret").json()
     (budget,) = [b for b in budgets["data"] if b.get("scope_value") == "spender"]
     assert Decimal(str(budget["spent"])) <= Decimal("0.02"), budget
 
@@ -163,12 +153,10 @@ def test_a_responses_request_that_continues_a_stored_conversation_cannot_overspe
     200,000 input tokens at $2.50/M). The README promises spend stays within a budget unless
     an *estimated* count was short; this count is called exact."""
     key, _ = gw.new_key(tenant="stateful")
-    r = httpx.post(gw.url + "/v1/responses", timeout=30,
-                   headers={"authorization": f"Bearer {key}"},
-                   json={"model": "stateful", "input": "and then?", "max_output_tokens": 10,
-                         "previous_response_id": "resp_1"})
+    r = gw.post("/v1/responses", {"model": "stateful", "input": "and then?",
+                                   "max_output_tokens": 10, "previous_response_id": "resp_1"},
+                key=key)
     assert r.status_code == 402 and "'previous_response_id'" in r.json()["error"]["message"]
-    budgets = httpx.get(gw.url + "/admin/budgets", timeout=10,
-                        headers={"authorization": "Bearer admin-secret"}).json()
+    budgets = gw.get("/admin/budgets", key="admin-secret").json()
     (budget,) = [b for b in budgets["data"] if b.get("scope_value") == "stateful"]
     assert Decimal(str(budget["spent"])) <= Decimal("0.02"), budget

@@ -68,7 +68,7 @@ period = "month"
 
 
 def _budgets(gw: Gateway, tenant: str) -> dict[str, dict[str, Any]]:
-    r = httpx.get(gw.url + "/admin/budgets", headers={"Authorization": f"Bearer {ADMIN}"})
+    r = gw.get("/admin/budgets", key=ADMIN)
     assert r.status_code == 200, r.text
     return {b["unit"]: b for b in r.json()["data"] if b["scope_value"] == tenant}
 
@@ -163,12 +163,10 @@ def _cases(o200k) -> list[tuple[str, str, dict[str, Any], int, int, dict | None]
 
 
 def _send(gw: Gateway, key: str, path: str, body: dict[str, Any], tag: str) -> httpx.Response:
+    """`body` to the model of its API, tagged so that the scripted provider knows it."""
     model = "claude" if path == "/v1/messages" else "dual"
     tagged = ({"metadata": {"user_id": tag}} if model == "claude" else {"user": tag})
-    headers = {"Authorization": f"Bearer {key}", "x-api-key": key,
-               "anthropic-version": "2023-06-01"}
-    return httpx.post(gw.url + path, json={"model": model, **body, **tagged},
-                      headers=headers, timeout=60)
+    return gw.post(path, {"model": model, **body, **tagged}, key=key, timeout=60)
 
 
 def _worst_cost(model: str, inp: int, out: int) -> Decimal:
@@ -315,10 +313,8 @@ def test_a_token_budget_reserves_the_image_tokens_of_every_route(tight, scripted
         "usage": {"prompt_tokens": inp_mini, "completion_tokens": 1,
                   "total_tokens": inp_mini + 1}})
     try:
-        r = httpx.post(tight.url + "/v1/chat/completions", timeout=60,
-                       headers={"Authorization": f"Bearer {key}"},
-                       json={"model": "vision", "messages": image, "max_tokens": 10,
-                             "user": "vision"})
+        r = tight.chat("vision", messages=image, max_tokens=10, user="vision", key=key,
+                       timeout=60)
     finally:
         scripted.failing.discard("gpt-4o")
     status = _budgets(tight, "vision-co")["tokens"]

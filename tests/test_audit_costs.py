@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 import genai_prices
-import httpx
 import orjson
 import pytest
 from genai_prices import data_snapshot
@@ -173,9 +172,7 @@ def test_20_random_requests_cost_what_the_tariff_and_genai_prices_say(gw, script
         usage = _anthropic_usage(rng) if op == "messages" else _openai_usage(rng, op)
         tag = f"cost-{i}"
         scripted.scripts[tag] = _answer(op, UPSTREAM[name], usage, stream)
-        r = httpx.post(gw.url + PATHS[op], json=_request(name, op, tag, stream), timeout=30,
-                       headers={"Authorization": f"Bearer {gw.key}", "x-api-key": gw.key,
-                                "anthropic-version": "2023-06-01"})
+        r = gw.post(PATHS[op], _request(name, op, tag, stream))
         assert r.status_code == 200, (i, r.text)
         event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
         reading = _genai_reading(op, usage)

@@ -9,7 +9,6 @@ import threading
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
@@ -105,9 +104,8 @@ def _chat_input(o200k, messages: list[dict[str, str]]) -> int:
 
 
 def _stream(gw: Gateway, path: str, body: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    headers = {"Authorization": f"Bearer {gw.key}", "x-api-key": gw.key,
-               "anthropic-version": "2023-06-01"}
-    with httpx.stream("POST", gw.url + path, json=body, headers=headers, timeout=30) as r:
+    """What a streamed request's client received, and its event."""
+    with gw.stream(path, body) as r:
         raw = b"".join(r.iter_bytes())
         event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
     return raw, event
@@ -252,9 +250,7 @@ def test_more_cached_tokens_than_input_is_recounted(gw, scripted, o200k, stream)
             "id": "c", "object": "chat.completion", "model": "up-chat", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text},
                  "finish_reason": "stop"}], "usage": usage})
-        r = httpx.post(gw.url + "/v1/chat/completions", timeout=30,
-                       headers={"Authorization": f"Bearer {gw.key}"},
-                       json={"model": "chat", "messages": MESSAGES, "user": tag})
+        r = gw.chat("chat", messages=MESSAGES, user=tag)
         event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
     inp, out = _chat_input(o200k, MESSAGES), len(o200k.encode(text))
     assert Decimal(event["cost"]) >= 0
@@ -303,9 +299,7 @@ def test_a_tool_call_in_a_body_without_usage_is_an_estimate(gw, scripted, api):
                                       "metadata": {"user_id": "tool-body-messages"}}
         tag = "tool-body-messages"
     scripted.scripts[tag] = Script(body=answer)
-    r = httpx.post(gw.url + path, json=body, timeout=30,
-                   headers={"Authorization": f"Bearer {gw.key}", "x-api-key": gw.key,
-                            "anthropic-version": "2023-06-01"})
+    r = gw.post(path, body)
     event = wait_for_event(gw, r.headers["x-tokometer-event-id"])
     assert event["usage_source"] == "estimated" and event["counted_output_tokens"] is None
 
@@ -319,11 +313,9 @@ def test_a_providers_error_event_wins_over_the_client_leaving_because_of_it(gw, 
     error = b'data: {"error":{"message":"The server had an error","type":"server_error"}}'
     scripted.scripts["error-linger"] = Script(events=[*_chat_events(WORDS[:2]), error],
                                               linger=linger)
-    headers = {"Authorization": f"Bearer {gw.key}"}
     try:
-        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=headers, timeout=30,
-                          json={"model": "chat", "messages": MESSAGES, "stream": True,
-                                "user": "error-linger"}) as r:
+        with gw.stream("/v1/chat/completions", {"model": "chat", "messages": MESSAGES,
+                                                "stream": True, "user": "error-linger"}) as r:
             seen = b""
             for chunk in r.iter_bytes():
                 seen += chunk

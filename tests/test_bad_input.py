@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
-
-from conftest import Gateway
 
 CHAT = "/v1/chat/completions"
 GOOD = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
-
-
-def send(gateway: Gateway, path: str = CHAT, *, key: str | None = "gateway", method="POST",
-         **kw) -> httpx.Response:
-    headers = kw.pop("headers", {})
-    if key == "gateway":
-        key = gateway.key
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    return httpx.request(method, gateway.url + path, headers=headers, timeout=10, **kw)
 
 
 @pytest.mark.parametrize(("case", "status", "fragment"), [
@@ -34,28 +21,27 @@ def send(gateway: Gateway, path: str = CHAT, *, key: str | None = "gateway", met
 ])
 def test_bad_input_is_refused_before_any_upstream_call(gateway, upstream, case, status, fragment):
     before = len(upstream.calls)
-    kw: dict = {"json": GOOD}
-    path, method, key = CHAT, "POST", "gateway"
+    body: object = GOOD
+    path, method, key = CHAT, "POST", gateway.key
     if case == "no key":
         key = None
     elif case == "unknown key":
         key = "tkm-not-a-real-key"
     elif case == "malformed JSON":
-        kw = {"content": b'{"model": "gpt-4o-mini", "messages": [', "headers":
-              {"content-type": "application/json"}}
+        body = b'{"model": "gpt-4o-mini", "messages": ['
     elif case == "JSON not an object":
-        kw = {"json": ["gpt-4o-mini"]}
+        body = ["gpt-4o-mini"]
     elif case == "missing model":
-        kw = {"json": {"messages": GOOD["messages"]}}
+        body = {"messages": GOOD["messages"]}
     elif case == "unknown model":
-        kw = {"json": {**GOOD, "model": "gpt-9"}}
+        body = {**GOOD, "model": "gpt-9"}
     elif case == "oversized body":
-        kw = {"json": {**GOOD, "messages": [{"role": "user", "content": "x" * 150_000}]}}
+        body = {**GOOD, "messages": [{"role": "user", "content": "x" * 150_000}]}
     elif case == "wrong method":
-        method, kw = "GET", {}
+        method, body = "GET", None
     elif case == "unknown path":
         path = "/v1/nothing"
-    r = send(gateway, path, key=key, method=method, **kw)
+    r = gateway.request(method, path, body, key=key)
     assert r.status_code == status
     error = r.json()["error"]
     assert fragment in error["message"]
@@ -72,25 +58,24 @@ def test_an_oversized_chunked_body_without_length_is_refused_too(gateway, upstre
             yield b"x" * 10_000
         yield b'"}]}'
 
-    r = send(gateway, content=body(), headers={"content-type": "application/json"})
+    r = gateway.post(CHAT, body())
     assert r.status_code == 413
     assert len(upstream.calls) == before
 
 
 def test_unknown_model_has_openais_model_not_found_code(gateway):
-    r = send(gateway, json={**GOOD, "model": "gpt-9"})
+    r = gateway.post(CHAT, {**GOOD, "model": "gpt-9"})
     assert r.json()["error"]["code"] == "model_not_found"
 
 
 def test_x_api_key_header_authenticates_too(gateway):
-    r = send(gateway, key=None, json=GOOD, headers={"x-api-key": gateway.key})
+    r = gateway.post(CHAT, GOOD, key=None, headers={"x-api-key": gateway.key})
     assert r.status_code == 200
 
 
 def test_errors_on_the_messages_api_are_anthropic_shaped(gateway, upstream):
     before = len(upstream.calls)
-    r = send(gateway, "/v1/messages", content=b"{nope",
-             headers={"content-type": "application/json"})
+    r = gateway.post("/v1/messages", b"{nope")
     assert r.status_code == 400
     assert r.json()["type"] == "error"
     assert r.json()["error"]["type"] == "invalid_request_error"
@@ -101,13 +86,13 @@ def test_a_revoked_key_is_refused(gateway, upstream):
     from tokometer.cli import main
 
     key, key_id = gateway.new_key()
-    assert send(gateway, key=key, json=GOOD).status_code == 200
+    assert gateway.post(CHAT, GOOD, key=key).status_code == 200
     assert main(["keys", "revoke", key_id, "--config", str(gateway.config)]) == 0
     before = len(upstream.calls)
     # Revocations reach a running gateway within a second; poll for it as a client would.
     import time
     deadline = time.monotonic() + 5
-    while (r := send(gateway, key=key, json=GOOD)).status_code == 200:
+    while (r := gateway.post(CHAT, GOOD, key=key)).status_code == 200:
         assert time.monotonic() < deadline, "revoked key still accepted after 5 s"
         before = len(upstream.calls)
         time.sleep(0.1)
@@ -117,7 +102,7 @@ def test_a_revoked_key_is_refused(gateway, upstream):
 
 def test_a_key_created_while_running_works_at_once(gateway):
     key, _ = gateway.new_key(tenant="newco", app="fresh")
-    r = send(gateway, key=key, json=GOOD)
+    r = gateway.post(CHAT, GOOD, key=key)
     assert r.status_code == 200
     assert gateway.event(r.headers["x-tokometer-event-id"])["tenant"] == "newco"
 
@@ -132,7 +117,7 @@ routes = [{ provider = "fake-openai", model = "gpt-4o-mini" }]
 """)  # FAKE_OPENAI_KEY is not set for this gateway
     try:
         before = len(upstream.calls)
-        r = send(gw, json={**GOOD, "model": "keyless"})
+        r = gw.post(CHAT, {**GOOD, "model": "keyless"})
         assert r.status_code == 503
         assert "set FAKE_OPENAI_KEY" in r.json()["error"]["message"]
         assert len(upstream.calls) == before
@@ -152,7 +137,7 @@ routes = [{ provider = "fake-openai", model = "gpt-4o-mini" }]
 def test_a_bad_stream_flag_or_stream_options_is_a_400_not_a_500(gateway, upstream, extra,
                                                                 fragment):
     before = len(upstream.calls)
-    r = send(gateway, json={**GOOD, **extra})
+    r = gateway.post(CHAT, {**GOOD, **extra})
     assert r.status_code == 400
     assert fragment in r.json()["error"]["message"]
     assert len(upstream.calls) == before
@@ -162,7 +147,7 @@ def test_a_bad_stream_flag_or_stream_options_is_a_400_not_a_500(gateway, upstrea
                                        {"prompt": "NaN"}, {"prompt": "-0.5"}])
 def test_a_routing_price_limit_out_of_range_is_a_400(gateway, upstream, max_price):
     before = len(upstream.calls)
-    r = send(gateway, json={**GOOD, "provider": {"max_price": max_price}})
+    r = gateway.post(CHAT, {**GOOD, "provider": {"max_price": max_price}})
     assert r.status_code == 400
     assert "must be a number from 0 to 1000000" in r.json()["error"]["message"]
     assert len(upstream.calls) == before

@@ -70,15 +70,9 @@ price = {{ input = 1, output = 2 }}
     stop_gateway(g)
 
 
-def call(gw: Gateway, method: str, path: str, body, token: str = ADMIN) -> httpx.Response:
-    return httpx.request(method, gw.url + path, json=body, timeout=10,
-                         headers={"Authorization": f"Bearer {token}"})
-
-
-def chat(gw: Gateway, task: str) -> str:
-    r = httpx.post(gw.url + "/v1/chat/completions", timeout=10,
-                   headers={"Authorization": f"Bearer {gw.key}", "x-tokometer-task": task},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+def task_event(gw: Gateway, task: str) -> str:
+    """The id of the event of one chat for `task`."""
+    r = gw.chat("gpt-4o-mini", "x", headers={"x-tokometer-task": task})
     assert r.status_code == 200, r.text
     return r.headers["x-tokometer-event-id"]
 
@@ -90,19 +84,17 @@ def refused(r: httpx.Response, field: str) -> bool:
 
 @pytest.mark.parametrize("value", HUGE)
 def test_outcome_values_are_bounded(gw, value):
-    chat(gw, "bounded-task")
-    r = call(gw, "POST", "/v1/outcomes", {"task": "bounded-task", "outcome": "success",
-                                          "value": value}, token=gw.key)
+    task_event(gw, "bounded-task")
+    r = gw.post("/v1/outcomes", {"task": "bounded-task", "outcome": "success", "value": value})
     assert refused(r, "'value'")
 
 
 @pytest.mark.parametrize("number", [b"1e999999999", b"1E3", b"-1e-999999999",
                                     b"123456789012345678901234567890", b"12.5"])
 def test_outcome_values_as_json_numbers_other_than_integers_are_refused(gw, number):
-    chat(gw, "number-task")
-    r = httpx.post(gw.url + "/v1/outcomes", timeout=10,
-                   headers={"Authorization": f"Bearer {gw.key}"},
-                   content=b'{"task": "number-task", "outcome": "success", "value": %s}' % number)
+    task_event(gw, "number-task")
+    r = gw.post("/v1/outcomes",
+                b'{"task": "number-task", "outcome": "success", "value": %s}' % number)
     assert r.status_code == 400  # a float, or no number a double can hold
     conn = open_store(gw.store)
     try:
@@ -113,10 +105,9 @@ def test_outcome_values_as_json_numbers_other_than_integers_are_refused(gw, numb
 
 
 def test_an_outcome_value_in_bounds_is_stored_digit_for_digit(gw):
-    chat(gw, "exact-task")
-    r = call(gw, "POST", "/v1/outcomes", {"task": "exact-task", "outcome": "partial",
-                                          "value": "-123456789012.0000000000000001"},
-             token=gw.key)
+    task_event(gw, "exact-task")
+    r = gw.post("/v1/outcomes", {"task": "exact-task", "outcome": "partial",
+                                 "value": "-123456789012.0000000000000001"})
     assert r.status_code == 201, r.text
     conn = open_store(gw.store)
     try:
@@ -128,18 +119,19 @@ def test_an_outcome_value_in_bounds_is_stored_digit_for_digit(gw):
 
 @pytest.mark.parametrize("limit", [*HUGE, 10**13, -1, "-0"])
 def test_budget_limits_are_bounded_in_the_admin_api(gw, limit):
-    r = call(gw, "PUT", "/admin/budgets", {"tenant": "numbers-co", "limit": limit,
-                                           "unit": "USD", "period": "day"})
+    r = gw.request("PUT", "/admin/budgets", {"tenant": "numbers-co", "limit": limit,
+                                             "unit": "USD", "period": "day"}, key=ADMIN)
     assert refused(r, "limit")
-    assert call(gw, "GET", "/admin/budgets", None).json()["data"] == []  # nothing was set
+    assert gw.get("/admin/budgets", key=ADMIN).json()["data"] == []  # nothing was set
 
 
 @pytest.mark.parametrize("changes", [
     *({"cost": value} for value in HUGE),
     {"output_tokens": 10**12}, {"input_tokens": -(10**12)}, {"reasoning_tokens": 10**30}])
 def test_corrections_are_bounded(gw, changes):
-    event_id = chat(gw, "correct-me")
-    r = call(gw, "POST", "/admin/corrections", {"event_id": event_id, "reason": "x", **changes})
+    event_id = task_event(gw, "correct-me")
+    r = gw.post("/admin/corrections", {"event_id": event_id, "reason": "x", **changes},
+                key=ADMIN)
     message = r.json()["error"]["message"]
     assert r.status_code == 400
     assert ("no exponent" in message) if "cost" in changes else ("at most 12 digits" in message)
@@ -152,10 +144,10 @@ def test_corrections_are_bounded(gw, changes):
 
 
 def test_a_correction_at_the_bounds_is_recorded_exactly(gw):
-    event_id = chat(gw, "correct-me-too")
-    r = call(gw, "POST", "/admin/corrections", {
+    event_id = task_event(gw, "correct-me-too")
+    r = gw.post("/admin/corrections", {
         "event_id": event_id, "reason": "x", "output_tokens": -(10**12 - 1),
-        "cost": "-999999999999.9999999999999999"})
+        "cost": "-999999999999.9999999999999999"}, key=ADMIN)
     assert r.status_code == 201, r.text
     assert r.headers["x-tokometer-event-id"] == r.json()["id"]  # an event, named as such
     fix = gw.event(r.json()["id"])

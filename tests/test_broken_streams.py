@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import anthropic
-import httpx
 import openai
 import orjson
 import pytest
@@ -20,12 +19,6 @@ ANSWER = "The quick brown fox jumps over the lazy dog."  # the whole answer
 
 def hi_tokens(o200k) -> int:
     return 3 + 3 + len(o200k.encode("user")) + len(o200k.encode("Hi"))
-
-
-def post(gateway: Gateway, model: str, **extra) -> httpx.Response:
-    return httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
-                      headers={"Authorization": f"Bearer {gateway.key}"},
-                      json={"model": model, "messages": MESSAGES, **extra})
 
 
 def openai_client(gateway: Gateway) -> openai.OpenAI:
@@ -94,10 +87,8 @@ def test_anthropic_sdk_raises_and_the_delivered_tokens_are_billed(gateway):
 ])
 def test_a_broken_stream_ends_with_one_whole_error_event_in_its_wire_format(gateway, path, model,
                                                                              error_line):
-    with httpx.stream("POST", gateway.url + path, timeout=30,
-                      headers={"Authorization": f"Bearer {gateway.key}"},
-                      json={"model": model, "messages": MESSAGES, "max_tokens": 100,
-                            "stream": True}) as r:
+    with gateway.stream(path, {"model": model, "messages": MESSAGES, "max_tokens": 100,
+                               "stream": True}) as r:
         received = b"".join(r.iter_bytes())
     assert b"[DONE]" not in received and b"message_stop" not in received
     events = received.split(b"\n\n")
@@ -127,7 +118,7 @@ def test_a_malformed_usage_chunk_falls_back_to_the_recount(gateway, o200k, model
 
 
 def test_a_reported_zero_for_an_answer_with_text_is_recounted(gateway, o200k):
-    r = post(gateway, "zero-usage")
+    r = gateway.chat("zero-usage", "Hi")
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 0
     event = gateway.event(r.headers["x-tokometer-event-id"])
     assert event["usage_source"] == "counted"
@@ -138,10 +129,8 @@ def test_a_reported_zero_for_an_answer_with_text_is_recounted(gateway, o200k):
 
 
 def test_reasoning_sent_twice_in_a_delta_is_counted_once(gateway, o200k):
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", timeout=30,
-                      headers={"Authorization": f"Bearer {gateway.key}"},
-                      json={"model": "reasoning-dup", "messages": MESSAGES,
-                            "stream": True}) as r:
+    with gateway.stream("/v1/chat/completions", {"model": "reasoning-dup", "messages": MESSAGES,
+                                                 "stream": True}) as r:
         event_id = r.headers["x-tokometer-event-id"]
         assert b"[DONE]" in b"".join(r.iter_bytes())
     event = gateway.event(event_id)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from decimal import Decimal
 
-import httpx
 import pytest
 
 from conftest import Gateway
@@ -102,9 +101,7 @@ def test_keys_create_json_list_and_revoke(gateway: Gateway, capsys):
     assert code == 0
     created = json.loads(out)
     assert created["key"].startswith("tkm-") and created["key_id"]
-    r = httpx.post(gateway.url + "/v1/chat/completions",
-                   headers={"Authorization": f"Bearer {created['key']}"},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    r = gateway.chat("gpt-4o-mini", "x", key=created["key"])
     assert gateway.event(r.headers["x-tokometer-event-id"])["consumer_region"] == "FR"
     code, out, _ = run(capsys, "keys", "list", "--config", config, "--json")
     rows = [json.loads(line) for line in out.splitlines()]
@@ -126,8 +123,7 @@ def test_keys_create_refuses_a_bad_region(gateway, capsys):
 
 
 def test_events_jsonl_and_csv_use_the_design_field_names_oldest_first(gateway, capsys):
-    httpx.post(gateway.url + "/v1/embeddings", headers={"Authorization": f"Bearer {gateway.key}"},
-               json={"model": "text-embedding-3-small", "input": "hi"})
+    gateway.post("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"})
     code, out, _ = run(capsys, "events", "--config", str(gateway.config))
     events = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and events
@@ -180,8 +176,7 @@ def test_budgets_set_list_status_remove(gateway: Gateway, capsys):
     budget = json.loads(out)
     assert (budget["limit"], budget["unit"], budget["source"]) == ("2.5", "USD", "store")
     key, _ = gateway.new_key("cli-co", "cli-app")
-    r = httpx.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    r = gateway.chat("gpt-4o-mini", "x", key=key)
     cost = Decimal(r.headers["x-tokometer-cost"])
     code, out, _ = run(capsys, "budgets", "status", "--config", config, "--json")
     status = next(json.loads(line) for line in out.splitlines()
@@ -236,10 +231,7 @@ def test_arguments_out_of_range_are_usage_errors(capsys, args, fragment):
 
 def test_arguments_at_their_bounds_are_taken(gateway, capsys):
     config = str(gateway.config)
-    httpx.post(gateway.url + "/v1/chat/completions", timeout=10,
-               headers={"Authorization": f"Bearer {gateway.key}"},
-               json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
-               ).raise_for_status()
+    gateway.chat("gpt-4o-mini", "x").raise_for_status()
     gateway.wait_rolled_up()
     code, out, _ = run(capsys, "report", "--config", config, "--by", "model", "--top", "1000000",
                        "--since", "0001-01-01", "--until", "9999-12-31T23:59:59Z")

@@ -35,13 +35,10 @@ def dash(upstream, tmp_path_factory):
                        env={**FAKE_KEYS, "TKM_DASH": ADMIN})
     for i, (model, agent) in enumerate([("gpt-4o-mini", "planner"), ("deepseek-chat", "coder"),
                                         ("gpt-4o-mini", "coder"), ("kimi-k2", "planner")]):
-        r = httpx.post(gw.url + "/v1/chat/completions",
-                       headers={"Authorization": f"Bearer {gw.key}", "x-tokometer-agent": agent,
-                                "x-tokometer-task": f"job-{i % 2}"},
-                       json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+        r = gw.chat(model, headers={"x-tokometer-agent": agent,
+                                    "x-tokometer-task": f"job-{i % 2}"})
         assert r.status_code == 200
-    httpx.post(gw.url + "/v1/outcomes", headers={"Authorization": f"Bearer {gw.key}"},
-               json={"task": "job-0", "outcome": "success"}).raise_for_status()
+    gw.post("/v1/outcomes", {"task": "job-0", "outcome": "success"}).raise_for_status()
     gw.wait_rolled_up()
     yield gw
     stop_gateway(gw)

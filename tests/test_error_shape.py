@@ -49,8 +49,7 @@ routes = [{{ provider = "dead", model = "gpt-4o-mini" }}]
     gateway = start_gateway(tmp_path_factory.mktemp("shape"), body,
                             env={**FAKE_KEYS, "TKM_SHAPE_ADMIN": ADMIN})
     # A task with a request, so that an outcome for it gets as far as the store.
-    r = httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=30,
-                   headers={"authorization": f"Bearer {gateway.key}", "x-tokometer-task": "t1"})
+    r = gateway.post("/v1/chat/completions", CHAT, headers={"x-tokometer-task": "t1"})
     assert r.status_code == 200
     yield gateway
     stop_gateway(gateway)
@@ -155,13 +154,9 @@ def assert_one_shape(r: httpx.Response, api: str) -> dict[str, Any]:
 @pytest.mark.parametrize("case", CASES)
 def test_every_error_on_every_endpoint_has_its_apis_one_shape(gw, case):
     method, path, who, body, headers, fault, status, error_type = CASES[case]
-    headers = dict(headers)
-    if who is not None:
-        headers["authorization"] = f"Bearer {gw.key if who == KEY else ADMIN}"
-    content = body if isinstance(body, bytes) else None
+    key = None if who is NO_AUTH else gw.key if who == KEY else ADMIN
     with store_fault(gw, fault):
-        r = httpx.request(method, gw.url + path, headers=headers, content=content,
-                          json=None if content is not None or body is None else body, timeout=30)
+        r = gw.request(method, path, body, key=key, headers=headers)
     assert r.status_code == status, r.text
     api = "anthropic" if path == "/v1/messages" or "anthropic-version" in headers else "openai"
     error = assert_one_shape(r, api)
@@ -176,9 +171,8 @@ def test_a_correction_the_store_refuses_is_a_ledger_error_in_the_one_shape(gw):
     finally:
         conn.close()
     with store_fault(gw, "events:insert"):
-        r = httpx.post(gw.url + "/admin/corrections", timeout=30,
-                       headers={"authorization": f"Bearer {ADMIN}"},
-                       json={"event_id": event_id, "reason": "recount", "output_tokens": -1})
+        r = gw.post("/admin/corrections",
+                    {"event_id": event_id, "reason": "recount", "output_tokens": -1}, key=ADMIN)
     assert r.status_code == 500
     assert assert_one_shape(r, "openai")["type"] == "ledger_error"
 
@@ -232,16 +226,14 @@ WITH_EVENT = {
 @pytest.mark.parametrize("case", WITH_EVENT)
 def test_every_response_with_an_event_names_it(gw, case):
     path, body, who, status = WITH_EVENT[case]
-    headers = {} if who is NO_AUTH else {"authorization": f"Bearer {gw.key if who == KEY else who}"}
-    r = httpx.post(gw.url + path, json=body, headers=headers, timeout=30)
+    r = gw.post(path, body, key=None if who is NO_AUTH else gw.key if who == KEY else who)
     assert r.status_code == status
     event = gw.event(r.headers["x-tokometer-event-id"])
     assert event["status"] == status
 
 
 def test_a_response_without_an_event_names_none(gw):
-    r = httpx.post(gw.url + "/v1/chat/completions", content=b"{",
-                   headers={"authorization": f"Bearer {gw.key}"}, timeout=30)
+    r = gw.post("/v1/chat/completions", b"{")
     assert r.status_code == 400 and "x-tokometer-event-id" not in r.headers
 
 

@@ -3,26 +3,19 @@ recorded, timeouts, and a client that leaves mid-stream."""
 
 from __future__ import annotations
 
-import httpx
 import openai
 import pytest
 
-from conftest import Gateway, tariff_cost, wait_for_event
+from conftest import tariff_cost, wait_for_event
 from fake_upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
-def post(gateway: Gateway, model: str, **extra) -> httpx.Response:
-    return httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
-                      headers={"Authorization": f"Bearer {gateway.key}"},
-                      json={"model": model, "messages": MESSAGES, **extra})
-
-
 def test_falls_back_past_refused_connection_500_and_429(gateway, upstream: FakeUpstream):
     before_500 = len(upstream.calls_for("fail-500"))
     before_429 = len(upstream.calls_for("fail-429"))
-    r = post(gateway, "fallback")
+    r = gateway.chat("fallback", "Hi")
     assert r.status_code == 200
     assert len(upstream.calls_for("fail-500")) == before_500 + 1
     assert len(upstream.calls_for("fail-429")) == before_429 + 1
@@ -32,7 +25,7 @@ def test_falls_back_past_refused_connection_500_and_429(gateway, upstream: FakeU
 
 
 def test_the_last_routes_error_is_passed_on_and_recorded(gateway):
-    r = post(gateway, "fail-500")
+    r = gateway.chat("fail-500", "Hi")
     assert r.status_code == 500
     assert r.json() == {"error": {"message": "The server had an error", "type": "server_error"}}
     event = gateway.event(r.headers["x-tokometer-event-id"])
@@ -41,7 +34,7 @@ def test_the_last_routes_error_is_passed_on_and_recorded(gateway):
 
 
 def test_a_client_error_from_upstream_is_passed_through_untouched(gateway):
-    r = post(gateway, "fail-400")
+    r = gateway.chat("fail-400", "Hi")
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "max_tokens"
     assert gateway.event(r.headers["x-tokometer-event-id"])["status"] == 400
@@ -58,14 +51,14 @@ def test_a_non_json_upstream_error_becomes_an_openai_shaped_502(gateway):
 
 
 def test_a_malformed_success_body_is_a_502_not_a_free_request(gateway):
-    r = post(gateway, "garbage")
+    r = gateway.chat("garbage", "Hi")
     assert r.status_code == 502
     assert r.json()["error"]["type"] == "upstream_malformed"
     assert gateway.event(r.headers["x-tokometer-event-id"])["status"] == 502
 
 
 def test_an_upstream_that_never_answers_times_out_as_504(gateway):
-    r = post(gateway, "hang")
+    r = gateway.chat("hang", "Hi")
     assert r.status_code == 504
     assert r.json()["error"]["type"] == "upstream_timeout"
     assert gateway.event(r.headers["x-tokometer-event-id"])["status"] == 504
@@ -74,9 +67,8 @@ def test_an_upstream_that_never_answers_times_out_as_504(gateway):
 def test_a_client_leaving_mid_stream_is_recorded_as_499_with_tokens_so_far(gateway, upstream,
                                                                           o200k):
     upstream.release_slow.clear()
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", timeout=30,
-                      headers={"Authorization": f"Bearer {gateway.key}"},
-                      json={"model": "slow", "messages": MESSAGES, "stream": True}) as r:
+    with gateway.stream("/v1/chat/completions", {"model": "slow", "messages": MESSAGES,
+                                                 "stream": True}) as r:
         event_id = r.headers["x-tokometer-event-id"]
         received = b""
         for chunk in r.iter_bytes():

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 import anthropic
 import httpx
 import openai
-import orjson
 import pytest
 
 from conftest import FAKE_KEYS, Gateway, providers_toml, start_gateway, stop_gateway
@@ -48,15 +47,6 @@ routes = [{{ provider = "fake-anthropic" }}]
     stop_gateway(gateway)
 
 
-def post(gw: Gateway, body: dict | bytes, *, key: str | None = None,
-         headers: dict[str, str | bytes] | None = None, path: str = CHAT) -> httpx.Response:
-    headers = {"content-type": "application/json", **(headers or {})}
-    if key is not None:
-        headers["authorization"] = f"Bearer {key}"
-    content = body if isinstance(body, bytes) else orjson.dumps(body)
-    return httpx.post(gw.url + path, content=content, headers=headers, timeout=30)
-
-
 def store_bytes(gw: Gateway) -> int:
     """The store's size as SQLite sees it, its write-ahead log included."""
     conn = sqlite3.connect(gw.store)
@@ -83,8 +73,8 @@ def test_keyless_requests_with_megabyte_model_names_leave_the_store_as_it_was(gw
     before_size, before_events = store_bytes(gw), gw.count_events()
     before_rss = rss_bytes(gw.process.pid)
     agent = {"x-tokometer-agent": "a" * 10_000}
-    responses = [post(gw, {"model": f"{i}{name}", "messages": MESSAGES},
-                      key=None if i % 2 else "tkm-wrong", headers=agent) for i in range(50)]
+    responses = [gw.post(CHAT, {"model": f"{i}{name}", "messages": MESSAGES},
+                         key=None if i % 2 else "tkm-wrong", headers=agent) for i in range(50)]
     assert {r.status_code for r in responses} == {401}
     assert gw.count_events() == before_events + 50  # each refusal is still on the record...
     event = gw.event(responses[-1].headers["x-tokometer-event-id"])
@@ -115,8 +105,8 @@ def test_a_request_without_a_valid_key_is_answered_before_its_body_arrives(gw, k
 
 def test_a_utf8_agent_name_arrives_intact(gw):
     agent, task = "réviseur-机器人", "tâche ✓"
-    r = post(gw, {"model": "gpt-4o-mini", "messages": MESSAGES}, key=gw.key,
-             headers={"x-tokometer-agent": agent.encode(), "x-tokometer-task": task.encode()})
+    r = gw.chat("gpt-4o-mini", "Hi",
+                headers={"x-tokometer-agent": agent.encode(), "x-tokometer-task": task.encode()})
     assert r.status_code == 200
     event = gw.event(r.headers["x-tokometer-event-id"])
     assert (event["agent"], event["task"]) == (agent, task)
@@ -125,8 +115,7 @@ def test_a_utf8_agent_name_arrives_intact(gw):
 @pytest.mark.parametrize("header", ["x-tokometer-agent", "x-tokometer-task", "x-tokometer-user"])
 def test_an_attribution_header_that_is_not_utf8_is_a_400(gw, upstream, header):
     before = len(upstream.calls)
-    r = post(gw, {"model": "gpt-4o-mini", "messages": MESSAGES}, key=gw.key,
-             headers={header: "réviseur".encode("latin-1")})
+    r = gw.chat("gpt-4o-mini", "Hi", headers={header: "réviseur".encode("latin-1")})
     assert r.status_code == 400
     assert r.json()["error"]["message"] == f"the header {header} is not valid UTF-8"
     assert len(upstream.calls) == before
@@ -145,8 +134,8 @@ def test_a_client_string_over_the_bound_is_a_400_and_at_the_bound_is_kept(gw, up
         value = "é" * length  # characters, not bytes: two bytes each in UTF-8
         body = {"model": "gpt-4o-mini", "messages": MESSAGES}
         if where.startswith("x-"):
-            return post(gw, body, key=gw.key, headers={where: value.encode()})
-        return post(gw, {**body, where: value}, key=gw.key)
+            return gw.post(CHAT, body, headers={where: value.encode()})
+        return gw.post(CHAT, {**body, where: value})
 
     before = len(upstream.calls)
     r = send(MAX_LABEL_CHARS + 1)
@@ -162,9 +151,9 @@ def test_a_client_string_over_the_bound_is_a_400_and_at_the_bound_is_kept(gw, up
 
 
 def test_a_keyless_refusal_records_none_of_the_clients_text(gw):
-    r = post(gw, b"{}", headers={"x-tokometer-agent": b"bad\xff" + b"x" * 1000,
-                                 "x-tokometer-user": "ünïcode".encode(),
-                                 "x-tokometer-task": b"t" * 200})
+    r = gw.post(CHAT, b"{}", key=None, headers={"x-tokometer-agent": b"bad\xff" + b"x" * 1000,
+                                                "x-tokometer-user": "ünïcode".encode(),
+                                                "x-tokometer-task": b"t" * 200})
     assert r.status_code == 401
     event = gw.event(r.headers["x-tokometer-event-id"])
     assert (event["agent"], event["task"], event["end_user"], event["model_requested"]) == \
@@ -186,11 +175,11 @@ def test_sdks_see_an_over_long_attribution_header_as_a_bad_request(gw):
 
 def test_metrics_label_only_configured_models(gw):
     junk = "junk-model-" + "z" * 5000
-    assert post(gw, {"model": junk, "messages": MESSAGES}).status_code == 401
-    assert post(gw, {"model": junk[:200], "messages": MESSAGES}, key=gw.key).status_code == 404
+    assert gw.chat(junk, "Hi", key=None).status_code == 401
+    assert gw.chat(junk[:200], "Hi").status_code == 404
     # The provider says it served "gpt-4o-mini-2024-07-18", a name the config does not know.
-    assert post(gw, {"model": "gpt-4o-mini", "messages": MESSAGES}, key=gw.key).status_code == 200
-    r = httpx.get(gw.url + "/metrics", headers={"authorization": f"Bearer {ADMIN}"})
+    assert gw.chat("gpt-4o-mini", "Hi").status_code == 200
+    r = gw.get("/metrics", key=ADMIN)
     assert r.status_code == 200
     assert "junk-model" not in r.text and "2024-07-18" not in r.text
     labels = set(re.findall(r'model="([^"]*)"', r.text))

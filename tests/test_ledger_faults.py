@@ -6,7 +6,6 @@ import sqlite3
 from collections.abc import Iterator
 
 import anthropic
-import httpx
 import openai
 import pytest
 
@@ -30,8 +29,7 @@ def doomed(gateway: Gateway) -> Iterator[str]:
 
 
 def test_an_unrecorded_reading_is_a_500_in_the_clients_shape(gateway, doomed):
-    r = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "gpt-4o-mini",
-                   "messages": MESSAGES}, headers={"Authorization": f"Bearer {doomed}"})
+    r = gateway.chat("gpt-4o-mini", "Hi", key=doomed)
     assert r.status_code == 500
     assert r.json()["error"]["type"] == "ledger_error"
     assert "disk says no" in r.json()["error"]["message"]
@@ -51,17 +49,8 @@ def test_an_unrecorded_stream_ends_with_an_error_the_sdk_raises(gateway, doomed)
 
 
 def test_other_requests_in_the_same_group_commit_are_recorded(gateway, doomed):
-    import asyncio
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-            return await asyncio.gather(*(
-                client.post("/v1/chat/completions",
-                            json={"model": "gpt-4o-mini", "messages": MESSAGES},
-                            headers={"Authorization": f"Bearer {doomed if i % 2 else gateway.key}"})
-                for i in range(40)))
-
-    responses = asyncio.run(burst())
+    responses = gateway.burst({"model": "gpt-4o-mini", "messages": MESSAGES},
+                              [doomed if i % 2 else gateway.key for i in range(40)])
     good = [r for i, r in enumerate(responses) if i % 2 == 0]
     bad = [r for i, r in enumerate(responses) if i % 2 == 1]
     assert {r.status_code for r in good} == {200}

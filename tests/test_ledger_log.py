@@ -9,13 +9,20 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
 import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
+from conftest import (
+    FAKE_KEYS,
+    MODELS_TOML,
+    Gateway,
+    chat_event,
+    providers_toml,
+    start_gateway,
+    stop_gateway,
+)
 from processes import cli
 from tokometer.errors import ConfigError, LedgerError
 from tokometer.events import FIELDS, Event, new_event_id
@@ -40,10 +47,7 @@ def logged(upstream, tmp_path_factory) -> tuple[Gateway, list[str], str]:
     ids = []
     try:
         for i in range(REQUESTS):
-            r = httpx.post(gw.url + "/v1/chat/completions",
-                           headers={"Authorization": f"Bearer {gw.key}"},
-                           json={"model": "gpt-4o-mini", "stream": i % 2 == 1,
-                                 "messages": [{"role": "user", "content": f"hi {i}"}]})
+            r = gw.chat("gpt-4o-mini", f"hi {i}", stream=i % 2 == 1)
             assert r.status_code == 200
             ids.append(r.headers["x-tokometer-event-id"])
     finally:
@@ -318,37 +322,26 @@ def test_canonical_form_is_rfc8785(document):
 
 # --- over HTTP -------------------------------------------------------------------------------
 
-def get(gw: Gateway, path: str, key: str | None = None) -> httpx.Response:
-    return httpx.get(gw.url + path, headers={"Authorization": f"Bearer {key or gw.key}"},
-                     timeout=30)
-
-
-def chat(gw: Gateway) -> str:
-    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
-    return r.headers["x-tokometer-event-id"]
-
-
 def test_a_consumer_gets_its_receipt_at_once_and_it_verifies(gateway):
-    event_id = chat(gateway)
-    receipt = get(gateway, f"/v1/receipts/{event_id}")  # newer than any signed head
+    event_id = chat_event(gateway)["id"]
+    receipt = gateway.get(f"/v1/receipts/{event_id}")  # newer than any signed head
     assert receipt.status_code == 200, receipt.text
-    head = get(gateway, "/v1/ledger/head").json()
+    head = gateway.get("/v1/ledger/head").json()
     key = parse_public_key(head["public_key"])
     assert verify_receipt(receipt.json(), key) == []
     other, _ = gateway.new_key("someone-else")
-    assert get(gateway, f"/v1/receipts/{event_id}", other).status_code == 404
-    assert get(gateway, "/v1/receipts/nope").status_code == 404
-    assert get(gateway, f"/v1/receipts/{event_id}", "tkm-bad").status_code == 401
+    assert gateway.get(f"/v1/receipts/{event_id}", key=other).status_code == 404
+    assert gateway.get("/v1/receipts/nope").status_code == 404
+    assert gateway.get(f"/v1/receipts/{event_id}", key="tkm-bad").status_code == 401
 
 
 def test_consistency_between_two_signed_heads(gateway):
-    chat(gateway)
-    first = get(gateway, f"/v1/receipts/{chat(gateway)}").json()["tree_head"]
-    chat(gateway)
-    second = get(gateway, f"/v1/receipts/{chat(gateway)}").json()["tree_head"]
+    chat_event(gateway)
+    first = gateway.get(f"/v1/receipts/{chat_event(gateway)['id']}").json()["tree_head"]
+    chat_event(gateway)
+    second = gateway.get(f"/v1/receipts/{chat_event(gateway)['id']}").json()["tree_head"]
     assert second["tree_size"] > first["tree_size"]
-    r = get(gateway, f"/v1/ledger/consistency?first={first['tree_size']}"
+    r = gateway.get(f"/v1/ledger/consistency?first={first['tree_size']}"
                      f"&second={second['tree_size']}")
     proof = [bytes.fromhex(p) for p in r.json()["proof"]]
     assert verify_consistency(first["tree_size"], second["tree_size"], proof,
@@ -358,7 +351,7 @@ def test_consistency_between_two_signed_heads(gateway):
 @pytest.mark.parametrize("query", ["", "?first=1", "?first=a&second=2", "?first=0&second=1",
                                    "?first=2&second=1", "?first=1&second=999999999"])
 def test_bad_consistency_queries_are_a_400(gateway, query):
-    r = get(gateway, "/v1/ledger/consistency" + query)
+    r = gateway.get("/v1/ledger/consistency" + query)
     assert r.status_code == 400 and r.json()["error"]["message"]
 
 

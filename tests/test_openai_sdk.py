@@ -6,7 +6,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import genai_prices
-import httpx
 import openai
 import pytest
 
@@ -95,8 +94,7 @@ def test_bodies_and_streams_reach_the_client_byte_for_byte(gateway, stream):
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
-    r = httpx.post(gateway.url + "/v1/chat/completions", json=body,
-                   headers={"Authorization": f"Bearer {gateway.key}"})
+    r = gateway.post("/v1/chat/completions", body)
     fixture = (FIXTURES / f"openai_chat.{'sse' if stream else 'json'}").read_bytes()
     if stream:
         fixture = b"".join(e + b"\n\n" for e in fixture.split(b"\n\n") if e.strip())

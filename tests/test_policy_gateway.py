@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -25,6 +24,7 @@ FREE_INPUT = "{ input = 0, cache_read = 0, cache_write = 0, output = 10 }"
 CHEAP = "{ input = 0.15, output = 0.6 }"
 DEAR = "{ input = 0.27, output = 1.1 }"
 MESSAGES = [{"role": "user", "content": "hi"}]
+METERED = {"model": "metered", "messages": MESSAGES}
 
 
 def policy_toml(upstream: FakeUpstream, tpm: int) -> str:
@@ -116,25 +116,15 @@ def gw(upstream, tmp_path_factory, o200k):
     stop_gateway(g)
 
 
-def admin(gw: Gateway, method: str, path: str, body=None, token: str = ADMIN) -> httpx.Response:
-    return httpx.request(method, gw.url + path, json=body, timeout=10,
-                         headers={"Authorization": f"Bearer {token}"})
+def set_budget(gw: Gateway, **budget: object) -> httpx.Response:
+    """A budget set through the admin API."""
+    return gw.request("PUT", "/admin/budgets", budget, key=ADMIN)
 
 
 def key_for(gw: Gateway, tenant: str, app: str = "tests", region: str | None = "DE") -> str:
-    r = admin(gw, "POST", "/admin/keys", {"tenant": tenant, "app": app, "region": region})
+    r = gw.post("/admin/keys", {"tenant": tenant, "app": app, "region": region}, key=ADMIN)
     assert r.status_code == 201, r.text
     return r.json()["key"]
-
-
-def burst(gw: Gateway, key: str, n: int, **body) -> list[httpx.Response]:
-    """n requests at once."""
-    async def run() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as c:
-            return await asyncio.gather(*(c.post(
-                gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                json={"model": "metered", "messages": MESSAGES, **body}) for _ in range(n)))
-    return asyncio.run(run())
 
 
 def spend(gw: Gateway, tenant: str) -> Decimal:
@@ -158,11 +148,10 @@ def statuses(responses: list[httpx.Response]) -> dict[int, int]:
 
 def test_fifty_concurrent_requests_against_a_budget_worth_ten(gw, upstream):
     key = key_for(gw, "budget-co")
-    r = admin(gw, "PUT", "/admin/budgets", {"tenant": "budget-co", "limit": str(10 * ONE_REQUEST),
-                                            "unit": "USD", "period": "day"})
+    r = set_budget(gw, tenant="budget-co", limit=str(10 * ONE_REQUEST), unit="USD", period="day")
     assert r.status_code == 200, r.text
     calls = len(upstream.calls_for("gpt-4o-mini-delayed"))
-    responses = burst(gw, key, 50, max_tokens=FIXTURE_OUTPUT)
+    responses = gw.burst({**METERED, "max_tokens": FIXTURE_OUTPUT}, [key] * 50)
     assert statuses(responses) == {200: 10, 402: 40}
     assert len(upstream.calls_for("gpt-4o-mini-delayed")) - calls == 10  # refused: no call
     assert spend(gw, "budget-co") == 10 * ONE_REQUEST
@@ -170,7 +159,7 @@ def test_fifty_concurrent_requests_against_a_budget_worth_ten(gw, upstream):
     error = refused.json()["error"]
     assert (error["type"], error["code"]) == ("insufficient_quota", "budget_exceeded")
     assert "tenant 'budget-co'" in error["message"] and "resets at" in error["message"]
-    status = {b["scope_value"]: b for b in admin(gw, "GET", "/admin/budgets").json()["data"]}
+    status = {b["scope_value"]: b for b in gw.get("/admin/budgets", key=ADMIN).json()["data"]}
     assert Decimal(status["budget-co"]["spent"]) == 10 * ONE_REQUEST
     assert status["budget-co"]["reserved"] == "0" and status["budget-co"]["remaining"] == "0"
 
@@ -178,23 +167,21 @@ def test_fifty_concurrent_requests_against_a_budget_worth_ten(gw, upstream):
 def test_without_max_tokens_the_default_bound_is_reserved_and_refused_if_it_cannot_fit(
         gw, upstream):
     key = key_for(gw, "loose-co")
-    admin(gw, "PUT", "/admin/budgets", {"tenant": "loose-co", "limit": str(10 * ONE_REQUEST),
-                                        "unit": "USD", "period": "month"})
+    set_budget(gw, tenant="loose-co", limit=str(10 * ONE_REQUEST), unit="USD", period="month")
     # Each would reserve 4096 output tokens (the default bound), more than the whole budget:
     # refused up front, no provider call, nothing spent.
     calls = len(upstream.calls_for("gpt-4o-mini-delayed"))
-    responses = burst(gw, key, 3)
+    responses = gw.burst(METERED, [key] * 3)
     assert statuses(responses) == {402: 3}
     assert len(upstream.calls_for("gpt-4o-mini-delayed")) == calls
     assert "lower max_tokens" in responses[0].json()["error"]["message"]
     assert spend(gw, "loose-co") == 0
-    assert burst(gw, key, 1, max_tokens=FIXTURE_OUTPUT)[0].status_code == 200
+    assert gw.chat("metered", key=key, max_tokens=FIXTURE_OUTPUT).status_code == 200
 
 
 def test_streamed_requests_are_charged_to_budgets_too(gw):
     key = key_for(gw, "stream-co")
-    admin(gw, "PUT", "/admin/budgets", {"tenant": "stream-co", "limit": str(2 * ONE_REQUEST),
-                                        "unit": "USD", "period": "day"})
+    set_budget(gw, tenant="stream-co", limit=str(2 * ONE_REQUEST), unit="USD", period="day")
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
     for _ in range(2):
         text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
@@ -209,9 +196,8 @@ def test_streamed_requests_are_charged_to_budgets_too(gw):
 
 def test_a_refusal_is_recorded_as_an_event(gw):
     key = key_for(gw, "broke-co")
-    admin(gw, "PUT", "/admin/budgets", {"tenant": "broke-co", "limit": 0, "unit": "tokens",
-                                        "period": "week"})
-    r = burst(gw, key, 1, max_tokens=10)[0]
+    set_budget(gw, tenant="broke-co", limit=0, unit="tokens", period="week")
+    r = gw.chat("metered", key=key, max_tokens=10)
     assert r.status_code == 402
     event = gw.event(r.headers["x-tokometer-event-id"])
     assert (event["status"], event["error_type"], event["tenant"]) == (402, "budget_exceeded",
@@ -220,8 +206,7 @@ def test_a_refusal_is_recorded_as_an_event(gw):
 
 
 def test_a_bad_key_is_recorded_as_an_auth_refusal(gw):
-    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": "Bearer tkm-nope"},
-                   json={"model": "metered", "messages": MESSAGES})
+    r = gw.chat("metered", key="tkm-nope")
     assert r.status_code == 401
     event = gw.event(r.headers["x-tokometer-event-id"])
     assert (event["status"], event["error_type"]) == (401, "authentication_error")
@@ -231,8 +216,7 @@ def test_a_bad_key_is_recorded_as_an_auth_refusal(gw):
 
 def test_anthropic_clients_get_an_anthropic_shaped_402(gw):
     key = key_for(gw, "ant-co")
-    admin(gw, "PUT", "/admin/budgets", {"tenant": "ant-co", "limit": "0", "unit": "USD",
-                                        "period": "total"})
+    set_budget(gw, tenant="ant-co", limit="0", unit="USD", period="total")
     client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
     with pytest.raises(anthropic.APIStatusError) as e:
         client.messages.create(model="claude-sonnet-5", max_tokens=100, messages=MESSAGES)
@@ -257,13 +241,13 @@ period = "month"
     g = start_gateway(tmp_path, body, env=FAKE_KEYS)
     try:
         key, _ = g.new_key("restart-co")
-        assert [r.status_code for r in (burst(g, key, 1, max_tokens=300)[0] for _ in range(3))] \
-            == [200, 200, 402]
+        codes = [g.chat("metered", key=key, max_tokens=300).status_code for _ in range(3)]
+        assert codes == [200, 200, 402]
     finally:
         stop_gateway(g)
     g = start_gateway(tmp_path, body, env=FAKE_KEYS)
     try:
-        assert burst(g, key, 1, max_tokens=300)[0].status_code == 402
+        assert g.chat("metered", key=key, max_tokens=300).status_code == 402
         out = subprocess.run([sys.executable, "-m", "tokometer.cli", "budgets", "status",
                               "--config", str(g.config), "--json"],
                              capture_output=True, text=True, check=True).stdout
@@ -278,7 +262,7 @@ period = "month"
 
 def test_rpm_refuses_past_the_limit_with_retry_after(gw):
     key = key_for(gw, "acme", app="rpm-app")
-    responses = burst(gw, key, 8, max_tokens=10)
+    responses = gw.burst({**METERED, "max_tokens": 10}, [key] * 8)
     assert statuses(responses) == {200: 5, 429: 3}
     refused = next(r for r in responses if r.status_code == 429)
     assert 1 <= int(refused.headers["retry-after"]) <= 60
@@ -291,11 +275,11 @@ def test_rpm_refuses_past_the_limit_with_retry_after(gw):
 def test_a_tpm_limit_holds_under_concurrency(gw, upstream):
     key = key_for(gw, "acme", app="tpm-app")
     calls = len(upstream.calls_for("gpt-4o-mini-delayed"))
-    responses = burst(gw, key, 12, max_tokens=FIXTURE_OUTPUT)
+    responses = gw.burst({**METERED, "max_tokens": FIXTURE_OUTPUT}, [key] * 12)
     assert statuses(responses) == {200: 3, 429: 9}  # the limit has room for 3 reservations
     assert len(upstream.calls_for("gpt-4o-mini-delayed")) - calls == 3
     # Settled at their actual 2,306 tokens each, they fill the minute: still refused.
-    again = burst(gw, key, 1, max_tokens=1)[0]
+    again = gw.chat("metered", key=key, max_tokens=1)
     assert again.status_code == 429 and int(again.headers["retry-after"]) >= 1
 
 
@@ -342,8 +326,7 @@ def test_an_origin_rule_refuses_anthropic_clients_in_their_shape(gw):
 # --- routing ------------------------------------------------------------------------------------
 
 def served_by(gw: Gateway, model: str, **body) -> tuple[int, str | None]:
-    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
-                   json={"model": model, "messages": MESSAGES, **body}, timeout=30)
+    r = gw.chat(model, **body)
     return r.status_code, gw.event(r.headers["x-tokometer-event-id"])["provider"] \
         if r.status_code == 200 else r.json()["error"]["code"]
 
@@ -378,8 +361,7 @@ def test_preferences_that_leave_no_route_are_a_404(gw, provider):
     {"allow_fallbacks": "no"}, {"data_collection": "deny"},
 ])
 def test_bad_provider_preferences_are_a_400(gw, provider):
-    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
-                   json={"model": "multi", "messages": MESSAGES, "provider": provider})
+    r = gw.chat("multi", provider=provider)
     assert r.status_code == 400 and "provider" in r.json()["error"]["message"]
 
 
@@ -399,8 +381,7 @@ def test_the_attempt_limit_stops_fallback(gw):
 
 def test_a_providers_own_timeout_applies(gw):
     # The server's upstream_timeout is the default 600 s; this provider allows 0.5 s.
-    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
-                   json={"model": "impatient", "messages": MESSAGES}, timeout=20)
+    r = gw.chat("impatient", timeout=20)
     assert r.status_code == 504 and r.json()["error"]["type"] == "upstream_timeout"
 
 
@@ -410,24 +391,25 @@ def test_admin_keys_create_list_revoke(gw):
     key = key_for(gw, "admin-co", region=None)
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
     assert client.models.list().data
-    listed = admin(gw, "GET", "/admin/keys").json()["data"]
+    listed = gw.get("/admin/keys", key=ADMIN).json()["data"]
     mine = [k for k in listed if k["tenant"] == "admin-co"]
     assert len(mine) == 1 and "key" not in mine[0]
-    assert admin(gw, "DELETE", f"/admin/keys/{mine[0]['key_id']}").status_code == 200
+    assert gw.request("DELETE", f"/admin/keys/{mine[0]['key_id']}", key=ADMIN).status_code == 200
     with pytest.raises(openai.AuthenticationError):  # at once, not after a refresh
         client.models.list()
-    assert admin(gw, "DELETE", f"/admin/keys/{mine[0]['key_id']}").status_code == 400
+    assert gw.request("DELETE", f"/admin/keys/{mine[0]['key_id']}", key=ADMIN).status_code == 400
 
 
 def test_admin_budgets_set_change_remove(gw):
     body = {"app": "admin-app", "limit": "5", "unit": "USD", "period": "week"}
-    first = admin(gw, "PUT", "/admin/budgets", body).json()
-    changed = admin(gw, "PUT", "/admin/budgets", {**body, "limit": 7}).json()
+    first = set_budget(gw, **body).json()
+    changed = set_budget(gw, **{**body, "limit": 7}).json()
     assert changed["budget_id"] == first["budget_id"] and changed["limit"] == "7"
-    assert admin(gw, "DELETE", f"/admin/budgets/{first['budget_id']}").status_code == 200
-    ids = [b["budget_id"] for b in admin(gw, "GET", "/admin/budgets").json()["data"]]
+    path = f"/admin/budgets/{first['budget_id']}"
+    assert gw.request("DELETE", path, key=ADMIN).status_code == 200
+    ids = [b["budget_id"] for b in gw.get("/admin/budgets", key=ADMIN).json()["data"]]
     assert first["budget_id"] not in ids
-    assert admin(gw, "DELETE", f"/admin/budgets/{first['budget_id']}").status_code == 404
+    assert gw.request("DELETE", path, key=ADMIN).status_code == 404
 
 
 @pytest.mark.parametrize(("body", "fragment"), [
@@ -442,21 +424,20 @@ def test_admin_budgets_set_change_remove(gw):
     ([1, 2], "JSON object"),
 ])
 def test_admin_rejects_bad_budgets(gw, body, fragment):
-    r = admin(gw, "PUT", "/admin/budgets", body)
+    r = gw.request("PUT", "/admin/budgets", body, key=ADMIN)
     assert r.status_code == 400 and fragment in r.json()["error"]["message"]
 
 
 def test_admin_needs_the_admin_token(gw):
-    assert admin(gw, "GET", "/admin/keys", token="wrong").status_code == 401
-    assert admin(gw, "GET", "/admin/keys", token=gw.key).status_code == 401
-    r = httpx.put(gw.url + "/admin/budgets", content=b"{nope",
-                  headers={"Authorization": f"Bearer {ADMIN}"})
+    assert gw.get("/admin/keys", key="wrong").status_code == 401
+    assert gw.get("/admin/keys", key=gw.key).status_code == 401
+    r = gw.request("PUT", "/admin/budgets", b"{nope", key=ADMIN)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
-    assert admin(gw, "GET", "/admin/nothing").status_code == 404
+    assert gw.get("/admin/nothing", key=ADMIN).status_code == 404
 
 
 def test_admin_api_is_off_without_a_token(gateway):
-    r = httpx.get(gateway.url + "/admin/keys", headers={"Authorization": "Bearer x"})
+    r = gateway.get("/admin/keys", key="x")
     assert r.status_code == 404 and "admin API is off" in r.json()["error"]["message"]
 
 
@@ -464,13 +445,12 @@ def test_admin_api_is_off_without_a_token(gateway):
 
 def test_a_refund_is_a_new_event_that_references_the_original(gw):
     key = key_for(gw, "corr-co")
-    admin(gw, "PUT", "/admin/budgets", {"tenant": "corr-co", "limit": "1", "unit": "USD",
-                                        "period": "month"})
-    original_id = burst(gw, key, 1, max_tokens=300)[0].headers["x-tokometer-event-id"]
+    set_budget(gw, tenant="corr-co", limit="1", unit="USD", period="month")
+    original_id = gw.chat("metered", key=key, max_tokens=300).headers["x-tokometer-event-id"]
     original = gw.event(original_id)
-    r = admin(gw, "POST", "/admin/corrections", {
+    r = gw.post("/admin/corrections", {
         "event_id": original_id, "reason": "refund: wrong answer", "output_tokens": -100,
-        "cost": str(-ONE_REQUEST / 3)})
+        "cost": str(-ONE_REQUEST / 3)}, key=ADMIN)
     assert r.status_code == 201, r.text
     fix = gw.event(r.json()["id"])
     assert (fix["corrects"], fix["usage_source"], fix["tenant"]) == (original_id, "correction",
@@ -479,7 +459,7 @@ def test_a_refund_is_a_new_event_that_references_the_original(gw):
     assert fix["price_ref"] == "correction: refund: wrong answer"
     assert gw.event(original_id) == original  # never rewritten
     assert spend(gw, "corr-co") == ONE_REQUEST - ONE_REQUEST / 3
-    status = {b["scope_value"]: b for b in admin(gw, "GET", "/admin/budgets").json()["data"]}
+    status = {b["scope_value"]: b for b in gw.get("/admin/budgets", key=ADMIN).json()["data"]}
     assert Decimal(status["corr-co"]["spent"]) == ONE_REQUEST - ONE_REQUEST / 3
 
 
@@ -495,9 +475,9 @@ def test_a_refund_is_a_new_event_that_references_the_original(gw):
     ({"event_id": "E", "reason": "x" * 257, "cost": "-1"}, 400, "at most 256 characters"),
 ])
 def test_bad_corrections_are_refused(gw, body, status, fragment):
-    event_id = burst(gw, gw.key, 1, max_tokens=5)[0].headers["x-tokometer-event-id"]
+    event_id = gw.chat("metered", max_tokens=5).headers["x-tokometer-event-id"]
     body = {**body, "event_id": event_id if body["event_id"] == "E" else body["event_id"]}
-    r = admin(gw, "POST", "/admin/corrections", body)
+    r = gw.post("/admin/corrections", body, key=ADMIN)
     assert r.status_code == status and fragment in r.json()["error"]["message"]
 
 
@@ -505,7 +485,7 @@ def test_bad_corrections_are_refused(gw, body, status, fragment):
 
 def test_metrics_count_requests_tokens_cost_and_refusals(gw):
     def scrape() -> str:
-        r = admin(gw, "GET", "/metrics")
+        r = gw.get("/metrics", key=ADMIN)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
         return r.text
 
@@ -520,12 +500,11 @@ def test_metrics_count_requests_tokens_cost_and_refusals(gw):
     refused = 'tokometer_refusals_total{reason="authentication_error"}'
     before = scrape()
     assert served_by(gw, "multi", provider={"only": ["fake-openai"]})[0] == 200
-    httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": "Bearer tkm-no"},
-               json={"model": "multi", "messages": MESSAGES})
+    gw.chat("multi", key="tkm-no")
     after = scrape()
     assert value(after, ok) == value(before, ok) + 1
     assert value(after, out) == value(before, out) + FIXTURE_OUTPUT
     assert value(after, refused) == value(before, refused) + 1
     assert "tokometer_request_duration_seconds_bucket" in after
     assert f'tokometer_cost_total{{currency="USD",{served}}}' in after
-    assert admin(gw, "GET", "/metrics", token="wrong").status_code == 401
+    assert gw.get("/metrics", key="wrong").status_code == 401

@@ -7,7 +7,6 @@ import base64
 import io
 import math
 
-import httpx
 import orjson
 import pytest
 from PIL import Image as PILImage
@@ -201,9 +200,7 @@ def test_images_are_estimates_for_models_outside_openais_rule(tok, o200k):
 def test_the_gateway_recount_bills_tools_and_images(gateway, o200k):
     """A provider that reports no usage: the event's input holds the tools and the image."""
     def event_for(**extra) -> dict:
-        r = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
-                       headers={"Authorization": f"Bearer {gateway.key}"},
-                       json={"model": "vision-no-usage", **extra})
+        r = gateway.post("/v1/chat/completions", {"model": "vision-no-usage", **extra})
         assert r.status_code == 200, r.text
         return gateway.event(r.headers["x-tokometer-event-id"])
 

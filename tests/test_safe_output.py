@@ -10,7 +10,6 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import MINIMAL_CONFIG, TERMINAL, Gateway, make_event
@@ -157,10 +156,8 @@ def test_chart_labels_are_never_math_text(config, capsys, tmp_path, suffix):
 def test_attribution_from_a_real_gateway_is_neutralised_too(gateway: Gateway, capsys):
     """The key's tenant and app and the request's agent and task headers, as sent."""
     key, _ = gateway.new_key(TENANT, APP)
-    r = httpx.post(gateway.url + "/v1/chat/completions", timeout=10,
-                   headers={"Authorization": f"Bearer {key}", "x-tokometer-agent": AGENT,
-                            "x-tokometer-task": TASK},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    r = gateway.chat("gpt-4o-mini", "x", key=key,
+                     headers={"x-tokometer-agent": AGENT, "x-tokometer-task": TASK})
     assert r.status_code == 200, r.text
     rows = rows_by_id(run(capsys, "events", "--config", str(gateway.config), "--format", "csv"))
     row = rows[r.headers["x-tokometer-event-id"]]

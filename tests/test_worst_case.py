@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 
-import httpx
 import orjson
 import pytest
 
-from conftest import FAKE_KEYS, Gateway, providers_toml, start_gateway, stop_gateway
+from conftest import FAKE_KEYS, providers_toml, start_gateway, stop_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 OUT_PRICE = Decimal(10)  # per 1M output tokens; input is free, so a request costs its output
@@ -65,32 +64,26 @@ def hi_tokens(o200k) -> int:
     return 3 + 3 + len(o200k.encode("user")) + len(o200k.encode("hi"))
 
 
-def post(gw: Gateway, key: str, **body) -> httpx.Response:
-    return httpx.post(gw.url + "/v1/chat/completions", timeout=30,
-                      headers={"Authorization": f"Bearer {key}"},
-                      json={"model": "metered", "messages": MESSAGES, **body})
-
-
 def test_n_choices_multiply_the_reservation_so_n_128_cannot_overspend(gw, upstream):
     key, _ = gw.new_key("n-co")
     calls = len(upstream.calls_for("gpt-4o-mini"))
-    r = post(gw, key, n=128, max_tokens=300)  # 128 x the budget
+    r = gw.chat("metered", key=key, n=128, max_tokens=300)  # 128 x the budget
     assert r.status_code == 402 and r.json()["error"]["code"] == "budget_exceeded"
     assert "lower max_tokens or n" in r.json()["error"]["message"]
     assert gw.event(r.headers["x-tokometer-event-id"])["status"] == 402
     assert len(upstream.calls_for("gpt-4o-mini")) == calls  # refused before the provider
-    assert post(gw, key, n=10, max_tokens=300).status_code == 200  # exactly the budget
+    assert gw.chat("metered", key=key, n=10, max_tokens=300).status_code == 200  # all the budget
     # 10 more choices no longer fit beside what the first request spent.
-    assert post(gw, key, n=10, max_tokens=300).status_code == 402
-    assert post(gw, key, n=9, max_tokens=300).status_code == 200
+    assert gw.chat("metered", key=key, n=10, max_tokens=300).status_code == 402
+    assert gw.chat("metered", key=key, n=9, max_tokens=300).status_code == 200
 
 
 def test_the_largest_output_bound_is_reserved(gw, o200k):
     key, _ = gw.new_key("bounds-co")  # a budget of the input plus 300 output tokens
-    r = post(gw, key, max_tokens=10, max_completion_tokens=301)
+    r = gw.chat("metered", key=key, max_tokens=10, max_completion_tokens=301)
     assert r.status_code == 402
     assert f"at most it may take {hi_tokens(o200k) + 301} tokens" in r.json()["error"]["message"]
-    assert post(gw, key, max_output_tokens=10, max_tokens=300).status_code == 200
+    assert gw.chat("metered", key=key, max_output_tokens=10, max_tokens=300).status_code == 200
 
 
 @pytest.mark.parametrize("extra", [
@@ -101,7 +94,7 @@ def test_the_largest_output_bound_is_reserved(gw, o200k):
 def test_bounds_that_cannot_be_reserved_for_are_a_400(gw, upstream, extra):
     key, _ = gw.new_key("acme", app="tpm-app")
     calls = len(upstream.calls_for("gpt-4o-mini"))
-    r = post(gw, key, **extra)
+    r = gw.chat("metered", key=key, **extra)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and next(iter(extra)) in error["message"]
@@ -110,7 +103,7 @@ def test_bounds_that_cannot_be_reserved_for_are_a_400(gw, upstream, extra):
 
 def test_tpm_reserves_every_choice(gw, o200k):
     key, _ = gw.new_key("acme", app="tpm-app")
-    r = post(gw, key, n=40, max_tokens=300)
+    r = gw.chat("metered", key=key, n=40, max_tokens=300)
     assert r.status_code == 429
     assert f"needs up to {hi_tokens(o200k) + 40 * 300} tokens" in r.json()["error"]["message"]
 
@@ -119,7 +112,7 @@ def test_80_kb_of_tool_definitions_are_reserved(gw, o200k):
     key, _ = gw.new_key("acme", app="tpm-app")
     tool_tokens = len(o200k.encode(orjson.dumps(TOOL).decode()))
     assert tool_tokens > TPM and len(orjson.dumps(TOOL)) > 80_000
-    r = post(gw, key, max_tokens=1, tools=[TOOL])
+    r = gw.chat("metered", key=key, max_tokens=1, tools=[TOOL])
     assert r.status_code == 429
     assert f"needs up to {hi_tokens(o200k) + tool_tokens + 1} tokens" in \
         r.json()["error"]["message"]
@@ -132,11 +125,11 @@ def test_an_image_is_reserved_at_its_cost(gw, o200k):
         image = {"type": "image_url", "image_url": {"url": IMAGE_URL}}
         return [{"role": "user", "content": [{"type": "text", "text": "hi"}] + [image] * count}]
 
-    r = post(gw, key, max_tokens=10, messages=with_images(2))
+    r = gw.chat("metered", key=key, max_tokens=10, messages=with_images(2))
     assert r.status_code == 402
     expected = hi_tokens(o200k) + 2 * IMAGE_MOST + 10
     assert f"at most it may take {expected} tokens" in r.json()["error"]["message"]
-    assert post(gw, key, max_tokens=10, messages=with_images(1)).status_code == 200
+    assert gw.chat("metered", key=key, max_tokens=10, messages=with_images(1)).status_code == 200
 
 
 def test_a_body_too_deep_to_walk_is_reserved_by_its_size(gw):
@@ -144,8 +137,6 @@ def test_a_body_too_deep_to_walk_is_reserved_by_its_size(gw):
     deep = b"[" * 400 + b'"' + b"x" * 50_000 + b'"' + b"]" * 400  # deeper than encoders go
     raw = orjson.dumps({"model": "metered", "messages": MESSAGES, "max_tokens": 1,
                         "tools": []}).replace(b'"tools":[]', b'"tools":[' + deep + b"]")
-    r = httpx.post(gw.url + "/v1/chat/completions", content=raw, timeout=30,
-                   headers={"Authorization": f"Bearer {key}",
-                            "content-type": "application/json"})
+    r = gw.post("/v1/chat/completions", raw, key=key)
     assert r.status_code == 429, r.text
     assert f"needs up to {math.ceil(len(raw) / 4) + 1} tokens" in r.json()["error"]["message"]
