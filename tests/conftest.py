@@ -27,7 +27,8 @@ from fake_upstream import FakeUpstream
 from scripted_upstream import ScriptedUpstream
 from tokometer.events import Event, new_event_id, rfc3339
 from tokometer.ledger import open_store
-from tokometer.ledger.read import get_event
+from tokometer.ledger.derive import ROLLED_UP, meta
+from tokometer.ledger.read import count_events, get_event
 from tokometer.policy import create_key
 
 # The smallest valid config: one provider, one model. Tests append what they check.
@@ -128,44 +129,30 @@ class Gateway:
     # --- the store, read directly -------------------------------------------------------------
 
     def event(self, event_id: str) -> dict[str, Any]:
-        conn = open_store(self.store)
-        try:
-            event = get_event(conn, event_id)
-        finally:
-            conn.close()
+        with open_store(self.store) as store:
+            event = get_event(store, event_id)
         assert event is not None, f"event {event_id} is not in the store"
         return event
 
     def count_events(self) -> int:
-        conn = open_store(self.store)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        finally:
-            conn.close()
+        with open_store(self.store) as store:
+            return count_events(store)
 
     def wait_rolled_up(self, timeout: float = 10) -> None:
         """Until the rollups hold every stored event (they trail the events by about 1 s)."""
         deadline = time.monotonic() + timeout
         while True:
-            conn = open_store(self.store)
-            try:
-                events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-                row = conn.execute("SELECT value FROM ledger_meta WHERE key = 'rolled_up'"
-                                   ).fetchone()
-            finally:
-                conn.close()
-            if row is not None and row[0] >= events:
+            with open_store(self.store) as store:
+                events, rolled_up = count_events(store), meta(store, ROLLED_UP)
+            if rolled_up is not None and rolled_up >= events:
                 return
             assert time.monotonic() < deadline, "the rollups did not catch up"
             time.sleep(0.05)  # readiness poll of another process's writer
 
     def new_key(self, tenant: str = "acme", app: str = "tests",
                 region: str | None = "DE") -> tuple[str, str]:
-        conn = open_store(self.store)
-        try:
-            return create_key(conn, tenant, app, region)
-        finally:
-            conn.close()
+        with open_store(self.store) as store:
+            return create_key(store, tenant, app, region)
 
 
 def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = None,
@@ -195,9 +182,8 @@ def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = No
             raise RuntimeError("gateway did not start:\n"
                                + (directory / "gateway.log").read_text(errors="replace"))
         time.sleep(0.05)  # readiness poll of a child process
-    conn = open_store(directory / "tokometer.db")
-    key, key_id = create_key(conn, "acme", "tests", "DE")
-    conn.close()
+    with open_store(directory / "tokometer.db") as store:
+        key, key_id = create_key(store, "acme", "tests", "DE")
     return Gateway(url, config, directory / "tokometer.db", key, key_id, process)
 
 
