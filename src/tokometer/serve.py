@@ -132,7 +132,8 @@ def worker_app() -> Gateway:
     from .gateway.app import Gateway
 
     parent = multiprocessing.parent_process()
-    assert parent is not None, "granian starts its workers with multiprocessing"
+    assert parent is not None and parent.pid is not None, \
+        "granian starts its workers with multiprocessing"
     die_with_parent(parent.pid)
     settings = config.load(os.environ[_CONFIG_ENV])
     ready = int(os.environ[_READY_FD_ENV])

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Concatenate, ParamSpec, TypeVar
 
 from ..errors import LedgerError
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class OffLoop:
@@ -19,10 +22,11 @@ class OffLoop:
         self._conn = conn
         self._lock = asyncio.Lock()
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(conn, *args) on a thread; calls on this connection never overlap."""
+    async def run(self, fn: Callable[Concatenate[sqlite3.Connection, _P], _T],
+                  *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """fn(conn, *args, **kwargs) on a thread; calls on this connection never overlap."""
         async with self._lock:
             try:
-                return await asyncio.to_thread(fn, self._conn, *args)
+                return await asyncio.to_thread(fn, self._conn, *args, **kwargs)
             except sqlite3.Error as e:
                 raise LedgerError(f"the store failed: {e}") from e
