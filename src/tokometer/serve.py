@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,9 +29,6 @@ if TYPE_CHECKING:  # the supervisor never loads the gateway; its worker does
 
 log = logging.getLogger("tokometer")
 
-_CONFIG_ENV = "TOKOMETER_CONFIG"  # read by the worker's factory
-_LOCK_FD_ENV = "TOKOMETER_STORE_LOCK_FD"  # the inherited lock's file descriptor
-_READY_FD_ENV = "TOKOMETER_READY_FD"  # where a worker says it has started
 _FIRST_PAUSE, _LAST_PAUSE = 1.0, 60.0  # seconds before the gateway starts again after a crash
 _FILES_PER_CONNECTION = 2  # the client's socket, and the provider's while it is relayed
 _FILES_SPARE = 256  # the store, tokenizers, logs, pipes
@@ -73,8 +71,6 @@ def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) 
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
-    os.environ[_CONFIG_ENV] = str(config_path.resolve())
-    os.environ[_LOCK_FD_ENV] = str(lock.fd)
     # The worker must be forked to inherit the lock (Python 3.14 would pick forkserver).
     multiprocessing.set_start_method("fork", force=True)
     connections = _connection_limit()
@@ -87,21 +83,22 @@ def _run_gateway(settings: config.Settings, config_path: Path, lock: StoreLock) 
     while True:
         ready_in, ready_out = os.pipe()  # a started worker writes a byte (forked: it has it)
         os.set_blocking(ready_in, False)
-        os.environ[_READY_FD_ENV] = str(ready_out)
         server = Server(
             "tokometer.serve:worker_app",
             address=settings.server.host,
             port=settings.server.port,
             interface=Interfaces.ASGI,
             loop=Loops.uvloop,
-            factory=True,
             workers=1,
             backpressure=connections,
             respawn_failed_workers=True,
             log_access=False,
         )
         try:
-            server.serve()
+            # The worker builds its app with this loader (inherited by the fork: no environment
+            # variables carry the config, the lock or the pipe to it).
+            server.serve(target_loader=partial(worker_app, config_path.resolve(), lock.fd,
+                                               ready_out), wrap_loader=False)
             return
         except SystemExit:
             if server.interrupt_signal or not _any_byte(ready_in):
@@ -127,16 +124,15 @@ def _any_byte(fd: int) -> bool:
         return False
 
 
-def worker_app() -> Gateway:
-    """granian's factory, run in the worker process: the gateway on the inherited lock."""
+def worker_app(config_path: Path, lock_fd: int, ready_fd: int) -> Gateway:
+    """The gateway on the inherited lock, built in granian's worker process; it writes a byte
+    to `ready_fd` once it has started."""
     from .gateway.app import Gateway
 
     parent = multiprocessing.parent_process()
     assert parent is not None and parent.pid is not None, \
         "granian starts its workers with multiprocessing"
     die_with_parent(parent.pid)
-    settings = config.load(os.environ[_CONFIG_ENV])
-    ready = int(os.environ[_READY_FD_ENV])
-    return Gateway(settings, StoreLock.inherited(settings.server.store,
-                                                 int(os.environ[_LOCK_FD_ENV])),
-                   on_ready=lambda: os.write(ready, b"r"))
+    settings = config.load(config_path)
+    return Gateway(settings, StoreLock.inherited(settings.server.store, lock_fd),
+                   on_ready=lambda: os.write(ready_fd, b"r"))
