@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.util
+import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +70,30 @@ def test_tiktoken_comes_from_the_packaged_copy(registry, o200k):
     assert registry.get("splintr:o200k_base").count(TEXT) == len(o200k.encode(TEXT))
 
 
+def tiktokens_own(name: str, cache: Path):
+    """The encoding as tiktoken itself loads it, from its cache (as TIKTOKEN_CACHE_DIR names)."""
+    import tiktoken
+
+    url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+    packaged = Path(importlib.util.find_spec("bpe_openai").submodule_search_locations[0])
+    cache.mkdir()
+    (cache / hashlib.sha1(url.encode()).hexdigest()).write_bytes(
+        gzip.decompress((packaged / "data" / f"{name}.tiktoken.gz").read_bytes()))
+    return tiktoken.get_encoding(name)
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_tiktoken_needs_no_cache_and_writes_no_environment(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))  # empty: no copy there
+    before = dict(os.environ)
+    tok = TokenizerRegistry(tmp_path / "data").get(f"tiktoken:{name}")
+    assert dict(os.environ) == before
+    assert not (tmp_path / "data").exists() and not (tmp_path / "cache").exists()
+    oracle = tiktokens_own(name, tmp_path / "cache")
+    for text in (TEXT, "<|endoftext|><|endofprompt|> are just text here"):
+        assert tok.count(text) == len(oracle.encode(text, disallowed_special=())) > 0
+
+
 def test_special_token_text_counts_as_ordinary_text(registry, o200k):
     text = "<|endoftext|> is just text here"
     assert registry.get("splintr:o200k_base").count(text) == len(
@@ -73,6 +102,8 @@ def test_special_token_text_counts_as_ordinary_text(registry, o200k):
 
 @pytest.mark.parametrize(("spec", "fragment"), [
     ("nope:x", "unknown kind 'nope'"),
+    ("tiktoken:r50k_base", "no offline copy"),  # tiktoken would download it
+    ("tiktoken:no_such_base", "no offline copy"),
     ("hf:/no/such/tokenizer.json", "could not be loaded"),
     ("gguf:/no/such/model.gguf", "GGUF file not found"),
     ("gguf:no-such-gguf-package", "is not installed"),

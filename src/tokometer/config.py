@@ -7,6 +7,7 @@ read here and nowhere else.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import tomllib
@@ -30,6 +31,10 @@ TOKENS = "tokens"  # the budget unit that counts tokens instead of money
 EU = frozenset({"AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "IE",
                 "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"})
 _Named = TypeVar("_Named", "Provider", "Model")
+_V = TypeVar("_V")  # a value read from the TOML
+_D = TypeVar("_D")  # a default for it
+_NUMBER: tuple[type[int | float | Decimal], ...] = (int, float, Decimal)
+_AMOUNT: tuple[type[int | Decimal], ...] = (int, Decimal)
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -113,8 +118,9 @@ class Scope:
     kind: str  # SCOPES
     value: str
 
-    def covers(self, who: Any) -> bool:
-        return getattr(who, self.kind) == self.value
+    def covers(self, who: object) -> bool:
+        value: object = getattr(who, self.kind)
+        return value == self.value
 
     def __str__(self) -> str:
         return f"{self.kind} {self.value!r}"
@@ -458,48 +464,62 @@ class _Reader:
             if key not in allowed:
                 raise self.error(key, f"unknown key (expected one of: {', '.join(allowed)})")
 
-    def _get(self, key: str, default: Any, types: tuple[type, ...], what: str) -> Any:
+    def _opt(self, key: str, types: tuple[type[_V], ...], what: str) -> _V | None:
+        """The value at `key`, checked to be one of `types` (a bool is no number); None if
+        absent (TOML has no null)."""
         if key not in self.raw:
-            if default is _REQUIRED:
-                raise self.error(key, "missing")
-            return default
+            return None
         value = self.raw[key]
         if not isinstance(value, types) or isinstance(value, bool):
             raise self.error(key, f"expected {what}, got {value!r}")
         return value
 
-    def str(self, key: str, default: Any = None) -> str:
-        return self._get(key, _REQUIRED if default is None else default, (str,), "a string")
+    def _get(self, key: str, types: tuple[type[_V], ...], what: str,
+             default: _V | None = None) -> _V:
+        """The value at `key`, else `default`; with neither, `key` is missing."""
+        value = self._opt(key, types, what)
+        if value is not None:
+            return value
+        if default is None:
+            raise self.error(key, "missing")
+        return default
 
-    def opt_str(self, key: str) -> str | None:
-        return self._get(key, None, (str,), "a string")
+    # The methods `str` and `int` shadow the builtins in this class body: annotations after
+    # them name the builtins as `builtins.str` and `builtins.int`.
+    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str:
+        return self._get(key, (str,), "a string", default)
 
-    def int(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
-        value = self._get(key, default, (int,), "an integer")
+    def opt_str(self, key: builtins.str) -> builtins.str | None:
+        return self._opt(key, (str,), "a string")
+
+    def int(self, key: builtins.str, default: builtins.int, lo: builtins.int,
+            hi: builtins.int | None = None) -> builtins.int:
+        value = self._get(key, (int,), "an integer", default)
         if value < lo or (hi is not None and value > hi):
             raise self.error(key, f"{value} is out of range")
         return value
 
-    def opt_int(self, key: str, lo: int) -> int | None:
+    def opt_int(self, key: builtins.str, lo: builtins.int) -> builtins.int | None:
         return None if key not in self.raw else self.int(key, 0, lo)
 
-    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+    def choice(self, key: builtins.str, choices: tuple[builtins.str, ...],
+               default: builtins.str | None = None) -> builtins.str:
         value = self.str(key, default)
         if value not in choices:
             raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def number(self, key: str, default: Any) -> Any:
-        value = self._get(key, default, (int, float, Decimal), "a number")
+    def number(self, key: builtins.str, default: _D) -> float | _D:
+        value = self._opt(key, _NUMBER, "a number")
         if value is None:
-            return None
+            return default
         if value <= 0:
             raise self.error(key, "must be positive")
         return float(value)
 
-    def money(self, key: str, default: Decimal | None = None,
-              what: str = "a number (price per 1M tokens)") -> Decimal:
-        value = self._get(key, _REQUIRED if default is None else default, (int, Decimal), what)
+    def money(self, key: builtins.str, default: Decimal | None = None,
+              what: builtins.str = "a number (price per 1M tokens)") -> Decimal:
+        value = self._get(key, _AMOUNT, what, default)
         if value < 0:
             raise self.error(key, "cannot be negative")
         try:
@@ -507,12 +527,12 @@ class _Reader:
         except RequestError as e:
             raise self.error(key, e.message) from None
 
-    def table(self, key: str) -> _Reader:
-        value = self._get(key, {}, (dict,), "a table")
+    def table(self, key: builtins.str) -> _Reader:
+        value = self._get(key, (dict,), "a table", {})
         return _Reader(value, self.where, f"{self.key_path}.{key}" if self.key_path else key)
 
-    def tables(self, key: str) -> list[_Reader]:
-        value = self._get(key, [], (list,), "an array of tables")
+    def tables(self, key: builtins.str) -> list[_Reader]:
+        value = self._get(key, (list,), "an array of tables", [])
         out = []
         for i, item in enumerate(value):
             path = f"{self.key_path}.{key}" if self.key_path else key
@@ -522,4 +542,3 @@ class _Reader:
         return out
 
 
-_REQUIRED = object()

@@ -22,7 +22,8 @@ READY_TIMEOUT = 600.0
 def is_up(provider: Provider) -> bool:
     try:
         with urllib.request.urlopen(provider.base_url + "/models", timeout=2) as r:
-            return r.status == 200
+            status: int = r.status
+        return status == 200
     except (urllib.error.URLError, OSError):
         return False
 

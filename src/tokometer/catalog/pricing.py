@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import genai_prices
 from genai_prices import data_snapshot
+from genai_prices.types import ModelInfo, ModelPrice, Provider
 
 from ..config import ExchangeRate, Model, Price, Route
 from ..events import Usage, decimal_str
@@ -158,7 +159,7 @@ class Pricer:
 
 
 @lru_cache(maxsize=4096)
-def _genai_model(provider_id: str, model_ref: str) -> tuple[Any, Any] | None:
+def _genai_model(provider_id: str, model_ref: str) -> tuple[Provider, ModelInfo] | None:
     snapshot = data_snapshot.get_snapshot()
     pid = provider_id if provider_id in _GENAI_PROVIDERS else None
     try:
@@ -167,7 +168,7 @@ def _genai_model(provider_id: str, model_ref: str) -> tuple[Any, Any] | None:
         return None
 
 
-def _tiered(provider: Any, info: Any) -> bool:
+def _tiered(provider: Provider, info: ModelInfo) -> bool:
     """Whether the catalog prices this model differently by service tier (and, as its own
     calculator decides, only for a model of the provider it was found under)."""
     key = (id(provider), id(info))  # the catalog's objects live as long as the process
@@ -182,7 +183,7 @@ def _tiered(provider: Any, info: Any) -> bool:
 _tiered_models: dict[tuple[int, int], bool] = {}
 
 
-def genai_cost(provider: Any, info: Any, usage: Usage, at: datetime,
+def genai_cost(provider: Provider, info: ModelInfo, usage: Usage, at: datetime,
                service_tier: str | None = None) -> Decimal:
     """The cost genai-prices gives, from flat rates worked out once per price (and tier) and
     multiplied here; a price that is not flat goes through its own calculator."""
@@ -192,9 +193,10 @@ def genai_cost(provider: Any, info: Any, usage: Usage, at: datetime,
     key: tuple[Any, ...] = (id(prices),)
     if context is not None:  # which tier, and which of its variants are in force at `at`
         key += (service_tier, *(v.constraint is None or v.constraint.active(at)
-                                for v in info.price_variants))
-    rates = _flat_rates.get(key, _UNSEEN)
-    if rates is _UNSEEN:  # the catalog's price objects live as long as the process
+                                for v in info.price_variants or ()))
+    try:
+        rates = _flat_rates[key]
+    except KeyError:  # the catalog's price objects live as long as the process
         rates = _flat_rates[key] = _flat(info.get_prices(at, context) if context else prices)
     if rates is None:
         return info.calc_price(genai_usage(usage), provider, genai_request_timestamp=at,
@@ -202,11 +204,10 @@ def genai_cost(provider: Any, info: Any, usage: Usage, at: datetime,
     return cost_at(rates, usage)
 
 
-_UNSEEN = object()
 _flat_rates: dict[tuple[Any, ...], Rates | None] = {}
 
 
-def _flat(prices: Any) -> Rates | None:
+def _flat(prices: ModelPrice) -> Rates | None:
     """The rates of a flat price, or None if it is not flat or prices units we do not meter.
 
     A unit the catalog does not price falls to the one it is a part of, as in genai-prices:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+
+from ..config import Model
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ def vendor_of(model: str) -> VendorInfo | None:
     return None
 
 
-def origin_of(model: Any, route_model: str) -> str | None:
+def origin_of(model: Model, route_model: str) -> str | None:
     """The vendor's country for a configured model served as `route_model`: config first."""
     if model.origin:
         return model.origin

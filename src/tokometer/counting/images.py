@@ -61,7 +61,7 @@ def openai_tokens(image: Image, model: str | None) -> tuple[int, bool]:
         return base, rates is not None
     if image.size is None:
         return base + tile * _OPENAI_MOST_TILES, False
-    w, h = image.size
+    w, h = map(float, image.size)
     scale = min(1.0, _OPENAI_FIT / max(w, h))
     w, h = w * scale, h * scale
     scale = min(1.0, _OPENAI_SHORT / min(w, h))

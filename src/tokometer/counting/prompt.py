@@ -123,10 +123,11 @@ def _block(prompt: Prompt, block: Any) -> str:
 
 def _image(block: dict[str, Any]) -> Image:
     """An image block of any of the three APIs, with its size if its bytes are here."""
-    url = block.get("image_url")
-    detail = block.get("detail")
-    if isinstance(url, dict):  # chat: {"image_url": {"url": ..., "detail": ...}}
-        url, detail = url.get("url"), url.get("detail")
+    image_url = block.get("image_url")
+    if isinstance(image_url, dict):  # chat: {"image_url": {"url": ..., "detail": ...}}
+        url, detail = image_url.get("url"), image_url.get("detail")
+    else:
+        url, detail = image_url, block.get("detail")
     source = block.get("source")
     data = None
     if isinstance(url, str):

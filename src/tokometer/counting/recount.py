@@ -104,7 +104,8 @@ def _count_messages(tok: Tokenizer | None, template: str | None,
     return Count(text_tokens + _ESTIMATE_PER_MESSAGE * len(messages), exact=False)
 
 
-def _count_llama_cpp_template(tok: GGUFTokenizer, template: str, messages: list[dict]) -> int:
+def _count_llama_cpp_template(tok: GGUFTokenizer, template: str,
+                              messages: list[dict[str, str]]) -> int:
     """Render as llama-cpp-python's server does for `--chat_format TEMPLATE`, then tokenize."""
     from llama_cpp import llama_chat_format
 

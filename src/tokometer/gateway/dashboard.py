@@ -205,7 +205,7 @@ def _tenants(conn: Store, params: dict[str, str]) -> dict[str, Any]:
 def _drill_down(conn: Store, tenant: str, app: str | None = None
                 ) -> dict[str, Any]:
     since = _since(30)
-    where = {"tenant": tenant, **({"app": app} if app else {})}
+    where: dict[str, str | None] = {"tenant": tenant, **({"app": app} if app else {})}
     level = "agent" if app else "app"
     rows = _tokens(report(conn, [level], since=since, where=where))
     over_time = report(conn, [level], since=since, period="day", where=where)

@@ -62,7 +62,8 @@ class Meter:
         """
         out = worst_output(call.body, self._default_output(call))
         routes = [r for r in call.model.routes if r.provider.api == call.endpoint.api]
-        ways = dict.fromkeys((_tokenizer(call, r), r.model) for r in routes) or {(None, None): None}
+        ways: dict[tuple[str | None, str | None], None] = dict.fromkeys(
+            (_tokenizer(call, r), r.model) for r in routes) or {(None, None): None}
 
         def count(spec: str | None, model: str | None) -> int:
             return self.recounter.input(spec, call.model.chat_template, call.endpoint.operation,

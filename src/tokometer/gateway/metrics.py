@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -28,6 +29,7 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 _REFUSALS = frozenset({401, 402, 403, 429})
 _OTHER = "other"
 ERROR_TYPES = 100  # distinct error_type labels at most
+_Labels = TypeVar("_Labels", bound=tuple[str, ...])  # one value per label name
 
 
 class Metrics:
@@ -107,8 +109,7 @@ class Metrics:
 
 
 def _counter(name: str, documentation: str, labels: list[str],
-             values: dict[tuple[str, ...], int] | dict[tuple[str, ...], Decimal]
-             ) -> CounterMetricFamily:
+             values: Mapping[_Labels, int | Decimal]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, documentation, labels=labels)
     for key, value in values.items():
         family.add_metric(list(key), float(value))

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Concatenate, ParamSpec, TypeVar
 
 from ..errors import LedgerError
 from ..ledger.store import Store
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class OffLoop:
@@ -19,10 +22,11 @@ class OffLoop:
         self._store = store
         self._lock = asyncio.Lock()
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(store, *args) on a thread; calls on this connection never overlap."""
+    async def run(self, fn: Callable[Concatenate[Store, _P], _T],
+                  *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """fn(store, *args, **kwargs) on a thread; calls on this store never overlap."""
         async with self._lock:
             try:
-                return await asyncio.to_thread(fn, self._store, *args)
+                return await asyncio.to_thread(fn, self._store, *args, **kwargs)
             except self._store.Error as e:
                 raise LedgerError(f"the store failed: {e}") from e

@@ -110,7 +110,7 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
 
     async def pump() -> None:
         async for chunk in response.chunks():
-            out = []
+            out: list[bytes] = []
             for block in splitter.feed(chunk):
                 if not tap.feed(block):
                     continue

@@ -55,4 +55,5 @@ class Transparency:
                 receipt = await self._read(build_receipt, event_id)
         except NotFound as e:
             raise RequestError(str(e), status=404, type="not_found_error") from None
+        assert receipt is not None, "a head signed now covers every event already stored"
         return receipt

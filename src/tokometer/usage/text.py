@@ -37,10 +37,8 @@ def chunk_text(operation: str, data: dict[str, Any]) -> str:
     if operation == "messages":
         return _collect(data.get("delta")) if data.get("type") == "content_block_delta" else ""
     if operation == "responses":
-        kind = data.get("type", "")
-        if kind.endswith(".delta") and isinstance(data.get("delta"), str):
-            return data["delta"]
-        return ""
+        kind, delta = data.get("type", ""), data.get("delta")
+        return delta if kind.endswith(".delta") and isinstance(delta, str) else ""
     parts = []
     for choice in data.get("choices") or ():
         if isinstance(choice, dict):
