@@ -23,13 +23,26 @@ def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.Comple
 
 def children(pid: int) -> list[int]:
     """Living (not zombie) child processes of `pid`."""
+    return _living(_PARENT, pid)
+
+
+def group_members(group: int) -> list[int]:
+    """Living (not zombie) processes of a process group."""
+    return _living(_GROUP, group)
+
+
+_PARENT, _GROUP = 1, 2  # fields of /proc/PID/stat after the command's closing parenthesis
+
+
+def _living(field: int, value: int) -> list[int]:
+    """Processes neither gone nor zombies (killed, unreaped) whose stat `field` is `value`."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+        if int(fields[field]) == value and fields[0] not in ("Z", "X"):
             found.append(int(stat.parent.name))
     return found
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
+from processes import cli, group_members
 
 REQUESTS, CONCURRENCY = 600, 16
 
@@ -62,7 +61,7 @@ def test_kill_9_under_load_loses_no_completed_event(upstream, tmp_path):
     gw.process.wait(10)
     assert gw.process.returncode == -signal.SIGKILL
     assert REQUESTS // 3 <= len(completed) < REQUESTS  # killed mid-load
-    assert _living_members(gw.process.pid) == []  # the worker died too
+    assert group_members(gw.process.pid) == []  # the worker died too
     # Each event landed with its leaf, so the log audits clean even before a restart, though
     # the kill left the tree's latest nodes unwritten...
     assert "audits clean" in _audit(gw.config)
@@ -80,23 +79,9 @@ def test_kill_9_under_load_loses_no_completed_event(upstream, tmp_path):
 
 
 def _audit(config: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "tokometer.cli", "ledger", "audit",
-                          "--config", str(config)], capture_output=True, text=True)
+    out = cli(config, "ledger", "audit")
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
-
-
-def _living_members(group: int) -> list[int]:
-    """Processes of a process group that are neither gone nor zombies (killed, unreaped)."""
-    living = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
-            living.append(int(stat.parent.name))
-    return living
 
 
 def _has(gw: Gateway, event_id: str) -> bool:
