@@ -6,14 +6,23 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import FAKE_KEYS, MODELS_TOML, providers_toml, start_gateway, stop_gateway
+from processes import cli
+from tokometer import config as settings
 from tokometer.cli import main
 from tokometer.errors import LedgerError
-from tokometer.ledger import open_store
+from tokometer.ledger import SQLiteStore, open_store, receipts
+from tokometer.ledger.derive import sign_head
+from tokometer.ledger.log import INSERT_NODE, leaf_count, stored_nodes
+from tokometer.ledger.merkle import Tree
+from tokometer.ledger.signer import load_signer
 
 
 @pytest.fixture
@@ -110,3 +119,81 @@ def test_a_store_that_cannot_be_opened_leaves_no_connection_open(tmp_path, monke
     assert made
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         made[0].execute("SELECT 1")
+
+
+def test_receipts_signed_beside_a_running_gateway_keep_the_log_clean(upstream, tmp_path,
+                                                                     monkeypatch):
+    """`tokometer receipt` signs a head over the stored log while the gateway's writer
+    commits leaves and signs heads of its own. Heads ordered by their timestamps must never
+    shrink: a CLI that read the clock, then (slowed here, as a loaded machine may) the log's
+    size after the writer had signed and committed more, stored a larger head with an earlier
+    timestamp, and the audit called the log NOT CLEAN."""
+    gw = start_gateway(tmp_path, providers_toml(upstream) + MODELS_TOML, env=FAKE_KEYS)
+    real_time = time.time
+
+    def slow_clock() -> float:
+        now = real_time()
+        time.sleep(0.3)  # the gap between reading the clock and reading the log's size
+        return now
+
+    stop = threading.Event()
+
+    def traffic() -> None:  # events, each with a receipt the writer signs a head for
+        while not stop.is_set():
+            event_id = gw.chat("gpt-4o-mini").headers["x-tokometer-event-id"]
+            gw.get(f"/v1/receipts/{event_id}")
+
+    threads = [threading.Thread(target=traffic, daemon=True) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        gw.chat("gpt-4o-mini")
+        signer = load_signer(settings.load(gw.config).server.signing_key)
+        monkeypatch.setattr(receipts.time, "time", slow_clock)
+        with open_store(gw.store) as store:
+            for _ in range(10):
+                receipts.sign_stored_head(store, signer)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        stop_gateway(gw)
+    audit = cli(gw.config, "ledger", "audit")
+    assert audit.returncode == 0, audit.stdout
+
+
+def test_a_head_signed_by_the_cli_never_goes_behind_the_writers(tmp_path, monkeypatch):
+    """The same race, step by step: between the CLI reading the clock and reading the log's
+    size, the gateway's writer (another connection) signs a head and commits a leaf. Unless
+    the CLI holds the store's write lock across both readings, its head is larger than the
+    writer's yet timestamped earlier."""
+    path = tmp_path / "store.db"
+    signer = load_signer(tmp_path / "signing.key")
+    real_time = time.time
+
+    def writer_between() -> None:
+        writer = SQLiteStore(sqlite3.connect(path, timeout=0, isolation_level=None))
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # locked: the writer signs after the CLI's commit
+            writer.close()
+            return
+        size = leaf_count(writer)
+        sign_head(writer, signer, size, Tree(stored_nodes(writer), size).root(),
+                  int(real_time() * 1000) + 5)
+        writer.execute(INSERT_NODE, (0, size, bytes(32)))  # the next event's leaf
+        writer.execute("COMMIT")
+        writer.close()
+
+    def clock() -> float:
+        now = real_time()
+        writer_between()
+        return now
+
+    monkeypatch.setattr(receipts.time, "time", clock)
+    with open_store(path, create=True) as store:
+        receipts.sign_stored_head(store, signer)
+        heads = store.execute("SELECT tree_size FROM tree_heads "
+                              "ORDER BY timestamp, tree_size").fetchall()
+    sizes = [size for (size,) in heads]
+    assert sizes == sorted(sizes), f"heads in timestamp order shrink: {sizes}"
