@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conftest import FAKE_KEYS, MODELS_TOML, providers_toml, start_gateway, stop_gateway
@@ -197,3 +198,61 @@ def test_a_head_signed_by_the_cli_never_goes_behind_the_writers(tmp_path, monkey
                               "ORDER BY timestamp, tree_size").fetchall()
     sizes = [size for (size,) in heads]
     assert sizes == sorted(sizes), f"heads in timestamp order shrink: {sizes}"
+
+
+def test_side_requests_in_flight_at_sigterm_leave_no_traceback(upstream, tmp_path):
+    """The Services close their reader stores at shutdown; receipts (a side endpoint, on a
+    reader store) asked for while SIGTERM arrives get an answer or a closed connection, and
+    the gateway's log holds no traceback of a query on a closed store."""
+    gw = start_gateway(tmp_path, providers_toml(upstream) + MODELS_TOML, env=FAKE_KEYS)
+    ids = [gw.chat("gpt-4o-mini").headers["x-tokometer-event-id"] for _ in range(5)]
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        with httpx.Client(base_url=gw.url, timeout=10,
+                          headers={"Authorization": f"Bearer {gw.key}"}) as client:
+            while not stop.is_set():
+                for event_id in ids:
+                    try:
+                        statuses.append(client.get(f"/v1/receipts/{event_id}").status_code)
+                    except httpx.TransportError:
+                        return
+    threads = [threading.Thread(target=ask, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)
+    stop_gateway(gw)
+    stop.set()
+    for thread in threads:
+        thread.join(20)
+    log = (tmp_path / "gateway.log").read_text(errors="replace")
+    assert statuses and set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert "Traceback" not in log and "closed database" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_packaged_vocabulary_is_a_config_error_not_a_download(tmp_path, monkeypatch,
+                                                                       damage):
+    """bpe-openai's o200k copy cut short, or with one rank changed: a ConfigError naming the
+    tokenizer, and no attempt at tiktoken's download."""
+    import gzip
+    import socket
+
+    from tokometer.counting import registry
+    from tokometer.errors import ConfigError
+
+    data = gzip.decompress((registry._package_dir("bpe_openai") / "data" /
+                            "o200k_base.tiktoken.gz").read_bytes())
+    (tmp_path / "data").mkdir()
+    packed = gzip.compress(data.replace(b" 0\n", b" 1\n", 1))
+    (tmp_path / "data" / "o200k_base.tiktoken.gz").write_bytes(
+        packed[:len(packed) // 2] if damage == "truncated" else packed)
+    monkeypatch.setattr(registry, "_package_dir", lambda name: tmp_path)
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the tokenizer registry went to the network")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(ConfigError, match="o200k_base"):
+        registry.TokenizerRegistry(tmp_path).get("tiktoken:o200k_base")
