@@ -256,3 +256,27 @@ def test_a_damaged_packaged_vocabulary_is_a_config_error_not_a_download(tmp_path
     monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(ConfigError, match="o200k_base"):
         registry.TokenizerRegistry(tmp_path).get("tiktoken:o200k_base")
+
+
+def test_two_processes_upgrading_an_old_store_at_once_both_open_it(tmp_path, monkeypatch):
+    """An old store (events without the late columns) opened by two processes at once, e.g. a
+    restarted gateway and `tokometer report`: the second to add the columns had read the
+    table before the first added them, and failed on 'duplicate column name'."""
+    from test_ledger_upgrade import old_store
+    from tokometer.ledger import migrate
+
+    path, _, _ = old_store(tmp_path)
+    real_columns = migrate._columns
+    other_process: list[bool] = []
+
+    def columns_then_the_other_process(store: SQLiteStore, table: str) -> set[str]:
+        seen = real_columns(store, table)
+        if table == "events" and not other_process:
+            other_process.append(True)
+            with open_store(path):  # the other process upgrades the store meanwhile
+                pass
+        return seen
+
+    monkeypatch.setattr(migrate, "_columns", columns_then_the_other_process)
+    with open_store(path) as store:
+        assert store.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 5
