@@ -17,7 +17,7 @@ import pytest
 from conftest import FAKE_KEYS, MODELS_TOML, providers_toml, start_gateway, stop_gateway
 from processes import cli
 from tokometer import config as settings
-from tokometer.cli import main
+from tokometer.cli import commands, main
 from tokometer.errors import LedgerError
 from tokometer.ledger import SQLiteStore, open_store, receipts
 from tokometer.ledger.derive import sign_head
@@ -280,3 +280,20 @@ def test_two_processes_upgrading_an_old_store_at_once_both_open_it(tmp_path, mon
     monkeypatch.setattr(migrate, "_columns", columns_then_the_other_process)
     with open_store(path) as store:
         assert store.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 5
+
+
+@pytest.mark.parametrize("args", [("keys", "create", "--tenant", "t", "--app", "a"),
+                                  ("keys", "revoke", "k"),
+                                  ("budgets", "set", "--tenant", "t", "--limit", "1")])
+def test_a_store_that_refuses_a_write_is_one_line_not_a_traceback(capsys, config, monkeypatch,
+                                                                  args):
+    """A store read-only to this user, or locked by another process past the busy timeout:
+    SQLite's error, said in one line with exit code 2."""
+    def read_only(*a: Any, **kw: Any) -> SQLiteStore:
+        store = open_store(*a, **kw)
+        store.execute("PRAGMA query_only = ON")
+        return store
+
+    monkeypatch.setattr(commands, "open_store", read_only)
+    code, err = run(capsys, *args, "--config", str(config))
+    assert code == 2 and "store" in one_line(err)
