@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from ..analytics.cells import visible
 from ..errors import TokometerError
+from ..ledger import SQLiteStore
 from .commands import COMMANDS
 from .spec import CONFIG, Command, OneOf
 
@@ -27,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokometerError as e:
         # the message may quote what was typed or stored: escaped, it cannot drive the terminal
         print(f"tokometer: {visible(e.message)}", file=sys.stderr)
+        return 2
+    except SQLiteStore.Error as e:  # e.g. read-only to this user, or locked past the timeout
+        print(f"tokometer: the store failed: {visible(str(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
