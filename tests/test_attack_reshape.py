@@ -3,6 +3,7 @@ input; each failure is one clear line on stderr and an exit code, never a traceb
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import FAKE_KEYS, MODELS_TOML, providers_toml, start_gateway, stop_gateway
-from processes import cli
+from processes import cli, until
 from tokometer import config as settings
 from tokometer.cli import commands, main
 from tokometer.errors import LedgerError
@@ -297,3 +298,33 @@ def test_a_store_that_refuses_a_write_is_one_line_not_a_traceback(capsys, config
     monkeypatch.setattr(commands, "open_store", read_only)
     code, err = run(capsys, *args, "--config", str(config))
     assert code == 2 and "store" in one_line(err)
+
+
+def test_budgets_and_revocations_from_the_cli_reach_a_running_gateway(upstream, tmp_path):
+    """Another process changes the store under a gateway that syncs every second: a budget
+    of zero set by the CLI stops the tenant, its removal lets it through again, a revoked
+    key is refused; `budgets status` reads cleanly throughout."""
+    gw = start_gateway(tmp_path, providers_toml(upstream) + MODELS_TOML, env=FAKE_KEYS)
+    try:
+        key, key_id = gw.new_key("cli-co")
+
+        def settles(status: int) -> None:
+            until(lambda: gw.chat("gpt-4o-mini", key=key).status_code == status, 10,
+                  f"requests never answered {status}")
+
+        assert gw.chat("gpt-4o-mini", key=key).status_code == 200
+        made = cli(gw.config, "budgets", "set", "--tenant", "cli-co", "--limit", "0",
+                   "--unit", "tokens", "--json")
+        assert made.returncode == 0, made.stderr
+        settles(402)
+        status = cli(gw.config, "budgets", "status", "--json")
+        assert status.returncode == 0 and '"cli-co"' in status.stdout, status.stderr
+        removed = cli(gw.config, "budgets", "remove", json.loads(made.stdout)["budget_id"])
+        assert removed.returncode == 0, removed.stderr
+        settles(200)
+        assert cli(gw.config, "keys", "revoke", key_id).returncode == 0
+        settles(401)
+    finally:
+        stop_gateway(gw)
+    log = (tmp_path / "gateway.log").read_text(errors="replace")
+    assert "Traceback" not in log and "WARNING" not in log and "ERROR" not in log, log[-3000:]
