@@ -26,7 +26,7 @@ from conftest import (
 from processes import cli
 from tokometer.errors import ConfigError, LedgerError
 from tokometer.events import FIELDS, Event, new_event_id
-from tokometer.ledger import SQLiteLedger, open_store, receipts
+from tokometer.ledger import SQLiteLedger, SQLiteStore, open_store, receipts
 from tokometer.ledger.canonical import canonical_json, leaf_document
 from tokometer.ledger.log import stored_nodes
 from tokometer.ledger.merkle import Tree, leaf_hash, verify_consistency
@@ -376,7 +376,7 @@ def test_a_head_signed_twice_in_one_millisecond_is_stored_once(logged, tmp_path,
     gw, _, _ = logged
     config = copy_of(gw, tmp_path)
     signer = load_signer(config.parent / "data" / "ledger-ed25519.pem", None)
-    conn = sqlite3.connect(config.parent / "tokometer.db", isolation_level=None)
+    conn = SQLiteStore(sqlite3.connect(config.parent / "tokometer.db", isolation_level=None))
     latest = conn.execute("SELECT MAX(timestamp) FROM tree_heads").fetchone()[0]
     monkeypatch.setattr(receipts.time, "time", lambda: (latest + 1_000) / 1_000)
     first, second = (receipts.sign_stored_head(conn, signer) for _ in range(2))

@@ -207,8 +207,10 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         raw = tomllib.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:  # a directory, unreadable: the config's to fix, like a missing one
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
     return parse(raw, path, os.environ if environ is None else environ)
 
 

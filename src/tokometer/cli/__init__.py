@@ -10,7 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..analytics.cells import visible
 from ..errors import TokometerError
+from ..ledger import SQLiteStore
 from .commands import COMMANDS
 from .spec import CONFIG, Command, OneOf
 
@@ -24,12 +26,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except TokometerError as e:
-        print(f"tokometer: {e.message}", file=sys.stderr)
+        # the message may quote what was typed or stored: escaped, it cannot drive the terminal
+        print(f"tokometer: {visible(e.message)}", file=sys.stderr)
+        return 2
+    except SQLiteStore.Error as e:  # e.g. read-only to this user, or locked past the timeout
+        print(f"tokometer: the store failed: {visible(str(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
     except OSError as e:  # a file to write that cannot be: the user's to fix, not a traceback
-        print(f"tokometer: {e}", file=sys.stderr)
+        print(f"tokometer: {visible(str(e))}", file=sys.stderr)
         return 1
 
 

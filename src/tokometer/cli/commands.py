@@ -199,14 +199,12 @@ def verify_receipt(args: argparse.Namespace) -> int:
     from ..ledger.signer import parse_public_key
 
     try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-        document = orjson.loads(text)
-    except (OSError, orjson.JSONDecodeError) as e:
+        document = orjson.loads(_read_receipt(args.file))  # orjson checks a file's UTF-8
+    except (OSError, ValueError) as e:  # JSONDecodeError, and stdin's UnicodeDecodeError
         raise TokometerError(f"cannot read the receipt {args.file}: {e}") from None
-    pubkey = Path(args.pubkey).read_text() if Path(args.pubkey).is_file() else args.pubkey
     try:
-        key = parse_public_key(pubkey)
-    except ValueError as e:
+        key = parse_public_key(_key_text(args.pubkey))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise TokometerError(f"--pubkey: {e}") from None
     if problems := verify_receipt(document, key):
         show_lines(["INVALID receipt:", *(f"- {p}" for p in problems)])
@@ -215,6 +213,25 @@ def verify_receipt(args: argparse.Namespace) -> int:
     print(f"valid: event {event.get('id')} is leaf {document['leaf_index']} of the log signed "
           f"at {document['tree_head']['tree_size']} leaves")
     return 0
+
+
+def _read_receipt(name: str) -> bytes | str:
+    """A file's bytes, or standard input's text for "-" (None in Python when it was closed)."""
+    if name != "-":
+        return Path(name).read_bytes()
+    if sys.stdin is None:
+        raise OSError("standard input is closed")
+    return sys.stdin.read()
+
+
+def _key_text(pubkey: str) -> str:
+    """--pubkey: the key itself, or a PEM file's text; a key is longer than a file name can
+    be, and asking whether such a name is a file is an OSError, not False."""
+    try:
+        is_file = Path(pubkey).is_file()
+    except OSError:
+        is_file = False
+    return Path(pubkey).read_text() if is_file else pubkey
 
 
 # --- reading the events -------------------------------------------------------------------

@@ -27,6 +27,7 @@ def open_store(path: Path, *, create: bool = False, durability: str = "process",
     leaves an empty store behind. `cache_kib` caps the page cache (SQLite's default is 2 MB per
     connection).
     """
+    conn = None
     try:
         if not path.exists():
             if not create:
@@ -48,6 +49,8 @@ def open_store(path: Path, *, create: bool = False, durability: str = "process",
         store = SQLiteStore(conn)
         migrate(store)
     except (sqlite3.Error, OSError) as e:
+        if conn is not None:  # a file that is not a store fails after the connection is made
+            conn.close()
         raise LedgerError(f"cannot open the store at {path}: {e}") from e
     return store
 

@@ -18,9 +18,18 @@ if TYPE_CHECKING:
 
 def migrate(store: SQLiteStore) -> None:
     store.conn.executescript(SCHEMA + ROLLUP_SCHEMA)
-    for statement in added_columns(_columns(store, "events")):
-        store.execute(statement)
+    _add_columns(store)
     _rebuild_rollups(store)
+
+
+def _add_columns(store: SQLiteStore) -> None:
+    """The event columns added since the store was made; read again under the write lock, as
+    another process opening the store may have added them first."""
+    if not added_columns(_columns(store, "events")):
+        return
+    with store.transaction():
+        for statement in added_columns(_columns(store, "events")):
+            store.execute(statement)
 
 
 def _rebuild_rollups(store: SQLiteStore) -> None:

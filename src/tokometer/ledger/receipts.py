@@ -102,9 +102,11 @@ def receipt_signing_if_needed(conn: Store, event_id: str, signer: Signer) -> dic
 def sign_stored_head(conn: Store, signer: Signer) -> TreeHead:
     """Sign the log as stored now.
 
-    The time is taken before the size is read: a head the gateway signed earlier covers no
-    more than was committed then, so heads in the order of their timestamps never shrink.
+    The clock and the size are read holding the store's write lock, under which a running
+    gateway's writer also commits leaves and signs its heads: none lands between the two
+    readings, so heads in the order of their timestamps never shrink.
     """
-    timestamp = int(time.time() * 1000)
-    size = leaf_count(conn)
-    return sign_head(conn, signer, size, Tree(stored_nodes(conn), size).root(), timestamp)
+    with conn.transaction():
+        timestamp = int(time.time() * 1000)
+        size = leaf_count(conn)
+        return sign_head(conn, signer, size, Tree(stored_nodes(conn), size).root(), timestamp)
