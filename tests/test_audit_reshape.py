@@ -575,3 +575,37 @@ def test_the_registry_counts_as_tiktoken_does(name: str, tmp_path: Path) -> None
         assert (counter.count(text), counter.count_prompt(text)) == (want, want), text
     assert tiktoken.get_encoding  # the reference is tiktoken's, not tokometer's
     print(f"{name}: {len(texts)} texts compared")
+
+
+@old_code
+def test_budget_periods_cut_at_utc_boundaries_as_before(built: Path, tmp_path: Path) -> None:
+    """Events a millisecond either side of this day's, week's and month's UTC start: each
+    budget's spend as the old code, this code and a sum here all count it."""
+    from conftest import make_event
+    from tokometer.events import FIELDS, rfc3339
+    from tokometer.ledger.rows import event_row
+    now = datetime.now(UTC)
+    edges = [_bounds(p, now) for p in ("day", "week", "month")]
+    times = [t + d for t in edges if t is not None
+             for d in (timedelta(0), timedelta(milliseconds=-1), timedelta(milliseconds=1))]
+    directories = [copy(built, tmp_path / name) for name in ("old", "new")]
+    for directory in directories:
+        with sqlite3.connect(directory / "tokometer.db") as conn:
+            for i, at in enumerate(times):
+                event = make_event(time=rfc3339(at), tenant="acme", app="bot", key_id="edge",
+                                   cost=Decimal(f"0.{i + 1:04d}"), input_tokens=i + 1)
+                conn.execute(f"INSERT INTO events ({', '.join(FIELDS)}) VALUES "
+                             f"({', '.join('?' for _ in FIELDS)})", event_row(event))
+    old = cli(OLD_SRC, directories[0] / "tokometer.toml", "budgets", "status", "--json")
+    new = cli(NEW_SRC, directories[1] / "tokometer.toml", "budgets", "status", "--json")
+    assert old == new and new[0] == 0, (old, new)
+    events = _events(directories[1] / "tokometer.db")
+    for status in map(json.loads, new[1].splitlines()):
+        start = _bounds(status["period"], now)
+        mine = [e for e in events if e[status["scope"]] == status["scope_value"]
+                and (start is None or datetime.fromisoformat(e["time"]) >= start)]
+        want = (sum(e["input_tokens"] + e["output_tokens"] for e in mine)
+                if status["unit"] == "tokens" else
+                sum((Decimal(e["cost"]) for e in mine if e["currency"] == status["unit"]
+                     and e["cost"] is not None), Decimal(0)))
+        assert Decimal(status["spent"]) == want, status
