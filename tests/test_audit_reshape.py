@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import random
 import re
 import shutil
 import sqlite3
@@ -569,7 +570,12 @@ def test_the_registry_counts_as_tiktoken_does(name: str, tmp_path: Path) -> None
     from tokometer.counting.registry import TokenizerRegistry
     reference = _reference(name, tmp_path)
     counter = TokenizerRegistry(tmp_path / "data").get(f"tiktoken:{name}")
-    texts = [*CORPUS, "".join(CORPUS), "".join(reversed(CORPUS)) * 3]
+    rng = random.Random(12)  # Latin to CJK, emoji, CJK ideographs
+    noise = ["".join(chr(rng.choice([rng.randrange(32, 0x3000), rng.randrange(0x1F300, 0x1FAFF),
+                                     rng.randrange(0x4E00, 0x9FFF)])) for _ in range(400))
+             for _ in range(40)]
+    sources = [f.read_text() for f in sorted(NEW_SRC.rglob("*.py"))]
+    texts = [*CORPUS, "".join(CORPUS), "".join(reversed(CORPUS)) * 3, *noise, *sources]
     for text in texts:
         want = len(reference.encode(text, disallowed_special=()))
         assert (counter.count(text), counter.count_prompt(text)) == (want, want), text
