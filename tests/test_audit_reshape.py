@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -138,6 +139,7 @@ def built(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> P
         deadline = datetime.now(UTC) + timedelta(seconds=15)
         while _head_size(gw.store) < gw.count_events():
             assert datetime.now(UTC) < deadline, "no signed head covers every event"
+            time.sleep(0.05)  # readiness poll of the gateway's writer, which signs heads
     finally:
         stop_gateway(gw)
     return gw.config.parent
@@ -213,9 +215,9 @@ def _commands(directory: Path) -> list[list[str]]:
                  ["ledger", "pubkey"], ["ledger", "head"], ["ledger", "audit"],
                  ["receipt", "no-such-event"]]
     commands += [["receipt", event_id] for event_id in event_ids]
-    runtime = [b for b in budget_ids]
     commands += [["keys", "revoke", key_ids[-1]], ["keys", "list", "--json"],
-                 ["budgets", "remove", runtime[0]], ["budgets", "remove", "no-such"],
+                 ["budgets", "remove", budget_ids[0]],  # the table holds run-time budgets
+                 ["budgets", "remove", "no-such"],
                  ["budgets", "list", "--json"], ["budgets", "status"],
                  ["keys", "revoke", "no-such-key"], ["events", "--since", "not-a-time"]]
     return commands
@@ -276,6 +278,8 @@ def test_every_cli_command_answers_as_before_the_reshape(built: Path, tmp_path: 
     failed = [(c, a) for c, a in zip(commands, new, strict=False) if a[0]]
     assert [c for c, _ in failed] == [c for c in commands if "no-such" in " ".join(c)
                                        or "not-a-time" in c], failed
+    verified = [a[0] for a in new[len(commands):]]  # every receipt, then a tampered one
+    assert verified == [0] * (len(verified) - 1) + [1], new[len(commands):]
     for name in old_files:
         assert old_files[name] == new_files[name] or _same_table(name, old_dir, new_dir), name
 
