@@ -619,3 +619,42 @@ def test_budget_periods_cut_at_utc_boundaries_as_before(built: Path, tmp_path: P
                 sum((Decimal(e["cost"]) for e in mine if e["currency"] == status["unit"]
                      and e["cost"] is not None), Decimal(0)))
         assert Decimal(status["spent"]) == want, status
+
+
+@old_code
+def test_in_flight_reservations_show_as_before(upstream: FakeUpstream,
+                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """While a request is held in flight, `budgets status` by the old code and by this one,
+    reading the running gateway's store, show the same reservation (saved by this gateway in
+    one transaction now)."""
+    import threading
+    slow = _model("slow", extra=f'tokenizer = "tiktoken:o200k_base"\nprice = {TARIFF_TOML}')
+    gw = start_gateway(tmp_path_factory.mktemp("in-flight"),
+                       providers_toml(upstream) + slow + BUDGETS, env=FAKE_KEYS)
+    body = {"model": "slow", "stream": True, "max_tokens": 1000,
+            "messages": [{"role": "user", "content": "hold on"}]}
+
+    def held() -> None:
+        with gw.stream("/v1/chat/completions", body) as r:
+            r.read()
+    thread = threading.Thread(target=held)
+    upstream.release_slow.clear()
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            out = cli(NEW_SRC, gw.config, "budgets", "status", "--json")[1]
+            statuses = [json.loads(line) for line in out.splitlines()]
+            if any(Decimal(s["reserved"]) > 0 for s in statuses):
+                break
+            assert time.monotonic() < deadline, "no reservation was saved"
+            time.sleep(0.2)  # readiness poll: the gateway saves reservations about each second
+        # Held, the reservation stays as it is: both codes read the same one.
+        answers = [cli(src, gw.config, "budgets", "status", "--json")
+                   for src in (OLD_SRC, NEW_SRC)]
+        assert answers[0] == answers[1] and answers[1][1] == out
+        assert {s["scope"] for s in statuses if Decimal(s["reserved"]) > 0} == {"tenant"}
+    finally:
+        upstream.release_slow.set()
+        thread.join(20)
+        stop_gateway(gw)
