@@ -356,3 +356,16 @@ def make_event(**fields: Any) -> Event:
 
 # A client string that would drive a terminal: colour, window title, bell, RTL override.
 TERMINAL = "\x1b[31mred\x1b]0;pwned\x07\u202eevil"
+
+
+def old_rollup_table(name: str, dims: tuple[str, ...]) -> str:
+    """A rollup table as stores kept them before currency was one of its keys."""
+    old = [d for d in dims if d != "currency"]
+    return (f"CREATE TABLE {name} (period TEXT NOT NULL, start TEXT NOT NULL, "
+            + "".join(f"{d} TEXT NOT NULL, " for d in old)
+            + "requests INTEGER NOT NULL, errors INTEGER NOT NULL, "
+            + "".join(f"{t} INTEGER NOT NULL, " for t in ("input_tokens", "cache_read_tokens",
+                                                          "cache_write_tokens", "output_tokens",
+                                                          "reasoning_tokens"))
+            + f"cost TEXT NOT NULL, PRIMARY KEY (period, start, {', '.join(old)})) "
+            "WITHOUT ROWID")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from conftest import old_rollup_table
 from tokometer.analytics import report
 from tokometer.analytics.report import rollup_grain
 from tokometer.events import FIELDS, LATE_FIELDS, Event, new_event_id, rfc3339
@@ -44,19 +45,6 @@ BASE = Event(id="", time="", duration_ms=12.0, ttft_ms=None, key_id="k", tenant=
              finish_reason="stop")
 
 
-def _old_rollup(name: str, dims: tuple[str, ...]) -> str:
-    """A rollup table as stores kept them before currency was one of its keys."""
-    old = [d for d in dims if d != "currency"]
-    return (f"CREATE TABLE {name} (period TEXT NOT NULL, start TEXT NOT NULL, "
-            + "".join(f"{d} TEXT NOT NULL, " for d in old)
-            + "requests INTEGER NOT NULL, errors INTEGER NOT NULL, "
-            + "".join(f"{t} INTEGER NOT NULL, " for t in ("input_tokens", "cache_read_tokens",
-                                                          "cache_write_tokens", "output_tokens",
-                                                          "reasoning_tokens"))
-            + f"cost TEXT NOT NULL, PRIMARY KEY (period, start, {', '.join(old)})) "
-            "WITHOUT ROWID")
-
-
 def old_store(directory: Path, n: int = 5) -> tuple[Path, list[dict[str, Any]], dict[str, Any]]:
     """A store as the gateway wrote it before the late fields: its events, leaves (JCS of every
     stored column), tree nodes, a signed head; returns it, its events and a receipt it issued."""
@@ -66,7 +54,7 @@ def old_store(directory: Path, n: int = 5) -> tuple[Path, list[dict[str, Any]], 
                         for f in OLD_FIELDS)
     conn.execute(f"CREATE TABLE events ({columns}) WITHOUT ROWID")
     for name, dims in ROLLUPS.items():
-        conn.execute(_old_rollup(name, dims))
+        conn.execute(old_rollup_table(name, dims))
     conn.executescript(SCHEMA)  # every other table; the events table stays as it was
     documents, leaves = [], []
     for i in range(n):
