@@ -18,6 +18,7 @@ from conftest import Gateway
 from tokometer.cli import build_parser, commands, main
 from tokometer.events import FIELDS
 from tokometer.ledger import SQLiteStore, open_store
+from tokometer.policy import list_keys
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -262,3 +263,16 @@ def test_commands_close_the_store_they_open(gateway: Gateway, capsys, tmp_path, 
             with pytest.raises(sqlite3.ProgrammingError, match="closed"):
                 store.execute("SELECT 1")
     capsys.readouterr()
+
+
+def test_a_command_with_standard_output_closed_refuses_before_it_creates_a_key(gateway):
+    """`keys create >&-` would store a key that is shown once, to nowhere."""
+    with open_store(gateway.store) as store:
+        keys_before = len(list_keys(store))
+    done = subprocess.run(
+        ["bash", "-c", '"$0" -m tokometer.cli keys create --tenant t --app a '
+                       '--config "$1" >&-', sys.executable, str(gateway.config)],
+        capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, "tokometer: standard output is closed\n")
+    with open_store(gateway.store) as store:
+        assert len(list_keys(store)) == keys_before

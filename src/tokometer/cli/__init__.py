@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from ..analytics.cells import visible
 from ..errors import TokometerError
 from ..ledger import SQLiteStore
-from .commands import COMMANDS
+from .commands import COMMANDS, serve
 from .spec import CONFIG, Command, OneOf
 
 
@@ -22,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.run is None:  # a group named without one of its commands
         args.parser.print_help()
+        return 2
+    if sys.stdout is None and args.run is not serve:  # closed: a key shown once would be lost
+        print("tokometer: standard output is closed", file=sys.stderr)
         return 2
     try:
         return int(args.run(args))
