@@ -3,6 +3,7 @@ input; each failure is one clear line on stderr and an exit code, never a traceb
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -328,3 +329,36 @@ def test_budgets_and_revocations_from_the_cli_reach_a_running_gateway(upstream, 
         stop_gateway(gw)
     log = (tmp_path / "gateway.log").read_text(errors="replace")
     assert "Traceback" not in log and "WARNING" not in log and "ERROR" not in log, log[-3000:]
+
+
+def test_the_writer_signs_no_head_while_its_tree_is_behind_its_leaves(tmp_path, monkeypatch):
+    """A failed derivation leaves the writer's tree short of the committed leaves: a head
+    signed then would leave them out and could go behind one the CLI signed over them."""
+
+    from conftest import make_event
+    from tokometer.errors import LedgerError
+    from tokometer.ledger import SQLiteLedger
+    from tokometer.ledger import sqlite as writer
+    from tokometer.ledger.signer import load_signer
+
+    grow_log = writer.grow_log
+
+    def failing(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async def run() -> tuple[int, int]:
+        ledger = SQLiteLedger(tmp_path / "t.db", load_signer(tmp_path / "k.pem"))
+        ledger.start()
+        try:
+            await ledger.append(make_event())
+            first = await ledger.sign_now()
+            monkeypatch.setattr(writer, "grow_log", failing)
+            await ledger.append(make_event())  # committed; its tree nodes are not
+            with pytest.raises(LedgerError, match="behind its events"):
+                await ledger.sign_now()
+            monkeypatch.setattr(writer, "grow_log", grow_log)
+            return first.tree_size, (await ledger.sign_now()).tree_size
+        finally:
+            await ledger.close()
+
+    assert asyncio.run(run()) == (1, 2)

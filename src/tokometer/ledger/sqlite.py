@@ -178,6 +178,12 @@ class SQLiteLedger:
         """Sign the current head if it grew (or someone asked), and hand it to those waiting."""
         tree = self._log
         assert self._loop is not None
+        if self._unlogged:  # derivation failed: a head now would leave out committed leaves,
+            # and, stamped later than a head the CLI signed over them, go backwards
+            self._loop.call_soon_threadsafe(
+                _resolve, waiting, LedgerError("the Merkle log is behind its events; "
+                                               "no tree head is signed until it catches up"))
+            return
         try:
             if tree.size != self._signed_size or waiting:
                 with self._store.transaction():
