@@ -369,3 +369,24 @@ def old_rollup_table(name: str, dims: tuple[str, ...]) -> str:
                                                           "reasoning_tokens"))
             + f"cost TEXT NOT NULL, PRIMARY KEY (period, start, {', '.join(old)})) "
             "WITHOUT ROWID")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the whole run (tests/postgres.py)."""
+    from postgres import remove, start_cluster
+
+    cluster = start_cluster()
+    yield cluster
+    remove(cluster)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Where a new, empty store goes, on each kind of store: a feature is done when it works
+    on both."""
+    if request.param == "sqlite":
+        return tmp_path / "tokometer.db"
+    from tokometer.config import PostgresURL
+
+    return PostgresURL(request.getfixturevalue("postgres").new_database())

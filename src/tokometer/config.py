@@ -17,6 +17,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from .amounts import amount
 from .errors import ConfigError, RequestError
@@ -163,10 +164,24 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class PostgresURL:
+    """A PostgreSQL store, as a libpq URL. Its password (better kept in $PGPASSWORD or
+    ~/.pgpass, which libpq reads) never shows in a log line or a repr."""
+
+    url: str = field(repr=False)
+
+    def __str__(self) -> str:
+        parts = urlsplit(self.url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        user = parts.username
+        return urlunsplit((parts.scheme, f"{user}@{host}" if user else host, parts.path, "", ""))
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     host: str = "127.0.0.1"
     port: int = 4000
-    store: Path = Path("tokometer.db")
+    store: Path | PostgresURL = Path("tokometer.db")  # SQLite's file, or a PostgreSQL URL
     currency: str = "USD"
     data_dir: Path = Path("data")
     max_body_bytes: int = 10_000_000
@@ -242,14 +257,26 @@ def _by_name(tables: list[_Reader], build: Callable[[_Reader], _Named],
     return out
 
 
+def _store(s: _Reader, base: Path) -> Path | PostgresURL:
+    store = s.str("store", "sqlite:///tokometer.db")
+    if store.startswith("sqlite:///"):
+        return base / store.removeprefix("sqlite:///")
+    if store.startswith(("postgresql://", "postgres://")):
+        try:
+            urlsplit(store).port  # noqa: B018 - parsing it is the check
+        except ValueError as e:
+            raise s.error("store", f"not a PostgreSQL URL: {e}") from None
+        return PostgresURL(store)
+    raise s.error("store", "expected 'sqlite:///PATH' or 'postgresql://USER@HOST:PORT/DATABASE', "
+                  f"got {store!r}")
+
+
 def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     s.only("host", "port", "store", "currency", "data_dir", "max_body_bytes", "body_timeout",
            "upstream_timeout", "connect_timeout", "durability", "max_attempts",
            "default_max_output_tokens", "admin_token_env", "signing_key", "signing_key_env")
     d = Server()
-    store = s.str("store", "sqlite:///tokometer.db")
-    if not store.startswith("sqlite:///"):
-        raise s.error("store", f"expected 'sqlite:///PATH', got {store!r}")
+    store = _store(s, base)
     currency = _currency(s, "currency") if "currency" in s.raw else d.currency
     durability = s.str("durability", d.durability)
     if durability not in ("process", "power"):
@@ -258,7 +285,7 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     return Server(
         host=s.str("host", d.host),
         port=s.int("port", d.port, lo=0, hi=65535),
-        store=base / store.removeprefix("sqlite:///"),
+        store=store,
         currency=currency,
         data_dir=data_dir,
         max_body_bytes=s.int("max_body_bytes", d.max_body_bytes, lo=1),

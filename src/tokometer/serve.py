@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from . import config
 from .errors import ConfigError
 from .launch import start_model_server
+from .ledger import writer_path
 from .ledger.lock import StoreLock
 from .lifeline import die_with_parent
 
@@ -49,7 +50,7 @@ _handoff: _Handoff | None = None
 
 def serve(config_path: Path, *, launch: bool = True) -> None:
     settings = config.load(config_path)  # fail fast, before starting anything
-    lock = StoreLock.take(settings.server.store)
+    lock = StoreLock.take(writer_path(settings.server.store))
     children: list[subprocess.Popen[bytes]] = []
     try:
         for provider in settings.providers.values():
@@ -147,5 +148,6 @@ def worker_app() -> Gateway:
     die_with_parent(parent.pid)
     handoff = _handoff
     return Gateway(handoff.settings,
-                   StoreLock.inherited(handoff.settings.server.store, handoff.lock_fd),
+                   StoreLock.inherited(writer_path(handoff.settings.server.store),
+                                       handoff.lock_fd),
                    on_ready=lambda: os.write(handoff.ready_fd, b"r"))

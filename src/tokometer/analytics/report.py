@@ -33,7 +33,7 @@ def bucket(period: str, column: str) -> str:
     if period == "day":
         return f"substr({column}, 1, 10)"
     if period == "week":  # the Monday on or before the day
-        return f"date(substr({column}, 1, 10), '-6 days', 'weekday 1')"
+        return f"week_start(substr({column}, 1, 10))"
     return f"substr({column}, 1, 7)"
 
 
@@ -75,8 +75,10 @@ def report(conn: Store, by: list[str], since: str | None = None,
     count = "SUM(requests)" if rollup is not None else "COUNT(*)"
     select = f"{count}, {_SUMS} FROM {source}{clause}"
     sql = f"SELECT {', '.join(keys)}, {select} GROUP BY {', '.join(names)}"
-    sql += (" ORDER BY SUM(input_tokens) + SUM(output_tokens) DESC"
-            if top else f" ORDER BY {', '.join(names)}")
+    # Empty values first on every store (SQLite's order; PostgreSQL's default is last).
+    order = ", ".join(f"{name} NULLS FIRST" for name in names)
+    sql += (f" ORDER BY SUM(input_tokens) + SUM(output_tokens) DESC, {order}"
+            if top else f" ORDER BY {order}")
     if top:
         sql += f" LIMIT {int(top)}"
     rows = []

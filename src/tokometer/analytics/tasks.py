@@ -59,7 +59,7 @@ def tasks(conn: Store, since: str | None = None,
     sql = f"""
         SELECT e.tenant, e.task, COUNT(*), SUM(input_tokens + output_tokens), decimal_sum(cost),
                e.currency,
-               MAX(julianday(time) * 86400000 + duration_ms) - MIN(julianday(time) * 86400000),
+               MAX(epoch_ms(time) + duration_ms) - MIN(epoch_ms(time)),
                {_LATEST.format(column="outcome")}, {_LATEST.format(column="value")}
         FROM events e{where} GROUP BY e.tenant, e.task, e.currency ORDER BY MIN(time)"""
     return [{"tenant": tenant, "task": task, "requests": n, "tokens": tokens or 0, "cost": cost,
@@ -74,11 +74,12 @@ def agents(conn: Store, since: str | None = None,
     """Per agent (and currency): tasks, successful ones, its cost on them, cost per success."""
     where, params = _with_task(since, until)
     sql = f"""
-        SELECT tenant, agent, COUNT(*), SUM(outcome = '{SUCCESS}'), decimal_sum(cost), currency
+        SELECT tenant, agent, COUNT(*), SUM(CASE WHEN outcome = '{SUCCESS}' THEN 1 ELSE 0 END),
+               decimal_sum(cost), currency
         FROM (SELECT e.tenant, e.agent, e.task, e.currency, decimal_sum(e.cost) AS cost,
                      {_LATEST.format(column="outcome")} AS outcome
-              FROM events e{where} GROUP BY e.tenant, e.agent, e.task, e.currency)
-        GROUP BY tenant, agent, currency ORDER BY tenant, agent, currency"""
+              FROM events e{where} GROUP BY e.tenant, e.agent, e.task, e.currency) AS per_task
+        GROUP BY tenant, agent, currency ORDER BY tenant, agent NULLS FIRST, currency"""
     out = []
     for tenant, agent, n, successes, cost, currency in conn.execute(sql, params):
         total = Decimal(cost or 0)

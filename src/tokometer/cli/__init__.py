@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from ..analytics.cells import visible
 from ..errors import TokometerError
-from ..ledger import SQLiteStore
+from ..ledger import is_store_error
 from .commands import COMMANDS, serve
 from .spec import CONFIG, Command, OneOf
 
@@ -32,14 +32,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the message may quote what was typed or stored: escaped, it cannot drive the terminal
         print(f"tokometer: {visible(e.message)}", file=sys.stderr)
         return 2
-    except SQLiteStore.Error as e:  # e.g. read-only to this user, or locked past the timeout
-        print(f"tokometer: the store failed: {visible(str(e))}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         return 0
     except OSError as e:  # a file to write that cannot be: the user's to fix, not a traceback
         print(f"tokometer: {visible(str(e))}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if not is_store_error(e):
+            raise
+        # e.g. read-only to this user, locked past the timeout, the database server gone
+        print(f"tokometer: the store failed: {visible(str(e))}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:

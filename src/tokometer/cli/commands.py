@@ -18,7 +18,7 @@ from ..analytics.export import export as write_events
 from ..config import PERIODS, SCOPES, Budget
 from ..errors import TokometerError
 from ..events import FIELDS, decimal_str
-from ..ledger import SQLiteStore, open_store
+from ..ledger import Store, open_store
 from ..ledger.read import count_events, iter_events
 from ..policy import create_key, list_keys, revoke_key
 from ..policy.budgets import (
@@ -41,7 +41,7 @@ REPORT_COLUMNS = ["requests", "input_tokens", "cache_read_tokens", "cache_write_
 BUDGET_COLUMNS = ["budget_id", "scope", "scope_value", "limit", "unit", "period"]
 
 
-def _store(args: argparse.Namespace, *, create: bool = False) -> SQLiteStore:
+def _store(args: argparse.Namespace, *, create: bool = False) -> Store:
     """The config's store; only commands that write may create it. Close it (`with`)."""
     return open_store(config.load(args.config).server.store, create=create)
 

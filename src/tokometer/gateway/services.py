@@ -15,7 +15,7 @@ from ..catalog import Pricer, vendor_of
 from ..config import Settings
 from ..counting import Recounter, TokenizerRegistry
 from ..errors import AuthError
-from ..ledger import SQLiteLedger, Store, open_store
+from ..ledger import SQLiteLedger, Store, open_store, writer_path
 from ..ledger.connect import SMALL_CACHE_KIB
 from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
@@ -61,8 +61,9 @@ class Services:
 async def start_services(settings: Settings, lock: StoreLock | None) -> Services:
     """The gateway's parts, on `lock` (taken here when `tokometer serve` did not)."""
     s = settings.server
-    lock = lock or StoreLock.take(s.store)
-    ledger = SQLiteLedger(s.store, load_signer(s.signing_key, s.signing_key_pem,
+    path = writer_path(s.store)
+    lock = lock or StoreLock.take(path)
+    ledger = SQLiteLedger(path, load_signer(s.signing_key, s.signing_key_pem,
                                                 s.signing_key_env), durability=s.durability)
     ledger.start()
     registry = TokenizerRegistry(s.data_dir)

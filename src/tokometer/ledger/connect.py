@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from .migrate import migrate
 SMALL_CACHE_KIB = 256  # for connections that read a few rows now and then
 
 
-def open_store(path: Path, *, create: bool = False, durability: str = "process",
-               cache_kib: int | None = None) -> SQLiteStore:
+def open_sqlite(path: Path, *, create: bool = False, durability: str = "process",
+                cache_kib: int | None = None) -> SQLiteStore:
     """A connection with the schema in place; WAL so readers never block the writer.
 
     Only `create=True` makes a missing store (readable by its owner only; SQLite gives its -wal
@@ -46,6 +47,8 @@ def open_store(path: Path, *, create: bool = False, durability: str = "process",
         # typeshed's aggregate protocol allows only int values; SQLite passes any value.
         conn.create_aggregate("decimal_sum", 1, _DecimalSum)  # type: ignore[arg-type]
         conn.create_function("decimal_add", 2, _decimal_add, deterministic=True)
+        conn.create_function("week_start", 1, _week_start, deterministic=True)
+        conn.create_function("epoch_ms", 1, _epoch_ms, deterministic=True)
         store = SQLiteStore(conn)
         migrate(store)
     except (sqlite3.Error, OSError) as e:
@@ -86,6 +89,16 @@ class SQLiteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _week_start(day: str) -> str:
+    """The Monday on or before an ISO date (PostgreSQL's is in postgres.py)."""
+    start = date.fromisoformat(day)
+    return (start - timedelta(days=start.weekday())).isoformat()
+
+
+def _epoch_ms(at: str) -> float:
+    return datetime.fromisoformat(at).timestamp() * 1000
 
 
 def _decimal_add(a: str | None, b: str | None) -> str:

@@ -50,8 +50,9 @@ def _upsert(name: str, dims: tuple[str, ...]) -> str:
     marks = ", ".join("?" for _ in range(2 + len(dims) + len(MEASURES)))
     return (f"INSERT INTO {name} ({key}, {', '.join(MEASURES)}) VALUES ({marks}) "
             f"ON CONFLICT ({key}) DO UPDATE SET "
-            + ", ".join(f"{m} = {m} + excluded.{m}" for m in ("requests", "errors", *TOKENS))
-            + ", cost = decimal_add(cost, excluded.cost)")
+            + ", ".join(f"{m} = {name}.{m} + excluded.{m}"
+                        for m in ("requests", "errors", *TOKENS))
+            + f", cost = decimal_add({name}.cost, excluded.cost)")
 
 
 TABLES = [_table(name, dims) for name, dims in ROLLUPS.items()]

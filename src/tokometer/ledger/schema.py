@@ -92,5 +92,5 @@ def added_columns(existing: set[str]) -> list[str]:
 
 # Two heads of the same size signed in the same millisecond are the same head (Ed25519 is
 # deterministic), so the second is no news, not an error.
-INSERT_HEAD = ("INSERT OR IGNORE INTO tree_heads (tree_size, root_hash, timestamp, signature) "
-               "VALUES (?,?,?,?)")
+INSERT_HEAD = ("INSERT INTO tree_heads (tree_size, root_hash, timestamp, signature) "
+               "VALUES (?,?,?,?) ON CONFLICT DO NOTHING")

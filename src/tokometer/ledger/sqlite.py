@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LedgerError
 from ..events import FIELDS, Event
-from .connect import SMALL_CACHE_KIB, open_store
+from .connect import SMALL_CACHE_KIB, open_sqlite
 from .derive import LOGGED, ROLLED_UP, fold, grow_log, meta, set_meta, sign_head
 from .log import INSERT_NODE, MerkleLog, leaf_count
 from .rows import LEAF_COLUMN, event_row, leaf_of
@@ -72,7 +72,7 @@ class SQLiteLedger:
     def __init__(self, path: Path, signer: Signer, *, durability: str = "process"):
         self.path = path
         self.signer = signer
-        self._store = open_store(path, create=True, durability=durability)
+        self._store = open_sqlite(path, create=True, durability=durability)
         logged = meta(self._store, LOGGED)
         if logged is None:  # a store from before this watermark holds them all; a new one none
             logged = leaf_count(self._store)
@@ -122,7 +122,7 @@ class SQLiteLedger:
 
     def _checkpoint_forever(self) -> None:
         """Copy the WAL into the database now and then, on a connection of its own."""
-        with open_store(self.path, cache_kib=SMALL_CACHE_KIB) as store:  # it only checkpoints
+        with open_sqlite(self.path, cache_kib=SMALL_CACHE_KIB) as store:  # it only checkpoints
             page_size = store.execute("PRAGMA page_size").fetchone()[0]
             while not self._stopping.wait(CHECKPOINT_SECONDS):
                 try:

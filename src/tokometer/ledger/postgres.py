@@ -1,0 +1,154 @@
+"""A PostgreSQL store: the Store protocol over a psycopg 3 connection.
+
+The queries shared with SQLite are written with `?` placeholders and a few functions of our
+own (`decimal_sum`, `decimal_add`, `week_start`, `epoch_ms`); this module translates the
+placeholders and defines those functions in the database, so a report reads the same on
+either store. Sums of whole numbers come back as int, as SQLite returns them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.adapt import Loader
+
+from ..config import PostgresURL
+from ..errors import LedgerError
+from .rollups import SCHEMA as ROLLUP_SCHEMA
+from .schema import SCHEMA, added_columns
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=1024)
+def to_postgres(sql: str) -> str:
+    """SQLite's placeholders (`?`, `:name`) as psycopg's (`%s`, `%(name)s`)."""
+    return _NAMED.sub(r"%(\1)s", sql.replace("%", "%%")).replace("?", "%s")
+
+
+class PostgresStore:
+    """The Store protocol (store.py) over one PostgreSQL connection; `with` closes it."""
+
+    Error = psycopg.Error
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self.conn = conn
+
+    def execute(self, sql: str,
+                params: Sequence[Any] | Mapping[str, Any] = ()) -> psycopg.Cursor[Any]:
+        return self.conn.execute(to_postgres(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
+        cursor = self.conn.cursor()
+        cursor.executemany(to_postgres(sql), rows)
+        return cursor
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.conn.transaction():
+            yield
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_postgres(url: PostgresURL, *, create: bool = False) -> PostgresStore:
+    """A connection with the schema in place. Only `create=True` makes the tables in a
+    database that has none; otherwise such a database is a LedgerError, as a missing file is."""
+    try:
+        conn = psycopg.connect(url.url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as e:
+        raise LedgerError(f"cannot open the store at {url}: {e}") from None
+    conn.adapters.register_loader("numeric", _WholeOrDecimal)
+    store = PostgresStore(conn)
+    try:
+        if not create and not _has_events(store):
+            raise LedgerError(f"there is no store at {url} (server.store in the config): "
+                              "start the gateway once to create it, or check the URL")
+        migrate(store)
+    except psycopg.Error as e:
+        conn.close()
+        raise LedgerError(f"cannot open the store at {url}: {e}") from None
+    except LedgerError:
+        conn.close()
+        raise
+    return store
+
+
+def migrate(store: PostgresStore) -> None:
+    """Tables made if new, event columns added since, the shared SQL functions defined: one
+    process at a time."""
+    with store.transaction():
+        store.conn.execute("SELECT pg_advisory_xact_lock(hashtext('tokometer.migrate'))")
+        store.conn.execute(_FUNCTIONS)
+        for statement in _postgres_ddl(SCHEMA + ROLLUP_SCHEMA):
+            store.conn.execute(statement)
+        for statement in added_columns(_columns(store, "events")):
+            store.conn.execute(_types(statement))
+
+
+def _has_events(store: PostgresStore) -> bool:
+    return store.conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone() == (True,)
+
+
+def _columns(store: PostgresStore, table: str) -> set[str]:
+    rows = store.conn.execute("SELECT column_name FROM information_schema.columns "
+                              "WHERE table_schema = current_schema() AND table_name = %s",
+                              (table,))
+    return {name for (name,) in rows}
+
+
+_TYPES = ((re.compile(r"\bBLOB\b"), "BYTEA"), (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+          (re.compile(r"\bINTEGER\b"), "BIGINT"), (re.compile(r"\)\s*WITHOUT ROWID"), ")"))
+
+
+def _types(statement: str) -> str:
+    for pattern, replacement in _TYPES:
+        statement = pattern.sub(replacement, statement)
+    return statement
+
+
+def _postgres_ddl(script: str) -> list[str]:
+    """SQLite's DDL as PostgreSQL's, statement by statement (comments dropped)."""
+    text = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    return [_types(s.strip()) for s in text.split(";") if s.strip()]
+
+
+class _WholeOrDecimal(Loader):
+    """numeric → int when whole (SUM over integer columns), else Decimal."""
+
+    def load(self, data: Any) -> Any:
+        from decimal import Decimal
+
+        text = bytes(data).decode()
+        return int(text) if text.lstrip("-").isdigit() else Decimal(text)
+
+
+# The functions the shared queries call; SQLite registers its own (connect.py).
+_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION decimal_add(a text, b text) RETURNS text LANGUAGE sql IMMUTABLE
+  AS $$ SELECT trim_scale(COALESCE(a, '0')::numeric + COALESCE(b, '0')::numeric)::text $$;
+CREATE OR REPLACE FUNCTION decimal_sum_step(total numeric, value text) RETURNS numeric
+  LANGUAGE sql IMMUTABLE
+  AS $$ SELECT CASE WHEN value IS NULL THEN total
+                    ELSE COALESCE(total, 0) + value::numeric END $$;
+CREATE OR REPLACE FUNCTION decimal_sum_text(total numeric) RETURNS text LANGUAGE sql IMMUTABLE
+  AS $$ SELECT trim_scale(total)::text $$;
+CREATE OR REPLACE AGGREGATE decimal_sum(text) (SFUNC = decimal_sum_step, STYPE = numeric,
+  FINALFUNC = decimal_sum_text);
+CREATE OR REPLACE FUNCTION week_start(day text) RETURNS text LANGUAGE sql IMMUTABLE
+  AS $$ SELECT to_char(date_trunc('week', day::date), 'YYYY-MM-DD') $$;
+CREATE OR REPLACE FUNCTION epoch_ms(at text) RETURNS double precision LANGUAGE sql IMMUTABLE
+  AS $$ SELECT extract(epoch FROM at::timestamptz)::double precision * 1000 $$;
+"""

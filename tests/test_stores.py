@@ -1,0 +1,188 @@
+"""Every store feature on every store: the same events in SQLite and in PostgreSQL give the
+same keys, budgets, reports, receipts and audit, through the one Store protocol."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import MINIMAL_CONFIG, make_event
+from tokometer.analytics import flows, rankings, report
+from tokometer.analytics.tasks import agents, tasks
+from tokometer.cli import main
+from tokometer.config import Budget, PostgresURL, Scope
+from tokometer.errors import LedgerError, RequestError
+from tokometer.events import Event, rfc3339
+from tokometer.ledger import Store, open_store
+from tokometer.ledger.audit import audit
+from tokometer.ledger.derive import fold, grow_log, sign_head
+from tokometer.ledger.log import INSERT_NODE, MerkleLog, leaf_count
+from tokometer.ledger.read import count_events, iter_events
+from tokometer.ledger.receipts import build_receipt, verify_receipt
+from tokometer.ledger.rows import LEAF_COLUMN, event_row, leaf_of
+from tokometer.ledger.schema import INSERT_EVENT
+from tokometer.ledger.signer import Signer, load_signer
+from tokometer.policy import create_key, list_keys, revoke_key
+from tokometer.policy.budgets import budget_statuses, remove_budget, set_budget, stored_budgets
+
+NOW = datetime.now(UTC)
+
+
+def events(n: int = 120, seed: int = 3) -> list[Event]:
+    """Varied events over the last three weeks: tenants, agents, tasks, currencies, errors."""
+    rnd = random.Random(seed)
+    return [make_event(
+        time=rfc3339(NOW - timedelta(seconds=rnd.randrange(21 * 86400))),
+        tenant=rnd.choice(["acme", "globex"]), app=rnd.choice(["bot", "search"]),
+        agent=rnd.choice([None, "planner"]), task=rnd.choice([None, "t1", "t2"]),
+        model=rnd.choice(["gpt-4o-mini", "deepseek-chat"]),
+        consumer_region=rnd.choice(["DE", "US", None]), provider_region=rnd.choice(["US", "CN"]),
+        input_tokens=rnd.randrange(1, 3000), output_tokens=rnd.randrange(0, 900),
+        cost=rnd.choice([None, Decimal(rnd.randrange(1, 10**6)) / 10**8]),
+        currency=rnd.choice(["USD", "USD", "CNY"]), status=rnd.choice([200, 200, 429]))
+        for _ in range(n)]
+
+
+def append(store: Store, batch: list[Event], signer: Signer) -> None:
+    """The writer's work in one transaction, through the protocol: events as the next leaves,
+    the tree nodes above them, the rollups, a signed head."""
+    with store.transaction():
+        size = leaf_count(store)
+        rows = [event_row(e) for e in sorted(batch, key=lambda e: e.time)]
+        for i, row in enumerate(rows):
+            row[LEAF_COLUMN] = size + i
+        leaves = [leaf_of(row) for row in rows]
+        store.executemany(INSERT_EVENT, rows)
+        store.executemany(INSERT_NODE, [(0, size + i, leaf) for i, leaf in enumerate(leaves)])
+        tree = grow_log(store, MerkleLog.load(store, size), leaves)
+        fold(store, rows)
+        sign_head(store, signer, tree.size, tree.root(), int(NOW.timestamp() * 1000) + size)
+
+
+@pytest.fixture
+def filled(store_location: Any, tmp_path: Path) -> Any:
+    signer = load_signer(tmp_path / "key.pem")
+    with open_store(store_location, create=True) as store:
+        batch = events()
+        append(store, batch[:70], signer)
+        append(store, batch[70:], signer)
+    return store_location, signer
+
+
+def test_a_store_is_created_only_when_asked(store_location):
+    with pytest.raises(LedgerError, match="there is no store at"):
+        open_store(store_location)
+    open_store(store_location, create=True).close()
+    with open_store(store_location) as store:
+        assert count_events(store) == 0
+
+
+def test_a_postgresql_store_that_cannot_be_reached_is_a_clear_error():
+    with pytest.raises(LedgerError, match=r"cannot open the store at postgresql://u@127\.0\.0\.1:1/db"):
+        open_store(PostgresURL("postgresql://u:secret@127.0.0.1:1/db"))
+
+
+def test_a_postgresql_url_keeps_its_password_out_of_reprs_and_logs():
+    url = PostgresURL("postgresql://meter:hunter2@db.internal:5432/tokometer")
+    assert "hunter2" not in repr(url) and "hunter2" not in str(url)
+    assert str(url) == "postgresql://meter@db.internal:5432/tokometer"
+
+
+def test_keys_are_created_listed_and_revoked(store_location):
+    with open_store(store_location, create=True) as store:
+        key, key_id = create_key(store, "acme", "bot", "DE")
+        assert key.startswith("tkm-")
+        assert [(k["key_id"], k["tenant"], k["revoked"]) for k in list_keys(store)] == [
+            (key_id, "acme", None)]
+        revoke_key(store, key_id)
+        assert list_keys(store)[0]["revoked"] is not None
+        with pytest.raises(RequestError):
+            revoke_key(store, "no-such-key")
+
+
+def test_budgets_are_set_changed_removed_and_spent_from_the_ledger(filled):
+    location, _ = filled
+    config = (Budget("cfg", Scope("tenant", "acme"), Decimal("100"), "USD", "total"),)
+    with open_store(location) as store:
+        first = set_budget(store, Budget("", Scope("app", "bot"), Decimal("5"), "USD", "month"),
+                           ["cfg"])
+        again = set_budget(store, Budget("", Scope("app", "bot"), Decimal("7"), "USD", "month"),
+                           ["cfg"])
+        assert again.id == first.id and stored_budgets(store)[0].limit == Decimal("7")
+        statuses = {s["budget_id"]: s for s in budget_statuses(store, config, NOW)}
+        all_events = list(iter_events(store))
+        spent = sum((Decimal(e["cost"]) for e in all_events
+                     if e["tenant"] == "acme" and e["currency"] == "USD" and e["cost"]),
+                    Decimal(0))
+        assert Decimal(statuses["cfg"]["spent"]) == spent
+        remove_budget(store, first.id, ["cfg"])
+        assert stored_budgets(store) == []
+        with pytest.raises(RequestError, match="config file"):
+            remove_budget(store, "cfg", ["cfg"])
+
+
+def test_reports_read_the_same_on_both_stores(tmp_path, postgres):
+    """The one oracle that covers every query: identical events, identical answers."""
+    batch, signer = events(seed=11), load_signer(tmp_path / "key.pem")
+    answers = []
+    for location in (tmp_path / "t.db", PostgresURL(postgres.new_database())):
+        with open_store(location, create=True) as store:
+            append(store, batch, signer)
+            answers.append([
+                report(store, ["tenant", "model"]),
+                report(store, ["app"], period="week"),
+                report(store, ["agent"], period="day", since=rfc3339(NOW - timedelta(days=7))),
+                report(store, ["model"], period="hour", top=2),
+                rankings(store, "model", 3), flows(store), tasks(store), agents(store),
+                list(iter_events(store)),
+            ])
+    assert answers[0] == answers[1]
+    assert any(row["cost"] for row in answers[0][0]) and answers[0][6]  # not empty answers
+
+
+def test_receipts_verify_and_the_log_audits_clean(filled):
+    location, signer = filled
+    with open_store(location) as store:
+        ids = [e["id"] for e in iter_events(store)]
+        for event_id in ids[::17]:
+            receipt = build_receipt(store, event_id)
+            assert receipt is not None and verify_receipt(receipt, signer.public_key) == []
+        report_ = audit(store, signer.public_key)
+    assert (report_.events, report_.leaves, report_.heads, report_.findings) == (120, 120, 2, [])
+
+
+def test_the_audit_finds_an_altered_event_on_either_store(filled):
+    location, signer = filled
+    with open_store(location) as store:
+        victim = next(iter_events(store))["id"]
+        store.execute("UPDATE events SET output_tokens = output_tokens + 1 WHERE id = ?",
+                      (victim,))
+        found = audit(store, signer.public_key).first()
+    assert found is not None and "altered" in found.what
+
+
+def test_the_cli_reads_a_postgresql_store(tmp_path, postgres, capsys):
+    url = postgres.new_database()
+    config = tmp_path / "tokometer.toml"
+    config.write_text(f'[server]\nstore = "{url}"\n' + MINIMAL_CONFIG)
+    assert main(["report", "--config", str(config)]) == 2  # no store yet: says so
+    assert "there is no store at" in capsys.readouterr().err
+    with open_store(PostgresURL(url), create=True) as store:
+        append(store, events(30), load_signer(tmp_path / "key.pem"))
+    assert main(["keys", "create", "--tenant", "acme", "--app", "bot", "--config",
+                 str(config)]) == 0
+    assert main(["report", "--by", "tenant", "--format", "json", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert '"tenant": "acme"' in out or '"tenant":"acme"' in out
+
+
+def test_serve_on_a_postgresql_store_says_it_runs_on_sqlite_so_far(tmp_path, postgres, capsys):
+    config = tmp_path / "tokometer.toml"
+    config.write_text(f'[server]\nstore = "{postgres.new_database()}"\n' + MINIMAL_CONFIG)
+    assert main(["serve", "--no-launch", "--config", str(config)]) == 2
+    assert "runs on a SQLite store so far" in capsys.readouterr().err
