@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from .log import INSERT_NODE, MerkleLog
 from .rollups import upserts
-from .rows import LEAF_COLUMN
-from .schema import INSERT_HEAD
+from .rows import LEAF_COLUMN, leaf_of
+from .schema import INSERT_EVENT, INSERT_HEAD
 from .store import Store
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
@@ -17,6 +17,17 @@ if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI 
 
 LOGGED = "logged"  # how many leaves have the tree nodes above them stored
 ROLLED_UP = "rolled_up"  # how many leaves' events are in the rollups
+
+
+def insert_leaves(store: Store, rows: list[list[Any]], first: int) -> list[bytes]:
+    """Store event rows as the log's leaves `first`, `first + 1`, ... (each row gets its
+    leaf_index), in the caller's transaction; returns the leaf hashes."""
+    for i, row in enumerate(rows):
+        row[LEAF_COLUMN] = first + i
+    leaves = [leaf_of(row) for row in rows]
+    store.executemany(INSERT_EVENT, rows)
+    store.executemany(INSERT_NODE, [(0, first + i, leaf) for i, leaf in enumerate(leaves)])
+    return leaves
 
 
 def grow_log(store: Store, tree: MerkleLog, leaves: list[bytes]) -> MerkleLog:

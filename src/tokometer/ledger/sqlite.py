@@ -1,4 +1,4 @@
-"""SQLite ledger: events are appended by one writer thread in group commits.
+"""SQLite ledger: events are appended by one writer thread in group commits (writer.py).
 
 The event loop only enqueues and awaits a future; the thread drains whatever has queued
 up, writes it in one transaction (WAL), and then resolves every waiting future at once, so a
@@ -20,45 +20,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
-import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LedgerError
-from ..events import FIELDS, Event
+from ..events import FIELDS
 from .connect import SMALL_CACHE_KIB, open_sqlite
-from .derive import LOGGED, ROLLED_UP, fold, grow_log, meta, set_meta, sign_head
-from .log import INSERT_NODE, MerkleLog, leaf_count
-from .rows import LEAF_COLUMN, event_row, leaf_of
-from .schema import INSERT_EVENT
+from .derive import (
+    LOGGED,
+    ROLLED_UP,
+    fold,
+    grow_log,
+    insert_leaves,
+    meta,
+    set_meta,
+    sign_head,
+)
+from .log import MerkleLog, leaf_count
+from .rows import LEAF_COLUMN
+from .writer import QueuedWriter
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
 
 log = logging.getLogger("tokometer.ledger")
-
-_MAX_BATCH = 2048
-_STOP = object()  # the last message: write what is queued, sign, and end
-
-
-@dataclass(frozen=True, slots=True)
-class _Append:
-    """An event's row to commit; `done` resolves once it is durable."""
-
-    row: list[Any]
-    done: asyncio.Future[None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Sign:
-    """A tree head to sign now; `done` resolves with it."""
-
-    done: asyncio.Future[TreeHead]
-
 
 CHECKPOINT_SECONDS = 1.0
 TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
@@ -68,10 +55,12 @@ DERIVE_SECONDS = 0.1
 WAL_LIMIT_BYTES = 128 * 1024 * 1024
 
 
-class SQLiteLedger:
+class SQLiteLedger(QueuedWriter):
+    idle_seconds = DERIVE_SECONDS
+
     def __init__(self, path: Path, signer: Signer, *, durability: str = "process"):
+        super().__init__(signer)
         self.path = path
-        self.signer = signer
         self._store = open_sqlite(path, create=True, durability=durability)
         logged = meta(self._store, LOGGED)
         if logged is None:  # a store from before this watermark holds them all; a new one none
@@ -84,41 +73,9 @@ class SQLiteLedger:
         self._derived_at = 0.0
         self._store.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
         self._store.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
 
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        for target, name in ((self._write_forever, "ledger-writer"),
-                             (self._checkpoint_forever, "ledger-checkpoint")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    async def append(self, event: Event) -> None:
-        """Returns once the event is committed; raises LedgerError if it could not be."""
-        assert self._loop is not None, "SQLiteLedger.start() was not called"
-        done = self._loop.create_future()
-        self._queue.put(_Append(event_row(event), done))
-        await done
-
-    async def sign_now(self) -> TreeHead:
-        """A tree head signed over everything committed so far (the latest, if it already is)."""
-        assert self._loop is not None, "SQLiteLedger.start() was not called"
-        done: asyncio.Future[TreeHead] = self._loop.create_future()
-        self._queue.put(_Sign(done))
-        return await done
-
-    async def close(self) -> None:
-        if self._threads:
-            self._queue.put(_STOP)
-            self._stopping.set()
-            for thread in self._threads:
-                await asyncio.to_thread(thread.join)
-            self._threads = []
-        self._store.close()
+    def _thread_targets(self) -> list[tuple[Callable[[], None], str]]:
+        return [*super()._thread_targets(), (self._checkpoint_forever, "ledger-checkpoint")]
 
     def _checkpoint_forever(self) -> None:
         """Copy the WAL into the database now and then, on a connection of its own."""
@@ -133,30 +90,15 @@ class SQLiteLedger:
                     log.warning("WAL checkpoint failed (will retry): %s", e)
             store.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _write_forever(self) -> None:
+    def _prepare(self) -> None:
         self._backfill()
-        while True:
-            try:
-                batch = [self._queue.get(timeout=DERIVE_SECONDS)]
-            except queue.Empty:
-                batch = []
-            while 0 < len(batch) < _MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(message is _STOP for message in batch)
-            signs = [message.done for message in batch if isinstance(message, _Sign)]
-            appends = [message for message in batch if isinstance(message, _Append)]
-            if appends:
-                self._commit(appends)
-            sign = signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS
-            if sign or time.monotonic() - self._derived_at >= DERIVE_SECONDS:
-                self._derive()
-            if sign:
-                self._sign(signs)
-            if stop:
-                return
+
+    def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
+        sign = signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS
+        if sign or time.monotonic() - self._derived_at >= DERIVE_SECONDS:
+            self._derive()
+        if sign:
+            self._sign(signs)
 
     def _derive(self) -> None:
         """Add the leaves committed since the last time to the Merkle log's tree, and their
@@ -177,12 +119,10 @@ class SQLiteLedger:
     def _sign(self, waiting: list[asyncio.Future[TreeHead]]) -> None:
         """Sign the current head if it grew (or someone asked), and hand it to those waiting."""
         tree = self._log
-        assert self._loop is not None
         if self._unlogged:  # derivation failed: a head now would leave out committed leaves,
             # and, stamped later than a head the CLI signed over them, go backwards
-            self._loop.call_soon_threadsafe(
-                _resolve, waiting, LedgerError("the Merkle log is behind its events; "
-                                               "no tree head is signed until it catches up"))
+            self._fail_signs(waiting, "the Merkle log is behind its events; no tree head is "
+                                      "signed until it catches up")
             return
         try:
             if tree.size != self._signed_size or waiting:
@@ -190,12 +130,10 @@ class SQLiteLedger:
                     head = sign_head(self._store, self.signer, tree.size, tree.root(),
                                      int(time.time() * 1000))
                 self._signed_size = tree.size
-                if waiting:
-                    self._loop.call_soon_threadsafe(_hand_over, waiting, head)
+                self._hand_over(waiting, head)
         except sqlite3.Error as e:
             log.error("could not store a signed tree head: %s", e)
-            self._loop.call_soon_threadsafe(
-                _resolve, waiting, LedgerError(f"could not store a signed tree head: {e}"))
+            self._fail_signs(waiting, f"could not store a signed tree head: {e}")
         self._signed_at = time.monotonic()
 
     def _backfill(self) -> None:
@@ -221,54 +159,13 @@ class SQLiteLedger:
             log.info("adding %d earlier events to the Merkle log", len(rows))
             with store.transaction():
                 store.execute("DELETE FROM events WHERE leaf_index IS NULL")
-                tree = grow_log(store, tree, self._insert(rows))
+                tree = grow_log(store, tree, insert_leaves(store, rows, tree.size))
             self._log = tree
             self._unrolled += rows
 
-    def _commit(self, items: list[_Append]) -> None:
-        rows = [item.row for item in items]
-        try:
-            with self._store.transaction():
-                leaves = self._insert(rows)
-        except sqlite3.Error as e:
-            if len(items) > 1:  # one bad row must not sink its batch: retry them one by one
-                for item in items:
-                    self._commit([item])
-                return
-            log.error("could not record event %s: %s", rows[0][0], e)
-            self._settle(items, LedgerError(f"could not record the event: {e}"))
-            return
+    def _write(self, rows: list[list[Any]]) -> None:
+        """The events and their leaves only: the tree above and the rollups follow in _derive."""
+        with self._store.transaction():
+            leaves = insert_leaves(self._store, rows, self._log.size + len(self._unlogged))
         self._unlogged += leaves
         self._unrolled += rows
-        self._settle(items, None)
-
-    def _insert(self, rows: list[list[Any]]) -> list[bytes]:
-        """Insert the rows as the next leaves of the log, each with its leaf hash, in the
-        caller's transaction; returns the leaves."""
-        first = self._log.size + len(self._unlogged)
-        for i, row in enumerate(rows):
-            row[LEAF_COLUMN] = first + i
-        leaves = [leaf_of(row) for row in rows]
-        self._store.executemany(INSERT_EVENT, rows)
-        self._store.executemany(INSERT_NODE, [(0, first + i, leaf)
-                                              for i, leaf in enumerate(leaves)])
-        return leaves
-
-    def _settle(self, items: list[_Append], error: Exception | None) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_resolve, [item.done for item in items], error)
-
-
-def _hand_over(futures: list[asyncio.Future[TreeHead]], head: TreeHead) -> None:
-    for f in futures:
-        if not f.done():
-            f.set_result(head)
-
-
-def _resolve(futures: list[asyncio.Future[Any]], error: Exception | None) -> None:
-    for f in futures:
-        if not f.done():
-            if error is None:
-                f.set_result(None)
-            else:
-                f.set_exception(error)
