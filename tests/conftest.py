@@ -25,6 +25,7 @@ import pytest
 
 from fake_upstream import FakeUpstream
 from scripted_upstream import ScriptedUpstream
+from tokometer.config import PostgresURL
 from tokometer.events import Event, new_event_id, rfc3339
 from tokometer.ledger import open_store
 from tokometer.ledger.derive import ROLLED_UP, meta
@@ -75,7 +76,7 @@ _Headers = Mapping[str, str | bytes] | None
 class Gateway:
     url: str
     config: Path
-    store: Path
+    store: Any  # the SQLite file's Path, or a PostgresURL
     key: str
     key_id: str
     process: subprocess.Popen[bytes]
@@ -156,12 +157,16 @@ class Gateway:
 
 
 def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = None,
-                  wait: float = 60, launch: bool = False) -> Gateway:
-    """Write a config and run `tokometer serve` on it in a child process, until it answers."""
+                  wait: float = 60, launch: bool = False, store: Any = None) -> Gateway:
+    """Write a config and run `tokometer serve` on it in a child process, until it answers.
+    `store`: a PostgresURL, or by default tokometer.db in `directory`."""
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
+    # The default is relative to the config, so a copied directory is a copied gateway.
+    where = store.url if isinstance(store, PostgresURL) else "sqlite:///tokometer.db"
+    store = store or directory / "tokometer.db"
     config = directory / "tokometer.toml"
-    config.write_text(f'[server]\nport = {port}\nstore = "sqlite:///tokometer.db"\n{body}')
+    config.write_text(f'[server]\nport = {port}\nstore = "{where}"\n{body}')
     log = (directory / "gateway.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "tokometer.cli", "serve", "--config", str(config),
@@ -182,9 +187,9 @@ def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = No
             raise RuntimeError("gateway did not start:\n"
                                + (directory / "gateway.log").read_text(errors="replace"))
         time.sleep(0.05)  # readiness poll of a child process
-    with open_store(directory / "tokometer.db") as store:
-        key, key_id = create_key(store, "acme", "tests", "DE")
-    return Gateway(url, config, directory / "tokometer.db", key, key_id, process)
+    with open_store(store) as opened:
+        key, key_id = create_key(opened, "acme", "tests", "DE")
+    return Gateway(url, config, store, key, key_id, process)
 
 
 def stop_gateway(gw: Gateway) -> None:
@@ -387,6 +392,5 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     on both."""
     if request.param == "sqlite":
         return tmp_path / "tokometer.db"
-    from tokometer.config import PostgresURL
 
     return PostgresURL(request.getfixturevalue("postgres").new_database())

@@ -179,10 +179,3 @@ def test_the_cli_reads_a_postgresql_store(tmp_path, postgres, capsys):
     assert main(["report", "--by", "tenant", "--format", "json", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert '"tenant": "acme"' in out or '"tenant":"acme"' in out
-
-
-def test_serve_on_a_postgresql_store_says_it_runs_on_sqlite_so_far(tmp_path, postgres, capsys):
-    config = tmp_path / "tokometer.toml"
-    config.write_text(f'[server]\nstore = "{postgres.new_database()}"\n' + MINIMAL_CONFIG)
-    assert main(["serve", "--no-launch", "--config", str(config)]) == 2
-    assert "runs on a SQLite store so far" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from . import config
 from .errors import ConfigError
 from .launch import start_model_server
-from .ledger import writer_path
+from .ledger import single_writer
 from .ledger.lock import StoreLock
 from .lifeline import die_with_parent
 
@@ -41,7 +41,7 @@ class _Handoff:
     """What the supervisor hands the worker it forks (which inherits this process's memory)."""
 
     settings: config.Settings
-    lock_fd: int  # the store's lock, inherited
+    lock_fd: int | None  # SQLite's single-writer lock, inherited (PostgreSQL has none)
     ready_fd: int  # where the worker says it has started
 
 
@@ -50,7 +50,8 @@ _handoff: _Handoff | None = None
 
 def serve(config_path: Path, *, launch: bool = True) -> None:
     settings = config.load(config_path)  # fail fast, before starting anything
-    lock = StoreLock.take(writer_path(settings.server.store))
+    path = single_writer(settings.server.store)
+    lock = StoreLock.take(path) if path is not None else None
     children: list[subprocess.Popen[bytes]] = []
     try:
         for provider in settings.providers.values():
@@ -64,7 +65,8 @@ def serve(config_path: Path, *, launch: bool = True) -> None:
         for child in children:
             child.terminate()
             child.wait(timeout=30)
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 
 def _connection_limit() -> int:
@@ -80,7 +82,7 @@ def _connection_limit() -> int:
     return max(1, min(_MAX_CONNECTIONS, (soft - _FILES_SPARE) // _FILES_PER_CONNECTION))
 
 
-def _run_gateway(settings: config.Settings, lock: StoreLock) -> None:
+def _run_gateway(settings: config.Settings, lock: StoreLock | None) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
@@ -97,7 +99,7 @@ def _run_gateway(settings: config.Settings, lock: StoreLock) -> None:
         ready_in, ready_out = os.pipe()  # a started worker writes a byte (forked: it has it)
         os.set_blocking(ready_in, False)
         global _handoff
-        _handoff = _Handoff(settings, lock.fd, ready_out)
+        _handoff = _Handoff(settings, lock.fd if lock else None, ready_out)
         server = Server(
             "tokometer.serve:worker_app",
             address=settings.server.host,
@@ -147,7 +149,7 @@ def worker_app() -> Gateway:
                           "forks; under another ASGI server use tokometer.gateway.app:create_app")
     die_with_parent(parent.pid)
     handoff = _handoff
-    return Gateway(handoff.settings,
-                   StoreLock.inherited(writer_path(handoff.settings.server.store),
-                                       handoff.lock_fd),
-                   on_ready=lambda: os.write(handoff.ready_fd, b"r"))
+    path = single_writer(handoff.settings.server.store)
+    lock = (StoreLock.inherited(path, handoff.lock_fd)
+            if path is not None and handoff.lock_fd is not None else None)
+    return Gateway(handoff.settings, lock, on_ready=lambda: os.write(handoff.ready_fd, b"r"))

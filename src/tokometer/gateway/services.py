@@ -15,7 +15,7 @@ from ..catalog import Pricer, vendor_of
 from ..config import Settings
 from ..counting import Recounter, TokenizerRegistry
 from ..errors import AuthError
-from ..ledger import SQLiteLedger, Store, open_store, writer_path
+from ..ledger import Store, open_ledger, open_store, single_writer
 from ..ledger.connect import SMALL_CACHE_KIB
 from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
@@ -44,7 +44,7 @@ class Services:
     transparency: Transparency
     side: OffLoop  # one store connection, off the event loop, for the side endpoints
     dashboard: Dashboard
-    lock: StoreLock
+    lock: StoreLock | None  # SQLite's single-writer lock; None on PostgreSQL
     tasks: tuple[asyncio.Task[None], ...]  # background watchers: revocations, budgets
     stores: tuple[Store, ...]  # the readers' connections, closed at shutdown
 
@@ -61,10 +61,10 @@ class Services:
 async def start_services(settings: Settings, lock: StoreLock | None) -> Services:
     """The gateway's parts, on `lock` (taken here when `tokometer serve` did not)."""
     s = settings.server
-    path = writer_path(s.store)
-    lock = lock or StoreLock.take(path)
-    ledger = SQLiteLedger(path, load_signer(s.signing_key, s.signing_key_pem,
-                                                s.signing_key_env), durability=s.durability)
+    if (path := single_writer(s.store)) is not None:
+        lock = lock or StoreLock.take(path)
+    ledger = open_ledger(s.store, load_signer(s.signing_key, s.signing_key_pem,
+                                              s.signing_key_env), durability=s.durability)
     ledger.start()
     registry = TokenizerRegistry(s.data_dir)
     await asyncio.to_thread(_preload_tokenizers, settings, registry)
@@ -98,7 +98,8 @@ async def stop_services(services: Services) -> None:
     await services.deps.ledger.close()
     for store in services.stores:
         store.close()
-    services.lock.close()
+    if services.lock is not None:
+        services.lock.close()
 
 
 def api_key(headers: dict[bytes, bytes]) -> str | None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import PostgresURL
-from ..errors import ConfigError
 from .connect import SQLiteStore, open_sqlite
 from .sqlite import SQLiteLedger
 from .store import Ledger, Store
 
-__all__ = ["Ledger", "SQLiteLedger", "SQLiteStore", "Store", "is_store_error", "open_store",
-           "writer_path"]
+if TYPE_CHECKING:
+    from .signer import Signer
+
+__all__ = ["Ledger", "SQLiteLedger", "SQLiteStore", "Store", "is_store_error", "open_ledger",
+           "open_store", "single_writer"]
 
 
 def open_store(location: Path | PostgresURL, *, create: bool = False,
@@ -26,13 +29,20 @@ def open_store(location: Path | PostgresURL, *, create: bool = False,
     return open_sqlite(location, create=create, cache_kib=cache_kib)
 
 
-def writer_path(location: Path | PostgresURL) -> Path:
-    """The SQLite file the gateway's writer keeps the log in: on a PostgreSQL store, so far,
-    only the CLI and the reports run."""
+def open_ledger(location: Path | PostgresURL, signer: Signer, *,
+                durability: str = "process") -> Ledger:
+    """The writer the gateway appends through, on the store `server.store` names."""
     if isinstance(location, PostgresURL):
-        raise ConfigError(f"server.store: the gateway runs on a SQLite store so far; {location} "
-                          "serves the CLI and the reports")
-    return location
+        from .postgres_ledger import PostgresLedger
+
+        return PostgresLedger(location, signer)
+    return SQLiteLedger(location, signer, durability=durability)
+
+
+def single_writer(location: Path | PostgresURL) -> Path | None:
+    """The SQLite file only one gateway may write (the lock beside it says which); None for
+    PostgreSQL, where any number of gateways append to one log."""
+    return None if isinstance(location, PostgresURL) else location
 
 
 def is_store_error(error: BaseException) -> bool:

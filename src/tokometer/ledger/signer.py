@@ -104,9 +104,13 @@ def load_signer(key_file: Path, pem: str | None = None, pem_from: str | None = N
             new = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption())
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(new)
+            try:
+                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another gateway made it first: theirs is the key
+                pass
+            else:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(new)
         pem = key_file.read_text()
     try:
         key = serialization.load_pem_private_key(pem.encode(), password=None)

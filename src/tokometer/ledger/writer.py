@@ -128,6 +128,10 @@ class QueuedWriter:
     def _commit(self, items: list[_Append]) -> None:
         try:
             self._write([item.row for item in items])
+        except LedgerError as e:  # the store is unreachable: no row of the batch can be written
+            log.error("could not record %d event(s): %s", len(items), e.message)
+            self._resolve(items, e)
+            return
         except self._store.Error as e:
             if len(items) > 1:  # one bad row must not sink its batch: retry them one by one
                 for item in items:

@@ -1,0 +1,85 @@
+"""PostgreSQL ledger: any number of gateway processes append to one Merkle log.
+
+Each batch is sequenced in the store itself, in one transaction, as trillian-tessera's SQL
+drivers do: take the log's lock (a transaction-scoped advisory lock), read the log's size,
+store the events as the next leaves with the tree nodes above them and the rollups, move the
+watermarks, commit. Leaf indexes stay contiguous whatever the number of writers, and a writer
+killed mid-batch leaves nothing behind (its transaction never commits). Heads are signed under
+the same lock with the clock read inside it, so heads in timestamp order never shrink; a
+writer signs only when no stored head covers the log yet, so replicas do not each sign.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..config import PostgresURL
+from ..errors import LedgerError
+from .derive import LOGGED, fold, grow_log, insert_leaves, meta, sign_head
+from .log import MerkleLog
+from .postgres import PostgresStore, open_postgres
+from .writer import QueuedWriter
+
+if TYPE_CHECKING:
+    from .signer import Signer, TreeHead
+
+log = logging.getLogger("tokometer.ledger")
+
+LOCK_LOG = "SELECT pg_advisory_xact_lock(hashtext('tokometer.log'))"
+TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
+
+
+class PostgresLedger(QueuedWriter):
+    idle_seconds = 0.5
+
+    def __init__(self, url: PostgresURL, signer: Signer):
+        super().__init__(signer)
+        self.url = url
+        self._store: PostgresStore = open_postgres(url, create=True)
+        self._tree = MerkleLog(0, ())  # the log as this process last saw it
+        self._signed_at = 0.0
+
+    def _write(self, rows: list[list[Any]]) -> None:
+        self._reconnect_if_broken()
+        with self._store.transaction():
+            tree = self._locked_tree()
+            grown = grow_log(self._store, tree, insert_leaves(self._store, rows, tree.size))
+            fold(self._store, rows)
+        self._tree = grown
+
+    def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
+        if not (signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS):
+            return
+        self._signed_at = time.monotonic()
+        try:
+            self._reconnect_if_broken()
+            with self._store.transaction():
+                tree = self._locked_tree()
+                signed = self._store.execute("SELECT MAX(tree_size) FROM tree_heads").fetchone()
+                if signed and signed[0] is not None and signed[0] >= tree.size and not signs:
+                    return
+                head = sign_head(self._store, self.signer, tree.size, tree.root(),
+                                 int(time.time() * 1000))
+        except (self._store.Error, LedgerError) as e:  # LedgerError: could not reconnect
+            log.error("could not store a signed tree head: %s", e)
+            self._fail_signs(signs, f"could not store a signed tree head: {e}")
+            return
+        self._hand_over(signs, head)
+
+    def _locked_tree(self) -> MerkleLog:
+        """Under the log's lock, in the caller's transaction: the log as stored now (its
+        frontier read again only when another writer has moved it)."""
+        self._store.execute(LOCK_LOG)
+        size = meta(self._store, LOGGED) or 0
+        if size != self._tree.size:
+            self._tree = MerkleLog.load(self._store, size)
+        return self._tree
+
+    def _reconnect_if_broken(self) -> None:
+        """After the server restarted or the network broke, a new connection (or the
+        store's Error, which fails this batch and is tried again with the next)."""
+        if self._store.conn.broken or self._store.conn.closed:
+            self._store = open_postgres(self.url, create=True)

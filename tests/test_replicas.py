@@ -1,0 +1,86 @@
+"""Many gateways, one PostgreSQL store: every replica appends to the one Merkle log, whose
+leaf indexes stay contiguous (no fork, no gap, no duplicate) and whose heads only grow."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
+from processes import cli
+from tokometer.config import PostgresURL
+from tokometer.ledger import open_store
+from tokometer.ledger.read import iter_events
+
+
+@pytest.fixture
+def replicas(upstream, postgres, tmp_path) -> Any:
+    """Three `tokometer serve` processes on one PostgreSQL database, signing with the log's
+    one key (replicas share it, as they share the store)."""
+    url = PostgresURL(postgres.new_database())
+    shared_key = f'signing_key = "{tmp_path / "log-key.pem"}"\n'
+    started: list[Gateway] = []
+    try:
+        for i in range(3):
+            started.append(start_gateway(tmp_path / f"r{i}", shared_key + providers_toml(upstream)
+                                         + MODELS_TOML, env=FAKE_KEYS, store=url))
+        yield started
+    finally:
+        for gw in started:
+            stop_gateway(gw)
+
+
+def _leaves(gw: Gateway) -> list[int]:
+    with open_store(gw.store) as store:
+        return sorted(e["leaf_index"] for e in iter_events(store))
+
+
+async def _spread(gateways: list[Gateway], n: int, *, stream: bool = False,
+                  stop_after: int | None = None) -> list[str]:
+    """n requests at once, round robin over the replicas; the ids whose response completed.
+    With `stop_after`, the first replica is killed (kill -9) once that many have completed."""
+    completed: list[str] = []
+
+    async def one(client: httpx.AsyncClient, gw: Gateway, i: int) -> None:
+        body = {"model": "gpt-4o-mini", "stream": stream,
+                "messages": [{"role": "user", "content": f"request {i}"}]}
+        try:
+            r = await client.post(gw.url + "/v1/chat/completions", json=body,
+                                  headers={"Authorization": f"Bearer {gw.key}"})
+        except httpx.TransportError:
+            return  # a killed replica: this response never completed
+        if r.status_code == 200 and (not stream or b"[DONE]" in r.content):
+            completed.append(r.headers["x-tokometer-event-id"])
+            if stop_after is not None and len(completed) == stop_after:
+                os.killpg(gateways[0].process.pid, signal.SIGKILL)
+
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        await asyncio.gather(*(one(client, gateways[i % len(gateways)], i) for i in range(n)))
+    return completed
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_three_replicas_append_to_one_contiguous_log(replicas, stream):
+    completed = asyncio.run(_spread(replicas, 60, stream=stream))
+    assert len(completed) == 60
+    assert _leaves(replicas[0]) == list(range(60))
+    audit = cli(replicas[1].config, "ledger", "audit")
+    assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
+
+
+def test_a_replica_killed_mid_load_loses_no_acknowledged_event(replicas):
+    completed = asyncio.run(_spread(replicas, 90, stop_after=20))
+    survivors = replicas[1:]
+    with open_store(survivors[0].store) as store:
+        stored = {e["id"]: e["leaf_index"] for e in iter_events(store)}
+    assert set(completed) <= set(stored)  # every acknowledged event is in the log...
+    assert sorted(stored.values()) == list(range(len(stored)))  # ...which has no gap
+    assert survivors[0].chat("gpt-4o-mini").status_code == 200  # the others keep serving
+    audit = cli(survivors[1].config, "ledger", "audit")
+    assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
