@@ -84,3 +84,34 @@ def test_a_replica_killed_mid_load_loses_no_acknowledged_event(replicas):
     assert survivors[0].chat("gpt-4o-mini").status_code == 200  # the others keep serving
     audit = cli(survivors[1].config, "ledger", "audit")
     assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
+
+
+def test_postgresql_restarting_is_a_503_and_the_gateway_recovers_by_itself(upstream, tmp_path):
+    """The server stopped: requests get 503 store_unavailable (nothing answered as if it
+    were recorded); started again, the same gateway records again, with no gap in the log."""
+    from postgres import remove, start_cluster
+
+    cluster = start_cluster()  # its own: this test stops it
+    gw = None
+    try:
+        gw = start_gateway(tmp_path / "g", providers_toml(upstream) + MODELS_TOML,
+                           env=FAKE_KEYS, store=PostgresURL(cluster.new_database()))
+        before = gw.chat("gpt-4o-mini")
+        assert before.status_code == 200
+        cluster.stop()
+        refused = gw.chat("gpt-4o-mini")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["type"] == "store_unavailable"
+        cluster.start()
+        after = gw.chat("gpt-4o-mini")
+        assert after.status_code == 200, after.text
+        with open_store(gw.store) as store:
+            ids = {e["id"]: e["leaf_index"] for e in iter_events(store)}
+        assert before.headers["x-tokometer-event-id"] in ids
+        assert after.headers["x-tokometer-event-id"] in ids
+        assert refused.headers["x-tokometer-event-id"] not in ids
+        assert sorted(ids.values()) == list(range(len(ids)))
+    finally:
+        if gw is not None:
+            stop_gateway(gw)
+        remove(cluster)

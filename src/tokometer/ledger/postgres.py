@@ -32,21 +32,50 @@ def to_postgres(sql: str) -> str:
 
 
 class PostgresStore:
-    """The Store protocol (store.py) over one PostgreSQL connection; `with` closes it."""
+    """The Store protocol (store.py) over one PostgreSQL connection; `with` closes it.
+
+    A connection the server dropped (a restart, a network cut) is opened again at the next
+    statement, so a gateway recovers by itself; until the server answers, each statement is a
+    503 LedgerError (`store_unavailable`).
+    """
 
     Error = psycopg.Error
 
-    def __init__(self, conn: psycopg.Connection[Any]):
-        self.conn = conn
+    def __init__(self, conn: psycopg.Connection[Any], url: PostgresURL):
+        self._conn, self.url = conn, url
+
+    @property
+    def broken(self) -> bool:
+        """Whether the server dropped the connection (it is opened again when next used)."""
+        return self._conn.broken
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn.broken:
+            self._conn.close()
+            self._conn = _connect(self.url, again=True)
+        return self._conn
 
     def execute(self, sql: str,
                 params: Sequence[Any] | Mapping[str, Any] = ()) -> psycopg.Cursor[Any]:
-        return self.conn.execute(to_postgres(sql), params)
+        with self._unavailable_if_gone():
+            return self.conn.execute(to_postgres(sql), params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
-        cursor = self.conn.cursor()
-        cursor.executemany(to_postgres(sql), rows)
-        return cursor
+        with self._unavailable_if_gone():
+            cursor = self.conn.cursor()
+            cursor.executemany(to_postgres(sql), rows)
+            return cursor
+
+    @contextlib.contextmanager
+    def _unavailable_if_gone(self) -> Iterator[None]:
+        """The server gone mid-statement is a 503 LedgerError; other failures stay Error."""
+        try:
+            yield
+        except psycopg.OperationalError as e:
+            if not self.broken:
+                raise
+            raise unavailable(self.url, e) from e
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -54,7 +83,7 @@ class PostgresStore:
             yield
 
     def close(self) -> None:
-        self.conn.close()
+        self._conn.close()
 
     def __enter__(self) -> PostgresStore:
         return self
@@ -66,12 +95,8 @@ class PostgresStore:
 def open_postgres(url: PostgresURL, *, create: bool = False) -> PostgresStore:
     """A connection with the schema in place. Only `create=True` makes the tables in a
     database that has none; otherwise such a database is a LedgerError, as a missing file is."""
-    try:
-        conn = psycopg.connect(url.url, autocommit=True, connect_timeout=10)
-    except psycopg.Error as e:
-        raise LedgerError(f"cannot open the store at {url}: {e}") from None
-    conn.adapters.register_loader("numeric", _WholeOrDecimal)
-    store = PostgresStore(conn)
+    conn = _connect(url)
+    store = PostgresStore(conn, url)
     try:
         if not create and not _has_events(store):
             raise LedgerError(f"there is no store at {url} (server.store in the config): "
@@ -84,6 +109,24 @@ def open_postgres(url: PostgresURL, *, create: bool = False) -> PostgresStore:
         conn.close()
         raise
     return store
+
+
+def unavailable(url: PostgresURL, cause: Exception) -> LedgerError:
+    """A store that was there and is not now: a 503 the client may retry."""
+    return LedgerError(f"the store at {url} is unavailable: {cause}", status=503,
+                       type="store_unavailable")
+
+
+def _connect(url: PostgresURL, *, again: bool = False) -> psycopg.Connection[Any]:
+    """`again`: reconnecting to a store that was there, whose absence is `unavailable`."""
+    try:
+        conn = psycopg.connect(url.url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as e:
+        if again:
+            raise unavailable(url, e) from None
+        raise LedgerError(f"cannot open the store at {url}: {e}") from None
+    conn.adapters.register_loader("numeric", _WholeOrDecimal)
+    return conn
 
 
 def migrate(store: PostgresStore) -> None:

@@ -16,11 +16,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from ..config import PostgresURL
 from ..errors import LedgerError
 from .derive import LOGGED, fold, grow_log, insert_leaves, meta, sign_head
 from .log import MerkleLog
-from .postgres import PostgresStore, open_postgres
+from .postgres import PostgresStore, open_postgres, unavailable
 from .writer import QueuedWriter
 
 if TYPE_CHECKING:
@@ -37,17 +39,20 @@ class PostgresLedger(QueuedWriter):
 
     def __init__(self, url: PostgresURL, signer: Signer):
         super().__init__(signer)
-        self.url = url
         self._store: PostgresStore = open_postgres(url, create=True)
         self._tree = MerkleLog(0, ())  # the log as this process last saw it
         self._signed_at = 0.0
 
     def _write(self, rows: list[list[Any]]) -> None:
-        self._reconnect_if_broken()
-        with self._store.transaction():
-            tree = self._locked_tree()
-            grown = grow_log(self._store, tree, insert_leaves(self._store, rows, tree.size))
-            fold(self._store, rows)
+        try:
+            with self._store.transaction():
+                tree = self._locked_tree()
+                grown = grow_log(self._store, tree, insert_leaves(self._store, rows, tree.size))
+                fold(self._store, rows)
+        except psycopg.OperationalError as e:  # the server went away at the commit
+            if not self._store.broken:
+                raise
+            raise unavailable(self._store.url, e) from e
         self._tree = grown
 
     def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
@@ -55,7 +60,6 @@ class PostgresLedger(QueuedWriter):
             return
         self._signed_at = time.monotonic()
         try:
-            self._reconnect_if_broken()
             with self._store.transaction():
                 tree = self._locked_tree()
                 signed = self._store.execute("SELECT MAX(tree_size) FROM tree_heads").fetchone()
@@ -77,9 +81,3 @@ class PostgresLedger(QueuedWriter):
         if size != self._tree.size:
             self._tree = MerkleLog.load(self._store, size)
         return self._tree
-
-    def _reconnect_if_broken(self) -> None:
-        """After the server restarted or the network broke, a new connection (or the
-        store's Error, which fails this batch and is tried again with the next)."""
-        if self._store.conn.broken or self._store.conn.closed:
-            self._store = open_postgres(self.url, create=True)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..errors import RequestError
+from ..errors import LedgerError, RequestError
 from ..events import new_event_id, rfc3339
 from ..ledger.store import Store
+
+log = logging.getLogger("tokometer.policy")
 
 _PREFIX = "tkm-"
 REFRESH_SECONDS = 1.0
@@ -111,7 +114,11 @@ class KeyRing:
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
             if self._known:
-                revoked = await asyncio.to_thread(self._revoked_hashes)
+                try:
+                    revoked = await asyncio.to_thread(self._revoked_hashes)
+                except (self._conn.Error, LedgerError) as e:  # LedgerError: unavailable
+                    log.warning("reading revoked keys failed (will retry): %s", e)
+                    continue
                 for digest in revoked:
                     self._known.pop(digest, None)
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from ..config import Budget
+from ..errors import LedgerError
 from ..ledger.store import Store
 from .budgets import all_budgets, load_states, save_reservations
 from .guard import Guard
@@ -48,5 +49,5 @@ class BudgetSync:
             await asyncio.sleep(SYNC_SECONDS)
             try:
                 await self.sync()
-            except self._conn.Error as e:
+            except (self._conn.Error, LedgerError) as e:  # LedgerError: store unavailable
                 log.warning("budget sync failed (will retry): %s", e)
