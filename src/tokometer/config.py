@@ -258,17 +258,25 @@ def _by_name(tables: list[_Reader], build: Callable[[_Reader], _Named],
 
 
 def _store(s: _Reader, base: Path) -> Path | PostgresURL:
-    store = s.str("store", "sqlite:///tokometer.db")
-    if store.startswith("sqlite:///"):
-        return base / store.removeprefix("sqlite:///")
-    if store.startswith(("postgresql://", "postgres://")):
+    try:
+        return store_location(s.str("store", "sqlite:///tokometer.db"), base)
+    except ValueError as e:
+        raise s.error("store", str(e)) from None
+
+
+def store_location(text: str, base: Path) -> Path | PostgresURL:
+    """A store as the config (or `tokometer migrate`) names it; relative SQLite paths are
+    taken from `base`. ValueError says what is wrong."""
+    if text.startswith("sqlite:///"):
+        return base / text.removeprefix("sqlite:///")
+    if text.startswith(("postgresql://", "postgres://")):
         try:
-            urlsplit(store).port  # noqa: B018 - parsing it is the check
+            urlsplit(text).port  # noqa: B018 - parsing it is the check
         except ValueError as e:
-            raise s.error("store", f"not a PostgreSQL URL: {e}") from None
-        return PostgresURL(store)
-    raise s.error("store", "expected 'sqlite:///PATH' or 'postgresql://USER@HOST:PORT/DATABASE', "
-                  f"got {store!r}")
+            raise ValueError(f"not a PostgreSQL URL: {e}") from None
+        return PostgresURL(text)
+    raise ValueError("expected 'sqlite:///PATH' or 'postgresql://USER@HOST:PORT/DATABASE', "
+                     f"got {text!r}")
 
 
 def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:

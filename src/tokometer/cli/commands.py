@@ -32,6 +32,7 @@ from .output import progress, show, show_json, show_lines
 from .spec import CHART, JSON_LINES, SINCE, TABLE_FORMAT, UNTIL, Command, OneOf, arg, whole
 
 if TYPE_CHECKING:
+    from ..ledger.audit import AuditReport
     from ..ledger.signer import Signer
 
 MAX_TOP = 1_000_000
@@ -169,14 +170,37 @@ def ledger_audit(args: argparse.Namespace) -> int:
     with open_store(settings.server.store) as store, \
             progress(count_events(store), "events") as step:
         report = audit(store, _signer(settings).public_key, step)
+    return _audited(report, "the log audits clean")
+
+
+def _audited(report: AuditReport, clean: str) -> int:
+    """The audit's summary and findings; exit code 1 when it is not clean."""
     print(f"{report.events} events, {report.leaves} leaves, {report.heads} signed tree heads")
     first = report.first()
     if first is None:
-        print("the log audits clean")
+        print(clean)
         return 0
     show_lines([f"NOT CLEAN: {len(report.findings)} problem(s); the first: {first.what}",
                 *(f"  also: {finding.what}" for finding in report.ordered()[1:20])])
     return 1
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from ..ledger.audit import audit
+    from ..ledger.copy import copy_store
+
+    settings = config.load(args.config)  # the log's key, to audit the copy with
+    try:
+        source, target = (config.store_location(text, Path.cwd())
+                          for text in (args.source, args.target))
+    except ValueError as e:
+        raise TokometerError(f"--from/--to: {e}") from None
+    with open_store(source) as src, open_store(target, create=True) as dst:
+        with progress(count_events(src), "events") as step:
+            copied = copy_store(src, dst, step)
+        report = audit(dst, _signer(settings).public_key)
+    print(", ".join(f"{n} {table}" for table, n in copied.items() if n))
+    return _audited(report, "the copy audits clean")
 
 
 def receipt(args: argparse.Namespace) -> int:
@@ -342,6 +366,16 @@ COMMANDS: tuple[Command, ...] = (
                   "consistent with the one before, and that the rollups hold the events' sums; "
                   "report the first event that was altered, deleted or inserted. Exit code 1 "
                   "when the log does not audit clean."),
+    Command("migrate", "copy a whole store into a new one (SQLite or PostgreSQL) and audit "
+            "the copy", migrate, (
+                arg("--from", dest="source", required=True, metavar="STORE",
+                    help="sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"),
+                arg("--to", dest="target", required=True, metavar="STORE",
+                    help="a new store: a missing SQLite file or an empty database")),
+            about="Copy every event, leaf, tree node, signed head, key, budget, outcome and "
+                  "rollup into a new store, then audit the copy with the log's key (the "
+                  "config's). Exit code 1 when the copy does not audit clean. Stop the "
+                  "gateways writing to the source first."),
     Command("receipt", "print a self-contained, verifiable receipt for one event", receipt,
             (arg("event_id", help="the event's id (x-tokometer-event-id)"),)),
     Command("verify-receipt", "check a receipt offline with the log's key", verify_receipt, (
