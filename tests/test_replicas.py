@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from typing import Any
 
 import httpx
@@ -115,3 +116,24 @@ def test_postgresql_restarting_is_a_503_and_the_gateway_recovers_by_itself(upstr
         if gw is not None:
             stop_gateway(gw)
         remove(cluster)
+
+
+def test_a_revocation_and_a_budget_reach_every_replica_within_seconds(replicas):
+    gw = replicas[0]
+    key, key_id = gw.new_key(tenant="globex")
+    for replica in replicas:  # each replica has looked the key up, and keeps it
+        assert replica.chat("gpt-4o-mini", key=key).status_code == 200
+
+    def everywhere(status: int) -> bool:
+        deadline = time.monotonic() + 5
+        pending = list(replicas)
+        while pending and time.monotonic() < deadline:
+            pending = [r for r in pending if r.chat("gpt-4o-mini", key=key).status_code != status]
+            time.sleep(0.1)  # readiness poll: replicas read the store about once a second
+        return not pending
+
+    assert cli(gw.config, "budgets", "set", "--tenant", "globex", "--limit", "0",
+               "--unit", "tokens", "--period", "day").returncode == 0
+    assert everywhere(402)
+    assert cli(gw.config, "keys", "revoke", key_id).returncode == 0
+    assert everywhere(401)
