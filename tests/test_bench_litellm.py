@@ -1,6 +1,6 @@
 """The overhead bench starts LiteLLM in its plain configuration, whatever the caller's
 environment holds (issue 13, "the LiteLLM comparison must be fair"): an inherited
-DETAILED_DEBUG once cost it 3-6x the CPU per request, silently behind LITELLM_LOG=ERROR.
+DETAILED_DEBUG costs LiteLLM 3-6x the CPU per request, silently behind LITELLM_LOG=ERROR.
 
 A stand-in `litellm` executable records its arguments, environment and working directory and
 answers the health probe, so the real `bench/overhead.py` start-up path runs without LiteLLM."""
