@@ -178,9 +178,32 @@ def bare(upstream: int, ledger: Path | None = None) -> tuple[subprocess.Popen, i
 
 LITELLM_KEY = "sk-bench-0123456789abcdef0123456789abcdef"
 
+# LiteLLM runs in its plain configuration: the model list and a master key in the YAML, no
+# database, no callbacks, everything else at its defaults. Its environment is built here, not
+# inherited: `litellm` reads its CLI options from the environment too (DEBUG, DETAILED_DEBUG,
+# NUM_WORKERS, PORT...) and loads a .env found above its package, i.e. in this checkout. An
+# inherited DETAILED_DEBUG=1 turns on debug logging that LITELLM_LOG=ERROR hides from the log but
+# not from the CPU: 3-6x the CPU per request, 16-20 (JSON) and 7 (SSE) req/s at c=64 where the
+# plain proxy serves ~95 and ~45 on the same machine (README, benchmark section).
+LITELLM_ENV = {
+    # its cost map as shipped in the package: otherwise it fetches one from GitHub at start
+    # and again in the background (three attempts), traffic that must not leave this machine
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    # this release's telemetry switch (LITELLM_TELEMETRY_*; it records nothing until a
+    # destination is chosen, and this makes sure it never is)
+    "LITELLM_TELEMETRY_DISABLED": "true",
+    # errors only: no access-log line per request (tokometer's granian has log_access=False)
+    "LITELLM_LOG": "ERROR",
+    # reads no .env file (its default DEV mode loads one: the caller's settings would leak in)
+    "LITELLM_MODE": "PRODUCTION",
+}
+
 
 def litellm(work: Path, venv: Path, upstream: int) -> tuple[subprocess.Popen, int]:
+    """LiteLLM's proxy in its plain configuration (LITELLM_ENV), one worker like tokometer's."""
     port = free_port()
+    work = work / "litellm"
+    work.mkdir(exist_ok=True)
     cfg = work / "litellm.yaml"
     cfg.write_text(f"""
 model_list:
@@ -190,15 +213,16 @@ model_list:
   - model_name: bench-sse
     litellm_params: {{model: openai/gpt-4o-mini,
                       api_base: "http://127.0.0.1:{upstream}/stream/v1", api_key: sk-bench}}
-litellm_settings: {{telemetry: false, drop_params: true}}
 general_settings: {{master_key: {LITELLM_KEY}}}
 """)
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
-           "LITELLM_TELEMETRY": "False"}
+    # PATH for the tools its platform probes run; HOME and the working directory (which it puts
+    # on sys.path) in this run's own folder, so nothing of the caller's is picked up
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), **LITELLM_ENV}
     with (work / "litellm.log").open("wb") as log:
+        # one worker process (its default, said out loud): tokometer serves with one worker too
         proc = subprocess.Popen([str(venv / "bin" / "litellm"), "--config", str(cfg), "--port",
-                                 str(port), "--host", "127.0.0.1"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                 str(port), "--host", "127.0.0.1", "--num_workers", "1"],
+                                env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT)
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=300, proc=proc)
     return proc, port
 
