@@ -1,7 +1,7 @@
 """What reading a stream costs the relay, per stream: the SSE splitter and the usage tap fed
 event by event (one network chunk per event, as providers send them), then the reading the
 meter takes at the end (usage, and the text it recounts). The 21-event stream is the 6-event
-chat fixture with its answer sent a word at a time, the shape of a real short answer.
+chat fixture with its answer sent a word at a time (`overhead.py --sse-events 21` serves it).
 
     .venv/bin/python bench/stream_tap.py
 """
@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import orjson
-
+from overhead import FIXTURES, sse_stream
 from tokometer.usage import StreamTap
 from tokometer.usage.stream import SSESplitter
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 STREAMS = {  # name: (operation, fixture)
     "openai chat, 6 events": ("chat", "openai_chat.sse"),
     "anthropic messages, 8 events": ("messages", "anthropic.sse"),
@@ -25,19 +22,8 @@ STREAMS = {  # name: (operation, fixture)
 }
 
 
-def events(name: str) -> list[bytes]:
-    return [e + b"\n\n" for e in (FIXTURES / name).read_bytes().strip().split(b"\n\n")]
-
-
-def word_by_word(chunks: list[bytes], total: int) -> list[bytes]:
-    """The chat fixture with its text re-sent one word per event, `total` events in all."""
-    first = orjson.loads(chunks[1][len(b"data: "):])
-    words = [f" word{i}" for i in range(total - 4)]  # role, finish, usage and [DONE] stay
-    middle = []
-    for word in words:
-        first["choices"][0]["delta"] = {"content": word}
-        middle.append(b"data: " + orjson.dumps(first) + b"\n\n")
-    return [chunks[0], *middle, *chunks[3:]]
+def events(text: str) -> list[bytes]:
+    return [e.encode() + b"\n\n" for e in text.strip().split("\n\n")]
 
 
 def read(operation: str, chunks: list[bytes]) -> Callable[[], object]:
@@ -72,8 +58,9 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
 
 
 def main() -> None:
-    streams = {name: (op, events(fixture)) for name, (op, fixture) in STREAMS.items()}
-    streams["openai chat, 21 events"] = ("chat", word_by_word(events("openai_chat.sse"), 21))
+    streams = {name: (op, events((FIXTURES / fixture).read_text()))
+               for name, (op, fixture) in STREAMS.items()}
+    streams["openai chat, 21 events"] = ("chat", events(sse_stream(21)))
     print(f"{'µs per stream':<32} {'relay (split + tap)':>20} {'+ reading (usage, text)':>24}")
     for name, (op, chunks) in streams.items():
         print(f"{name:<32} {per_call_us(feed_only(op, chunks), 5_000):20.1f} "
