@@ -82,7 +82,12 @@ def nginx(work: Path, sse_events: int | None = None) -> tuple[subprocess.Popen, 
     """nginx answering every POST with a fixed body: JSON at /v1, SSE at /stream/v1."""
     port = free_port()
     body = (FIXTURES / "openai_chat.json").read_text().strip()
-    sse = sse_stream(sse_events)
+    # Served as a file, too long for a `return`, which nginx's workers (nobody) must reach.
+    www = work / "www"
+    www.mkdir(mode=0o755)
+    (www / "stream.sse").write_text(sse_stream(sse_events))
+    (www / "stream.sse").chmod(0o644)
+    work.chmod(0o711)
     quote = lambda s: "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731
     conf = work / "nginx.conf"
     conf.write_text(f"""
@@ -99,7 +104,8 @@ http {{
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
     location = /health {{ return 200 'ok'; }}
-    location /stream/v1/ {{ default_type text/event-stream; return 200 {quote(sse)}; }}
+    location /stream/v1/ {{ error_page 405 =200 /stream.sse; return 405; }}
+    location = /stream.sse {{ internal; root {www}; default_type text/event-stream; }}
     location /v1/ {{ default_type application/json; return 200 {quote(body)}; }}
   }}
 }}
