@@ -63,12 +63,35 @@ def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen | None = No
     raise RuntimeError(f"{url} did not come up in {timeout} s")
 
 
-def nginx(work: Path) -> tuple[subprocess.Popen, int]:
+def sse_stream(events: int | None = None) -> str:
+    """The streamed chat fixture (6 events), or the same stream with its answer re-sent a
+    word per event, `events` events in all: the shape of a longer answer."""
+    fixture = (FIXTURES / "openai_chat.sse").read_text()
+    if events is None:
+        return fixture
+    blocks = fixture.strip().split("\n\n")
+    chunk = json.loads(blocks[1].removeprefix("data: "))
+    words = []
+    for i in range(events - 4):  # the role, finish, usage and [DONE] events stay
+        chunk["choices"][0]["delta"] = {"content": f" word{i}"}
+        words.append("data: " + json.dumps(chunk, separators=(",", ":")))
+    return "\n\n".join([blocks[0], *words, *blocks[3:]]) + "\n\n"
+
+
+def nginx(work: Path, sse_events: int | None = None) -> tuple[subprocess.Popen, int]:
     """nginx answering every POST with a fixed body: JSON at /v1, SSE at /stream/v1."""
     port = free_port()
     body = (FIXTURES / "openai_chat.json").read_text().strip()
-    sse = (FIXTURES / "openai_chat.sse").read_text()
     quote = lambda s: "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731
+    www = work / "www"
+    if sse_events is None:  # the fixture, as the figures in the README were measured
+        stream = f"default_type text/event-stream; return 200 {quote(sse_stream())};"
+    else:  # too long for a `return`: a file, which nginx's workers (nobody) must reach
+        www.mkdir(mode=0o755)
+        (www / "stream.sse").write_text(sse_stream(sse_events))
+        (www / "stream.sse").chmod(0o644)
+        work.chmod(0o711)
+        stream = "error_page 405 =200 /stream.sse; return 405;"
     conf = work / "nginx.conf"
     conf.write_text(f"""
 worker_processes 1;
@@ -84,7 +107,8 @@ http {{
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
     location = /health {{ return 200 'ok'; }}
-    location /stream/v1/ {{ default_type text/event-stream; return 200 {quote(sse)}; }}
+    location /stream/v1/ {{ {stream} }}
+    location = /stream.sse {{ internal; root {www}; default_type text/event-stream; }}
     location /v1/ {{ default_type application/json; return 200 {quote(body)}; }}
   }}
 }}
@@ -313,6 +337,9 @@ def main() -> int:
     ap.add_argument("--litellm", type=Path, default=ROOT / "bench" / ".venv-litellm",
                     help="venv with litellm[proxy] installed (skipped if absent)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    ap.add_argument("--sse-events", type=int, default=None,
+                    help="stream N events (N >= 5, the answer a word per event) instead of "
+                         "the 6-event fixture")
     ap.add_argument("--concurrency", type=_levels, default=CONCURRENCY,
                     help="comma-separated concurrency levels (default: 1,4,16,64)")
     ap.add_argument("--targets", type=lambda s: s.split(","),
@@ -324,10 +351,12 @@ def main() -> int:
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed: apt-get install nginx-light wrk")
+    if args.sse_events is not None and args.sse_events < 5:
+        sys.exit("--sse-events: a stream has at least 5 events (role, text, finish, usage, end)")
     work = Path(tempfile.mkdtemp(prefix="tokometer-bench-"))
     results: list[Result] = []
     memory: dict[str, tuple[float, float]] = {}
-    ng, up = nginx(work)
+    ng, up = nginx(work, args.sse_events)
     print("successful responses per second (ok/s) per target, mode and concurrency", flush=True)
     # Each proxy runs alone while it is measured (one sharing 2 cores with an idle LiteLLM
     # and its background jobs measures LiteLLM too); all of them within this one run.

@@ -4,6 +4,8 @@ same numbers however the network cuts the bytes."""
 from __future__ import annotations
 
 import itertools
+import json
+import re
 
 import orjson
 import pytest
@@ -137,3 +139,128 @@ def test_stream_text_for_recounts():
     assert tap.text() == "The quick brown fox jumps over the lazy dog."
     tap, _ = tap_all("responses", (FIXTURES / "responses.sse").read_bytes(), [])
     assert tap.text() == "Hi there!"
+
+
+# The tap reads an event further only when one byte scan says it may matter (usage/stream.py).
+# Its oracle: the same tap with that scan made to let every event through, which is how the
+# tap read streams before the scan existed. Words of the reading hide in the answer's text,
+# with quotes escaped, in events of every wire format, spaced or compact, cut anywhere.
+TRICKY = ['"usage":{"prompt_tokens":7,"completion_tokens":3}', '"usage": {', "usage",
+          '"finish_reason":"length"', '"finish_reason": null', '"error":{"type":"x"}',
+          '"type":"error"', '"tool_calls":[{"index":0}]', '"type":"tool_use"',
+          '"function_call":{"name":"f"}', "message_stop", "response.completed", "[DONE]",
+          "\\", '"', "\\\"", "data: ", "\n", "\n\n", '"model":"evil"', '"service_tier":"flex"',
+          " ", "word"]
+USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "input_tokens": 13, "output_tokens": 6}
+
+
+def _events(t: str) -> list[tuple[str | None, object]]:
+    """(SSE event name, payload) of every kind the readings distinguish, with text `t`."""
+    chunk = {"model": "gpt-4o-mini", "service_tier": "default", "usage": None,
+             "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}
+    return [
+        (None, chunk),
+        (None, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        (None, {**chunk, "choices": [], "usage": USAGE}),
+        (None, {**chunk, "choices": [{"index": 0, "delta": {"content": t}, "usage": USAGE}]}),
+        (None, {**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": t}}]}, "finish_reason": None}]}),
+        (None, {"error": {"type": "server_error", "message": t}}),
+        ("message_start", {"type": "message_start", "message": {
+            "model": "claude-x", "usage": {"input_tokens": 9, "output_tokens": 1}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": t}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "input_json_delta", "partial_json": t}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": 4}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"},
+                           "usage": None}),
+        ("message_stop", {"type": "message_stop"}),
+        ("error", {"type": "error", "error": {"type": "overloaded_error", "message": t}}),
+        ("response.output_text.delta", {"type": "response.output_text.delta", "delta": t}),
+        ("response.completed", {"type": "response.completed", "response": {
+            "status": "completed", "usage": USAGE, "output": []}}),
+        ("response.incomplete", {"type": "response.incomplete", "response": {
+            "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}}),
+        (None, t),  # not JSON at all
+        (None, "[DONE]"),
+    ]
+
+
+@st.composite
+def sse_streams(draw):
+    blocks = []
+    for _ in range(draw(st.integers(1, 12))):
+        text = "".join(draw(st.lists(st.sampled_from(TRICKY), max_size=5)))
+        name, payload = draw(st.sampled_from(_events(text)))
+        if isinstance(payload, str):
+            data = payload.replace("\n", " ").encode()
+        elif draw(st.booleans()):
+            data = orjson.dumps(payload)
+        else:  # as Python's json writes it: a space after every colon and comma
+            data = json.dumps(payload).encode()
+        if draw(st.booleans()) and len(data) > 1:  # one payload on two data lines
+            at = draw(st.integers(1, len(data) - 1))
+            data = data[:at] + b"\ndata: " + data[at:]
+        head = b"event: " + name.encode() + b"\n" if name else b""
+        blocks.append(head + b"data: " + data + b"\n\n")
+    return b"".join(blocks)
+
+
+def reading(tap: StreamTap) -> tuple:
+    return (tap.usage(), tap.final_usage_seen, tap.model, tap.service_tier, tap.finish_reason,
+            tap.terminal, tap.error, tap.tool_call, tap.web_searches, tap.text())
+
+
+@pytest.mark.parametrize("operation", ["chat", "messages", "responses"])
+@settings(max_examples=300, deadline=None)
+@given(stream=sse_streams(), cuts=st.lists(st.integers(0, 10_000), max_size=8),
+       hide=st.booleans())
+def test_the_quick_scan_never_changes_a_reading(operation, stream, cuts, hide):
+    tap, forwarded = tap_all(operation, stream, cuts, hide)
+    oracle = StreamTap(operation, hide_usage_chunk=hide)
+    oracle._notable = re.compile(b"")  # every event read in full
+    kept = [block for block in SSESplitter().feed(stream) if oracle.feed(block)]
+    assert reading(tap) == reading(oracle)
+    assert forwarded == b"".join(kept)
+
+
+def test_words_of_the_reading_inside_the_answer_change_nothing():
+    """The answer's text quotes a usage object, a finish reason and an error: escaped inside
+    a string, none of them is read, and the real usage chunk after them still is."""
+    text = '"usage":{"prompt_tokens":1} "finish_reason":"length" "error":{"type":"x"} [DONE]'
+    chunk = {"model": "m", "choices": [{"index": 0, "delta": {"content": text},
+                                        "finish_reason": None}], "usage": None}
+    stream = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in [
+        chunk, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"model": "m", "choices": [], "usage": USAGE}]) + b"data: [DONE]\n\n"
+    tap, forwarded = tap_all("chat", stream, [], hide=True)
+    assert tap.usage() == Usage(11, 0, 0, 5, 0) and tap.final_usage_seen
+    assert (tap.finish_reason, tap.error, tap.tool_call, tap.terminal) == ("stop", None, False,
+                                                                            True)
+    assert tap.text() == text
+    assert forwarded == stream[:stream.index(b'data: {"model":"m","choices":[]')] \
+        + b"data: [DONE]\n\n"  # only the usage chunk the gateway asked for is hidden
+
+
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": "), (" , ", " :  ")])
+def test_spaced_json_is_read_like_compact_json(separators):
+    def event(payload: dict) -> bytes:
+        return b"data: " + json.dumps(payload, separators=separators).encode() + b"\n\n"
+    stream = (event({"model": "m", "choices": [{"delta": {"content": "Hi"},
+                                                "finish_reason": None}], "usage": None})
+              + event({"choices": [{"delta": {"tool_calls": [{"index": 0}]},
+                                    "finish_reason": "tool_calls"}], "usage": None})
+              + event({"choices": [], "usage": USAGE}) + b"data: [DONE]\n\n")
+    tap, _ = tap_all("chat", stream, [7, 100, 101, 250])
+    assert (tap.usage(), tap.finish_reason, tap.tool_call, tap.terminal) == (
+        Usage(11, 0, 0, 5, 0), "tool_calls", True, True)
+
+
+def test_usage_on_its_own_data_line_is_read():
+    """A payload may run over several `data:` lines, the usage object's value on the next."""
+    stream = (b'data: {"model":"m","choices":[],"usage":\ndata: {"prompt_tokens":11,'
+              b'"completion_tokens":5}}\n\ndata: [DONE]\n\n')
+    tap, _ = tap_all("chat", stream, [30])
+    assert tap.usage() == Usage(11, 0, 0, 5, 0) and tap.terminal

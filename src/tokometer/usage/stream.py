@@ -1,7 +1,9 @@
 """Reads usage out of an SSE stream as it passes, without slowing it down.
 
-Only events that can carry usage are decoded; everything else is matched with a cheap byte
-search. Event payloads are kept so the generated text can be recounted afterwards.
+Most events are pieces of the answer and tell the reading nothing: one byte scan per event
+asks whether it may (a tool call, an error, usage, a finish reason, the end), and only those
+that may are read further; of those, only the ones that carry usage are decoded. Event
+payloads are kept so the generated text can be recounted afterwards.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import orjson
 from ..events import Usage
 from .body import MAX_TIER_CHARS, web_search_calls
 from .dialects import dialect_for, usage_from
-from .text import TOOL_CALL, chunk_text
+from .text import TOOL_CALL, TOOL_CALL_TYPES, chunk_text
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -26,6 +28,21 @@ _RESPONSES_FINAL = (b"response.completed", b"response.incomplete", b"response.fa
 _ERROR = re.compile(rb'"error"\s*:\s*\{|"type"\s*:\s*"error"')
 
 
+def _notable(words: tuple[bytes, ...] = (), valued: tuple[bytes, ...] = ()) -> re.Pattern[bytes]:
+    """A scan for events the reading must look at: each check `_read` makes needs one of
+    `words` in quotes (as a key or a value), or one of the `valued` keys with a value other
+    than null (OpenAI's chunks all say "usage":null and "finish_reason":null). One regex
+    whose every branch starts with a quote is one quick pass; a branch per check is not."""
+    branches = [re.escape(key) + rb'"\s*:\s*[^\sn]' for key in (b"tool_calls", *valued)]
+    branches += [re.escape(word) + b'"' for word in (b"error", *TOOL_CALL_TYPES, *words)]
+    return re.compile(b'"(?:' + b"|".join(branches) + b")")
+
+
+_NOTABLE_OPENAI = _notable(valued=(b"finish_reason", b"usage"))
+_NOTABLE = {"messages": _notable((b"usage", b"message_stop")),
+            "responses": _notable(_RESPONSES_FINAL)}
+
+
 class SSESplitter:
     """Cuts a byte stream into whole SSE events, each with its blank-line terminator."""
 
@@ -34,6 +51,9 @@ class SSESplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buf = self._buf + chunk if self._buf else chunk
+        if b"\r" not in buf:  # the usual case, and a split on one separator is quicker
+            *blocks, self._buf = buf.split(b"\n\n")
+            return [block + b"\n\n" for block in blocks]
         blocks, start = [], 0
         for m in _BOUNDARY.finditer(buf):
             blocks.append(buf[start:m.end()])
@@ -74,18 +94,26 @@ class StreamTap:
         self.error: str | None = None  # the type of an error event the provider sent
         self.tool_call = False  # a tool call was streamed (its recount is an estimate)
         self.payloads: list[bytes] = []
+        self._notable = _NOTABLE.get(operation, _NOTABLE_OPENAI)
 
     def feed(self, block: bytes) -> bool:
         data = event_data(block)
         self.payloads.append(data)
         if self.model is None and (m := _MODEL.search(data)):
             self.model = m.group(1).decode()
+        if self.service_tier is None and (m := _TIER.search(data)):
+            self.service_tier = m.group(1).decode()
+        # After the final usage every event is read: text there means the answer went on.
+        if self.final_usage_seen or data == b"[DONE]" or self._notable.search(data):
+            return self._read(data)
+        return True
+
+    def _read(self, data: bytes) -> bool:
+        """What an event that may matter says: tool call, error, usage, finish reason, end."""
         if not self.tool_call and TOOL_CALL.search(data):
             self.tool_call = True
         if _ERROR.search(data):
             self.error = _error_type(_object(data)) or self.error
-        if self.service_tier is None and (m := _TIER.search(data)):
-            self.service_tier = m.group(1).decode()
         if self.operation == "messages":
             return self._anthropic(data)
         if self.operation == "responses":

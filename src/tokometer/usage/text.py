@@ -13,9 +13,10 @@ _TEXT_KEYS = ("content", "text", "refusal", "reasoning_content", "reasoning", "t
 # A tool call in a response body or stream event (OpenAI chat and Responses, Anthropic). Its
 # name and framing are billed too, by no published rule: a recount that includes one is an
 # estimate.
+TOOL_CALL_TYPES = (b"tool_use", b"function_call", b"custom_tool_call", b"input_json_delta",
+                   b"response.function_call_arguments.delta")
 TOOL_CALL = re.compile(rb'"(?:tool_calls|function_call)"\s*:\s*[\[{]\s*[^\]\s]'
-                       rb'|"type"\s*:\s*"(?:tool_use|function_call|custom_tool_call|'
-                       rb'input_json_delta|response\.function_call_arguments\.delta)"')
+                       rb'|"type"\s*:\s*"(?:%s)"' % b"|".join(map(re.escape, TOOL_CALL_TYPES)))
 
 
 def body_text(operation: str, body: dict[str, Any]) -> str:
