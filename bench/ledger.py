@@ -3,9 +3,11 @@ and `ledger audit` time at a million events.
 
     .venv/bin/python bench/ledger.py                  # 1,000,000 events (a few minutes)
     .venv/bin/python bench/ledger.py --events 100000  # a quick look
+    .venv/bin/python bench/ledger.py --events 100000 --postgres   # on a throwaway cluster
 
-Events are appended through the real SQLiteLedger (writer thread, Merkle leaves and nodes in
-the same commits, signed heads), CONCURRENCY at a time as a busy gateway would.
+Events are appended through the real ledger (writer thread, Merkle leaves and nodes, signed
+heads; on PostgreSQL each batch sequenced under the log's lock with its rollups),
+CONCURRENCY at a time as a busy gateway would.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from tokometer.config import PostgresURL
 from tokometer.events import Event, new_event_id, rfc3339
-from tokometer.ledger import SQLiteLedger, open_store
+from tokometer.ledger import Ledger, open_ledger, open_store
 from tokometer.ledger.audit import audit
 from tokometer.ledger.receipts import build_receipt, verify_receipt
 from tokometer.ledger.signer import load_signer
@@ -40,7 +43,7 @@ TEMPLATE = Event(
     finish_reason="stop")
 
 
-async def append_all(ledger: SQLiteLedger, n: int) -> float:
+async def append_all(ledger: Ledger, n: int) -> float:
     """Seconds to append n events, CONCURRENCY in flight."""
     now = rfc3339(datetime.now(UTC))
     queue = iter(range(n))
@@ -65,11 +68,28 @@ async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--receipts", type=int, default=1000, help="receipts to time")
+    ap.add_argument("--postgres", action="store_true",
+                    help="on a throwaway PostgreSQL cluster (tests/postgres.py) instead of SQLite")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tokometer-ledger-bench-"))
-    store = work / "tokometer.db"
+    cluster = None
+    store: Path | PostgresURL = work / "tokometer.db"
+    if args.postgres:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from postgres import remove, start_cluster
+
+        cluster = start_cluster()
+        store = PostgresURL(cluster.new_database())
+    try:
+        return await _measure(args, work, store)
+    finally:
+        if cluster is not None:
+            remove(cluster)
+
+
+async def _measure(args: argparse.Namespace, work: Path, store: Path | PostgresURL) -> int:
     signer = load_signer(work / "key.pem", None)
-    ledger = SQLiteLedger(store, signer)
+    ledger = open_ledger(store, signer)
     ledger.start()
     seconds = await append_all(ledger, args.events)
     head = await ledger.sign_now()
@@ -93,7 +113,8 @@ async def main() -> int:
     assert report.clean, report.first()
     print(f"ledger audit of {report.events:,} events and {report.heads:,} signed heads: "
           f"{seconds:.1f} s (clean)")
-    print(f"store: {store.stat().st_size / 1e6:,.0f} MB ({work})")
+    if isinstance(store, Path):
+        print(f"store: {store.stat().st_size / 1e6:,.0f} MB ({work})")
     return 0
 
 

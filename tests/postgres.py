@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -14,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-
-from conftest import free_port
 
 OWNER = "postgres"  # the Debian package's system user, for a suite run as root
 
@@ -47,6 +46,13 @@ class Cluster:
         self.pg_ctl("-m", "fast", "stop")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def start_cluster() -> Cluster:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                    key=lambda p: int(Path(p).parts[-3]))
@@ -56,7 +62,7 @@ def start_cluster() -> Cluster:
     directory = Path(tempfile.mkdtemp(prefix="tokometer-pg-"))
     if os.geteuid() == 0:
         shutil.chown(directory, OWNER)
-    cluster = Cluster(directory, free_port(), Path(found[-1]).parent)
+    cluster = Cluster(directory, _free_port(), Path(found[-1]).parent)
     _as_owner([str(cluster.bin / "initdb"), "-D", str(directory / "data"), "-A", "trust",
                "-U", "tokometer", "-E", "UTF8", "--locale=C", "--no-sync"])
     cluster.start()
