@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -137,3 +138,45 @@ def test_a_revocation_and_a_budget_reach_every_replica_within_seconds(replicas):
     assert everywhere(402)
     assert cli(gw.config, "keys", "revoke", key_id).returncode == 0
     assert everywhere(401)
+
+
+FREE_INPUT = "{ input = 0, cache_read = 0, cache_write = 0, output = 10 }"
+ONE_REQUEST = Decimal(300) * 10 / 1_000_000  # the fixture's 300 output tokens at 10 per 1M
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_budget_holds_across_replicas(upstream, postgres, tmp_path, stream):
+    """60 concurrent requests spread over 3 replicas against a budget worth 10: the spend
+    stays within the limit (each request's worst case is what it costs)."""
+    url = PostgresURL(postgres.new_database())
+    body = (f'signing_key = "{tmp_path / "log-key.pem"}"\n' + providers_toml(upstream)
+            + f'[[models]]\nname = "metered"\n'
+              f'routes = [{{ provider = "fake-openai", model = "gpt-4o-mini-delayed" }}]\n'
+              f'price = {FREE_INPUT}\n'
+            + f'[[budgets]]\ntenant = "acme"\nlimit = {10 * ONE_REQUEST}\nunit = "USD"\n'
+              'period = "day"\n')
+    started = []
+    try:
+        for i in range(3):
+            started.append(start_gateway(tmp_path / f"r{i}", body, env=FAKE_KEYS, store=url))
+        responses = asyncio.run(_metered(started, 60, stream))
+        codes = sorted(r for r in responses)
+        assert codes.count(200) == 10 and codes.count(402) == 50, codes
+        with open_store(url) as store:
+            spent = sum((Decimal(e["cost"]) for e in iter_events(store)
+                         if e["status"] == 200 and e["cost"]), Decimal(0))
+        assert spent == 10 * ONE_REQUEST
+    finally:
+        for gw in started:
+            stop_gateway(gw)
+
+
+async def _metered(gateways: list[Gateway], n: int, stream: bool) -> list[int]:
+    body = {"model": "metered", "max_tokens": 300, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as client:
+        answers = await asyncio.gather(*(
+            client.post(gateways[i % len(gateways)].url + "/v1/chat/completions", json=body,
+                        headers={"Authorization": f"Bearer {gateways[i % len(gateways)].key}"})
+            for i in range(n)))
+    return [r.status_code for r in answers]

@@ -22,6 +22,7 @@ from ..events import Event, Outcome, new_event_id
 from ..ledger import Ledger
 from ..policy import Guard, Ticket
 from ..policy.residency import allowed_routes
+from ..policy.shared import SharedBudgets
 from .asgi import Receive, Send, TrackedSend
 from .call import Call
 from .meter import Meter
@@ -43,6 +44,8 @@ class Deps:
     router: Router
     guard: Guard
     metrics: Metrics
+    shared: SharedBudgets | None = None  # budgets held in a store replicas share
+
 
 
 async def handle(call: Call, deps: Deps, send: TrackedSend, receive: Receive) -> None:
@@ -55,6 +58,8 @@ async def handle(call: Call, deps: Deps, send: TrackedSend, receive: Receive) ->
         await _forward(call, deps, send, receive, routes, ticket, event_id)
     finally:
         ticket.settle(None)  # never recorded (cancelled): release what it reserved
+        if deps.shared is not None:
+            await deps.shared.settle(ticket, None)
 
 
 async def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
@@ -73,7 +78,14 @@ async def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
                             deps.guard.rules_for(call.consumer))
     routes = deps.router.rank(call, routes, expected)
     need = deps.meter.need(call, routes, expected) if metered and expected else None
-    return routes, deps.guard.admit(call.consumer, need)
+    ticket = deps.guard.admit(call.consumer, need)
+    if deps.shared is not None:
+        try:
+            await deps.shared.reserve(ticket)  # and in the store, for every replica
+        except BaseException:
+            ticket.settle(None)
+            raise
+    return routes, ticket
 
 
 async def refuse(call: Call, refusal: RequestError, deps: Deps, send: Send,
@@ -123,6 +135,8 @@ async def _record(call: Call, outcome: Outcome, deps: Deps, ticket: Ticket,
         await deps.ledger.append(event)
     finally:
         ticket.settle(event)
+        if deps.shared is not None:
+            await deps.shared.settle(ticket, event)
     return event
 
 

@@ -20,6 +20,7 @@ from ..ledger.connect import SMALL_CACHE_KIB
 from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
 from ..policy import Consumer, Guard, KeyRing
+from ..policy.shared import SharedBudgets
 from ..policy.sync import BudgetSync
 from .admin import Admin
 from .dashboard import Dashboard
@@ -70,8 +71,15 @@ async def start_services(settings: Settings, lock: StoreLock | None) -> Services
     await asyncio.to_thread(_preload_tokenizers, settings, registry)
     # Three readers, each with a connection of its own: key look-ups never queue behind a
     # report, nor the budget sync behind either.
-    stores = (open_store(s.store, cache_kib=SMALL_CACHE_KIB),
-              open_store(s.store, cache_kib=SMALL_CACHE_KIB), open_store(s.store))
+    stores: tuple[Store, ...] = (open_store(s.store, cache_kib=SMALL_CACHE_KIB),
+                                 open_store(s.store, cache_kib=SMALL_CACHE_KIB),
+                                 open_store(s.store))
+    shared = None
+    if single_writer(s.store) is None:
+        # Replicas on one PostgreSQL store hold their budgets' reservations in it too; a hold
+        # outlives the longest request it may cover, then expires with a replica that died.
+        stores = (*stores, open_store(s.store))
+        shared = SharedBudgets(stores[-1], s.upstream_timeout + s.body_timeout + 60)
     keys = KeyRing(stores[0])
     pricer = Pricer(s.currency, settings.exchange_rates)
     budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets)
@@ -80,7 +88,7 @@ async def start_services(settings: Settings, lock: StoreLock | None) -> Services
     token = AdminToken(s.admin_token)  # one count of wrong guesses, however they come
     labels = [*settings.models, *(r.model for m in settings.models.values() for r in m.routes)]
     deps = Deps(Upstream(s), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
-                ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels))
+                ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels), shared)
     tasks = (asyncio.create_task(keys.watch_revocations()),
              asyncio.create_task(budgets.run_forever()))
     log.info("tokometer gateway ready: %d models, store %s", len(settings.models), s.store)

@@ -72,6 +72,19 @@ CREATE TABLE IF NOT EXISTS outcomes (
   key_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes(tenant, task);
+CREATE TABLE IF NOT EXISTS budget_spend (  -- replicas' shared spend per budget and period
+  budget_id TEXT NOT NULL,
+  period_start TEXT NOT NULL,  -- '' for a budget over all time
+  spent TEXT NOT NULL,
+  PRIMARY KEY (budget_id, period_start)
+);
+CREATE TABLE IF NOT EXISTS budget_holds (  -- replicas' in-flight reservations (policy/shared.py)
+  id TEXT PRIMARY KEY,
+  budget_id TEXT NOT NULL,
+  period_start TEXT NOT NULL,
+  amount TEXT NOT NULL,
+  expires TIMESTAMP WITH TIME ZONE NOT NULL
+);
 CREATE TABLE IF NOT EXISTS budget_reservations (
   budget_id TEXT PRIMARY KEY,
   reserved TEXT NOT NULL,

@@ -36,6 +36,7 @@ class Ticket:
     holds: list[tuple[BudgetState, Decimal, datetime | None]] = field(default_factory=list)
     entries: list[tuple[Window, Entry]] = field(default_factory=list)
     settled: bool = False
+    hold_ids: list[str] = field(default_factory=list)  # its holds in a shared store (shared.py)
 
     def settle(self, event: Event | None) -> None:
         """Turn reservations into spend (event None: release them, nothing was consumed)."""
@@ -103,7 +104,7 @@ class Guard:
             state.roll(wall)
             amount = _reservation(state.budget, wants)
             if state.exhausted:
-                raise _exhausted(state)
+                raise exhausted(state, state.spent, state.reserved)
             if state.spent + state.reserved + amount > state.budget.limit:
                 raise _too_big(state, amount)
             holds.append((state, amount, state.start))
@@ -152,10 +153,10 @@ def _too_big(state: BudgetState, amount: Decimal) -> PolicyError:
         status=402, type="insufficient_quota", code="budget_exceeded")
 
 
-def _exhausted(state: BudgetState) -> PolicyError:
+def exhausted(state: BudgetState, spent: Decimal, reserved: Decimal) -> PolicyError:
     limit = decimal_str(state.budget.limit)
     return PolicyError(
-        f"{state.budget} is exhausted: {decimal_str(state.spent)} spent and "
-        f"{decimal_str(state.reserved)} reserved of {limit} {state.budget.unit}; "
+        f"{state.budget} is exhausted: {decimal_str(spent)} spent and "
+        f"{decimal_str(reserved)} reserved of {limit} {state.budget.unit}; "
         f"{state.resets()}",
         status=402, type="insufficient_quota", code="budget_exceeded")
