@@ -20,12 +20,11 @@ from tokometer.errors import LedgerError, RequestError
 from tokometer.events import Event, rfc3339
 from tokometer.ledger import Store, open_store
 from tokometer.ledger.audit import audit
-from tokometer.ledger.derive import fold, grow_log, sign_head
-from tokometer.ledger.log import INSERT_NODE, MerkleLog, leaf_count
+from tokometer.ledger.derive import fold, grow_log, insert_leaves, sign_head
+from tokometer.ledger.log import MerkleLog, leaf_count
 from tokometer.ledger.read import count_events, iter_events
 from tokometer.ledger.receipts import build_receipt, verify_receipt
-from tokometer.ledger.rows import LEAF_COLUMN, event_row, leaf_of
-from tokometer.ledger.schema import INSERT_EVENT
+from tokometer.ledger.rows import event_row
 from tokometer.ledger.signer import Signer, load_signer
 from tokometer.policy import create_key, list_keys, revoke_key
 from tokometer.policy.budgets import budget_statuses, remove_budget, set_budget, stored_budgets
@@ -54,12 +53,7 @@ def append(store: Store, batch: list[Event], signer: Signer) -> None:
     with store.transaction():
         size = leaf_count(store)
         rows = [event_row(e) for e in sorted(batch, key=lambda e: e.time)]
-        for i, row in enumerate(rows):
-            row[LEAF_COLUMN] = size + i
-        leaves = [leaf_of(row) for row in rows]
-        store.executemany(INSERT_EVENT, rows)
-        store.executemany(INSERT_NODE, [(0, size + i, leaf) for i, leaf in enumerate(leaves)])
-        tree = grow_log(store, MerkleLog.load(store, size), leaves)
+        tree = grow_log(store, MerkleLog.load(store, size), insert_leaves(store, rows, size))
         fold(store, rows)
         sign_head(store, signer, tree.size, tree.root(), int(NOW.timestamp() * 1000) + size)
 

@@ -62,7 +62,8 @@ class Services:
 async def start_services(settings: Settings, lock: StoreLock | None) -> Services:
     """The gateway's parts, on `lock` (taken here when `tokometer serve` did not)."""
     s = settings.server
-    if (path := single_writer(s.store)) is not None:
+    path = single_writer(s.store)  # SQLite's file, which one gateway writes; None: PostgreSQL
+    if path is not None:
         lock = lock or StoreLock.take(path)
     ledger = open_ledger(s.store, load_signer(s.signing_key, s.signing_key_pem,
                                               s.signing_key_env), durability=s.durability)
@@ -75,7 +76,7 @@ async def start_services(settings: Settings, lock: StoreLock | None) -> Services
                                  open_store(s.store, cache_kib=SMALL_CACHE_KIB),
                                  open_store(s.store))
     shared = None
-    if single_writer(s.store) is None:
+    if path is None:
         # Replicas on one PostgreSQL store hold their budgets' reservations in it too; a hold
         # outlives the longest request it may cover, then expires with a replica that died.
         stores = (*stores, open_store(s.store))

@@ -10,7 +10,8 @@ from .read import count_events
 from .rollups import ROLLUPS
 from .store import Store
 
-# The log's tables in the order their rows depend on nothing copied later.
+# The log's tables in the order their rows depend on nothing copied later. Left out: the
+# replicas' budget_spend and budget_holds, working state rebuilt from the ledger at first use.
 TABLES = ("keys", "budgets", "budget_reservations", "outcomes", "ledger_meta", "events",
           "merkle_nodes", "tree_heads", *ROLLUPS)
 _CHUNK = 5_000

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -172,8 +173,6 @@ class _WholeOrDecimal(Loader):
     """numeric → int when whole (SUM over integer columns), else Decimal."""
 
     def load(self, data: Any) -> Any:
-        from decimal import Decimal
-
         text = bytes(data).decode()
         return int(text) if text.lstrip("-").isdigit() else Decimal(text)
 

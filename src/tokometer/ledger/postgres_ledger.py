@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokometer.ledger")
 
 LOCK_LOG = "SELECT pg_advisory_xact_lock(hashtext('tokometer.log'))"
-TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
 
 
 class PostgresLedger(QueuedWriter):
@@ -41,7 +40,6 @@ class PostgresLedger(QueuedWriter):
         super().__init__(signer)
         self._store: PostgresStore = open_postgres(url, create=True)
         self._tree = MerkleLog(0, ())  # the log as this process last saw it
-        self._signed_at = 0.0
 
     def _write(self, rows: list[list[Any]]) -> None:
         try:
@@ -56,7 +54,7 @@ class PostgresLedger(QueuedWriter):
         self._tree = grown
 
     def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
-        if not (signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS):
+        if not self._signing_due(signs, stop):
             return
         self._signed_at = time.monotonic()
         try:

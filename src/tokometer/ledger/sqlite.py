@@ -48,7 +48,6 @@ if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI 
 log = logging.getLogger("tokometer.ledger")
 
 CHECKPOINT_SECONDS = 1.0
-TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
 # The Merkle log and the rollups catch up with the events this often: in small steps, since
 # a step holds the GIL for every event it folds (a second's events at once showed in p99).
 DERIVE_SECONDS = 0.1
@@ -67,7 +66,7 @@ class SQLiteLedger(QueuedWriter):
             logged = leaf_count(self._store)
             set_meta(self._store, LOGGED, logged)
         self._log = MerkleLog.load(self._store, logged)
-        self._signed_size, self._signed_at = -1, 0.0
+        self._signed_size = -1
         self._unlogged: list[bytes] = []  # committed leaves whose tree nodes are not stored yet
         self._unrolled: list[list[Any]] = []  # committed events not yet in the rollups
         self._derived_at = 0.0
@@ -94,7 +93,7 @@ class SQLiteLedger(QueuedWriter):
         self._backfill()
 
     def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
-        sign = signs or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS
+        sign = self._signing_due(signs, stop)
         if sign or time.monotonic() - self._derived_at >= DERIVE_SECONDS:
             self._derive()
         if sign:

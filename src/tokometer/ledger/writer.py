@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI 
 log = logging.getLogger("tokometer.ledger")
 
 _MAX_BATCH = 2048
+TREE_HEAD_SECONDS = 2.0  # a signed tree head at least this often while events arrive
 _STOP = object()  # the last message: write what is queued, sign, and end
 
 
@@ -56,6 +58,7 @@ class QueuedWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._signed_at = 0.0  # monotonic time of the last signing
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -102,6 +105,10 @@ class QueuedWriter:
     def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
         """After each batch (or idle wait): derive and sign as due; hand heads to `signs`."""
         raise NotImplementedError
+
+    def _signing_due(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> bool:
+        """Someone asked for a head, the writer is stopping, or the last one is old."""
+        return bool(signs) or stop or time.monotonic() - self._signed_at >= TREE_HEAD_SECONDS
 
     # --- the thread -------------------------------------------------------------------------
 

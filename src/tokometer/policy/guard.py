@@ -36,7 +36,8 @@ class Ticket:
     holds: list[tuple[BudgetState, Decimal, datetime | None]] = field(default_factory=list)
     entries: list[tuple[Window, Entry]] = field(default_factory=list)
     settled: bool = False
-    hold_ids: list[str] = field(default_factory=list)  # its holds in a shared store (shared.py)
+    hold_ids: dict[str, str] = field(default_factory=dict)  # budget id → its hold in a shared
+    # store (shared.py)
 
     def settle(self, event: Event | None) -> None:
         """Turn reservations into spend (event None: release them, nothing was consumed)."""

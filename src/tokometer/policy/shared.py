@@ -39,13 +39,13 @@ class SharedBudgets:
     async def settle(self, ticket: Ticket, event: Event | None) -> None:
         """Release the ticket's holds, adding what the event took to each period's spend."""
         if ticket.hold_ids:
-            held, ticket.hold_ids = ticket.hold_ids, []
+            held, ticket.hold_ids = ticket.hold_ids, {}
             async with self._lock:
                 await asyncio.to_thread(self._settle, ticket, held, event)
 
-    def _reserve(self, ticket: Ticket) -> list[str]:
-        ids = []
-        with self._store.transaction():
+    def _reserve(self, ticket: Ticket) -> dict[str, str]:
+        ids = {}
+        with self._store.transaction():  # budgets locked in one order: replicas never deadlock
             for state, amount, start in sorted(ticket.holds, key=lambda h: h[0].budget.id):
                 period = rfc3339(start) if start else ""
                 self._store.execute(_LOCK, (state.budget.id,))
@@ -61,7 +61,7 @@ class SharedBudgets:
                     "INSERT INTO budget_holds (id, budget_id, period_start, amount, expires) "
                     f"VALUES (?, ?, ?, ?, now() + interval '{self._hold}')",
                     (hold_id, state.budget.id, period, decimal_str(amount)))
-                ids.append(hold_id)
+                ids[state.budget.id] = hold_id
         return ids
 
     def _spent(self, state: BudgetState, start: datetime | None, period: str) -> Decimal:
@@ -74,12 +74,12 @@ class SharedBudgets:
                             "VALUES (?, ?, ?)", (state.budget.id, period, decimal_str(spent)))
         return spent
 
-    def _settle(self, ticket: Ticket, held: list[str], event: Event | None) -> None:
+    def _settle(self, ticket: Ticket, held: dict[str, str], event: Event | None) -> None:
         with self._store.transaction():
-            for (state, amount, start), hold_id in zip(
-                    sorted(ticket.holds, key=lambda h: h[0].budget.id), held, strict=True):
+            for state, amount, start in sorted(ticket.holds, key=lambda h: h[0].budget.id):
                 self._store.execute(_LOCK, (state.budget.id,))
-                self._store.execute("DELETE FROM budget_holds WHERE id = ?", (hold_id,))
+                self._store.execute("DELETE FROM budget_holds WHERE id = ?",
+                                    (held[state.budget.id],))
                 if event is None:
                     continue
                 # A cost the meter could not work out spends the whole reservation.
