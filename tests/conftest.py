@@ -157,16 +157,19 @@ class Gateway:
 
 
 def start_gateway(directory: Path, body: str, *, env: dict[str, str] | None = None,
-                  wait: float = 60, launch: bool = False, store: Any = None) -> Gateway:
+                  wait: float = 60, launch: bool = False, store: Any = None,
+                  workers: int = 1) -> Gateway:
     """Write a config and run `tokometer serve` on it in a child process, until it answers.
-    `store`: a PostgresURL, or by default tokometer.db in `directory`."""
+    `store`: a PostgresURL, or by default tokometer.db in `directory`. One worker unless
+    asked: what one request changes (a budget set, a route learnt) the next one sees."""
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
     # The default is relative to the config, so a copied directory is a copied gateway.
     where = store.url if isinstance(store, PostgresURL) else "sqlite:///tokometer.db"
     store = store or directory / "tokometer.db"
     config = directory / "tokometer.toml"
-    config.write_text(f'[server]\nport = {port}\nstore = "{where}"\n{body}')
+    config.write_text(f'[server]\nport = {port}\nworkers = {workers}\nstore = "{where}"\n'
+                      f'{body}')
     log = (directory / "gateway.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "tokometer.cli", "serve", "--config", str(config),

@@ -341,7 +341,7 @@ def test_the_writer_signs_no_head_while_its_tree_is_behind_its_leaves(tmp_path, 
     from tokometer.ledger import sqlite as writer
     from tokometer.ledger.signer import load_signer
 
-    grow_log = writer.grow_log
+    catch_up = writer.catch_up
 
     def failing(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
@@ -352,11 +352,11 @@ def test_the_writer_signs_no_head_while_its_tree_is_behind_its_leaves(tmp_path, 
         try:
             await ledger.append(make_event())
             first = await ledger.sign_now()
-            monkeypatch.setattr(writer, "grow_log", failing)
+            monkeypatch.setattr(writer, "catch_up", failing)
             await ledger.append(make_event())  # committed; its tree nodes are not
             with pytest.raises(LedgerError, match="behind its events"):
                 await ledger.sign_now()
-            monkeypatch.setattr(writer, "grow_log", grow_log)
+            monkeypatch.setattr(writer, "catch_up", catch_up)
             return first.tree_size, (await ledger.sign_now()).tree_size
         finally:
             await ledger.close()

@@ -69,7 +69,7 @@ def test_the_same_config_started_twice_refuses_to_start(owner):
 def test_another_config_on_the_same_store_refuses_to_start(owner, tmp_path):
     other = tmp_path / "other.toml"
     other.write_text(f'[server]\nport = {free_port()}\nstore = "sqlite:///{owner.store}"\n'
-                     + owner.config.read_text().split("\n", 3)[3])
+                     + owner.config.read_text().split("\n", 4)[4])
     second = serve(other)
     assert second.returncode != 0
     assert f"the store {owner.store} is in use" in second.stdout + second.stderr

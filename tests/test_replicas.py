@@ -1,5 +1,7 @@
-"""Many gateways, one PostgreSQL store: every replica appends to the one Merkle log, whose
-leaf indexes stay contiguous (no fork, no gap, no duplicate) and whose heads only grow."""
+"""Many gateway processes, one store: replicas on one PostgreSQL, or `tokometer serve`'s
+workers on one SQLite file. Every process appends to the one Merkle log, whose leaf indexes
+stay contiguous (no fork, no gap, no duplicate) and whose heads only grow; budgets and rate
+limits hold across them."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,9 +47,11 @@ def _leaves(gw: Gateway) -> list[int]:
 
 
 async def _spread(gateways: list[Gateway], n: int, *, stream: bool = False,
-                  stop_after: int | None = None) -> list[str]:
-    """n requests at once, round robin over the replicas; the ids whose response completed.
-    With `stop_after`, the first replica is killed (kill -9) once that many have completed."""
+                  stop_after: int | None = None, kill: Callable[[], None] | None = None
+                  ) -> list[str]:
+    """n requests at once, round robin over the gateways; the ids whose response completed.
+    With `stop_after`, `kill` runs once that many have completed (by default: kill -9 of the
+    first gateway, supervisor and workers)."""
     completed: list[str] = []
 
     async def one(client: httpx.AsyncClient, gw: Gateway, i: int) -> None:
@@ -59,7 +65,7 @@ async def _spread(gateways: list[Gateway], n: int, *, stream: bool = False,
         if r.status_code == 200 and (not stream or b"[DONE]" in r.content):
             completed.append(r.headers["x-tokometer-event-id"])
             if stop_after is not None and len(completed) == stop_after:
-                os.killpg(gateways[0].process.pid, signal.SIGKILL)
+                (kill or (lambda: os.killpg(gateways[0].process.pid, signal.SIGKILL)))()
 
     limits = httpx.Limits(max_connections=n)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
@@ -142,33 +148,103 @@ def test_a_revocation_and_a_budget_reach_every_replica_within_seconds(replicas):
 
 FREE_INPUT = "{ input = 0, cache_read = 0, cache_write = 0, output = 10 }"
 ONE_REQUEST = Decimal(300) * 10 / 1_000_000  # the fixture's 300 output tokens at 10 per 1M
+METERED_MODEL = ('[[models]]\nname = "metered"\n'
+                 'routes = [{ provider = "fake-openai", model = "gpt-4o-mini-delayed" }]\n'
+                 f'price = {FREE_INPUT}\n')
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_budget_holds_across_replicas(upstream, postgres, tmp_path, stream):
-    """60 concurrent requests spread over 3 replicas against a budget worth 10: the spend
-    stays within the limit (each request's worst case is what it costs)."""
-    url = PostgresURL(postgres.new_database())
-    body = (f'signing_key = "{tmp_path / "log-key.pem"}"\n' + providers_toml(upstream)
-            + f'[[models]]\nname = "metered"\n'
-              f'routes = [{{ provider = "fake-openai", model = "gpt-4o-mini-delayed" }}]\n'
-              f'price = {FREE_INPUT}\n'
-            + f'[[budgets]]\ntenant = "acme"\nlimit = {10 * ONE_REQUEST}\nunit = "USD"\n'
-              'period = "day"\n')
-    started = []
+@pytest.fixture(params=["replicas", "workers"])
+def sharing(request, upstream, postgres, tmp_path) -> Any:
+    """Start gateway processes that share one store, for a config: three replicas on one
+    PostgreSQL database, or one `tokometer serve` with two workers on one SQLite file."""
+    started: list[Gateway] = []
+
+    def start(policy: str) -> list[Gateway]:
+        body = providers_toml(upstream) + METERED_MODEL + policy
+        if request.param == "workers":
+            started.append(start_gateway(tmp_path / "w", body, env=FAKE_KEYS, workers=2))
+            assert len(worker_pids(started[0])) == 2
+        else:
+            url = PostgresURL(postgres.new_database())
+            for i in range(3):
+                started.append(start_gateway(tmp_path / f"r{i}", f'signing_key = '
+                                             f'"{tmp_path / "log-key.pem"}"\n' + body,
+                                             env=FAKE_KEYS, store=url))
+        return started
+
     try:
-        for i in range(3):
-            started.append(start_gateway(tmp_path / f"r{i}", body, env=FAKE_KEYS, store=url))
-        responses = asyncio.run(_metered(started, 60, stream))
-        codes = sorted(r for r in responses)
-        assert codes.count(200) == 10 and codes.count(402) == 50, codes
-        with open_store(url) as store:
-            spent = sum((Decimal(e["cost"]) for e in iter_events(store)
-                         if e["status"] == 200 and e["cost"]), Decimal(0))
-        assert spent == 10 * ONE_REQUEST
+        yield start
     finally:
         for gw in started:
             stop_gateway(gw)
+
+
+def worker_pids(gw: Gateway) -> list[int]:
+    """The gateway's worker processes: the children of `tokometer serve`'s supervisor."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == gw.process.pid:
+            children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_budget_holds_across_processes(sharing, stream):
+    """60 concurrent requests spread over the processes against a budget worth 10: exactly
+    10 answered (each request's worst case is what it costs), the spend exactly the limit."""
+    gateways = sharing(f'[[budgets]]\ntenant = "acme"\nlimit = {10 * ONE_REQUEST}\n'
+                       'unit = "USD"\nperiod = "day"\n')
+    codes = sorted(asyncio.run(_metered(gateways, 60, stream)))
+    assert codes.count(200) == 10 and codes.count(402) == 50, codes
+    with open_store(gateways[0].store) as store:
+        spent = sum((Decimal(e["cost"]) for e in iter_events(store)
+                     if e["status"] == 200 and e["cost"]), Decimal(0))
+    assert spent == 10 * ONE_REQUEST
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_tpm_limit_holds_across_processes(sharing, stream, o200k):
+    """60 concurrent requests against a tokens-per-minute limit with room for 10 of their
+    reservations: exactly 10 answered; settled at their actual tokens (more than reserved),
+    they fill the minute, so none of the rest slips in, on any process."""
+    reserved = 3 + 3 + len(o200k.encode("user")) + len(o200k.encode("hi")) + 300
+    gateways = sharing(f'[[limits]]\ntenant = "acme"\ntpm = {10 * reserved + reserved // 2}\n')
+    codes = sorted(asyncio.run(_metered(gateways, 60, stream)))
+    assert codes.count(200) == 10 and codes.count(429) == 50, codes
+    again = gateways[-1].chat("metered", max_tokens=1)
+    assert again.status_code == 429 and int(again.headers["retry-after"]) >= 1
+
+
+def test_two_sqlite_workers_append_to_one_contiguous_log(upstream, tmp_path):
+    gw = start_gateway(tmp_path / "w", providers_toml(upstream) + MODELS_TOML, env=FAKE_KEYS,
+                       workers=2)
+    try:
+        workers = worker_pids(gw)
+        before = [_cpu_seconds(pid) for pid in workers]
+        assert len(asyncio.run(_spread([gw], 60, stream=True))) == 60
+        busy = [_cpu_seconds(pid) - b for pid, b in zip(workers, before, strict=True)]
+        assert min(busy) > sum(busy) / 5, busy  # both served: the kernel spread the load
+        victim = workers[0]
+        completed = asyncio.run(_spread([gw], 90, stop_after=20,
+                                        kill=lambda: os.kill(victim, signal.SIGKILL)))
+        with open_store(gw.store) as store:
+            stored = {e["id"]: e["leaf_index"] for e in iter_events(store)}
+        assert set(completed) <= set(stored)  # every acknowledged event is in the log...
+        assert sorted(stored.values()) == list(range(len(stored)))  # ...which has no gap
+        assert gw.chat("gpt-4o-mini").status_code == 200  # the other worker keeps serving
+        audit = cli(gw.config, "ledger", "audit")
+        assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
+    finally:
+        stop_gateway(gw)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _metered(gateways: list[Gateway], n: int, stream: bool) -> list[int]:

@@ -177,10 +177,14 @@ class PostgresURL:
         return urlunsplit((parts.scheme, f"{user}@{host}" if user else host, parts.path, "", ""))
 
 
+MAX_WORKERS = 256  # server.workers at most
+
+
 @dataclass(frozen=True, slots=True)
 class Server:
     host: str = "127.0.0.1"
     port: int = 4000
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # gateway processes
     store: Path | PostgresURL = Path("tokometer.db")  # SQLite's file, or a PostgreSQL URL
     currency: str = "USD"
     data_dir: Path = Path("data")
@@ -280,8 +284,8 @@ def store_location(text: str, base: Path) -> Path | PostgresURL:
 
 
 def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
-    s.only("host", "port", "store", "currency", "data_dir", "max_body_bytes", "body_timeout",
-           "upstream_timeout", "connect_timeout", "durability", "max_attempts",
+    s.only("host", "port", "workers", "store", "currency", "data_dir", "max_body_bytes",
+           "body_timeout", "upstream_timeout", "connect_timeout", "durability", "max_attempts",
            "default_max_output_tokens", "admin_token_env", "signing_key", "signing_key_env")
     d = Server()
     store = _store(s, base)
@@ -293,6 +297,7 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     return Server(
         host=s.str("host", d.host),
         port=s.int("port", d.port, lo=0, hi=65535),
+        workers=s.int("workers", d.workers, lo=1, hi=MAX_WORKERS),
         store=store,
         currency=currency,
         data_dir=data_dir,

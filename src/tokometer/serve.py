@@ -107,7 +107,7 @@ def _run_gateway(settings: config.Settings, lock: StoreLock | None) -> None:
             interface=Interfaces.ASGI,
             loop=Loops.uvloop,
             factory=True,
-            workers=1,
+            workers=settings.server.workers,
             backpressure=connections,
             respawn_failed_workers=True,
             log_access=False,

@@ -88,7 +88,7 @@ class Admin:
     async def _budgets(self, method: str, rest: list[str], body: Any) -> Reply:
         config_ids = [b.id for b in self.settings.budgets]
         if method == "GET" and not rest:
-            return 200, {"data": [s.status() for s in self.budgets.guard.states.values()]}
+            return 200, {"data": await self.budgets.statuses()}
         if method in ("PUT", "POST") and not rest:
             fields = _object(body, required=("limit", "unit", "period"), optional=SCOPES)
             scopes = [k for k in SCOPES if k in fields]

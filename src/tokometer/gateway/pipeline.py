@@ -22,7 +22,7 @@ from ..events import Event, Outcome, new_event_id
 from ..ledger import Ledger
 from ..policy import Guard, Ticket
 from ..policy.residency import allowed_routes
-from ..policy.shared import SharedBudgets
+from ..policy.shared import SharedGuard
 from .asgi import Receive, Send, TrackedSend
 from .call import Call
 from .meter import Meter
@@ -44,7 +44,7 @@ class Deps:
     router: Router
     guard: Guard
     metrics: Metrics
-    shared: SharedBudgets | None = None  # budgets held in a store replicas share
+    shared: SharedGuard | None = None  # budgets and limits held in a store processes share
 
 
 
@@ -81,7 +81,7 @@ async def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
     ticket = deps.guard.admit(call.consumer, need)
     if deps.shared is not None:
         try:
-            await deps.shared.reserve(ticket)  # and in the store, for every replica
+            await deps.shared.reserve(ticket)  # and in the store, for every process
         except BaseException:
             ticket.settle(None)
             raise

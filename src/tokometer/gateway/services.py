@@ -20,7 +20,7 @@ from ..ledger.connect import SMALL_CACHE_KIB
 from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
 from ..policy import Consumer, Guard, KeyRing
-from ..policy.shared import SharedBudgets
+from ..policy.shared import SharedGuard
 from ..policy.sync import BudgetSync
 from .admin import Admin
 from .dashboard import Dashboard
@@ -63,6 +63,9 @@ async def start_services(settings: Settings, lock: StoreLock | None) -> Services
     """The gateway's parts, on `lock` (taken here when `tokometer serve` did not)."""
     s = settings.server
     path = single_writer(s.store)  # SQLite's file, which one gateway writes; None: PostgreSQL
+    # Processes sharing the store: replicas on PostgreSQL, or `tokometer serve`'s workers
+    # (which inherit its lock; a gateway that takes the lock itself is the only process).
+    processes_share = path is None or (lock is not None and s.workers > 1)
     if path is not None:
         lock = lock or StoreLock.take(path)
     ledger = open_ledger(s.store, load_signer(s.signing_key, s.signing_key_pem,
@@ -76,14 +79,14 @@ async def start_services(settings: Settings, lock: StoreLock | None) -> Services
                                  open_store(s.store, cache_kib=SMALL_CACHE_KIB),
                                  open_store(s.store))
     shared = None
-    if path is None:
-        # Replicas on one PostgreSQL store hold their budgets' reservations in it too; a hold
-        # outlives the longest request it may cover, then expires with a replica that died.
+    if processes_share:
+        # They hold budgets and rate limits in the store too; a hold outlives the longest
+        # request it may cover, then expires with a process that died.
         stores = (*stores, open_store(s.store))
-        shared = SharedBudgets(stores[-1], s.upstream_timeout + s.body_timeout + 60)
+        shared = SharedGuard(stores[-1], s.upstream_timeout + s.body_timeout + 60)
     keys = KeyRing(stores[0])
     pricer = Pricer(s.currency, settings.exchange_rates)
-    budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets)
+    budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets, shared=processes_share)
     await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
     side = OffLoop(stores[2])
     token = AdminToken(s.admin_token)  # one count of wrong guesses, however they come

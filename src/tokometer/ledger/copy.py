@@ -11,7 +11,8 @@ from .rollups import ROLLUPS
 from .store import Store
 
 # The log's tables in the order their rows depend on nothing copied later. Left out: the
-# replicas' budget_spend and budget_holds, working state rebuilt from the ledger at first use.
+# shared budget_spend, budget_holds and rate_entries, working state rebuilt from the ledger
+# (or empty) at first use.
 TABLES = ("keys", "budgets", "budget_reservations", "outcomes", "ledger_meta", "events",
           "merkle_nodes", "tree_heads", *ROLLUPS)
 _CHUNK = 5_000

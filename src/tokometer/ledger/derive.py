@@ -4,8 +4,10 @@ whatever a crash interrupts is derived again, exactly once, at the next start.""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
+from ..events import FIELDS
 from .log import INSERT_NODE, MerkleLog
 from .rollups import upserts
 from .rows import LEAF_COLUMN, leaf_of
@@ -40,6 +42,23 @@ def grow_log(store: Store, tree: MerkleLog, leaves: list[bytes]) -> MerkleLog:
     return grown
 
 
+def catch_up(store: Store, tree: MerkleLog) -> MerkleLog:
+    """In the caller's transaction, under the store's write lock: the tree nodes above every
+    stored leaf that has none yet and the rollups over every stored event not in them,
+    whichever process wrote them; returns the log as stored (`tree`: as the caller last saw
+    it, loaded again if another process has moved it)."""
+    logged = meta(store, LOGGED) or 0
+    if logged != tree.size:
+        tree = MerkleLog.load(store, logged)
+    tree = grow_log(store, tree, [bytes(h) for (h,) in store.execute(
+        "SELECT hash FROM merkle_nodes WHERE level = 0 AND idx >= ? ORDER BY idx", (logged,))])
+    unrolled = store.execute(f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index >= ? "
+                             "ORDER BY leaf_index", (meta(store, ROLLED_UP) or 0,))
+    while chunk := [list(row) for row in unrolled.fetchmany(10_000)]:
+        fold(store, chunk)
+    return tree
+
+
 def fold(store: Store, rows: list[list[Any]]) -> None:
     """Add event rows (in log order) to the rollups and move the watermark past them."""
     for statement, params in upserts(rows):
@@ -54,6 +73,17 @@ def sign_head(store: Store, signer: Signer, tree_size: int, root: bytes,
     store.execute(INSERT_HEAD, (head.tree_size, head.root_hash, head.timestamp,
                                 head.signature))
     return head
+
+
+def sign_if_grown(store: Store, signer: Signer, tree: MerkleLog,
+                  asked: bool) -> TreeHead | None:
+    """Under the log's lock: a head over `tree` unless a stored one already covers it and
+    nobody `asked` for a fresh one, so processes sharing a log do not each sign it. The clock
+    is read under the lock, so heads in timestamp order never shrink."""
+    (signed,) = store.execute("SELECT MAX(tree_size) FROM tree_heads").fetchone()
+    if signed is not None and signed >= tree.size and not asked:
+        return None
+    return sign_head(store, signer, tree.size, tree.root(), int(time.time() * 1000))
 
 
 def meta(store: Store, key: str) -> int | None:

@@ -83,6 +83,10 @@ class PostgresStore:
         with self.conn.transaction():
             yield
 
+    def lock(self, name: str) -> None:
+        """A transaction-scoped advisory lock, one per name."""
+        self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+
     def close(self) -> None:
         self._conn.close()
 
@@ -134,7 +138,7 @@ def migrate(store: PostgresStore) -> None:
     """Tables made if new, event columns added since, the shared SQL functions defined: one
     process at a time."""
     with store.transaction():
-        store.conn.execute("SELECT pg_advisory_xact_lock(hashtext('tokometer.migrate'))")
+        store.lock("tokometer.migrate")
         store.conn.execute(_FUNCTIONS)
         for statement in _postgres_ddl(SCHEMA + ROLLUP_SCHEMA):
             store.conn.execute(statement)

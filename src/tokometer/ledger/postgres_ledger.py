@@ -20,7 +20,7 @@ import psycopg
 
 from ..config import PostgresURL
 from ..errors import LedgerError
-from .derive import LOGGED, fold, grow_log, insert_leaves, meta, sign_head
+from .derive import LOGGED, fold, grow_log, insert_leaves, meta, sign_if_grown
 from .log import MerkleLog
 from .postgres import PostgresStore, open_postgres, unavailable
 from .writer import QueuedWriter
@@ -29,9 +29,6 @@ if TYPE_CHECKING:
     from .signer import Signer, TreeHead
 
 log = logging.getLogger("tokometer.ledger")
-
-LOCK_LOG = "SELECT pg_advisory_xact_lock(hashtext('tokometer.log'))"
-
 
 class PostgresLedger(QueuedWriter):
     idle_seconds = 0.5
@@ -59,22 +56,18 @@ class PostgresLedger(QueuedWriter):
         self._signed_at = time.monotonic()
         try:
             with self._store.transaction():
-                tree = self._locked_tree()
-                signed = self._store.execute("SELECT MAX(tree_size) FROM tree_heads").fetchone()
-                if signed and signed[0] is not None and signed[0] >= tree.size and not signs:
-                    return
-                head = sign_head(self._store, self.signer, tree.size, tree.root(),
-                                 int(time.time() * 1000))
+                head = sign_if_grown(self._store, self.signer, self._locked_tree(), bool(signs))
         except (self._store.Error, LedgerError) as e:  # LedgerError: could not reconnect
             log.error("could not store a signed tree head: %s", e)
             self._fail_signs(signs, f"could not store a signed tree head: {e}")
             return
-        self._hand_over(signs, head)
+        if head is not None:
+            self._hand_over(signs, head)
 
     def _locked_tree(self) -> MerkleLog:
         """Under the log's lock, in the caller's transaction: the log as stored now (its
         frontier read again only when another writer has moved it)."""
-        self._store.execute(LOCK_LOG)
+        self._store.lock("tokometer.log")
         size = meta(self._store, LOGGED) or 0
         if size != self._tree.size:
             self._tree = MerkleLog.load(self._store, size)

@@ -72,19 +72,26 @@ CREATE TABLE IF NOT EXISTS outcomes (
   key_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes(tenant, task);
-CREATE TABLE IF NOT EXISTS budget_spend (  -- replicas' shared spend per budget and period
+CREATE TABLE IF NOT EXISTS budget_spend (  -- spend per budget and period (policy/shared.py)
   budget_id TEXT NOT NULL,
   period_start TEXT NOT NULL,  -- '' for a budget over all time
   spent TEXT NOT NULL,
   PRIMARY KEY (budget_id, period_start)
 );
-CREATE TABLE IF NOT EXISTS budget_holds (  -- replicas' in-flight reservations (policy/shared.py)
+CREATE TABLE IF NOT EXISTS budget_holds (  -- in-flight reservations (policy/shared.py)
   id TEXT PRIMARY KEY,
   budget_id TEXT NOT NULL,
   period_start TEXT NOT NULL,
   amount TEXT NOT NULL,
-  expires TIMESTAMP WITH TIME ZONE NOT NULL
+  expires REAL NOT NULL   -- Unix seconds
 );
+CREATE TABLE IF NOT EXISTS rate_entries (  -- rate limits' last minute (policy/shared.py)
+  id TEXT PRIMARY KEY,
+  limit_name TEXT NOT NULL,
+  at REAL NOT NULL,       -- Unix seconds
+  tokens INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rate_entries_window ON rate_entries(limit_name, at);
 CREATE TABLE IF NOT EXISTS budget_reservations (
   budget_id TEXT PRIMARY KEY,
   reserved TEXT NOT NULL,

@@ -10,6 +10,9 @@ so the commit a response waits for stays small. A crash in between loses nothing
 start they are derived again from the stored leaves and events, and readers fold a node not
 yet stored from the ones below it. The thread signs a tree head every few seconds while events
 arrive, and on demand.
+Several gateway workers may each run this writer on one file: SQLite's write lock (every
+transaction here is IMMEDIATE) sequences their commits, each batch's leaves follow the last
+stored one, and derivation and signing work from what is stored, whoever wrote it.
 Checkpoints, which fsync the database file (tens of ms on some disks), run on a thread of
 their own: passive ones, which never block the writer, every second; and, only when sustained
 load has kept the WAL from restarting for WAL_LIMIT_BYTES, one that waits for a gap between
@@ -28,18 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import FIELDS
 from .connect import SMALL_CACHE_KIB, open_sqlite
-from .derive import (
-    LOGGED,
-    ROLLED_UP,
-    fold,
-    grow_log,
-    insert_leaves,
-    meta,
-    set_meta,
-    sign_head,
-)
+from .derive import LOGGED, catch_up, insert_leaves, meta, set_meta, sign_if_grown
 from .log import MerkleLog, leaf_count
-from .rows import LEAF_COLUMN
 from .writer import QueuedWriter
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
@@ -66,9 +59,7 @@ class SQLiteLedger(QueuedWriter):
             logged = leaf_count(self._store)
             set_meta(self._store, LOGGED, logged)
         self._log = MerkleLog.load(self._store, logged)
-        self._signed_size = -1
-        self._unlogged: list[bytes] = []  # committed leaves whose tree nodes are not stored yet
-        self._unrolled: list[list[Any]] = []  # committed events not yet in the rollups
+        self._written = False  # leaves committed since the last derivation
         self._derived_at = 0.0
         self._store.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
         self._store.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
@@ -93,78 +84,44 @@ class SQLiteLedger(QueuedWriter):
         self._backfill()
 
     def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
+        """Derive (and sign, when due) in one transaction: a head covers every committed
+        leaf, whichever worker committed it."""
         sign = self._signing_due(signs, stop)
-        if sign or time.monotonic() - self._derived_at >= DERIVE_SECONDS:
-            self._derive()
-        if sign:
-            self._sign(signs)
-
-    def _derive(self) -> None:
-        """Add the leaves committed since the last time to the Merkle log's tree, and their
-        events to the rollups, in one transaction (kept out of the commits responses wait for)."""
-        unlogged, unrolled = self._unlogged, self._unrolled
-        if unlogged or unrolled:
-            try:
-                with self._store.transaction():
-                    grown = grow_log(self._store, self._log, unlogged)
-                    if unrolled:
-                        fold(self._store, unrolled)
-            except sqlite3.Error as e:
-                log.warning("the Merkle log and rollups are behind (will retry): %s", e)
-                return
-            self._log, self._unlogged, self._unrolled = grown, [], []
-        self._derived_at = time.monotonic()
-
-    def _sign(self, waiting: list[asyncio.Future[TreeHead]]) -> None:
-        """Sign the current head if it grew (or someone asked), and hand it to those waiting."""
-        tree = self._log
-        if self._unlogged:  # derivation failed: a head now would leave out committed leaves,
-            # and, stamped later than a head the CLI signed over them, go backwards
-            self._fail_signs(waiting, "the Merkle log is behind its events; no tree head is "
-                                      "signed until it catches up")
+        if not sign and not (self._written and
+                             time.monotonic() - self._derived_at >= DERIVE_SECONDS):
             return
         try:
-            if tree.size != self._signed_size or waiting:
-                with self._store.transaction():
-                    head = sign_head(self._store, self.signer, tree.size, tree.root(),
-                                     int(time.time() * 1000))
-                self._signed_size = tree.size
-                self._hand_over(waiting, head)
+            with self._store.transaction():
+                self._log = catch_up(self._store, self._log)
+                head = sign_if_grown(self._store, self.signer, self._log,
+                                     bool(signs)) if sign else None
         except sqlite3.Error as e:
-            log.error("could not store a signed tree head: %s", e)
-            self._fail_signs(waiting, f"could not store a signed tree head: {e}")
-        self._signed_at = time.monotonic()
+            log.warning("the Merkle log and rollups are behind (will retry): %s", e)
+            self._fail_signs(signs, "the Merkle log is behind its events; no tree head is "
+                                    f"signed until it catches up: {e}")
+            return
+        self._written, self._derived_at = False, time.monotonic()
+        if sign:
+            self._signed_at = self._derived_at
+        if head is not None:
+            self._hand_over(signs, head)
 
     def _backfill(self) -> None:
-        """At start, derive what a crash (or an older store) left underived: the tree above the
-        leaves committed after the last derivation, and the rollups from their watermark; and
-        events stored before the log existed become leaves, once."""
-        store = self._store
-        leaves = [bytes(h) for (h,) in store.execute(
-            "SELECT hash FROM merkle_nodes WHERE level = 0 AND idx >= ? ORDER BY idx",
-            (self._log.size,))]
-        rolled = meta(store, ROLLED_UP) or 0
-        with store.transaction():
-            tree = grow_log(store, self._log, leaves)
-            logged = store.execute(f"SELECT {', '.join(FIELDS)} FROM events "
-                                   "WHERE leaf_index >= ? ORDER BY leaf_index", (rolled,))
-            while chunk := [list(r) for r in logged.fetchmany(10_000)]:
-                log.info("bringing the rollups up to date from leaf %d", chunk[0][LEAF_COLUMN])
-                fold(store, chunk)
-        self._log = tree
-        rows = [list(r) for r in store.execute(
-            f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index IS NULL ORDER BY id")]
-        if rows:
-            log.info("adding %d earlier events to the Merkle log", len(rows))
-            with store.transaction():
-                store.execute("DELETE FROM events WHERE leaf_index IS NULL")
-                tree = grow_log(store, tree, insert_leaves(store, rows, tree.size))
-            self._log = tree
-            self._unrolled += rows
+        """At start, derive what a crash (or an older store) left underived; and events
+        stored before the log existed become leaves, once."""
+        with self._store.transaction():
+            self._log = catch_up(self._store, self._log)
+            rows = [list(r) for r in self._store.execute(
+                f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index IS NULL ORDER BY id")]
+            if rows:
+                log.info("adding %d earlier events to the Merkle log", len(rows))
+                self._store.execute("DELETE FROM events WHERE leaf_index IS NULL")
+                insert_leaves(self._store, rows, self._log.size)
+                self._log = catch_up(self._store, self._log)
 
     def _write(self, rows: list[list[Any]]) -> None:
-        """The events and their leaves only: the tree above and the rollups follow in _derive."""
+        """The events and their leaves only, after the last stored leaf (another worker's,
+        maybe): the tree above and the rollups follow in _after."""
         with self._store.transaction():
-            leaves = insert_leaves(self._store, rows, self._log.size + len(self._unlogged))
-        self._unlogged += leaves
-        self._unrolled += rows
+            insert_leaves(self._store, rows, leaf_count(self._store))
+        self._written = True

@@ -182,7 +182,13 @@ def save_reservations(conn: Store, reserved: dict[str, Decimal]) -> None:
 
 
 def saved_reservations(conn: Store) -> dict[str, Decimal]:
-    fresh = rfc3339(datetime.now(UTC) - timedelta(seconds=RESERVATIONS_FRESH_SECONDS))
-    rows = conn.execute("SELECT budget_id, reserved FROM budget_reservations WHERE updated >= ?",
-                        (fresh,))
-    return {i: Decimal(r) for i, r in rows}
+    """What a one-process gateway saved, and the live holds of processes sharing the store."""
+    now = datetime.now(UTC)
+    fresh = rfc3339(now - timedelta(seconds=RESERVATIONS_FRESH_SECONDS))
+    saved = {i: Decimal(r) for i, r in conn.execute(
+        "SELECT budget_id, reserved FROM budget_reservations WHERE updated >= ?", (fresh,))}
+    for budget_id, held in conn.execute(
+            "SELECT budget_id, decimal_sum(amount) FROM budget_holds WHERE expires > ? "
+            "GROUP BY budget_id", (now.timestamp(),)):
+        saved[budget_id] = saved.get(budget_id, Decimal(0)) + Decimal(held)
+    return saved

@@ -36,8 +36,8 @@ class Ticket:
     holds: list[tuple[BudgetState, Decimal, datetime | None]] = field(default_factory=list)
     entries: list[tuple[Window, Entry]] = field(default_factory=list)
     settled: bool = False
-    hold_ids: dict[str, str] = field(default_factory=dict)  # budget id → its hold in a shared
-    # store (shared.py)
+    stored: dict[str, str] = field(default_factory=dict)  # "budget:ID" / "limit:NAME" → its
+    # hold or rate entry in a store processes share (shared.py)
 
     def settle(self, event: Event | None) -> None:
         """Turn reservations into spend (event None: release them, nothing was consumed)."""
@@ -94,11 +94,8 @@ class Guard:
         assert wants is not None, "meters(who) said yes: the Need is required"
         now = time.monotonic()
         for window in applicable.windows:
-            wait = window.wait(now, wants.tokens)
-            if wait is not None:
-                raise PolicyError(window.describe(wants.tokens), status=429,
-                                  type="rate_limit_error", code="rate_limit_exceeded",
-                                  retry_after=retry_after(wait))
+            if window.wait(now, wants.tokens) is not None:
+                raise rate_limited(window, wants.tokens, now)
         holds = []
         wall = datetime.now(UTC)
         for state in applicable.budgets:
@@ -152,6 +149,13 @@ def _too_big(state: BudgetState, amount: Decimal) -> PolicyError:
         f"{state.budget.unit} (its input, and its max_tokens for each of its n choices), more "
         f"than the {decimal_str(left)} left; lower max_tokens or n",
         status=402, type="insufficient_quota", code="budget_exceeded")
+
+
+def rate_limited(window: Window, tokens: int, now: float) -> PolicyError:
+    """429 for a request of `tokens` the window has no room for at `now`."""
+    return PolicyError(window.describe(tokens), status=429, type="rate_limit_error",
+                       code="rate_limit_exceeded",
+                       retry_after=retry_after(window.wait(now, tokens) or 1.0))
 
 
 def exhausted(state: BudgetState, spent: Decimal, reserved: Decimal) -> PolicyError:

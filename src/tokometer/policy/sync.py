@@ -2,7 +2,9 @@
 
 Budgets set at run time (CLI or admin API) live in the store; every second the gateway
 picks up changes, reads the spend of new budgets from the ledger, and saves its in-flight
-reservations for `tokometer budgets status` in another process.
+reservations for `tokometer budgets status` in another process. When processes share the
+store (shared.py) their reservations are already there, and only the store knows what all
+of them spent.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from decimal import Decimal
 from ..config import Budget
 from ..errors import LedgerError
 from ..ledger.store import Store
-from .budgets import all_budgets, load_states, save_reservations
+from .budgets import all_budgets, budget_statuses, load_states, save_reservations
 from .guard import Guard
 
 SYNC_SECONDS = 1.0
@@ -23,10 +25,12 @@ log = logging.getLogger("tokometer.policy")
 
 
 class BudgetSync:
-    def __init__(self, guard: Guard, conn: Store, config: tuple[Budget, ...]):
+    def __init__(self, guard: Guard, conn: Store, config: tuple[Budget, ...], *,
+                 shared: bool = False):
         self.guard = guard
         self._conn = conn
         self._config = config
+        self._shared = shared
         self._lock = asyncio.Lock()
         self._saved: dict[str, Decimal] = {}
 
@@ -39,10 +43,19 @@ class BudgetSync:
             fresh = (await asyncio.to_thread(load_states, self._conn, missing, datetime.now(UTC))
                      if missing else {})
             self.guard.update_budgets(wanted, fresh)
-            reserved = {i: s.reserved for i, s in self.guard.states.items() if s.reserved}
+            reserved = {i: s.reserved for i, s in self.guard.states.items()
+                        if s.reserved and not self._shared}
             if reserved or self._saved:  # unchanged non-zero ones too: they stay fresh
                 await asyncio.to_thread(save_reservations, self._conn, reserved)
                 self._saved = reserved
+
+    async def statuses(self) -> list[dict[str, str | None]]:
+        """Every budget's spend, reservations and what is left, across processes."""
+        if not self._shared:  # this process's own reckoning is the whole, and the latest
+            return [state.status() for state in self.guard.states.values()]
+        async with self._lock:
+            return await asyncio.to_thread(budget_statuses, self._conn, self._config,
+                                           datetime.now(UTC))
 
     async def run_forever(self) -> None:
         while True:
