@@ -51,7 +51,7 @@ class Deps:
 async def handle(call: Call, deps: Deps, send: TrackedSend, receive: Receive) -> None:
     event_id = new_event_id()
     try:
-        routes, ticket = await _admit(call, deps)
+        routes, ticket = await _admit(call, deps, event_id)
     except RequestError as refusal:  # policy, or the client's routing left no route
         return await refuse(call, refusal, deps, send, event_id)
     try:
@@ -62,7 +62,7 @@ async def handle(call: Call, deps: Deps, send: TrackedSend, receive: Receive) ->
             await deps.shared.settle(ticket, None)
 
 
-async def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
+async def _admit(call: Call, deps: Deps, event_id: str) -> tuple[list[Route], Ticket]:
     """The routes the request may take, and its reservations; PolicyError if refused.
 
     The expected usage (a count of the input) is worked out only when a strategy, limit or
@@ -81,7 +81,7 @@ async def _admit(call: Call, deps: Deps) -> tuple[list[Route], Ticket]:
     ticket = deps.guard.admit(call.consumer, need)
     if deps.shared is not None:
         try:
-            await deps.shared.reserve(ticket)  # and in the store, for every process
+            await deps.shared.reserve(ticket, event_id)  # and in the store, for all
         except BaseException:
             ticket.settle(None)
             raise

@@ -79,17 +79,19 @@ CREATE TABLE IF NOT EXISTS budget_spend (  -- spend per budget and period (polic
   PRIMARY KEY (budget_id, period_start)
 );
 CREATE TABLE IF NOT EXISTS budget_holds (  -- in-flight reservations (policy/shared.py)
-  id TEXT PRIMARY KEY,
   budget_id TEXT NOT NULL,
+  id TEXT NOT NULL,       -- the request's event id
   period_start TEXT NOT NULL,
   amount TEXT NOT NULL,
-  expires REAL NOT NULL   -- Unix seconds
+  expires REAL NOT NULL,  -- Unix seconds
+  PRIMARY KEY (budget_id, id)
 );
 CREATE TABLE IF NOT EXISTS rate_entries (  -- rate limits' last minute (policy/shared.py)
-  id TEXT PRIMARY KEY,
   limit_name TEXT NOT NULL,
+  id TEXT NOT NULL,       -- the request's event id
   at REAL NOT NULL,       -- Unix seconds
-  tokens INTEGER NOT NULL
+  tokens INTEGER NOT NULL,
+  PRIMARY KEY (limit_name, id)
 );
 CREATE INDEX IF NOT EXISTS rate_entries_window ON rate_entries(limit_name, at);
 CREATE TABLE IF NOT EXISTS budget_reservations (

@@ -17,7 +17,7 @@ from decimal import Decimal
 from ..config import TOKENS, Budget, Rule, Settings
 from ..errors import PolicyError
 from ..events import Event, decimal_str
-from .budgets import BudgetState, amount_of
+from .budgets import BudgetState, amount_of, taken
 from .keys import Consumer
 from .limits import Entry, Window, retry_after
 
@@ -36,8 +36,8 @@ class Ticket:
     holds: list[tuple[BudgetState, Decimal, datetime | None]] = field(default_factory=list)
     entries: list[tuple[Window, Entry]] = field(default_factory=list)
     settled: bool = False
-    stored: dict[str, str] = field(default_factory=dict)  # "budget:ID" / "limit:NAME" → its
-    # hold or rate entry in a store processes share (shared.py)
+    stored_as: str | None = None  # the event id its holds and rate entries are kept under
+    # in a store processes share (shared.py)
 
     def settle(self, event: Event | None) -> None:
         """Turn reservations into spend (event None: release them, nothing was consumed)."""
@@ -47,9 +47,8 @@ class Ticket:
         for state, amount, start in self.holds:
             state.reserved -= amount
             if event is not None and state.start == start:  # same period as the reservation
-                # A cost the meter could not work out spends the whole reservation.
-                unknown = state.budget.unit != TOKENS and event.cost is None
-                state.spent += amount if unknown else amount_of(state.budget, event)
+                state.spent += taken(state.budget, amount, event.input_tokens
+                                     + event.output_tokens, event.cost, event.currency)
         tokens = event.input_tokens + event.output_tokens if event is not None else 0
         for window, entry in self.entries:
             window.settle(entry, tokens)
