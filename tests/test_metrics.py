@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
+import orjson
+
 from conftest import make_event
 from tokometer.gateway.metrics import Metrics
 
@@ -53,3 +55,26 @@ def test_a_model_the_config_does_not_know_is_labelled_other():
     assert s['tokometer_requests_total{model="m",provider="p",status="200"}'] == 1
     assert s['tokometer_requests_total{model="other",provider="",status="200"}'] == 2
     assert {k.split('model="')[1].split('"')[0] for k in s if 'model="' in k} == {"m", "other"}
+
+
+def test_a_workers_counts_carried_to_another_add_up():
+    """What each worker saves for the others (state) and how one adds them up (add)."""
+    one, other = Metrics(["m"]), Metrics(["m"])
+    one.observe(replace(an_event(), provider="p", duration_ms=20.0))
+    one.observe(replace(an_event(), provider=None, status=429, error_type="rate_limit_exceeded"))
+    other.observe(replace(an_event(), provider="p", duration_ms=20.0, status=502,
+                          error_type="upstream_timeout"))
+    total = Metrics(["m"])
+    for worker in (one, other):
+        total.add(orjson.loads(orjson.dumps(worker.state())))  # as it travels, in a file
+    s = samples(total)
+    assert s['tokometer_requests_total{model="m",provider="p",status="200"}'] == 1
+    assert s['tokometer_requests_total{model="m",provider="p",status="502"}'] == 1
+    assert s['tokometer_cost_total{currency="USD",model="m",provider="p"}'] == 1.0
+    assert s['tokometer_tokens_total{kind="input",model="m",provider="p"}'] == 14
+    assert s['tokometer_refusals_total{reason="rate_limit_exceeded"}'] == 1
+    assert s['tokometer_upstream_errors_total{error_type="upstream_timeout",provider="p"}'] == 1
+    assert s['tokometer_request_duration_seconds_count{provider="p"}'] == 2
+    copy = Metrics(["m"])
+    copy.add(one.state())
+    assert copy.render() == one.render()

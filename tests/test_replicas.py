@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from conftest import FAKE_KEYS, MODELS_TOML, Gateway, providers_toml, start_gateway, stop_gateway
@@ -220,14 +222,14 @@ def test_a_tpm_limit_holds_across_processes(sharing, stream, o200k):
 
 
 def test_two_sqlite_workers_append_to_one_contiguous_log(upstream, tmp_path):
-    gw = start_gateway(tmp_path / "w", providers_toml(upstream) + MODELS_TOML, env=FAKE_KEYS,
-                       workers=2)
+    gw = start_gateway(tmp_path / "w", 'admin_token_env = "TKM_ADMIN"\n' + providers_toml(upstream)
+                       + MODELS_TOML, env={**FAKE_KEYS, "TKM_ADMIN": "admin-token"}, workers=2)
     try:
         workers = worker_pids(gw)
-        before = [_cpu_seconds(pid) for pid in workers]
         assert len(asyncio.run(_spread([gw], 60, stream=True))) == 60
-        busy = [_cpu_seconds(pid) - b for pid, b in zip(workers, before, strict=True)]
-        assert min(busy) > sum(busy) / 5, busy  # both served: the kernel spread the load
+        assert _scraped_requests(gw, 60) == 60  # a scrape adds up both workers' counts...
+        served = [_saved_requests(pid) for pid in workers]
+        assert min(served) > 0 and sum(served) == 60, served  # ...which both served
         victim = workers[0]
         completed = asyncio.run(_spread([gw], 90, stop_after=20,
                                         kill=lambda: os.kill(victim, signal.SIGKILL)))
@@ -242,9 +244,23 @@ def test_two_sqlite_workers_append_to_one_contiguous_log(upstream, tmp_path):
         stop_gateway(gw)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _scraped_requests(gw: Gateway, expected: float) -> float:
+    """Requests /metrics counts, polled until `expected` (each worker saves its counts for
+    the others once a second) or 10 seconds."""
+    deadline, counted = time.monotonic() + 10, 0.0
+    while counted != expected and time.monotonic() < deadline:
+        scrape = gw.get("/metrics", key="admin-token")
+        assert scrape.status_code == 200, scrape.text
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in scrape.text.splitlines()
+                      if line.startswith("tokometer_requests_total{"))
+        time.sleep(0.1)  # readiness poll
+    return counted
+
+
+def _saved_requests(pid: int) -> float:
+    """The requests a worker counted, from what it saves for the others (metrics.Peers)."""
+    (saved,) = Path(tempfile.gettempdir()).glob(f"tokometer-workers-*/{pid}.json")
+    return sum(float(row[-1]) for row in orjson.loads(saved.read_bytes())["requests"])
 
 
 async def _metered(gateways: list[Gateway], n: int, stream: bool) -> list[int]:

@@ -1,9 +1,9 @@
 """`tokometer serve`: own the store, start local model servers, then the gateway on granian.
 
 The serving process (granian's supervisor) takes the store's lock before it binds anything,
-so a second gateway on the same store fails at once instead of corrupting the log; its worker
-process is forked, inherits that lock, dies with it (even on kill -9) and is respawned if it
-dies alone.
+so a second gateway on the same store fails at once instead of corrupting the log; its
+`workers` worker processes are forked, inherit that lock, die with it (even on kill -9) and
+are respawned if one dies alone.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import logging
 import multiprocessing
 import os
 import resource
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ class _Handoff:
     settings: config.Settings
     lock_fd: int | None  # SQLite's single-writer lock, inherited (PostgreSQL has none)
     ready_fd: int  # where the worker says it has started
+    peers: Path | None  # the folder the workers share, when there are several
 
 
 _handoff: _Handoff | None = None
@@ -52,6 +55,9 @@ def serve(config_path: Path, *, launch: bool = True) -> None:
     settings = config.load(config_path)  # fail fast, before starting anything
     path = single_writer(settings.server.store)
     lock = StoreLock.take(path) if path is not None else None
+    # Several workers share their metrics through files in a private folder (metrics.Peers).
+    peers = (Path(tempfile.mkdtemp(prefix="tokometer-workers-"))
+             if settings.server.workers > 1 else None)
     children: list[subprocess.Popen[bytes]] = []
     try:
         for provider in settings.providers.values():
@@ -60,8 +66,10 @@ def serve(config_path: Path, *, launch: bool = True) -> None:
                          "model; this can take a minute)", provider.name, provider.base_url)
                 if (child := start_model_server(provider, settings.server.data_dir)) is not None:
                     children.append(child)
-        _run_gateway(settings, lock)
+        _run_gateway(settings, lock, peers)
     finally:
+        if peers is not None:
+            shutil.rmtree(peers, ignore_errors=True)
         for child in children:
             child.terminate()
             child.wait(timeout=30)
@@ -82,7 +90,7 @@ def _connection_limit() -> int:
     return max(1, min(_MAX_CONNECTIONS, (soft - _FILES_SPARE) // _FILES_PER_CONNECTION))
 
 
-def _run_gateway(settings: config.Settings, lock: StoreLock | None) -> None:
+def _run_gateway(settings: config.Settings, lock: StoreLock | None, peers: Path | None) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
@@ -99,7 +107,7 @@ def _run_gateway(settings: config.Settings, lock: StoreLock | None) -> None:
         ready_in, ready_out = os.pipe()  # a started worker writes a byte (forked: it has it)
         os.set_blocking(ready_in, False)
         global _handoff
-        _handoff = _Handoff(settings, lock.fd if lock else None, ready_out)
+        _handoff = _Handoff(settings, lock.fd if lock else None, ready_out, peers)
         server = Server(
             "tokometer.serve:worker_app",
             address=settings.server.host,
@@ -152,4 +160,5 @@ def worker_app() -> Gateway:
     path = single_writer(handoff.settings.server.store)
     lock = (StoreLock.inherited(path, handoff.lock_fd)
             if path is not None and handoff.lock_fd is not None else None)
-    return Gateway(handoff.settings, lock, on_ready=lambda: os.write(handoff.ready_fd, b"r"))
+    return Gateway(handoff.settings, lock, on_ready=lambda: os.write(handoff.ready_fd, b"r"),
+                   peers=handoff.peers)

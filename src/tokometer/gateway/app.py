@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from .. import config
 from ..config import Settings
@@ -32,10 +33,11 @@ def create_app(settings: Settings | None = None) -> Gateway:
 
 class Gateway:
     def __init__(self, settings: Settings, lock: StoreLock | None = None,
-                 on_ready: Callable[[], object] | None = None):
+                 on_ready: Callable[[], object] | None = None, peers: Path | None = None):
         self.settings = settings
         self.lock = lock  # the store's; taken at start unless `tokometer serve` holds it
         self.on_ready = on_ready  # told once the gateway has started (serve's supervisor)
+        self.peers = peers  # where serve's workers, when several, meet (services.py)
         self.services: Services | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -45,7 +47,7 @@ class Gateway:
             await self._lifespan(receive, send)
 
     async def start(self) -> None:
-        self.services = await start_services(self.settings, self.lock)
+        self.services = await start_services(self.settings, self.lock, self.peers)
         if self.on_ready is not None:
             self.on_ready()
 

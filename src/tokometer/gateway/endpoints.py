@@ -90,7 +90,7 @@ async def log(request: Request, services: Services) -> None:
 async def metrics(request: Request, services: Services) -> None:
     """Prometheus' scrape, for the admin token."""
     services.admin.check(request.headers, scope_client(request.scope))
-    await reply(request.send, 200, services.deps.metrics.render(), content_type=_PROMETHEUS)
+    await reply(request.send, 200, await services.metrics(), content_type=_PROMETHEUS)
 
 
 async def admin(request: Request, services: Services) -> None:

@@ -6,6 +6,10 @@ plain dictionary arithmetic on the event loop (a few microseconds per request, w
 prometheus_client's labelled children cost ten times that); prometheus_client renders the
 families only when scraped.
 
+With several workers (`tokometer serve`'s `workers`), each one writes its counts to a file
+every second, and the worker a scrape reaches adds up its own and the others' (`Peers`); the
+files of workers that died stay in the sum, so no counter goes backwards while serve runs.
+
 A model label is always a name the config knows: a model it does not (the provider's dated
 name, anything a client made up) counts as `other`, so no client can grow the label sets. An
 error type comes from the provider too: past ERROR_TYPES distinct ones, more count as `other`.
@@ -13,12 +17,16 @@ error type comes from the provider too: past ERROR_TYPES distinct ones, more cou
 
 from __future__ import annotations
 
+import asyncio
+import os
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
@@ -106,6 +114,67 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def state(self) -> dict[str, Any]:
+        """The counts, as JSON can carry them (`add` takes them back)."""
+        def rows(values: Mapping[Any, int | Decimal]) -> list[list[Any]]:
+            return [[*k, str(v)] if isinstance(k, tuple) else [k, str(v)]
+                    for k, v in values.items()]
+
+        return {"requests": rows(self.requests), "tokens": rows(self.tokens),
+                "cost": rows(self.cost), "upstream_errors": rows(self.upstream_errors),
+                "refusals": rows(self.refusals),
+                "durations": {p: list(counts) for p, counts in self.durations.items()}}
+
+    def add(self, state: dict[str, Any]) -> None:
+        """Count another worker's `state()` in these."""
+        for name in ("requests", "tokens", "upstream_errors"):
+            counter = getattr(self, name)
+            for *key, value in state[name]:
+                counter[tuple(key)] += int(value)
+        for *key, value in state["cost"]:
+            self.cost[tuple(key)] += Decimal(value)
+        for reason, value in state["refusals"]:
+            self.refusals[reason] += int(value)
+        for provider, counts in state["durations"].items():
+            mine = self.durations.setdefault(provider, [0.0] * (len(_BUCKETS) + 2))
+            self.durations[provider] = [a + b for a, b in zip(mine, counts, strict=True)]
+
+
+class Peers:
+    """The counts of every worker of one `tokometer serve`, through files in its folder."""
+
+    SECONDS = 1.0
+
+    def __init__(self, folder: Path, own: Metrics):
+        self._folder, self._own = folder, own
+        self._file = folder / f"{os.getpid()}.json"
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.to_thread(self._save, orjson.dumps(self._own.state()))
+            await asyncio.sleep(self.SECONDS)
+
+    def _save(self, counts: bytes) -> None:
+        partial = self._file.with_suffix(".part")
+        partial.write_bytes(counts)
+        partial.replace(self._file)  # a reader sees the old counts or the new, never half
+
+    async def render(self) -> bytes:
+        """Every worker's counts added up: this one's as they are now, the others' as they
+        last saved them. (Counts are read on the event loop, files off it.)"""
+        return await asyncio.to_thread(self._render, self._own.state())
+
+    def _render(self, own: dict[str, Any]) -> bytes:
+        total = Metrics(self._own.models)
+        total.add(own)
+        for path in self._folder.glob("*.json"):
+            if path != self._file:
+                try:
+                    total.add(orjson.loads(path.read_bytes()))
+                except (OSError, orjson.JSONDecodeError):  # gone since the listing
+                    continue
+        return total.render()
 
 
 def _counter(name: str, documentation: str, labels: list[str],

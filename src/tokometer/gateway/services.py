@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..catalog import Pricer, vendor_of
 from ..config import Settings
@@ -25,7 +26,7 @@ from ..policy.sync import BudgetSync
 from .admin import Admin
 from .dashboard import Dashboard
 from .meter import Meter
-from .metrics import Metrics
+from .metrics import Metrics, Peers
 from .offloop import OffLoop
 from .pipeline import Deps
 from .router import Router
@@ -48,6 +49,11 @@ class Services:
     lock: StoreLock | None  # SQLite's single-writer lock; None on PostgreSQL
     tasks: tuple[asyncio.Task[None], ...]  # background watchers: revocations, budgets
     stores: tuple[Store, ...]  # the readers' connections, closed at shutdown
+    peers: Peers | None  # the metrics of serve's other workers, when there are several
+
+    async def metrics(self) -> bytes:
+        """What /metrics shows: this process's counts, or every worker's added up."""
+        return await self.peers.render() if self.peers else self.deps.metrics.render()
 
     async def authenticate(self, headers: dict[bytes, bytes]) -> Consumer:
         key = api_key(headers)
@@ -59,13 +65,13 @@ class Services:
         return consumer
 
 
-async def start_services(settings: Settings, lock: StoreLock | None) -> Services:
-    """The gateway's parts, on `lock` (taken here when `tokometer serve` did not)."""
+async def start_services(settings: Settings, lock: StoreLock | None,
+                         peers: Path | None = None) -> Services:
+    """The gateway's parts, on `lock` (taken here when `tokometer serve` did not); `peers`:
+    the folder of serve's workers when there are several (their metrics meet there)."""
     s = settings.server
     path = single_writer(s.store)  # SQLite's file, which one gateway writes; None: PostgreSQL
-    # Processes sharing the store: replicas on PostgreSQL, or `tokometer serve`'s workers
-    # (which inherit its lock; a gateway that takes the lock itself is the only process).
-    processes_share = path is None or (lock is not None and s.workers > 1)
+    processes_share = path is None or peers is not None  # replicas, or serve's workers
     if path is not None:
         lock = lock or StoreLock.take(path)
     ledger = open_ledger(s.store, load_signer(s.signing_key, s.signing_key_pem,
@@ -93,12 +99,14 @@ async def start_services(settings: Settings, lock: StoreLock | None) -> Services
     labels = [*settings.models, *(r.model for m in settings.models.values() for r in m.routes)]
     deps = Deps(Upstream(s), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
                 ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels), shared)
+    workers = Peers(peers, deps.metrics) if peers is not None else None
     tasks = (asyncio.create_task(keys.watch_revocations()),
-             asyncio.create_task(budgets.run_forever()))
+             asyncio.create_task(budgets.run_forever()),
+             *([asyncio.create_task(workers.run_forever())] if workers else []))
     log.info("tokometer gateway ready: %d models, store %s", len(settings.models), s.store)
     return Services(settings, deps, keys, Admin(settings, side, keys, budgets, ledger, token),
                     Transparency(side, ledger), side, Dashboard(settings, side, token), lock,
-                    tasks, stores)
+                    tasks, stores, workers)
 
 
 async def stop_services(services: Services) -> None:
