@@ -73,6 +73,9 @@ class SQLiteStore:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
         return self.conn.executemany(sql, rows)
 
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+        return iter(self.conn.execute(sql, params))  # sqlite3 steps through rows lazily
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """IMMEDIATE: the write lock is taken at the start, so the transaction never fails

@@ -3,6 +3,7 @@ Store protocol, so SQLite and PostgreSQL copy either way. The caller audits the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from ..errors import LedgerError
@@ -26,13 +27,14 @@ def copy_store(source: Store, target: Store,
     copied = {}
     with target.transaction():
         for table in TABLES:
-            rows = source.execute(f"SELECT * FROM {table}")
-            columns = [d[0] for d in rows.description]
+            columns = [d[0] for d in source.execute(f"SELECT * FROM {table} LIMIT 0"
+                                                     ).description]
             insert = (f"INSERT INTO {table} ({', '.join(columns)}) "
                       f"VALUES ({', '.join('?' for _ in columns)})")
+            rows = source.stream(f"SELECT {', '.join(columns)} FROM {table}")
             copied[table] = 0
-            while chunk := rows.fetchmany(_CHUNK):
-                target.executemany(insert, [tuple(row) for row in chunk])
+            while chunk := [tuple(row) for row in itertools.islice(rows, _CHUNK)]:
+                target.executemany(insert, chunk)
                 copied[table] += len(chunk)
                 if progress is not None and table == "events":
                     progress(len(chunk))

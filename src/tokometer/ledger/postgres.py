@@ -68,6 +68,12 @@ class PostgresStore:
             cursor.executemany(to_postgres(sql), rows)
             return cursor
 
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+        """Rows in chunks as the server sends them (libpq's chunked mode), not all at once as
+        `execute` fetches them."""
+        with self._unavailable_if_gone():
+            yield from self.conn.cursor().stream(to_postgres(sql), params, size=1_000)
+
     @contextlib.contextmanager
     def _unavailable_if_gone(self) -> Iterator[None]:
         """The server gone mid-statement is a 503 LedgerError; other failures stay Error."""

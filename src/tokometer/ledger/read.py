@@ -24,7 +24,7 @@ def time_filter(since: str | None, until: str | None) -> tuple[str, list[str]]:
 def iter_events(conn: Store, since: str | None = None,
                 until: str | None = None) -> Iterator[dict[str, Any]]:
     where, params = time_filter(since, until)
-    for row in conn.execute(f"{_SELECT}{where} ORDER BY time, id", params):
+    for row in conn.stream(f"{_SELECT}{where} ORDER BY time, id", params):
         yield event_of_row(row)
 
 

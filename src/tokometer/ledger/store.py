@@ -50,6 +50,11 @@ class Store(Protocol):
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Rows: ...
 
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+        """A query's rows as they are read, never the whole result in memory at once (for
+        exports and copies of any size); the connection serves nothing else meanwhile."""
+        ...
+
     def transaction(self) -> AbstractContextManager[None]:
         """All statements inside commit together, or none does."""
         ...
