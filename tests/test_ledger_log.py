@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sqlite3
+import threading
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rfc8785
@@ -408,3 +411,54 @@ def test_a_signing_key_given_as_pem_is_used_and_a_bad_one_names_its_variable(tmp
     assert not (tmp_path / "unused.pem").exists()
     with pytest.raises(ConfigError, match=r"^\$LOG_KEY: not a PEM private key"):
         load_signer(tmp_path / "unused.pem", "not a key", "LOG_KEY")
+
+
+def test_a_key_being_written_is_never_read_half_written(tmp_path, monkeypatch):
+    """Workers and replicas on a fresh setup create the log's key at once. One is held after
+    writing half its key; the other must not read that half (before, it got 'not a PEM private
+    key' and the gateway did not start): it makes the key, and the first then uses it."""
+    from tokometer.ledger import signer
+
+    key_file = tmp_path / "ledger-ed25519.pem"
+    half_written, other_done = threading.Event(), threading.Event()
+    real_fdopen = os.fdopen
+
+    class SlowFile:  # the first key written stops half-way until the other load is done
+        def __init__(self, f: Any):
+            self.f = f
+
+        def write(self, data: bytes) -> int:
+            self.f.write(data[:len(data) // 2])
+            self.f.flush()
+            half_written.set()
+            assert other_done.wait(10)
+            return self.f.write(data[len(data) // 2:])
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.f, name)
+
+        def __enter__(self) -> SlowFile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+    slowed = iter([True])
+    monkeypatch.setattr(signer.os, "fdopen", lambda fd, mode: (
+        SlowFile(real_fdopen(fd, mode)) if next(slowed, False) else real_fdopen(fd, mode)))
+    keys: dict[str, bytes] = {}
+
+    def load(name: str) -> None:
+        keys[name] = load_signer(key_file).public_key.public_bytes_raw()
+
+    first = threading.Thread(target=load, args=("first",))
+    first.start()
+    assert half_written.wait(10)
+    try:
+        load("second")
+    finally:
+        other_done.set()
+        first.join(10)
+    assert keys["first"] == keys["second"]
+    assert [p.name for p in tmp_path.iterdir()] == [key_file.name]  # nothing left aside
+    assert key_file.stat().st_mode & 0o777 == 0o600

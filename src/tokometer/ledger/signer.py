@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,23 @@ def verify_head(head: TreeHead, key: Ed25519PublicKey) -> bool:
     return True
 
 
+def _create_whole(path: Path, content: bytes) -> None:
+    """`path` with `content`, unless it exists: written aside, then linked into place, so a
+    process that starts beside this one (another worker, a replica) reads either no file or
+    the whole key, and the first to link it makes the one key they all use."""
+    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(aside, path)
+    except FileExistsError:  # another process made it first: theirs is the key
+        pass
+    finally:
+        os.unlink(aside)
+
+
 def load_signer(key_file: Path, pem: str | None = None, pem_from: str | None = None) -> Signer:
     """The log's key: `pem` if given (config read it from the variable `pem_from`), else from
     key_file, created there if new."""
@@ -104,13 +122,7 @@ def load_signer(key_file: Path, pem: str | None = None, pem_from: str | None = N
             new = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption())
-            try:
-                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another gateway made it first: theirs is the key
-                pass
-            else:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(new)
+            _create_whole(key_file, new)
         pem = key_file.read_text()
     try:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
