@@ -17,6 +17,7 @@ from .store import Store
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
 
+LOG_LOCK = "tokometer.log"  # Store.lock's name for the log: its appends and its signing
 LOGGED = "logged"  # how many leaves have the tree nodes above them stored
 ROLLED_UP = "rolled_up"  # how many leaves' events are in the rollups
 

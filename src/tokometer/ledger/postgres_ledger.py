@@ -20,7 +20,7 @@ import psycopg
 
 from ..config import PostgresURL
 from ..errors import LedgerError
-from .derive import LOGGED, fold, grow_log, insert_leaves, meta, sign_if_grown
+from .derive import LOG_LOCK, LOGGED, fold, grow_log, insert_leaves, meta, sign_if_grown
 from .log import MerkleLog
 from .postgres import PostgresStore, open_postgres, unavailable
 from .writer import QueuedWriter
@@ -67,7 +67,7 @@ class PostgresLedger(QueuedWriter):
     def _locked_tree(self) -> MerkleLog:
         """Under the log's lock, in the caller's transaction: the log as stored now (its
         frontier read again only when another writer has moved it)."""
-        self._store.lock("tokometer.log")
+        self._store.lock(LOG_LOCK)
         size = meta(self._store, LOGGED) or 0
         if size != self._tree.size:
             self._tree = MerkleLog.load(self._store, size)

@@ -15,8 +15,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .canonical import canonical_json, leaf_document
-from .derive import sign_head
-from .log import leaf_count, stored_nodes
+from .derive import LOG_LOCK, sign_head
+from .log import leaf_count, walk_stored
 from .merkle import Tree, leaf_hash, verify_inclusion
 from .read import get_event
 from .signer import Signer, TreeHead, verify_head
@@ -47,7 +47,7 @@ def build_receipt(conn: Store, event_id: str) -> dict[str, Any] | None:
     head = latest_head(conn, covering=index + 1)
     if head is None:
         return None
-    proof = Tree(stored_nodes(conn), head.tree_size).inclusion_proof(index)
+    proof = walk_stored(conn, head.tree_size, lambda tree: tree.inclusion_proof(index))
     return {"receipt_version": RECEIPT_VERSION, "event": event, "leaf_index": index,
             "leaf_hash": leaf_hash(canonical_json(event)).hex(),
             "inclusion_proof": [p.hex() for p in proof], "tree_head": head.to_json()}
@@ -85,7 +85,7 @@ def consistency_proof(conn: Store, first: int, second: int) -> list[bytes]:
     if not 0 < first <= second <= size:
         raise ValueError(f"need 0 < first <= second <= {size} (the log's size), "
                          f"got first={first}, second={second}")
-    return Tree(stored_nodes(conn), second).consistency_proof(first)
+    return walk_stored(conn, second, lambda tree: tree.consistency_proof(first))
 
 
 def receipt_signing_if_needed(conn: Store, event_id: str, signer: Signer) -> dict[str, Any]:
@@ -102,11 +102,12 @@ def receipt_signing_if_needed(conn: Store, event_id: str, signer: Signer) -> dic
 def sign_stored_head(conn: Store, signer: Signer) -> TreeHead:
     """Sign the log as stored now.
 
-    The clock and the size are read holding the store's write lock, under which a running
-    gateway's writer also commits leaves and signs its heads: none lands between the two
+    The clock and the size are read holding the log's lock, under which running gateways'
+    writers also commit leaves and sign their heads: none lands between the two
     readings, so heads in the order of their timestamps never shrink.
     """
     with conn.transaction():
+        conn.lock(LOG_LOCK)  # PostgreSQL's replicas append and sign under it too
         timestamp = int(time.time() * 1000)
         size = leaf_count(conn)
-        return sign_head(conn, signer, size, Tree(stored_nodes(conn), size).root(), timestamp)
+        return sign_head(conn, signer, size, walk_stored(conn, size, Tree.root), timestamp)

@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import FIELDS
 from .connect import SMALL_CACHE_KIB, open_sqlite
-from .derive import LOGGED, catch_up, insert_leaves, meta, set_meta, sign_if_grown
+from .derive import (
+    LOGGED,
+    catch_up,
+    fold,
+    grow_log,
+    insert_leaves,
+    meta,
+    set_meta,
+    sign_if_grown,
+)
 from .log import MerkleLog, leaf_count
 from .writer import QueuedWriter
 
@@ -59,7 +68,9 @@ class SQLiteLedger(QueuedWriter):
             logged = leaf_count(self._store)
             set_meta(self._store, LOGGED, logged)
         self._log = MerkleLog.load(self._store, logged)
-        self._written = False  # leaves committed since the last derivation
+        self._unlogged: list[bytes] = []  # leaves committed since the last derivation...
+        self._unrolled: list[list[Any]] = []  # ...and their events
+        self._others_wrote = False  # another worker committed leaves since then too
         self._derived_at = 0.0
         self._store.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_forever
         self._store.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
@@ -87,24 +98,39 @@ class SQLiteLedger(QueuedWriter):
         """Derive (and sign, when due) in one transaction: a head covers every committed
         leaf, whichever worker committed it."""
         sign = self._signing_due(signs, stop)
-        if not sign and not (self._written and
+        if not sign and not (self._unlogged and
                              time.monotonic() - self._derived_at >= DERIVE_SECONDS):
             return
         try:
             with self._store.transaction():
-                self._log = catch_up(self._store, self._log)
-                head = sign_if_grown(self._store, self.signer, self._log,
-                                     bool(signs)) if sign else None
+                tree = self._derive(sign)
+                head = sign_if_grown(self._store, self.signer, tree, bool(signs)) if sign \
+                    else None
         except sqlite3.Error as e:
             log.warning("the Merkle log and rollups are behind (will retry): %s", e)
             self._fail_signs(signs, "the Merkle log is behind its events; no tree head is "
                                     f"signed until it catches up: {e}")
             return
-        self._written, self._derived_at = False, time.monotonic()
+        self._log, self._unlogged, self._unrolled = tree, [], []
+        self._others_wrote, self._derived_at = False, time.monotonic()
         if sign:
             self._signed_at = self._derived_at
         if head is not None:
             self._hand_over(signs, head)
+
+    def _derive(self, everything: bool) -> MerkleLog:
+        """The tree nodes and rollups over what this writer committed, from memory when
+        nobody else has written or derived since; from the store otherwise, or when
+        `everything` stored must be covered (for a head)."""
+        tree = self._log
+        mine_only = (bool(self._unlogged) and not self._others_wrote
+                     and meta(self._store, LOGGED) == tree.size)
+        if mine_only:
+            tree = grow_log(self._store, tree, self._unlogged)
+            fold(self._store, self._unrolled)
+        if everything or not mine_only:
+            tree = catch_up(self._store, tree)
+        return tree
 
     def _backfill(self) -> None:
         """At start, derive what a crash (or an older store) left underived; and events
@@ -123,5 +149,8 @@ class SQLiteLedger(QueuedWriter):
         """The events and their leaves only, after the last stored leaf (another worker's,
         maybe): the tree above and the rollups follow in _after."""
         with self._store.transaction():
-            insert_leaves(self._store, rows, leaf_count(self._store))
-        self._written = True
+            first = leaf_count(self._store)
+            leaves = insert_leaves(self._store, rows, first)
+        self._others_wrote |= first != self._log.size + len(self._unlogged)
+        self._unlogged += leaves
+        self._unrolled += rows
