@@ -96,35 +96,77 @@ def test_a_replica_killed_mid_load_loses_no_acknowledged_event(replicas):
     assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
 
 
-def test_postgresql_restarting_is_a_503_and_the_gateway_recovers_by_itself(upstream, tmp_path):
-    """The server stopped: requests get 503 store_unavailable (nothing answered as if it
-    were recorded); started again, the same gateway records again, with no gap in the log."""
+def test_postgresql_restarting_under_load_is_a_503_and_the_gateway_recovers(upstream, tmp_path):
+    """Requests keep coming while the server stops and starts again: each gets 200 (and its
+    event is in the log) or 503 store_unavailable (and nothing is recorded for it); the log
+    has no gap and no duplicate, the budget's spend is the answered requests', and the same
+    gateway records again by itself."""
     from postgres import remove, start_cluster
 
     cluster = start_cluster()  # its own: this test stops it
     gw = None
     try:
-        gw = start_gateway(tmp_path / "g", providers_toml(upstream) + MODELS_TOML,
-                           env=FAKE_KEYS, store=PostgresURL(cluster.new_database()))
-        before = gw.chat("gpt-4o-mini")
-        assert before.status_code == 200
-        cluster.stop()
-        refused = gw.chat("gpt-4o-mini")
-        assert refused.status_code == 503, refused.text
-        assert refused.json()["error"]["type"] == "store_unavailable"
-        cluster.start()
-        after = gw.chat("gpt-4o-mini")
-        assert after.status_code == 200, after.text
-        with open_store(gw.store) as store:
-            ids = {e["id"]: e["leaf_index"] for e in iter_events(store)}
-        assert before.headers["x-tokometer-event-id"] in ids
-        assert after.headers["x-tokometer-event-id"] in ids
-        assert refused.headers["x-tokometer-event-id"] not in ids
-        assert sorted(ids.values()) == list(range(len(ids)))
+        url = PostgresURL(cluster.new_database())
+        gw = start_gateway(tmp_path / "g", providers_toml(upstream) + METERED_MODEL
+                           + f'[[budgets]]\ntenant = "acme"\nlimit = {1000 * ONE_REQUEST}\n'
+                             'unit = "USD"\nperiod = "day"\n', env=FAKE_KEYS, store=url)
+        answers = asyncio.run(_under_load(gw, cluster))
+        codes = {r.status_code for r in answers}
+        assert codes == {200, 503}, codes
+        assert all(r.json()["error"]["type"] == "store_unavailable"
+                   for r in answers if r.status_code == 503)
+        after = gw.chat("metered", max_tokens=300)
+        assert after.status_code == 200, after.text  # recovered by itself
+        answered = {r.headers["x-tokometer-event-id"] for r in answers if r.status_code == 200}
+        refused = {r.headers.get("x-tokometer-event-id") for r in answers
+                   if r.status_code == 503} - {None}  # an id: refused after the provider
+        with open_store(url) as store:
+            events = list(iter_events(store))
+        ids = [e["id"] for e in events]
+        assert len(ids) == len(set(ids))  # no duplicate
+        assert answered | {after.headers["x-tokometer-event-id"]} <= set(ids)
+        assert not refused & set(ids)
+        assert sorted(e["leaf_index"] for e in events) == list(range(len(events)))  # no gap
+        spent = sum((Decimal(e["cost"]) for e in events if e["status"] == 200), Decimal(0))
+        assert spent == (len(answered) + 1) * ONE_REQUEST
+        with open_store(url) as store:  # what the budget counts: never less than was spent
+            (counted,) = store.execute("SELECT decimal_sum(spent) FROM budget_spend").fetchone()
+            (held,) = store.execute("SELECT decimal_sum(amount) FROM budget_holds").fetchone()
+        assert Decimal(counted) + Decimal(held or 0) >= spent
+        audit = cli(gw.config, "ledger", "audit")
+        assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
     finally:
         if gw is not None:
             stop_gateway(gw)
         remove(cluster)
+
+
+async def _under_load(gw: Gateway, cluster: Any) -> list[httpx.Response]:
+    """Four clients sending metered requests in a loop while the store stops and starts."""
+    answers: list[httpx.Response] = []
+    stopped = asyncio.Event()
+    body = {"model": "metered", "max_tokens": 300,
+            "messages": [{"role": "user", "content": "hi"}]}
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while not stopped.is_set() or len(answers) < 200:
+            answers.append(await http.post(gw.url + "/v1/chat/completions", json=body,
+                                           headers={"Authorization": f"Bearer {gw.key}"}))
+            if stopped.is_set() and any(r.status_code == 200 for r in answers[-4:]):
+                return  # answering again after the restart
+
+    async def restart() -> None:
+        while len(answers) < 40:
+            await asyncio.sleep(0.01)  # until the load is under way
+        await asyncio.to_thread(cluster.stop)
+        while sum(r.status_code == 503 for r in answers) < 10:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(cluster.start)
+        stopped.set()
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        await asyncio.gather(restart(), *(client(http) for _ in range(4)))
+    return answers
 
 
 def test_a_revocation_and_a_budget_reach_every_replica_within_seconds(replicas):

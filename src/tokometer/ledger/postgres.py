@@ -86,7 +86,7 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.conn.transaction():
+        with self._unavailable_if_gone(), self.conn.transaction():
             yield
 
     def lock(self, name: str) -> None:

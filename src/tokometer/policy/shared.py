@@ -22,17 +22,20 @@ expires between its request's record and its settling is spent twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import datetime
 from decimal import Decimal
 from itertools import chain
 
-from ..errors import PolicyError
+from ..errors import LedgerError, PolicyError
 from ..events import Event, decimal_str, rfc3339
 from ..ledger.store import Store
 from .budgets import BudgetState, spent_in, taken
 from .guard import Ticket, exhausted, rate_limited
 from .limits import WINDOW_SECONDS, Entry, Window
+
+log = logging.getLogger("tokometer.policy")
 
 
 class SharedGuard:
@@ -50,11 +53,17 @@ class SharedGuard:
             ticket.stored_as = event_id
 
     async def settle(self, ticket: Ticket, event: Event | None) -> None:
-        """Release the ticket's holds, adding what the event took to each period's spend."""
+        """Release the ticket's holds, adding what the event took to each period's spend.
+        If the store cannot be reached, the holds stay until they expire and are spent then
+        from the ledger: the request is answered (or refused) as if it had settled."""
         if ticket.stored_as is not None:
             event_id, ticket.stored_as = ticket.stored_as, None
-            async with self._lock:
-                await asyncio.to_thread(self._settle, ticket, event_id, event)
+            try:
+                async with self._lock:
+                    await asyncio.to_thread(self._settle, ticket, event_id, event)
+            except (LedgerError, self._store.Error) as e:
+                log.warning("request %s: its budget holds stay until they expire (%s)",
+                            event_id, e)
 
     def _reserve(self, ticket: Ticket, event_id: str) -> None:
         now = time.time()
