@@ -1,26 +1,30 @@
-"""The store's side of budgets shared by processes (policy/shared.py), on each store: what a
-process that died holding reservations leaves behind."""
+"""The store's side of budgets and rate limits shared by processes (policy/shared.py), on each
+store: a request settles in the transaction that records it, and what a process that died
+holding reservations leaves behind."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import make_event
-from tokometer.config import Budget, Scope
-from tokometer.errors import PolicyError
-from tokometer.events import new_event_id
-from tokometer.ledger import Store, open_store
-from tokometer.ledger.rows import event_row
-from tokometer.ledger.schema import INSERT_EVENT
+from tokometer.config import Budget, Limit, Scope
+from tokometer.errors import LedgerError, PolicyError
+from tokometer.events import Event, new_event_id
+from tokometer.ledger import Store, open_ledger, open_store
+from tokometer.ledger.signer import load_signer
 from tokometer.policy import Ticket
 from tokometer.policy.budgets import BudgetState, load_states
+from tokometer.policy.limits import Entry, Window
 from tokometer.policy.shared import SharedGuard
 
 BUDGET = Budget("b-acme", Scope("tenant", "acme"), Decimal("1.00"), "USD", "day")
+LIMIT = Limit("tpm-acme", Scope("tenant", "acme"), rpm=None, tpm=10_000)
 RESERVED = Decimal("0.30")
 
 
@@ -28,59 +32,90 @@ def _state(store: Store) -> BudgetState:
     return load_states(store, [BUDGET], datetime.now(UTC))[BUDGET.id]
 
 
-def _spend(store: Store) -> Decimal:
-    (spent,) = store.execute("SELECT spent FROM budget_spend WHERE budget_id = ?",
-                             (BUDGET.id,)).fetchone()
-    return Decimal(spent)
+def _ticket(state: BudgetState, window: Window) -> Ticket:
+    return Ticket([(state, RESERVED, state.start)], [(window, Entry(0.0, 500))])
 
 
-def _record(store: Store, event_id: str, cost: str) -> None:
-    with store.transaction():
-        store.execute(INSERT_EVENT, event_row(make_event(id=event_id, tenant="acme",
-                                                         cost=Decimal(cost))))
+def _one(store: Store, sql: str) -> Any:
+    return store.execute(sql).fetchone()[0]
 
 
-@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
-def test_holds_of_a_process_that_died_are_spent_if_their_request_was_recorded(store_location):
-    """Process A reserved twice and died: one request recorded (0.25), one not. Its holds
-    expire; the next reservation spends the recorded one and releases both."""
-    with open_store(store_location, create=True) as store:
-        dead = SharedGuard(store, hold_seconds=-1)  # its holds are expired at once
-        recorded, lost = new_event_id(), new_event_id()
-        state = _state(store)
-        asyncio.run(dead.reserve(Ticket([(state, RESERVED, state.start)]), recorded))
-        _record(store, recorded, "0.25")  # ...and A never settled it
-        asyncio.run(dead.reserve(Ticket([(state, RESERVED, state.start)]), lost))
+def _event(event_id: str, cost: str) -> Event:
+    return make_event(id=event_id, tenant="acme", cost=Decimal(cost), input_tokens=12,
+                      output_tokens=30)
 
-        alive = SharedGuard(store, hold_seconds=600)
-        state = _state(store)
-        ticket = Ticket([(state, RESERVED, state.start)])
-        asyncio.run(alive.reserve(ticket, new_event_id()))
-        assert _spend(store) == Decimal("0.25")  # from its expired hold, once
-        (held,) = store.execute("SELECT COUNT(*) FROM budget_holds").fetchone()
-        assert held == 1  # only the live one
 
-        asyncio.run(alive.settle(ticket, make_event(tenant="acme", cost=Decimal("0.10"))))
-        assert _spend(store) == Decimal("0.35")
-        assert store.execute("SELECT COUNT(*) FROM budget_holds").fetchone() == (0,)
+def _record(location: Any, tmp_path: Path, *appends: tuple[Event, Any]) -> None:
+    """Append events through the ledger, each with the statements to commit along."""
+    async def run() -> None:
+        ledger = open_ledger(location, load_signer(tmp_path / "key.pem"))
+        ledger.start()
+        try:
+            for event, along in appends:
+                await ledger.append(event, along)
+        finally:
+            await ledger.close()
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
-def test_an_expired_hold_is_spent_when_its_request_was_recorded_after_first_use(
-        store_location):
-    """The spend started before the dead process's request was recorded: its cost is added
-    when its hold expires, so the budget refuses what would go past the limit."""
+def test_a_request_settles_in_the_transaction_that_records_it(store_location, tmp_path):
+    """Its hold goes, its cost is spent, its rate entry becomes its tokens: with the event,
+    never without it (an event the store refuses takes its settling down with it)."""
     with open_store(store_location, create=True) as store:
-        alive = SharedGuard(store, hold_seconds=600)
+        guard, window = SharedGuard(store, hold_seconds=600), Window(LIMIT)
         state = _state(store)
-        first = Ticket([(state, RESERVED, state.start)])
-        asyncio.run(alive.reserve(first, new_event_id()))  # the spend starts at 0
-        asyncio.run(alive.settle(first, None))
-        dead, recorded = SharedGuard(store, hold_seconds=-1), new_event_id()
-        asyncio.run(dead.reserve(Ticket([(state, RESERVED, state.start)]), recorded))
-        _record(store, recorded, "0.80")
-        with pytest.raises(PolicyError) as refused:  # 0.80 spent + 0.30 > 1.00
-            asyncio.run(alive.reserve(Ticket([(state, RESERVED, state.start)]),
-                                      new_event_id()))
-        assert refused.value.status == 402
-        assert _spend(store) == Decimal("0.80")
+        ticket, event_id = _ticket(state, window), new_event_id()
+        asyncio.run(guard.reserve(ticket, event_id))
+        assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 1
+        assert _one(store, "SELECT tokens FROM rate_entries") == 500
+        settling = guard.settling(ticket, _event(event_id, "0.25"))
+        taken = new_event_id()
+        _record(store_location, tmp_path, (_event(taken, "0.25"), ()))
+        with pytest.raises(LedgerError):  # the store refuses the event (its id is taken)...
+            _record(store_location, tmp_path, (_event(taken, "0.25"), settling))
+        assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 1  # ...and its settling
+        assert Decimal(_one(store, "SELECT spent FROM budget_spend")) == 0
+        _record(store_location, tmp_path, (_event(event_id, "0.25"), settling))
+        assert Decimal(_one(store, "SELECT spent FROM budget_spend")) == Decimal("0.25")
+        assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 0
+        assert _one(store, "SELECT tokens FROM rate_entries") == 42
+
+
+@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
+def test_holds_of_a_process_that_died_expire_and_free_the_budget(store_location):
+    """A process reserved 0.90 of 1.00 and died: while its hold lives, nothing more fits;
+    once expired, the hold is gone and the budget is free again (nothing was recorded)."""
+    with open_store(store_location, create=True) as store:
+        state, window = _state(store), Window(LIMIT)
+        dying = SharedGuard(store, hold_seconds=0.5)
+        big = Ticket([(state, Decimal("0.90"), state.start)])
+        asyncio.run(dying.reserve(big, new_event_id()))
+        alive = SharedGuard(store, hold_seconds=600)
+        with pytest.raises(PolicyError) as refused:
+            asyncio.run(alive.reserve(_ticket(state, window), new_event_id()))
+        assert refused.value.status == 402 and "0.9 reserved" in refused.value.message
+        expires = _one(store, "SELECT expires FROM budget_holds")
+        while datetime.now(UTC).timestamp() <= expires:  # until the hold's own expiry
+            asyncio.run(asyncio.sleep(0.05))
+        asyncio.run(alive.reserve(_ticket(state, window), new_event_id()))
+        assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 1  # only the new one
+        assert Decimal(_one(store, "SELECT spent FROM budget_spend")) == 0
+
+
+@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
+def test_a_request_not_recorded_releases_its_holds_and_counts_what_it_took(store_location):
+    """The ledger failed after the provider answered: the spend still counts (tokens may
+    have been delivered); a request that never reached a provider spends nothing."""
+    with open_store(store_location, create=True) as store:
+        guard, window = SharedGuard(store, hold_seconds=600), Window(LIMIT)
+        state = _state(store)
+        answered, cancelled = _ticket(state, window), _ticket(state, window)
+        asyncio.run(guard.reserve(answered, new_event_id()))
+        asyncio.run(guard.reserve(cancelled, new_event_id()))
+        asyncio.run(guard.release(answered, _event(new_event_id(), "0.25")))
+        asyncio.run(guard.release(cancelled, None))
+        asyncio.run(guard.release(cancelled, None))  # twice: nothing more
+        assert Decimal(_one(store, "SELECT spent FROM budget_spend")) == Decimal("0.25")
+        assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 0
+        assert sorted(r[0] for r in store.execute("SELECT tokens FROM rate_entries")) == [0, 42]

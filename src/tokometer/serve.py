@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from . import config
 from .errors import ConfigError
 from .launch import start_model_server
-from .ledger import single_writer
+from .ledger import open_store, single_writer
 from .ledger.lock import StoreLock
 from .lifeline import die_with_parent
 
@@ -55,6 +55,7 @@ def serve(config_path: Path, *, launch: bool = True) -> None:
     settings = config.load(config_path)  # fail fast, before starting anything
     path = single_writer(settings.server.store)
     lock = StoreLock.take(path) if path is not None else None
+    open_store(settings.server.store, create=True).close()  # made once, not by each worker
     # Several workers share their metrics through files in a private folder (metrics.Peers).
     peers = (Path(tempfile.mkdtemp(prefix="tokometer-workers-"))
              if settings.server.workers > 1 else None)

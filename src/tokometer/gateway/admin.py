@@ -114,7 +114,7 @@ class Admin:
                                type="not_found_error")
         changes = {k: v for k, v in fields.items() if k not in ("event_id", "reason")}
         event = correction(original, changes, fields["reason"])
-        await self.ledger.append(event)
+        await self.ledger.append(event, self.budgets.correcting(event))
         self.budgets.guard.correct(event)
         return 201, {"id": event.id, "corrects": event.corrects}
 

@@ -59,7 +59,7 @@ async def handle(call: Call, deps: Deps, send: TrackedSend, receive: Receive) ->
     finally:
         ticket.settle(None)  # never recorded (cancelled): release what it reserved
         if deps.shared is not None:
-            await deps.shared.settle(ticket, None)
+            await deps.shared.release(ticket, None)
 
 
 async def _admit(call: Call, deps: Deps, event_id: str) -> tuple[list[Route], Ticket]:
@@ -131,12 +131,14 @@ async def _record(call: Call, outcome: Outcome, deps: Deps, ticket: Ticket,
     """The reading, durable in the ledger, and the reservations settled from it."""
     event = await deps.meter.event(call, outcome, event_id)
     deps.metrics.observe(event)
-    try:
-        await deps.ledger.append(event)
+    try:  # a shared store's budgets settle in the transaction that records the event
+        await deps.ledger.append(event, deps.shared.settling(ticket, event)
+                                 if deps.shared is not None else ())
+        ticket.stored_as = None
     finally:
         ticket.settle(event)
-        if deps.shared is not None:
-            await deps.shared.settle(ticket, event)
+        if deps.shared is not None:  # not recorded: tokens may have been delivered
+            await deps.shared.release(ticket, event)
     return event
 
 

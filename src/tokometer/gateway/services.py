@@ -92,7 +92,7 @@ async def start_services(settings: Settings, lock: StoreLock | None,
         shared = SharedGuard(stores[-1], s.upstream_timeout + s.body_timeout + 60)
     keys = KeyRing(stores[0])
     pricer = Pricer(s.currency, settings.exchange_rates)
-    budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets, shared=processes_share)
+    budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets, shared=shared)
     await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
     side = OffLoop(stores[2])
     token = AdminToken(s.admin_token)  # one count of wrong guesses, however they come
@@ -116,6 +116,8 @@ async def stop_services(services: Services) -> None:
             await task
     await services.deps.upstream.close()
     await services.deps.ledger.close()
+    if services.deps.shared is not None:  # not under a reservation still being taken
+        await services.deps.shared.close()
     for store in services.stores:
         store.close()
     if services.lock is not None:

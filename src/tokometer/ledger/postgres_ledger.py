@@ -23,7 +23,8 @@ from ..errors import LedgerError
 from .derive import LOG_LOCK, LOGGED, fold, grow_log, insert_leaves, meta, sign_if_grown
 from .log import MerkleLog
 from .postgres import PostgresStore, open_postgres, unavailable
-from .writer import QueuedWriter
+from .store import Writes
+from .writer import QueuedWriter, write_along
 
 if TYPE_CHECKING:
     from .signer import Signer, TreeHead
@@ -38,12 +39,13 @@ class PostgresLedger(QueuedWriter):
         self._store: PostgresStore = open_postgres(url, create=True)
         self._tree = MerkleLog(0, ())  # the log as this process last saw it
 
-    def _write(self, rows: list[list[Any]]) -> None:
+    def _write(self, rows: list[list[Any]], along: Writes) -> None:
         try:
             with self._store.transaction():
                 tree = self._locked_tree()
                 grown = grow_log(self._store, tree, insert_leaves(self._store, rows, tree.size))
                 fold(self._store, rows)
+                write_along(self._store, along)
         except psycopg.OperationalError as e:  # the server went away at the commit
             if not self._store.broken:
                 raise

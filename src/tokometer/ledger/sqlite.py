@@ -42,7 +42,8 @@ from .derive import (
     sign_if_grown,
 )
 from .log import MerkleLog, leaf_count
-from .writer import QueuedWriter
+from .store import Writes
+from .writer import QueuedWriter, write_along
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
@@ -145,12 +146,13 @@ class SQLiteLedger(QueuedWriter):
                 insert_leaves(self._store, rows, self._log.size)
                 self._log = catch_up(self._store, self._log)
 
-    def _write(self, rows: list[list[Any]]) -> None:
+    def _write(self, rows: list[list[Any]], along: Writes) -> None:
         """The events and their leaves only, after the last stored leaf (another worker's,
         maybe): the tree above and the rollups follow in _after."""
         with self._store.transaction():
             first = leaf_count(self._store)
             leaves = insert_leaves(self._store, rows, first)
+            write_along(self._store, along)
         self._others_wrote |= first != self._log.size + len(self._unlogged)
         self._unlogged += leaves
         self._unrolled += rows

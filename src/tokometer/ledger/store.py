@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from ..events import Event
 
+Writes = tuple[tuple[str, tuple[Any, ...]], ...]  # statements (SQL, parameters) to commit along
+
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
 
@@ -78,8 +80,9 @@ class Ledger(Protocol):
         """Begin writing (on the running event loop)."""
         ...
 
-    async def append(self, event: Event) -> None:
-        """Returns once the event and its Merkle leaf are durable; LedgerError if not."""
+    async def append(self, event: Event, along: Writes = ()) -> None:
+        """Returns once the event and its Merkle leaf are durable, committed with the
+        statements `along`; LedgerError if not."""
         ...
 
     async def sign_now(self) -> TreeHead:

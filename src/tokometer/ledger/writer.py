@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import LedgerError
 from ..events import Event
 from .rows import event_row
-from .store import Store
+from .store import Store, Writes
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
@@ -35,9 +35,11 @@ _STOP = object()  # the last message: write what is queued, sign, and end
 
 @dataclass(frozen=True, slots=True)
 class _Append:
-    """An event's row to commit; `done` resolves once it is durable."""
+    """An event's row to commit, with what must commit with it; `done` resolves once it is
+    durable."""
 
     row: list[Any]
+    along: Writes
     done: asyncio.Future[None]
 
 
@@ -67,11 +69,12 @@ class QueuedWriter:
             thread.start()
             self._threads.append(thread)
 
-    async def append(self, event: Event) -> None:
-        """Returns once the event is committed; raises LedgerError if it could not be."""
+    async def append(self, event: Event, along: Writes = ()) -> None:
+        """Returns once the event is committed, in one transaction with the statements
+        `along` (a budget's settling); raises LedgerError if it could not be."""
         assert self._loop is not None, "the ledger's start() was not called"
         done = self._loop.create_future()
-        self._queue.put(_Append(event_row(event), done))
+        self._queue.put(_Append(event_row(event), along, done))
         await done
 
     async def sign_now(self) -> TreeHead:
@@ -98,8 +101,9 @@ class QueuedWriter:
     def _prepare(self) -> None:
         """On the writer thread, before the first batch."""
 
-    def _write(self, rows: list[list[Any]]) -> None:
-        """Commit the rows as the log's next leaves; the store's Error if it could not."""
+    def _write(self, rows: list[list[Any]], along: Writes) -> None:
+        """Commit the rows as the log's next leaves, and `along` (write_along) in the same
+        transaction; the store's Error if it could not."""
         raise NotImplementedError
 
     def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
@@ -134,7 +138,8 @@ class QueuedWriter:
 
     def _commit(self, items: list[_Append]) -> None:
         try:
-            self._write([item.row for item in items])
+            self._write([item.row for item in items],
+                        tuple(write for item in items for write in item.along))
         except LedgerError as e:  # the store is unreachable: no row of the batch can be written
             log.error("could not record %d event(s): %s", len(items), e.message)
             self._resolve(items, e)
@@ -178,3 +183,13 @@ def _resolve(futures: list[asyncio.Future[Any]], error: Exception | None) -> Non
                 f.set_result(None)
             else:
                 f.set_exception(error)
+
+
+def write_along(store: Store, writes: Writes) -> None:
+    """A batch's statements, one executemany per distinct statement (they commute: each
+    request's touch rows of its own, or add to a sum)."""
+    by_sql: dict[str, list[tuple[Any, ...]]] = {}
+    for sql, params in writes:
+        by_sql.setdefault(sql, []).append(params)
+    for sql, rows in by_sql.items():
+        store.executemany(sql, rows)

@@ -9,14 +9,14 @@ under the request's event id:
 - a budget hold, only if the period's spend, its live holds and the new hold fit the limit;
 - a rate entry, only if the limit's last minute of entries leaves room for it.
 
-Settling deletes the holds, adds what the request took to each period's spend, and sets each
-rate entry to the tokens used. Holds expire, so a process that dies holding some gives them
-back, and what its requests recorded before it died is then spent (the hold names the event).
-Rate entries leave the window after a minute. Time is each process's wall clock, so replicas
-on several machines keep theirs in step (NTP). Where the two ways of counting meet, a request
-may be counted twice, never too little: the period's spend starts from the ledger's sum the
-first time a process needs it, which can include a request about to settle; and a hold that
-expires between its request's record and its settling is spent twice.
+A request settles in the transaction that records its event (`settling`, run by the ledger):
+its holds go, what it took is added to each period's spend, and its rate entries become the
+tokens it used. So a reading and its spend are never one without the other, and settling
+takes no lock: a reservation reads a budget's spend and holds in one statement, which sees a
+settling whole or not at all. A request that ends unrecorded releases its holds on its own.
+Holds expire, so a process that dies holding some gives them back. Time is each process's
+wall clock, so replicas on several machines keep theirs in step (NTP). The period's spend
+starts from the ledger's sum the first time a process needs it.
 """
 
 from __future__ import annotations
@@ -26,16 +26,22 @@ import logging
 import time
 from datetime import datetime
 from decimal import Decimal
-from itertools import chain
 
 from ..errors import LedgerError, PolicyError
 from ..events import Event, decimal_str, rfc3339
-from ..ledger.store import Store
-from .budgets import BudgetState, spent_in, taken
+from ..ledger.store import Store, Writes
+from ..ledger.writer import write_along
+from .budgets import BudgetState, amount_of, spent_in, taken
 from .guard import Ticket, exhausted, rate_limited
 from .limits import WINDOW_SECONDS, Entry, Window
 
 log = logging.getLogger("tokometer.policy")
+
+_ADD_SPEND = ("UPDATE budget_spend SET spent = decimal_add(spent, ?) "
+              "WHERE budget_id = ? AND period_start = ?")
+_RELEASE = "DELETE FROM budget_holds WHERE budget_id = ? AND id = ?"
+_USED = "UPDATE rate_entries SET tokens = ? WHERE limit_name = ? AND id = ?"
+_PRUNE_SECONDS = 1.0  # how often a process clears a limit's entries older than its window
 
 
 class SharedGuard:
@@ -43,6 +49,7 @@ class SharedGuard:
         self._store = store
         self._hold_seconds = hold_seconds
         self._lock = asyncio.Lock()  # one transaction at a time on this connection
+        self._pruned: dict[str, float] = {}  # limit name → when this process last pruned it
 
     async def reserve(self, ticket: Ticket, event_id: str) -> None:
         """Hold the ticket's reservations in the store under the request's event id, or
@@ -52,18 +59,39 @@ class SharedGuard:
                 await asyncio.to_thread(self._reserve, ticket, event_id)
             ticket.stored_as = event_id
 
-    async def settle(self, ticket: Ticket, event: Event | None) -> None:
-        """Release the ticket's holds, adding what the event took to each period's spend.
-        If the store cannot be reached, the holds stay until they expire and are spent then
-        from the ledger: the request is answered (or refused) as if it had settled."""
-        if ticket.stored_as is not None:
-            event_id, ticket.stored_as = ticket.stored_as, None
-            try:
-                async with self._lock:
-                    await asyncio.to_thread(self._settle, ticket, event_id, event)
-            except (LedgerError, self._store.Error) as e:
-                log.warning("request %s: its budget holds stay until they expire (%s)",
-                            event_id, e)
+    def settling(self, ticket: Ticket, event: Event) -> Writes:
+        """The statements that settle the ticket with its event, for the ledger to commit
+        with the event (once it has, the ticket's `stored_as` is cleared)."""
+        return () if ticket.stored_as is None else _settling(ticket, ticket.stored_as, event)
+
+    async def release(self, ticket: Ticket, event: Event | None) -> None:
+        """Settle a ticket whose event was not recorded (None: nothing was consumed). If the
+        store cannot be reached, its holds stay until they expire."""
+        if ticket.stored_as is None:
+            return
+        event_id, ticket.stored_as = ticket.stored_as, None
+        try:
+            async with self._lock:
+                await asyncio.to_thread(self._write, _settling(ticket, event_id, event))
+        except (LedgerError, self._store.Error) as e:
+            log.warning("request %s: its holds stay until they expire (%s)", event_id, e)
+
+    def correcting(self, states: dict[str, BudgetState], event: Event) -> Writes:
+        """What a correction event changes in the spend of the budgets its original counted
+        in, for the ledger to commit with it (a period not yet started from the ledger will
+        read the correction there)."""
+        return tuple((_ADD_SPEND, (decimal_str(amount_of(s.budget, event)), s.budget.id,
+                                   _period(s.start)))
+                     for s in states.values() if s.budget.scope.covers(event))
+
+    async def close(self) -> None:
+        """Close the store's connection once a transaction under way has ended."""
+        async with self._lock:
+            self._store.close()
+
+    def _write(self, writes: Writes) -> None:
+        with self._store.transaction():
+            write_along(self._store, writes)
 
     def _reserve(self, ticket: Ticket, event_id: str) -> None:
         now = time.time()
@@ -72,11 +100,11 @@ class SharedGuard:
             for name in sorted([*(f"budget:{s.budget.id}" for s, _, _ in ticket.holds),
                                 *(f"limit:{w.limit.name}" for w, _ in ticket.entries)]):
                 self._store.lock(name)
-            refusal = next(chain(
-                (r for state, amount, start in ticket.holds
-                 if (r := self._over_budget(state, amount, start, now))),
-                (r for window, entry in ticket.entries
-                 if (r := self._over_limit(window, entry, now)))), None)
+            refusal = next((r for r in (
+                *(self._over_budget(state, amount, start, now)
+                  for state, amount, start in ticket.holds),
+                *(self._over_limit(window, entry, now) for window, entry in ticket.entries))
+                if r is not None), None)
             if refusal is None:  # all of them, or none; what was swept stays swept
                 self._store.executemany(
                     "INSERT INTO budget_holds (budget_id, id, period_start, amount, expires) "
@@ -92,76 +120,50 @@ class SharedGuard:
     def _over_budget(self, state: BudgetState, amount: Decimal, start: datetime | None,
                      now: float) -> PolicyError | None:
         """Whether the period's spend and live holds leave no room for `amount`."""
-        period = _period(start)
-        self._spend_expired(state, now)
-        spent = self._spent(state, start, period)
-        (held,) = self._store.execute(
-            "SELECT decimal_sum(amount) FROM budget_holds WHERE budget_id = ? "
-            "AND period_start = ?", (state.budget.id, period)).fetchone()
-        held = Decimal(held or 0)
+        budget_id, period = state.budget.id, _period(start)
+        self._store.execute("DELETE FROM budget_holds WHERE budget_id = ? AND expires <= ?",
+                            (budget_id, now))  # of processes that died holding them
+        spent, held = self._store.execute(  # one statement: one snapshot of both
+            "SELECT (SELECT spent FROM budget_spend WHERE budget_id = ? AND period_start = ?),"
+            " (SELECT decimal_sum(amount) FROM budget_holds WHERE budget_id = ?"
+            " AND period_start = ?)", (budget_id, period, budget_id, period)).fetchone()
+        if spent is None:  # the first request of the period, here: start from the ledger
+            spent = spent_in(self._store, state.budget, start)
+            self._store.execute("INSERT INTO budget_spend (budget_id, period_start, spent) "
+                                "VALUES (?, ?, ?)", (budget_id, period, decimal_str(spent)))
+        spent, held = Decimal(spent), Decimal(held or 0)
         return exhausted(state, spent, held) if spent + held + amount > state.budget.limit \
             else None
 
-    def _spend_expired(self, state: BudgetState, now: float) -> None:
-        """Holds whose process died before settling them: each request's event, if it was
-        recorded, is spent (a request that delivered tokens is never free); then they go."""
-        expired = self._store.execute(
-            "SELECT h.period_start, h.amount, e.input_tokens + e.output_tokens, e.cost, "
-            "e.currency FROM budget_holds h JOIN events e ON e.id = h.id "
-            "WHERE h.budget_id = ? AND h.expires <= ?", (state.budget.id, now)).fetchall()
-        for period, amount, tokens, cost, currency in expired:
-            took = taken(state.budget, Decimal(amount), tokens,
-                         None if cost is None else Decimal(cost), currency)
-            self._add_spend(state, period, took)
-        self._store.execute("DELETE FROM budget_holds WHERE budget_id = ? AND expires <= ?",
-                            (state.budget.id, now))
-
-    def _spent(self, state: BudgetState, start: datetime | None, period: str) -> Decimal:
-        row = self._store.execute("SELECT spent FROM budget_spend WHERE budget_id = ? "
-                                  "AND period_start = ?", (state.budget.id, period)).fetchone()
-        if row is not None:
-            return Decimal(row[0])
-        spent = spent_in(self._store, state.budget, start)
-        self._store.execute("INSERT INTO budget_spend (budget_id, period_start, spent) "
-                            "VALUES (?, ?, ?)", (state.budget.id, period, decimal_str(spent)))
-        return spent
-
-    def _add_spend(self, state: BudgetState, period: str, amount: Decimal) -> None:
-        self._store.execute("UPDATE budget_spend SET spent = decimal_add(spent, ?) "
-                            "WHERE budget_id = ? AND period_start = ?",
-                            (decimal_str(amount), state.budget.id, period))
-
     def _over_limit(self, window: Window, entry: Entry, now: float) -> PolicyError | None:
         """Whether the limit's last minute, across processes, has no room for the request."""
-        name, limit = window.limit.name, window.limit
-        self._store.execute("DELETE FROM rate_entries WHERE limit_name = ? AND at <= ?",
-                            (name, now - WINDOW_SECONDS))
+        name, limit, since = window.limit.name, window.limit, now - WINDOW_SECONDS
+        if now - self._pruned.get(name, 0.0) >= _PRUNE_SECONDS:
+            self._store.execute("DELETE FROM rate_entries WHERE limit_name = ? AND at <= ?",
+                                (name, since))
+            self._pruned[name] = now
         count, used = self._store.execute(
-            "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM rate_entries WHERE limit_name = ?",
-            (name,)).fetchone()
+            "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM rate_entries "
+            "WHERE limit_name = ? AND at > ?", (name, since)).fetchone()
         if ((limit.rpm is None or count < limit.rpm)
                 and (limit.tpm is None or used + entry.tokens <= limit.tpm)):
             return None
         shared = Window(limit)  # the store's window, to say when the request would fit
         for at, tokens in self._store.execute(
-                "SELECT at, tokens FROM rate_entries WHERE limit_name = ? ORDER BY at", (name,)):
+                "SELECT at, tokens FROM rate_entries WHERE limit_name = ? AND at > ? "
+                "ORDER BY at", (name, since)):
             shared.add(at, tokens)
         return rate_limited(shared, entry.tokens, now)
 
-    def _settle(self, ticket: Ticket, event_id: str, event: Event | None) -> None:
-        with self._store.transaction():
-            for state, amount, start in sorted(ticket.holds, key=lambda h: h[0].budget.id):
-                self._store.lock(f"budget:{state.budget.id}")
-                self._store.execute("DELETE FROM budget_holds WHERE budget_id = ? AND id = ?",
-                                    (state.budget.id, event_id))
-                if event is not None:
-                    self._add_spend(state, _period(start), taken(
-                        state.budget, amount, event.input_tokens + event.output_tokens,
-                        event.cost, event.currency))
-            tokens = event.input_tokens + event.output_tokens if event is not None else 0
-            self._store.executemany(
-                "UPDATE rate_entries SET tokens = ? WHERE limit_name = ? AND id = ?",
-                [(tokens, window.limit.name, event_id) for window, _ in ticket.entries])
+
+def _settling(ticket: Ticket, event_id: str, event: Event | None) -> Writes:
+    tokens = event.input_tokens + event.output_tokens if event is not None else 0
+    return (
+        *((_RELEASE, (state.budget.id, event_id)) for state, _, _ in ticket.holds),
+        *((_ADD_SPEND, (decimal_str(taken(state.budget, amount, tokens, event.cost,
+                                          event.currency)), state.budget.id, _period(start)))
+          for state, amount, start in ticket.holds if event is not None),
+        *((_USED, (tokens, window.limit.name, event_id)) for window, _ in ticket.entries))
 
 
 def _period(start: datetime | None) -> str:

@@ -16,9 +16,11 @@ from decimal import Decimal
 
 from ..config import Budget
 from ..errors import LedgerError
-from ..ledger.store import Store
+from ..events import Event
+from ..ledger.store import Store, Writes
 from .budgets import all_budgets, budget_statuses, load_states, save_reservations
 from .guard import Guard
+from .shared import SharedGuard
 
 SYNC_SECONDS = 0.5  # with the queries, a budget change reaches every process within a second
 log = logging.getLogger("tokometer.policy")
@@ -26,7 +28,7 @@ log = logging.getLogger("tokometer.policy")
 
 class BudgetSync:
     def __init__(self, guard: Guard, conn: Store, config: tuple[Budget, ...], *,
-                 shared: bool = False):
+                 shared: SharedGuard | None = None):
         self.guard = guard
         self._conn = conn
         self._config = config
@@ -44,18 +46,22 @@ class BudgetSync:
                      if missing else {})
             self.guard.update_budgets(wanted, fresh)
             reserved = {i: s.reserved for i, s in self.guard.states.items()
-                        if s.reserved and not self._shared}
+                        if s.reserved and self._shared is None}
             if reserved or self._saved:  # unchanged non-zero ones too: they stay fresh
                 await asyncio.to_thread(save_reservations, self._conn, reserved)
                 self._saved = reserved
 
     async def statuses(self) -> list[dict[str, str | None]]:
         """Every budget's spend, reservations and what is left, across processes."""
-        if not self._shared:  # this process's own reckoning is the whole, and the latest
+        if self._shared is None:  # this process's own reckoning is the whole, and the latest
             return [state.status() for state in self.guard.states.values()]
         async with self._lock:
             return await asyncio.to_thread(budget_statuses, self._conn, self._config,
                                            datetime.now(UTC))
+
+    def correcting(self, event: Event) -> Writes:
+        """What a correction changes in a shared store's spend, to commit with it."""
+        return () if self._shared is None else self._shared.correcting(self.guard.states, event)
 
     async def run_forever(self) -> None:
         while True:
