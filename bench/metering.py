@@ -24,7 +24,7 @@ from tokometer.catalog import Pricer
 from tokometer.config import Model, Provider, Route
 from tokometer.counting import Recounter
 from tokometer.counting.registry import TokenizerRegistry
-from tokometer.events import Event, Outcome
+from tokometer.events import Outcome
 from tokometer.gateway.call import Call
 from tokometer.gateway.meter import Meter
 from tokometer.gateway.wire import ENDPOINTS
@@ -59,9 +59,12 @@ def call(stream: bool) -> Call:
                 time.perf_counter())
 
 
-def whole(meter: Meter, raw: bytes) -> Callable[[], object]:
+def whole(meter: Meter, raw: bytes, budget: bool = False) -> Callable[[], object]:
+    """`budget`: a budget covers the key, so the request's worst case is reserved first."""
     def run() -> object:
         c = call(False)
+        if budget:
+            _sync(meter.expected(c))
         body = orjson.loads(raw)
         reading = read_body("chat", body)
         outcome = Outcome(ROUTE, 200, reported=reading.usage, model=reading.model,
@@ -90,22 +93,24 @@ def streamed(meter: Meter, raw: bytes) -> Callable[[], object]:
     return run
 
 
-def _sync(coroutine: Coroutine[Any, Any, Event]) -> Event:
-    """meter.event's result: it awaits nothing for a request this small (no loop needed)."""
+def _sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """A meter coroutine's result: it awaits nothing for a request this small."""
     try:
         coroutine.send(None)
     except StopIteration as done:
         return done.value
-    raise RuntimeError("meter.event awaited: the request was too large to count in line")
+    raise RuntimeError("the meter awaited: the request was too large to count in line")
 
 
 def main() -> None:
     meter = Meter(Recounter(TokenizerRegistry(Path(tempfile.mkdtemp()))), Pricer("USD"))
-    rows = [("whole answer (JSON)", whole(meter, (FIXTURES / "openai_chat.json").read_bytes())),
+    body = (FIXTURES / "openai_chat.json").read_bytes()
+    rows = [("whole answer (JSON)", whole(meter, body)),
+            ("the same, with a budget", whole(meter, body, budget=True)),
             ("stream, 6 events", streamed(meter, (FIXTURES / "openai_chat.sse").read_bytes())),
             ("stream, 21 events", streamed(meter, sse_stream(21).encode()))]
     for name, run in rows:
-        print(f"{name:<22} {per_request_us(run):8.1f} µs per request")
+        print(f"{name:<24} {per_request_us(run):8.1f} µs per request")
 
 
 if __name__ == "__main__":
