@@ -171,3 +171,63 @@ def test_the_reserved_bound_goes_upstream_where_the_provider_reads_it(path, upst
     c.output_bound = meter.unstated_bound(c)
     assert orjson.loads(upstream_body(c, route))[key] == 700
     assert meter.unstated_bound(call(model, {"model": "m", "max_tokens": 5})) is None
+
+
+class CountingTokenizer:
+    """Splits on spaces, and remembers every text it was asked to count."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def count(self, text: str) -> int:
+        self.texts.append(text)
+        return len(text.split())
+
+    count_prompt = count
+
+
+class OneTokenizer:
+    def __init__(self, tok: CountingTokenizer) -> None:
+        self.tok = tok
+
+    def get(self, spec: str) -> CountingTokenizer:
+        return self.tok
+
+
+def test_a_metered_requests_input_is_counted_once_for_its_reservation_and_recount():
+    """The reservation (expected) and the recount of the same route read the same count, and
+    the request's text is tokenized once, not twice: the recount still covers the output."""
+    tok = CountingTokenizer()
+    model = Model("m", (ROUTE,), None, "hf:/counting.json", None, PRICE)
+    body = {"model": "m", "max_tokens": 7,
+            "messages": [{"role": "user", "content": "one two three"}]}
+    meter = Meter(Recounter(OneTokenizer(tok)), Pricer("USD"))  # type: ignore[arg-type]
+    c = call(model, body)
+    expected = asyncio.run(meter.expected(c))
+    assert tok.texts.count("one two three") == 1
+    # no template for an hf: tokenizer: the message's tokens plus 4 per message (an estimate)
+    assert expected == Usage(input_tokens=3 + 4, output_tokens=7)
+    event = asyncio.run(meter.event(c, Outcome(ROUTE, 200, reported=Usage(7, 0, 0, 2, 0),
+                                               text=lambda: "four five")))
+    assert tok.texts.count("one two three") == 1  # not again for the recount
+    assert tok.texts.count("four five") == 1  # the output is recounted
+    assert event.usage_source == "reported" and event.input_tokens == 7
+    assert event.counted_input_tokens is None  # an estimate is not recorded as a count
+    assert event.counted_output_tokens == 2
+
+
+def test_the_input_is_counted_once_per_route_whichever_route_answers():
+    """A count is kept per (tokenizer, provider model): the reservation counts each route the
+    request may take, and the recount reads the count of the route that answered."""
+    tok = CountingTokenizer()
+    other = Route(PROVIDER, "other-model")
+    model = Model("m", (ROUTE, other), None, "hf:/counting.json", None, PRICE)
+    body = {"model": "m", "max_tokens": 7,
+            "messages": [{"role": "user", "content": "one two three"}]}
+    meter = Meter(Recounter(OneTokenizer(tok)), Pricer("USD"))  # type: ignore[arg-type]
+    c = call(model, body)
+    asyncio.run(meter.expected(c))
+    before = tok.texts.count("one two three")
+    assert before == 2  # one count per route (their image rules may differ)
+    asyncio.run(meter.event(c, Outcome(other, 200, text=lambda: "four five")))
+    assert tok.texts.count("one two three") == before  # other-model was counted already

@@ -7,6 +7,7 @@ OpenAI's), unless the answer had begun: then the server cuts it short.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,10 @@ from .services import Services, start_services, stop_services
 from .wire import render_error
 
 log = logging.getLogger("tokometer.gateway")
+# Python's cyclic collector by default runs every 700 net container allocations: many times a
+# second under load, each time over the in-flight requests, and now and then over the whole
+# heap (the price catalog alone is tens of thousands of objects). See settle_heap.
+_GC_YOUNGEST = 7_000
 
 
 def create_app(settings: Settings | None = None) -> Gateway:
@@ -48,6 +53,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.services = await start_services(self.settings, self.lock, self.peers)
+        settle_heap()
         if self.on_ready is not None:
             self.on_ready()
 
@@ -84,6 +90,18 @@ class Gateway:
             if tracked.started:
                 raise  # too late for an error body: the server cuts the response short
             await _fail(send, side_api(request), error, f"{request.method} {request.path}")
+
+
+def settle_heap() -> None:
+    """Once the gateway has started: what is alive now (the catalog, the config, the services)
+    lives as long as the process, so it leaves the cyclic collector's care (gc.freeze), and
+    the collector runs every _GC_YOUNGEST allocations instead of 700. A request makes no
+    cycles of its own to speak of (objects are freed by reference counting): at concurrency 64
+    the collector's share fell from ~15 µs of CPU per request (two full passes in 5,000
+    requests, ~20 ms each) to under 1 (bench/gateway_threads.py, gc.callbacks)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNGEST, *gc.get_threshold()[1:])
 
 
 async def _fail(send: Send, api: str, error: Exception, what: str) -> None:

@@ -73,11 +73,9 @@ class Request:
             raise RequestError(f"the request body is not valid JSON: {e}") from None
 
     async def _body(self, limit: int) -> bytes:
-        too_big = RequestError(f"the request body is larger than the limit of {limit} bytes "
-                               "(server.max_body_bytes)", status=413, type="request_too_large")
         declared = self.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_big
+            raise _too_big(limit)
         parts, size = [], 0
         while True:
             message = await self.receive()
@@ -86,10 +84,15 @@ class Request:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise too_big
+                raise _too_big(limit)
             parts.append(chunk)
             if not message.get("more_body"):
                 return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+def _too_big(limit: int) -> RequestError:
+    return RequestError(f"the request body is larger than the limit of {limit} bytes "
+                        "(server.max_body_bytes)", status=413, type="request_too_large")
 
 
 async def reply(send: Send, status: int, body: bytes, headers: Headers = (),

@@ -7,13 +7,14 @@ breaks the bound is refused with a 400 before anything is stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from ..config import Model, Settings
+from ..counting.recount import Count
 from ..errors import RequestError
 from ..policy import ANONYMOUS, Consumer
 from .steering import Steering, parse_steering
@@ -42,6 +43,9 @@ class Call:
     # The output bound the gateway reserved and sends upstream for a metered request that
     # set none (else nothing would hold the provider to what was reserved).
     output_bound: int | None = None
+    # The input as counted by (tokenizer spec, provider model): the reservation and the
+    # recount both need it, and it is counted once (gateway/meter.py).
+    input_counts: dict[tuple[str | None, str | None], Count] = field(default_factory=dict)
 
     @property
     def client_wants_usage(self) -> bool:

@@ -66,8 +66,7 @@ class Meter:
             (_tokenizer(call, r), r.model) for r in routes) or {(None, None): None}
 
         def count(spec: str | None, model: str | None) -> int:
-            return self.recounter.input(spec, call.model.chat_template, call.endpoint.operation,
-                                        call.body, model).tokens
+            return self._input(call, spec, model).tokens
 
         def counted(spec: str | None, model: str | None) -> int:
             try:
@@ -214,9 +213,7 @@ class Meter:
         text = outcome.text()
 
         def count(spec: str | None) -> tuple[Count, Count]:
-            return (self.recounter.input(spec, call.model.chat_template,
-                                         call.endpoint.operation, call.body,
-                                         outcome.route.model if outcome.route else None),
+            return (self._input(call, spec, outcome.route.model if outcome.route else None),
                     self.recounter.output(spec, text))
 
         try:
@@ -231,6 +228,16 @@ class Meter:
         if outcome.tool_call:
             counted_out = Count(counted_out.tokens, exact=False)
         return counted_in, counted_out
+
+    def _input(self, call: Call, spec: str | None, model: str | None) -> Count:
+        """The request's input counted with `spec` for the provider's `model`, once per
+        request: a metered request's reservation counted it already."""
+        key = (spec, model)
+        count = call.input_counts.get(key)
+        if count is None:
+            count = call.input_counts[key] = self.recounter.input(
+                spec, call.model.chat_template, call.endpoint.operation, call.body, model)
+        return count
 
 
 def _tokenizer(call: Call, route: Route | None) -> str | None:

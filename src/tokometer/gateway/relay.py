@@ -28,13 +28,13 @@ from .wire import COST_HEADER, CURRENCY_HEADER, EVENT_ID_HEADER, is_shaped_error
 
 Finish = Callable[[Event], Awaitable[None]]  # sends what is left, once the event is recorded
 
-_PASS_HEADERS = frozenset({b"content-type", b"x-request-id", b"request-id", b"openai-processing-ms",
-                           b"anthropic-organization-id", b"retry-after"})
+_PASS_HEADERS = frozenset({"content-type", "x-request-id", "request-id", "openai-processing-ms",
+                           "anthropic-organization-id", "retry-after"})
 CLIENT_GONE = 499
 
 
 def _headers(response: Answer, event_id: str) -> list[tuple[bytes, bytes]]:
-    out = [(k, v) for k, v in response.headers if k in _PASS_HEADERS]
+    out = response.headers(_PASS_HEADERS)
     out.append((EVENT_ID_HEADER, event_id.encode()))
     return out
 

@@ -68,8 +68,11 @@ class Answer:
         self.status = response.status
         content_type = response.get_header("content-type") or ""
         self.content_type = content_type.split(";", 1)[0].strip().lower()
-        self.headers = [(k.encode("latin-1"), v.encode("latin-1"))
-                        for k, v in response.headers.items()]
+
+    def headers(self, names: frozenset[str]) -> list[tuple[bytes, bytes]]:
+        """The response's headers named in `names` (lower case), as ASGI wants them."""
+        return [(k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in self._response.headers.items() if k in names]
 
     async def read(self) -> bytes:
         with translated_errors(self.route, mid_response=True):
@@ -79,8 +82,10 @@ class Answer:
         """The body as the provider sends it; UpstreamError if it breaks off."""
         reader = self._response.body_reader
         while True:
-            with translated_errors(self.route, mid_response=True):
+            try:  # not `translated_errors`: a context manager per chunk costs more than this
                 chunk = await reader.read_chunk()
+            except (TimeoutError, PyreqwestError) as e:
+                raise _translated(e, self.route, mid_response=True) from None
             if chunk is None:
                 return
             yield bytes(chunk)
@@ -164,18 +169,22 @@ def without_address(text: str, route: Route) -> str:
 @contextlib.contextmanager
 def translated_errors(route: Route, *, mid_response: bool) -> Iterator[None]:
     """pyreqwest's failures as UpstreamError, saying whether the answer had begun."""
-    name = route.provider.name
     try:
         yield
-    except TimeoutError:  # pyreqwest's timeouts are TimeoutErrors too
+    except (TimeoutError, PyreqwestError) as e:  # pyreqwest's timeouts are TimeoutErrors too
+        raise _translated(e, route, mid_response=mid_response) from None
+
+
+def _translated(error: TimeoutError | PyreqwestError, route: Route, *,
+                mid_response: bool) -> UpstreamError:
+    name = route.provider.name
+    if isinstance(error, TimeoutError):
         what = "stopped answering mid-response" if mid_response else "did not answer in time"
-        raise UpstreamError(f"provider {name} {what}", status=504,
-                            type="upstream_timeout") from None
-    except PyreqwestError as e:
-        # pyreqwest's message holds the URL: the operator's to see, not the client's.
-        log.warning("provider %s at %s: %s", name, route.provider.base_url, e)
-        if mid_response:
-            raise UpstreamError(f"provider {name} broke off the response ({type(e).__name__})",
-                                type="upstream_broken") from None
-        raise UpstreamError(f"cannot reach provider {name} ({type(e).__name__}); the gateway's "
-                            "log says why", type="upstream_unreachable") from None
+        return UpstreamError(f"provider {name} {what}", status=504, type="upstream_timeout")
+    # pyreqwest's message holds the URL: the operator's to see, not the client's.
+    log.warning("provider %s at %s: %s", name, route.provider.base_url, error)
+    if mid_response:
+        return UpstreamError(f"provider {name} broke off the response "
+                             f"({type(error).__name__})", type="upstream_broken")
+    return UpstreamError(f"cannot reach provider {name} ({type(error).__name__}); the "
+                         "gateway's log says why", type="upstream_unreachable")
