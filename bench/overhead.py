@@ -131,7 +131,7 @@ period = "month"
 
 [[budgets]]
 app = "load"
-limit = 1000000000000
+limit = 100000000000
 unit = "tokens"
 period = "day"
 
