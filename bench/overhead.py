@@ -11,6 +11,14 @@ milliseconds per request, RSS after load.
 
     python bench/overhead.py                 # tokometer vs direct (and LiteLLM if installed)
     python bench/overhead.py --litellm PATH  # PATH: a venv with `pip install 'litellm[proxy]'`
+    python bench/overhead.py --targets direct,bare,tokometer,tokometer+policy --workers 1,2 \
+        --stores sqlite,postgresql --concurrency 64 --sse-events 21 --rounds 3
+
+With --workers, bare and tokometer run once per worker count (`[server] workers`, granian's
+--workers); with --stores, tokometer once per store, PostgreSQL on a throwaway cluster
+(tests/postgres.py) with a fresh database per start, whose processes' CPU is reported beside
+the gateway's. --rounds measures every target that many times in turn, so the spread and the
+ratios (taken within a round) show how much a busy machine moved them.
 
 Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Traffic goes to 127.0.0.1 only.
 """
