@@ -40,6 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,7 @@ general_settings: {{master_key: {LITELLM_KEY}}}
     return proc, port
 
 
+KINDS = ("direct", "bare", "bare+commit", "tokometer", "tokometer+policy", "litellm")
 SCALED = ("bare", "tokometer", "tokometer+policy")  # the targets --workers applies to
 STORED = ("tokometer", "tokometer+policy")  # the targets --stores applies to
 STORES = ("sqlite", "postgresql")
@@ -284,7 +286,7 @@ class Target:
         return " ".join(part for part in (self.kind, scaled, self.store) if part)
 
 
-def plan(kinds: list[str], workers: tuple[int, ...], stores: tuple[str, ...]) -> list[Target]:
+def plan(kinds: list[str], workers: tuple[int, ...], stores: list[str]) -> list[Target]:
     """Every target to measure, in order: each kind once, or once per worker count (bare and
     tokometer) and store (tokometer), the worker counts side by side."""
     targets = []
@@ -398,14 +400,11 @@ def main() -> int:
                          "the 6-event fixture")
     ap.add_argument("--concurrency", type=_levels, default=CONCURRENCY,
                     help="comma-separated concurrency levels (default: 1,4,16,64)")
-    ap.add_argument("--targets", type=lambda s: s.split(","),
-                    default=["direct", "bare", "bare+commit", "tokometer", "tokometer+policy",
-                             "litellm"],
-                    help="comma-separated subset of direct,bare,bare+commit,tokometer,"
-                         "tokometer+policy,litellm")
+    ap.add_argument("--targets", type=partial(_names, KINDS), default=list(KINDS),
+                    help=f"comma-separated subset of {','.join(KINDS)}")
     ap.add_argument("--workers", type=_levels, default=(1,),
                     help="comma-separated worker counts for bare and tokometer (default: 1)")
-    ap.add_argument("--stores", type=_stores, default=("sqlite",),
+    ap.add_argument("--stores", type=partial(_names, STORES), default=["sqlite"],
                     help="comma-separated stores for tokometer: sqlite,postgresql (a throwaway "
                          "cluster started as the tests start one, removed at the end)")
     ap.add_argument("--rounds", type=int, default=1,
@@ -423,16 +422,16 @@ def main() -> int:
     results: list[Result] = []
     memory: list[dict] = []
     cluster = None
-    if any(t.store == "postgresql" for t in targets):
-        sys.path.insert(0, str(ROOT / "tests"))
-        from postgres import remove, start_cluster
-
-        cluster = start_cluster()
     ng, up = nginx(work, args.sse_events)
     print("successful responses per second (ok/s) per target, mode and concurrency", flush=True)
     # Each proxy runs alone while it is measured (one sharing 2 cores with an idle LiteLLM
     # and its background jobs measures LiteLLM too); all of them within this one run.
     try:
+        if any(t.store == "postgresql" for t in targets):
+            sys.path.insert(0, str(ROOT / "tests"))
+            from postgres import start_cluster
+
+            cluster = start_cluster()
         for n in range(1, args.rounds + 1):
             for target in targets:
                 proc, port, auth = start(target, work, up, cluster, args.litellm)
@@ -448,6 +447,8 @@ def main() -> int:
     finally:
         stop(ng)
         if cluster is not None:
+            from postgres import remove
+
             remove(cluster)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"memory_mb": memory,
@@ -516,16 +517,16 @@ def _levels(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 1,64, got {text!r}") from None
     if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError("concurrency levels must be at least 1")
+        raise argparse.ArgumentTypeError("expected numbers of at least 1")
     return levels
 
 
-def _stores(text: str) -> tuple[str, ...]:
-    stores = tuple(text.split(","))
-    if unknown := set(stores) - set(STORES):
-        raise argparse.ArgumentTypeError(f"unknown store {sorted(unknown)}: "
-                                         f"expected {','.join(STORES)}")
-    return stores
+def _names(known: tuple[str, ...], text: str) -> list[str]:
+    names = text.split(",")
+    if unknown := [name for name in names if name not in known]:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}: expected some of "
+                                         f"{','.join(known)}")
+    return names
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -28,7 +28,7 @@ def overhead():
 
 def test_plan_expands_tokometer_by_store_and_workers_and_bare_by_workers(overhead) -> None:
     targets = overhead.plan(["direct", "bare", "bare+commit", "tokometer+policy", "litellm"],
-                            (1, 2), ("sqlite", "postgresql"))
+                            (1, 2), ["sqlite", "postgresql"])
     assert [t.name for t in targets] == [
         "direct", "bare w1", "bare w2", "bare+commit",
         "tokometer+policy w1 sqlite", "tokometer+policy w2 sqlite",
@@ -38,7 +38,7 @@ def test_plan_expands_tokometer_by_store_and_workers_and_bare_by_workers(overhea
 
 
 def test_comparisons_pair_workers_stores_and_bare_like_for_like(overhead) -> None:
-    targets = overhead.plan(["bare", "tokometer"], (1, 2), ("sqlite", "postgresql"))
+    targets = overhead.plan(["bare", "tokometer"], (1, 2), ["sqlite", "postgresql"])
     pairs = {(a.name, b.name) for a, b in overhead.comparisons(targets)}
     assert pairs == {
         ("bare w2", "bare w1"),
@@ -51,7 +51,7 @@ def test_comparisons_pair_workers_stores_and_bare_like_for_like(overhead) -> Non
 
 
 def test_summary_ratios_are_taken_within_a_round(overhead) -> None:
-    targets = overhead.plan(["tokometer"], (1, 2), ("sqlite",))
+    targets = overhead.plan(["tokometer"], (1, 2), ["sqlite"])
 
     def result(target: str, rps: float, n: int):
         return overhead.Result(target, "json", 64, rps, 1.0, 2.0, 0.3, int(rps), 0, None, n)
@@ -64,7 +64,9 @@ def test_summary_ratios_are_taken_within_a_round(overhead) -> None:
     assert "| tokometer w1 sqlite | 1,250 (1,000-1,500) | - |" in text
 
 
-def test_stores_are_checked(overhead) -> None:
-    assert overhead._stores("postgresql,sqlite") == ("postgresql", "sqlite")
-    with pytest.raises(argparse.ArgumentTypeError, match="unknown store"):
-        overhead._stores("sqlite,mysql")
+def test_unknown_targets_and_stores_are_refused(overhead) -> None:
+    assert overhead._names(overhead.STORES, "postgresql,sqlite") == ["postgresql", "sqlite"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown mysql"):
+        overhead._names(overhead.STORES, "sqlite,mysql")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown tokometr"):
+        overhead._names(overhead.KINDS, "bare,tokometr")  # not started as a tokometer
