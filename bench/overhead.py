@@ -313,6 +313,7 @@ class Result:
     errors: int  # -1: not measured (the target had exited, or wrk failed)
     store_cpu_ms_per_req: float | None = None  # PostgreSQL's processes, for its targets
     round: int = 1
+    others_cores: float | None = None  # CPU taken meanwhile by processes not in the bench
 
 
 def children(pid: int) -> list[int]:
@@ -334,6 +335,19 @@ def cpu_seconds(pid: int) -> float:
         except (FileNotFoundError, IndexError):
             continue
     return total
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since it started (/proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(x) for x in Path("/proc/stat").read_text().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_seconds(watched: list[int]) -> float:
+    """CPU seconds of the bench's own processes: the watched trees (target, store, nginx),
+    this script and the wrk runs it has waited for."""
+    return sum(cpu_seconds(p) for p in watched) + sum(os.times()[:4])
 
 
 def memory_mb(pid: int) -> dict[str, float | list[float]]:
@@ -438,7 +452,8 @@ def main() -> int:
                 store_pid = postmaster(cluster) if target.store == "postgresql" else None
                 try:
                     results += measure(target.name, f"http://127.0.0.1:{port}", auth, proc,
-                                       args.seconds, work, args.concurrency, store_pid, n)
+                                       args.seconds, work, args.concurrency, store_pid, n,
+                                       ng.pid)
                     if proc is not None and proc.poll() is None:
                         memory.append({"target": target.name, "round": n, **memory_mb(proc.pid)})
                 finally:
@@ -481,8 +496,11 @@ def postmaster(cluster: Any) -> int:
 
 def measure(name: str, base: str, auth: str | None, proc: subprocess.Popen | None,
             seconds: int, work: Path, levels: tuple[int, ...], store_pid: int | None = None,
-            round_: int = 1) -> list[Result]:
+            round_: int = 1, upstream_pid: int | None = None) -> list[Result]:
+    """wrk against the target per mode and level; beside each figure, the CPU the rest of the
+    machine took meanwhile (another engineer's load shows there, not as a slow target)."""
     results = []
+    watched = [p for p in (proc.pid if proc else None, store_pid, upstream_pid) if p]
     raw = name.startswith(("direct", "bare"))  # no model routing: the path picks JSON or SSE
     for mode in ("json", "sse"):
         path = "/stream/v1/chat/completions" if raw and mode == "sse" else "/v1/chat/completions"
@@ -496,18 +514,22 @@ def measure(name: str, base: str, auth: str | None, proc: subprocess.Popen | Non
             wrk(base + path, body, auth, c, 1, work)  # warm-up
             cpu0 = cpu_seconds(proc.pid) if proc else 0.0
             store0 = cpu_seconds(store_pid) if store_pid else 0.0
+            busy0, bench0, t0 = busy_seconds(), bench_seconds(watched), time.monotonic()
             measured = wrk(base + path, body, auth, c, seconds, work)
+            others = ((busy_seconds() - busy0) - (bench_seconds(watched) - bench0)) / (
+                time.monotonic() - t0)
             if measured is None:
                 results.append(Result(name, mode, c, 0.0, 0.0, 0.0, None, 0, -1, None, round_))
                 continue
             rps, p50, p99, n, errors = measured
             cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / n if proc and n else None
             store = (cpu_seconds(store_pid) - store0) * 1000 / n if store_pid and n else None
-            results.append(Result(name, mode, c, rps, p50, p99, cpu, n, errors, store, round_))
+            results.append(Result(name, mode, c, rps, p50, p99, cpu, n, errors, store, round_,
+                                  others))
             print(f"{name:10} {mode:4} c={c:<3} {rps:9.0f} ok/s  p50 {p50:7.3f} ms  "
                   f"p99 {p99:7.3f} ms  cpu/req {cpu or 0:6.3f} ms"
                   + (f"  store cpu/req {store:6.3f} ms" if store is not None else "")
-                  + f"  errors {errors}", flush=True)
+                  + f"  errors {errors}  others {others:4.2f} cores", flush=True)
     return results
 
 
@@ -543,20 +565,22 @@ def table(results: list[Result], memory: list[dict]) -> str:
     direct = {(r.mode, r.concurrency, r.round): r for r in results if r.target == "direct"}
     rounds = max((r.round for r in results), default=1) > 1
     lines = ["| target | mode | conc. | ok req/s | p50 ms | added p50 ms | p99 ms | CPU ms/req "
-             "| store CPU ms/req | errors |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| store CPU ms/req | errors | others (cores) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {t: i for i, t in enumerate(dict.fromkeys(r.target for r in results))}
     for r in sorted(results, key=lambda r: (r.mode, r.concurrency, r.round, order[r.target])):
         name = f"{r.target} #{r.round}" if rounds else r.target
         if r.errors < 0:
-            lines.append(f"| {name} | {r.mode} | {r.concurrency} | crashed | | | | | | |")
+            lines.append(f"| {name} | {r.mode} | {r.concurrency} | crashed | | | | | | | |")
             continue
         d = direct.get((r.mode, r.concurrency, r.round))
         added = "" if d is None or r.target == "direct" else f"{r.p50_ms - d.p50_ms:.3f}"
         cpu = "" if r.cpu_ms_per_req is None else f"{r.cpu_ms_per_req:.3f}"
         store = "" if r.store_cpu_ms_per_req is None else f"{r.store_cpu_ms_per_req:.3f}"
+        others = "" if r.others_cores is None else f"{r.others_cores:.2f}"
         lines.append(f"| {name} | {r.mode} | {r.concurrency} | {r.rps:,.0f} | "
                      f"{r.p50_ms:.3f} | {added} | {r.p99_ms:.3f} | {cpu} | {store} | "
-                     f"{r.errors} |")
+                     f"{r.errors} | {others} |")
     top = max((r.concurrency for r in results), default=0)
     ll = {r.mode: r for r in results if r.target == "litellm" and r.concurrency == top}
     for target in dict.fromkeys(r.target for r in results if r.target.startswith("tokometer")):
