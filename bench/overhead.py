@@ -618,8 +618,8 @@ def summary(targets: list[Target], results: list[Result], memory: list[dict]) ->
 
     lines = [f"\nAt c={top}, median (range) over {len(rounds)} round(s):\n",
              "| target | JSON req/s | SSE req/s | CPU ms/req JSON / SSE | store CPU ms/req "
-             "JSON / SSE | RSS per worker MB | supervisor RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "JSON / SSE | RSS per worker MB | supervisor RSS MB | others (cores) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t in targets:
         per_mode = [spread([rps[t.name, m, n] for n in rounds if (t.name, m, n) in rps], ",.0f")
                     for m in ("json", "sse")]
@@ -627,10 +627,13 @@ def summary(targets: list[Target], results: list[Result], memory: list[dict]) ->
         workers = spread([w for m in mem for w in m["worker_rss"]], ".0f") if mem else ""
         supervisor = spread([m["supervisor_rss"] for m in mem], ".0f") if mem else ""
         store = " / ".join(cpu(t.name, m, "store_cpu_ms_per_req") for m in ("json", "sse"))
+        others = spread([r.others_cores for r in results if r.target == t.name
+                         and r.concurrency == top and r.others_cores is not None], ".2f")
         lines.append(f"| {t.name} | {per_mode[0]} | {per_mode[1]} | "
                      f"{cpu(t.name, 'json', 'cpu_ms_per_req')} / "
                      f"{cpu(t.name, 'sse', 'cpu_ms_per_req')} | "
-                     f"{store if store != ' / ' else ''} | {workers} | {supervisor} |")
+                     f"{store if store != ' / ' else ''} | {workers} | {supervisor} | "
+                     f"{others} |")
     lines += ["", "| req/s ratio, within a round | JSON | SSE |", "|---|---:|---:|"]
     for a, b in comparisons(targets):
         ratios = [spread([rps[a.name, m, n] / rps[b.name, m, n] for n in rounds
