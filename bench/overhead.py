@@ -11,6 +11,14 @@ milliseconds per request, RSS after load.
 
     python bench/overhead.py                 # tokometer vs direct (and LiteLLM if installed)
     python bench/overhead.py --litellm PATH  # PATH: a venv with `pip install 'litellm[proxy]'`
+    python bench/overhead.py --targets direct,bare,tokometer,tokometer+policy --workers 1,2 \
+        --stores sqlite,postgresql --concurrency 64 --sse-events 21 --rounds 3
+
+With --workers, bare and tokometer run once per worker count (`[server] workers`, granian's
+--workers); with --stores, tokometer once per store, PostgreSQL on a throwaway cluster
+(tests/postgres.py) with a fresh database per start, whose processes' CPU is reported beside
+the gateway's. --rounds measures every target that many times in turn, so the spread and the
+ratios (taken within a round) show how much a busy machine moved them.
 
 Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Traffic goes to 127.0.0.1 only.
 """
@@ -24,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +40,9 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -129,7 +140,7 @@ period = "month"
 
 [[budgets]]
 app = "load"
-limit = 1000000000000
+limit = 100000000000
 unit = "tokens"
 period = "day"
 
@@ -145,16 +156,17 @@ allow_origins = ["US", "EU"]
 """
 
 
-def tokometer(work: Path, upstream: int, policy: bool = False
-              ) -> tuple[subprocess.Popen, int, str]:
+def tokometer(work: Path, upstream: int, policy: bool = False, workers: int = 1,
+              store: str = "sqlite:///tokometer.db") -> tuple[subprocess.Popen, int, str]:
+    """`tokometer serve` with `workers` processes on `store` (a fresh folder per start)."""
     port = free_port()
-    work = work / ("policy" if policy else "plain")
-    work.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="policy-" if policy else "plain-", dir=work))
     cfg = work / "tokometer.toml"
     cfg.write_text(f"""
 [server]
 port = {port}
-store = "sqlite:///tokometer.db"
+workers = {workers}
+store = "{store}"
 data_dir = "data"
 
 [[providers]]
@@ -187,14 +199,17 @@ routes = [{{ provider = "nginx-sse", model = "gpt-4o-mini" }}]
     return proc, port, json.loads(out)["key"]
 
 
-def bare(upstream: int, ledger: Path | None = None) -> tuple[subprocess.Popen, int]:
-    """The bare pass-through; with `ledger`, also one durable SQLite row per request."""
+def bare(upstream: int, ledger: Path | None = None, workers: int = 1
+         ) -> tuple[subprocess.Popen, int]:
+    """The bare pass-through on `workers` granian workers; with `ledger`, also one durable
+    SQLite row per request."""
     port = free_port()
     env = {**os.environ, "UPSTREAM": f"http://127.0.0.1:{upstream}", "PYTHONPATH": str(ROOT)}
     if ledger is not None:
         env["LEDGER"] = str(ledger)
     proc = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "asgi", "--loop",
-                             "uvloop", "--no-ws", "--port", str(port), "--log-level", "warning",
+                             "uvloop", "--no-ws", "--workers", str(workers), "--port", str(port),
+                             "--log-level", "warning",
                              "bench.bare_passthrough:app"], env=env)
     wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
     return proc, port
@@ -251,6 +266,40 @@ general_settings: {{master_key: {LITELLM_KEY}}}
     return proc, port
 
 
+KINDS = ("direct", "bare", "bare+commit", "tokometer", "tokometer+policy", "litellm")
+SCALED = ("bare", "tokometer", "tokometer+policy")  # the targets --workers applies to
+STORED = ("tokometer", "tokometer+policy")  # the targets --stores applies to
+STORES = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A setup to measure: a kind as --targets names it, on `workers` processes and a store."""
+
+    kind: str
+    workers: int = 1
+    store: str = ""  # "sqlite" or "postgresql" for tokometer, "" for the others
+
+    @property
+    def name(self) -> str:
+        scaled = f"w{self.workers}" if self.kind in SCALED else ""
+        return " ".join(part for part in (self.kind, scaled, self.store) if part)
+
+
+def plan(kinds: list[str], workers: tuple[int, ...], stores: list[str]) -> list[Target]:
+    """Every target to measure, in order: each kind once, or once per worker count (bare and
+    tokometer) and store (tokometer), the worker counts side by side."""
+    targets = []
+    for kind in kinds:
+        if kind in STORED:
+            targets += [Target(kind, w, store) for store in stores for w in workers]
+        elif kind in SCALED:
+            targets += [Target(kind, w) for w in workers]
+        else:
+            targets.append(Target(kind))
+    return targets
+
+
 @dataclass
 class Result:
     target: str
@@ -262,12 +311,18 @@ class Result:
     cpu_ms_per_req: float | None
     requests: int
     errors: int  # -1: not measured (the target had exited, or wrk failed)
+    store_cpu_ms_per_req: float | None = None  # PostgreSQL's processes, for its targets
+    round: int = 1
+    others_cores: float | None = None  # CPU taken meanwhile by processes not in the bench
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
 
 
 def process_tree(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    children = [int(p) for p in out.stdout.split()]
-    return [pid] + [q for c in children for q in process_tree(c)]
+    return [pid] + [q for c in children(pid) for q in process_tree(c)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -282,17 +337,34 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) summed over the process tree; PSS counts pages shared after fork once."""
-    rss = pss = 0
-    for p in process_tree(pid):
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since it started (/proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(x) for x in Path("/proc/stat").read_text().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_seconds(watched: list[int]) -> float:
+    """CPU seconds of the bench's own processes: the watched trees (target, store, nginx),
+    this script and the wrk runs it has waited for."""
+    return sum(cpu_seconds(p) for p in watched) + sum(os.times()[:4])
+
+
+def memory_mb(pid: int) -> dict[str, float | list[float]]:
+    """RSS and PSS summed over the process tree (PSS counts pages shared after fork once), the
+    supervisor's RSS and each worker's (the supervisor's children: granian forks them)."""
+    def rollup(p: int) -> tuple[float, float]:
         try:
             text = Path(f"/proc/{p}/smaps_rollup").read_text()
         except FileNotFoundError:
-            continue
-        rss += int(re.search(r"^Rss:\s+(\d+)", text, re.M).group(1))
-        pss += int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
-    return rss / 1024, pss / 1024
+            return 0.0, 0.0
+        return tuple(int(re.search(rf"^{field}:\s+(\d+)", text, re.M).group(1)) / 1024
+                     for field in ("Rss", "Pss"))
+
+    tree = {p: rollup(p) for p in process_tree(pid)}
+    return {"rss": sum(r for r, _ in tree.values()), "pss": sum(q for _, q in tree.values()),
+            "supervisor_rss": tree[pid][0],
+            "worker_rss": [tree[c][0] for c in children(pid) if c in tree]}
 
 
 def wrk(url: str, body: dict, key: str | None, concurrency: int, seconds: int,
@@ -342,56 +414,94 @@ def main() -> int:
                          "the 6-event fixture")
     ap.add_argument("--concurrency", type=_levels, default=CONCURRENCY,
                     help="comma-separated concurrency levels (default: 1,4,16,64)")
-    ap.add_argument("--targets", type=lambda s: s.split(","),
-                    default=["direct", "bare", "bare+commit", "tokometer", "tokometer+policy",
-                             "litellm"],
-                    help="comma-separated subset of direct,bare,bare+commit,tokometer,"
-                         "tokometer+policy,litellm")
+    ap.add_argument("--targets", type=partial(_names, KINDS), default=list(KINDS),
+                    help=f"comma-separated subset of {','.join(KINDS)}")
+    ap.add_argument("--workers", type=_levels, default=(1,),
+                    help="comma-separated worker counts for bare and tokometer (default: 1)")
+    ap.add_argument("--stores", type=partial(_names, STORES), default=["sqlite"],
+                    help="comma-separated stores for tokometer: sqlite,postgresql (a throwaway "
+                         "cluster started as the tests start one, removed at the end)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every target this many times, in turn (the spread)")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed: apt-get install nginx-light wrk")
     if args.sse_events is not None and args.sse_events < 5:
         sys.exit("--sse-events: a stream has at least 5 events (role, text, finish, usage, end)")
+    targets = plan(args.targets, args.workers, args.stores)
+    if not (args.litellm / "bin" / "litellm").exists():
+        targets = [t for t in targets if t.kind != "litellm"]
     work = Path(tempfile.mkdtemp(prefix="tokometer-bench-"))
     results: list[Result] = []
-    memory: dict[str, tuple[float, float]] = {}
+    memory: list[dict] = []
+    cluster = None
     ng, up = nginx(work, args.sse_events)
     print("successful responses per second (ok/s) per target, mode and concurrency", flush=True)
     # Each proxy runs alone while it is measured (one sharing 2 cores with an idle LiteLLM
     # and its background jobs measures LiteLLM too); all of them within this one run.
-    starters = {"direct": lambda: (None, up, None),
-                "bare": lambda: (*bare(up), None),
-                "bare+commit": lambda: (*bare(up, work / "bare.db"), None),
-                "tokometer": lambda: tokometer(work, up),
-                "tokometer+policy": lambda: tokometer(work, up, policy=True)}
-    if (args.litellm / "bin" / "litellm").exists():
-        starters["litellm"] = lambda: (*litellm(work, args.litellm, up), LITELLM_KEY)
-    starters = {name: start for name, start in starters.items() if name in args.targets}
     try:
-        for name, start in starters.items():
-            proc, port, auth = start()
-            try:
-                results += measure(name, f"http://127.0.0.1:{port}", auth, proc, args.seconds,
-                                   work, args.concurrency)
-                if proc is not None and proc.poll() is None:
-                    memory[name] = memory_mb(proc.pid)
-            finally:
-                if proc is not None:
-                    stop(proc)
+        if any(t.store == "postgresql" for t in targets):
+            sys.path.insert(0, str(ROOT / "tests"))
+            from postgres import start_cluster
+
+            cluster = start_cluster()
+        for n in range(1, args.rounds + 1):
+            for target in targets:
+                proc, port, auth = start(target, work, up, cluster, args.litellm)
+                store_pid = postmaster(cluster) if target.store == "postgresql" else None
+                try:
+                    results += measure(target.name, f"http://127.0.0.1:{port}", auth, proc,
+                                       args.seconds, work, args.concurrency, store_pid, n,
+                                       ng.pid)
+                    if proc is not None and proc.poll() is None:
+                        memory.append({"target": target.name, "round": n, **memory_mb(proc.pid)})
+                finally:
+                    if proc is not None:
+                        stop(proc)
     finally:
         stop(ng)
+        if cluster is not None:
+            from postgres import remove
+
+            remove(cluster)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"memory_mb_rss_pss": memory,
+    args.out.write_text(json.dumps({"memory_mb": memory,
                                     "results": [r.__dict__ for r in results]}, indent=2))
     print(table(results, memory))
+    print(summary(targets, results, memory))
     return 0
 
 
+def start(target: Target, work: Path, upstream: int, cluster: Any, venv: Path
+          ) -> tuple[subprocess.Popen | None, int, str | None]:
+    """Start the target (a fresh store for each tokometer); (process, port, API key)."""
+    if target.kind == "direct":
+        return None, upstream, None
+    if target.kind == "bare":
+        return (*bare(upstream, workers=target.workers), None)
+    if target.kind == "bare+commit":
+        return (*bare(upstream, Path(tempfile.mkdtemp(dir=work)) / "bare.db"), None)
+    if target.kind == "litellm":
+        return (*litellm(work, venv, upstream), LITELLM_KEY)
+    store = cluster.new_database() if target.store == "postgresql" else "sqlite:///tokometer.db"
+    return tokometer(work, upstream, policy=target.kind == "tokometer+policy",
+                     workers=target.workers, store=store)
+
+
+def postmaster(cluster: Any) -> int:
+    """The PostgreSQL server's process: its backends and helpers are its children."""
+    return int((cluster.directory / "data" / "postmaster.pid").read_text().split()[0])
+
+
 def measure(name: str, base: str, auth: str | None, proc: subprocess.Popen | None,
-            seconds: int, work: Path, levels: tuple[int, ...]) -> list[Result]:
+            seconds: int, work: Path, levels: tuple[int, ...], store_pid: int | None = None,
+            round_: int = 1, upstream_pid: int | None = None) -> list[Result]:
+    """wrk against the target per mode and level; beside each figure, the CPU the rest of the
+    machine took meanwhile (another engineer's load shows there, not as a slow target)."""
     results = []
-    raw = name in ("direct", "bare", "bare+commit")  # no model routing: the path picks JSON or SSE
+    watched = [p for p in (proc.pid if proc else None, store_pid, upstream_pid) if p]
+    raw = name.startswith(("direct", "bare"))  # no model routing: the path picks JSON or SSE
     for mode in ("json", "sse"):
         path = "/stream/v1/chat/completions" if raw and mode == "sse" else "/v1/chat/completions"
         body = {"model": "gpt-4o-mini" if raw else f"bench-{mode}",
@@ -399,19 +509,27 @@ def measure(name: str, base: str, auth: str | None, proc: subprocess.Popen | Non
         for c in levels:
             if proc is not None and proc.poll() is not None:
                 print(f"{name} exited ({proc.returncode}): {mode} c={c} not measured", flush=True)
-                results.append(Result(name, mode, c, 0.0, 0.0, 0.0, None, 0, -1))
+                results.append(Result(name, mode, c, 0.0, 0.0, 0.0, None, 0, -1, None, round_))
                 continue
             wrk(base + path, body, auth, c, 1, work)  # warm-up
             cpu0 = cpu_seconds(proc.pid) if proc else 0.0
+            store0 = cpu_seconds(store_pid) if store_pid else 0.0
+            busy0, bench0, t0 = busy_seconds(), bench_seconds(watched), time.monotonic()
             measured = wrk(base + path, body, auth, c, seconds, work)
+            others = ((busy_seconds() - busy0) - (bench_seconds(watched) - bench0)) / (
+                time.monotonic() - t0)
             if measured is None:
-                results.append(Result(name, mode, c, 0.0, 0.0, 0.0, None, 0, -1))
+                results.append(Result(name, mode, c, 0.0, 0.0, 0.0, None, 0, -1, None, round_))
                 continue
             rps, p50, p99, n, errors = measured
             cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / n if proc and n else None
-            results.append(Result(name, mode, c, rps, p50, p99, cpu, n, errors))
+            store = (cpu_seconds(store_pid) - store0) * 1000 / n if store_pid and n else None
+            results.append(Result(name, mode, c, rps, p50, p99, cpu, n, errors, store, round_,
+                                  others))
             print(f"{name:10} {mode:4} c={c:<3} {rps:9.0f} ok/s  p50 {p50:7.3f} ms  "
-                  f"p99 {p99:7.3f} ms  cpu/req {cpu or 0:6.3f} ms  errors {errors}", flush=True)
+                  f"p99 {p99:7.3f} ms  cpu/req {cpu or 0:6.3f} ms"
+                  + (f"  store cpu/req {store:6.3f} ms" if store is not None else "")
+                  + f"  errors {errors}  others {others:4.2f} cores", flush=True)
     return results
 
 
@@ -421,8 +539,16 @@ def _levels(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 1,64, got {text!r}") from None
     if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError("concurrency levels must be at least 1")
+        raise argparse.ArgumentTypeError("expected numbers of at least 1")
     return levels
+
+
+def _names(known: tuple[str, ...], text: str) -> list[str]:
+    names = text.split(",")
+    if unknown := [name for name in names if name not in known]:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}: expected some of "
+                                         f"{','.join(known)}")
+    return names
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -434,33 +560,101 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def table(results: list[Result], memory: dict[str, tuple[float, float]]) -> str:
-    direct = {(r.mode, r.concurrency): r for r in results if r.target == "direct"}
+def table(results: list[Result], memory: list[dict]) -> str:
+    """Every measurement, with what it adds to direct's p50 in the same round."""
+    direct = {(r.mode, r.concurrency, r.round): r for r in results if r.target == "direct"}
+    rounds = max((r.round for r in results), default=1) > 1
     lines = ["| target | mode | conc. | ok req/s | p50 ms | added p50 ms | p99 ms | CPU ms/req "
-             "| errors |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| store CPU ms/req | errors | others (cores) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {t: i for i, t in enumerate(dict.fromkeys(r.target for r in results))}
-    for r in sorted(results, key=lambda r: (r.mode, r.concurrency, order[r.target])):
+    for r in sorted(results, key=lambda r: (r.mode, r.concurrency, r.round, order[r.target])):
+        name = f"{r.target} #{r.round}" if rounds else r.target
         if r.errors < 0:
-            lines.append(f"| {r.target} | {r.mode} | {r.concurrency} | crashed | | | | | |")
+            lines.append(f"| {name} | {r.mode} | {r.concurrency} | crashed | | | | | | | |")
             continue
-        d = direct[(r.mode, r.concurrency)]
-        added = "" if r.target == "direct" else f"{r.p50_ms - d.p50_ms:.3f}"
+        d = direct.get((r.mode, r.concurrency, r.round))
+        added = "" if d is None or r.target == "direct" else f"{r.p50_ms - d.p50_ms:.3f}"
         cpu = "" if r.cpu_ms_per_req is None else f"{r.cpu_ms_per_req:.3f}"
-        lines.append(f"| {r.target} | {r.mode} | {r.concurrency} | {r.rps:,.0f} | "
-                     f"{r.p50_ms:.3f} | {added} | {r.p99_ms:.3f} | {cpu} | {r.errors} |")
-    ll = {r.mode: r for r in results if r.target == "litellm" and r.concurrency == 64}
-    for target in ("tokometer", "tokometer+policy"):
-        ours = {r.mode: r for r in results if r.target == target and r.concurrency == 64}
+        store = "" if r.store_cpu_ms_per_req is None else f"{r.store_cpu_ms_per_req:.3f}"
+        others = "" if r.others_cores is None else f"{r.others_cores:.2f}"
+        lines.append(f"| {name} | {r.mode} | {r.concurrency} | {r.rps:,.0f} | "
+                     f"{r.p50_ms:.3f} | {added} | {r.p99_ms:.3f} | {cpu} | {store} | "
+                     f"{r.errors} | {others} |")
+    top = max((r.concurrency for r in results), default=0)
+    ll = {r.mode: r for r in results if r.target == "litellm" and r.concurrency == top}
+    for target in dict.fromkeys(r.target for r in results if r.target.startswith("tokometer")):
+        ours = {r.mode: r for r in results if r.target == target and r.concurrency == top}
         for mode in ("json", "sse"):
             if mode not in ll or mode not in ours:
                 continue
             ratio = (f"{ours[mode].rps / ll[mode].rps:.1f}x" if ll[mode].rps
                      else "LiteLLM served none")
-            lines.append(f"\n{target} / LiteLLM successful req/s at c=64, {mode}: {ratio}")
+            lines.append(f"\n{target} / LiteLLM successful req/s at c={top}, {mode}: {ratio}")
     lines.append("\nMemory after load, RSS / PSS summed over each process tree (MB): "
-                 + ", ".join(f"{k} {r:.0f} / {p:.0f}" for k, (r, p) in memory.items()))
+                 + ", ".join(f"{m['target']} {m['rss']:.0f} / {m['pss']:.0f}" for m in memory))
     return "\n".join(lines)
 
+
+def summary(targets: list[Target], results: list[Result], memory: list[dict]) -> str:
+    """At the highest concurrency: each target's req/s as median (range) over the rounds, and
+    the ratios the issue sets targets for, each taken within a round: w2 / w1, PostgreSQL /
+    SQLite at the same workers, tokometer / bare at the same workers."""
+    top = max((r.concurrency for r in results), default=0)
+    rps = {(r.target, r.mode, r.round): r.rps for r in results
+           if r.concurrency == top and r.errors >= 0}
+    rounds = sorted({r.round for r in results})
+
+    def spread(values: list[float], fmt: str) -> str:
+        if not values:
+            return "-"
+        low, mid, high = min(values), statistics.median(values), max(values)
+        return format(mid, fmt) + (f" ({low:{fmt}}-{high:{fmt}})" if len(values) > 1 else "")
+
+    def cpu(target: str, mode: str, field: str) -> str:
+        values = [getattr(r, field) for r in results if r.target == target and r.mode == mode
+                  and r.concurrency == top and getattr(r, field) is not None]
+        return f"{statistics.median(values):.3f}" if values else ""
+
+    lines = [f"\nAt c={top}, median (range) over {len(rounds)} round(s):\n",
+             "| target | JSON req/s | SSE req/s | CPU ms/req JSON / SSE | store CPU ms/req "
+             "JSON / SSE | RSS per worker MB | supervisor RSS MB | others (cores) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for t in targets:
+        per_mode = [spread([rps[t.name, m, n] for n in rounds if (t.name, m, n) in rps], ",.0f")
+                    for m in ("json", "sse")]
+        mem = [m for m in memory if m["target"] == t.name]
+        workers = spread([w for m in mem for w in m["worker_rss"]], ".0f") if mem else ""
+        supervisor = spread([m["supervisor_rss"] for m in mem], ".0f") if mem else ""
+        store = " / ".join(cpu(t.name, m, "store_cpu_ms_per_req") for m in ("json", "sse"))
+        others = spread([r.others_cores for r in results if r.target == t.name
+                         and r.concurrency == top and r.others_cores is not None], ".2f")
+        lines.append(f"| {t.name} | {per_mode[0]} | {per_mode[1]} | "
+                     f"{cpu(t.name, 'json', 'cpu_ms_per_req')} / "
+                     f"{cpu(t.name, 'sse', 'cpu_ms_per_req')} | "
+                     f"{store if store != ' / ' else ''} | {workers} | {supervisor} | "
+                     f"{others} |")
+    lines += ["", "| req/s ratio, within a round | JSON | SSE |", "|---|---:|---:|"]
+    for a, b in comparisons(targets):
+        ratios = [spread([rps[a.name, m, n] / rps[b.name, m, n] for n in rounds
+                          if rps.get((b.name, m, n)) and (a.name, m, n) in rps], ".2f")
+                  for m in ("json", "sse")]
+        lines.append(f"| {a.name} / {b.name} | {ratios[0]} | {ratios[1]} |")
+    return "\n".join(lines)
+
+
+def comparisons(targets: list[Target]) -> list[tuple[Target, Target]]:
+    """The pairs whose req/s ratio the issue sets a target for, and their ceilings: more
+    workers against the fewest (bare's is what the machine allows), PostgreSQL against SQLite
+    at the same workers, tokometer against bare at the same workers."""
+    fewest = min((t.workers for t in targets), default=1)
+    more_workers = [(a, b) for a in targets for b in targets if a.kind == b.kind
+                    and a.kind in SCALED and a.store == b.store and a.workers > b.workers == fewest]
+    other_store = [(a, b) for a in targets for b in targets if a.kind == b.kind
+                   and a.workers == b.workers and (a.store, b.store) == ("postgresql", "sqlite")]
+    over_bare = [(a, b) for a in targets for b in targets
+                 if a.kind in STORED and b.kind == "bare" and a.workers == b.workers]
+    return more_workers + other_store + over_bare
 
 if __name__ == "__main__":
     sys.exit(main())
