@@ -68,7 +68,7 @@ def test_a_request_settles_in_the_transaction_that_records_it(store_location, tm
         ticket, event_id = _ticket(state, window), new_event_id()
         asyncio.run(guard.reserve(ticket, event_id))
         assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 1
-        assert _one(store, "SELECT tokens FROM rate_entries") == 500
+        assert _one(store, "SELECT requests || ' ' || tokens FROM rate_seconds") == "1 500"
         settling = guard.settling(ticket, _event(event_id, "0.25"))
         taken = new_event_id()
         _record(store_location, tmp_path, (_event(taken, "0.25"), ()))
@@ -79,7 +79,7 @@ def test_a_request_settles_in_the_transaction_that_records_it(store_location, tm
         _record(store_location, tmp_path, (_event(event_id, "0.25"), settling))
         assert Decimal(_one(store, "SELECT spent FROM budget_spend")) == Decimal("0.25")
         assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 0
-        assert _one(store, "SELECT tokens FROM rate_entries") == 42
+        assert _one(store, "SELECT requests || ' ' || tokens FROM rate_seconds") == "1 42"
 
 
 @pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
@@ -118,4 +118,29 @@ def test_a_request_not_recorded_releases_its_holds_and_counts_what_it_took(store
         asyncio.run(guard.release(cancelled, None))  # twice: nothing more
         assert Decimal(_one(store, "SELECT spent FROM budget_spend")) == Decimal("0.25")
         assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 0
-        assert sorted(r[0] for r in store.execute("SELECT tokens FROM rate_entries")) == [0, 42]
+        (requests, tokens), = store.execute("SELECT SUM(requests), SUM(tokens) FROM rate_seconds")
+        assert (requests, tokens) == (2, 42)  # each counted; one used 42 tokens, one none
+
+
+@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
+def test_a_rate_limits_minute_is_shared_by_every_process(store_location):
+    """Two processes (two connections) under one limit of 3 requests a minute: the fourth
+    request is refused whichever process takes it, with a Retry-After within the minute."""
+    rpm = Limit("rpm-acme", Scope("tenant", "acme"), rpm=3, tpm=None)
+    with open_store(store_location, create=True) as first, open_store(store_location) as other:
+        guards = [SharedGuard(first, hold_seconds=600), SharedGuard(other, hold_seconds=600)]
+        windows = [Window(rpm), Window(rpm)]  # each process's own (local) window
+
+        def request(i: int) -> None:
+            ticket = Ticket([], [(windows[i % 2], Entry(0.0, 10))])
+            asyncio.run(guards[i % 2].reserve(ticket, new_event_id()))
+
+        for i in range(3):
+            request(i)
+        for i in (3, 4):
+            with pytest.raises(PolicyError) as refused:
+                request(i)
+            assert refused.value.status == 429
+            assert refused.value.retry_after is not None
+            assert 1 <= refused.value.retry_after <= 61
+        assert _one(first, "SELECT SUM(requests) FROM rate_seconds") == 3

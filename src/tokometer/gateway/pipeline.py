@@ -134,7 +134,7 @@ async def _record(call: Call, outcome: Outcome, deps: Deps, ticket: Ticket,
     try:  # a shared store's budgets settle in the transaction that records the event
         await deps.ledger.append(event, deps.shared.settling(ticket, event)
                                  if deps.shared is not None else ())
-        ticket.stored_as = None
+        ticket.stored = None  # settled with it
     finally:
         ticket.settle(event)
         if deps.shared is not None:  # not recorded: tokens may have been delivered

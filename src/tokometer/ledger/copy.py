@@ -12,7 +12,7 @@ from .rollups import ROLLUPS
 from .store import Store
 
 # The log's tables in the order their rows depend on nothing copied later. Left out: the
-# shared budget_spend, budget_holds and rate_entries, working state rebuilt from the ledger
+# shared budget_spend, budget_holds and rate_seconds, working state rebuilt from the ledger
 # (or empty) at first use.
 TABLES = ("keys", "budgets", "budget_reservations", "outcomes", "ledger_meta", "events",
           "merkle_nodes", "tree_heads", *ROLLUPS)

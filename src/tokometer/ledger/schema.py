@@ -86,14 +86,13 @@ CREATE TABLE IF NOT EXISTS budget_holds (  -- in-flight reservations (policy/sha
   expires REAL NOT NULL,  -- Unix seconds
   PRIMARY KEY (budget_id, id)
 );
-CREATE TABLE IF NOT EXISTS rate_entries (  -- rate limits' last minute (policy/shared.py)
+CREATE TABLE IF NOT EXISTS rate_seconds (  -- rate limits' last minute (policy/shared.py)
   limit_name TEXT NOT NULL,
-  id TEXT NOT NULL,       -- the request's event id
-  at REAL NOT NULL,       -- Unix seconds
-  tokens INTEGER NOT NULL,
-  PRIMARY KEY (limit_name, id)
+  second INTEGER NOT NULL,  -- Unix time
+  requests INTEGER NOT NULL,
+  tokens INTEGER NOT NULL,  -- reserved, then used once settled
+  PRIMARY KEY (limit_name, second)
 );
-CREATE INDEX IF NOT EXISTS rate_entries_window ON rate_entries(limit_name, at);
 CREATE TABLE IF NOT EXISTS budget_reservations (
   budget_id TEXT PRIMARY KEY,
   reserved TEXT NOT NULL,

@@ -31,13 +31,21 @@ class Need:
     cost: Decimal | None
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where a ticket's reservations are in a store processes share (shared.py)."""
+
+    event_id: str  # its budget holds are kept under the request's event id
+    second: int  # its rate limits counted it in this second (Unix time)...
+    tokens: int  # ...as this many tokens, until it settles
+
+
 @dataclass(slots=True)
 class Ticket:
     holds: list[tuple[BudgetState, Decimal, datetime | None]] = field(default_factory=list)
     entries: list[tuple[Window, Entry]] = field(default_factory=list)
     settled: bool = False
-    stored_as: str | None = None  # the event id its holds and rate entries are kept under
-    # in a store processes share (shared.py)
+    stored: Stored | None = None  # where a store processes share holds them (shared.py)
 
     def settle(self, event: Event | None) -> None:
         """Turn reservations into spend (event None: release them, nothing was consumed)."""

@@ -3,17 +3,20 @@ workers on one SQLite file, or replicas on one PostgreSQL.
 
 Each process's Guard reserves in its own memory first (cheap, and it refuses what plainly
 cannot fit); then its reservations are also written to the store, in one transaction, each
-budget and limit under a lock of its own (`Store.lock`), all of a request's or none, kept
-under the request's event id:
+budget and limit under a lock of its own (`Store.lock`), all of a request's or none:
 
-- a budget hold, only if the period's spend, its live holds and the new hold fit the limit;
-- a rate entry, only if the limit's last minute of entries leaves room for it.
+- a budget hold (under the request's event id), only if the period's spend, its live holds
+  and the new hold fit the limit;
+- a request counted in the current second of each rate limit (requests and tokens per second,
+  so a limit's last minute is at most 60 rows whatever the traffic), only if the last 60
+  seconds leave room for it.
 
 A request settles in the transaction that records its event (`settling`, run by the ledger):
-its holds go, what it took is added to each period's spend, and its rate entries become the
-tokens it used. So a reading and its spend are never one without the other, and settling
-takes no lock: a reservation reads a budget's spend and holds in one statement, which sees a
-settling whole or not at all. A request that ends unrecorded releases its holds on its own.
+its holds go, what it took is added to each period's spend, and its second of each rate limit
+counts the tokens it used instead of those it reserved. So a reading and its spend are never
+one without the other, and settling takes no lock: a reservation reads a budget's spend and
+holds in one statement, which sees a settling whole or not at all (and adds to a second's
+counts, never sets them). A request that ends unrecorded settles on its own.
 Holds expire, so a process that dies holding some gives them back. Time is each process's
 wall clock, so replicas on several machines keep theirs in step (NTP). The period's spend
 starts from the ledger's sum the first time a process needs it.
@@ -32,16 +35,17 @@ from ..events import Event, decimal_str, rfc3339
 from ..ledger.store import Store, Writes
 from ..ledger.writer import write_along
 from .budgets import BudgetState, amount_of, spent_in, taken
-from .guard import Ticket, exhausted, rate_limited
-from .limits import WINDOW_SECONDS, Entry, Window
+from .guard import Stored, Ticket, exhausted, rate_limited
+from .limits import WINDOW_SECONDS, Window
 
 log = logging.getLogger("tokometer.policy")
 
 _ADD_SPEND = ("UPDATE budget_spend SET spent = decimal_add(spent, ?) "
               "WHERE budget_id = ? AND period_start = ?")
 _RELEASE = "DELETE FROM budget_holds WHERE budget_id = ? AND id = ?"
-_USED = "UPDATE rate_entries SET tokens = ? WHERE limit_name = ? AND id = ?"
-_PRUNE_SECONDS = 1.0  # how often a process clears a limit's entries older than its window
+_USED = ("UPDATE rate_seconds SET tokens = tokens + ? "
+         "WHERE limit_name = ? AND second = ?")
+_PRUNE_SECONDS = 1.0  # how often a process clears a limit's seconds older than its window
 
 
 class SharedGuard:
@@ -55,26 +59,28 @@ class SharedGuard:
         """Hold the ticket's reservations in the store under the request's event id, or
         raise PolicyError (402 or 429)."""
         if ticket.holds or ticket.entries:
+            tokens = ticket.entries[0][1].tokens if ticket.entries else 0  # the same in each
+            stored = Stored(event_id, int(time.time()), tokens)
             async with self._lock:
-                await asyncio.to_thread(self._reserve, ticket, event_id)
-            ticket.stored_as = event_id
+                await asyncio.to_thread(self._reserve, ticket, stored)
+            ticket.stored = stored
 
     def settling(self, ticket: Ticket, event: Event) -> Writes:
         """The statements that settle the ticket with its event, for the ledger to commit
-        with the event (once it has, the ticket's `stored_as` is cleared)."""
-        return () if ticket.stored_as is None else _settling(ticket, ticket.stored_as, event)
+        with the event (once it has, the ticket's `stored` is cleared)."""
+        return () if ticket.stored is None else _settling(ticket, ticket.stored, event)
 
     async def release(self, ticket: Ticket, event: Event | None) -> None:
         """Settle a ticket whose event was not recorded (None: nothing was consumed). If the
         store cannot be reached, its holds stay until they expire."""
-        if ticket.stored_as is None:
+        if ticket.stored is None:
             return
-        event_id, ticket.stored_as = ticket.stored_as, None
+        stored, ticket.stored = ticket.stored, None
         try:
             async with self._lock:
-                await asyncio.to_thread(self._write, _settling(ticket, event_id, event))
+                await asyncio.to_thread(self._write, _settling(ticket, stored, event))
         except (LedgerError, self._store.Error) as e:
-            log.warning("request %s: its holds stay until they expire (%s)", event_id, e)
+            log.warning("request %s: its holds stay until they expire (%s)", stored.event_id, e)
 
     def correcting(self, states: dict[str, BudgetState], event: Event) -> Writes:
         """What a correction event changes in the spend of the budgets its original counted
@@ -93,7 +99,7 @@ class SharedGuard:
         with self._store.transaction():
             write_along(self._store, writes)
 
-    def _reserve(self, ticket: Ticket, event_id: str) -> None:
+    def _reserve(self, ticket: Ticket, stored: Stored) -> None:
         now = time.time()
         with self._store.transaction():
             # Every lock first, in one order: processes never deadlock.
@@ -103,17 +109,20 @@ class SharedGuard:
             refusal = next((r for r in (
                 *(self._over_budget(state, amount, start, now)
                   for state, amount, start in ticket.holds),
-                *(self._over_limit(window, entry, now) for window, entry in ticket.entries))
+                *(self._over_limit(window, stored, now) for window, _ in ticket.entries))
                 if r is not None), None)
             if refusal is None:  # all of them, or none; what was swept stays swept
                 self._store.executemany(
                     "INSERT INTO budget_holds (budget_id, id, period_start, amount, expires) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    [(state.budget.id, event_id, _period(start), decimal_str(amount),
+                    [(state.budget.id, stored.event_id, _period(start), decimal_str(amount),
                       now + self._hold_seconds) for state, amount, start in ticket.holds])
                 self._store.executemany(
-                    "INSERT INTO rate_entries (limit_name, id, at, tokens) VALUES (?, ?, ?, ?)",
-                    [(w.limit.name, event_id, now, entry.tokens) for w, entry in ticket.entries])
+                    "INSERT INTO rate_seconds (limit_name, second, requests, tokens) "
+                    "VALUES (?, ?, 1, ?) ON CONFLICT (limit_name, second) DO UPDATE SET "
+                    "requests = rate_seconds.requests + 1, "
+                    "tokens = rate_seconds.tokens + excluded.tokens",
+                    [(w.limit.name, stored.second, stored.tokens) for w, _ in ticket.entries])
         if refusal is not None:
             raise refusal
 
@@ -135,35 +144,39 @@ class SharedGuard:
         return exhausted(state, spent, held) if spent + held + amount > state.budget.limit \
             else None
 
-    def _over_limit(self, window: Window, entry: Entry, now: float) -> PolicyError | None:
-        """Whether the limit's last minute, across processes, has no room for the request."""
-        name, limit, since = window.limit.name, window.limit, now - WINDOW_SECONDS
+    def _over_limit(self, window: Window, stored: Stored, now: float) -> PolicyError | None:
+        """Whether the limit's last minute, across processes, has no room for the request
+        (a whole second leaves the window at once: it is at most a second longer)."""
+        name, limit = window.limit.name, window.limit
+        since = stored.second - int(WINDOW_SECONDS)
         if now - self._pruned.get(name, 0.0) >= _PRUNE_SECONDS:
-            self._store.execute("DELETE FROM rate_entries WHERE limit_name = ? AND at <= ?",
+            self._store.execute("DELETE FROM rate_seconds WHERE limit_name = ? AND second <= ?",
                                 (name, since))
             self._pruned[name] = now
-        count, used = self._store.execute(
-            "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM rate_entries "
-            "WHERE limit_name = ? AND at > ?", (name, since)).fetchone()
-        if ((limit.rpm is None or count < limit.rpm)
-                and (limit.tpm is None or used + entry.tokens <= limit.tpm)):
+        seconds = self._store.execute(
+            "SELECT second, requests, tokens FROM rate_seconds WHERE limit_name = ? "
+            "AND second > ? ORDER BY second", (name, since)).fetchall()
+        requests = sum(n for _, n, _ in seconds)
+        tokens = sum(t for _, _, t in seconds)
+        if ((limit.rpm is None or requests < limit.rpm)
+                and (limit.tpm is None or tokens + stored.tokens <= limit.tpm)):
             return None
         shared = Window(limit)  # the store's window, to say when the request would fit
-        for at, tokens in self._store.execute(
-                "SELECT at, tokens FROM rate_entries WHERE limit_name = ? AND at > ? "
-                "ORDER BY at", (name, since)):
-            shared.add(at, tokens)
-        return rate_limited(shared, entry.tokens, now)
+        for second, n, used in seconds:
+            for i in range(n):
+                shared.add(second, used if i == 0 else 0)
+        return rate_limited(shared, stored.tokens, now)
 
 
-def _settling(ticket: Ticket, event_id: str, event: Event | None) -> Writes:
+def _settling(ticket: Ticket, stored: Stored, event: Event | None) -> Writes:
     tokens = event.input_tokens + event.output_tokens if event is not None else 0
     return (
-        *((_RELEASE, (state.budget.id, event_id)) for state, _, _ in ticket.holds),
+        *((_RELEASE, (state.budget.id, stored.event_id)) for state, _, _ in ticket.holds),
         *((_ADD_SPEND, (decimal_str(taken(state.budget, amount, tokens, event.cost,
                                           event.currency)), state.budget.id, _period(start)))
           for state, amount, start in ticket.holds if event is not None),
-        *((_USED, (tokens, window.limit.name, event_id)) for window, _ in ticket.entries))
+        *((_USED, (tokens - stored.tokens, window.limit.name, stored.second))
+          for window, _ in ticket.entries))
 
 
 def _period(start: datetime | None) -> str:
