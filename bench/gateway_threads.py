@@ -29,7 +29,7 @@ from typing import Any
 
 import uvloop
 
-from overhead import nginx, stop
+from overhead import nginx, routes_toml, stop
 from tokometer import config
 from tokometer.gateway.app import Gateway
 
@@ -37,26 +37,6 @@ CONFIG = """
 [server]
 store = "sqlite:///{work}/bench.db"
 data_dir = "{work}/data"
-
-[[providers]]
-name = "nginx-json"
-api = "openai"
-base_url = "http://127.0.0.1:{port}/v1"
-region = "US"
-
-[[providers]]
-name = "nginx-sse"
-api = "openai"
-base_url = "http://127.0.0.1:{port}/stream/v1"
-region = "US"
-
-[[models]]
-name = "bench-json"
-routes = [{{ provider = "nginx-json", model = "gpt-4o-mini" }}]
-
-[[models]]
-name = "bench-sse"
-routes = [{{ provider = "nginx-sse", model = "gpt-4o-mini" }}]
 """
 
 
@@ -136,7 +116,7 @@ def main() -> None:
     server, port = nginx(work, args.sse_events)
     try:
         path = work / "tokometer.toml"
-        path.write_text(CONFIG.format(work=work, port=port))
+        path.write_text(CONFIG.format(work=work) + routes_toml(port))
         key = json.loads(subprocess.run(
             [sys.executable, "-m", "tokometer.cli", "keys", "create", "--config", str(path),
              "--tenant", "bench", "--app", "load", "--json"],

@@ -156,20 +156,9 @@ allow_origins = ["US", "EU"]
 """
 
 
-def tokometer(work: Path, upstream: int, policy: bool = False, workers: int = 1,
-              store: str = "sqlite:///tokometer.db") -> tuple[subprocess.Popen, int, str]:
-    """`tokometer serve` with `workers` processes on `store` (a fresh folder per start)."""
-    port = free_port()
-    work = Path(tempfile.mkdtemp(prefix="policy-" if policy else "plain-", dir=work))
-    cfg = work / "tokometer.toml"
-    cfg.write_text(f"""
-[server]
-port = {port}
-workers = {workers}
-store = "{store}"
-data_dir = "data"
-
-[[providers]]
+def routes_toml(upstream: int) -> str:
+    """The bench's providers (nginx's JSON and SSE answers) and the models routed to them."""
+    return f"""[[providers]]
 name = "nginx-json"
 api = "openai"
 base_url = "http://127.0.0.1:{upstream}/v1"
@@ -188,6 +177,23 @@ routes = [{{ provider = "nginx-json", model = "gpt-4o-mini" }}]
 [[models]]
 name = "bench-sse"
 routes = [{{ provider = "nginx-sse", model = "gpt-4o-mini" }}]
+"""
+
+
+def tokometer(work: Path, upstream: int, policy: bool = False, workers: int = 1,
+              store: str = "sqlite:///tokometer.db") -> tuple[subprocess.Popen, int, str]:
+    """`tokometer serve` with `workers` processes on `store` (a fresh folder per start)."""
+    port = free_port()
+    work = Path(tempfile.mkdtemp(prefix="policy-" if policy else "plain-", dir=work))
+    cfg = work / "tokometer.toml"
+    cfg.write_text(f"""
+[server]
+port = {port}
+workers = {workers}
+store = "{store}"
+data_dir = "data"
+
+{routes_toml(upstream)}
 {POLICY if policy else ""}""")
     with (work / "tokometer.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tokometer.cli", "serve", "--no-launch",

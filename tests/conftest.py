@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import importlib.util
 import os
 import signal
 import socket
@@ -397,3 +398,18 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         return tmp_path / "tokometer.db"
 
     return PostgresURL(request.getfixturevalue("postgres").new_database())
+
+
+@pytest.fixture(scope="module")
+def overhead() -> Iterator[Any]:
+    """bench/overhead.py as a module, for the tests of its helpers."""
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("bench_overhead", root / "bench" / "overhead.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]

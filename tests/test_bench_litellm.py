@@ -7,7 +7,6 @@ answers the health probe, so the real `bench/overhead.py` start-up path runs wit
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import textwrap
@@ -37,16 +36,6 @@ STAND_IN = textwrap.dedent("""\
 """)
 
 
-@pytest.fixture(scope="module")
-def overhead():
-    spec = importlib.util.spec_from_file_location("bench_overhead", ROOT / "bench" / "overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 @pytest.fixture
