@@ -338,7 +338,7 @@ def test_the_writer_signs_no_head_while_its_tree_is_behind_its_leaves(tmp_path, 
     from conftest import make_event
     from tokometer.errors import LedgerError
     from tokometer.ledger import SQLiteLedger
-    from tokometer.ledger import sqlite as writer
+    from tokometer.ledger import log_writer as writer
     from tokometer.ledger.signer import load_signer
 
     catch_up = writer.catch_up

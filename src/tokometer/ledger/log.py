@@ -30,14 +30,14 @@ class MerkleLog:
 
     @classmethod
     def load(cls, conn: Store, size: int) -> MerkleLog:
-        """The log of its first `size` stored leaves."""
-        nodes = stored_nodes(conn)
-        frontier, offset = [], 0
+        """The log of its first `size` stored leaves (its frontier read in one query)."""
+        positions, offset = [], 0
         for level in range(size.bit_length() - 1, -1, -1):
             if size >> level & 1:
-                frontier.append((level, nodes(level, offset >> level)))
+                positions.append((level, offset >> level))
                 offset += 1 << level
-        return cls(size, tuple(frontier))
+        nodes = prefetched_nodes(conn, positions)
+        return cls(size, tuple((level, nodes(level, idx)) for level, idx in positions))
 
     def extend(self, leaves: list[bytes]) -> tuple[MerkleLog, list[tuple[int, int, bytes]]]:
         """The log with `leaves` appended, and the nodes (level, index, hash) to store."""
@@ -78,8 +78,8 @@ def stored_nodes(conn: Store) -> Nodes:
 
 def walk_stored(conn: Store, size: int, walk: Callable[[Tree], _T]) -> _T:
     """`walk` (a proof, a root) over the stored log's first `size` leaves, the nodes it reads
-    fetched first in one query: a round trip per node is most of a proof's time on
-    PostgreSQL. Nodes not stored yet are looked up and folded as usual."""
+    fetched first in one query (prefetched_nodes): a round trip per node is most of a proof's
+    time on PostgreSQL. Nodes not stored yet are looked up and folded as usual."""
     wanted: list[tuple[int, int]] = []
 
     def note(level: int, idx: int) -> bytes:
@@ -87,6 +87,11 @@ def walk_stored(conn: Store, size: int, walk: Callable[[Tree], _T]) -> _T:
         return bytes(32)  # any hash: which nodes a walk reads depends on sizes only
 
     walk(Tree(note, size))
+    return walk(Tree(prefetched_nodes(conn, wanted), size))
+
+
+def prefetched_nodes(conn: Store, wanted: list[tuple[int, int]]) -> Nodes:
+    """stored_nodes, with the nodes at `wanted` (level, index) read first in one query."""
     found: dict[tuple[int, int], bytes] = {}
     for chunk in (wanted[i:i + 200] for i in range(0, len(wanted), 200)):
         where = " OR ".join("(level = ? AND idx = ?)" for _ in chunk)
@@ -94,4 +99,4 @@ def walk_stored(conn: Store, size: int, walk: Callable[[Tree], _T]) -> _T:
             f"SELECT level, idx, hash FROM merkle_nodes WHERE {where}",
             [n for pair in chunk for n in pair]))
     stored = stored_nodes(conn)
-    return walk(Tree(lambda level, idx: found.get((level, idx)) or stored(level, idx), size))
+    return lambda level, idx: found.get((level, idx)) or stored(level, idx)
