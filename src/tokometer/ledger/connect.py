@@ -84,6 +84,13 @@ class SQLiteStore:
             self.conn.execute("BEGIN IMMEDIATE")
             yield
 
+    def pipeline(self) -> contextlib.nullcontext[None]:
+        """Nothing to gather: SQLite has no round trips."""
+        return contextlib.nullcontext()
+
+    def lazy_commit(self) -> None:
+        """Nothing to change: the store's `durability` holds for every commit."""
+
     def lock(self, name: str) -> None:
         """Nothing more to take: a transaction here holds the whole file's write lock."""
 

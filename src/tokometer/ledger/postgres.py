@@ -89,6 +89,14 @@ class PostgresStore:
         with self._unavailable_if_gone(), self.conn.transaction():
             yield
 
+    @contextlib.contextmanager
+    def pipeline(self) -> Iterator[None]:
+        with self._unavailable_if_gone(), self.conn.pipeline():
+            yield
+
+    def lazy_commit(self) -> None:
+        self.execute("SET LOCAL synchronous_commit = off")
+
     def lock(self, name: str) -> None:
         """A transaction-scoped advisory lock, one per name."""
         self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))

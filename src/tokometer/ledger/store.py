@@ -61,6 +61,17 @@ class Store(Protocol):
         """All statements inside commit together, or none does."""
         ...
 
+    def pipeline(self) -> AbstractContextManager[None]:
+        """Statements inside are sent without waiting for each one's answer, until an answer
+        is read: one round trip for many on PostgreSQL (libpq's pipeline mode)."""
+        ...
+
+    def lazy_commit(self) -> None:
+        """Inside a transaction: it holds working state, not readings, so it may commit
+        without waiting for the disk; a crash of the store's server may lose it (PostgreSQL:
+        synchronous_commit off for it; SQLite keeps its `durability`)."""
+        ...
+
     def lock(self, name: str) -> None:
         """Inside a transaction: hold the lock called `name` until it ends, so processes
         sharing the store take turns at what it guards."""

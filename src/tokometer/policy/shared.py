@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from ..errors import LedgerError, PolicyError
 from ..events import Event, decimal_str, rfc3339
@@ -101,16 +103,17 @@ class SharedGuard:
 
     def _reserve(self, ticket: Ticket, stored: Stored) -> None:
         now = time.time()
-        with self._store.transaction():
-            # Every lock first, in one order: processes never deadlock.
+        with self._store.transaction(), self._store.pipeline():
+            self._store.lazy_commit()  # working state: a request's record is its settling's
+            # Every lock first, in one order: processes never deadlock. Then every question
+            # is sent before any answer is read (one round trip on PostgreSQL).
             for name in sorted([*(f"budget:{s.budget.id}" for s, _, _ in ticket.holds),
                                 *(f"limit:{w.limit.name}" for w, _ in ticket.entries)]):
                 self._store.lock(name)
-            refusal = next((r for r in (
-                *(self._over_budget(state, amount, start, now)
-                  for state, amount, start in ticket.holds),
-                *(self._over_limit(window, stored, now) for window, _ in ticket.entries))
-                if r is not None), None)
+            judges = [*(self._ask_budget(state, amount, start, now)
+                        for state, amount, start in ticket.holds),
+                      *(self._ask_limit(window, stored, now) for window, _ in ticket.entries)]
+            refusal = next((r for judge in judges if (r := judge()) is not None), None)
             if refusal is None:  # all of them, or none; what was swept stays swept
                 self._store.executemany(
                     "INSERT INTO budget_holds (budget_id, id, period_start, amount, expires) "
@@ -126,36 +129,48 @@ class SharedGuard:
         if refusal is not None:
             raise refusal
 
-    def _over_budget(self, state: BudgetState, amount: Decimal, start: datetime | None,
-                     now: float) -> PolicyError | None:
-        """Whether the period's spend and live holds leave no room for `amount`."""
+    def _ask_budget(self, state: BudgetState, amount: Decimal, start: datetime | None,
+                    now: float) -> Callable[[], PolicyError | None]:
+        """Send what decides whether the period's spend and live holds leave room for
+        `amount`; the function returned reads the answer and says."""
         budget_id, period = state.budget.id, _period(start)
         self._store.execute("DELETE FROM budget_holds WHERE budget_id = ? AND expires <= ?",
                             (budget_id, now))  # of processes that died holding them
-        spent, held = self._store.execute(  # one statement: one snapshot of both
+        asked = self._store.execute(  # one statement: one snapshot of both
             "SELECT (SELECT spent FROM budget_spend WHERE budget_id = ? AND period_start = ?),"
             " (SELECT decimal_sum(amount) FROM budget_holds WHERE budget_id = ?"
-            " AND period_start = ?)", (budget_id, period, budget_id, period)).fetchone()
-        if spent is None:  # the first request of the period, here: start from the ledger
-            spent = spent_in(self._store, state.budget, start)
-            self._store.execute("INSERT INTO budget_spend (budget_id, period_start, spent) "
-                                "VALUES (?, ?, ?)", (budget_id, period, decimal_str(spent)))
-        spent, held = Decimal(spent), Decimal(held or 0)
-        return exhausted(state, spent, held) if spent + held + amount > state.budget.limit \
-            else None
+            " AND period_start = ?)", (budget_id, period, budget_id, period))
 
-    def _over_limit(self, window: Window, stored: Stored, now: float) -> PolicyError | None:
-        """Whether the limit's last minute, across processes, has no room for the request
-        (a whole second leaves the window at once: it is at most a second longer)."""
-        name, limit = window.limit.name, window.limit
+        def judge() -> PolicyError | None:
+            spent, held = asked.fetchone()
+            if spent is None:  # the first request of the period, here: start from the ledger
+                spent = spent_in(self._store, state.budget, start)
+                self._store.execute("INSERT INTO budget_spend (budget_id, period_start, spent) "
+                                    "VALUES (?, ?, ?)", (budget_id, period, decimal_str(spent)))
+            spent, held = Decimal(spent), Decimal(held or 0)
+            return exhausted(state, spent, held) if spent + held + amount > state.budget.limit \
+                else None
+        return judge
+
+    def _ask_limit(self, window: Window, stored: Stored,
+                   now: float) -> Callable[[], PolicyError | None]:
+        """Send what decides whether the limit's last minute, across processes, has room for
+        the request (a whole second leaves the window at once: it is at most a second
+        longer); the function returned reads the answer and says."""
+        name = window.limit.name
         since = stored.second - int(WINDOW_SECONDS)
         if now - self._pruned.get(name, 0.0) >= _PRUNE_SECONDS:
             self._store.execute("DELETE FROM rate_seconds WHERE limit_name = ? AND second <= ?",
                                 (name, since))
             self._pruned[name] = now
-        seconds = self._store.execute(
+        asked = self._store.execute(
             "SELECT second, requests, tokens FROM rate_seconds WHERE limit_name = ? "
-            "AND second > ? ORDER BY second", (name, since)).fetchall()
+            "AND second > ? ORDER BY second", (name, since))
+        return lambda: self._over_limit(window, stored, now, asked.fetchall())
+
+    def _over_limit(self, window: Window, stored: Stored, now: float,
+                    seconds: list[Any]) -> PolicyError | None:
+        limit = window.limit
         requests = sum(n for _, n, _ in seconds)
         tokens = sum(t for _, _, t in seconds)
         if ((limit.rpm is None or requests < limit.rpm)
