@@ -47,7 +47,6 @@ class Deps:
     shared: SharedGuard | None = None  # budgets and limits held in a store processes share
 
 
-
 async def handle(call: Call, deps: Deps, send: TrackedSend, receive: Receive) -> None:
     event_id = new_event_id()
     try:

@@ -40,20 +40,17 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime | None, datetime
 def amount_of(budget: Budget, event: Event) -> Decimal:
     """What an event takes from a budget: its tokens, or its cost when in the budget's
     currency (amounts in different currencies are never added)."""
-    return taken(budget, Decimal(0), event.input_tokens + event.output_tokens, event.cost,
-                 event.currency)
+    return taken(budget, Decimal(0), event)
 
 
-def taken(budget: Budget, reserved: Decimal, tokens: int, cost: Decimal | None,
-          currency: str | None) -> Decimal:
-    """What a request that reserved `reserved` took when it settled: its tokens, or its cost
-    in the budget's currency; a cost the meter could not work out spends the whole
-    reservation."""
+def taken(budget: Budget, reserved: Decimal, event: Event) -> Decimal:
+    """What a request that reserved `reserved` took when it settled: amount_of its event,
+    except that a cost the meter could not work out spends the whole reservation."""
     if budget.unit == TOKENS:
-        return Decimal(tokens)
-    if cost is None:
+        return Decimal(event.input_tokens + event.output_tokens)
+    if event.cost is None:
         return reserved
-    return cost if currency == budget.unit else Decimal(0)
+    return event.cost if event.currency == budget.unit else Decimal(0)
 
 
 @dataclass(slots=True)

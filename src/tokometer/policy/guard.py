@@ -55,8 +55,7 @@ class Ticket:
         for state, amount, start in self.holds:
             state.reserved -= amount
             if event is not None and state.start == start:  # same period as the reservation
-                state.spent += taken(state.budget, amount, event.input_tokens
-                                     + event.output_tokens, event.cost, event.currency)
+                state.spent += taken(state.budget, amount, event)
         tokens = event.input_tokens + event.output_tokens if event is not None else 0
         for window, entry in self.entries:
             window.settle(entry, tokens)

@@ -187,8 +187,8 @@ def _settling(ticket: Ticket, stored: Stored, event: Event | None) -> Writes:
     tokens = event.input_tokens + event.output_tokens if event is not None else 0
     return (
         *((_RELEASE, (state.budget.id, stored.event_id)) for state, _, _ in ticket.holds),
-        *((_ADD_SPEND, (decimal_str(taken(state.budget, amount, tokens, event.cost,
-                                          event.currency)), state.budget.id, _period(start)))
+        *((_ADD_SPEND, (decimal_str(taken(state.budget, amount, event)), state.budget.id,
+                        _period(start)))
           for state, amount, start in ticket.holds if event is not None),
         *((_USED, (tokens - stored.tokens, window.limit.name, stored.second))
           for window, _ in ticket.entries))
