@@ -173,6 +173,15 @@ def test_sdks_see_an_over_long_attribution_header_as_a_bad_request(gw):
         claude.messages.create(model="claude-sonnet-5", max_tokens=10, messages=MESSAGES)
 
 
+def test_a_nul_in_a_label_is_a_bad_request_never_stored(gw):
+    """PostgreSQL cannot store a NUL: one in an event would fail every event of its batch."""
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="'user' contains a NUL character"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
+                                       user="alice\x00")
+    assert gw.chat("gpt-4o-mini", "Hi").status_code == 200
+
+
 def test_metrics_label_only_configured_models(gw):
     junk = "junk-model-" + "z" * 5000
     assert gw.chat(junk, "Hi", key=None).status_code == 401

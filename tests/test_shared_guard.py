@@ -5,7 +5,9 @@ holding reservations leaves behind."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import contextlib
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from conftest import make_event
 from tokometer.config import Budget, Limit, Scope
 from tokometer.errors import LedgerError, PolicyError
-from tokometer.events import Event, new_event_id
+from tokometer.events import Event, new_event_id, rfc3339
 from tokometer.ledger import Store, open_ledger, open_store
 from tokometer.ledger.signer import load_signer
 from tokometer.policy import Ticket
@@ -69,7 +71,7 @@ def test_a_request_settles_in_the_transaction_that_records_it(store_location, tm
         asyncio.run(guard.reserve(ticket, event_id))
         assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 1
         assert _one(store, "SELECT requests || ' ' || tokens FROM rate_seconds") == "1 500"
-        settling = guard.settling(ticket, _event(event_id, "0.25"))
+        settling = guard.settling(ticket, _event(event_id, "0.25"), [state])
         taken = new_event_id()
         _record(store_location, tmp_path, (_event(taken, "0.25"), ()))
         with pytest.raises(LedgerError):  # the store refuses the event (its id is taken)...
@@ -113,7 +115,7 @@ def test_a_request_not_recorded_releases_its_holds_and_counts_what_it_took(store
         answered, cancelled = _ticket(state, window), _ticket(state, window)
         asyncio.run(guard.reserve(answered, new_event_id()))
         asyncio.run(guard.reserve(cancelled, new_event_id()))
-        asyncio.run(guard.release(answered, _event(new_event_id(), "0.25")))
+        asyncio.run(guard.release(answered, _event(new_event_id(), "0.25"), [state]))
         asyncio.run(guard.release(cancelled, None))
         asyncio.run(guard.release(cancelled, None))  # twice: nothing more
         assert Decimal(_one(store, "SELECT spent FROM budget_spend")) == Decimal("0.25")
@@ -144,3 +146,72 @@ def test_a_rate_limits_minute_is_shared_by_every_process(store_location):
             assert refused.value.retry_after is not None
             assert 1 <= refused.value.retry_after <= 61
         assert _one(first, "SELECT SUM(requests) FROM rate_seconds") == 3
+
+
+@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
+def test_a_period_started_while_requests_are_recorded_counts_each_of_them_once(
+        store_location, tmp_path):
+    """Requests admitted before their process took a budget up hold nothing on it, yet the
+    budget covers them when they settle: while they are recorded, another process starts
+    the budget's period from the ledger. Each event is counted once: in the ledger's sum, or
+    added when it settles; and only in the period holding its time."""
+    yesterday = rfc3339(datetime.now(UTC) - timedelta(days=1))
+    with open_store(store_location, create=True) as store, \
+            open_store(store_location) as other:
+        state = _state(store)
+        recording, starting = SharedGuard(store, hold_seconds=600), SharedGuard(other, 600)
+
+        async def run() -> list[Event]:
+            ledger = open_ledger(store_location, load_signer(tmp_path / "key.pem"))
+            ledger.start()
+            events = [_event(new_event_id(), "0.001") for _ in range(300)]
+            events[::7] = [replace(e, time=yesterday) for e in events[::7]]
+
+            async def record(event: Event) -> None:
+                await ledger.append(event, recording.settling(Ticket(), event, [state]))
+            try:
+                first = asyncio.gather(*(record(e) for e in events[:150]))
+                await asyncio.sleep(0)  # the first appends are under way
+                await starting.reserve(Ticket([(state, Decimal("0.01"), state.start)]),
+                                       new_event_id())
+                await first
+                await asyncio.gather(*(record(e) for e in events[150:]))
+            finally:
+                await ledger.close()
+            return events
+
+        events = asyncio.run(run())
+        today = sum(Decimal(e.cost or 0) for e in events if e.time != yesterday)
+        assert Decimal(_one(store, "SELECT spent FROM budget_spend")) == today
+        assert _one(store, "SELECT COUNT(*) FROM budget_spend") == 1  # yesterday never began
+
+
+@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
+def test_a_running_request_keeps_its_hold_however_long_it_runs(store_location):
+    """A stream longer than a hold's life: its process renews the hold, so another process
+    can neither sweep it nor spend what it holds; once its process stops renewing (it died),
+    the hold expires."""
+    with open_store(store_location, create=True) as store, \
+            open_store(store_location) as other:
+        state = _state(store)
+        running, another = SharedGuard(store, hold_seconds=0.4), SharedGuard(other, 600)
+
+        async def run() -> None:
+            await running.reserve(Ticket([(state, Decimal("0.90"), state.start)]),
+                                  new_event_id())
+            renewing = asyncio.create_task(running.renew_forever())
+            first_expiry = _one(other, "SELECT expires FROM budget_holds")
+            while datetime.now(UTC).timestamp() <= first_expiry + 0.4:
+                await asyncio.sleep(0.05)  # past its first life, and a renewal's worth more
+            with pytest.raises(PolicyError):  # 0.90 of 1.00 still held
+                await another.reserve(_ticket(state, Window(LIMIT)), new_event_id())
+            renewing.cancel()  # the process died
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            expiry = _one(other, "SELECT expires FROM budget_holds")
+            assert expiry > first_expiry
+            while datetime.now(UTC).timestamp() <= expiry:
+                await asyncio.sleep(0.05)
+            await another.reserve(_ticket(state, Window(LIMIT)), new_event_id())
+
+        asyncio.run(run())

@@ -8,6 +8,7 @@ read here and nowhere else.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import os
 import re
 import tomllib
@@ -32,6 +33,7 @@ TOKENS = "tokens"  # the budget unit that counts tokens instead of money
 EU = frozenset({"AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "IE",
                 "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"})
 _Named = TypeVar("_Named", "Provider", "Model")
+_Keyed = TypeVar("_Keyed", "Budget", "Limit")
 _V = TypeVar("_V")  # a value read from the TOML
 _D = TypeVar("_D")  # a default for it
 _NUMBER: tuple[type[int | float | Decimal], ...] = (int, float, Decimal)
@@ -147,6 +149,12 @@ class Limit:
     rpm: int | None
     tpm: int | None
 
+    @property
+    def key(self) -> str:
+        """What a store counts the limit's requests under: its scope (one limit per scope),
+        so a limit edited in the file never inherits another scope's counts."""
+        return f"{self.scope.kind}:{self.scope.value}"
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -242,9 +250,10 @@ def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settin
     models = _by_name(cfg.tables("models"), lambda m: _model(m, providers), "model")
     return Settings(
         path=path, server=server, providers=providers, models=models,
-        budgets=tuple(_budget(b, f"config-{i}", server.currency)
-                      for i, b in enumerate(cfg.tables("budgets"))),
-        limits=tuple(_limit(x) for x in cfg.tables("limits")),
+        budgets=_unique([_budget(b, server.currency) for b in cfg.tables("budgets")],
+                        cfg.tables("budgets"), "budget"),
+        limits=_unique([_limit(x) for x in cfg.tables("limits")], cfg.tables("limits"),
+                       "limit"),
         rules=tuple(_rule(r) for r in cfg.tables("rules")),
         exchange_rates=_exchange_rates(cfg.tables("exchange_rates"), server.currency),
     )
@@ -433,7 +442,7 @@ def _scope(r: _Reader) -> Scope:
     return Scope(present[0], r.str(present[0]))
 
 
-def _budget(b: _Reader, budget_id: str, currency: str) -> Budget:
+def _budget(b: _Reader, currency: str) -> Budget:
     b.only(*SCOPES, "limit", "unit", "period")
     scope = _scope(b)
     unit = b.str("unit")
@@ -441,7 +450,29 @@ def _budget(b: _Reader, budget_id: str, currency: str) -> Budget:
         raise b.error("unit", f"expected the server currency {currency!r} or 'tokens', "
                       f"got {unit!r}")
     limit = b.money("limit", what="a number (money in the unit, or tokens)")
-    return Budget(budget_id, scope, limit, unit, b.choice("period", PERIODS))
+    period = b.choice("period", PERIODS)
+    return Budget(config_budget_id(scope, unit, period), scope, limit, unit, period)
+
+
+def config_budget_id(scope: Scope, unit: str, period: str) -> str:
+    """A config budget's id, from what it counts (not from its place in the file): the
+    spend a store keeps under it stays that budget's when the file is edited."""
+    digest = hashlib.sha256(f"{scope.kind}\0{scope.value}\0{unit}\0{period}".encode())
+    return f"config-{digest.hexdigest()[:12]}"
+
+
+
+def _unique(items: list[_Keyed], tables: list[_Reader], kind: str) -> tuple[_Keyed, ...]:
+    """Budgets (and limits) keyed by what they count: two with one key would share a count."""
+    seen: dict[str, str] = {}
+    for item, table in zip(items, tables, strict=True):
+        key = item.id if isinstance(item, Budget) else item.key
+        if key in seen:
+            what = ("scope, unit and period" if isinstance(item, Budget)
+                    else "scope: give it rpm and tpm together")
+            raise table.error(str(item.scope.kind), f"the same {what} as {seen[key]}")
+        seen[key] = table.key_path
+    return tuple(items)
 
 
 def _limit(x: _Reader) -> Limit:

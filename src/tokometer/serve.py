@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -97,6 +98,7 @@ def _run_gateway(settings: config.Settings, lock: StoreLock | None, peers: Path 
 
     # The worker must be forked to inherit the lock (Python 3.14 would pick forkserver).
     multiprocessing.set_start_method("fork", force=True)
+    os.register_at_fork(after_in_child=_stop_signals_stop)
     connections = _connection_limit()
     log.info("gateway listening on http://%s:%d (up to %d connections at once)",
              settings.server.host, settings.server.port, connections)
@@ -139,6 +141,15 @@ def _run_gateway(settings: config.Settings, lock: StoreLock | None, peers: Path 
         log.error("the gateway's worker kept dying; starting it again in %.0f s", pause)
         time.sleep(pause)  # the supervisor has nothing else to do meanwhile
         pause = min(pause * 2, _LAST_PAUSE)
+
+
+def _stop_signals_stop() -> None:
+    """In a forked worker, until granian sets its own handlers: a SIGTERM (a stop, or the
+    supervisor stopping its workers) ends it. It inherits the supervisor's handler, which
+    only notes the signal: a worker respawned as the stop began ran on, and serve waited
+    for it forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _any_byte(fd: int) -> bool:

@@ -27,7 +27,7 @@ from ..ledger.read import get_event
 from ..policy import KeyRing, create_key, list_keys, revoke_key
 from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
-from .call import MAX_LABEL_CHARS
+from .call import bounded
 from .offloop import OffLoop
 from .session import AdminToken
 
@@ -137,8 +137,8 @@ def _object(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> 
     for k in ("tenant", "app", "region", "key_id", "unit", "period", "event_id", "reason"):
         if k in body and not isinstance(body[k], str | None):
             raise RequestError(f"{k!r} must be a string")
-        if isinstance(body.get(k), str) and len(body[k]) > MAX_LABEL_CHARS:
-            raise RequestError(f"{k!r} may have at most {MAX_LABEL_CHARS} characters")
+        if isinstance(body.get(k), str):
+            bounded(body[k], repr(k))
     return body
 
 

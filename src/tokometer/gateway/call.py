@@ -1,8 +1,9 @@
 """A client request, parsed and checked before anything is sent upstream.
 
 Every string a client sends that reaches an event or a label (the model, the attribution
-headers, OpenAI's `user`) is UTF-8 of at most MAX_LABEL_CHARS characters; a request that
-breaks the bound is refused with a 400 before anything is stored.
+headers, OpenAI's `user`) is UTF-8 of at most MAX_LABEL_CHARS characters with no NUL (which
+PostgreSQL cannot store: one would fail the batch of events it is written in); a request
+that breaks the bound is refused with a 400 before anything is stored.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def parse_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise RequestError("the request has no 'model' (a string naming a configured model)")
-    _bounded(name, "'model'")
+    bounded(name, "'model'")
     _check_stream(body)
     model = settings.models.get(name)
     if model is None:
@@ -82,7 +83,7 @@ def parse_call(endpoint: Endpoint, raw: bytes, headers: dict[bytes, bytes],
     steering = parse_steering(body["provider"]) if "provider" in body else None
     agent, task, end_user = (_header(headers, h) for h in _ATTRIBUTION)
     if not end_user and isinstance(user := body.get("user"), str):
-        end_user = _bounded(user, "'user'")
+        end_user = bounded(user, "'user'")
     return Call(endpoint=endpoint, body=body, raw=raw, model=model,
                 stream=body.get("stream") is True, consumer=consumer, agent=agent, task=task,
                 end_user=end_user, client_headers=headers, started=started, t0=t0,
@@ -125,17 +126,20 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
         text = value.decode()
     except UnicodeDecodeError:
         raise RequestError(f"{what} is not valid UTF-8") from None
-    return _bounded(text, what)
+    return bounded(text, what)
 
 
-def _bounded(text: str, what: str) -> str:
+def bounded(text: str, what: str) -> str:
+    """`text`, if a store may keep it as a label; else RequestError (400) saying why."""
     if len(text) > MAX_LABEL_CHARS:
         raise RequestError(f"{what} is longer than {MAX_LABEL_CHARS} characters")
+    if "\x00" in text:
+        raise RequestError(f"{what} contains a NUL character")
     return text
 
 
 def clip(text: str | None) -> str | None:
     """A string from outside (a provider's model, finish reason or error type) cut to the
-    bound before it is stored: a provider's answer is input too."""
-    return text[:MAX_LABEL_CHARS] if text else text
+    bound, NULs dropped, before it is stored: a provider's answer is input too."""
+    return text[:MAX_LABEL_CHARS].replace("\x00", "") if text else text
 

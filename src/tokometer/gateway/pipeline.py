@@ -56,7 +56,7 @@ async def handle(call: Call, deps: Deps, send: TrackedSend, receive: Receive) ->
     try:
         await _forward(call, deps, send, receive, routes, ticket, event_id)
     finally:
-        ticket.settle(None)  # never recorded (cancelled): release what it reserved
+        ticket.release()  # never recorded (cancelled): release what it reserved
         if deps.shared is not None:
             await deps.shared.release(ticket, None)
 
@@ -77,12 +77,12 @@ async def _admit(call: Call, deps: Deps, event_id: str) -> tuple[list[Route], Ti
                             deps.guard.rules_for(call.consumer))
     routes = deps.router.rank(call, routes, expected)
     need = deps.meter.need(call, routes, expected) if metered and expected else None
-    ticket = deps.guard.admit(call.consumer, need)
+    ticket = deps.guard.admit(call.consumer, need, call.started)
     if deps.shared is not None:
         try:
             await deps.shared.reserve(ticket, event_id)  # and in the store, for all
         except BaseException:
-            ticket.settle(None)
+            ticket.withdraw()
             raise
     return routes, ticket
 
@@ -130,14 +130,17 @@ async def _record(call: Call, outcome: Outcome, deps: Deps, ticket: Ticket,
     """The reading, durable in the ledger, and the reservations settled from it."""
     event = await deps.meter.event(call, outcome, event_id)
     deps.metrics.observe(event)
+    covering = deps.guard.budgets_for(call.consumer)  # now: held, or added since admission
     try:  # a shared store's budgets settle in the transaction that records the event
-        await deps.ledger.append(event, deps.shared.settling(ticket, event)
-                                 if deps.shared is not None else ())
-        ticket.stored = None  # settled with it
+        if deps.shared is None:
+            await deps.ledger.append(event)
+        else:
+            await deps.ledger.append(event, deps.shared.settling(ticket, event, covering))
+            deps.shared.settled(ticket)
     finally:
-        ticket.settle(event)
+        ticket.settle(event, covering)
         if deps.shared is not None:  # not recorded: tokens may have been delivered
-            await deps.shared.release(ticket, event)
+            await deps.shared.release(ticket, event, covering)
     return event
 
 

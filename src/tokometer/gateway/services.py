@@ -86,10 +86,10 @@ async def start_services(settings: Settings, lock: StoreLock | None,
                                  open_store(s.store))
     shared = None
     if processes_share:
-        # They hold budgets and rate limits in the store too; a hold outlives the longest
-        # request it may cover, then expires with a process that died.
+        # They hold budgets and rate limits in the store too; a process renews the holds of
+        # its requests while they run, and those of a process that died expire.
         stores = (*stores, open_store(s.store))
-        shared = SharedGuard(stores[-1], s.upstream_timeout + s.body_timeout + 60)
+        shared = SharedGuard(stores[-1])
     keys = KeyRing(stores[0])
     pricer = Pricer(s.currency, settings.exchange_rates)
     budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets, shared=shared)
@@ -102,7 +102,8 @@ async def start_services(settings: Settings, lock: StoreLock | None,
     workers = Peers(peers, deps.metrics) if peers is not None else None
     tasks = (asyncio.create_task(keys.watch_revocations()),
              asyncio.create_task(budgets.run_forever()),
-             *([asyncio.create_task(workers.run_forever())] if workers else []))
+             *([asyncio.create_task(workers.run_forever())] if workers else []),
+             *([asyncio.create_task(shared.renew_forever())] if shared else []))
     log.info("tokometer gateway ready: %d models, store %s", len(settings.models), s.store)
     return Services(settings, deps, keys, Admin(settings, side, keys, budgets, ledger, token),
                     Transparency(side, ledger), side, Dashboard(settings, side, token), lock,

@@ -67,6 +67,11 @@ class BudgetState:
             self.start, self.end = period_bounds(self.budget.period, now)
             self.spent = Decimal(0)
 
+    def holds_time(self, time: str) -> bool:
+        """Whether the current period holds `time` (RFC 3339 in UTC, as events have it)."""
+        return ((self.start is None or time >= rfc3339(self.start))
+                and (self.end is None or time < rfc3339(self.end)))
+
     @property
     def exhausted(self) -> bool:
         return self.spent + self.reserved >= self.budget.limit

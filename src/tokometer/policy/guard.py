@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from ..config import TOKENS, Budget, Rule, Settings
@@ -47,18 +47,40 @@ class Ticket:
     settled: bool = False
     stored: Stored | None = None  # where a store processes share holds them (shared.py)
 
-    def settle(self, event: Event | None) -> None:
-        """Turn reservations into spend (event None: release them, nothing was consumed)."""
+    def release(self) -> None:
+        """Give back what the request reserved: it consumed nothing, or was not recorded."""
+        self._close(0)
+
+    def withdraw(self) -> None:
+        """Undo the admission of a request refused after all (by a store processes share):
+        as if it had never been admitted."""
+        if self._close(0):
+            for window, entry in self.entries:
+                window.remove(entry)
+
+    def settle(self, event: Event, covering: Iterable[BudgetState]) -> None:
+        """Turn reservations into spend. `covering` are the budgets that apply to the
+        request's consumer now (Guard.budgets_for): each counts what the request took in the
+        period holding its time, as the ledger's sums do, whether the request holds part of
+        it or the budget was added while it was under way."""
+        if self._close(event.input_tokens + event.output_tokens):
+            held = {state.budget.id: amount for state, amount, _ in self.holds}
+            for state in covering:
+                if state.holds_time(event.time):
+                    state.spent += taken(state.budget, held.get(state.budget.id, Decimal(0)),
+                                         event)
+
+    def _close(self, tokens: int) -> bool:
+        """Give back the reservations, the rate windows counting `tokens` instead; False if
+        the ticket was closed before."""
         if self.settled:
-            return
+            return False
         self.settled = True
-        for state, amount, start in self.holds:
+        for state, amount, _ in self.holds:
             state.reserved -= amount
-            if event is not None and state.start == start:  # same period as the reservation
-                state.spent += taken(state.budget, amount, event)
-        tokens = event.input_tokens + event.output_tokens if event is not None else 0
         for window, entry in self.entries:
             window.settle(entry, tokens)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +109,17 @@ class Guard:
     def rules_for(self, who: Consumer) -> tuple[Rule, ...]:
         return self._applicable(who).rules
 
+    def budgets_for(self, who: Consumer) -> tuple[BudgetState, ...]:
+        return self._applicable(who).budgets
+
     def meters(self, who: Consumer) -> bool:
         """Whether a rate limit or budget applies, so `admit` needs the request's Need."""
         applicable = self._applicable(who)
         return bool(applicable.windows or applicable.budgets)
 
-    def admit(self, who: Consumer, wants: Need | None) -> Ticket:
-        """Reserve what the request may take, or raise PolicyError (429 or 402)."""
+    def admit(self, who: Consumer, wants: Need | None, at: datetime) -> Ticket:
+        """Reserve what the request, which started `at`, may take, or raise PolicyError
+        (429 or 402)."""
         applicable = self._applicable(who)
         if not applicable.windows and not applicable.budgets:
             return Ticket()
@@ -103,9 +129,8 @@ class Guard:
             if window.wait(now, wants.tokens) is not None:
                 raise rate_limited(window, wants.tokens, now)
         holds = []
-        wall = datetime.now(UTC)
         for state in applicable.budgets:
-            state.roll(wall)
+            state.roll(at)
             amount = _reservation(state.budget, wants)
             if state.exhausted:
                 raise exhausted(state, state.spent, state.reserved)

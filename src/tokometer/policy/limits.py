@@ -6,6 +6,7 @@ settled, so concurrent requests cannot slip past the limit between admission and
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from ..config import Limit
 WINDOW_SECONDS = 60.0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # an entry is one request: never equal to another
 class Entry:
     at: float  # monotonic seconds
     tokens: int
@@ -62,6 +63,12 @@ class Window:
         if self.entries and entry.at >= self.entries[0].at:
             self.tokens += tokens - entry.tokens
         entry.tokens = tokens
+
+    def remove(self, entry: Entry) -> None:
+        """Forget a request refused after all (if still in the window)."""
+        with contextlib.suppress(ValueError):
+            self.entries.remove(entry)
+            self.tokens -= entry.tokens
 
     def describe(self, tokens: int) -> str:
         rpm, tpm = self.limit.rpm, self.limit.tpm

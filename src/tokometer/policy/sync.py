@@ -35,6 +35,7 @@ class BudgetSync:
         self._shared = shared
         self._lock = asyncio.Lock()
         self._saved: dict[str, Decimal] = {}
+        self._serving = False  # after the first sync, which runs before the gateway serves
 
     async def sync(self) -> None:
         """Take up budgets added, changed or removed in the store; save reservations."""
@@ -45,6 +46,9 @@ class BudgetSync:
             fresh = (await asyncio.to_thread(load_states, self._conn, missing, datetime.now(UTC))
                      if missing else {})
             self.guard.update_budgets(wanted, fresh)
+            if missing and self._serving and self._shared is not None:
+                await self._shared.recount(missing)
+            self._serving = True
             reserved = {i: s.reserved for i, s in self.guard.states.items()
                         if s.reserved and self._shared is None}
             if reserved or self._saved:  # unchanged non-zero ones too: they stay fresh
