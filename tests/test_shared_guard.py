@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -215,3 +216,56 @@ def test_a_running_request_keeps_its_hold_however_long_it_runs(store_location):
             await another.reserve(_ticket(state, Window(LIMIT)), new_event_id())
 
         asyncio.run(run())
+
+
+@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
+def test_requests_reserving_at_once_share_what_is_left_exactly(store_location):
+    """25 requests of one process ask at once (they go in a few transactions together):
+    a budget with room for 10 admits exactly 10, a limit of 7 requests a minute exactly 7,
+    and each refused request learns why."""
+    rpm = Limit("rpm-acme", Scope("tenant", "acme"), rpm=7, tpm=None)
+    with open_store(store_location, create=True) as store:
+        guard, state = SharedGuard(store, hold_seconds=600), _state(store)
+
+        async def ask(ticket: Ticket) -> int:
+            try:
+                await guard.reserve(ticket, new_event_id())
+            except PolicyError as refused:
+                return refused.status
+            return 200
+
+        async def run(tickets: list[Ticket]) -> list[int]:
+            return await asyncio.gather(*(ask(t) for t in tickets))
+
+        budgeted = asyncio.run(run([Ticket([(state, Decimal("0.10"), state.start)])
+                                    for _ in range(25)]))
+        assert sorted(budgeted) == [200] * 10 + [402] * 15
+        assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 10
+        window = Window(rpm)
+        limited = asyncio.run(run([Ticket([], [(window, Entry(0.0, 10))]) for _ in range(25)]))
+        assert sorted(limited) == [200] * 7 + [429] * 18
+        assert _one(store, "SELECT SUM(requests) FROM rate_seconds") == 7
+
+
+@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
+def test_a_request_cancelled_while_it_reserves_gives_its_hold_back(store_location):
+    """The client left while its request waited for the store: whatever the store reserved
+    for it is released, at once, not when the hold expires."""
+    with open_store(store_location, create=True) as store:
+        guard, state = SharedGuard(store, hold_seconds=600), _state(store)
+
+        async def run() -> None:
+            asking = [asyncio.create_task(guard.reserve(
+                Ticket([(state, Decimal("0.10"), state.start)]), new_event_id()))
+                for _ in range(6)]
+            await asyncio.sleep(0)  # all are waiting
+            for task in asking[::2]:
+                task.cancel()
+            await asyncio.gather(*asking, return_exceptions=True)
+            deadline = time.monotonic() + 10
+            while (_one(store, "SELECT COUNT(*) FROM budget_holds") != 3
+                   and time.monotonic() < deadline):
+                await asyncio.sleep(0.02)  # readiness poll: the releases are under way
+
+        asyncio.run(run())
+        assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 3

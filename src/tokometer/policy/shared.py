@@ -2,8 +2,11 @@
 workers on one SQLite file, or replicas on one PostgreSQL.
 
 Each process's Guard reserves in its own memory first (cheap, and it refuses what plainly
-cannot fit); then its reservations are also written to the store, in one transaction, each
-budget and limit under a lock of its own (`Store.lock`), all of a request's or none:
+cannot fit); then its reservations are also written to the store, each budget and limit
+under a lock of its own (`Store.lock`), all of a request's or none. The requests that ask
+while a process's reservation transaction is under way go together in its next one: one set
+of locks and one read of each budget and limit for all of them, judged in turn.
+
 
 - a budget hold (under the request's event id), only if the period's spend, its live holds
   and the new hold fit the limit;
@@ -32,10 +35,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import Budget
 from ..errors import LedgerError, PolicyError
@@ -48,6 +53,7 @@ from .guard import Stored, Ticket, exhausted, rate_limited
 from .limits import WINDOW_SECONDS, Window
 
 log = logging.getLogger("tokometer.policy")
+_T = TypeVar("_T")
 
 _ADD_SPEND = ("UPDATE budget_spend SET spent = decimal_add(spent, ?) "
               "WHERE budget_id = ? AND period_start = ?")
@@ -58,6 +64,26 @@ _PRUNE_SECONDS = 1.0  # how often a process clears a limit's seconds older than 
 HOLD_SECONDS = 60.0  # a hold's life, unless its process renews it
 
 
+@dataclass(slots=True)
+class _Asking:
+    """A request waiting for its reservations in the store."""
+
+    ticket: Ticket
+    stored: Stored
+    answer: asyncio.Future[None]
+    abandoned: bool = False  # the request was cancelled while it waited
+
+
+@dataclass(slots=True)
+class _Room:
+    """A budget period's spend and holds, and a limit's last minute, as a batch finds them
+    and as its requests take their share, one after the other."""
+
+    spent: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    held: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    seconds: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+
+
 class SharedGuard:
     def __init__(self, store: Store, hold_seconds: float = HOLD_SECONDS):
         self._store = store
@@ -65,18 +91,61 @@ class SharedGuard:
         self._lock = asyncio.Lock()  # one transaction at a time on this connection
         self._pruned: dict[str, float] = {}  # limit key → when this process last pruned it
         self._live: dict[str, list[str]] = {}  # event id → budget ids it holds, until settled
+        self._waiting: list[_Asking] = []  # for the next reservation transaction
+        self._batches: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def reserve(self, ticket: Ticket, event_id: str) -> None:
         """Hold the ticket's reservations in the store under the request's event id, or
         raise PolicyError (402 or 429)."""
-        if ticket.holds or ticket.entries:
-            tokens = ticket.entries[0][1].tokens if ticket.entries else 0  # the same in each
-            stored = Stored(event_id, int(time.time()), tokens)
-            async with self._lock:
-                await asyncio.to_thread(self._reserve, ticket, stored)
-            ticket.stored = stored
-            if ticket.holds:
-                self._live[event_id] = [state.budget.id for state, _, _ in ticket.holds]
+        if not (ticket.holds or ticket.entries):
+            return
+        tokens = ticket.entries[0][1].tokens if ticket.entries else 0  # the same in each
+        asking = _Asking(ticket, Stored(event_id, int(time.time()), tokens),
+                         asyncio.get_running_loop().create_future())
+        self._waiting.append(asking)
+        if self._batches is None:
+            self._batches = asyncio.create_task(self._reserve_waiting())
+        try:
+            await asyncio.shield(asking.answer)
+        except asyncio.CancelledError:
+            if not asking.answer.done():
+                asking.abandoned = True  # its batch gives back what it reserves for it
+            elif asking.answer.exception() is None:
+                self._give_back(asking)
+            raise
+        ticket.stored = asking.stored
+        if ticket.holds:
+            self._live[event_id] = [state.budget.id for state, _, _ in ticket.holds]
+
+    async def _reserve_waiting(self) -> None:
+        """Reserve for the requests waiting, a batch per transaction, until none is left."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                refusals: list[Exception | None]
+                try:
+                    async with self._lock:
+                        refusals = [*await _whole_in_thread(self._reserve, batch)]
+                except Exception as e:  # the store failed: each request hears it
+                    refusals = [e] * len(batch)
+                for asking, refusal in zip(batch, refusals, strict=True):
+                    if asking.abandoned:
+                        if refusal is None:
+                            self._give_back(asking)
+                    elif refusal is None:
+                        asking.answer.set_result(None)
+                    else:
+                        asking.answer.set_exception(refusal)
+        finally:
+            self._batches = None
+
+    def _give_back(self, asking: _Asking) -> None:
+        """Release what was reserved for a request cancelled while it waited."""
+        asking.ticket.stored = asking.stored
+        task = asyncio.create_task(self.release(asking.ticket, None))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def settling(self, ticket: Ticket, event: Event,
                  covering: Iterable[BudgetState]) -> Writes:
@@ -101,7 +170,7 @@ class SharedGuard:
         self._live.pop(stored.event_id, None)
         try:
             async with self._lock:
-                await asyncio.to_thread(self._write,
+                await _whole_in_thread(self._write,
                                         _settling(ticket, stored, event, covering))
         except (LedgerError, self._store.Error) as e:
             log.warning("request %s: its holds stay until they expire (%s)", stored.event_id, e)
@@ -117,7 +186,7 @@ class SharedGuard:
         under the log's lock: another process may have started their period before this one
         knew them, and what this one recorded meanwhile did not add to it."""
         async with self._lock:
-            await asyncio.to_thread(self._recount, list(budgets))
+            await _whole_in_thread(self._recount, list(budgets))
 
     async def renew_forever(self) -> None:
         """Keep the holds of this process's requests alive while they run."""
@@ -125,7 +194,7 @@ class SharedGuard:
             await asyncio.sleep(self._hold_seconds / 4)
             try:
                 async with self._lock:
-                    await asyncio.to_thread(self._renew, dict(self._live))
+                    await _whole_in_thread(self._renew, dict(self._live))
             except (LedgerError, self._store.Error) as e:
                 log.warning("holds not renewed (will retry): %s", e)
 
@@ -158,13 +227,16 @@ class SharedGuard:
                     (decimal_str(spent_in(self._store, budget, start)), budget.id,
                      _period(start)))
 
-    def _reserve(self, ticket: Ticket, stored: Stored) -> None:
-        for _ in ticket.holds:  # each try starts at least one period, or is the last
+    def _reserve(self, batch: list[_Asking]) -> list[PolicyError | None]:
+        """Each request's refusal, or None: its reservations are held in the store."""
+        periods = {(state.budget.id, start) for asking in batch
+                   for state, _, start in asking.ticket.holds}
+        for _ in periods:  # each try starts at least one period, or is the last
             try:
-                return self._try_reserve(ticket, stored)
+                return self._try_reserve(batch)
             except _NotStarted as first_use:
                 self._start(first_use.budget, first_use.start)
-        self._try_reserve(ticket, stored)
+        return self._try_reserve(batch)
 
     def _start(self, budget: Budget, start: datetime | None) -> None:
         """Start a budget's period from the ledger's sum, under the log's lock: an event
@@ -176,84 +248,118 @@ class SharedGuard:
                 "ON CONFLICT (budget_id, period_start) DO NOTHING",
                 (budget.id, _period(start), decimal_str(spent_in(self._store, budget, start))))
 
-    def _try_reserve(self, ticket: Ticket, stored: Stored) -> None:
+    def _try_reserve(self, batch: list[_Asking]) -> list[PolicyError | None]:
         now = time.time()
+        budgets = {(state.budget.id, _period(start)): (state, start) for asking in batch
+                   for state, _, start in asking.ticket.holds}
+        limits = {window.limit.key for asking in batch for window, _ in asking.ticket.entries}
+        since = min(asking.stored.second for asking in batch) - int(WINDOW_SECONDS)
         with self._store.transaction(), self._store.pipeline():
             self._store.lazy_commit()  # working state: a request's record is its settling's
             # Every lock first, in one order: processes never deadlock. Then every question
             # is sent before any answer is read (one round trip on PostgreSQL).
-            for name in sorted([*(f"budget:{s.budget.id}" for s, _, _ in ticket.holds),
-                                *(f"limit:{w.limit.key}" for w, _ in ticket.entries)]):
+            for name in sorted({*(f"budget:{budget_id}" for budget_id, _ in budgets),
+                                *(f"limit:{key}" for key in limits)}):
                 self._store.lock(name)
-            judges = [*(self._ask_budget(state, amount, start, now)
-                        for state, amount, start in ticket.holds),
-                      *(self._ask_limit(window, stored, now) for window, _ in ticket.entries)]
-            refusal = next((r for judge in judges if (r := judge()) is not None), None)
-            if refusal is None:  # all of them, or none; what was swept stays swept
-                self._store.executemany(
-                    "INSERT INTO budget_holds (budget_id, id, period_start, amount, expires) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(state.budget.id, stored.event_id, _period(start), decimal_str(amount),
-                      now + self._hold_seconds) for state, amount, start in ticket.holds])
-                self._store.executemany(
-                    "INSERT INTO rate_seconds (limit_name, second, requests, tokens) "
-                    "VALUES (?, ?, 1, ?) ON CONFLICT (limit_name, second) DO UPDATE SET "
-                    "requests = rate_seconds.requests + 1, "
-                    "tokens = rate_seconds.tokens + excluded.tokens",
-                    [(w.limit.key, stored.second, stored.tokens) for w, _ in ticket.entries])
-        if refusal is not None:
-            raise refusal
+            asked_budgets = {key: self._ask_budget(*key, now) for key in budgets}
+            asked_limits = {key: self._ask_limit(key, since, now) for key in limits}
+            room = _Room()
+            for period, asked in asked_budgets.items():
+                spent, held = asked.fetchone()
+                if spent is None:  # the period's first request
+                    raise _NotStarted(budgets[period][0].budget, budgets[period][1])
+                room.spent[period], room.held[period] = Decimal(spent), Decimal(held or 0)
+            for limit_key, asked in asked_limits.items():
+                room.seconds[limit_key] = list(asked.fetchall())
+            refusals = [_judge(asking, room, now) for asking in batch]
+            admitted = [a for a, refusal in zip(batch, refusals, strict=True) if refusal is None]
+            self._store.executemany(
+                "INSERT INTO budget_holds (budget_id, id, period_start, amount, expires) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(state.budget.id, a.stored.event_id, _period(start), decimal_str(amount),
+                  now + self._hold_seconds) for a in admitted
+                 for state, amount, start in a.ticket.holds])
+            counted = Counter[tuple[str, int]]()
+            tokens = Counter[tuple[str, int]]()
+            for a in admitted:
+                for window, _ in a.ticket.entries:
+                    counted[window.limit.key, a.stored.second] += 1
+                    tokens[window.limit.key, a.stored.second] += a.stored.tokens
+            self._store.executemany(
+                "INSERT INTO rate_seconds (limit_name, second, requests, tokens) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (limit_name, second) DO UPDATE SET "
+                "requests = rate_seconds.requests + excluded.requests, "
+                "tokens = rate_seconds.tokens + excluded.tokens",
+                [(key, second, n, tokens[key, second]) for (key, second), n in counted.items()])
+        return refusals
 
-    def _ask_budget(self, state: BudgetState, amount: Decimal, start: datetime | None,
-                    now: float) -> Callable[[], PolicyError | None]:
-        """Send what decides whether the period's spend and live holds leave room for
-        `amount`; the function returned reads the answer and says."""
-        budget_id, period = state.budget.id, _period(start)
+    def _ask_budget(self, budget_id: str, period: str, now: float) -> Any:
+        """Send the query of a budget period's spend and live holds (its cursor answers)."""
         self._store.execute("DELETE FROM budget_holds WHERE budget_id = ? AND expires <= ?",
                             (budget_id, now))  # of processes that died holding them
-        asked = self._store.execute(  # one statement: one snapshot of both
+        return self._store.execute(  # one statement: one snapshot of both
             "SELECT (SELECT spent FROM budget_spend WHERE budget_id = ? AND period_start = ?),"
             " (SELECT decimal_sum(amount) FROM budget_holds WHERE budget_id = ?"
             " AND period_start = ?)", (budget_id, period, budget_id, period))
 
-        def judge() -> PolicyError | None:
-            spent, held = asked.fetchone()
-            if spent is None:  # the period's first request
-                raise _NotStarted(state.budget, start)
-            spent, held = Decimal(spent), Decimal(held or 0)
-            return exhausted(state, spent, held) if spent + held + amount > state.budget.limit \
-                else None
-        return judge
-
-    def _ask_limit(self, window: Window, stored: Stored,
-                   now: float) -> Callable[[], PolicyError | None]:
-        """Send what decides whether the limit's last minute, across processes, has room for
-        the request (a whole second leaves the window at once: it is at most a second
-        longer); the function returned reads the answer and says."""
-        name = window.limit.key
-        since = stored.second - int(WINDOW_SECONDS)
-        if now - self._pruned.get(name, 0.0) >= _PRUNE_SECONDS:
+    def _ask_limit(self, key: str, since: int, now: float) -> Any:
+        """Send the query of a limit's last minute, across processes, per second (its
+        cursor answers); a whole second leaves the window at once: it is at most a second
+        longer."""
+        if now - self._pruned.get(key, 0.0) >= _PRUNE_SECONDS:
             self._store.execute("DELETE FROM rate_seconds WHERE limit_name = ? AND second <= ?",
-                                (name, since))
-            self._pruned[name] = now
-        asked = self._store.execute(
+                                (key, since))
+            self._pruned[key] = now
+        return self._store.execute(
             "SELECT second, requests, tokens FROM rate_seconds WHERE limit_name = ? "
-            "AND second > ? ORDER BY second", (name, since))
-        return lambda: self._over_limit(window, stored, now, asked.fetchall())
+            "AND second > ? ORDER BY second", (key, since))
 
-    def _over_limit(self, window: Window, stored: Stored, now: float,
-                    seconds: list[Any]) -> PolicyError | None:
-        limit = window.limit
-        requests = sum(n for _, n, _ in seconds)
-        tokens = sum(t for _, _, t in seconds)
-        if ((limit.rpm is None or requests < limit.rpm)
-                and (limit.tpm is None or tokens + stored.tokens <= limit.tpm)):
-            return None
-        shared = Window(limit)  # the store's window, to say when the request would fit
-        for second, n, used in seconds:
-            for i in range(n):
-                shared.add(second, used if i == 0 else 0)
-        return rate_limited(shared, stored.tokens, now)
+
+def _judge(asking: _Asking, room: _Room, now: float) -> PolicyError | None:
+    """Whether the request's reservations fit in what the batch left of each budget and
+    limit; if they do, they take their share."""
+    ticket, stored = asking.ticket, asking.stored
+    for state, amount, start in ticket.holds:
+        key = (state.budget.id, _period(start))
+        spent, held = room.spent[key], room.held[key]
+        if spent + held + amount > state.budget.limit:
+            return exhausted(state, spent, held)
+    for window, _ in ticket.entries:
+        minute = [s for s in room.seconds[window.limit.key]
+                  if s[0] > stored.second - int(WINDOW_SECONDS)]
+        if (refusal := _over_limit(window, stored, now, minute)) is not None:
+            return refusal
+    for state, amount, start in ticket.holds:
+        room.held[state.budget.id, _period(start)] += amount
+    for window, _ in ticket.entries:
+        room.seconds[window.limit.key].append((stored.second, 1, stored.tokens))
+    return None
+
+
+def _over_limit(window: Window, stored: Stored, now: float,
+                seconds: list[tuple[int, int, int]]) -> PolicyError | None:
+    limit = window.limit
+    requests = sum(n for _, n, _ in seconds)
+    tokens = sum(t for _, _, t in seconds)
+    if ((limit.rpm is None or requests < limit.rpm)
+            and (limit.tpm is None or tokens + stored.tokens <= limit.tpm)):
+        return None
+    shared = Window(limit)  # the store's window, to say when the request would fit
+    for second, n, used in seconds:
+        for i in range(n):
+            shared.add(second, used if i == 0 else 0)
+    return rate_limited(shared, stored.tokens, now)
+
+
+async def _whole_in_thread(function: Callable[..., _T], *args: Any) -> _T:
+    """asyncio.to_thread, except that a cancelled caller still waits for the thread: the
+    lock it holds is never released while a transaction is under way on the connection."""
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
 
 
 class _NotStarted(Exception):
