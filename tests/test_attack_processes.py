@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -336,24 +337,10 @@ def test_a_replica_killed_with_holds_leaves_books_that_add_up(upstream, postgres
     """kill -9 of one of two PostgreSQL replicas (supervisor and worker) mid-load with a
     budget: the survivor keeps serving, every recorded event is counted, no more holds are
     left than requests the dead one had in flight, the log is contiguous and audits clean."""
-    url = PostgresURL(postgres.new_database())
-    body = (f'signing_key = "{tmp_path / "log-key.pem"}"\n' + providers_toml(upstream)
-            + METERED_MODEL + _budget(1000 * ONE_REQUEST))
-    replicas = [start_gateway(tmp_path / f"r{i}", body, env=FAKE_KEYS, store=url)
-                for i in range(2)]
+    url, replicas = _two_budgeted_replicas(upstream, postgres, tmp_path)
     try:
-        async def load() -> list[httpx.Response | None]:
-            async with httpx.AsyncClient(timeout=30,
-                                         limits=httpx.Limits(max_connections=60)) as client:
-                tasks = [asyncio.ensure_future(_post(client, replicas[i % 2],
-                                                     _body(stream=i % 2 == 0)))
-                         for i in range(60)]
-                while sum(t.done() for t in tasks) < 10:
-                    await asyncio.sleep(0.01)
-                os.killpg(replicas[0].process.pid, signal.SIGKILL)
-                return await asyncio.gather(*tasks)
-
-        answers = asyncio.run(load())
+        answers = asyncio.run(_load_then(
+            replicas, 60, 2, 10, lambda: os.killpg(replicas[0].process.pid, signal.SIGKILL)))
         broken = sum(a is None for a in answers)
         assert replicas[1].chat("metered", max_tokens=300).status_code == 200
         spend, holds = _spend_rows(url)
@@ -366,6 +353,31 @@ def test_a_replica_killed_with_holds_leaves_books_that_add_up(upstream, postgres
     finally:
         for gw in replicas:
             stop_gateway(gw)
+
+
+def _two_budgeted_replicas(upstream: Any, postgres: Any,
+                           tmp_path: Path) -> tuple[PostgresURL, list[Gateway]]:
+    """Two replicas on a new PostgreSQL database, with a budget of 1000 requests for acme."""
+    url = PostgresURL(postgres.new_database())
+    body = (f'signing_key = "{tmp_path / "log-key.pem"}"\n' + providers_toml(upstream)
+            + METERED_MODEL + _budget(1000 * ONE_REQUEST))
+    return url, [start_gateway(tmp_path / f"r{i}", body, env=FAKE_KEYS, store=url)
+                 for i in range(2)]
+
+
+async def _load_then(replicas: list[Gateway], requests: int, stream_every: int,
+                     done_first: int, act: Callable[[], object]) -> list[httpx.Response | None]:
+    """`requests` at once, spread over the replicas, every `stream_every`th streamed; once
+    `done_first` of them have ended, `act` (a kill, a stop), then the answers."""
+    async with httpx.AsyncClient(timeout=30,
+                                 limits=httpx.Limits(max_connections=requests)) as client:
+        tasks = [asyncio.ensure_future(_post(client, replicas[i % 2],
+                                             _body(stream=i % stream_every == 0)))
+                 for i in range(requests)]
+        while sum(t.done() for t in tasks) < done_first:
+            await asyncio.sleep(0.01)
+        act()
+        return await asyncio.gather(*tasks)
 
 
 def _clients(gw: Gateway, pid: int) -> int:
@@ -406,24 +418,10 @@ def test_a_stop_while_a_killed_worker_is_respawned_is_prompt(upstream, tmp_path)
 def test_a_replica_stopped_under_load_leaves_nothing_unsettled(upstream, postgres, tmp_path):
     """SIGTERM to one of two replicas while whole and streamed requests run: every 200 has
     its event, every event its spend, and the stopped replica leaves no hold behind."""
-    url = PostgresURL(postgres.new_database())
-    body = (f'signing_key = "{tmp_path / "log-key.pem"}"\n' + providers_toml(upstream)
-            + METERED_MODEL + _budget(1000 * ONE_REQUEST))
-    replicas = [start_gateway(tmp_path / f"r{i}", body, env=FAKE_KEYS, store=url)
-                for i in range(2)]
+    _, replicas = _two_budgeted_replicas(upstream, postgres, tmp_path)
     try:
-        async def load() -> list[httpx.Response | None]:
-            async with httpx.AsyncClient(timeout=30,
-                                         limits=httpx.Limits(max_connections=80)) as client:
-                tasks = [asyncio.ensure_future(_post(client, replicas[i % 2],
-                                                     _body(stream=i % 3 == 0)))
-                         for i in range(80)]
-                while sum(t.done() for t in tasks) < 15:
-                    await asyncio.sleep(0.01)
-                replicas[0].process.send_signal(signal.SIGTERM)
-                return await asyncio.gather(*tasks)
-
-        answers = asyncio.run(load())
+        answers = asyncio.run(_load_then(
+            replicas, 80, 3, 15, lambda: replicas[0].process.send_signal(signal.SIGTERM)))
         replicas[0].process.wait(20)
         assert sum(_completed(a) for a in answers) >= 40
         _check_books(replicas, answers, 1000 * ONE_REQUEST)
