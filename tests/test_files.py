@@ -32,7 +32,7 @@ def test_the_gateways_files_are_created_for_its_owner_only(tmp_path):
     try:
         store = gw.store
         files = [store, Path(f"{store}-wal"), Path(f"{store}-shm"), lock_path(store),
-                 tmp_path / "data" / "ledger-ed25519.pem"]
+                 Path(f"{store}-writers"), tmp_path / "data" / "ledger-ed25519.pem"]
         assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files}
     finally:
         stop_gateway(gw)
