@@ -45,6 +45,7 @@ def test_prices_are_exact_decimals_and_cache_rates_default_to_input(tmp_path):
 @pytest.mark.parametrize(("text", "fragment"), [
     ("[server]\nport = 'x'\n", "server.port: expected an integer"),
     ("[server]\nbogus = 1\n", "server.bogus: unknown key"),
+    ("[server]\nstop_timeout = 0\n", "server.stop_timeout: 0 is out of range"),
     ("[server]\ncurrency = 'dollars'\n", "server.currency: expected an ISO 4217"),
     ("[server]\nstore = 'mysql://x'\n", "server.store: expected 'sqlite:///PATH' or 'postgresql://"),
     ("[server]\nstore = 'postgresql://u@h:port/db'\n", "server.store: not a PostgreSQL URL"),

@@ -198,6 +198,7 @@ class Server:
     data_dir: Path = Path("data")
     max_body_bytes: int = 10_000_000
     body_timeout: float = 30.0  # seconds a client may take to send a request's body
+    stop_timeout: int = 30  # seconds a stopping worker may finish its requests, then killed
     upstream_timeout: float = 600.0  # seconds a provider may stay silent
     connect_timeout: float = 10.0
     durability: str = "process"  # "process": survives kill -9; "power": fsync every commit
@@ -294,8 +295,9 @@ def store_location(text: str, base: Path) -> Path | PostgresURL:
 
 def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     s.only("host", "port", "workers", "store", "currency", "data_dir", "max_body_bytes",
-           "body_timeout", "upstream_timeout", "connect_timeout", "durability", "max_attempts",
-           "default_max_output_tokens", "admin_token_env", "signing_key", "signing_key_env")
+           "body_timeout", "stop_timeout", "upstream_timeout", "connect_timeout", "durability",
+           "max_attempts", "default_max_output_tokens", "admin_token_env", "signing_key",
+           "signing_key_env")
     d = Server()
     store = _store(s, base)
     currency = _currency(s, "currency") if "currency" in s.raw else d.currency
@@ -312,6 +314,7 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
         data_dir=data_dir,
         max_body_bytes=s.int("max_body_bytes", d.max_body_bytes, lo=1),
         body_timeout=s.number("body_timeout", d.body_timeout),
+        stop_timeout=s.int("stop_timeout", d.stop_timeout, lo=1, hi=86_400),
         upstream_timeout=s.number("upstream_timeout", d.upstream_timeout),
         connect_timeout=s.number("connect_timeout", d.connect_timeout),
         durability=durability,

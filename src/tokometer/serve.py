@@ -121,6 +121,9 @@ def _run_gateway(settings: config.Settings, lock: StoreLock | None, peers: Path 
             workers=settings.server.workers,
             backpressure=connections,
             respawn_failed_workers=True,
+            # A worker that does not stop in time is killed: a stream may run for hours,
+            # and granian can miss a stop that arrives while a respawned worker starts.
+            workers_kill_timeout=settings.server.stop_timeout,
             log_access=False,
         )
         try:
