@@ -97,7 +97,7 @@ def test_holds_of_a_process_that_died_expire_and_free_the_budget(store_location)
         alive = SharedGuard(store, hold_seconds=600)
         with pytest.raises(PolicyError) as refused:
             asyncio.run(alive.reserve(_ticket(state, window), new_event_id()))
-        assert refused.value.status == 402 and "0.9 reserved" in refused.value.message
+        assert refused.value.status == 402 and "than the 0.1 left" in refused.value.message
         expires = _one(store, "SELECT expires FROM budget_holds")
         while datetime.now(UTC).timestamp() <= expires:  # until the hold's own expiry
             asyncio.run(asyncio.sleep(0.05))
@@ -269,3 +269,26 @@ def test_a_request_cancelled_while_it_reserves_gives_its_hold_back(store_locatio
 
         asyncio.run(run())
         assert _one(store, "SELECT COUNT(*) FROM budget_holds") == 3
+
+
+@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
+def test_the_ledger_says_when_what_was_appended_before_is_committed(store_location, tmp_path):
+    """A process that takes a budget up sets its spend to the ledger's sum only once what it
+    settled before is in the store (`Ledger.committed`): appends still queued then would
+    be missing from the sum and never add to it."""
+    async def run() -> int:
+        ledger = open_ledger(store_location, load_signer(tmp_path / "key.pem"))
+        ledger.start()
+        try:
+            appending = [asyncio.create_task(ledger.append(_event(new_event_id(), "0.001")))
+                         for _ in range(200)]
+            await asyncio.sleep(0)  # all of them queued
+            await ledger.committed()
+            with open_store(store_location) as store:
+                stored = _one(store, "SELECT COUNT(*) FROM events")
+            await asyncio.gather(*appending)
+            return stored
+        finally:
+            await ledger.close()
+
+    assert asyncio.run(run()) == 200

@@ -98,7 +98,7 @@ class Admin:
                                 fields["period"], self.settings.server.currency)
             budget = await self._run(set_budget, budget, config_ids)
             await self.budgets.sync()
-            return 200, self.budgets.guard.states[budget.id].status()
+            return 200, await self.budgets.status(budget.id)
         if method == "DELETE" and len(rest) == 1:
             await self._run(remove_budget, rest[0], config_ids)
             await self.budgets.sync()

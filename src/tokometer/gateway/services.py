@@ -92,7 +92,8 @@ async def start_services(settings: Settings, lock: StoreLock | None,
         shared = SharedGuard(stores[-1])
     keys = KeyRing(stores[0])
     pricer = Pricer(s.currency, settings.exchange_rates)
-    budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets, shared=shared)
+    budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets, shared=shared,
+                         ledger=ledger)
     await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
     side = OffLoop(stores[2])
     token = AdminToken(s.admin_token)  # one count of wrong guesses, however they come

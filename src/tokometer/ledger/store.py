@@ -96,6 +96,10 @@ class Ledger(Protocol):
         statements `along`; LedgerError if not."""
         ...
 
+    async def committed(self) -> None:
+        """Returns once every event appended before the call is committed (or failed)."""
+        ...
+
     async def sign_now(self) -> TreeHead:
         """A tree head signed over everything appended so far."""
         ...

@@ -44,6 +44,13 @@ class _Append:
 
 
 @dataclass(frozen=True, slots=True)
+class _Barrier:
+    """Resolves once every append queued before it has been committed (or has failed)."""
+
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
 class _Sign:
     """A tree head to sign now; `done` resolves with it."""
 
@@ -75,6 +82,14 @@ class QueuedWriter:
         assert self._loop is not None, "the ledger's start() was not called"
         done = self._loop.create_future()
         self._queue.put(_Append(event_row(event), along, done))
+        await done
+
+    async def committed(self) -> None:
+        """Returns once every event appended before the call has been committed (or has
+        failed): what each settled with it is in the store."""
+        assert self._loop is not None, "the ledger's start() was not called"
+        done = self._loop.create_future()
+        self._queue.put(_Barrier(done))
         await done
 
     async def sign_now(self) -> TreeHead:
@@ -132,6 +147,8 @@ class QueuedWriter:
             appends = [message for message in batch if isinstance(message, _Append)]
             if appends:
                 self._commit(appends)
+            if barriers := [m.done for m in batch if isinstance(m, _Barrier)]:
+                self._call(_resolve, barriers, None)
             self._after([message.done for message in batch if isinstance(message, _Sign)], stop)
             if stop:
                 return

@@ -135,7 +135,7 @@ class Guard:
             if state.exhausted:
                 raise exhausted(state, state.spent, state.reserved)
             if state.spent + state.reserved + amount > state.budget.limit:
-                raise _too_big(state, amount)
+                raise too_big(state, state.spent, state.reserved, amount)
             holds.append((state, amount, state.start))
         ticket = Ticket(holds, [(w, w.add(now, wants.tokens)) for w in applicable.windows])
         for state, amount, _ in holds:
@@ -173,8 +173,10 @@ def _reservation(budget: Budget, wants: Need) -> Decimal:
     return wants.cost
 
 
-def _too_big(state: BudgetState, amount: Decimal) -> PolicyError:
-    left = state.budget.limit - state.spent - state.reserved
+def too_big(state: BudgetState, spent: Decimal, reserved: Decimal,
+            amount: Decimal) -> PolicyError:
+    """402 for a request whose worst case is more than what `spent` and `reserved` leave."""
+    left = state.budget.limit - spent - reserved
     return PolicyError(
         f"{state.budget} cannot cover this request: at most it may take {decimal_str(amount)} "
         f"{state.budget.unit} (its input, and its max_tokens for each of its n choices), more "

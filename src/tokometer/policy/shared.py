@@ -27,7 +27,7 @@ request runs, however long), so a process that dies gives its holds back within 
 Time is each process's wall clock, so replicas on several machines keep theirs in step
 (NTP). A period's spend starts from the ledger's sum the first time a process needs it,
 under the log's lock; a process that takes a budget up while serving sets it to the ledger's
-sum again (the requests it recorded before then did not add to it).
+sum again, once its ledger has committed what it settled before (which did not add to it).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from ..ledger.derive import LOG_LOCK
 from ..ledger.store import Store, Writes
 from ..ledger.writer import write_along
 from .budgets import BudgetState, period_bounds, spent_in, taken
-from .guard import Stored, Ticket, exhausted, rate_limited
+from .guard import Stored, Ticket, exhausted, rate_limited, too_big
 from .limits import WINDOW_SECONDS, Window
 
 log = logging.getLogger("tokometer.policy")
@@ -322,8 +322,10 @@ def _judge(asking: _Asking, room: _Room, now: float) -> PolicyError | None:
     for state, amount, start in ticket.holds:
         key = (state.budget.id, _period(start))
         spent, held = room.spent[key], room.held[key]
-        if spent + held + amount > state.budget.limit:
+        if spent + held >= state.budget.limit:
             return exhausted(state, spent, held)
+        if spent + held + amount > state.budget.limit:
+            return too_big(state, spent, held, amount)
     for window, _ in ticket.entries:
         minute = [s for s in room.seconds[window.limit.key]
                   if s[0] > stored.second - int(WINDOW_SECONDS)]

@@ -17,7 +17,7 @@ from decimal import Decimal
 from ..config import Budget
 from ..errors import LedgerError
 from ..events import Event
-from ..ledger.store import Store, Writes
+from ..ledger.store import Ledger, Store, Writes
 from .budgets import all_budgets, budget_statuses, load_states, save_reservations
 from .guard import Guard
 from .shared import SharedGuard
@@ -28,11 +28,12 @@ log = logging.getLogger("tokometer.policy")
 
 class BudgetSync:
     def __init__(self, guard: Guard, conn: Store, config: tuple[Budget, ...], *,
-                 shared: SharedGuard | None = None):
+                 shared: SharedGuard | None = None, ledger: Ledger | None = None):
         self.guard = guard
         self._conn = conn
         self._config = config
         self._shared = shared
+        self._ledger = ledger  # whose appends settle this process's requests
         self._lock = asyncio.Lock()
         self._saved: dict[str, Decimal] = {}
         self._serving = False  # after the first sync, which runs before the gateway serves
@@ -47,6 +48,8 @@ class BudgetSync:
                      if missing else {})
             self.guard.update_budgets(wanted, fresh)
             if missing and self._serving and self._shared is not None:
+                if self._ledger is not None:  # what settled before they were taken up
+                    await self._ledger.committed()
                 await self._shared.recount(missing)
             self._serving = True
             reserved = {i: s.reserved for i, s in self.guard.states.items()
@@ -62,6 +65,10 @@ class BudgetSync:
         async with self._lock:
             return await asyncio.to_thread(budget_statuses, self._conn, self._config,
                                            datetime.now(UTC))
+
+    async def status(self, budget_id: str) -> dict[str, str | None]:
+        """One budget's spend, reservations and what is left, across processes."""
+        return next(s for s in await self.statuses() if s["budget_id"] == budget_id)
 
     def correcting(self, event: Event) -> Writes:
         """What a correction changes in a shared store's spend, to commit with it."""
