@@ -204,9 +204,11 @@ def _resolve(futures: list[asyncio.Future[Any]], error: Exception | None) -> Non
 
 def write_along(store: Store, writes: Writes) -> None:
     """A batch's statements, one executemany per distinct statement (they commute: each
-    request's touch rows of its own, or add to a sum)."""
+    request's touch rows of its own, or add to a sum), its rows in their parameters' order:
+    transactions that update the same rows (a settling and a reservation on PostgreSQL)
+    lock them in one order, and never deadlock."""
     by_sql: dict[str, list[tuple[Any, ...]]] = {}
     for sql, params in writes:
         by_sql.setdefault(sql, []).append(params)
     for sql, rows in by_sql.items():
-        store.executemany(sql, rows)
+        store.executemany(sql, sorted(rows))

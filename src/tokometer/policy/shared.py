@@ -58,8 +58,10 @@ _T = TypeVar("_T")
 _ADD_SPEND = ("UPDATE budget_spend SET spent = decimal_add(spent, ?) "
               "WHERE budget_id = ? AND period_start = ?")
 _RELEASE = "DELETE FROM budget_holds WHERE budget_id = ? AND id = ?"
-_USED = ("UPDATE rate_seconds SET tokens = tokens + ? "
-         "WHERE limit_name = ? AND second = ?")
+# The row first in the parameters: a batch's statements lock their rows in that order.
+_USED = ("UPDATE rate_seconds SET tokens = rate_seconds.tokens + used.tokens "
+         "FROM (SELECT ? AS limit_name, ? AS second, ? AS tokens) AS used "
+         "WHERE rate_seconds.limit_name = used.limit_name AND rate_seconds.second = used.second")
 _PRUNE_SECONDS = 1.0  # how often a process clears a limit's seconds older than its window
 HOLD_SECONDS = 60.0  # a hold's life, unless its process renews it
 
@@ -271,7 +273,8 @@ class SharedGuard:
                 room.spent[period], room.held[period] = Decimal(spent), Decimal(held or 0)
             for limit_key, asked in asked_limits.items():
                 room.seconds[limit_key] = list(asked.fetchall())
-            refusals = [_judge(asking, room, now) for asking in batch]
+            refusals = [_LEFT if asking.abandoned else _judge(asking, room, now)
+                        for asking in batch]  # a request whose client left takes no room
             admitted = [a for a, refusal in zip(batch, refusals, strict=True) if refusal is None]
             self._store.executemany(
                 "INSERT INTO budget_holds (budget_id, id, period_start, amount, expires) "
@@ -290,7 +293,8 @@ class SharedGuard:
                 "VALUES (?, ?, ?, ?) ON CONFLICT (limit_name, second) DO UPDATE SET "
                 "requests = rate_seconds.requests + excluded.requests, "
                 "tokens = rate_seconds.tokens + excluded.tokens",
-                [(key, second, n, tokens[key, second]) for (key, second), n in counted.items()])
+                [(key, second, n, tokens[key, second])
+                 for (key, second), n in sorted(counted.items())])  # as the ledger's settling
         return refusals
 
     def _ask_budget(self, budget_id: str, period: str, now: float) -> Any:
@@ -364,6 +368,10 @@ async def _whole_in_thread(function: Callable[..., _T], *args: Any) -> _T:
         raise
 
 
+_LEFT = PolicyError("the client left before its reservation", status=499,
+                    type="client_disconnected", code="client_disconnected")
+
+
 class _NotStarted(Exception):
     """A budget's period has no spend in the store yet: start it, then reserve again."""
 
@@ -381,7 +389,7 @@ def _settling(ticket: Ticket, stored: Stored | None, event: Event | None,
     return (
         *((_RELEASE, (state.budget.id, stored.event_id)) for state, _, _ in ticket.holds),
         *spending,
-        *((_USED, (tokens - stored.tokens, window.limit.key, stored.second))
+        *((_USED, (window.limit.key, stored.second, tokens - stored.tokens))
           for window, _ in ticket.entries))
 
 

@@ -34,9 +34,9 @@ class BudgetSync:
         self._config = config
         self._shared = shared
         self._ledger = ledger  # whose appends settle this process's requests
+        self._to_recount: set[str] = set()  # budgets taken up, their recount not yet done
         self._lock = asyncio.Lock()
         self._saved: dict[str, Decimal] = {}
-        self._serving = False  # after the first sync, which runs before the gateway serves
 
     async def sync(self) -> None:
         """Take up budgets added, changed or removed in the store; save reservations."""
@@ -47,16 +47,24 @@ class BudgetSync:
             fresh = (await asyncio.to_thread(load_states, self._conn, missing, datetime.now(UTC))
                      if missing else {})
             self.guard.update_budgets(wanted, fresh)
-            if missing and self._serving and self._shared is not None:
-                if self._ledger is not None:  # what settled before they were taken up
-                    await self._ledger.committed()
-                await self._shared.recount(missing)
-            self._serving = True
+            if self._shared is not None:
+                await self._recount(wanted, missing, self._shared)
             reserved = {i: s.reserved for i, s in self.guard.states.items()
                         if s.reserved and self._shared is None}
             if reserved or self._saved:  # unchanged non-zero ones too: they stay fresh
                 await asyncio.to_thread(save_reservations, self._conn, reserved)
                 self._saved = reserved
+
+    async def _recount(self, wanted: dict[str, Budget], missing: list[Budget],
+                       shared: SharedGuard) -> None:
+        """Recount the budgets just taken up, and those whose recount failed before."""
+        self._to_recount.update(b.id for b in missing)
+        self._to_recount &= wanted.keys()
+        if self._to_recount:
+            if self._ledger is not None:  # what settled before they were taken up
+                await self._ledger.committed()
+            await shared.recount([wanted[i] for i in sorted(self._to_recount)])
+            self._to_recount.clear()
 
     async def statuses(self) -> list[dict[str, str | None]]:
         """Every budget's spend, reservations and what is left, across processes."""
