@@ -130,6 +130,8 @@ _PREFIXES: tuple[tuple[str, frozenset[str] | None, Handler], ...] = (
 def route(request: Request) -> Handler:
     """The request's handler; RequestError 404 (no such path) or 405 (not that method)."""
     path, method = request.path, request.method
+    if "\x00" in path:  # a percent-decoded %00: the ids a path names go to the store
+        raise RequestError("the path contains a NUL character")
     found = _EXACT.get(path) or next(((m, h) for prefix, m, h in _PREFIXES
                                       if path.startswith(prefix)), None)
     if found is None:

@@ -19,6 +19,7 @@ from ..config import Route
 from ..errors import UpstreamError
 from ..events import Event, Outcome, decimal_str, elapsed_ms
 from ..usage import StreamTap, read_body
+from ..usage.body import parse_json
 from ..usage.stream import SSESplitter
 from ..usage.text import TOOL_CALL, body_text
 from .asgi import Receive, Send
@@ -53,8 +54,8 @@ async def _relay_body(call: Call, route: Route, response: Answer, event_id: str,
                       send: Send) -> tuple[Outcome, Finish]:
     raw = await response.read()
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        body = parse_json(raw)
+    except ValueError:
         body = None
     if not isinstance(body, dict):
         raise UpstreamError(f"provider {route.provider.name} sent a malformed response body",

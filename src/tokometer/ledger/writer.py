@@ -161,7 +161,8 @@ class QueuedWriter:
             log.error("could not record %d event(s): %s", len(items), e.message)
             self._resolve(items, e)
             return
-        except self._store.Error as e:
+        except Exception as e:  # the store's Error, or a value it cannot hold (the thread
+            # must never die: every later request would wait for it)
             if len(items) > 1:  # one bad row must not sink its batch: retry them one by one
                 for item in items:
                     self._commit([item])

@@ -92,7 +92,8 @@ class SharedGuard:
         self._hold_seconds = hold_seconds
         self._lock = asyncio.Lock()  # one transaction at a time on this connection
         self._pruned: dict[str, float] = {}  # limit key → when this process last pruned it
-        self._live: dict[str, list[str]] = {}  # event id → budget ids it holds, until settled
+        # event id → the holds (budget id, period, amount) of a request, until it settles
+        self._live: dict[str, list[tuple[str, str, str]]] = {}
         self._waiting: list[_Asking] = []  # for the next reservation transaction
         self._batches: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
@@ -118,7 +119,8 @@ class SharedGuard:
             raise
         ticket.stored = asking.stored
         if ticket.holds:
-            self._live[event_id] = [state.budget.id for state, _, _ in ticket.holds]
+            self._live[event_id] = [(state.budget.id, _period(start), decimal_str(amount))
+                                    for state, amount, start in ticket.holds]
 
     async def _reserve_waiting(self) -> None:
         """Reserve for the requests waiting, a batch per transaction, until none is left."""
@@ -209,14 +211,19 @@ class SharedGuard:
         with self._store.transaction():
             write_along(self._store, writes)
 
-    def _renew(self, live: dict[str, list[str]]) -> None:
+    def _renew(self, live: dict[str, list[tuple[str, str, str]]]) -> None:
+        """Extend the holds, and put back any another process swept as expired while the
+        store was out of reach (unless the request has been recorded meanwhile)."""
         expires = time.time() + self._hold_seconds
         with self._store.transaction():
             self._store.lazy_commit()  # working state, like the holds themselves
             self._store.executemany(
-                "UPDATE budget_holds SET expires = ? WHERE budget_id = ? AND id = ?",
-                [(expires, budget_id, event_id) for event_id, budget_ids in live.items()
-                 for budget_id in budget_ids])
+                "INSERT INTO budget_holds (budget_id, id, period_start, amount, expires) "
+                "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = ?) "
+                "ON CONFLICT (budget_id, id) DO UPDATE SET expires = excluded.expires",
+                sorted((budget_id, event_id, period, amount, expires, event_id)
+                       for event_id, holds in live.items()
+                       for budget_id, period, amount in holds))
 
     def _recount(self, budgets: list[Budget]) -> None:
         now = datetime.now(UTC)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from ..events import Usage
 from .dialects import dialect_for, usage_from
 
 MAX_TIER_CHARS = 64  # a tier name is a short word; anything longer is not recorded
+
+
+def parse_json(raw: bytes) -> Any:
+    """A provider's JSON; ValueError if it is not JSON. orjson first (fast); Python's own
+    reader for what orjson refuses but RFC 8259 allows: a lone surrogate escape ("\\ud83d",
+    a model cut off inside an emoji), which would otherwise make a billed answer unreadable."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,9 @@ from typing import Any
 from ..events import Usage
 
 Path = tuple[str, ...]
+# A count above this is not a reading (2^40, over a trillion tokens: more than any answer,
+# and far enough from the stores' 64-bit integers that no sum of them overflows).
+MAX_TOKENS = 1 << 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +80,8 @@ def dialect_for(operation: str) -> Dialect:
 def usage_from(dialect: Dialect, raw: dict[str, Any], web_searches: int = 0) -> Usage:
     """Normalise a provider usage object: input total includes cache, output includes reasoning.
 
-    Counts are read as sent (a negative or non-integer one as absent); a part larger than its
-    whole is the meter's to distrust (gateway/meter.py recounts it). `web_searches` counted
+    Counts are read as sent (a negative, non-integer or absurd one as absent); a part larger
+    than its whole is the meter's to distrust (gateway/meter.py recounts it). `web_searches` counted
     outside the usage object (OpenAI Responses output items) add to those counted in it.
     """
     inp = _first(raw, dialect.input)
@@ -102,6 +105,6 @@ def _first(raw: dict[str, Any], paths: tuple[Path, ...]) -> int:
         value: Any = raw
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
             return value
     return 0

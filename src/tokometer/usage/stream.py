@@ -11,10 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
-
 from ..events import Usage
-from .body import MAX_TIER_CHARS, web_search_calls
+from .body import MAX_TIER_CHARS, parse_json, web_search_calls
 from .dialects import dialect_for, usage_from
 from .text import TOOL_CALL, TOOL_CALL_TYPES, chunk_text
 
@@ -100,9 +98,9 @@ class StreamTap:
         data = event_data(block)
         self.payloads.append(data)
         if self.model is None and (m := _MODEL.search(data)):
-            self.model = m.group(1).decode()
+            self.model = m.group(1).decode(errors="replace")
         if self.service_tier is None and (m := _TIER.search(data)):
-            self.service_tier = m.group(1).decode()
+            self.service_tier = m.group(1).decode(errors="replace")
         # After the final usage every event is read: text there means the answer went on.
         if self.final_usage_seen or data == b"[DONE]" or self._notable.search(data):
             return self._read(data)
@@ -125,7 +123,7 @@ class StreamTap:
             self.terminal = True
             return True
         if m := _FINISH.search(data):
-            self.finish_reason = m.group(1).decode()
+            self.finish_reason = m.group(1).decode(errors="replace")
         if not _USAGE_OBJECT.search(data):
             if self.final_usage_seen and chunk_text(self.operation, _object(data)):
                 self.final_usage_seen = False  # the answer went on past its usage: recount
@@ -192,8 +190,8 @@ def _object(data: bytes) -> dict[str, Any]:
     """An event's JSON object, or {} when it is malformed: a provider's bad event must not
     stop the stream or the reading (the usage it should have carried is then recounted)."""
     try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
+        value = parse_json(data)
+    except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
 
