@@ -767,6 +767,22 @@ price = {{ input = 1, output = 2 }}
         stop_gateway(gw)
 
 
+HUGE_ANSWER = Script(body={  # 2^62 output tokens: storable, but two of them overflow a sum
+    "id": "x", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "ok"},
+         "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 2**62, "total_tokens": 2**62 + 10}})
+
+
+def _priced_chat(scripted: Any) -> str:
+    return f"""{scripted.providers_toml()}
+[[models]]
+name = "chat"
+routes = [{{ provider = "oa", model = "gpt-4o-mini" }}]
+price = {{ input = 1, output = 2 }}
+"""
+
+
 def test_huge_but_storable_readings_do_not_stop_the_ledger_writer(scripted, tmp_path):
     """Three answers each reporting completion_tokens of 2^62 (storable: under 2^63) are
     recorded. The ledger writer folds new events into the rollups in Python
@@ -777,20 +793,10 @@ def test_huge_but_storable_readings_do_not_stop_the_ledger_writer(scripted, tmp_
     forever for its event (and a SIGTERM waits for them). Here: a later request's receipt,
     or after a restart the next request, times out. Three hostile answers must not stop the
     log."""
-    body = f"""{scripted.providers_toml()}
-[[models]]
-name = "chat"
-routes = [{{ provider = "oa", model = "gpt-4o-mini" }}]
-price = {{ input = 1, output = 2 }}
-"""
+    body = _priced_chat(scripted)
     gw = start_gateway(tmp_path / "g", body)
     try:
-        scripted.scripts["huge"] = Script(body={
-            "id": "x", "object": "chat.completion", "model": "m", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "ok"},
-                 "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 2**62,
-                      "total_tokens": 2**62 + 10}})
+        scripted.scripts["huge"] = HUGE_ANSWER
         # Three within DERIVE_SECONDS (0.1 s): at least two of them fall in one fold.
         huge = [gw.chat("chat", user="huge", timeout=5) for _ in range(3)]
         assert [r.status_code for r in huge] == [200] * 3, [r.text[:200] for r in huge]
@@ -819,20 +825,10 @@ def test_a_token_budget_over_huge_readings_does_not_stop_a_restart(scripted, tmp
     (where + turns to REAL), so the gateway cannot start (a budget added at run time fails
     its sync the same way; on stores processes share, its period cannot start). Two hostile
     answers must not keep the gateway down."""
-    models = f"""{scripted.providers_toml()}
-[[models]]
-name = "chat"
-routes = [{{ provider = "oa", model = "gpt-4o-mini" }}]
-price = {{ input = 1, output = 2 }}
-"""
+    models = _priced_chat(scripted)
     gw = start_gateway(tmp_path / "g", models)
     try:
-        scripted.scripts["huge-budget"] = Script(body={
-            "id": "x", "object": "chat.completion", "model": "m", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "ok"},
-                 "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 2**62,
-                      "total_tokens": 2**62 + 10}})
+        scripted.scripts["huge-budget"] = HUGE_ANSWER
         huge = [gw.chat("chat", user="huge-budget", timeout=5) for _ in range(2)]
         assert [r.status_code for r in huge] == [200, 200], [r.text[:200] for r in huge]
     finally:

@@ -26,14 +26,16 @@ import orjson
 import pytest
 from genai_prices import data_snapshot
 
-from conftest import FAKE_KEYS, Gateway, providers_toml, start_gateway, stop_gateway
+import test_replicas
+from conftest import Gateway
 from fake_upstream import FIXTURES
 from processes import cli
-from test_replicas import METERED_MODEL, ONE_REQUEST, worker_pids
-from tokometer.config import PostgresURL, Scope, config_budget_id
+from test_replicas import METERED_MODEL, ONE_REQUEST
+from tokometer.config import Scope, config_budget_id
 from tokometer.ledger import open_store
 
 ADMIN = "audit-shared-admin"
+sharing = test_replicas.sharing  # the fixture: three replicas, or two workers, on one store
 FREE_INPUT = "{ input = 0, cache_read = 0, cache_write = 0, output = 10 }"
 CLAUDE_OUT = 393  # what the fake's Anthropic answer reports as output, whole or streamed
 ONE_CLAUDE = Decimal(CLAUDE_OUT) * 10 / 1_000_000
@@ -50,32 +52,14 @@ MODELS = METERED_MODEL + "".join(
         ("priced", "fake-openai", "gpt-4o-mini", False)))  # genai-prices prices it
 
 
-@pytest.fixture(params=["replicas", "workers"])
-def shared(request, upstream, postgres, tmp_path, monkeypatch) -> Any:
-    """test_replicas.sharing with an admin token: three replicas on one PostgreSQL database,
-    or one `tokometer serve` with two workers on one SQLite file, for a policy."""
+
+
+@pytest.fixture
+def shared(sharing, monkeypatch) -> Any:
+    """test_replicas.sharing with an admin token and the audit's models, for a policy."""
     monkeypatch.setenv("AUDIT_ADMIN", ADMIN)
-    started: list[Gateway] = []
-
-    def start(policy: str) -> list[Gateway]:
-        head = 'admin_token_env = "AUDIT_ADMIN"\n'
-        body = providers_toml(upstream) + MODELS + policy
-        if request.param == "workers":
-            started.append(start_gateway(tmp_path / "w", head + body, env=FAKE_KEYS, workers=2))
-            assert len(worker_pids(started[0])) == 2
-        else:
-            url = PostgresURL(postgres.new_database())
-            for i in range(3):
-                started.append(start_gateway(
-                    tmp_path / f"r{i}", head + f'signing_key = "{tmp_path / "log-key.pem"}"\n'
-                    + body, env=FAKE_KEYS, store=url))
-        return started
-
-    try:
-        yield start
-    finally:
-        for gw in started:
-            stop_gateway(gw)
+    return lambda policy: sharing(policy, server='admin_token_env = "AUDIT_ADMIN"\n',
+                                  models=MODELS)
 
 
 # --- the oracle ---------------------------------------------------------------------------
@@ -560,7 +544,7 @@ def test_a_correction_on_one_process_keeps_the_shared_books(shared):
                             if b["budget_id"] == week_id)["spent"]) == spent
 
 
-@pytest.mark.parametrize("shared", ["replicas"], indirect=True)  # workers: see below
+@pytest.mark.parametrize("sharing", ["replicas"], indirect=True)  # workers: see below
 def test_the_admin_api_answers_a_budget_change_with_the_shared_spend(shared):
     """PUT /admin/budgets answers with the budget's status as ONE process sees it (the spend
     it had when it took the budget up plus what its own requests settled), not the store's:
@@ -618,13 +602,7 @@ def test_in_flight_reservations_are_the_store_wide_worst_cases(shared, upstream,
 
     async def run() -> list[tuple[str, list[dict[str, Any]]]]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=9)) as c:
-            async def one(gw: Gateway) -> int:
-                async with c.stream("POST", gw.url + "/v1/chat/completions", json=body,
-                                    headers={"Authorization": f"Bearer {gw.key}"}) as r:
-                    await r.aread()
-                    return r.status_code
-            tasks = [asyncio.ensure_future(one(gateways[i % len(gateways)]))
-                     for i in range(9)]
+            tasks = _spread(c, gateways, body, 9)
             try:
                 views = await asyncio.to_thread(while_held)
             finally:
@@ -650,6 +628,18 @@ def test_in_flight_reservations_are_the_store_wide_worst_cases(shared, upstream,
         9, sum(e["input_tokens"] + e["output_tokens"] for e in events))
 
 
+def _spread(client: httpx.AsyncClient, gateways: list[Gateway], body: dict[str, Any],
+            count: int) -> list[asyncio.Future[int]]:
+    """`count` requests of `body` under way, spread over the processes; each ends with its
+    status once its answer (a stream) has been read to its end."""
+    async def one(gw: Gateway) -> int:
+        async with client.stream("POST", gw.url + "/v1/chat/completions", json=body,
+                                 headers={"Authorization": f"Bearer {gw.key}"}) as r:
+            await r.aread()
+            return r.status_code
+    return [asyncio.ensure_future(one(gateways[i % len(gateways)])) for i in range(count)]
+
+
 def test_a_token_budget_admits_exactly_the_worst_cases_it_can_hold(shared, upstream, o200k):
     """12 streams at once, spread over the processes, held by the provider until all have
     asked, against a token budget (app, per day) with room for 5.5 of their worst cases
@@ -669,13 +659,7 @@ def test_a_token_budget_admits_exactly_the_worst_cases_it_can_hold(shared, upstr
 
     async def run() -> list[int]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=12)) as c:
-            async def one(gw: Gateway) -> int:
-                async with c.stream("POST", gw.url + "/v1/chat/completions", json=body,
-                                    headers={"Authorization": f"Bearer {gw.key}"}) as r:
-                    await r.aread()
-                    return r.status_code
-            tasks = [asyncio.ensure_future(one(gateways[i % len(gateways)]))
-                     for i in range(12)]
+            tasks = _spread(c, gateways, body, 12)
             try:
                 deadline = time.monotonic() + 15
                 while sum(t.done() for t in tasks) < 7 or await asyncio.to_thread(held) < 5:
@@ -702,7 +686,7 @@ def test_a_token_budget_admits_exactly_the_worst_cases_it_can_hold(shared, upstr
     assert Decimal(budget["spent"]) == spent
 
 
-@pytest.mark.parametrize("shared", ["replicas"], indirect=True)  # workers: see below
+@pytest.mark.parametrize("sharing", ["replicas"], indirect=True)  # workers: see below
 def test_a_refusal_for_a_request_too_big_says_what_is_left_across_processes(shared):
     """A budget worth 10 requests (0.03 USD), 8 of them spent over three replicas: a request
     whose worst case is 3 (0.009) should be refused as one gateway refuses it, "cannot cover

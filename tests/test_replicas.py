@@ -199,21 +199,23 @@ METERED_MODEL = ('[[models]]\nname = "metered"\n'
 
 @pytest.fixture(params=["replicas", "workers"])
 def sharing(request, upstream, postgres, tmp_path) -> Any:
-    """Start gateway processes that share one store, for a config: three replicas on one
-    PostgreSQL database, or one `tokometer serve` with two workers on one SQLite file."""
+    """Start gateway processes that share one store, for a config (`server`: more lines of
+    its [server] table): three replicas on one PostgreSQL database, or one `tokometer
+    serve` with two workers on one SQLite file."""
     started: list[Gateway] = []
 
-    def start(policy: str) -> list[Gateway]:
-        body = providers_toml(upstream) + METERED_MODEL + policy
+    def start(policy: str, server: str = "", models: str = METERED_MODEL) -> list[Gateway]:
+        body = providers_toml(upstream) + models + policy
         if request.param == "workers":
-            started.append(start_gateway(tmp_path / "w", body, env=FAKE_KEYS, workers=2))
+            started.append(start_gateway(tmp_path / "w", server + body, env=FAKE_KEYS,
+                                         workers=2))
             assert len(worker_pids(started[0])) == 2
         else:
             url = PostgresURL(postgres.new_database())
             for i in range(3):
-                started.append(start_gateway(tmp_path / f"r{i}", f'signing_key = '
-                                             f'"{tmp_path / "log-key.pem"}"\n' + body,
-                                             env=FAKE_KEYS, store=url))
+                started.append(start_gateway(
+                    tmp_path / f"r{i}", server + f'signing_key = "{tmp_path / "log-key.pem"}"\n'
+                    + body, env=FAKE_KEYS, store=url))
         return started
 
     try:
