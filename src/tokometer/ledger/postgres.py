@@ -98,8 +98,10 @@ class PostgresStore:
         self.execute("SET LOCAL synchronous_commit = off")
 
     def lock(self, name: str) -> None:
-        """A transaction-scoped advisory lock, one per name."""
-        self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+        """A transaction-scoped advisory lock, one per name: its 64-bit hash, since two
+        names sharing a key would break the one order locks are taken in (32-bit hashtext
+        makes a pair likely among some ten thousand budgets and limits)."""
+        self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
 
     def close(self) -> None:
         self._conn.close()
