@@ -26,8 +26,9 @@ A hold lives HOLD_SECONDS unless its process renews it (every quarter of that wh
 request runs, however long), so a process that dies gives its holds back within a minute.
 Time is each process's wall clock, so replicas on several machines keep theirs in step
 (NTP). A period's spend starts from the ledger's sum the first time a process needs it,
-under the log's lock; a process that takes a budget up while serving sets it to the ledger's
-sum again, once its ledger has committed what it settled before (which did not add to it).
+under the log's lock; a process that takes a budget up (at start, or while serving) sets it
+to the ledger's sum again, once its ledger has committed what it settled before (which did
+not add to it).
 """
 
 from __future__ import annotations
@@ -186,9 +187,9 @@ class SharedGuard:
                          {})
 
     async def recount(self, budgets: Iterable[Budget]) -> None:
-        """Set the spend of budgets this process takes up while serving to the ledger's sum,
-        under the log's lock: another process may have started their period before this one
-        knew them, and what this one recorded meanwhile did not add to it."""
+        """Set the spend of budgets this process takes up to the ledger's sum, under the log's
+        lock: another process may have started their period before this one knew them (or
+        this one's previous run did), and what was recorded meanwhile did not add to it."""
         async with self._lock:
             await _whole_in_thread(self._recount, list(budgets))
 
