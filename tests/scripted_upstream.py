@@ -20,6 +20,7 @@ from aiohttp import web
 @dataclass
 class Script:
     body: dict[str, Any] | None = None  # a JSON answer
+    raw: bytes | None = None  # a JSON answer's bytes as they are (what json.dumps cannot make)
     events: list[bytes] | None = None  # SSE events (each without its blank line)
     cut_after: int | None = None  # drop the connection after this many events
     tail: bytes = b""  # what is written just before the connection drops (half an event)
@@ -75,6 +76,8 @@ class ScriptedUpstream:
         script = self.scripts.get(key) or Script(body=_DEFAULT)
         if script.hold is not None:
             await asyncio.get_running_loop().run_in_executor(None, script.hold.wait, 30)
+        if script.raw is not None:
+            return web.Response(body=script.raw, content_type="application/json")
         if script.events is None:
             return web.json_response(script.body)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})

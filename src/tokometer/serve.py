@@ -8,6 +8,7 @@ are respawned if one dies alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -50,6 +51,7 @@ class _Handoff:
 
 
 _handoff: _Handoff | None = None
+STOPPING_SIGNAL = signal.SIGUSR1  # from the supervisor to its workers: a stop has begun
 
 
 def serve(config_path: Path, *, launch: bool = True) -> None:
@@ -96,6 +98,15 @@ def _run_gateway(settings: config.Settings, lock: StoreLock | None, peers: Path 
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
+    class _Supervisor(Server):  # type: ignore[misc,valid-type]
+        def signal_handler_interrupt(self, *args: object) -> None:
+            """Before granian stops its workers, tell them: each ends and records the
+            streams it still relays before `stop_timeout` has it killed."""
+            for worker in self.wrks:
+                with contextlib.suppress(OSError, AttributeError, TypeError):
+                    os.kill(worker.inner.pid, STOPPING_SIGNAL)
+            super().signal_handler_interrupt(*args)
+
     # The worker must be forked to inherit the lock (Python 3.14 would pick forkserver).
     multiprocessing.set_start_method("fork", force=True)
     os.register_at_fork(after_in_child=_stop_signals_stop)
@@ -111,7 +122,7 @@ def _run_gateway(settings: config.Settings, lock: StoreLock | None, peers: Path 
         os.set_blocking(ready_in, False)
         global _handoff
         _handoff = _Handoff(settings, lock.fd if lock else None, ready_out, peers)
-        server = Server(
+        server = _Supervisor(
             "tokometer.serve:worker_app",
             address=settings.server.host,
             port=settings.server.port,
@@ -176,4 +187,4 @@ def worker_app() -> Gateway:
     lock = (StoreLock.inherited(path, handoff.lock_fd)
             if path is not None and handoff.lock_fd is not None else None)
     return Gateway(handoff.settings, lock, on_ready=lambda: os.write(handoff.ready_fd, b"r"),
-                   peers=handoff.peers)
+                   peers=handoff.peers, stopping_signal=STOPPING_SIGNAL)

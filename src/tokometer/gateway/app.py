@@ -7,6 +7,7 @@ OpenAI's), unless the answer had begun: then the server cuts it short.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -38,11 +39,13 @@ def create_app(settings: Settings | None = None) -> Gateway:
 
 class Gateway:
     def __init__(self, settings: Settings, lock: StoreLock | None = None,
-                 on_ready: Callable[[], object] | None = None, peers: Path | None = None):
+                 on_ready: Callable[[], object] | None = None, peers: Path | None = None,
+                 stopping_signal: int | None = None):
         self.settings = settings
         self.lock = lock  # the store's; taken at start unless `tokometer serve` holds it
         self.on_ready = on_ready  # told once the gateway has started (serve's supervisor)
         self.peers = peers  # where serve's workers, when several, meet (services.py)
+        self.stopping_signal = stopping_signal  # serve's supervisor: "a stop has begun"
         self.services: Services | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -53,9 +56,22 @@ class Gateway:
 
     async def start(self) -> None:
         self.services = await start_services(self.settings, self.lock, self.peers)
+        if self.stopping_signal is not None:
+            asyncio.get_running_loop().add_signal_handler(self.stopping_signal, self._stopping)
         settle_heap()
         if self.on_ready is not None:
             self.on_ready()
+
+    def _stopping(self) -> None:
+        """A stop has begun and this worker is killed after `stop_timeout`: a stream still
+        relayed shortly before then is ended and recorded, as a provider's cut would be."""
+        timeout = self.settings.server.stop_timeout
+        asyncio.get_running_loop().call_later(max(timeout - 2, timeout / 2), self._end_streams)
+
+    def _end_streams(self) -> None:
+        if self.services is not None:
+            for end in list(self.services.deps.streams):
+                end()
 
     async def stop(self) -> None:
         if self.services is not None:

@@ -140,6 +140,10 @@ def bounded(text: str, what: str) -> str:
 
 def clip(text: str | None) -> str | None:
     """A string from outside (a provider's model, finish reason or error type) cut to the
-    bound, NULs dropped, before it is stored: a provider's answer is input too."""
-    return text[:MAX_LABEL_CHARS].replace("\x00", "") if text else text
+    bound, NULs dropped and lone surrogates replaced (no store can encode them), before it
+    is stored: a provider's answer is input too."""
+    if not text:
+        return text
+    return (text[:MAX_LABEL_CHARS].replace("\x00", "")
+            .encode("utf-8", "replace").decode("utf-8"))
 

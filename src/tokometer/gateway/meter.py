@@ -29,6 +29,7 @@ from ..events import (
     rfc3339,
 )
 from ..policy import Need
+from ..usage.dialects import MAX_TOKENS
 from .call import Call, clip
 
 _OFFLOAD_CHARS = 32_768  # recount longer texts off the event loop
@@ -311,4 +312,6 @@ def _positive(body: dict[str, Any], key: str) -> int:
     value = body[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise RequestError(f"'{key}' must be a positive integer")
+    if value > MAX_TOKENS:  # no model answers that much; a store's counts could not hold it
+        raise RequestError(f"'{key}' may be at most {MAX_TOKENS}")
     return value

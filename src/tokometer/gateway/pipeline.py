@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..config import Route
 from ..errors import LedgerError, PolicyError, RequestError, TokometerError, UpstreamError
@@ -45,6 +46,8 @@ class Deps:
     guard: Guard
     metrics: Metrics
     shared: SharedGuard | None = None  # budgets and limits held in a store processes share
+    # The streams being relayed, each as the call that ends it, recorded (a stop is near).
+    streams: set[Callable[[], None]] = field(default_factory=set)
 
 
 async def handle(call: Call, deps: Deps, send: TrackedSend, receive: Receive) -> None:
@@ -109,7 +112,8 @@ async def _forward(call: Call, deps: Deps, send: TrackedSend, receive: Receive,
             if isinstance(answer, UpstreamError):
                 raise answer
             async with answer as response:
-                outcome, finish = await relay(call, route, response, event_id, send, receive)
+                outcome, finish = await relay(call, route, response, event_id, send, receive,
+                                              deps.streams)
         except UpstreamError as error:
             outcome, finish = (Outcome(route, error.status, error_type=error.type),
                                _error_reply(send, call, error, event_id))
@@ -139,7 +143,11 @@ async def _record(call: Call, outcome: Outcome, deps: Deps, ticket: Ticket,
             deps.shared.settled(ticket)
     finally:
         ticket.settle(event, covering)
-        if deps.shared is not None:  # not recorded: tokens may have been delivered
+        if deps.shared is not None and ticket.stored is not None:
+            # Not recorded (tokens may have been delivered), or cancelled while its append
+            # was queued, which commits with the settling or fails all the same: once the
+            # ledger has done either, the release settles only what it did not.
+            await deps.ledger.committed()
             await deps.shared.release(ticket, event, covering)
     return event
 

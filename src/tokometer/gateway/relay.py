@@ -41,12 +41,13 @@ def _headers(response: Answer, event_id: str) -> list[tuple[bytes, bytes]]:
 
 
 async def relay(call: Call, route: Route, response: Answer, event_id: str, send: Send,
-                receive: Receive) -> tuple[Outcome, Finish]:
-    """The provider's answer relayed as far as it may go before its event is recorded."""
+                receive: Receive, streams: set[Callable[[], None]]) -> tuple[Outcome, Finish]:
+    """The provider's answer relayed as far as it may go before its event is recorded; a
+    stream is in `streams` while it is relayed, as the call that ends it."""
     if response.status >= 400:
         return await _relay_error(call, route, response, event_id, send)
     if response.content_type == "text/event-stream":
-        return await _relay_stream(call, route, response, event_id, send, receive)
+        return await _relay_stream(call, route, response, event_id, send, receive, streams)
     return await _relay_body(call, route, response, event_id, send)
 
 
@@ -99,7 +100,8 @@ async def _relay_error(call: Call, route: Route, response: Answer, event_id: str
 
 
 async def _relay_stream(call: Call, route: Route, response: Answer, event_id: str, send: Send,
-                        receive: Receive) -> tuple[Outcome, Finish]:
+                        receive: Receive,
+                        streams: set[Callable[[], None]]) -> tuple[Outcome, Finish]:
     op = call.endpoint.operation
     tap = StreamTap(op, hide_usage_chunk=op in ("chat", "text_completion")
                     and not call.client_wants_usage)
@@ -122,11 +124,12 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
                 await send({"type": "http.response.body", "body": b"".join(out),
                             "more_body": True})
 
-    # A client that leaves cancels the pump (this task) wherever it waits, but only while it
-    # pumps: once pumping ends (before any further await) the event must still be recorded.
+    # A client that leaves, or a stop near its end, cancels the pump (this task) wherever it
+    # waits, but only while it pumps: once pumping ends (before any further await) the event
+    # must still be recorded.
     this = asyncio.current_task()
     assert this is not None
-    pumping, left = True, False
+    pumping, left, stopping = True, False, False
 
     def on_client_left(watch: asyncio.Future[None]) -> None:
         nonlocal left
@@ -134,16 +137,28 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
             left = True
             this.cancel()
 
+    def end() -> None:  # the process stops soon: end here, as a provider's cut would
+        nonlocal stopping
+        if pumping:
+            stopping = True
+            this.cancel()
+
     client_left = asyncio.ensure_future(_disconnected(receive))
     client_left.add_done_callback(on_client_left)
+    streams.add(end)
     broken: UpstreamError | None = None
     try:
         await pump()
     except asyncio.CancelledError:
-        if not left:
+        if not (left or stopping):
             raise  # cancelled from outside: the server is shutting down
         this.uncancel()
-        outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
+        if left:
+            outcome.status, outcome.error_type = CLIENT_GONE, "client_disconnected"
+        else:
+            broken = UpstreamError("the gateway is stopping: the stream ends here",
+                                   status=503, type="gateway_stopping")
+            outcome.status, outcome.error_type = broken.status, broken.type
     except UpstreamError as error:  # the provider broke off or fell silent mid-stream
         broken = error
         outcome.status, outcome.error_type = error.status, error.type
@@ -152,6 +167,7 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
     finally:
         pumping = False
         client_left.cancel()
+        streams.discard(end)
     gone = outcome.status == CLIENT_GONE
     if tap.error is not None and (outcome.status < 400 or gone):
         # The provider's own error event, forwarded: it comes first even when the client's

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -82,13 +83,14 @@ class SQLiteStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """IMMEDIATE: the write lock is taken at the start, so the transaction never fails
-        half-way for want of it. Writers first queue on a kernel lock (held by a connection,
-        gone with its process): SQLite's own wait for its write lock sleeps 1, 2, 5, 10...
-        ms between tries, so writers of several processes (serve's workers) idled for a
-        fifth of their time waiting for commits of a few hundred microseconds."""
+        half-way for want of it. Writers first take turns on a kernel lock (held by a
+        connection, gone with its process), tried again within a millisecond: SQLite's own
+        wait for its write lock sleeps 1, 2, 5, 10... ms between tries, so writers of
+        several processes (serve's workers) idled for a fifth of their time waiting for
+        commits of a few hundred microseconds."""
         queue = self._writers_queue()
         if queue is not None:
-            fcntl.flock(queue, fcntl.LOCK_EX)
+            self._take_turn(queue)
         try:
             with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -97,15 +99,39 @@ class SQLiteStore:
             if queue is not None:
                 fcntl.flock(queue, fcntl.LOCK_UN)
 
+    def _take_turn(self, queue: int) -> None:
+        """The queue's lock, waking within a millisecond of its release; after the
+        connection's busy timeout, SQLite's own 'database is locked' (a writer that stopped
+        while holding it must not hang the others for ever)."""
+        pause, deadline = 0.0001, None
+        while True:
+            try:
+                fcntl.flock(queue, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                now = time.monotonic()
+                if deadline is None:
+                    (busy_ms,) = self.conn.execute("PRAGMA busy_timeout").fetchone()
+                    deadline = now + busy_ms / 1000
+                elif now > deadline:
+                    raise sqlite3.OperationalError("database is locked (another writer holds "
+                                                   "its -writers file)") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+
     def _writers_queue(self) -> int | None:
         """The file beside the store that its writers queue on, opened at the first write
-        (a store only read needs none)."""
+        (a store only read needs none); made by root, it is given the store's owner, as
+        SQLite gives its -wal and -shm files."""
         if self._queue is None and self._path is not None:
             real = self._path.resolve()
             try:
                 self._queue = os.open(real.with_name(real.name + "-writers"),
                                       os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                                       0o600)
+                if os.geteuid() == 0:
+                    owner = os.stat(real)
+                    os.fchown(self._queue, owner.st_uid, owner.st_gid)
             except OSError as e:
                 raise LedgerError(f"cannot write to the store at {self._path}: {e}") from e
         return self._queue

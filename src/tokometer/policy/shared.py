@@ -26,9 +26,9 @@ A hold lives HOLD_SECONDS unless its process renews it (every quarter of that wh
 request runs, however long), so a process that dies gives its holds back within a minute.
 Time is each process's wall clock, so replicas on several machines keep theirs in step
 (NTP). A period's spend starts from the ledger's sum the first time a process needs it,
-under the log's lock; a process that takes a budget up (at start, or while serving) sets it
-to the ledger's sum again, once its ledger has committed what it settled before (which did
-not add to it).
+under the log's lock; a process that takes a budget up (at start, or while serving) raises
+it to at least the ledger's sum, once its ledger has committed what it settled before (which
+did not add to it).
 """
 
 from __future__ import annotations
@@ -56,10 +56,13 @@ from .limits import WINDOW_SECONDS, Window
 log = logging.getLogger("tokometer.policy")
 _T = TypeVar("_T")
 
-_ADD_SPEND = ("UPDATE budget_spend SET spent = decimal_add(spent, ?) "
-              "WHERE budget_id = ? AND period_start = ?")
+# Each statement names its row first in its parameters: write_along runs a batch's rows in
+# that order, so transactions touching the same rows lock them in one order.
+_ADD_SPEND = ("UPDATE budget_spend SET spent = decimal_add(budget_spend.spent, added.amount) "
+              "FROM (SELECT ? AS budget_id, ? AS period_start, ? AS amount) AS added "
+              "WHERE budget_spend.budget_id = added.budget_id "
+              "AND budget_spend.period_start = added.period_start")
 _RELEASE = "DELETE FROM budget_holds WHERE budget_id = ? AND id = ?"
-# The row first in the parameters: a batch's statements lock their rows in that order.
 _USED = ("UPDATE rate_seconds SET tokens = rate_seconds.tokens + used.tokens "
          "FROM (SELECT ? AS limit_name, ? AS second, ? AS tokens) AS used "
          "WHERE rate_seconds.limit_name = used.limit_name AND rate_seconds.second = used.second")
@@ -175,8 +178,8 @@ class SharedGuard:
         self._live.pop(stored.event_id, None)
         try:
             async with self._lock:
-                await _whole_in_thread(self._write,
-                                        _settling(ticket, stored, event, covering))
+                await _whole_in_thread(self._write, stored.event_id,
+                                       _settling(ticket, stored, event, covering))
         except (LedgerError, self._store.Error) as e:
             log.warning("request %s: its holds stay until they expire (%s)", stored.event_id, e)
 
@@ -187,9 +190,10 @@ class SharedGuard:
                          {})
 
     async def recount(self, budgets: Iterable[Budget]) -> None:
-        """Set the spend of budgets this process takes up to the ledger's sum, under the log's
-        lock: another process may have started their period before this one knew them (or
-        this one's previous run did), and what was recorded meanwhile did not add to it."""
+        """Raise the spend of budgets this process takes up to the ledger's sum, under the
+        log's lock: another process may have started their period before this one knew them
+        (or this one's previous run did), and what was recorded meanwhile did not add to
+        it."""
         async with self._lock:
             await _whole_in_thread(self._recount, list(budgets))
 
@@ -208,9 +212,14 @@ class SharedGuard:
         async with self._lock:
             self._store.close()
 
-    def _write(self, writes: Writes) -> None:
+    def _write(self, event_id: str, writes: Writes) -> None:
+        """A settling of its own, unless the event was recorded after all (its settling
+        then committed with it): under the log's lock, which its recording holds."""
         with self._store.transaction():
-            write_along(self._store, writes)
+            self._store.lock(LOG_LOCK)
+            if self._store.execute("SELECT 1 FROM events WHERE id = ?",
+                                   (event_id,)).fetchone() is None:
+                write_along(self._store, writes)
 
     def _renew(self, live: dict[str, list[tuple[str, str, str]]]) -> None:
         """Extend the holds, and put back any another process swept as expired while the
@@ -218,6 +227,9 @@ class SharedGuard:
         expires = time.time() + self._hold_seconds
         with self._store.transaction():
             self._store.lazy_commit()  # working state, like the holds themselves
+            # Under the log's lock, a request being recorded is either committed (seen
+            # below) or not yet begun (its settling then deletes the hold again).
+            self._store.lock(LOG_LOCK)
             self._store.executemany(
                 "INSERT INTO budget_holds (budget_id, id, period_start, amount, expires) "
                 "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = ?) "
@@ -227,15 +239,23 @@ class SharedGuard:
                        for budget_id, period, amount in holds))
 
     def _recount(self, budgets: list[Budget]) -> None:
+        """Raise each budget's spend to the ledger's sum, never lower it: settling charged
+        a request whose cost was unknown its whole reservation, which the ledger's sum of
+        costs cannot see."""
         now = datetime.now(UTC)
         for budget in budgets:
             start, _ = period_bounds(budget.period, now)
+            key = (budget.id, _period(start))
             with self._store.transaction():
                 self._store.lock(LOG_LOCK)
-                self._store.execute(
-                    "UPDATE budget_spend SET spent = ? WHERE budget_id = ? AND period_start = ?",
-                    (decimal_str(spent_in(self._store, budget, start)), budget.id,
-                     _period(start)))
+                row = self._store.execute("SELECT spent FROM budget_spend "
+                                          "WHERE budget_id = ? AND period_start = ?",
+                                          key).fetchone()
+                ledger = spent_in(self._store, budget, start)
+                if row is not None and Decimal(row[0]) < ledger:
+                    self._store.execute("UPDATE budget_spend SET spent = ? "
+                                        "WHERE budget_id = ? AND period_start = ?",
+                                        (decimal_str(ledger), *key))
 
     def _reserve(self, batch: list[_Asking]) -> list[PolicyError | None]:
         """Each request's refusal, or None: its reservations are held in the store."""
@@ -271,8 +291,9 @@ class SharedGuard:
             for name in sorted({*(f"budget:{budget_id}" for budget_id, _ in budgets),
                                 *(f"limit:{key}" for key in limits)}):
                 self._store.lock(name)
-            asked_budgets = {key: self._ask_budget(*key, now) for key in budgets}
-            asked_limits = {key: self._ask_limit(key, since, now) for key in limits}
+            # In the order of their names too: each sweeps rows a settling may update.
+            asked_budgets = {key: self._ask_budget(*key, now) for key in sorted(budgets)}
+            asked_limits = {key: self._ask_limit(key, since, now) for key in sorted(limits)}
             room = _Room()
             for period, asked in asked_budgets.items():
                 spent, held = asked.fetchone()
@@ -407,8 +428,8 @@ def _spending(covering: Iterable[BudgetState], event: Event,
     time: a period not started yet finds the event in the ledger instead (`_start`)."""
     at = datetime.fromisoformat(event.time)
     return tuple(
-        (_ADD_SPEND, (decimal_str(taken(s.budget, held.get(s.budget.id, Decimal(0)), event)),
-                      s.budget.id, _period(period_bounds(s.budget.period, at)[0])))
+        (_ADD_SPEND, (s.budget.id, _period(period_bounds(s.budget.period, at)[0]),
+                      decimal_str(taken(s.budget, held.get(s.budget.id, Decimal(0)), event))))
         for s in covering)
 
 

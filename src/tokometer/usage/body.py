@@ -21,7 +21,10 @@ def parse_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except RecursionError:  # nested deeper than orjson's 1,024 levels too
+            raise ValueError("JSON nested too deeply") from None
 
 
 @dataclass(frozen=True, slots=True)
