@@ -64,17 +64,31 @@ def _spend_rows(store_location: Any) -> dict[tuple[str, str], Decimal]:
                 store.execute("SELECT budget_id, period_start, spent FROM budget_spend")}
 
 
-@pytest.fixture(scope="module")
-def plain(scripted, tmp_path_factory):
-    """One gateway on SQLite over the scripted provider, no budgets."""
-    body = f"""{scripted.providers_toml()}
+def chat_toml(scripted: Any, server: str = "") -> str:
+    """`server` lines, the scripted provider and one priced model, "chat"."""
+    return f"""{server}{scripted.providers_toml()}
 [[models]]
 name = "chat"
 tokenizer = "tiktoken:o200k_base"
 routes = [{{ provider = "oa", model = "gpt-4o-mini" }}]
 price = {{ input = 1, output = 2 }}
 """
-    gw = start_gateway(tmp_path_factory.mktemp("plain"), body)
+
+
+def streamed(gw: Any, tag: str) -> tuple[str, bytes]:
+    """A streamed request to "chat" answered by the script `tag`, read to its end: its
+    event id, and what the client received."""
+    body = {"model": "chat", "stream": True, "user": tag,
+            "messages": [{"role": "user", "content": "hi"}]}
+    with gw.stream("/v1/chat/completions", body) as r:
+        assert r.status_code == 200
+        return r.headers["x-tokometer-event-id"], b"".join(r.iter_bytes())
+
+
+@pytest.fixture(scope="module")
+def plain(scripted, tmp_path_factory):
+    """One gateway on SQLite over the scripted provider, no budgets."""
+    gw = start_gateway(tmp_path_factory.mktemp("plain"), chat_toml(scripted))
     yield gw
     stop_gateway(gw)
 
@@ -102,12 +116,7 @@ def test_stream_with_invalid_utf8_in_a_provider_string_is_still_recorded(plain, 
         b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[],'
         b'"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}',
         b"data: [DONE]"])
-    body = {"model": "chat", "stream": True, "user": tag,
-            "messages": [{"role": "user", "content": "hi"}]}
-    with plain.stream("/v1/chat/completions", body) as r:
-        assert r.status_code == 200
-        event_id = r.headers["x-tokometer-event-id"]
-        received = b"".join(r.iter_bytes())
+    event_id, received = streamed(plain, tag)
     assert b"[DONE]" in received, "the stream was cut short"
     event = wait_for_event(plain, event_id)
     assert event["input_tokens"] == 5 and event["output_tokens"] == 1

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -21,9 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
+import test_attack_batch
 import test_replicas
 from conftest import make_event, start_gateway, stop_gateway, wait_for_event
 from scripted_upstream import Script
+from test_attack_batch import chat_toml, streamed
 from tokometer.config import Budget, PostgresURL, Scope
 from tokometer.errors import LedgerError
 from tokometer.events import new_event_id
@@ -34,21 +37,7 @@ from tokometer.policy.budgets import BudgetState, load_states
 from tokometer.policy.shared import SharedGuard
 
 sharing = test_replicas.sharing  # the fixture: three replicas, or two workers, on one store
-
-
-@pytest.fixture(scope="module")
-def plain(scripted, tmp_path_factory):
-    """One gateway on SQLite over the scripted provider, no budgets."""
-    body = f"""{scripted.providers_toml()}
-[[models]]
-name = "chat"
-tokenizer = "tiktoken:o200k_base"
-routes = [{{ provider = "oa", model = "gpt-4o-mini" }}]
-price = {{ input = 1, output = 2 }}
-"""
-    gw = start_gateway(tmp_path_factory.mktemp("plain3"), body)
-    yield gw
-    stop_gateway(gw)
+plain = test_attack_batch.plain  # one gateway on SQLite over the scripted provider
 
 
 def _answer(**fields: Any) -> dict[str, Any]:
@@ -118,12 +107,7 @@ def test_a_deeply_nested_stream_event_does_not_cut_the_stream(plain, scripted):
         b'"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6,"x":'
         + _deep(50_000) + b"}}",
         b"data: [DONE]"])
-    body = {"model": "chat", "stream": True, "user": tag,
-            "messages": [{"role": "user", "content": "hi"}]}
-    with plain.stream("/v1/chat/completions", body) as r:
-        assert r.status_code == 200
-        event_id = r.headers["x-tokometer-event-id"]
-        received = b"".join(r.iter_bytes())
+    event_id, received = streamed(plain, tag)
     assert b"[DONE]" in received, received[-300:]
     event = wait_for_event(plain, event_id)
     assert event["status"] == 200
@@ -143,6 +127,21 @@ def _poll(condition: Any, what: str, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"{what} never came about"
         time.sleep(0.01)  # readiness poll of other connections
+
+
+def _race(test: Any, transactions: list[Callable[[], None]], what: str) -> None:
+    """Run the transactions at once, each paused after its first row (the triggers wait on
+    advisory lock 4242, held here) until all of them are, then let them go on."""
+    test.execute("SELECT pg_advisory_lock(4242)")
+    threads = [threading.Thread(target=t) for t in transactions]
+    for thread in threads:
+        thread.start()
+    try:
+        _poll(lambda: _lock_waits(test) >= len(threads), what)
+    finally:
+        test.execute("SELECT pg_advisory_unlock(4242)")
+        for thread in threads:
+            thread.join(20)
 
 
 def _lock_waits(store: Any) -> int:
@@ -260,17 +259,8 @@ def test_two_settlings_of_a_usd_and_a_tokens_budget_do_not_deadlock(postgres):
             except BaseException as e:
                 failures.append(e)
 
-        test.execute("SELECT pg_advisory_lock(4242)")  # each pauses after its first row
-        threads = [threading.Thread(target=settle, args=(s, w))
-                   for s, w in ((one, r1), (two, r2))]
-        for thread in threads:
-            thread.start()
-        try:
-            _poll(lambda: _lock_waits(test) >= 2, "both settlings holding their first row")
-        finally:
-            test.execute("SELECT pg_advisory_unlock(4242)")
-            for thread in threads:
-                thread.join(20)
+        _race(test, [lambda: settle(one, r1), lambda: settle(two, r2)],
+              "both settlings holding their first row")
         assert not failures, f"a settling failed: {failures}"
         spent = dict(test.execute("SELECT budget_id, spent FROM budget_spend").fetchall())
         assert (Decimal(spent["a-tokens"]), Decimal(spent["b-usd"])) == (45, Decimal("5.1"))
@@ -333,14 +323,7 @@ def test_a_stream_in_flight_when_the_gateway_stops_is_recorded(scripted, tmp_pat
         b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":'
         b'[{"index":0,"delta":{"content":"hello there"},"finish_reason":null}]}'],
         linger=linger)
-    body = f"""stop_timeout = 3
-{scripted.providers_toml()}
-[[models]]
-name = "chat"
-tokenizer = "tiktoken:o200k_base"
-routes = [{{ provider = "oa", model = "gpt-4o-mini" }}]
-price = {{ input = 1, output = 2 }}
-"""
+    body = chat_toml(scripted, "stop_timeout = 3\n")
     gw = start_gateway(tmp_path / "stop", body)
     try:
         request = {"model": "chat", "stream": True, "user": tag,
@@ -486,14 +469,7 @@ def test_a_request_that_ends_within_stop_timeout_is_answered_and_recorded(script
     hold = threading.Event()
     tag = "answered-during-stop"
     scripted.scripts[tag] = Script(body=_answer(), hold=hold)
-    body = f"""stop_timeout = 10
-{scripted.providers_toml()}
-[[models]]
-name = "chat"
-tokenizer = "tiktoken:o200k_base"
-routes = [{{ provider = "oa", model = "gpt-4o-mini" }}]
-price = {{ input = 1, output = 2 }}
-"""
+    body = chat_toml(scripted, "stop_timeout = 10\n")
     gw = start_gateway(tmp_path / "drain", body)
     log = tmp_path / "drain" / "gateway.log"
     answers: list[httpx.Response | BaseException] = []
@@ -578,16 +554,7 @@ def test_a_reservation_pruning_two_limits_and_an_old_requests_settling_do_not_de
             except BaseException as e:
                 failures.append(e)
 
-        test.execute("SELECT pg_advisory_lock(4242)")
-        threads = [threading.Thread(target=settle), threading.Thread(target=reserve)]
-        for thread in threads:
-            thread.start()
-        try:
-            _poll(lambda: _lock_waits(test) >= 2, "both holding their first old row")
-        finally:
-            test.execute("SELECT pg_advisory_unlock(4242)")
-            for thread in threads:
-                thread.join(20)
+        _race(test, [settle, reserve], "both holding their first old row")
         assert not failures, f"failed: {failures}"
 
 
