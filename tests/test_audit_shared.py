@@ -277,12 +277,13 @@ def test_mixed_load_spend_equals_the_events_sums(shared, upstream):
             for _ in range(times):
                 target = gateways[len(jobs) % len(gateways)]
                 jobs.append((target, key or target.key, kind))
+    upstream.release_slow.clear()  # "slow" streams hang after two events until set
     try:
         codes = asyncio.run(_load(jobs))
         upstream.release_slow.set()  # the streams their clients left go on, and end
         _wait_settled(gw, len(jobs) + probes)
     finally:
-        upstream.release_slow.clear()
+        upstream.release_slow.set()  # as the other tests leave it
     assert set(codes) <= {HUNG_UP, 200, 402, 500, 502}, codes
     assert 402 in codes  # the acme budget binds
 
@@ -610,11 +611,12 @@ def test_in_flight_reservations_are_the_store_wide_worst_cases(shared, upstream,
             assert await asyncio.gather(*tasks) == [200] * 9
             return views
 
+    upstream.release_slow.clear()  # "slow" streams hang after two events until set
     try:
         views = asyncio.run(run())
         _wait_settled(gateways[0], 9)
     finally:
-        upstream.release_slow.clear()
+        upstream.release_slow.set()  # as the other tests leave it
     for where, view in views[:-1]:
         assert {(b["unit"], Decimal(b["spent"]), Decimal(b["reserved"])) for b in view} == {
             (unit, Decimal(0), 9 * amount) for unit, amount in worst.items()}, (where, view)
@@ -669,11 +671,12 @@ def test_a_token_budget_admits_exactly_the_worst_cases_it_can_hold(shared, upstr
                 upstream.release_slow.set()
             return list(await asyncio.gather(*tasks))
 
+    upstream.release_slow.clear()  # "slow" streams hang after two events until set
     try:
         codes = asyncio.run(run())
         _wait_settled(gateways[0], 12)
     finally:
-        upstream.release_slow.clear()
+        upstream.release_slow.set()  # as the other tests leave it
     assert sorted(codes) == [200] * 5 + [402] * 7, codes
     events = _events(gateways[0])
     admitted = [e for e in events if _admitted(e)]
