@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import genai_prices
 import httpx
@@ -35,6 +36,7 @@ from tokometer.config import Scope, config_budget_id
 from tokometer.ledger import open_store
 
 ADMIN = "audit-shared-admin"
+_T = TypeVar("_T")
 sharing = test_replicas.sharing  # the fixture: three replicas, or two workers, on one store
 FREE_INPUT = "{ input = 0, cache_read = 0, cache_write = 0, output = 10 }"
 CLAUDE_OUT = 393  # what the fake's Anthropic answer reports as output, whole or streamed
@@ -611,12 +613,7 @@ def test_in_flight_reservations_are_the_store_wide_worst_cases(shared, upstream,
             assert await asyncio.gather(*tasks) == [200] * 9
             return views
 
-    upstream.release_slow.clear()  # "slow" streams hang after two events until set
-    try:
-        views = asyncio.run(run())
-        _wait_settled(gateways[0], 9)
-    finally:
-        upstream.release_slow.set()  # as the other tests leave it
+    views = _held(upstream, run, gateways[0], 9)
     for where, view in views[:-1]:
         assert {(b["unit"], Decimal(b["spent"]), Decimal(b["reserved"])) for b in view} == {
             (unit, Decimal(0), 9 * amount) for unit, amount in worst.items()}, (where, view)
@@ -628,6 +625,19 @@ def test_in_flight_reservations_are_the_store_wide_worst_cases(shared, upstream,
         assert (Decimal(b["spent"]), Decimal(b["reserved"])) == (spent, 0), b
     assert _rate_seconds(gateways[0])["app:tests"] == (
         9, sum(e["input_tokens"] + e["output_tokens"] for e in events))
+
+
+def _held(upstream: Any, run: Callable[[], Coroutine[Any, Any, _T]], gw: Gateway,
+          events: int) -> _T:
+    """`run`, the fake provider holding its "slow" streams after two events until `run`
+    lets them go; then until the store holds `events` events and no budget hold."""
+    upstream.release_slow.clear()
+    try:
+        result = asyncio.run(run())
+        _wait_settled(gw, events)
+    finally:
+        upstream.release_slow.set()  # as the other tests leave it
+    return result
 
 
 def _spread(client: httpx.AsyncClient, gateways: list[Gateway], body: dict[str, Any],
@@ -671,12 +681,7 @@ def test_a_token_budget_admits_exactly_the_worst_cases_it_can_hold(shared, upstr
                 upstream.release_slow.set()
             return list(await asyncio.gather(*tasks))
 
-    upstream.release_slow.clear()  # "slow" streams hang after two events until set
-    try:
-        codes = asyncio.run(run())
-        _wait_settled(gateways[0], 12)
-    finally:
-        upstream.release_slow.set()  # as the other tests leave it
+    codes = _held(upstream, run, gateways[0], 12)
     assert sorted(codes) == [200] * 5 + [402] * 7, codes
     events = _events(gateways[0])
     admitted = [e for e in events if _admitted(e)]
