@@ -251,10 +251,10 @@ def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settin
     models = _by_name(cfg.tables("models"), lambda m: _model(m, providers), "model")
     return Settings(
         path=path, server=server, providers=providers, models=models,
-        budgets=_unique([_budget(b, server.currency) for b in cfg.tables("budgets")],
-                        cfg.tables("budgets"), "budget"),
-        limits=_unique([_limit(x) for x in cfg.tables("limits")], cfg.tables("limits"),
-                       "limit"),
+        budgets=_unique(cfg.tables("budgets"), lambda b: _budget(b, server.currency),
+                        lambda b: b.id, "scope, unit and period"),
+        limits=_unique(cfg.tables("limits"), _limit, lambda x: x.key,
+                       "scope: give it rpm and tpm together"),
         rules=tuple(_rule(r) for r in cfg.tables("rules")),
         exchange_rates=_exchange_rates(cfg.tables("exchange_rates"), server.currency),
     )
@@ -465,16 +465,18 @@ def config_budget_id(scope: Scope, unit: str, period: str) -> str:
 
 
 
-def _unique(items: list[_Keyed], tables: list[_Reader], kind: str) -> tuple[_Keyed, ...]:
-    """Budgets (and limits) keyed by what they count: two with one key would share a count."""
+def _unique(tables: list[_Reader], build: Callable[[_Reader], _Keyed],
+            key: Callable[[_Keyed], str], what: str) -> tuple[_Keyed, ...]:
+    """Budgets (and limits) keyed by what they count, as _by_name keys providers by name:
+    two with one key would share a count."""
     seen: dict[str, str] = {}
-    for item, table in zip(items, tables, strict=True):
-        key = item.id if isinstance(item, Budget) else item.key
-        if key in seen:
-            what = ("scope, unit and period" if isinstance(item, Budget)
-                    else "scope: give it rpm and tpm together")
-            raise table.error(str(item.scope.kind), f"the same {what} as {seen[key]}")
-        seen[key] = table.key_path
+    items = []
+    for table in tables:
+        item = build(table)
+        if (k := key(item)) in seen:
+            raise table.error(item.scope.kind, f"the same {what} as {seen[k]}")
+        seen[k] = table.key_path
+        items.append(item)
     return tuple(items)
 
 
