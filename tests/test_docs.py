@@ -27,8 +27,9 @@ def test_the_readmes_config_example_is_valid(tmp_path):
 def test_the_readme_names_every_config_key():
     example = _config_example()
     keys = {f.name for cls in (config.Server, config.Provider, config.Model, config.Price,
-                               config.Budget, config.Limit, config.Rule, config.Route)
-            for f in fields(cls)} | {"gguf", "chat_format", "n_ctx", *config.SCOPES}
+                               config.Budget, config.Limit, config.Rule, config.Route,
+                               config.Datacentre, config.Parameters)
+            for f in fields(cls)} | {"gguf", "chat_format", "n_ctx", "params", *config.SCOPES}
     # api_key / admin_token / signing_key_pem: read from the variables named by api_key_env /
     # admin_token_env / signing_key_env; ids and scopes are derived, not written.
     keys -= {"api_key", "admin_token", "signing_key_pem", "id", "scope"}

@@ -28,7 +28,7 @@ from conftest import (
 )
 from processes import cli
 from tokometer.errors import ConfigError
-from tokometer.events import FIELDS, Event, new_event_id
+from tokometer.events import DECIMAL_FIELDS, FIELDS, Event, new_event_id
 from tokometer.ledger import SQLiteLedger, SQLiteStore, open_store, receipts
 from tokometer.ledger.canonical import canonical_json, leaf_document
 from tokometer.ledger.log import stored_nodes
@@ -270,7 +270,7 @@ def test_two_writers_on_one_store_keep_one_log(logged, tmp_path):
     conn = open_store(store)
     row = next(iter_events(conn))
     conn.close()
-    row.update({k: Decimal(row[k]) for k in ("cost", "energy_wh", "co2e_g") if row[k]})
+    row.update({k: Decimal(row[k]) for k in DECIMAL_FIELDS if row[k]})
     signer = load_signer(config.parent / "data" / "ledger-ed25519.pem", None)
 
     def event() -> Event:

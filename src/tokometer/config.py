@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import pycountry
+
 from .amounts import amount
 from .errors import ConfigError, RequestError
 from .events import decimal_str as decimal_text
@@ -77,6 +79,22 @@ class Launch:
 
 
 @dataclass(frozen=True, slots=True)
+class Datacentre:
+    """Where a provider serves, for its energy and CO2e (overriding EcoLogits' figures)."""
+
+    zone: str | None  # the grid: ISO 3166-1 alpha-3, or WOR for the world's mix
+    pue: tuple[float, float] | None  # power usage effectiveness, as a range
+
+
+@dataclass(frozen=True, slots=True)
+class Parameters:
+    """A model's size in billions of parameters, as ranges (overriding EcoLogits' table)."""
+
+    active_params: tuple[float, float]
+    total_params: tuple[float, float]
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     name: str
     api: str
@@ -87,6 +105,7 @@ class Provider:
     price_provider: str | None  # genai-prices provider id, when it differs from `name`
     launch: Launch | None
     timeout: float | None = None  # seconds it may stay silent; None: server.upstream_timeout
+    impact: Datacentre | None = None
 
     @property
     def usable(self) -> bool:
@@ -112,6 +131,7 @@ class Model:
     strategy: str = "order"  # how routes are ranked: STRATEGIES
     max_attempts: int | None = None  # None: server.max_attempts
     max_output_tokens: int | None = None  # the reservation when a request sets no max
+    impact: Parameters | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +352,7 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
 
 def _provider(p: _Reader, environ: Mapping[str, str]) -> Provider:
     p.only("name", "api", "base_url", "api_key_env", "region", "price_provider", "launch",
-           "timeout")
+           "timeout", "impact")
     api = p.str("api")
     if api not in APIS:
         raise p.error("api", f"expected one of {', '.join(APIS)}, got {api!r}")
@@ -362,12 +382,58 @@ def _provider(p: _Reader, environ: Mapping[str, str]) -> Provider:
         price_provider=p.opt_str("price_provider"),
         launch=launch,
         timeout=p.number("timeout", None),
+        impact=_datacentre(p),
     )
+
+
+def _datacentre(p: _Reader) -> Datacentre | None:
+    if "impact" not in p.raw:
+        return None
+    d = p.table("impact")
+    d.only("zone", "pue")
+    zone = d.opt_str("zone")
+    if zone is not None:
+        zone = _zone(d, zone)
+    return Datacentre(zone=zone, pue=d.span("pue", lo=1.0, hi=5.0))
+
+
+def _zone(r: _Reader, code: str) -> str:
+    """A grid zone as EcoLogits names it: a country's alpha-3 code (from its alpha-2 or
+    alpha-3), or WOR."""
+    if code == "WOR":
+        return code
+    country = None
+    if re.fullmatch(r"[A-Z]{2}", code):
+        country = pycountry.countries.get(alpha_2=code)
+    elif re.fullmatch(r"[A-Z]{3}", code):
+        country = pycountry.countries.get(alpha_3=code)
+    if country is None:
+        raise r.error("zone", f"expected a country's ISO 3166-1 code like 'SE' or 'SWE', or "
+                      f"'WOR' for the world's mix, got {code!r}")
+    return str(country.alpha_3)
+
+
+def _parameters(m: _Reader) -> Parameters | None:
+    if "impact" not in m.raw:
+        return None
+    i = m.table("impact")
+    i.only("params", "active_params", "total_params")
+    params = i.span("params", lo=1e-4, hi=1e5)
+    active = i.span("active_params", lo=1e-4, hi=1e5)
+    total = i.span("total_params", lo=1e-4, hi=1e5)
+    if params is not None and active is None and total is None:
+        active = total = params
+    elif params is not None or active is None or total is None:
+        raise m.error("impact", "set 'params' (in billions), or both 'active_params' and "
+                      "'total_params' for a mixture of experts")
+    if active[1] > total[1]:
+        raise m.error("impact", "a model's active parameters cannot exceed its total")
+    return Parameters(active_params=active, total_params=total)
 
 
 def _model(m: _Reader, providers: Mapping[str, Provider]) -> Model:
     m.only("name", "routes", "origin", "tokenizer", "chat_template", "price", "strategy",
-           "max_attempts", "max_output_tokens")
+           "max_attempts", "max_output_tokens", "impact")
     name = m.str("name")
     routes = []
     for r in m.tables("routes"):
@@ -388,7 +454,8 @@ def _model(m: _Reader, providers: Mapping[str, Provider]) -> Model:
                  tokenizer=tokenizer, chat_template=m.opt_str("chat_template"), price=price,
                  strategy=m.choice("strategy", STRATEGIES, "order"),
                  max_attempts=m.opt_int("max_attempts", lo=1),
-                 max_output_tokens=m.opt_int("max_output_tokens", lo=1))
+                 max_output_tokens=m.opt_int("max_output_tokens", lo=1),
+                 impact=_parameters(m))
 
 
 def _price(r: _Reader) -> Price | None:
@@ -594,6 +661,20 @@ class _Reader:
         if value <= 0:
             raise self.error(key, "must be positive")
         return float(value)
+
+    def span(self, key: builtins.str, lo: float, hi: float) -> tuple[float, float] | None:
+        """A number, or a [low, high] range of numbers, within [lo, hi]; None if absent."""
+        value = self._opt(key, (*_NUMBER, list), "a number or a [low, high] range")
+        if value is None:
+            return None
+        pair = value if isinstance(value, list) else [value, value]
+        numbers = [float(v) for v in pair if isinstance(v, _NUMBER) and not isinstance(v, bool)]
+        if len(numbers) != 2 or len(pair) != 2:
+            raise self.error(key, f"expected a number or a [low, high] range, got {value!r}")
+        low, high = numbers
+        if not lo <= low <= high <= hi:
+            raise self.error(key, f"expected {lo:g} <= low <= high <= {hi:g}, got {value!r}")
+        return low, high
 
     def money(self, key: builtins.str, default: Decimal | None = None,
               what: builtins.str = "a number (price per 1M tokens)") -> Decimal:

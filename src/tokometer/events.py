@@ -82,14 +82,27 @@ class Event:
     cache_write_1h_tokens: int | None = None
     web_search_requests: int | None = None
     service_tier: str | None = None
+    # energy_wh and co2e_g (the figures) with their range, how they were worked out
+    # (impact.REF) and whether modelled or measured (impact.ESTIMATED / MEASURED)
+    energy_wh_low: Decimal | None = None
+    energy_wh_high: Decimal | None = None
+    co2e_g_low: Decimal | None = None
+    co2e_g_high: Decimal | None = None
+    energy_ref: str | None = None
+    energy_source: str | None = None
     leaf_index: int | None = None
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+# Fields holding a Decimal (a decimal string once stored).
+DECIMAL_FIELDS = ("cost", "energy_wh", "energy_wh_low", "energy_wh_high", "co2e_g",
+                  "co2e_g_low", "co2e_g_high")
 # Fields added after stores were first written. A leaf leaves each of them out while it is
 # null, so an event stored before the field existed keeps its leaf hash (and its receipt).
 LATE_FIELDS: frozenset[str] = frozenset({"cache_write_1h_tokens", "web_search_requests",
-                                         "service_tier"})
+                                         "service_tier", "energy_wh_low", "energy_wh_high",
+                                         "co2e_g_low", "co2e_g_high", "energy_ref",
+                                         "energy_source"})
 
 
 def new_event_id() -> str:

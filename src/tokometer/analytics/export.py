@@ -13,7 +13,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from ..events import FIELDS
+from ..events import DECIMAL_FIELDS, FIELDS
 from ..ledger.read import iter_events
 from ..ledger.store import Store
 from .cells import CSVWriter
@@ -23,7 +23,6 @@ _INTEGERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_
              "reasoning_tokens", "counted_input_tokens", "counted_output_tokens", "status",
              "cache_write_1h_tokens", "web_search_requests", "leaf_index")
 _FLOATS = ("duration_ms", "ttft_ms")
-_MONEY = ("cost", "energy_wh", "co2e_g")
 _PLACES = Decimal("1e-18")
 
 
@@ -64,7 +63,7 @@ def _parquet(events: Iterator[dict[str, Any]], out: Path,
             return pa.int64()
         if name in _FLOATS:
             return pa.float64()
-        if name in _MONEY:
+        if name in DECIMAL_FIELDS:
             return pa.decimal128(38, 18)
         return pa.bool_() if name == "stream" else pa.string()
 
@@ -73,7 +72,7 @@ def _parquet(events: Iterator[dict[str, Any]], out: Path,
     with pq.ParquetWriter(out, schema, compression="zstd") as writer:
         for batch in _batches(events):
             columns = {name: [e[name] for e in batch] for name in FIELDS}
-            for name in _MONEY:
+            for name in DECIMAL_FIELDS:
                 columns[name] = [None if v is None else Decimal(v).quantize(_PLACES)
                                  for v in columns[name]]
             writer.write_table(pa.table(columns, schema=schema))

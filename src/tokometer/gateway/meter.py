@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..events import (
     new_event_id,
     rfc3339,
 )
+from ..impact import Impact, Impacts
 from ..policy import Need
 from ..usage.dialects import MAX_TOKENS
 from .call import Call, clip
@@ -53,6 +54,7 @@ class Meter:
     recounter: Recounter
     pricer: Pricer
     default_max_output_tokens: int = 4096
+    impacts: Impacts = field(default_factory=Impacts)
 
     async def expected(self, call: Call) -> Usage:
         """The most a request may use: its input counted now, and the most output it allows,
@@ -149,11 +151,17 @@ class Meter:
         except Exception:  # unknown, not free: a budget then spends the reservation (guard.py)
             log.exception("pricing event %s failed; its cost is unknown", event_id)
             priced = Priced(None, None, self.pricer.currency)
+        duration_ms = elapsed_ms(call.t0)
+        try:
+            impact = self._impact(call, outcome, usage, duration_ms)
+        except Exception:  # unknown, not zero
+            log.exception("energy of event %s failed; it has none", event_id)
+            impact = None
         consumer = call.consumer
         return Event(
             id=event_id or new_event_id(),
             time=rfc3339(call.started),
-            duration_ms=elapsed_ms(call.t0),
+            duration_ms=duration_ms,
             ttft_ms=outcome.ttft_ms,
             key_id=consumer.key_id,
             tenant=consumer.tenant,
@@ -187,7 +195,17 @@ class Meter:
             status=outcome.status,
             error_type=clip(outcome.error_type),
             finish_reason=clip(outcome.finish_reason),
+            **_impact_fields(impact),
         )
+
+    def _impact(self, call: Call, outcome: Outcome, usage: Usage,
+                duration_ms: float) -> Impact | None:
+        """Energy and CO2e, for a request a provider served (no route: nothing ran), from
+        the event's own figures: its tokens and its duration."""
+        if outcome.route is None:
+            return None
+        return self.impacts.of(call.model, outcome.route, clip(outcome.model), usage,
+                               duration_ms / 1000)
 
     def _price(self, call: Call, outcome: Outcome, usage: Usage) -> Priced:
         # No route: refused before anything was sent, so nothing to pay.
@@ -239,6 +257,22 @@ class Meter:
             count = call.input_counts[key] = self.recounter.input(
                 spec, call.model.chat_template, call.endpoint.operation, call.body, model)
         return count
+
+
+def _impact_fields(impact: Impact | None) -> dict[str, Any]:
+    if impact is None:
+        return {}
+    return {"energy_wh": _figure(impact.energy_wh.mid),
+            "energy_wh_low": _figure(impact.energy_wh.low),
+            "energy_wh_high": _figure(impact.energy_wh.high),
+            "co2e_g": _figure(impact.co2e_g.mid), "co2e_g_low": _figure(impact.co2e_g.low),
+            "co2e_g_high": _figure(impact.co2e_g.high),
+            "energy_ref": impact.ref, "energy_source": impact.source}
+
+
+def _figure(value: float) -> Decimal:
+    """Six significant digits: the method is no more precise than that."""
+    return Decimal(f"{value:.6g}")
 
 
 def _tokenizer(call: Call, route: Route | None) -> str | None:

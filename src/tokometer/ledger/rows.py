@@ -7,11 +7,11 @@ from typing import Any
 
 import orjson
 
-from ..events import FIELDS, LATE_FIELDS, Event, decimal_str
+from ..events import DECIMAL_FIELDS, FIELDS, LATE_FIELDS, Event, decimal_str
 from .merkle import leaf_hash
 
 _ALL_FIELDS = operator.attrgetter(*FIELDS)
-_DECIMAL_COLUMNS = [FIELDS.index(name) for name in ("cost", "energy_wh", "co2e_g")]
+_DECIMAL_COLUMNS = [FIELDS.index(name) for name in DECIMAL_FIELDS]
 _STREAM_COLUMN = FIELDS.index("stream")
 LEAF_COLUMN = FIELDS.index("leaf_index")
 

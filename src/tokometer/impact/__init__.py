@@ -1,0 +1,139 @@
+"""Energy and CO2e per request: what a request ran on (the model's size, the data centre's
+PUE, the grid's carbon intensity), from the config or else EcoLogits' data, then its method
+(method.py).
+
+A model neither knows gets no figures (null, never zero) and a warning, once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pycountry
+from ecologits.electricity_mix_repository import electricity_mixes
+from ecologits.model_repository import ParametersMoE, models
+from ecologits.tracers.utils import PROVIDER_CONFIG_MAP
+from ecologits.utils.range_value import RangeValue
+
+from ..catalog import vendor_of
+from ..config import Model, Provider, Route
+from ..events import Usage
+from .method import ESTIMATED, MEASURED, REF, Impact, Prepared, Serving, Span
+
+__all__ = ["ESTIMATED", "MEASURED", "REF", "Impact", "Impacts", "Span"]
+log = logging.getLogger("tokometer.impact")
+
+# Vendors (catalog.vendors) whose models EcoLogits lists, under its provider names.
+_ECOLOGITS_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "mistral": "mistralai",
+                       "google": "google_genai", "cohere": "cohere"}
+# A provider EcoLogits does not describe: from a hyperscale data centre (about 1.1) to the
+# industry's average (about 1.56, Uptime Institute's 2024 survey).
+_ANY_PUE = Span(1.1, 1.56)
+_MAX_NAMES = 1024  # servings and warnings remembered
+
+
+class Impacts:
+    """Resolves what each route runs on, once, and works out each request's figures."""
+
+    def __init__(self) -> None:
+        self._grids: dict[str, tuple[Span, float, str] | None] = {}
+        self._prepared: dict[tuple[str, str, str, str | None], Prepared | None] = {}
+        self._warned: set[str] = set()
+
+    def of(self, model: Model, route: Route, served: str | None, usage: Usage,
+           latency_s: float) -> Impact | None:
+        """The request's figures, or None when the model or the grid is unknown."""
+        key = (model.name, route.provider.name, route.model, served)
+        if key in self._prepared:
+            prepared = self._prepared[key]
+        else:
+            if len(self._prepared) >= _MAX_NAMES:  # served names come from providers
+                self._prepared.clear()
+            prepared = self._prepared[key] = self._prepare(model, route, served)
+        if prepared is None:
+            return None
+        return prepared.impact(usage.output_tokens, usage.input_tokens, latency_s)
+
+    def _prepare(self, model: Model, route: Route, served: str | None) -> Prepared | None:
+        grid = self._grid(route.provider)
+        size = self._size(model, route.model, served)
+        if grid is None or size is None:
+            return None
+        pue, gwp, zone = grid
+        active, total, tps, ttft = size
+        return Prepared(Serving(active, total, tps, ttft, pue, gwp, zone))
+
+    def _grid(self, provider: Provider) -> tuple[Span, float, str] | None:
+        if provider.name not in self._grids:
+            self._grids[provider.name] = self._find_grid(provider)
+        return self._grids[provider.name]
+
+    def _find_grid(self, provider: Provider) -> tuple[Span, float, str] | None:
+        """The PUE, and the grid's kgCO2e per kWh: the config's, else the region's, else
+        EcoLogits' data centre for the provider's vendor, else the world's."""
+        known = PROVIDER_CONFIG_MAP.get(_ecologits_provider(provider.name) or "")
+        datacentre = provider.impact
+        zone = (datacentre.zone if datacentre and datacentre.zone else None) \
+            or _alpha3(provider.region) or (known.datacenter_location if known else None) \
+            or "WOR"
+        mix = electricity_mixes.find_electricity_mix(zone=zone)
+        if mix is None:
+            self._warn(f"zone {zone}", f"EcoLogits has no electricity mix for {zone} (provider "
+                       f"{provider.name}): its requests get no energy or CO2e figures")
+            return None
+        if datacentre and datacentre.pue:
+            pue = Span(*datacentre.pue)
+        elif known:
+            pue = _span(known.datacenter_pue)
+        else:
+            pue = _ANY_PUE
+        return pue, float(mix.gwp), zone
+
+    def _size(self, model: Model, routed: str, served: str | None
+              ) -> tuple[Span, Span, float | None, float | None] | None:
+        if model.impact is not None:
+            params = model.impact
+            return Span(*params.active_params), Span(*params.total_params), None, None
+        size = _ecologits_size(routed) or (_ecologits_size(served) if served else None)
+        if size is None:
+            self._warn(routed, f"EcoLogits does not know model {routed!r} (config model "
+                       f"{model.name!r}): its requests get no energy or CO2e figures; "
+                       "set [models.impact] params to give them")
+        return size
+
+    def _warn(self, what: str, message: str) -> None:
+        if what not in self._warned and len(self._warned) < _MAX_NAMES:
+            self._warned.add(what)
+            log.warning("%s", message)
+
+
+def _ecologits_size(name: str) -> tuple[Span, Span, float | None, float | None] | None:
+    """EcoLogits' parameters (billions) and measured speed for a model, if it lists it."""
+    provider = _ecologits_provider(name)
+    found = models.find_model(provider=provider, model_name=name) if provider else None
+    if found is None:
+        return None
+    params = found.architecture.parameters
+    if isinstance(params, ParametersMoE):
+        active, total = _span(params.active), _span(params.total)
+    else:
+        active = total = _span(params)
+    deployment = found.deployment
+    return (active, total, deployment.tps if deployment else None,
+            deployment.ttft if deployment else None)
+
+
+def _ecologits_provider(model_or_provider: str) -> str | None:
+    info = vendor_of(model_or_provider)
+    return _ECOLOGITS_PROVIDER.get(info.vendor if info else model_or_provider)
+
+
+def _span(value: float | int | RangeValue) -> Span:
+    if isinstance(value, RangeValue):
+        return Span(float(value.min), float(value.max))
+    return Span(float(value), float(value))
+
+
+def _alpha3(region: str | None) -> str | None:
+    country = pycountry.countries.get(alpha_2=region) if region else None
+    return str(country.alpha_3) if country else None

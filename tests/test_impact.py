@@ -1,0 +1,226 @@
+"""Energy and CO2e per request: the figures EcoLogits' own `llm_impacts` and
+`compute_llm_impacts` give for the same inputs, plus the prefill estimate; a model nobody
+knows gets none; the figures reach the ledger on every store and stay in its leaves."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+import openai
+import pytest
+from ecologits.impacts.llm import compute_llm_impacts, compute_llm_impacts_dag
+from ecologits.tracers.utils import llm_impacts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import FAKE_KEYS, MODELS_TOML, providers_toml, start_gateway, stop_gateway
+from processes import cli
+from tokometer.config import Datacentre, Model, Parameters, Provider, Route, load
+from tokometer.errors import ConfigError
+from tokometer.events import Usage
+from tokometer.impact import ESTIMATED, REF, Impacts
+from tokometer.impact.method import PREFILL_SHARE
+
+OPENAI = Provider("openai", "openai", "http://127.0.0.1:1/v1", None, None, None, None, None)
+
+
+def impact_of(model: str, usage: Usage, latency_s: float, provider: Provider = OPENAI,
+              config_model: Model | None = None) -> Any:
+    route = Route(provider, model)
+    return Impacts().of(config_model or Model(model, (route,), None, None, None, None), route,
+                        None, usage, latency_s)
+
+
+def ends(value: Any) -> tuple[float, float]:
+    """An EcoLogits value's (low, high): a RangeValue's ends, or a number twice."""
+    return (value.min, value.max) if hasattr(value, "min") else (value, value)
+
+
+def close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-12 * max(abs(a), abs(b))
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4o"])
+@settings(max_examples=60, deadline=None)
+@given(output=st.integers(0, 100_000), latency=st.floats(0.001, 3600))
+def test_the_output_figures_are_ecologits_own(model, output, latency):
+    ours = impact_of(model, Usage(input_tokens=0, output_tokens=output), latency)
+    theirs = llm_impacts("openai", model, output, latency)
+    energy, gwp = ends(theirs.energy.value), ends(theirs.gwp.value)
+    assert close(ours.energy_wh.low, energy[0] * 1000) and close(ours.energy_wh.high,
+                                                                 energy[1] * 1000)
+    assert close(ours.co2e_g.low, gwp[0] * 1000) and close(ours.co2e_g.high, gwp[1] * 1000)
+    assert ours.energy_wh.mid == (ours.energy_wh.low + ours.energy_wh.high) / 2
+    assert (ours.ref, ours.source) == (REF, ESTIMATED)
+
+
+@settings(max_examples=40, deadline=None)
+@given(prompt=st.integers(1, 200_000), output=st.integers(0, 4000))
+def test_the_prompt_adds_its_share_of_a_generated_token_on_the_same_gpus(prompt, output):
+    """The prefill term: each prompt token costs 2%-10% of a generated token's GPU energy,
+    on the GPUs EcoLogits says the model needs, times the PUE, at the grid's intensity."""
+    without = impact_of("gpt-4o", Usage(input_tokens=0, output_tokens=output), 5.0)
+    with_prompt = impact_of("gpt-4o", Usage(input_tokens=prompt, output_tokens=output), 5.0)
+    for end, share, active in ((0, PREFILL_SHARE[0], 44), (1, PREFILL_SHARE[1], 132)):
+        # gpt-4o in EcoLogits: 44-132 of 440 billion parameters active, PUE 1.2, the US grid
+        dag = compute_llm_impacts_dag(
+            model_active_parameter_count=active, model_total_parameter_count=440,
+            output_token_count=prompt * share, request_latency=5.0, if_electricity_mix_adpe=0,
+            if_electricity_mix_pe=0, if_electricity_mix_gwp=0.3844, if_electricity_mix_wue=0,
+            datacenter_pue=1.2, datacenter_wue=0)
+        prefill_kwh = 1.2 * dag["gpu_required_count"] * dag["gpu_energy"]
+        added_wh = (with_prompt.energy_wh.low, with_prompt.energy_wh.high)[end] \
+            - (without.energy_wh.low, without.energy_wh.high)[end]
+        added_g = (with_prompt.co2e_g.low, with_prompt.co2e_g.high)[end] \
+            - (without.co2e_g.low, without.co2e_g.high)[end]
+        assert added_wh == pytest.approx(prefill_kwh * 1000, rel=1e-9)
+        assert added_g == pytest.approx(prefill_kwh * 0.3844 * 1000, rel=1e-9)
+
+
+def test_a_local_model_sized_in_the_config_is_priced_by_compute_llm_impacts():
+    """Gemma 3 270M served in Sweden at PUE 1.3: EcoLogits' compute_llm_impacts with those
+    inputs and the Swedish grid."""
+    local = Provider("local", "openai", "http://127.0.0.1:1/v1", None, None, None, None, None,
+                     impact=Datacentre(zone="SWE", pue=(1.3, 1.3)))
+    route = Route(local, "gemma-3-270m")
+    gemma = Model("gemma", (route,), None, None, None, None,
+                  impact=Parameters(active_params=(0.27, 0.27), total_params=(0.27, 0.27)))
+    ours = impact_of("gemma-3-270m", Usage(input_tokens=0, output_tokens=120), 0.8, local, gemma)
+    theirs = compute_llm_impacts(
+        model_active_parameter_count=0.27, model_total_parameter_count=0.27,
+        output_token_count=120, request_latency=0.8, if_electricity_mix_adpe=7.771e-08,
+        if_electricity_mix_pe=4.73, if_electricity_mix_gwp=0.03526,
+        if_electricity_mix_wue=6.0315, datacenter_pue=1.3, datacenter_wue=0.5)
+    assert close(ours.energy_wh.mid, theirs.energy.value * 1000)
+    assert close(ours.co2e_g.mid, theirs.gwp.value * 1000)
+
+
+def test_the_provider_region_picks_the_grid():
+    """The same request served in France and in Poland: the same energy, CO2e in the ratio
+    of the two grids' intensity (EcoLogits: 0.04144 and 0.5886 kgCO2e/kWh)."""
+    def served_in(region: str) -> Any:
+        provider = Provider(f"p-{region}", "openai", "http://127.0.0.1:1/v1", None, None,
+                            region, None, None)
+        return impact_of("gpt-4o-mini", Usage(input_tokens=500, output_tokens=200), 3.0,
+                         provider)
+
+    france, poland = served_in("FR"), served_in("PL")
+    assert france.energy_wh == poland.energy_wh
+    # the hardware's embodied emissions do not depend on the grid: the ratio is of the rest
+    theirs = llm_impacts("openai", "gpt-4o-mini", 200, 3.0, "FRA")
+    embodied = ends(theirs.embodied.gwp.value)[0] * 1000
+    assert (poland.co2e_g.low - embodied) / (france.co2e_g.low - embodied) == pytest.approx(
+        0.5886 / 0.04144)
+
+
+def test_a_model_nobody_knows_gets_no_figures_and_one_warning(caplog):
+    impacts = Impacts()
+    route = Route(OPENAI, "gpt-4o-house-finetune-x")  # a vendor EcoLogits lists, not the model
+    model = Model("house", (route,), None, None, None, None)
+    with caplog.at_level(logging.WARNING, "tokometer.impact"):
+        for _ in range(3):
+            assert impacts.of(model, route, None, Usage(10, 0, 0, 20, 0), 1.0) is None
+    assert [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()] == [
+        "EcoLogits does not know model 'gpt-4o-house-finetune-x' (config model 'house'): its "
+        "requests get no energy or CO2e figures; set [models.impact] params to give them"]
+
+
+def test_a_region_without_a_grid_mix_gets_no_figures_and_one_warning(caplog):
+    """Monaco (MC) is a country EcoLogits has no electricity mix for: unknown, not zero."""
+    impacts = Impacts()
+    monaco = Provider("monaco", "openai", "http://127.0.0.1:1/v1", None, None, "MC", None, None)
+    route = Route(monaco, "gpt-4o-mini")
+    model = Model("m", (route,), None, None, None, None)
+    with caplog.at_level(logging.WARNING, "tokometer.impact"):
+        for served in (None, "gpt-4o-mini-2024-07-18"):
+            assert impacts.of(model, route, served, Usage(10, 0, 0, 20, 0), 1.0) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "EcoLogits has no electricity mix for MCO (provider monaco): its requests get no "
+        "energy or CO2e figures"]
+
+
+def test_googles_median_gemini_prompt_falls_in_the_range_of_a_short_flash_answer():
+    """Google's 0.24 Wh for the median Gemini Apps text prompt (2025): a 400-token prompt and
+    a 150-token answer from gemini-2.5-flash, in EcoLogits' range for it (see README)."""
+    google = Provider("google", "openai", "http://127.0.0.1:1/v1", None, None, None, None,
+                      None)
+    figures = impact_of("gemini-2.5-flash", Usage(input_tokens=400, output_tokens=150), 30.0,
+                        google)
+    assert figures.energy_wh.low < 0.24 < figures.energy_wh.high
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('[[providers]]\nname="p"\napi="openai"\nbase_url="http://x"\nimpact={zone="Mars"}',
+     r"providers\[0\]\.impact\.zone: expected a country's ISO 3166-1 code"),
+    ('[[providers]]\nname="p"\napi="openai"\nbase_url="http://x"\nimpact={pue=[1.5, 1.2]}',
+     r"providers\[0\]\.impact\.pue: expected 1 <= low <= high <= 5"),
+    ('[[providers]]\nname="p"\napi="openai"\nbase_url="http://x"\nimpact={pue=0.5}',
+     r"providers\[0\]\.impact\.pue: expected 1 <= low"),
+    ('[[providers]]\nname="p"\napi="openai"\nbase_url="http://x"\nimpact={pue="high"}',
+     r"expected a number or a \[low, high\] range"),
+    ('[[providers]]\nname="p"\napi="openai"\nbase_url="http://x"\n[[models]]\nname="m"\n'
+     'routes=[{provider="p"}]\nimpact={params=8, active_params=2}',
+     r"models\[0\]\.impact: set 'params'"),
+    ('[[providers]]\nname="p"\napi="openai"\nbase_url="http://x"\n[[models]]\nname="m"\n'
+     'routes=[{provider="p"}]\nimpact={active_params=20, total_params=8}',
+     r"active parameters cannot exceed its total"),
+    ('[[providers]]\nname="p"\napi="openai"\nbase_url="http://x"\n[[models]]\nname="m"\n'
+     'routes=[{provider="p"}]\nimpact={size=8}', r"models\[0\]\.impact\.size: unknown key"),
+])
+def test_bad_impact_settings_are_config_errors(tmp_path, table, message):
+    path = tmp_path / "tokometer.toml"
+    path.write_text(table + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load(path)
+
+
+def test_a_zone_may_be_alpha_2_or_alpha_3(tmp_path):
+    path = tmp_path / "tokometer.toml"
+    path.write_text('[[providers]]\nname="a"\napi="openai"\nbase_url="http://x"\n'
+                    'impact={zone="SE", pue=1.1}\n[[providers]]\nname="b"\napi="openai"\n'
+                    'base_url="http://x"\nimpact={zone="SWE"}\n')
+    a, b = load(path).providers.values()
+    assert (a.impact, b.impact) == (Datacentre("SWE", (1.1, 1.1)), Datacentre("SWE", None))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_event_carries_its_figures_into_the_ledger_on_every_store(
+        upstream, tmp_path, store_location, stream):
+    """Through the gateway with the openai SDK, on SQLite and on PostgreSQL: the stored event's
+    figures are the method's for its own tokens and duration, its leaf commits to them (the
+    audit recomputes every leaf), and a model nobody knows is stored without figures."""
+    store = None if isinstance(store_location, type(tmp_path)) else store_location
+    gw = start_gateway(tmp_path / "gw", f"{providers_toml(upstream)}\n{MODELS_TOML}",
+                       env=FAKE_KEYS, store=store)
+    try:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0)
+        ids = []
+        for model in ("gpt-4o-mini", "mystery-model"):
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], stream=stream)
+            for _ in raw.parse() if stream else ():
+                pass
+            ids.append(raw.headers["x-tokometer-event-id"])
+        known, unknown = gw.event(ids[0]), gw.event(ids[1])
+        audit = cli(gw.config, "ledger", "audit")
+    finally:
+        stop_gateway(gw)
+    assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
+    figures = impact_of(known["model"], Usage(input_tokens=known["input_tokens"],
+                                              output_tokens=known["output_tokens"]),
+                        known["duration_ms"] / 1000,
+                        Provider("fake", "openai", "http://x", None, None, "US", None, None))
+    for field, value in (("energy_wh", figures.energy_wh.mid),
+                         ("energy_wh_low", figures.energy_wh.low),
+                         ("energy_wh_high", figures.energy_wh.high),
+                         ("co2e_g", figures.co2e_g.mid), ("co2e_g_low", figures.co2e_g.low),
+                         ("co2e_g_high", figures.co2e_g.high)):
+        assert Decimal(known[field]) == Decimal(f"{value:.6g}"), field
+    assert Decimal(known["energy_wh_low"]) <= Decimal(known["energy_wh"]) \
+        <= Decimal(known["energy_wh_high"])
+    assert (known["energy_ref"], known["energy_source"]) == (REF, ESTIMATED)
+    assert all(unknown[f] is None for f in ("energy_wh", "energy_wh_low", "energy_wh_high",
+                                            "co2e_g", "co2e_g_low", "co2e_g_high",
+                                            "energy_ref", "energy_source"))
