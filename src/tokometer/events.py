@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -138,6 +138,13 @@ class Outcome:
     text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
     partial: bool = False  # a stream cut short (client left, provider broke off or fell silent)
     tool_call: bool = False  # the answer holds a tool call: its recount is an estimate
+    _answer: str | None = field(default=None, init=False, repr=False)
+
+    def answer(self) -> str:
+        """The generated text, decoded once however many readings need it."""
+        if self._answer is None:
+            self._answer = self.text()
+        return self._answer
 
     @property
     def produced(self) -> bool:

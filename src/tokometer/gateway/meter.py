@@ -7,6 +7,7 @@ is exactly one path from usage to cost to ledger.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -153,6 +154,10 @@ class Meter:
             priced = Priced(None, None, self.pricer.currency)
         duration_ms = elapsed_ms(call.t0)
         try:
+            output_sha256 = _sha256(outcome.answer()) if outcome.produced else None
+        except Exception:  # the text that broke the meter: the reading stands without it
+            output_sha256 = None
+        try:
             impact = self._impact(call, outcome, usage, duration_ms)
         except Exception:  # unknown, not zero
             log.exception("energy of event %s failed; it has none", event_id)
@@ -195,6 +200,7 @@ class Meter:
             status=outcome.status,
             error_type=clip(outcome.error_type),
             finish_reason=clip(outcome.finish_reason),
+            output_sha256=output_sha256,
             **_impact_fields(impact),
         )
 
@@ -229,7 +235,7 @@ class Meter:
         return (*_reading(reported, counted_in, counted_out), counted_in, counted_out)
 
     async def _recount(self, call: Call, spec: str | None, outcome: Outcome) -> tuple[Count, Count]:
-        text = outcome.text()
+        text = outcome.answer()
 
         def count(spec: str | None) -> tuple[Count, Count]:
             return (self._input(call, spec, outcome.route.model if outcome.route else None),
@@ -270,6 +276,12 @@ def _impact_fields(impact: Impact | None) -> dict[str, Any]:
             "energy_ref": impact.ref, "energy_source": impact.source}
 
 
+def _sha256(text: str) -> str | None:
+    """Of the generated text as the client received it, in UTF-8 (a lone surrogate, which
+    UTF-8 cannot hold, as '?'); None when there is none."""
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest() if text else None
+
+
 def _figure(value: float) -> Decimal:
     """Six significant digits: the method is no more precise than that."""
     return Decimal(f"{value:.6g}")
@@ -296,7 +308,7 @@ def _plausible(outcome: Outcome) -> tuple[Usage | None, bool]:
             or reported.uncached_input_tokens < 0 \
             or reported.cache_write_1h_tokens > reported.cache_write_tokens:
         return None, False
-    if reported.output_tokens == 0 and outcome.text():
+    if reported.output_tokens == 0 and outcome.answer():
         return reported, False
     return reported, outcome.usage_complete
 
@@ -316,7 +328,7 @@ def _fallback(call: Call, outcome: Outcome) -> Usage:
     if not outcome.produced:
         return Usage()
     try:
-        text = outcome.text()
+        text = outcome.answer()
     except Exception:  # the answer's text is what may have broken the meter
         text = ""
     return Usage(input_tokens=_size_estimate(call), output_tokens=estimate(text))
