@@ -5,6 +5,10 @@ knows gets none; the figures reach the ledger on every store and stay in its lea
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import subprocess
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +24,8 @@ from processes import cli
 from tokometer.config import Datacentre, Model, Parameters, Provider, Route, load
 from tokometer.errors import ConfigError
 from tokometer.events import Usage
-from tokometer.impact import ESTIMATED, REF, Impacts
+from tokometer.impact import ESTIMATED, MEASURED, REF, Impacts, Span
+from tokometer.impact.measured import CpuShares, listening_pid
 from tokometer.impact.method import PREFILL_SHARE
 
 OPENAI = Provider("openai", "openai", "http://127.0.0.1:1/v1", None, None, None, None, None)
@@ -224,3 +229,88 @@ def test_every_event_carries_its_figures_into_the_ledger_on_every_store(
     assert all(unknown[f] is None for f in ("energy_wh", "energy_wh_low", "energy_wh_high",
                                             "co2e_g", "co2e_g_low", "co2e_g_high",
                                             "energy_ref", "energy_source"))
+
+
+def busy_child(seconds: float) -> subprocess.Popen[bytes]:
+    """A process that burns `seconds` of CPU after it reads a line, then waits to be killed."""
+    code = ("import sys,time\nsys.stdin.readline()\nt=time.process_time()\n"
+            f"while time.process_time()-t<{seconds}: pass\nprint('done',flush=True)\n"
+            "sys.stdin.readline()")
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+
+
+def burn(child: subprocess.Popen[bytes]) -> None:
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(b"go\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == b"done\n"  # the child's own word that it has burnt
+
+
+def test_a_server_alone_gives_its_request_all_its_cpu_and_overlapping_ones_share_it():
+    child = busy_child(0.3)
+    try:
+        shares = CpuShares(child.pid)
+        alone = shares.begin()
+        burn(child)
+        first = shares.begin()  # two requests in flight from here on: they share
+        spent_alone = shares.end(alone)
+        assert spent_alone == pytest.approx(0.3, abs=0.05)
+        second = shares.begin()
+        child.stdin.write(b"x\n")  # type: ignore[union-attr]
+        child.stdin.flush()  # type: ignore[union-attr]
+        child.wait(10)
+        assert shares.end(first) is None and shares.end(second) is None  # the clock is gone
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_concurrent_requests_split_the_cpu_evenly():
+    child = busy_child(0.4)
+    try:
+        shares = CpuShares(child.pid)
+        a, b = shares.begin(), shares.begin()
+        burn(child)
+        spent_a, spent_b = shares.end(a), shares.end(b)
+        assert spent_a is not None and spent_b is not None
+        assert spent_a + spent_b == pytest.approx(0.4, abs=0.05)
+        assert abs(spent_a - spent_b) < 0.001  # the second's end added almost nothing
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_process_listening_on_a_port_is_found():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert listening_pid(server.getsockname()[1]) == os.getpid()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    assert listening_pid(port) is None
+
+
+def test_measured_energy_is_cpu_time_at_the_power_of_a_core_on_the_grid():
+    local = Provider("local", "openai", "http://127.0.0.1:1/v1", None, None, "FR", None, None,
+                     impact=Datacentre(zone=None, pue=None, watts_per_core=20.0))
+    figures = Impacts().measured(local, 1.8)
+    assert figures is not None
+    assert figures.energy_wh == Span(0.01, 0.01)  # 1.8 s x 20 W = 36 J = 0.01 Wh
+    assert figures.co2e_g.low == pytest.approx(0.01 * 0.04144)  # France's grid, g per Wh
+    assert (figures.source, figures.ref) == (MEASURED, "measured: CPU time x 20 W per core")
+    assert Impacts().measured(OPENAI, 1.0) is None  # a remote provider is not measured
+
+
+@pytest.mark.parametrize("table", [
+    '[[providers]]\nname="p"\napi="openai"\nbase_url="https://api.example.com"\n'
+    'impact={watts_per_core=10}',
+    '[[providers]]\nname="p"\napi="openai"\nbase_url="http://127.0.0.1:9/v1"\n'
+    'impact={watts_per_core=5000}',
+])
+def test_only_a_local_server_is_measured(tmp_path, table):
+    path = tmp_path / "tokometer.toml"
+    path.write_text(table + "\n")
+    with pytest.raises(ConfigError, match="watts_per_core: measures a model server on this"):
+        load(path)

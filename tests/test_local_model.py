@@ -10,14 +10,17 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import openai
 import pytest
 
-from conftest import Gateway, free_port, start_gateway, stop_gateway
+from conftest import Gateway, free_port, start_gateway, stop_gateway, wait_for_event
+from tokometer.impact.measured import listening_pid
 
 PROMPT = [{"role": "user", "content": "Name three colours of the rainbow."}]
 
@@ -74,6 +77,40 @@ def test_streamed_and_whole_chat_meter_the_models_own_counts(client, local):
         (own.prompt_tokens, own.completion_tokens)
     assert streamed["cost"] == whole["cost"] != "0"
     assert own.completion_tokens > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_local_models_energy_is_measured_from_its_cpu_time(client, local, stream):
+    """The event's energy is the model server's CPU time during the request at 10 W a core
+    (the default for a launched server), checked against the kernel's own count of that
+    process's CPU ticks (/proc/PID/stat, 10 ms each) read around the request."""
+    port = urlsplit(str(tomllib.loads(local.config.read_text())["providers"][0]["base_url"])).port
+    assert port is not None
+    pid = listening_pid(port)
+    assert pid is not None
+    before = stat_cpu_seconds(pid)
+    kw = {"model": "gemma-3-270m", "messages": PROMPT, "temperature": 0, "max_tokens": 24}
+    with client.chat.completions.with_streaming_response.create(stream=stream, **kw) as r:
+        if stream:
+            assert "".join(c.choices[0].delta.content or "" for c in r.parse() if c.choices)
+        else:
+            assert r.parse().choices[0].message.content
+        event_id = r.headers["x-tokometer-event-id"]
+    after = stat_cpu_seconds(pid)
+    event = wait_for_event(local, event_id)
+    assert (event["energy_source"], event["energy_ref"]) == (
+        "measured", "measured: CPU time x 10 W per core")
+    cpu = float(Decimal(event["energy_wh"]) * 3600 / 10)
+    assert cpu > 0
+    assert abs(cpu - (after - before)) <= 0.03  # two ticks, and the window's edges
+    assert event["co2e_g"] == event["co2e_g_low"] == event["co2e_g_high"]
+    assert float(event["co2e_g"]) == pytest.approx(float(event["energy_wh"]) * float(
+        "0.45829"), rel=1e-4)  # no region: the world's mix, in g per Wh
+
+
+def stat_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_streamed_and_whole_text_completions_agree(client, local):

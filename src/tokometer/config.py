@@ -84,6 +84,7 @@ class Datacentre:
 
     zone: str | None  # the grid: ISO 3166-1 alpha-3, or WOR for the world's mix
     pue: tuple[float, float] | None  # power usage effectiveness, as a range
+    watts_per_core: float | None = None  # a local server's energy is measured at this power
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,11 +391,16 @@ def _datacentre(p: _Reader) -> Datacentre | None:
     if "impact" not in p.raw:
         return None
     d = p.table("impact")
-    d.only("zone", "pue")
+    d.only("zone", "pue", "watts_per_core")
     zone = d.opt_str("zone")
     if zone is not None:
         zone = _zone(d, zone)
-    return Datacentre(zone=zone, pue=d.span("pue", lo=1.0, hi=5.0))
+    watts = d.number("watts_per_core", None)
+    if watts is not None and (watts > 1000 or urlsplit(p.str("base_url")).hostname
+                              not in ("127.0.0.1", "localhost", "::1")):
+        raise d.error("watts_per_core", "measures a model server on this machine: at most "
+                      "1000 W, for a provider whose base_url is on 127.0.0.1 or localhost")
+    return Datacentre(zone=zone, pue=d.span("pue", lo=1.0, hi=5.0), watts_per_core=watts)
 
 
 def _zone(r: _Reader, code: str) -> str:

@@ -138,6 +138,7 @@ class Outcome:
     text: Callable[[], str] = lambda: ""  # the generated text, decoded only when needed
     partial: bool = False  # a stream cut short (client left, provider broke off or fell silent)
     tool_call: bool = False  # the answer holds a tool call: its recount is an estimate
+    server_cpu_s: float | None = None  # a local model server's CPU time for it, measured
     _answer: str | None = field(default=None, init=False, repr=False)
 
     def answer(self) -> str:

@@ -206,10 +206,12 @@ class Meter:
 
     def _impact(self, call: Call, outcome: Outcome, usage: Usage,
                 duration_ms: float) -> Impact | None:
-        """Energy and CO2e, for a request a provider served (no route: nothing ran), from
-        the event's own figures: its tokens and its duration."""
+        """Energy and CO2e, for a request a provider served (no route: nothing ran): measured
+        for a local server, else modelled from the event's own tokens and duration."""
         if outcome.route is None:
             return None
+        if outcome.server_cpu_s is not None:  # a local server's, measured
+            return self.impacts.measured(outcome.route.provider, outcome.server_cpu_s)
         return self.impacts.of(call.model, outcome.route, clip(outcome.model), usage,
                                duration_ms / 1000)
 

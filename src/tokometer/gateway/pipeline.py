@@ -117,6 +117,8 @@ async def _forward(call: Call, deps: Deps, send: TrackedSend, receive: Receive,
         except UpstreamError as error:
             outcome, finish = (Outcome(route, error.status, error_type=error.type),
                                _error_reply(send, call, error, event_id))
+        if isinstance(answer, Answer):
+            outcome.server_cpu_s = answer.cpu_seconds  # a local server's, once it answered
         event = await _record(call, outcome, deps, ticket, event_id)  # durable, then...
         await finish(event)  # ...the rest of the answer
     except LedgerError as error:

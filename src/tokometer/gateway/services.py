@@ -11,11 +11,14 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..catalog import Pricer, vendor_of
 from ..config import Settings
 from ..counting import Recounter, TokenizerRegistry
 from ..errors import AuthError
+from ..impact import watts_per_core
+from ..impact.measured import CpuShares, listening_pid
 from ..ledger import Store, open_ledger, open_store, single_writer
 from ..ledger.connect import SMALL_CACHE_KIB
 from ..ledger.lock import StoreLock
@@ -98,7 +101,8 @@ async def start_services(settings: Settings, lock: StoreLock | None,
     side = OffLoop(stores[2])
     token = AdminToken(s.admin_token)  # one count of wrong guesses, however they come
     labels = [*settings.models, *(r.model for m in settings.models.values() for r in m.routes)]
-    deps = Deps(Upstream(s), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
+    cpu = await asyncio.to_thread(_local_servers, settings)
+    deps = Deps(Upstream(s, cpu), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
                 ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels), shared)
     workers = Peers(peers, deps.metrics) if peers is not None else None
     tasks = (asyncio.create_task(keys.watch_revocations()),
@@ -133,6 +137,23 @@ def api_key(headers: dict[bytes, bytes]) -> str | None:
         return auth[7:].strip().decode("latin-1") or None
     key = headers.get(b"x-api-key")
     return key.decode("latin-1") if key else None
+
+
+def _local_servers(settings: Settings) -> dict[str, CpuShares]:
+    """The CPU clocks of the local model servers whose energy is measured, by provider: the
+    process listening on each one's port (one it launched, or one already running)."""
+    found = {}
+    for provider in settings.providers.values():
+        if watts_per_core(provider) is None:
+            continue
+        port = urlsplit(provider.base_url).port or 80
+        pid = listening_pid(port)
+        if pid is None:
+            log.warning("no model server listens on port %d for provider %s: its energy is "
+                        "modelled, not measured", port, provider.name)
+            continue
+        found[provider.name] = CpuShares(pid)
+    return found
 
 
 def _preload_tokenizers(settings: Settings, registry: TokenizerRegistry) -> None:

@@ -24,6 +24,7 @@ from pyreqwest.response import Response
 from ..catalog import vendor_of
 from ..config import Route, Server
 from ..errors import UpstreamError
+from ..impact.measured import CpuShares
 from .call import Call
 
 # Client headers that mean something to the provider; everything else stays here.
@@ -33,10 +34,12 @@ log = logging.getLogger("tokometer.upstream")
 
 
 class Upstream:
-    """One pooled client per bound on silence (the server's, and any provider's own)."""
+    """One pooled client per bound on silence (the server's, and any provider's own), and
+    the CPU clocks of the local model servers whose energy is measured, by provider name."""
 
-    def __init__(self, server: Server):
+    def __init__(self, server: Server, cpu: dict[str, CpuShares] | None = None):
         self.server = server
+        self.cpu = cpu or {}
         self._clients: dict[float, Client] = {}
 
     def client(self, route: Route) -> Client:
@@ -63,8 +66,11 @@ class Answer:
     """A provider's response: status and headers at once, the body as it arrives. Closed on
     leaving `async with`, which hands the connection back to the pool."""
 
-    def __init__(self, request: StreamRequest, response: Response, route: Route):
+    def __init__(self, request: StreamRequest, response: Response, route: Route,
+                 cpu: _CpuWatch | None = None):
         self._request, self._response, self.route = request, response, route
+        self._cpu = cpu
+        self.cpu_seconds: float | None = None  # a local server's, once closed
         self.status = response.status
         content_type = response.get_header("content-type") or ""
         self.content_type = content_type.split(";", 1)[0].strip().lower()
@@ -92,6 +98,8 @@ class Answer:
 
     async def close(self) -> None:
         await self._request.__aexit__(None, None, None)
+        if self._cpu is not None:
+            self.cpu_seconds = self._cpu.end()
 
     async def __aenter__(self) -> Answer:
         return self
@@ -152,9 +160,27 @@ async def open_response(upstream: Upstream, call: Call, route: Route) -> Answer:
                .body_bytes(upstream_body(call, route))
                .streamed_read_buffer_limit(0)  # else the answer waits to fill a read-ahead
                .build_streamed())
-    with translated_errors(route, mid_response=False):
-        response = await request.__aenter__()
-    return Answer(request, response, route)
+    shares = upstream.cpu.get(route.provider.name)
+    cpu = _CpuWatch(shares) if shares is not None else None
+    try:
+        with translated_errors(route, mid_response=False):
+            response = await request.__aenter__()
+    except BaseException:
+        if cpu is not None:
+            cpu.end()
+        raise
+    return Answer(request, response, route, cpu)
+
+
+class _CpuWatch:
+    """A local server's CPU time from the request's sending to its answer's end."""
+
+    def __init__(self, shares: CpuShares):
+        self._shares, self._ticket = shares, shares.begin()
+
+    def end(self) -> float | None:
+        ticket, self._ticket = self._ticket, None
+        return self._shares.end(ticket) if ticket is not None else None
 
 
 def without_address(text: str, route: Route) -> str:

@@ -18,9 +18,10 @@ from ecologits.utils.range_value import RangeValue
 from ..catalog import vendor_of
 from ..config import Model, Provider, Route
 from ..events import Usage
+from .measured import DEFAULT_WATTS_PER_CORE
 from .method import ESTIMATED, MEASURED, REF, Impact, Prepared, Serving, Span
 
-__all__ = ["ESTIMATED", "MEASURED", "REF", "Impact", "Impacts", "Span"]
+__all__ = ["ESTIMATED", "MEASURED", "REF", "Impact", "Impacts", "Span", "watts_per_core"]
 log = logging.getLogger("tokometer.impact")
 
 # Vendors (catalog.vendors) whose models EcoLogits lists, under its provider names.
@@ -53,6 +54,20 @@ class Impacts:
         if prepared is None:
             return None
         return prepared.impact(usage.output_tokens, usage.input_tokens, latency_s)
+
+    def measured(self, provider: Provider, cpu_seconds: float) -> Impact | None:
+        """A local server's figures from its measured CPU time: at its power per core, times
+        the PUE if one is set (none: the machine's own draw), at its grid's intensity."""
+        grid = self._grid(provider)
+        watts = watts_per_core(provider)
+        if grid is None or watts is None:
+            return None
+        gwp = grid[1]
+        pue = provider.impact.pue if provider.impact and provider.impact.pue else (1.0, 1.0)
+        wh = cpu_seconds * watts / 3600
+        return Impact(energy_wh=Span(wh * pue[0], wh * pue[1]),
+                      co2e_g=Span(wh * pue[0] * gwp, wh * pue[1] * gwp),
+                      ref=f"measured: CPU time x {watts:g} W per core", source=MEASURED)
 
     def _prepare(self, model: Model, route: Route, served: str | None) -> Prepared | None:
         grid = self._grid(route.provider)
@@ -105,6 +120,14 @@ class Impacts:
         if what not in self._warned and len(self._warned) < _MAX_NAMES:
             self._warned.add(what)
             log.warning("%s", message)
+
+
+def watts_per_core(provider: Provider) -> float | None:
+    """A local model server's power per core, when its energy is measured: the config's, or
+    the default for a server `tokometer serve` launches; None for a remote provider."""
+    if provider.impact is not None and provider.impact.watts_per_core is not None:
+        return provider.impact.watts_per_core
+    return DEFAULT_WATTS_PER_CORE if provider.launch is not None else None
 
 
 def _ecologits_size(name: str) -> tuple[Span, Span, float | None, float | None] | None:

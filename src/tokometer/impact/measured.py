@@ -1,0 +1,100 @@
+"""A local model server's energy, measured rather than modelled: the CPU time its process
+spends while it serves a request, times the power of a core (`impact.watts_per_core`).
+
+The server's CPU clock (all its threads, in nanoseconds) is one system call away:
+clock_gettime on the process's CPU clock, no file read. Requests a server handles at once
+share its time evenly: each start and end of a request reads the clock, and the time since
+the previous reading goes to the requests then in flight. Requests another gateway worker
+sends to the same server at the same time are not seen here, so with several workers the
+figure is an upper bound for overlapping requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger("tokometer.impact")
+
+DEFAULT_WATTS_PER_CORE = 10.0  # a server CPU's power over its cores, roughly; set your own
+_LISTEN = "0A"  # /proc/net/tcp's state for a listening socket
+
+
+def cpu_clock(pid: int) -> int:
+    """The clock id of a process's CPU time (Linux: CPUCLOCK_SCHED of the whole process)."""
+    return ((~pid) << 3) | 2
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on a local TCP port, found through /proc; None if none is (or
+    it is not ours to see). Seconds at worst on a crowded machine: called off the loop."""
+    inodes = {fields[9] for table in ("tcp", "tcp6") for fields in _rows(f"/proc/net/{table}")
+              if fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port}
+    if not inodes:
+        return None
+    sockets = {f"socket:[{inode}]" for inode in inodes}
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            for fd in (pid_dir / "fd").iterdir():
+                if os.readlink(fd) in sockets:
+                    return int(pid_dir.name)
+        except OSError:  # gone, or not ours
+            continue
+    return None
+
+
+def _rows(path: str) -> list[list[str]]:
+    try:
+        with open(path) as f:
+            return [line.split() for line in f.readlines()[1:]]
+    except OSError:
+        return []
+
+
+class CpuShares:
+    """One local server's CPU time, shared among the requests it serves at once."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self._clock = cpu_clock(pid)
+        self._last: int | None = None
+        self._open: dict[int, int] = {}  # request → its nanoseconds so far
+        self._ids = itertools.count()
+        self._warned = False
+
+    def begin(self) -> int | None:
+        """A request starts: its ticket, or None when the server's clock cannot be read."""
+        if not self._settle():
+            return None
+        ticket = next(self._ids)
+        self._open[ticket] = 0
+        return ticket
+
+    def end(self, ticket: int) -> float | None:
+        """The request ends: the server's CPU seconds it took, or None if unreadable."""
+        read = self._settle()
+        spent = self._open.pop(ticket, None)
+        return spent / 1e9 if read and spent is not None else None
+
+    def _settle(self) -> bool:
+        """Share the server's CPU time since the last reading among the requests in flight."""
+        try:
+            now = time.clock_gettime_ns(self._clock)
+        except OSError:  # the server has gone (or restarted under another pid)
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot read the CPU time of model server %d: its requests' "
+                            "energy is modelled, not measured", self.pid)
+            self._last = None
+            return False
+        if self._last is not None and self._open:
+            share = (now - self._last) // len(self._open)
+            for ticket in self._open:
+                self._open[ticket] += share
+        self._last = now
+        return True
