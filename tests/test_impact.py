@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,14 +20,27 @@ from ecologits.tracers.utils import llm_impacts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import FAKE_KEYS, MODELS_TOML, providers_toml, start_gateway, stop_gateway
+from conftest import (
+    FAKE_KEYS,
+    MODELS_TOML,
+    make_event,
+    providers_toml,
+    start_gateway,
+    stop_gateway,
+)
 from processes import cli
+from test_stores import append
+from tokometer.analytics import flows, report
+from tokometer.analytics.report import rollup_grain
 from tokometer.config import Datacentre, Model, Parameters, Provider, Route, load
 from tokometer.errors import ConfigError
-from tokometer.events import Usage
+from tokometer.events import Usage, decimal_str, rfc3339
 from tokometer.impact import ESTIMATED, MEASURED, REF, Impacts, Span
 from tokometer.impact.measured import CpuShares, listening_pid
 from tokometer.impact.method import PREFILL_SHARE
+from tokometer.ledger import open_store
+from tokometer.ledger.rollups import ROLLUPS
+from tokometer.ledger.signer import load_signer
 
 OPENAI = Provider("openai", "openai", "http://127.0.0.1:1/v1", None, None, None, None, None)
 
@@ -314,3 +328,75 @@ def test_only_a_local_server_is_measured(tmp_path, table):
     path.write_text(table + "\n")
     with pytest.raises(ConfigError, match="watts_per_core: measures a model server on this"):
         load(path)
+
+
+def energy_events() -> list[Any]:
+    """Events of two models in one day, some with figures and one model with none."""
+    day = datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0) \
+        - timedelta(days=1)
+    out = []
+    for i in range(30):
+        known = i % 3 != 0
+        out.append(make_event(
+            time=rfc3339(day + timedelta(minutes=i)), model="gpt-4o-mini" if i % 2 else "m2",
+            input_tokens=100 + i, output_tokens=20 + i,
+            energy_wh=Decimal(f"0.0{i + 1}") if known else None,
+            co2e_g=Decimal(f"0.00{i + 1}") if known else None))
+    out.append(make_event(time=rfc3339(day), model="dark", energy_wh=None, co2e_g=None))
+    return out
+
+
+def expected_energy(events: list[Any]) -> dict[str, tuple[Any, Any, Any]]:
+    """Per model: energy, CO2e (decimal strings) and tokens per kWh, by hand."""
+    out = {}
+    for model in {e.model for e in events}:
+        lit = [e for e in events if e.model == model and e.energy_wh is not None]
+        if not lit:
+            out[model] = (None, None, None)
+            continue
+        energy = sum(e.energy_wh for e in lit)
+        tokens = sum(e.input_tokens + e.output_tokens for e in lit)
+        out[model] = (decimal_str(energy), decimal_str(sum(e.co2e_g for e in lit)),
+                      int(tokens * 1000 / energy))
+    return out
+
+
+def test_reports_sum_energy_from_rollups_and_raw_events_alike(store_location, tmp_path):
+    """On both stores: per model, from the rollups (whole days) and from the raw events (a
+    range off the hour) alike, the sums by hand; a model without figures has none (not 0)."""
+    events = energy_events()
+    with open_store(store_location, create=True) as store:
+        append(store, events, load_signer(tmp_path / "key.pem"))
+        first = min(e.time for e in events)
+        by_rollup = {r["model"]: (r["energy_wh"], r["co2e_g"], r["tokens_per_kwh"])
+                     for r in report(store, ["model"])}
+        by_events = {r["model"]: (r["energy_wh"], r["co2e_g"], r["tokens_per_kwh"])
+                     for r in report(store, ["model"], since=first[:14] + "00:01Z")}
+        assert rollup_grain(["model"], None, None, None) == "day"
+        flows_rows = flows(store)
+    assert by_rollup == expected_energy(events)
+    assert by_events == expected_energy([e for e in events if e.time >= first[:14] + "00:01Z"])
+    assert sum(Decimal(r["energy_wh"] or 0) for r in flows_rows) == sum(
+        e.energy_wh for e in events if e.energy_wh is not None)
+
+
+def test_rollups_made_before_energy_are_folded_again(store_location, tmp_path):
+    """A store whose rollups have no energy columns (as this version's predecessor made
+    them) gets them folded again from the events when opened, on both stores."""
+    events = energy_events()
+    with open_store(store_location, create=True) as store:
+        append(store, events, load_signer(tmp_path / "key.pem"))
+        with store.transaction():
+            for name, dims in ROLLUPS.items():
+                store.execute(f"DROP TABLE {name}")
+                store.execute(f"CREATE TABLE {name} (period TEXT, start TEXT, "
+                              + "".join(f"{d} TEXT, " for d in dims)
+                              + "requests INTEGER, errors INTEGER, input_tokens INTEGER, "
+                              "cache_read_tokens INTEGER, cache_write_tokens INTEGER, "
+                              "output_tokens INTEGER, reasoning_tokens INTEGER, cost TEXT)")
+    with open_store(store_location) as store:
+        rows = {r["model"]: (r["energy_wh"], r["co2e_g"], r["tokens_per_kwh"])
+                for r in report(store, ["model"])}
+        requests = sum(r["requests"] for r in report(store, []))
+    assert rows == expected_energy(events)
+    assert requests == len(events)

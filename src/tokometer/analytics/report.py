@@ -1,4 +1,5 @@
-"""Requests, tokens by kind and cost per group and period (cost summed as Decimal).
+"""Requests, tokens by kind, cost, energy and CO2e per group and period (amounts summed as
+Decimal), and tokens per kWh over the requests that have an energy figure.
 
 Answered from the rollups whenever they can (every grouping field is a rollup dimension and
 the time range falls on hour or day boundaries), else from the raw events. Every row is of one
@@ -9,9 +10,11 @@ currencies are never added.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from ..errors import RequestError
+from ..events import decimal_str
 from ..ledger.read import time_filter
 from ..ledger.rollups import table_for
 from ..ledger.store import Store
@@ -20,10 +23,16 @@ GROUPABLE = ("tenant", "app", "agent", "task", "end_user", "key_id", "consumer_r
              "operation", "stream", "provider", "provider_region", "model_requested", "model",
              "model_origin", "usage_source", "status", "error_type", "currency", "vendor")
 MEASURES = ("requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
-            "output_tokens", "reasoning_tokens", "cost")
+            "output_tokens", "reasoning_tokens", "cost", "energy_wh", "co2e_g",
+            "tokens_per_kwh")
 REPORT_PERIODS = ("hour", "day", "week", "month")
 _SUMS = ("SUM(input_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens), "
-         "SUM(output_tokens), SUM(reasoning_tokens), decimal_sum(cost)")
+         "SUM(output_tokens), SUM(reasoning_tokens), decimal_sum(cost), "
+         "decimal_sum(energy_wh), decimal_sum(co2e_g), ")
+# The tokens of the requests with an energy figure: what tokens per kWh divides.
+_ENERGY_TOKENS = {True: "SUM(energy_tokens)",
+                  False: "SUM(CASE WHEN energy_wh IS NULL THEN 0 "
+                         "ELSE input_tokens + output_tokens END)"}
 
 
 def bucket(period: str, column: str) -> str:
@@ -73,7 +82,7 @@ def report(conn: Store, by: list[str], since: str | None = None,
             clause += f"{' AND' if clause else ' WHERE'} {name} = ?"
             params.append(value if value is not None else "")
     count = "SUM(requests)" if rollup is not None else "COUNT(*)"
-    select = f"{count}, {_SUMS} FROM {source}{clause}"
+    select = f"{count}, {_SUMS}{_ENERGY_TOKENS[rollup is not None]} FROM {source}{clause}"
     sql = f"SELECT {', '.join(keys)}, {select} GROUP BY {', '.join(names)}"
     # Empty values first on every store (SQLite's order; PostgreSQL's default is last).
     order = ", ".join(f"{name} NULLS FIRST" for name in names)
@@ -85,13 +94,27 @@ def report(conn: Store, by: list[str], since: str | None = None,
     for row in conn.execute(sql, params):
         values = dict(zip([*(["period"] if period else []), *group, *MEASURES], row,
                           strict=True))
-        for m in MEASURES[:-1]:
+        for m in MEASURES[:6]:
             values[m] = values[m] or 0
+        _energy(values)
         if rollup is not None:  # rollups keep a missing value as ''
             for name in group:
                 values[name] = values[name] or None
         rows.append(values)
     return rows
+
+
+def _energy(values: dict[str, Any]) -> None:
+    """Energy and CO2e as decimal strings, null for a group none of whose requests has a
+    figure (unknown, not zero); tokens per kWh over the requests that have one."""
+    tokens = values["tokens_per_kwh"] or 0  # the query's energy tokens, until here
+    energy = Decimal(values["energy_wh"] or 0)
+    if not tokens and not energy:
+        values["energy_wh"] = values["co2e_g"] = values["tokens_per_kwh"] = None
+        return
+    values["energy_wh"] = decimal_str(energy)
+    values["co2e_g"] = decimal_str(Decimal(values["co2e_g"] or 0))
+    values["tokens_per_kwh"] = int(tokens * 1000 / energy) if energy else None
 
 
 def rollup_grain(by: list[str], since: str | None, until: str | None,

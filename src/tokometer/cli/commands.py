@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 MAX_TOP = 1_000_000
 MAX_WEEKS = 520  # ten years
 REPORT_COLUMNS = ["requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
-                  "output_tokens", "reasoning_tokens", "cost", "currency"]
+                  "output_tokens", "reasoning_tokens", "cost", "currency", "energy_wh",
+                  "co2e_g", "tokens_per_kwh"]
 BUDGET_COLUMNS = ["budget_id", "scope", "scope_value", "limit", "unit", "period"]
 
 
@@ -282,7 +283,8 @@ def rankings(args: argparse.Namespace) -> int:
         rows = analytics.rankings(store, args.by, args.weeks)
     if args.chart:
         rankings_chart(rows, args.by, args.chart)
-    show(rows, ["week", args.by, "tokens", "share", "change_pp"], args.format)
+    show(rows, ["week", args.by, "tokens", "share", "change_pp", "energy_wh", "co2e_g"],
+         args.format)
     return 0
 
 
@@ -312,7 +314,8 @@ def flows(args: argparse.Namespace) -> int:
         rows = analytics.flows(store, args.since, args.until)
     if args.chart:
         flows_chart(rows, args.chart)
-    show(rows, ["from", "to", "model_origin", "requests", "tokens", "cost", "currency"],
+    show(rows, ["from", "to", "model_origin", "requests", "tokens", "cost", "currency",
+                "energy_wh", "co2e_g", "tokens_per_kwh"],
          args.format)
     return 0
 

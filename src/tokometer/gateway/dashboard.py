@@ -19,6 +19,7 @@ import functools
 import hashlib
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from http.cookies import SimpleCookie
 from importlib import resources
 from typing import Any
@@ -38,7 +39,8 @@ NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/flows", "Flows"),
        ("/tenants", "Tenants"), ("/tasks", "Tasks"), ("/live", "Live")]
 NUMERIC = {"requests", "input_tokens", "output_tokens", "cache_read_tokens", "tokens", "cost",
            "share", "change_pp", "duration_ms", "tasks", "successes", "cost_per_success",
-           "status"}
+           "status", "energy_wh", "co2e_g", "tokens_per_kwh"}
+ENERGY = ["energy_wh", "co2e_g", "tokens_per_kwh"]
 Page = tuple[int, list[tuple[bytes, bytes]], bytes]
 _HTML = (b"content-type", b"text/html; charset=utf-8")
 
@@ -160,19 +162,22 @@ def _overview(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     t = {"requests": sum(r["requests"] for r in total),
          "input_tokens": sum(r["input_tokens"] for r in total),
          "output_tokens": sum(r["output_tokens"] for r in total),
-         "cost": ", ".join(f"{r['cost']} {r['currency']}" for r in total if r["cost"])}
+         "cost": ", ".join(f"{r['cost']} {r['currency']}" for r in total if r["cost"]),
+         "energy_wh": sum(Decimal(r["energy_wh"] or 0) for r in total),
+         "co2e_g": sum(Decimal(r["co2e_g"] or 0) for r in total)}
     models = _tokens(report(conn, ["model", "vendor"], since=since, top=10))
     return {"title": "Overview: the last 30 days", "cards": [
         ("requests", f"{t['requests']:,}"),
         ("tokens", f"{t['input_tokens'] + t['output_tokens']:,}"),
-        ("cost", t["cost"] or "0")],
+        ("cost", t["cost"] or "0"),
+        ("energy", f"{t['energy_wh']:.3f} Wh"), ("CO2e", f"{t['co2e_g']:.3f} g")],
         "sections": [
             {"heading": "Tokens per day",
              "chart": svg(report_chart, days, [], "day") if days else None},
             {"heading": "Top models", "rows": models,
-             "columns": ["model", "vendor", "requests", "tokens", "cost", "currency"]},
+             "columns": ["model", "vendor", "requests", "tokens", "cost", "currency", *ENERGY]},
             {"heading": "Per day", "rows": _tokens(days),
-             "columns": ["period", "requests", "tokens", "cost", "currency"]}]}
+             "columns": ["period", "requests", "tokens", "cost", "currency", *ENERGY]}]}
 
 
 def _rankings(conn: Store, params: dict[str, str]) -> dict[str, Any]:
@@ -184,7 +189,7 @@ def _rankings(conn: Store, params: dict[str, str]) -> dict[str, Any]:
                      "week before. Rank by: model · vendor · origin (add ?by=vendor).",
             "sections": [{"chart": svg(rankings_chart, rows, by) if rows else None},
                          {"rows": rows, "columns": ["week", by, "tokens", "share",
-                                                    "change_pp"]}]}
+                                                    "change_pp", "energy_wh", "co2e_g"]}]}
 
 
 def _flows(conn: Store, params: dict[str, str]) -> dict[str, Any]:
@@ -192,13 +197,13 @@ def _flows(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     return {"title": "Token flows: the last 30 days",
             "sections": [{"chart": svg(flows_chart, rows) if rows else None},
                          {"rows": rows, "columns": ["from", "to", "model_origin", "requests",
-                                                    "tokens", "cost", "currency"]}]}
+                                                    "tokens", "cost", "currency", *ENERGY]}]}
 
 
 def _tenants(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     rows = _tokens(report(conn, ["tenant"], since=_since(30)))
     return {"title": "Tenants: the last 30 days", "sections": [{
-        "rows": rows, "columns": ["tenant", "requests", "tokens", "cost", "currency"],
+        "rows": rows, "columns": ["tenant", "requests", "tokens", "cost", "currency", *ENERGY],
         "links": {"tenant": lambda r: "/tenants/" + quote(r["tenant"], safe="")}}]}
 
 
@@ -214,7 +219,7 @@ def _drill_down(conn: Store, tenant: str, app: str | None = None
         {"heading": f"Tokens per day by {level}",
          "chart": svg(report_chart, over_time, [level], "day") if over_time else None},
         {"heading": f"By {level}", "rows": rows,
-         "columns": [level, "requests", "tokens", "cost", "currency"],
+         "columns": [level, "requests", "tokens", "cost", "currency", *ENERGY],
          "links": {} if app else {"app": lambda r: f"{base}/apps/{quote(r['app'], safe='')}"}}]}
 
 
@@ -230,7 +235,7 @@ def _tasks(conn: Store, params: dict[str, str]) -> dict[str, Any]:
 
 def _live(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     columns = ["time", "tenant", "app", "agent", "provider", "model", "status",
-               "input_tokens", "output_tokens", "cost", "currency"]
+               "input_tokens", "output_tokens", "cost", "currency", "energy_wh", "co2e_g"]
     rows = [dict(zip(columns, r, strict=True)) for r in conn.execute(
         f"SELECT {', '.join(columns)} FROM events ORDER BY id DESC LIMIT 50")]
     return {"title": "Live: the latest 50 events", "refresh": 5,

@@ -5,11 +5,12 @@ whatever a crash interrupts is derived again, exactly once, at the next start.""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..events import FIELDS
 from .log import INSERT_NODE, MerkleLog
-from .rollups import upserts
+from .rollups import MEASURES, ROLLUPS, upserts
 from .rows import LEAF_COLUMN, leaf_of
 from .schema import INSERT_EVENT, INSERT_HEAD
 from .store import Store
@@ -65,6 +66,28 @@ def fold(store: Store, rows: list[list[Any]]) -> None:
     for statement, params in upserts(rows):
         store.executemany(statement, params)
     set_meta(store, ROLLED_UP, rows[-1][LEAF_COLUMN] + 1)
+
+
+def rollups_current(columns: Callable[[str], set[str]]) -> bool:
+    """Whether every rollup table has every column it is made with now (`columns`: a
+    table's column names in the store)."""
+    return all({*dims, *MEASURES} <= columns(name) for name, dims in ROLLUPS.items())
+
+
+def refold_rollups(store: Store, create: Iterable[str]) -> None:
+    """Rollups are derived data: older ones are dropped, made again (`create`: the store's
+    DDL for them) and folded again from the logged events, in the caller's transaction."""
+    for name in ROLLUPS:
+        store.execute(f"DROP TABLE IF EXISTS {name}")
+    for statement in create:
+        store.execute(statement)
+    set_meta(store, ROLLED_UP, 0)
+    done = -1
+    while chunk := [list(r) for r in store.execute(
+            f"SELECT {', '.join(FIELDS)} FROM events WHERE leaf_index > ? "
+            "ORDER BY leaf_index LIMIT 10000", (done,)).fetchall()]:
+        fold(store, chunk)
+        done = chunk[-1][LEAF_COLUMN]
 
 
 def sign_head(store: Store, signer: Signer, tree_size: int, root: bytes,

@@ -1,13 +1,12 @@
 """Bringing a SQLite store up to date at every open: tables made if new, event columns added
-since the store was made, and rollups written before they were keyed by currency rebuilt."""
+since the store was made, and rollups made before their current columns (currency, energy)
+folded again."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..events import FIELDS
-from .derive import ROLLED_UP, fold, set_meta
-from .rollups import ROLLUPS
+from .derive import refold_rollups, rollups_current
 from .rollups import SCHEMA as ROLLUP_SCHEMA
 from .rollups import TABLES as ROLLUP_TABLES
 from .schema import SCHEMA, added_columns
@@ -33,25 +32,14 @@ def _add_columns(store: SQLiteStore) -> None:
 
 
 def _rebuild_rollups(store: SQLiteStore) -> None:
-    """Rollups are derived data, so old ones are dropped and folded again from the logged
-    events, in one transaction."""
-    def current() -> bool:
-        return all("currency" in _columns(store, name) for name in ROLLUPS)
+    def columns(table: str) -> set[str]:
+        return _columns(store, table)
 
-    if current():
+    if rollups_current(columns):
         return
     with store.transaction():
-        if current():  # another connection did it first
-            return
-        for name in ROLLUPS:
-            store.execute(f"DROP TABLE {name}")
-        for table in ROLLUP_TABLES:  # not executescript: it would commit
-            store.execute(table)
-        set_meta(store, ROLLED_UP, 0)
-        rows = store.execute(f"SELECT {', '.join(FIELDS)} FROM events "
-                             "WHERE leaf_index IS NOT NULL ORDER BY leaf_index")
-        while chunk := [list(r) for r in rows.fetchmany(10_000)]:
-            fold(store, chunk)
+        if not rollups_current(columns):  # else another connection did it first
+            refold_rollups(store, ROLLUP_TABLES)  # not executescript: it would commit
 
 
 def _columns(store: SQLiteStore, table: str) -> set[str]:

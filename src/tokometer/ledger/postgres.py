@@ -20,6 +20,7 @@ from psycopg.adapt import Loader
 
 from ..config import PostgresURL
 from ..errors import LedgerError
+from .derive import refold_rollups, rollups_current
 from .rollups import SCHEMA as ROLLUP_SCHEMA
 from .schema import SCHEMA, added_columns
 
@@ -151,8 +152,8 @@ def _connect(url: PostgresURL, *, again: bool = False) -> psycopg.Connection[Any
 
 
 def migrate(store: PostgresStore) -> None:
-    """Tables made if new, event columns added since, the shared SQL functions defined: one
-    process at a time."""
+    """Tables made if new, event columns added since, rollups made before their current
+    columns folded again, the shared SQL functions defined: one process at a time."""
     with store.transaction():
         store.lock("tokometer.migrate")
         store.conn.execute(_FUNCTIONS)
@@ -160,6 +161,8 @@ def migrate(store: PostgresStore) -> None:
             store.conn.execute(statement)
         for statement in added_columns(_columns(store, "events")):
             store.conn.execute(_types(statement))
+        if not rollups_current(lambda table: _columns(store, table)):
+            refold_rollups(store, _postgres_ddl(ROLLUP_SCHEMA))
 
 
 def _has_events(store: PostgresStore) -> bool:

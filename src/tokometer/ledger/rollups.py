@@ -1,5 +1,7 @@
-"""Rollups kept on ingest: per hour and per UTC day, requests, tokens and cost by the
-dimensions reports group on, so reports never scan raw events when a rollup can answer.
+"""Rollups kept on ingest: per hour and per UTC day, requests, tokens, cost, energy and CO2e
+by the dimensions reports group on, so reports never scan raw events when a rollup can answer.
+`energy_tokens` are the tokens of the requests that have an energy figure: what a report
+divides by the energy for tokens per kWh.
 
 The writer folds committed events into every rollup ten times a second, in a transaction of
 its own with a watermark (`ledger_meta.rolled_up`), so a restart catches up exactly. Missing
@@ -28,7 +30,9 @@ ROLLUPS: dict[str, tuple[str, ...]] = {
 DIMENSIONS = tuple(dict.fromkeys(d for dims in ROLLUPS.values() for d in dims))
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
           "reasoning_tokens")
-MEASURES = ("requests", "errors", *TOKENS, "cost")
+COUNTS = ("requests", "errors", *TOKENS, "energy_tokens")
+AMOUNTS = ("cost", "energy_wh", "co2e_g")  # decimal strings: never through float
+MEASURES = (*COUNTS, *AMOUNTS)
 PERIODS = ("hour", "day")
 
 
@@ -39,8 +43,8 @@ CREATE TABLE IF NOT EXISTS {name} (
   period TEXT NOT NULL,     -- 'hour' | 'day'
   start TEXT NOT NULL,      -- '2026-11-28T08:00:00Z' | '2026-11-28' (UTC)
   {", ".join(f"{d} TEXT NOT NULL" for d in dims)},
-  {", ".join(f"{m} INTEGER NOT NULL" for m in ("requests", "errors", *TOKENS))},
-  cost TEXT NOT NULL,       -- a decimal string: money never passes through float
+  {", ".join(f"{m} INTEGER NOT NULL" for m in COUNTS)},
+  {", ".join(f"{m} TEXT NOT NULL" for m in AMOUNTS)},
   PRIMARY KEY ({key})
 ) WITHOUT ROWID;"""
 
@@ -50,9 +54,8 @@ def _upsert(name: str, dims: tuple[str, ...]) -> str:
     marks = ", ".join("?" for _ in range(2 + len(dims) + len(MEASURES)))
     return (f"INSERT INTO {name} ({key}, {', '.join(MEASURES)}) VALUES ({marks}) "
             f"ON CONFLICT ({key}) DO UPDATE SET "
-            + ", ".join(f"{m} = {name}.{m} + excluded.{m}"
-                        for m in ("requests", "errors", *TOKENS))
-            + f", cost = decimal_add({name}.cost, excluded.cost)")
+            + ", ".join([*(f"{m} = {name}.{m} + excluded.{m}" for m in COUNTS),
+                         *(f"{m} = decimal_add({name}.{m}, excluded.{m})" for m in AMOUNTS)]))
 
 
 TABLES = [_table(name, dims) for name, dims in ROLLUPS.items()]
@@ -69,7 +72,11 @@ _AT = {name: FIELDS.index(name) for name in FIELDS}
 _SOURCE_DIMENSIONS = tuple(d for d in DIMENSIONS if d != "vendor")
 _SOURCE_AT = tuple(_AT[d] for d in _SOURCE_DIMENSIONS)
 _TOKENS_AT = tuple(_AT[t] for t in TOKENS)
-_TIME, _STATUS, _COST = _AT["time"], _AT["status"], _AT["cost"]
+_TIME, _STATUS = _AT["time"], _AT["status"]
+_INPUT, _OUTPUT = _AT["input_tokens"], _AT["output_tokens"]
+_AMOUNTS_AT = tuple(_AT[a] for a in AMOUNTS)
+_ENERGY = _AT["energy_wh"]
+_FIRST_AMOUNT = len(COUNTS)
 
 
 def upserts(rows: list[list[Any]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
@@ -81,19 +88,15 @@ def upserts(rows: list[list[Any]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     combos: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
         key = (row[_TIME][:13], *(row[i] for i in _SOURCE_AT))
-        cost = row[_COST]
+        measures = [1, 1 if row[_STATUS] >= 400 else 0, *(row[i] or 0 for i in _TOKENS_AT),
+                    (row[_INPUT] or 0) + (row[_OUTPUT] or 0) if row[_ENERGY] else 0,
+                    *(Decimal(row[i] or 0) for i in _AMOUNTS_AT)]
         acc = combos.get(key)
         if acc is None:
-            combos[key] = [1, 1 if row[_STATUS] >= 400 else 0,
-                           *(row[i] or 0 for i in _TOKENS_AT), Decimal(cost or 0)]
-            continue
-        acc[0] += 1
-        if row[_STATUS] >= 400:
-            acc[1] += 1
-        for j, i in enumerate(_TOKENS_AT, start=2):
-            acc[j] += row[i] or 0
-        if cost:
-            acc[-1] += Decimal(cost)
+            combos[key] = measures
+        else:
+            for i, v in enumerate(measures):
+                acc[i] += v
     sums: dict[str, dict[tuple[str, ...], list[Any]]] = {name: {} for name in ROLLUPS}
     for (hour, *dims), measures in combos.items():
         values = dict(zip(_SOURCE_DIMENSIONS, (v or "" for v in dims), strict=True))
@@ -108,6 +111,7 @@ def upserts(rows: list[list[Any]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
                 else:
                     for i, v in enumerate(measures):
                         acc[i] += v
-    return [(_UPSERTS[name], [(*key, *acc[:-1], decimal_str(acc[-1]))
+    return [(_UPSERTS[name], [(*key, *acc[:_FIRST_AMOUNT],
+                               *(decimal_str(a) for a in acc[_FIRST_AMOUNT:]))
                               for key, acc in table.items()])
             for name, table in sums.items()]
