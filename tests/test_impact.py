@@ -400,3 +400,48 @@ def test_rollups_made_before_energy_are_folded_again(store_location, tmp_path):
         requests = sum(r["requests"] for r in report(store, []))
     assert rows == expected_energy(events)
     assert requests == len(events)
+
+
+@pytest.mark.parametrize(("unit", "field"), [("Wh", "energy_wh"), ("gCO2e", "co2e_g")])
+def test_an_energy_budget_is_reserved_and_settled_like_money(
+        upstream, tmp_path, store_location, unit, field):
+    """On both stores: a budget in Wh (or g of CO2e) set at five times one request's figure
+    admits requests while their worst case fits, refuses the next with 402, and never lets
+    the figures spent pass its limit; the ledger's sum is what it reports spent. A model
+    with no figures cannot be kept under it."""
+    store = None if isinstance(store_location, type(tmp_path)) else store_location
+    gw = start_gateway(tmp_path / "gw", f'admin_token_env = "TKM_ADMIN"\n'
+                       f"{providers_toml(upstream)}\n{MODELS_TOML}",
+                       env={**FAKE_KEYS, "TKM_ADMIN": "admin"}, store=store)
+    try:
+        def chat(model: str = "gpt-4o-mini") -> Any:
+            return gw.request("POST", "/v1/chat/completions", {
+                "model": model, "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hi"}]})
+
+        first = chat()
+        one = Decimal(gw.event(first.headers["x-tokometer-event-id"])[field])
+        limit = one * 5
+        put = gw.request("PUT", "/admin/budgets", {"tenant": "acme", "limit": str(limit),
+                                                   "unit": unit, "period": "day"}, key="admin")
+        assert put.status_code in (200, 201), put.text
+        answers = [chat() for _ in range(12)]
+        refused = [a for a in answers if a.status_code == 402]
+        served = [first, *(a for a in answers if a.status_code == 200)]
+        unknown = chat("mystery-model")
+    finally:
+        stop_gateway(gw)
+    assert refused and len(served) >= 2, [a.status_code for a in answers]
+    assert f"{unit}" in refused[0].json()["error"]["message"]
+    spent = sum(Decimal(gw.event(a.headers["x-tokometer-event-id"])[field]) for a in served)
+    assert spent <= limit
+    assert unknown.status_code == 402
+    assert "has no energy figure" in unknown.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("unit", ["kWh", "co2", ""])
+def test_an_unknown_budget_unit_is_a_clear_error(tmp_path, unit):
+    path = tmp_path / "tokometer.toml"
+    path.write_text(f'[[budgets]]\ntenant = "a"\nlimit = 1\nunit = "{unit}"\nperiod = "day"\n')
+    with pytest.raises(ConfigError, match="'tokens', 'Wh' or 'gCO2e'"):
+        load(path)

@@ -31,6 +31,16 @@ STRATEGIES = ("order", "price", "latency")
 PERIODS = ("day", "week", "month", "total")
 SCOPES = ("tenant", "app", "key_id")
 TOKENS = "tokens"  # the budget unit that counts tokens instead of money
+# Budget units that count a request's energy (`energy_wh`) or emissions (`co2e_g`).
+ENERGY_UNITS = {"Wh": "energy_wh", "gCO2e": "co2e_g"}
+
+
+def unit_error(unit: str, currency: str) -> str | None:
+    """What is wrong with a budget's unit, or None: the server currency, tokens, Wh or gCO2e."""
+    if unit in (currency, TOKENS) or unit in ENERGY_UNITS:
+        return None
+    return (f"expected the server currency {currency!r}, 'tokens', 'Wh' or 'gCO2e', "
+            f"got {unit!r}")
 # "EU" in a rule stands for the member states (ISO 3166-1 alpha-2).
 EU = frozenset({"AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "IE",
                 "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"})
@@ -522,10 +532,9 @@ def _budget(b: _Reader, currency: str) -> Budget:
     b.only(*SCOPES, "limit", "unit", "period")
     scope = _scope(b)
     unit = b.str("unit")
-    if unit not in (currency, TOKENS):
-        raise b.error("unit", f"expected the server currency {currency!r} or 'tokens', "
-                      f"got {unit!r}")
-    limit = b.money("limit", what="a number (money in the unit, or tokens)")
+    if (wrong := unit_error(unit, currency)) is not None:
+        raise b.error("unit", wrong)
+    limit = b.money("limit", what="a number (money, tokens, Wh or g of CO2e)")
     period = b.choice("period", PERIODS)
     return Budget(config_budget_id(scope, unit, period), scope, limit, unit, period)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -136,7 +137,13 @@ class Meter:
                  for r in routes for u in ways]
         known = [c for c in costs if c is not None]
         cost = max(known) if known and len(known) == len(costs) else None
-        return Need(usage.input_tokens + usage.output_tokens, cost)
+        # the modelled ceiling: the whole output at the model's own speed, the high end
+        ceilings = [self.impacts.of(call.model, r, None, usage, math.inf) for r in routes]
+        energy = co2e = None
+        if ceilings and None not in ceilings:
+            energy = max(_figure(c.energy_wh.high) for c in ceilings if c is not None)
+            co2e = max(_figure(c.co2e_g.high) for c in ceilings if c is not None)
+        return Need(usage.input_tokens + usage.output_tokens, cost, energy, co2e)
 
     async def event(self, call: Call, outcome: Outcome, event_id: str | None = None) -> Event:
         route = outcome.route

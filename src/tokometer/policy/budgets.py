@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from ..amounts import amount
-from ..config import PERIODS, SCOPES, TOKENS, Budget, Scope
+from ..config import ENERGY_UNITS, PERIODS, SCOPES, TOKENS, Budget, Scope, unit_error
 from ..errors import RequestError
 from ..events import Event, decimal_str, new_event_id, rfc3339
 from ..ledger.store import Store
@@ -45,9 +45,13 @@ def amount_of(budget: Budget, event: Event) -> Decimal:
 
 def taken(budget: Budget, reserved: Decimal, event: Event) -> Decimal:
     """What a request that reserved `reserved` took when it settled: amount_of its event,
-    except that a cost the meter could not work out spends the whole reservation."""
+    except that a cost (or an energy figure) the meter could not work out spends the whole
+    reservation."""
     if budget.unit == TOKENS:
         return Decimal(event.input_tokens + event.output_tokens)
+    if budget.unit in ENERGY_UNITS:
+        figure: Decimal | None = getattr(event, ENERGY_UNITS[budget.unit])
+        return reserved if figure is None else figure
     if event.cost is None:
         return reserved
     return event.cost if event.currency == budget.unit else Decimal(0)
@@ -101,8 +105,10 @@ def load_states(conn: Store, budgets: Iterable[Budget],
 
 
 def spent_in(conn: Store, budget: Budget, since: datetime | None) -> Decimal:
-    money = budget.unit != TOKENS
-    measure = "decimal_sum(cost)" if money else "SUM(input_tokens + output_tokens)"
+    money = budget.unit != TOKENS and budget.unit not in ENERGY_UNITS
+    measure = ("SUM(input_tokens + output_tokens)" if budget.unit == TOKENS else
+               f"decimal_sum({ENERGY_UNITS[budget.unit]})" if budget.unit in ENERGY_UNITS else
+               "decimal_sum(cost)")
     sql = f"SELECT {measure} FROM events WHERE {budget.scope.kind} = ?"  # kind is one of SCOPES
     params = [budget.scope.value]
     if money:  # amounts in another currency are not this budget's
@@ -123,9 +129,8 @@ def new_budget(scope_kind: str, scope_value: str, limit: object, unit: str, peri
     if scope_kind not in SCOPES or not isinstance(scope_value, str) or not scope_value:
         raise RequestError(f"a budget needs exactly one of {', '.join(SCOPES)} (a non-empty "
                            "string)")
-    if unit not in (currency, TOKENS):
-        raise RequestError(f"unit must be the server currency {currency!r} or 'tokens', "
-                           f"not {unit!r}")
+    if (wrong := unit_error(unit, currency)) is not None:
+        raise RequestError(f"unit: {wrong}")
     if period not in PERIODS:
         raise RequestError(f"period must be one of {', '.join(PERIODS)}, not {period!r}")
     return Budget(budget_id, Scope(scope_kind, scope_value), amount(limit, "limit"), unit,

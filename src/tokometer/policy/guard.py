@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from ..config import TOKENS, Budget, Rule, Settings
+from ..config import ENERGY_UNITS, TOKENS, Budget, Rule, Settings
 from ..errors import PolicyError
 from ..events import Event, decimal_str
 from .budgets import BudgetState, amount_of, taken
@@ -24,11 +24,14 @@ from .limits import Entry, Window, retry_after
 
 @dataclass(frozen=True, slots=True)
 class Need:
-    """The most a request may take: tokens (input counted + output allowed), and their cost
-    on the dearest route it may take (None when a route has no known price)."""
+    """The most a request may take: tokens (input counted + output allowed), and their cost,
+    energy and CO2e on the dearest route it may take (None when a route has no known price,
+    or no energy figure)."""
 
     tokens: int
     cost: Decimal | None
+    energy_wh: Decimal | None = None
+    co2e_g: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,14 @@ class Guard:
 def _reservation(budget: Budget, wants: Need) -> Decimal:
     if budget.unit == TOKENS:
         return Decimal(wants.tokens)
+    if budget.unit in ENERGY_UNITS:
+        worst: Decimal | None = getattr(wants, ENERGY_UNITS[budget.unit])
+        if worst is None:
+            raise PolicyError(f"{budget} cannot be kept: a route the request may take has no "
+                              "energy figure (EcoLogits does not know its model); size it "
+                              "with [models.impact] params in the config",
+                              status=402, type="insufficient_quota", code="budget_exceeded")
+        return worst
     if wants.cost is None:
         raise PolicyError(f"{budget} cannot be kept: the model has no known price on every "
                           "route it may take; give it a price in the config",
