@@ -240,6 +240,7 @@ class Server:
     signing_key: Path = Path("data/ledger-ed25519.pem")  # the log's key; created if missing
     signing_key_env: str | None = None  # a variable holding the key's PEM, used first
     signing_key_pem: str | None = field(default=None, repr=False)  # that variable's value
+    producer: str = ""  # who serves the generated text (GB 45438's ContentProducer): a name
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +329,7 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     s.only("host", "port", "workers", "store", "currency", "data_dir", "max_body_bytes",
            "body_timeout", "stop_timeout", "upstream_timeout", "connect_timeout", "durability",
            "max_attempts", "default_max_output_tokens", "admin_token_env", "signing_key",
-           "signing_key_env")
+           "signing_key_env", "producer")
     d = Server()
     store = _store(s, base)
     currency = _currency(s, "currency") if "currency" in s.raw else d.currency
@@ -358,7 +359,16 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
                      else data_dir / "ledger-ed25519.pem"),
         signing_key_env=(key_env := s.opt_str("signing_key_env")),
         signing_key_pem=environ.get(key_env) or None if key_env else None,
+        producer=_producer(s),
     )
+
+
+def _producer(s: _Reader) -> str:
+    producer = s.str("producer", "") if "producer" in s.raw else ""
+    if len(producer) > 256 or not producer.isprintable():
+        raise s.error("producer", "expected a name or code of at most 256 printable "
+                      "characters")
+    return producer
 
 
 def _provider(p: _Reader, environ: Mapping[str, str]) -> Provider:

@@ -26,6 +26,7 @@ from ..policy.residency import allowed_routes
 from ..policy.shared import SharedGuard
 from .asgi import Receive, Send, TrackedSend
 from .call import Call
+from .labels import Labels
 from .meter import Meter
 from .metrics import Metrics
 from .relay import Finish, relay
@@ -45,6 +46,7 @@ class Deps:
     router: Router
     guard: Guard
     metrics: Metrics
+    labels: Labels = field(default_factory=lambda: Labels(""))  # of every generated answer
     shared: SharedGuard | None = None  # budgets and limits held in a store processes share
     # The streams being relayed, each as the call that ends it, recorded (a stop is near).
     streams: set[Callable[[], None]] = field(default_factory=set)
@@ -113,7 +115,7 @@ async def _forward(call: Call, deps: Deps, send: TrackedSend, receive: Receive,
                 raise answer
             async with answer as response:
                 outcome, finish = await relay(call, route, response, event_id, send, receive,
-                                              deps.streams)
+                                              deps.streams, deps.labels)
         except UpstreamError as error:
             outcome, finish = (Outcome(route, error.status, error_type=error.type),
                                _error_reply(send, call, error, event_id))

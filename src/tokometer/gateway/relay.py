@@ -24,6 +24,8 @@ from ..usage.stream import SSESplitter
 from ..usage.text import TOOL_CALL, body_text
 from .asgi import Receive, Send
 from .call import Call
+from .labels import HEADER as LABEL_HEADER
+from .labels import Labels
 from .upstream import Answer, without_address
 from .wire import COST_HEADER, CURRENCY_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
 
@@ -41,18 +43,21 @@ def _headers(response: Answer, event_id: str) -> list[tuple[bytes, bytes]]:
 
 
 async def relay(call: Call, route: Route, response: Answer, event_id: str, send: Send,
-                receive: Receive, streams: set[Callable[[], None]]) -> tuple[Outcome, Finish]:
-    """The provider's answer relayed as far as it may go before its event is recorded; a
-    stream is in `streams` while it is relayed, as the call that ends it."""
+                receive: Receive, streams: set[Callable[[], None]],
+                labels: Labels) -> tuple[Outcome, Finish]:
+    """The provider's answer relayed as far as it may go before its event is recorded, an
+    answer labelled (labels.py); a stream is in `streams` while it is relayed, as the call
+    that ends it."""
     if response.status >= 400:
         return await _relay_error(call, route, response, event_id, send)
     if response.content_type == "text/event-stream":
-        return await _relay_stream(call, route, response, event_id, send, receive, streams)
-    return await _relay_body(call, route, response, event_id, send)
+        return await _relay_stream(call, route, response, event_id, send, receive, streams,
+                                   labels)
+    return await _relay_body(call, route, response, event_id, send, labels)
 
 
 async def _relay_body(call: Call, route: Route, response: Answer, event_id: str,
-                      send: Send) -> tuple[Outcome, Finish]:
+                      send: Send, labels: Labels) -> tuple[Outcome, Finish]:
     raw = await response.read()
     try:
         body = parse_json(raw)
@@ -74,9 +79,11 @@ async def _relay_body(call: Call, route: Route, response: Answer, event_id: str,
         if event.cost is not None:
             headers.append((COST_HEADER, decimal_str(event.cost).encode()))
             headers.append((CURRENCY_HEADER, event.currency.encode()))
+        label = labels.label(event_id, event.output_sha256)
+        headers.append((LABEL_HEADER, label))
         await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
-        await send({"type": "http.response.body", "body": raw})
+        await send({"type": "http.response.body", "body": labels.into_body(raw, body, label)})
 
     return outcome, finish
 
@@ -100,8 +107,8 @@ async def _relay_error(call: Call, route: Route, response: Answer, event_id: str
 
 
 async def _relay_stream(call: Call, route: Route, response: Answer, event_id: str, send: Send,
-                        receive: Receive,
-                        streams: set[Callable[[], None]]) -> tuple[Outcome, Finish]:
+                        receive: Receive, streams: set[Callable[[], None]],
+                        labels: Labels) -> tuple[Outcome, Finish]:
     op = call.endpoint.operation
     tap = StreamTap(op, hide_usage_chunk=op in ("chat", "text_completion")
                     and not call.client_wants_usage)
@@ -109,7 +116,8 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
     held: list[bytes] = []  # the end marker and whatever follows it
     outcome = Outcome(route, response.status, text=tap.text)
     await send({"type": "http.response.start", "status": response.status,
-                "headers": _headers(response, event_id)})
+                "headers": [*_headers(response, event_id),
+                            (LABEL_HEADER, labels.label(event_id))]})
 
     async def pump() -> None:
         async for chunk in response.chunks():

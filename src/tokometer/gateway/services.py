@@ -28,6 +28,7 @@ from ..policy.shared import SharedGuard
 from ..policy.sync import BudgetSync
 from .admin import Admin
 from .dashboard import Dashboard
+from .labels import Labels
 from .meter import Meter
 from .metrics import Metrics, Peers
 from .offloop import OffLoop
@@ -103,7 +104,8 @@ async def start_services(settings: Settings, lock: StoreLock | None,
     labels = [*settings.models, *(r.model for m in settings.models.values() for r in m.routes)]
     cpu = await asyncio.to_thread(_local_servers, settings)
     deps = Deps(Upstream(s, cpu), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
-                ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels), shared)
+                ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels),
+                Labels(s.producer), shared)
     workers = Peers(peers, deps.metrics) if peers is not None else None
     tasks = (asyncio.create_task(keys.watch_revocations()),
              asyncio.create_task(budgets.run_forever()),
