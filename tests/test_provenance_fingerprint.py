@@ -8,6 +8,7 @@ copy, not an unrelated text). A fixed 160 are registered as responses; the rest 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import importlib
 import inspect
 import math
@@ -265,6 +266,12 @@ def test_another_key_gives_other_fingerprints(corpus):
     ours = set().union(*(fingerprints(text, KEY) for text in corpus[0]))
     theirs = set().union(*(fingerprints(text, b"another key") for text in corpus[0]))
     assert ours and theirs and not ours & theirs
+
+
+@pytest.mark.parametrize("key", [b"", KEY, b"k" * 64, b"a key longer than a block " * 3])
+def test_fingerprints_are_hmac_sha256_truncated_to_64_bits(key):
+    digest = hmac.digest(key, b"a b c d e", "sha256")  # one n-gram
+    assert fingerprints("A, b, c, d, e.", key) == {int.from_bytes(digest[:8], "big")}
 
 
 def test_cjk_characters_are_words():
