@@ -308,9 +308,9 @@ def test_a_short_text_matches_itself_only():
 
 
 def test_an_exact_copy_is_found_even_when_all_of_it_is_boilerplate():
-    stock = "I am happy to help with that question"  # GUARANTEED_RUN words: one fingerprint
-    index = Index(KEY)
-    for i in range(4):  # in more responses than boilerplate_limit(5)
+    stock = "I am happy to help with that question"  # at least GUARANTEED_RUN words, so
+    index = Index(KEY)  # its fingerprints are those of any text containing it
+    for i in range(4):  # with the stock answer, 5 sets: more than boilerplate_limit(5) = 3
         index.add(f"r{i}", f"Response {i}. {stock}, of course.")
     index.add("stock", stock)
     assert index.lookup(stock.upper()) == ("exact", [Match("stock", 0.0, 0)])

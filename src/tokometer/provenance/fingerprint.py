@@ -7,7 +7,8 @@ HMAC-SHA256 under the registry's key (truncated to 64 bits), and the smallest ha
 window of W consecutive n-gram hashes is kept. The guarantee: two texts sharing a run of at
 least W + N - 1 words (after normalisation) share at least one fingerprint; a run shorter
 than N words can never be detected. Without the key nobody can compute a fingerprint, so a
-leaked registry neither reveals text nor lets a text be shaped to dodge or forge a match.
+leaked registry of fingerprints neither confirms guesses of a text's phrases nor lets anyone
+forge a match. (The exact tier's SHA-256 is not keyed: it confirms a guess of a whole text.)
 
 A text shorter than N words is fingerprinted whole (one HMAC of all its words), so it still
 matches itself, and only itself.
@@ -70,8 +71,8 @@ def text_sha256(text: str | Sequence[str]) -> str:
 
 
 def fingerprints(text: str | Sequence[str], key: bytes) -> frozenset[int]:
-    """The text's winnowed n-gram fingerprints under key, each a 64-bit unsigned int. Takes the
-    text or its words(); no words, no fingerprints."""
+    """The text's winnowed n-gram fingerprints under key, each a 64-bit unsigned int (a signed
+    SQL BIGINT holds it less 2**63). Takes the text or its words(); no words, none."""
     encoded = [word.encode() for word in (words(text) if isinstance(text, str) else text)]
     if not encoded:
         return frozenset()
