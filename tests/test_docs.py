@@ -41,5 +41,5 @@ def test_the_readme_shows_every_command():
     for command in ("serve", "keys create", "keys list", "keys revoke", "events", "report",
                     "budgets set", "budgets list", "budgets status", "budgets remove",
                     "ledger pubkey", "ledger head", "ledger audit", "receipt", "verify-receipt",
-                    "rankings", "flows", "tasks", "export"):
+                    "rankings", "flows", "tasks", "export", "provenance check"):
         assert f"tokometer {command}" in README or f"./scripts/{command}" in README, command

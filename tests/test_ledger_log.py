@@ -227,8 +227,10 @@ def test_audit_catches_a_rollup_that_disagrees_with_its_events(logged, tmp_path)
     assert out.returncode == 1
     assert "NOT CLEAN: 2 problem(s)" in out.stdout
     assert f"the rollup rollup_tenants at day, {day}, acme, tests, " in out.stdout
-    assert f"holds ({REQUESTS}, 0, " in out.stdout and ", 0.5) but its events sum to " \
-        f"({REQUESTS}, 0, " in out.stdout and f", {sum(costs).normalize():f})" in out.stdout
+    # (requests, errors, tokens by kind, energy tokens, cost, energy, CO2e)
+    assert f"holds ({REQUESTS}, 0, " in out.stdout and ", 0.5, " in out.stdout
+    assert f"but its events sum to ({REQUESTS}, 0, " in out.stdout
+    assert f", {sum(costs).normalize():f}, " in out.stdout
     assert "the rollup rollup_flows at hour, " in out.stdout and "holds nothing" in out.stdout
 
 

@@ -5,16 +5,23 @@ carries its implicit label (GB 45438's AIGC metadata)."""
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
+import random
 
 import anthropic
 import openai
 import pytest
 
-from conftest import Gateway, wait_for_event
+from conftest import Gateway, start_gateway, stop_gateway, wait_for_event
+from processes import cli
+from scripted_upstream import Script
+from test_attack_batch import chat_toml
 from tokometer.config import load
 from tokometer.errors import ConfigError
 from tokometer.gateway.labels import Labels
+from tokometer.ledger import open_store
 
 
 def sha256(text: str) -> str:
@@ -126,3 +133,100 @@ def test_a_bad_producer_is_a_config_error(tmp_path, producer):
     path.write_text(f"[server]\nproducer = {json.dumps(producer)}\n")
     with pytest.raises(ConfigError, match=r"server\.producer: expected a name or code"):
         load(path)
+
+
+def paragraphs(n: int) -> list[str]:
+    """Distinct paragraphs of at least 40 words from the standard library's docstrings."""
+    seen, out = set(), []
+    for name in ("argparse", "collections", "decimal", "email.message", "http.client", "json",
+                 "pathlib", "subprocess", "tarfile", "threading", "unittest", "urllib.request"):
+        module = importlib.import_module(name)
+        for _, obj in sorted(inspect.getmembers(module)):
+            for para in (inspect.getdoc(obj) or "").split("\n\n"):
+                text = " ".join(para.split())
+                key = " ".join(text.split()[:8])
+                if len(text.split()) >= 40 and key not in seen:
+                    seen.add(key)
+                    out.append(text)
+    assert len(out) >= n
+    return out[:n]
+
+
+def edited(text: str, share: float, seed: int) -> str:
+    """`text` with `share` of its words replaced by others (deterministic)."""
+    rnd, ws = random.Random(seed), text.split()
+    for i in rnd.sample(range(len(ws)), int(len(ws) * share)):
+        ws[i] = rnd.choice(["alpha", "beta", "gamma", "delta", "omega", "kappa"])
+    return " ".join(ws)
+
+
+def test_answers_are_registered_and_found_in_tiers_with_a_receipt(scripted, tmp_path,
+                                                                   store_location):
+    """On both stores: 20 distinct answers go through the gateway; the API and the CLI find
+    one exactly, an edited copy strongly, an excerpt at least partially, an unrelated text
+    not at all, only within the asking key's tenant; the receipt verifies offline and its
+    event's fingerprint_sha256 is the hash of the fingerprints the registry keeps."""
+    store = None if isinstance(store_location, type(tmp_path)) else store_location
+    texts = paragraphs(24)
+    answers, unrelated = texts[:20], texts[20:]
+    gw = start_gateway(tmp_path / "gw", chat_toml(scripted, 'admin_token_env = "TKM_A"\n'),
+                       env={"TKM_A": "admin"}, store=store)
+    try:
+        ids = []
+        for i, text in enumerate(answers):
+            tag = f"prov-{store_location!s}-{i}"[-60:]
+            scripted.scripts[tag] = Script(body={
+                "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 80, "total_tokens": 89}})
+            r = gw.chat("chat", user=tag)
+            assert r.status_code == 200
+            ids.append(r.headers["x-tokometer-event-id"])
+
+        def check(text: str, key: str = "admin") -> dict:
+            r = gw.request("POST", "/v1/provenance/check", {"text": text}, key=key)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        exact = check("  " + answers[3].upper() + " !")
+        strong = check(edited(answers[5], 0.1, seed=1))
+        excerpt_words = answers[7].split()
+        excerpt = check(" ".join(excerpt_words[5:5 + max(12, len(excerpt_words) * 3 // 10)]))
+        nothing = [check(text)["tier"] for text in unrelated]
+        other_key, _ = gw.new_key(tenant="someone-else")
+        elsewhere = check(answers[3], key=other_key)
+        own = check(answers[3], key=gw.key)
+        text_file = tmp_path / "answer.txt"
+        text_file.write_text(answers[3])
+        by_cli = cli(gw.config, "provenance", "check", str(text_file), "--format", "json")
+        pubkey = cli(gw.config, "ledger", "pubkey").stdout.strip()
+        receipt_file = tmp_path / "receipt.json"
+        receipt_file.write_text(json.dumps(exact["receipt"]))
+        verified = cli(gw.config, "verify-receipt", str(receipt_file), "--pubkey", pubkey)
+        with open_store(store or gw.store) as opened:
+            blob = bytes(opened.execute("SELECT fingerprints FROM provenance WHERE "
+                                        "event_id = ?", (ids[3],)).fetchone()[0])
+    finally:
+        stop_gateway(gw)
+    assert (exact["tier"], exact["matches"][0]["event_id"]) == ("exact", ids[3])
+    assert set(exact["matches"][0]) == {"event_id", "time", "model", "provider", "tenant",
+                                        "share"}
+    assert (strong["tier"], strong["matches"][0]["event_id"]) == ("strong", ids[5])
+    assert excerpt["tier"] in ("strong", "partial") and excerpt["matches"][0]["event_id"] == \
+        ids[7]
+    assert nothing == ["none"] * len(unrelated)
+    assert elsewhere == {"tier": "none", "matches": [], "receipt": None}
+    assert own["tier"] == "exact"
+    assert by_cli.returncode == 0 and json.loads(by_cli.stdout)["tier"] == "exact"
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert exact["receipt"]["event"]["fingerprint_sha256"] == hashlib.sha256(blob).hexdigest()
+    assert exact["receipt"]["event"]["id"] == ids[3]
+
+
+def test_a_check_needs_a_key_and_a_text(gateway: Gateway):
+    assert gateway.request("POST", "/v1/provenance/check", {"text": "x"},
+                           key="wrong").status_code == 401
+    for body in ({}, {"text": ""}, {"text": 5}, ["x"]):
+        r = gateway.request("POST", "/v1/provenance/check", body)
+        assert r.status_code == 400, (body, r.text)

@@ -90,6 +90,8 @@ class Event:
     co2e_g_high: Decimal | None = None
     energy_ref: str | None = None
     energy_source: str | None = None
+    # SHA-256 of the answer's provenance fingerprints (provenance/registry.py keeps them)
+    fingerprint_sha256: str | None = None
     leaf_index: int | None = None
 
 
@@ -102,7 +104,7 @@ DECIMAL_FIELDS = ("cost", "energy_wh", "energy_wh_low", "energy_wh_high", "co2e_
 LATE_FIELDS: frozenset[str] = frozenset({"cache_write_1h_tokens", "web_search_requests",
                                          "service_tier", "energy_wh_low", "energy_wh_high",
                                          "co2e_g_low", "co2e_g_high", "energy_ref",
-                                         "energy_source"})
+                                         "energy_source", "fingerprint_sha256"})
 
 
 def new_event_id() -> str:

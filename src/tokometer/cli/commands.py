@@ -240,6 +240,39 @@ def verify_receipt(args: argparse.Namespace) -> int:
     return 0
 
 
+def provenance_check(args: argparse.Namespace) -> int:
+    from ..ledger.receipts import sign_stored_head
+    from ..provenance.registry import Registry, fingerprint_key
+
+    try:
+        raw = _read_receipt(args.file)
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except (OSError, ValueError) as e:
+        raise TokometerError(f"cannot read {args.file}: {e}") from None
+    settings = config.load(args.config)
+    signer = _signer(settings)
+    registry = Registry(fingerprint_key(signer.secret()))
+    with open_store(settings.server.store) as store:
+        answer = registry.check(store, text, args.tenant)
+        if answer["tier"] != "none" and answer["receipt"] is None:
+            sign_stored_head(store, signer)  # the best match is newer than the latest head
+            answer = registry.check(store, text, args.tenant)
+    if args.format == "json":
+        show_json(answer, indent=True)
+        return 0
+    print(_TIER_WORDS[answer["tier"]])
+    show(answer["matches"], ["event_id", "time", "model", "provider", "tenant", "share"],
+         "table")
+    return 0
+
+
+_TIER_WORDS = {
+    "exact": "exact: this text was generated here, word for word",
+    "strong": "strong: an edited copy of a text generated here",
+    "partial": "partial: part of it, or a heavily edited copy, was generated here",
+    "none": "no evidence that it was generated here (which says nothing of who wrote it)"}
+
+
 def _read_receipt(name: str) -> bytes | str:
     """A file's bytes, or standard input's text for "-" (None in Python when it was closed)."""
     if name != "-":
@@ -388,6 +421,21 @@ COMMANDS: tuple[Command, ...] = (
         about="Check a receipt with nothing but the log's public key: the event's hash, the "
               "inclusion proof and the tree head's signature. Exit code 1 and what is wrong "
               "when it fails.", config=False),
+    Command("provenance", "was a text generated here? look-ups in the provenance registry",
+            about="Every generated answer is registered by the hash of its normalised text "
+                  "and keyed fingerprints of its words (never the text itself), committed in "
+                  "its event's leaf."),
+    Command("provenance check", "how strongly a text matches answers generated here",
+            provenance_check, (
+                arg("file", help="the text (UTF-8), or - for standard input"),
+                arg("--tenant", help="only this tenant's answers"),
+                arg("--format", choices=("table", "json"), default="table")),
+            about="Answers in tiers: exact (the same text), strong (a lightly edited copy), "
+                  "partial (an excerpt, or a heavily edited copy), or no evidence, which "
+                  "never means a human wrote it. With --format json: {tier, matches: "
+                  "[{event_id, time, model, provider, tenant, share}], receipt}; the receipt "
+                  "(the best match's) is what `tokometer verify-receipt` checks, and its "
+                  "event's fingerprint_sha256 is the hash of the fingerprints registered."),
     Command("events", "print every meter reading, oldest first", events,
             (SINCE, UNTIL, arg("--format", choices=("jsonl", "csv"), default="jsonl"))),
     Command("report", "requests, tokens by kind and cost per group", report, (

@@ -61,19 +61,24 @@ async def outcomes(request: Request, services: Services) -> None:
     await reply_json(request.send, 201, await services.side.run(record_outcome, who, body))
 
 
-async def log(request: Request, services: Services) -> None:
-    """The Merkle log's read endpoints, for consumers' keys and the admin token."""
-    who: Consumer | None = None
+async def _admin_or_key(request: Request, services: Services) -> Consumer | None:
+    """The consumer a key names, or None for the admin token."""
     client, token = scope_client(request.scope), services.admin.token
     # A braked address is not asked for the admin token (keys still work: behind a proxy
     # it is everyone's); a wrong token not shaped like a key is a guess at the admin's.
-    if token.braked(client) is not None or not services.admin.is_admin(request.headers):
-        try:
-            who = await services.authenticate(request.headers)
-        except AuthError:
-            if not is_key_shaped(api_key(request.headers) or ""):
-                token.wrong(client)
-            raise
+    if token.braked(client) is None and services.admin.is_admin(request.headers):
+        return None
+    try:
+        return await services.authenticate(request.headers)
+    except AuthError:
+        if not is_key_shaped(api_key(request.headers) or ""):
+            token.wrong(client)
+        raise
+
+
+async def log(request: Request, services: Services) -> None:
+    """The Merkle log's read endpoints, for consumers' keys and the admin token."""
+    who = await _admin_or_key(request, services)
     path, transparency = request.path, services.transparency
     if path == "/v1/ledger/head":
         data = await transparency.head()
@@ -85,6 +90,18 @@ async def log(request: Request, services: Services) -> None:
     else:
         raise _not_found(request)
     await reply_json(request.send, 200, data)
+
+
+async def provenance(request: Request, services: Services) -> None:
+    """Was this text generated here? The admin token asks of every tenant's answers, a key
+    of its own tenant's."""
+    who = await _admin_or_key(request, services)
+    body = await request.json(services.settings.server)
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise RequestError('give the text to check as {"text": "..."}')
+    await reply_json(request.send, 200, await services.transparency.provenance(
+        text, who.tenant if who is not None else None))
 
 
 async def metrics(request: Request, services: Services) -> None:
@@ -116,6 +133,7 @@ _EXACT: dict[str, tuple[frozenset[str] | None, Handler]] = {
     "/healthz": (_ANY, health),
     "/v1/models": (frozenset({"GET"}), models),
     "/v1/outcomes": (frozenset({"POST"}), outcomes),
+    "/v1/provenance/check": (frozenset({"POST"}), provenance),
     "/metrics": (frozenset({"GET"}), metrics),
     **{href: (_ANY, dashboard) for href in ("/login", *(h for h, _ in NAV))},
 }

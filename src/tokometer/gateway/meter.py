@@ -32,6 +32,7 @@ from ..events import (
 )
 from ..impact import Impact, Impacts
 from ..policy import Need
+from ..provenance.registry import Mark
 from ..usage.dialects import MAX_TOKENS
 from .call import Call, clip
 
@@ -145,7 +146,8 @@ class Meter:
             co2e = max(_figure(c.co2e_g.high) for c in ceilings if c is not None)
         return Need(usage.input_tokens + usage.output_tokens, cost, energy, co2e)
 
-    async def event(self, call: Call, outcome: Outcome, event_id: str | None = None) -> Event:
+    async def event(self, call: Call, outcome: Outcome, event_id: str | None = None,
+                    mark: Mark | None = None) -> Event:
         route = outcome.route
         counted_in: Count | None
         counted_out: Count | None
@@ -208,6 +210,7 @@ class Meter:
             error_type=clip(outcome.error_type),
             finish_reason=clip(outcome.finish_reason),
             output_sha256=output_sha256,
+            fingerprint_sha256=mark.sha256 if mark is not None else None,
             **_impact_fields(impact),
         )
 

@@ -24,6 +24,7 @@ from ..ledger import Ledger
 from ..policy import Guard, Ticket
 from ..policy.residency import allowed_routes
 from ..policy.shared import SharedGuard
+from ..provenance.registry import Registry
 from .asgi import Receive, Send, TrackedSend
 from .call import Call
 from .labels import Labels
@@ -47,6 +48,7 @@ class Deps:
     guard: Guard
     metrics: Metrics
     labels: Labels = field(default_factory=lambda: Labels(""))  # of every generated answer
+    registry: Registry | None = None  # the provenance registry the answers are marked in
     shared: SharedGuard | None = None  # budgets and limits held in a store processes share
     # The streams being relayed, each as the call that ends it, recorded (a stop is near).
     streams: set[Callable[[], None]] = field(default_factory=set)
@@ -135,15 +137,19 @@ async def _forward(call: Call, deps: Deps, send: TrackedSend, receive: Receive,
 
 async def _record(call: Call, outcome: Outcome, deps: Deps, ticket: Ticket,
                   event_id: str) -> Event:
-    """The reading, durable in the ledger, and the reservations settled from it."""
-    event = await deps.meter.event(call, outcome, event_id)
+    """The reading, durable in the ledger with the answer's provenance mark, and the
+    reservations settled from it."""
+    mark = await deps.registry.mark(_answer(outcome)) if deps.registry else None
+    event = await deps.meter.event(call, outcome, event_id, mark)
     deps.metrics.observe(event)
     covering = deps.guard.budgets_for(call.consumer)  # now: held, or added since admission
+    along = mark.writes(event_id) if mark is not None else ()
     try:  # a shared store's budgets settle in the transaction that records the event
         if deps.shared is None:
-            await deps.ledger.append(event)
+            await deps.ledger.append(event, along)
         else:
-            await deps.ledger.append(event, deps.shared.settling(ticket, event, covering))
+            await deps.ledger.append(event, along + deps.shared.settling(ticket, event,
+                                                                        covering))
             deps.shared.settled(ticket)
     finally:
         ticket.settle(event, covering)
@@ -154,6 +160,16 @@ async def _record(call: Call, outcome: Outcome, deps: Deps, ticket: Ticket,
             await deps.ledger.committed()
             await deps.shared.release(ticket, event, covering)
     return event
+
+
+def _answer(outcome: Outcome) -> str:
+    """The generated text to register: none for a failed answer, or one that broke it."""
+    if not outcome.produced:
+        return ""
+    try:
+        return outcome.answer()
+    except Exception:  # the meter records an estimate for it; the registry passes
+        return ""
 
 
 def _error_reply(send: Send, call: Call, error: TokometerError, event_id: str) -> Finish:

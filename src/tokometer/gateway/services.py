@@ -26,6 +26,7 @@ from ..ledger.signer import load_signer
 from ..policy import Consumer, Guard, KeyRing
 from ..policy.shared import SharedGuard
 from ..policy.sync import BudgetSync
+from ..provenance.registry import Registry, fingerprint_key
 from .admin import Admin
 from .dashboard import Dashboard
 from .labels import Labels
@@ -103,9 +104,10 @@ async def start_services(settings: Settings, lock: StoreLock | None,
     token = AdminToken(s.admin_token)  # one count of wrong guesses, however they come
     labels = [*settings.models, *(r.model for m in settings.models.values() for r in m.routes)]
     cpu = await asyncio.to_thread(_local_servers, settings)
+    marks = Registry(fingerprint_key(ledger.signer.secret()))  # provenance
     deps = Deps(Upstream(s, cpu), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
                 ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels),
-                Labels(s.producer), shared)
+                labels=Labels(s.producer), registry=marks, shared=shared)
     workers = Peers(peers, deps.metrics) if peers is not None else None
     tasks = (asyncio.create_task(keys.watch_revocations()),
              asyncio.create_task(budgets.run_forever()),
@@ -113,8 +115,8 @@ async def start_services(settings: Settings, lock: StoreLock | None,
              *([asyncio.create_task(shared.renew_forever())] if shared else []))
     log.info("tokometer gateway ready: %d models, store %s", len(settings.models), s.store)
     return Services(settings, deps, keys, Admin(settings, side, keys, budgets, ledger, token),
-                    Transparency(side, ledger), side, Dashboard(settings, side, token), lock,
-                    tasks, stores, workers)
+                    Transparency(side, ledger, marks), side, Dashboard(settings, side, token),
+                    lock, tasks, stores, workers)
 
 
 async def stop_services(services: Services) -> None:

@@ -1,8 +1,9 @@
-"""The log over HTTP: signed heads, consistency proofs and receipts.
+"""The log over HTTP: signed heads, consistency proofs, receipts and provenance look-ups.
 
     GET /v1/ledger/head                          the latest signed tree head (+ public key)
     GET /v1/ledger/consistency?first=M&second=N  PROOF(M, N) as hex hashes
     GET /v1/receipts/{event_id}                  the event's receipt (its own key, or admin)
+    POST /v1/provenance/check {"text": "..."}    was it generated here? (its tenant, or admin)
 
 Store reads run on a thread with a connection of their own, never on the event loop.
 """
@@ -17,13 +18,15 @@ from ..ledger import Ledger
 from ..ledger.read import get_event
 from ..ledger.receipts import NotFound, build_receipt, consistency_proof, latest_head
 from ..policy import Consumer
+from ..provenance.registry import Registry
 from .offloop import OffLoop
 
 
 class Transparency:
-    def __init__(self, store: OffLoop, ledger: Ledger):
+    def __init__(self, store: OffLoop, ledger: Ledger, registry: Registry):
         self._read = store.run
         self.ledger = ledger
+        self.registry = registry
 
     async def head(self) -> dict[str, Any]:
         head = await self._read(latest_head) or await self.ledger.sign_now()
@@ -57,3 +60,12 @@ class Transparency:
             raise RequestError(str(e), status=404, type="not_found_error") from None
         assert receipt is not None, "a head signed now covers every event already stored"
         return receipt
+
+    async def provenance(self, text: str, tenant: str | None) -> dict[str, Any]:
+        """registry.check's answer, with a receipt even for an answer newer than the latest
+        signed head (one is signed now)."""
+        answer = await self._read(self.registry.check, text, tenant)
+        if answer["tier"] != "none" and answer["receipt"] is None:
+            await self.ledger.sign_now()
+            answer = await self._read(self.registry.check, text, tenant)
+        return answer

@@ -93,6 +93,12 @@ CREATE TABLE IF NOT EXISTS rate_seconds (  -- rate limits' last minute (policy/s
   tokens INTEGER NOT NULL,  -- reserved, then used once settled
   PRIMARY KEY (limit_name, second)
 );
+CREATE TABLE IF NOT EXISTS provenance (  -- what the registry keeps of each answer, no text
+  event_id TEXT PRIMARY KEY,
+  text_sha256 TEXT NOT NULL,   -- of the normalised text (provenance/fingerprint.py)
+  fingerprints BLOB NOT NULL   -- sorted, 8 bytes big-endian each: the event's
+                               -- fingerprint_sha256 is their SHA-256
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS budget_reservations (
   budget_id TEXT PRIMARY KEY,
   reserved TEXT NOT NULL,

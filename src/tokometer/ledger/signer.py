@@ -68,6 +68,13 @@ class Signer:
     def public_key_text(self) -> str:
         return public_key_text(self.public_key)
 
+    def secret(self) -> bytes:
+        """The private key's raw bytes, for the keys derived from it (the provenance
+        registry's fingerprint key)."""
+        return self._key.private_bytes(serialization.Encoding.Raw,
+                                       serialization.PrivateFormat.Raw,
+                                       serialization.NoEncryption())
+
 
 def public_key_text(key: Ed25519PublicKey) -> str:
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
