@@ -150,6 +150,13 @@ def test_mixed_load_keeps_the_books_across_processes(sharing, upstream, o200k):
     left: list[int] = []  # what the clients that left early saw first
     try:
         answers = asyncio.run(load())
+        # The leavers' streams hang until the gateway notices they left (and records them):
+        # released earlier, one could still run to its end before that.
+        deadline = time.monotonic() + 30
+        while sum(e["model_requested"] == "metered-slow"
+                  for e in _ledger(gateways[0].store)[0]) < len(left):
+            assert time.monotonic() < deadline, "the leavers were never recorded"
+            time.sleep(0.05)  # readiness poll of the gateways' writers
     finally:
         upstream.release_slow.set()
     codes = sorted(r.status_code for r in answers)

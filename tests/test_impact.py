@@ -246,12 +246,14 @@ def test_every_event_carries_its_figures_into_the_ledger_on_every_store(
 
 
 def busy_child(seconds: float) -> subprocess.Popen[bytes]:
-    """A process that burns `seconds` of CPU after it reads a line, then waits to be killed."""
-    code = ("import sys,time\nsys.stdin.readline()\nt=time.process_time()\n"
-            f"while time.process_time()-t<{seconds}: pass\nprint('done',flush=True)\n"
-            "sys.stdin.readline()")
-    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
+    """A started process that burns `seconds` of CPU after it reads a line, then waits."""
+    code = ("import sys,time\nprint('ready',flush=True)\nsys.stdin.readline()\n"
+            f"t=time.process_time()\nwhile time.process_time()-t<{seconds}: pass\n"
+            "print('done',flush=True)\nsys.stdin.readline()")
+    child = subprocess.Popen([sys.executable, "-S", "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"  # started
+    return child
 
 
 def burn(child: subprocess.Popen[bytes]) -> None:
