@@ -230,3 +230,99 @@ def test_a_check_needs_a_key_and_a_text(gateway: Gateway):
     for body in ({}, {"text": ""}, {"text": 5}, ["x"]):
         r = gateway.request("POST", "/v1/provenance/check", body)
         assert r.status_code == 400, (body, r.text)
+
+
+NOTICE, ENDING = "【AI生成】", " (AI-generated)"
+
+
+@pytest.fixture(scope="module")
+def labelled(upstream, tmp_path_factory):
+    """A gateway whose keys of app "ends" get a notice at the end of their answers, and every
+    other key of tenant "acme" one at the start."""
+    from conftest import FAKE_KEYS, MODELS_TOML, providers_toml
+
+    labels = (f'[[labels]]\napp = "ends"\ntext = "{ENDING}"\nposition = "end"\n'
+              f'[[labels]]\ntenant = "acme"\ntext = "{NOTICE}"\n')
+    gw = start_gateway(tmp_path_factory.mktemp("labelled"),
+                       f"{providers_toml(upstream)}\n{MODELS_TOML}\n{labels}", env=FAKE_KEYS)
+    yield gw
+    stop_gateway(gw)
+
+
+def openai_text(gw: Gateway, key: str, stream: bool, model: str = "gpt-4o-mini"
+                ) -> tuple[str, dict]:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], stream=stream)
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    else:
+        text = raw.parse().choices[0].message.content or ""
+    return text, wait_for_event(gw, raw.headers["x-tokometer-event-id"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_explicit_label_reaches_openai_clients_whole_and_streamed(labelled, stream):
+    """The notice at the start (the tenant's) or the end (the app's), through the SDK; the
+    hash is of what the client got; the reading is the provider's, as without a label."""
+    plain_key = labelled.new_key(tenant="nobody")[0]
+    ends_key = labelled.new_key(tenant="acme", app="ends")[0]
+    text, event = openai_text(labelled, labelled.key, stream)
+    ending, ending_event = openai_text(labelled, ends_key, stream)
+    bare, bare_event = openai_text(labelled, plain_key, stream)
+    assert text == NOTICE + bare and ending == bare + ENDING
+    for received, e in ((text, event), (ending, ending_event), (bare, bare_event)):
+        assert e["output_sha256"] == sha256(received)
+        assert (e["input_tokens"], e["output_tokens"]) == (bare_event["input_tokens"],
+                                                           bare_event["output_tokens"])
+
+
+def test_a_labelled_answer_is_recounted_without_its_notice(labelled):
+    """A provider that reports no usage: the recount is of what the model wrote, not of the
+    notice the gateway added."""
+    plain_key = labelled.new_key(tenant="nobody")[0]
+    for stream in (False, True):
+        text, event = openai_text(labelled, labelled.key, stream, model="no-usage")
+        bare, bare_event = openai_text(labelled, plain_key, stream, model="no-usage")
+        assert text == NOTICE + bare
+        assert event["output_tokens"] == bare_event["output_tokens"] > 0
+        assert event["usage_source"] == bare_event["usage_source"] == "counted"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_explicit_label_reaches_anthropic_clients_whole_and_streamed(labelled, stream):
+    ends_key = labelled.new_key(tenant="acme", app="ends")[0]
+    plain_key = labelled.new_key(tenant="nobody")[0]
+
+    def ask(key: str) -> tuple[str, dict]:
+        client = anthropic.Anthropic(base_url=labelled.url, api_key=key, max_retries=0)
+        kw = {"model": "claude-sonnet-5", "max_tokens": 64,
+              "messages": [{"role": "user", "content": "hi"}]}
+        if stream:
+            with client.messages.stream(**kw) as s:
+                text = "".join(s.text_stream)
+                event_id = s.response.headers["x-tokometer-event-id"]
+                final = s.get_final_message()
+            assert "".join(b.text for b in final.content if b.type == "text") == text
+        else:
+            raw = client.messages.with_raw_response.create(**kw)
+            text = "".join(b.text for b in raw.parse().content if b.type == "text")
+            event_id = raw.headers["x-tokometer-event-id"]
+        return text, wait_for_event(labelled, event_id)
+
+    (start, start_event), (end, _), (bare, _) = ask(labelled.key), ask(ends_key), ask(plain_key)
+    assert (start, end) == (NOTICE + bare, bare + ENDING)
+    assert start_event["output_sha256"] == sha256(start)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('[[labels]]\ntenant = "a"\nposition = "middle"', r"labels\[0\]\.position: expected one of"),
+    ('[[labels]]\ntenant = "a"\ntext = ""', r"labels\[0\]\.text: expected a notice of 1 to 200"),
+    ('[[labels]]\ntext = "x"', r"exactly one of tenant, app, key_id"),
+    ('[[labels]]\napp = "a"\ncolour = "red"', r"labels\[0\]\.colour: unknown key"),
+])
+def test_bad_labels_are_config_errors(tmp_path, table, message):
+    path = tmp_path / "tokometer.toml"
+    path.write_text(table + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load(path)

@@ -31,6 +31,7 @@ STRATEGIES = ("order", "price", "latency")
 PERIODS = ("day", "week", "month", "total")
 SCOPES = ("tenant", "app", "key_id")
 TOKENS = "tokens"  # the budget unit that counts tokens instead of money
+DEFAULT_NOTICE = "[AI-generated] "  # an explicit label's text when the config gives none
 # Budget units that count a request's energy (`energy_wh`) or emissions (`co2e_g`).
 ENERGY_UNITS = {"Wh": "energy_wh", "gCO2e": "co2e_g"}
 
@@ -244,6 +245,16 @@ class Server:
 
 
 @dataclass(frozen=True, slots=True)
+class Notice:
+    """A visible label added to the generated text of a scope's answers (an explicit label,
+    GB 45438), at its start or its end."""
+
+    scope: Scope
+    text: str
+    position: str  # "start" or "end"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: Path
     server: Server
@@ -253,6 +264,7 @@ class Settings:
     limits: tuple[Limit, ...] = ()
     rules: tuple[Rule, ...] = ()
     exchange_rates: tuple[ExchangeRate, ...] = ()
+    labels: tuple[Notice, ...] = ()  # the first that covers a key applies
 
 
 def default_path() -> str:
@@ -276,7 +288,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 
 def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settings:
     cfg = _Reader(raw, str(path))
-    cfg.only("server", "providers", "models", "budgets", "limits", "rules", "exchange_rates")
+    cfg.only("server", "providers", "models", "budgets", "limits", "rules", "exchange_rates",
+             "labels")
     base = path.resolve().parent
     server = _server(cfg.table("server"), base, environ)
     providers = _by_name(cfg.tables("providers"), lambda p: _provider(p, environ), "provider")
@@ -289,6 +302,7 @@ def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settin
                        "scope: give it rpm and tpm together"),
         rules=tuple(_rule(r) for r in cfg.tables("rules")),
         exchange_rates=_exchange_rates(cfg.tables("exchange_rates"), server.currency),
+        labels=tuple(_notice(n) for n in cfg.tables("labels")),
     )
 
 
@@ -591,6 +605,14 @@ def _rule(r: _Reader) -> Rule:
                       "allow_origins or deny_origins")
     return Rule(r.key_path, scope, sets["allow_regions"], sets["deny_regions"] or frozenset(),
                 sets["allow_origins"], sets["deny_origins"] or frozenset())
+
+
+def _notice(n: _Reader) -> Notice:
+    n.only(*SCOPES, "text", "position")
+    text = n.str("text", DEFAULT_NOTICE)
+    if not 1 <= len(text) <= 200 or "\x00" in text:
+        raise n.error("text", "expected a notice of 1 to 200 characters")
+    return Notice(_scope(n), text, n.choice("position", ("start", "end"), "start"))
 
 
 def _countries(r: _Reader, key: str) -> frozenset[str] | None:

@@ -141,6 +141,7 @@ class Outcome:
     partial: bool = False  # a stream cut short (client left, provider broke off or fell silent)
     tool_call: bool = False  # the answer holds a tool call: its recount is an estimate
     server_cpu_s: float | None = None  # a local model server's CPU time for it, measured
+    received: Callable[[], str] | None = None  # the text the client got, if not the answer
     _answer: str | None = field(default=None, init=False, repr=False)
 
     def answer(self) -> str:

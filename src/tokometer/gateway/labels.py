@@ -1,12 +1,23 @@
-"""The implicit label every generated response carries: machine-readable provenance in the
-metadata GB 45438-2025 names (`AIGC`: Label, ContentProducer, ProduceID, ...), as a response
-header and, in a whole JSON answer, as a top-level `AIGC` member the SDKs keep as an extra
-field. A stream carries the header only: its events are the provider's.
+"""Labels of generated text (GB 45438-2025).
+
+Implicit: every generated response carries machine-readable provenance in the metadata the
+standard names (`AIGC`: Label, ContentProducer, ProduceID, ...), as a response header and, in
+a whole JSON answer, as a top-level `AIGC` member the SDKs keep as an extra field. A stream
+carries the header only: its events are the provider's.
+
+Explicit (opt-in, `[[labels]]`): a visible notice in the generated text of a scope's answers,
+whole or streamed, in the client's wire format (a streamed Responses answer gets none).
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
+
+import orjson
+
+from ..config import Notice
+from ..policy import Consumer
 
 HEADER = b"aigc"
 _AI_GENERATED = "1"  # GB 45438's Label: the content is AI-generated
@@ -16,7 +27,8 @@ class Labels:
     """Builds a response's label: the producer (the config's `producer`), the content's id
     (the event id) and, where known before the answer leaves, the hash of its text."""
 
-    def __init__(self, producer: str):
+    def __init__(self, producer: str, notices: tuple[Notice, ...] = ()):
+        self.notices = notices
         # compact JSON, ASCII only (a header value must be): all but the id and the hash
         producer_json = json.dumps(producer, ensure_ascii=True)
         self._head = ('{"Label":"' + _AI_GENERATED + '","ContentProducer":' + producer_json
@@ -35,3 +47,130 @@ class Labels:
             return raw
         end = raw.rstrip().rfind(b"}")
         return raw[:end] + (b',"AIGC":' if body else b'"AIGC":') + label + b"}"
+
+
+# --- explicit labels: a visible notice in the generated text, for the scopes that ask ------
+
+def placed(notice: Notice, text: str) -> str:
+    return notice.text + text if notice.position == "start" else text + notice.text
+
+
+def notice_for(notices: tuple[Notice, ...], who: Consumer) -> Notice | None:
+    """The first configured notice covering the key, or None."""
+    return next((n for n in notices if n.scope.covers(who)), None)
+
+
+def label_body(operation: str, body: dict[str, Any], notice: Notice) -> bool:
+    """Put the notice into a whole answer's text (every choice's, or the first or last text
+    block); False when the answer has no text to label."""
+    texts: list[tuple[dict[str, Any], str]] = []  # (holder, key) of each text, in order
+    if operation in ("chat", "text_completion"):
+        key = "text" if operation == "text_completion" else "content"
+        for choice in _dicts(body.get("choices")):
+            holder = choice if operation == "text_completion" else choice.get("message")
+            if isinstance(holder, dict) and isinstance(holder.get(key), str):
+                _place(holder, key, notice)  # each choice is an answer of its own
+                texts.append((holder, key))
+        return bool(texts)
+    if operation == "messages":
+        texts = [(b, "text") for b in _dicts(body.get("content"))
+                 if b.get("type") == "text" and isinstance(b.get("text"), str)]
+    elif operation == "responses":
+        texts = [(part, "text") for item in _dicts(body.get("output"))
+                 if item.get("type") == "message" for part in _dicts(item.get("content"))
+                 if part.get("type") == "output_text" and isinstance(part.get("text"), str)]
+    if not texts:
+        return False
+    _place(*(texts[0] if notice.position == "start" else texts[-1]), notice)
+    return True
+
+
+def _place(holder: dict[str, Any], key: str, notice: Notice) -> None:
+    holder[key] = placed(notice, holder[key])
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def dumps(body: dict[str, Any]) -> bytes:
+    """A labelled answer's JSON (orjson; Python's for a lone surrogate orjson refuses)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+class StreamNotice:
+    """Puts the notice into a stream as events of the client's wire format: OpenAI chat, a
+    content delta before the first text (or before the finish); Anthropic messages, a text
+    delta in the first text block, at its start (or before it stops). Once."""
+
+    def __init__(self, operation: str, notice: Notice):
+        self.operation, self.notice = operation, notice
+        self.done = False
+        self._block: int | None = None  # the Anthropic text block labelled
+
+    def around(self, data: bytes) -> tuple[bytes, bytes]:
+        """The events to send before and after the provider's event `data` (its payload)."""
+        if self.done or not data.startswith(b"{"):
+            return b"", b""
+        if self.operation == "chat":
+            return self._chat(data)
+        return self._messages(data)
+
+    def _chat(self, data: bytes) -> tuple[bytes, bytes]:
+        at_end = self.notice.position == "end"
+        if at_end and b'"finish_reason":"' not in data.replace(b'": "', b'":"'):
+            return b"", b""
+        event = _object(data)
+        choices = _dicts(event.get("choices"))
+        if not choices:
+            return b"", b""
+        first = choices[0]
+        if at_end and not first.get("finish_reason"):
+            return b"", b""
+        self.done = True
+        chunk: dict[str, Any] = {k: event[k] for k in ("id", "object", "created", "model")
+                                 if k in event}
+        chunk["choices"] = [{"index": first.get("index", 0),
+                             "delta": {"content": self.notice.text}, "finish_reason": None}]
+        extra = b"data: " + dumps(chunk) + b"\n\n"
+        delta = first.get("delta")
+        has_text = isinstance(delta, dict) and bool(delta.get("content"))
+        return (extra, b"") if at_end or has_text else (b"", extra)
+
+    def _messages(self, data: bytes) -> tuple[bytes, bytes]:
+        if self._block is None:
+            if b"content_block_start" not in data:
+                return b"", b""
+            event = _object(data)
+            block = event.get("content_block")
+            if event.get("type") != "content_block_start" or not isinstance(block, dict) \
+                    or block.get("type") != "text" or not isinstance(event.get("index"), int):
+                return b"", b""
+            self._block = event["index"]
+            if self.notice.position == "start":
+                self.done = True
+                return b"", self._delta()
+            return b"", b""
+        if b"content_block_stop" not in data:
+            return b"", b""
+        event = _object(data)
+        if event.get("type") != "content_block_stop" or event.get("index") != self._block:
+            return b"", b""
+        self.done = True
+        return self._delta(), b""
+
+    def _delta(self) -> bytes:
+        return b"event: content_block_delta\ndata: " + dumps({
+            "type": "content_block_delta", "index": self._block,
+            "delta": {"type": "text_delta", "text": self.notice.text}}) + b"\n\n"
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -163,7 +163,8 @@ class Meter:
             priced = Priced(None, None, self.pricer.currency)
         duration_ms = elapsed_ms(call.t0)
         try:
-            output_sha256 = _sha256(outcome.answer()) if outcome.produced else None
+            received = outcome.received or outcome.answer  # with an explicit label's notice
+            output_sha256 = _sha256(received()) if outcome.produced else None
         except Exception:  # the text that broke the meter: the reading stands without it
             output_sha256 = None
         try:

@@ -20,12 +20,12 @@ from ..errors import UpstreamError
 from ..events import Event, Outcome, decimal_str, elapsed_ms
 from ..usage import StreamTap, read_body
 from ..usage.body import parse_json
-from ..usage.stream import SSESplitter
+from ..usage.stream import SSESplitter, event_data
 from ..usage.text import TOOL_CALL, body_text
 from .asgi import Receive, Send
 from .call import Call
 from .labels import HEADER as LABEL_HEADER
-from .labels import Labels
+from .labels import Labels, StreamNotice, dumps, label_body, notice_for, placed
 from .upstream import Answer, without_address
 from .wire import COST_HEADER, CURRENCY_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
 
@@ -66,13 +66,20 @@ async def _relay_body(call: Call, route: Route, response: Answer, event_id: str,
     if not isinstance(body, dict):
         raise UpstreamError(f"provider {route.provider.name} sent a malformed response body",
                             type="upstream_malformed")
-    reading = read_body(call.endpoint.operation, body)
+    op = call.endpoint.operation
+    reading = read_body(op, body)
     outcome = Outcome(
         route, response.status, reported=reading.usage, model=reading.model,
         service_tier=reading.service_tier, finish_reason=reading.finish_reason,
-        tool_call=TOOL_CALL.search(raw) is not None,
-        text=lambda: body_text(call.endpoint.operation, body),
+        tool_call=TOOL_CALL.search(raw) is not None, text=lambda: body_text(op, body),
     )
+    notice = notice_for(labels.notices, call.consumer)
+    if notice is not None:  # the provider's text is the reading's, the client gets the notice
+        generated = body_text(op, body)
+        if label_body(op, body, notice):
+            raw = dumps(body)
+            outcome.text = lambda: generated
+            outcome.received = lambda: body_text(op, body)
     headers = _headers(response, event_id)
 
     async def finish(event: Event) -> None:
@@ -119,13 +126,24 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
                 "headers": [*_headers(response, event_id),
                             (LABEL_HEADER, labels.label(event_id))]})
 
+    notice = notice_for(labels.notices, call.consumer) if op in ("chat", "messages") else None
+    marker = StreamNotice(op, notice) if notice is not None else None
+    if marker is not None:  # the client's text: the answer, and the notice once sent
+        outcome.received = lambda: (placed(marker.notice, tap.text()) if marker.done
+                                    else tap.text())
+
     async def pump() -> None:
         async for chunk in response.chunks():
             out: list[bytes] = []
             for block in splitter.feed(chunk):
                 if not tap.feed(block):
                     continue
-                (held if tap.terminal else out).append(block)
+                to = held if tap.terminal else out
+                if marker is None or marker.done:
+                    to.append(block)
+                    continue
+                before, after = marker.around(event_data(block))
+                to.extend(b for b in (before, block, after) if b)
             if out:
                 if outcome.ttft_ms is None:
                     outcome.ttft_ms = elapsed_ms(call.t0)
