@@ -326,3 +326,13 @@ def test_bad_labels_are_config_errors(tmp_path, table, message):
     path.write_text(table + "\n")
     with pytest.raises(ConfigError, match=message):
         load(path)
+
+
+def test_embeddings_are_not_labelled(gateway: Gateway):
+    """Vectors are not generated text: no label, no hash, nothing registered."""
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0)
+    raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small",
+                                                     input="hello")
+    assert "aigc" not in raw.headers and raw.parse().model_extra.get("AIGC") is None
+    event = gateway.event(raw.headers["x-tokometer-event-id"])
+    assert event["output_sha256"] is None and event["fingerprint_sha256"] is None

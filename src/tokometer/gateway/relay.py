@@ -86,11 +86,14 @@ async def _relay_body(call: Call, route: Route, response: Answer, event_id: str,
         if event.cost is not None:
             headers.append((COST_HEADER, decimal_str(event.cost).encode()))
             headers.append((CURRENCY_HEADER, event.currency.encode()))
-        label = labels.label(event_id, event.output_sha256)
-        headers.append((LABEL_HEADER, label))
+        answer = raw
+        if op != "embeddings":  # vectors are not generated text: no label
+            label = labels.label(event_id, event.output_sha256)
+            headers.append((LABEL_HEADER, label))
+            answer = labels.into_body(raw, body, label)
         await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
-        await send({"type": "http.response.body", "body": labels.into_body(raw, body, label)})
+        await send({"type": "http.response.body", "body": answer})
 
     return outcome, finish
 
