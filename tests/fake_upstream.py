@@ -64,6 +64,7 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
+        self.release_slow.set()  # no executor thread left waiting on it past the run
         asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
 
     async def _shutdown(self) -> None:
@@ -145,9 +146,9 @@ class FakeUpstream:
                 assert request.transport is not None
                 request.transport.abort()  # no end of stream: the connection just goes
                 return response
-            if slow and i == 2:
+            if slow and i == 2:  # held until released (a test's own bound: 120 s)
                 await asyncio.get_running_loop().run_in_executor(
-                    None, self.release_slow.wait, 20)
+                    None, self.release_slow.wait, 120)
             half = len(event) // 2  # split events across writes, as networks do
             await response.write(event[:half])
             await response.write(event[half:] + b"\n\n")

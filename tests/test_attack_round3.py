@@ -411,7 +411,7 @@ def test_a_recording_cancelled_while_its_append_is_queued_settles_once(tmp_path)
             deps = SimpleNamespace(meter=SimpleNamespace(event=metered),
                                    metrics=SimpleNamespace(observe=lambda _: None),
                                    guard=SimpleNamespace(budgets_for=lambda _: [state]),
-                                   ledger=ledger, shared=guard)
+                                   ledger=ledger, shared=guard, registry=None)
             queue = os.open(str(path) + "-writers", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(queue, fcntl.LOCK_EX)  # another process is committing
             try:
