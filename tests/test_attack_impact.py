@@ -1,0 +1,288 @@
+"""Attacks on energy/CO2e, energy budgets, implicit labels and the provenance registry.
+
+Each test either demonstrates a bug (marked FAILS ON CURRENT CODE in its docstring) or pins an
+attack that is defended (HOLDS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from conftest import start_gateway, stop_gateway, wait_for_event
+from scripted_upstream import Script
+from test_attack_batch import chat_toml
+from test_provenance import paragraphs
+from tokometer.config import Datacentre, Provider, load
+from tokometer.errors import ConfigError
+from tokometer.gateway.labels import Labels
+from tokometer.impact import Impacts
+from tokometer.impact import measured as measured_module
+from tokometer.impact.measured import CpuShares, listening_pid
+from tokometer.usage.body import parse_json
+
+LOCAL = Provider("local", "openai", "http://127.0.0.1:1/v1", None, None, None, None, None,
+                 impact=Datacentre(zone=None, pue=None, watts_per_core=20.0))
+
+
+def answer(text: str) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 80, "total_tokens": 89}}
+
+
+def burn_cpu(seconds: float) -> None:
+    t = time.process_time()
+    while time.process_time() - t < seconds:
+        pass
+
+
+# --- measured energy (impact/measured.py) ------------------------------------------------------
+
+def test_a_cpu_clock_that_goes_backwards_never_gives_negative_energy(monkeypatch):
+    """FAILS ON CURRENT CODE. The server's pid is reused by another process between two
+    readings (the server died and a younger process got its pid, whose CPU clock is lower):
+    CpuShares._settle shares `now - last`, negative, among the requests in flight; the
+    request is charged negative CPU seconds, and Impacts.measured turns them into negative
+    Wh and gCO2e (which would also refund an energy budget)."""
+    readings = iter([50_000_000_000, 2_000_000_000])  # 50 s of CPU, then a new process's 2 s
+    monkeypatch.setattr(measured_module.time, "clock_gettime_ns",
+                        lambda clock: next(readings))
+    shares = CpuShares(os.getpid())
+    ticket = shares.begin()
+    assert ticket is not None
+    seconds = shares.end(ticket)
+    assert seconds is None or seconds >= 0, f"a request charged {seconds} s of CPU"
+    if seconds is not None:
+        figures = Impacts().measured(LOCAL, seconds)
+        assert figures is None or figures.energy_wh.low >= 0
+
+
+def test_a_server_that_computes_in_a_child_process_is_measured():
+    """FAILS ON CURRENT CODE. Local model servers commonly answer HTTP in one process and run
+    the model in another (Ollama's `ollama serve` starts an `ollama runner` per model; vLLM's
+    API server talks to an engine process): the pid listening on the port is the front end,
+    and clock_gettime on its process CPU clock counts none of the CPU the model burns in its
+    child. Here a listener does a request's 0.6 s of work in a child: measured ~0 s."""
+    code = ("import socket,subprocess,sys\n"
+            "s=socket.socket();s.bind(('127.0.0.1',0));s.listen()\n"
+            "print(s.getsockname()[1],flush=True)\n"
+            "sys.stdin.readline()\n"
+            "subprocess.run([sys.executable,'-S','-c','import time\\nt=time.process_time()\\n"
+            "while time.process_time()-t<0.6: pass'])\n"
+            "print('done',flush=True)\nsys.stdin.readline()\n")
+    server = subprocess.Popen([sys.executable, "-S", "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None and server.stdin is not None
+        port = int(server.stdout.readline())
+        pid = listening_pid(port)
+        assert pid == server.pid
+        shares = CpuShares(pid)
+        ticket = shares.begin()
+        assert ticket is not None
+        server.stdin.write(b"go\n")
+        server.stdin.flush()
+        assert server.stdout.readline() == b"done\n"
+        seconds = shares.end(ticket)
+    finally:
+        server.kill()
+        server.wait()
+    assert seconds is not None and seconds >= 0.4, \
+        f"the server spent 0.6 s of CPU on the request, measured {seconds} s"
+
+
+def test_watts_per_core_nan_is_a_config_error(tmp_path):
+    """FAILS ON CURRENT CODE. `watts_per_core = nan` (TOML allows nan) reaches
+    `_Reader.number`'s `value <= 0` as Decimal('NaN'): decimal.InvalidOperation escapes from
+    load() (a traceback from `tokometer serve`), not a ConfigError naming the key."""
+    path = tmp_path / "tokometer.toml"
+    path.write_text('[[providers]]\nname="p"\napi="openai"\nbase_url="http://127.0.0.1:9/v1"\n'
+                    "impact={watts_per_core=nan}\n")
+    with pytest.raises(ConfigError, match="watts_per_core"):
+        load(path)
+
+
+@pytest.mark.parametrize("base_url", ["http://0.0.0.0:9/v1", "http://127.0.0.2:9/v1",
+                                      "http://localhost.evil.example:9/v1"])
+def test_watts_per_core_only_on_loopback_names(tmp_path, base_url):
+    """HOLDS: only 127.0.0.1, localhost and ::1 may be measured."""
+    path = tmp_path / "tokometer.toml"
+    path.write_text(f'[[providers]]\nname="p"\napi="openai"\nbase_url="{base_url}"\n'
+                    "impact={watts_per_core=10}\n")
+    with pytest.raises(ConfigError, match="watts_per_core"):
+        load(path)
+
+
+def test_a_measured_request_cannot_overspend_an_energy_budget(scripted, tmp_path):
+    """FAILS ON CURRENT CODE. A budget in Wh reserves Meter.need's *modelled* ceiling (the
+    model's parameters at infinite latency), but a local server's event carries its
+    *measured* CPU energy (meter._impact), which nothing bounds: one request to a busy local
+    server spends many times the whole budget. Here the model is sized 1 M parameters
+    (ceiling ~0.002 Wh), the budget is 0.01 Wh, and the server's process (this test's,
+    which hosts the scripted provider) burns 1 s of CPU while the request is in flight:
+    ~0.28 Wh at 1000 W per core recorded against a 0.01 Wh budget."""
+    body = f"""{scripted.providers_toml().replace(
+        'base_url = "' + scripted.url + '/v1"',
+        'base_url = "' + scripted.url + '/v1"' + chr(10) + "impact = { watts_per_core = 1000 }")}
+[[models]]
+name = "local"
+tokenizer = "tiktoken:o200k_base"
+routes = [{{ provider = "oa", model = "my-local-model" }}]
+impact = {{ params = 0.001 }}
+
+[[budgets]]
+tenant = "acme"
+limit = 0.01
+unit = "Wh"
+period = "day"
+"""
+    assert "watts_per_core" in body
+    gw = start_gateway(tmp_path / "gw", body)
+    try:
+        hold = threading.Event()
+        scripted.scripts["measured-budget"] = Script(body=answer("a short answer"), hold=hold)
+        got: list[Any] = []
+        client = threading.Thread(target=lambda: got.append(gw.chat(
+            "local", user="measured-budget", max_tokens=16)))
+        client.start()
+        deadline = time.monotonic() + 20
+        while not any(a.get("user") == "measured-budget" for a in scripted.arrived):
+            assert time.monotonic() < deadline, "the request never reached the provider"
+            time.sleep(0.01)
+        burn_cpu(1.0)
+        hold.set()
+        client.join(30)
+        assert got and got[0].status_code == 200, got and got[0].text
+        event = wait_for_event(gw, got[0].headers["x-tokometer-event-id"])
+    finally:
+        stop_gateway(gw)
+    assert event["energy_source"] == "measured"
+    assert Decimal(event["energy_wh"]) <= Decimal("0.01"), \
+        f"one request spent {event['energy_wh']} Wh of a 0.01 Wh budget"
+
+
+# --- labels (gateway/labels.py) ------------------------------------------------------------------
+
+def test_a_utf16_answer_is_not_corrupted_by_the_label():
+    """FAILS ON CURRENT CODE. parse_json falls back to json.loads, which reads UTF-16 and
+    UTF-32 JSON (RFC 7159 allowed them), so such an answer is billed and relayed; then
+    Labels.into_body finds the last b"}" byte and splices UTF-8 bytes into UTF-16 (dropping
+    the last NUL): the client gets bytes no JSON reader accepts. Before labels, the
+    provider's bytes went through unchanged."""
+    raw = json.dumps(answer("hello")).encode("utf-16-le")
+    body = parse_json(raw)
+    assert isinstance(body, dict)  # the gateway accepts it, reads its usage and relays it
+    labels = Labels("tokometer")
+    out = labels.into_body(raw, body, labels.label("ev_1", "ab" * 32))
+    try:
+        relayed = json.loads(out)
+    except ValueError as e:
+        pytest.fail(f"the labelled answer is no longer JSON: {e}: {out[-80:]!r}")
+    assert relayed["choices"][0]["message"]["content"] == "hello"
+
+
+@pytest.mark.parametrize("raw", [
+    b'\xef\xbb\xbf{"id":"x","choices":[]}',  # a BOM
+    b'{"id":"x","choices":[]} \r\n\t ',  # trailing whitespace
+    b'{"id":"x","id":"y","choices":[]}',  # duplicate keys
+    b'{"id":"x","AIGC":5}',  # the provider's own (wrong-typed) label stands
+    b'{}',
+])
+def test_odd_but_valid_json_answers_stay_json_when_labelled(raw):
+    """HOLDS: the spliced answer is still JSON, with every member of the provider's."""
+    body = parse_json(raw)
+    labels = Labels("tokometer")
+    out = labels.into_body(raw, body, labels.label("ev_1"))
+    relayed = json.loads(out)
+    for key, value in body.items():
+        assert relayed[key] == value
+    assert "AIGC" in relayed
+
+
+# --- provenance registry (provenance/registry.py) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def prov_gw(scripted, tmp_path_factory):
+    gw = start_gateway(tmp_path_factory.mktemp("prov"),
+                       chat_toml(scripted, 'admin_token_env = "TKM_A"\n'), env={"TKM_A": "admin"})
+    yield gw
+    stop_gateway(gw)
+
+
+def _check(gw: Any, text: str, key: str) -> dict[str, Any]:
+    r = gw.request("POST", "/v1/provenance/check", {"text": text}, key=key)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _answered(gw: Any, scripted: Any, tag: str, text: str, key: str) -> str:
+    scripted.scripts[tag] = Script(body=answer(text))
+    r = gw.chat("chat", user=tag, key=key)
+    assert r.status_code == 200, r.text
+    return r.headers["x-tokometer-event-id"]
+
+
+def test_another_tenants_answers_do_not_change_a_tenants_check(prov_gw, scripted):
+    """FAILS ON CURRENT CODE. A key's check looks only at its own tenant's answers, but the
+    boilerplate discount (Registry.check's `frequency`, over `seen_sets`) counts every
+    tenant's: once another tenant has had three answers holding a passage, the passage is
+    "boilerplate" and the asking tenant's own strong match drops to "none". So a tenant can
+    learn whether other tenants were given a text (register it once, check, watch the tier
+    or share change), and another tenant can wipe out its evidence."""
+    gw = prov_gw
+    passage = paragraphs(30)[25]
+    mine = _answered(gw, scripted, "leak-mine", passage + " Signed, the assistant of acme.",
+                     gw.key)
+    wait_for_event(gw, mine)
+    before = _check(gw, passage, gw.key)
+    other_key, _ = gw.new_key(tenant="rival")
+    for i in range(4):
+        theirs = _answered(gw, scripted, f"leak-theirs-{i}",
+                           f"{passage} Rival footer number {i} {'x' * i}.", other_key)
+    wait_for_event(gw, theirs)
+    after = _check(gw, passage, gw.key)
+    assert before["tier"] == "strong", before
+    assert (after["tier"], [m["share"] for m in after["matches"]]) == \
+        (before["tier"], [m["share"] for m in before["matches"]]), (before, after)
+
+
+def test_a_key_never_sees_another_tenants_answer(prov_gw, scripted):
+    """HOLDS: exact, edited and excerpted copies of another tenant's answer give 'none', no
+    match and no receipt; the receipt endpoint answers 404 for its event."""
+    gw = prov_gw
+    text = paragraphs(30)[27]
+    theirs_key, _ = gw.new_key(tenant="secretive")
+    event_id = _answered(gw, scripted, "hidden-1", text, theirs_key)
+    wait_for_event(gw, event_id)
+    words = text.split()
+    for probe in (text, text.upper(), " ".join(words[3:30])):
+        assert _check(gw, probe, gw.key) == {"tier": "none", "matches": [], "receipt": None}
+    assert gw.get(f"/v1/receipts/{event_id}").status_code == 404
+    assert _check(gw, text, theirs_key)["tier"] == "exact"
+
+
+@pytest.mark.parametrize("text", ["\x00" * 1000, "\ud800 lone", "a" * 2_000_000,
+                                  "\u200b\u200b\u200b", "word " * 200_000])
+def test_hostile_check_texts_are_answered(prov_gw, text):
+    """HOLDS: NUL, lone surrogates, a 2 MB word, zero-width spaces and 200k words get an
+    answer (200 or a 4xx), never a 500, and the gateway still serves afterwards."""
+    r = prov_gw.request("POST", "/v1/provenance/check",
+                        json.dumps({"text": text}).encode(), timeout=60)
+    assert r.status_code < 500, r.text
+    assert prov_gw.get("/healthz").status_code == 200
+
+
+def test_a_non_utf8_check_body_is_a_client_error(prov_gw):
+    """HOLDS: a body that is not UTF-8 is a 400."""
+    r = prov_gw.request("POST", "/v1/provenance/check", b'{"text": "\xff\xfe caf\xe9"}')
+    assert 400 <= r.status_code < 500, r.text
+
