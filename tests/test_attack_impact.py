@@ -234,7 +234,7 @@ def _answered(gw: Any, scripted: Any, tag: str, text: str, key: str) -> str:
 def test_another_tenants_answers_do_not_change_a_tenants_check(prov_gw, scripted):
     """FAILS ON CURRENT CODE. A key's check looks only at its own tenant's answers, but the
     boilerplate discount (Registry.check's `frequency`, over `seen_sets`) counts every
-    tenant's: once another tenant has had three answers holding a passage, the passage is
+    tenant's: once another tenant has had a few answers holding a passage, the passage is
     "boilerplate" and the asking tenant's own strong match drops to "none". So a tenant can
     learn whether other tenants were given a text (register it once, check, watch the tier
     or share change), and another tenant can wipe out its evidence."""
@@ -245,9 +245,9 @@ def test_another_tenants_answers_do_not_change_a_tenants_check(prov_gw, scripted
     wait_for_event(gw, mine)
     before = _check(gw, passage, gw.key)
     other_key, _ = gw.new_key(tenant="rival")
-    for i in range(4):
-        theirs = _answered(gw, scripted, f"leak-theirs-{i}",
-                           f"{passage} Rival footer number {i} {'x' * i}.", other_key)
+    footers = paragraphs(40)[32:38]  # long and distinct: six distinct fingerprint sets
+    for i, footer in enumerate(footers):
+        theirs = _answered(gw, scripted, f"leak-theirs-{i}", f"{passage} {footer}", other_key)
     wait_for_event(gw, theirs)
     after = _check(gw, passage, gw.key)
     assert before["tier"] == "strong", before
