@@ -346,3 +346,29 @@ def test_measured_events_audit_clean(scripted, tmp_path):
     assert all(e["energy_source"] == "measured" for e in events), events
     assert all(Decimal(e["energy_wh"]) >= 0 for e in events)
     assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
+
+
+def test_the_cli_check_signing_beside_a_running_gateway_keeps_the_log_clean(prov_gw,
+                                                                            scripted, tmp_path):
+    """HOLDS: `tokometer provenance check` signs a head itself when its best match is newer
+    than the latest one, while the gateway keeps writing: the receipt it prints verifies,
+    and the ledger audits clean afterwards."""
+    gw = prov_gw
+    texts = paragraphs(60)[50:56]
+    for i, text in enumerate(texts[:3]):
+        last = _answered(gw, scripted, f"cli-sign-{i}", text, gw.key)
+    wait_for_event(gw, last)
+    text_file = tmp_path / "t.txt"
+    text_file.write_text(texts[2])
+    checked = cli(gw.config, "provenance", "check", str(text_file), "--format", "json")
+    assert checked.returncode == 0, checked.stderr
+    for i, text in enumerate(texts[3:]):
+        _answered(gw, scripted, f"cli-sign-after-{i}", text, gw.key)
+    receipt_file = tmp_path / "receipt.json"
+    receipt_file.write_text(json.dumps(json.loads(checked.stdout)["receipt"]))
+    pubkey = cli(gw.config, "ledger", "pubkey").stdout.strip()
+    verified = cli(gw.config, "verify-receipt", str(receipt_file), "--pubkey", pubkey)
+    audit = cli(gw.config, "ledger", "audit")
+    assert json.loads(checked.stdout)["tier"] == "exact"
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
