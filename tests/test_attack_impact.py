@@ -372,3 +372,57 @@ def test_the_cli_check_signing_beside_a_running_gateway_keeps_the_log_clean(prov
     assert json.loads(checked.stdout)["tier"] == "exact"
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert audit.returncode == 0 and "audits clean" in audit.stdout, audit.stdout + audit.stderr
+
+
+def _listener(port: int = 0) -> tuple[subprocess.Popen[bytes], int]:
+    """A process listening on 127.0.0.1:`port` (0: any), burning 0.3 s of CPU per line read."""
+    code = ("import socket,sys,time\n"
+            "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+            f"s.bind(('127.0.0.1',{port}));s.listen()\n"
+            "print(s.getsockname()[1],flush=True)\n"
+            "for line in sys.stdin:\n"
+            "    t=time.process_time()\n"
+            "    while time.process_time()-t<0.3: pass\n"
+            "    print('done',flush=True)\n")
+    child = subprocess.Popen([sys.executable, "-S", "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    return child, int(child.stdout.readline())
+
+
+def _work(child: subprocess.Popen[bytes]) -> None:
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(b"go\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == b"done\n"
+
+
+def test_a_restarted_local_server_is_measured_again(tmp_path):
+    """FAILS ON CURRENT CODE. services._local_servers finds the server's pid once, at start;
+    when the model server is restarted (a crash, an upgrade, `ollama serve` again) on the
+    same port, CpuShares keeps the dead pid's clock: every later request is unmeasured
+    (begin() None: modelled, or no figures at all for a model without [models.impact])
+    until the gateway itself restarts, though the new server is one /proc look-up away."""
+    from tokometer.gateway import services
+
+    first, port = _listener()
+    path = tmp_path / "tokometer.toml"
+    path.write_text(f'[[providers]]\nname="p"\napi="openai"\n'
+                    f'base_url="http://127.0.0.1:{port}/v1"\nimpact={{watts_per_core=10}}\n')
+    shares = services._local_servers(load(path))["p"]
+    ticket = shares.begin()
+    _work(first)
+    assert (shares.end(ticket) or 0) >= 0.2  # measured while the first server runs
+    first.kill()
+    first.wait()
+    second, _ = _listener(port)
+    try:
+        assert listening_pid(port) == second.pid
+        ticket = shares.begin()
+        _work(second)
+        seconds = shares.end(ticket) if ticket is not None else None
+    finally:
+        second.kill()
+        second.wait()
+    assert seconds is not None and seconds >= 0.2, \
+        f"the restarted server's 0.3 s of CPU measured as {seconds}"
