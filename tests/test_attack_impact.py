@@ -213,8 +213,12 @@ def test_odd_but_valid_json_answers_stay_json_when_labelled(raw):
 
 @pytest.fixture(scope="module")
 def prov_gw(scripted, tmp_path_factory):
+    dead = ('[[providers]]\nname = "dead"\napi = "openai"\nbase_url = "http://127.0.0.1:1/v1"\n'
+            'region = "US"\n[[models]]\nname = "dead-4o"\n'
+            'routes = [{ provider = "dead", model = "gpt-4o" }]\n')
     gw = start_gateway(tmp_path_factory.mktemp("prov"),
-                       chat_toml(scripted, 'admin_token_env = "TKM_A"\n'), env={"TKM_A": "admin"})
+                       chat_toml(scripted, 'admin_token_env = "TKM_A"\n') + dead,
+                       env={"TKM_A": "admin"})
     yield gw
     stop_gateway(gw)
 
@@ -426,3 +430,17 @@ def test_a_restarted_local_server_is_measured_again(tmp_path):
         second.wait()
     assert seconds is not None and seconds >= 0.2, \
         f"the restarted server's 0.3 s of CPU measured as {seconds}"
+
+
+def test_a_provider_nobody_reached_used_no_energy(prov_gw):
+    """FAILS ON CURRENT CODE. meter._impact gives figures to every outcome with a route, and
+    a route is set even when the connection was refused (nothing listens on the provider's
+    port): Prepared.impact with no tokens still charges min(duration, EcoLogits' TTFT) of a
+    server's power plus its embodied share, so a request that never reached any model is
+    recorded with Wh and gCO2e (and spends them from an energy budget). Only an outcome
+    whose provider answered (a status it sent) ran anything."""
+    r = prov_gw.chat("dead-4o")
+    assert r.status_code >= 500, r.text
+    event = wait_for_event(prov_gw, r.headers["x-tokometer-event-id"])
+    assert event["energy_wh"] in (None, "0"), \
+        f"a refused connection recorded {event['energy_wh']} Wh, {event['co2e_g']} gCO2e"
