@@ -444,3 +444,26 @@ def test_a_provider_nobody_reached_used_no_energy(prov_gw):
     event = wait_for_event(prov_gw, r.headers["x-tokometer-event-id"])
     assert event["energy_wh"] in (None, "0"), \
         f"a refused connection recorded {event['energy_wh']} Wh, {event['co2e_g']} gCO2e"
+
+
+def test_a_remote_server_with_a_launch_table_is_not_measured_by_a_local_process(tmp_path):
+    """FAILS ON CURRENT CODE. impact.watts_per_core gives the 10 W default to any provider
+    with a [providers.launch] table, and services._local_servers then looks up whichever
+    local process listens on the base_url's *port number*, whatever its host: for a model
+    server on another machine (launch is skipped when it is already up there), the CPU of an
+    unrelated process here (another app, or the gateway itself) becomes the requests'
+    "measured" energy. The config refuses an explicit watts_per_core off loopback; the
+    launch default skips that rule."""
+    from tokometer.gateway import services
+
+    unrelated, port = _listener()
+    try:
+        path = tmp_path / "tokometer.toml"
+        path.write_text(f'[[providers]]\nname="p"\napi="openai"\n'
+                        f'base_url="http://gpu-box.example:{port}/v1"\n'
+                        'launch={gguf="model.gguf", chat_format="chatml"}\n')
+        found = services._local_servers(load(path))
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    assert "p" not in found, f"measured by the local pid {found['p'].pid} (unrelated)"
