@@ -467,3 +467,29 @@ def test_a_remote_server_with_a_launch_table_is_not_measured_by_a_local_process(
         unrelated.kill()
         unrelated.wait()
     assert "p" not in found, f"measured by the local pid {found['p'].pid} (unrelated)"
+
+
+def test_provenance_checks_do_not_hold_up_key_revocation(prov_gw):
+    """FAILS ON CURRENT CODE. A check fingerprints its text in pure Python on the side store's
+    thread (Transparency._read = the OffLoop shared with the admin API and the dashboard,
+    whose calls never overlap): any key may send texts up to max_body_bytes (2 M CJK
+    characters, each a word: ~2 s of HMACs apiece), and a few at once queue the admin API
+    behind them. Here four checks from a tenant's key delay the admin's revocation of a key
+    (the tool to stop that very tenant) by seconds. Fingerprint the query before taking the
+    store (and bound the words a check reads)."""
+    gw = prov_gw
+    victim, victim_id = gw.new_key(tenant="abuser")
+    text = "\u4e00\u4e8c\u4e09\u56db\u4e94" * 400_000
+    body = json.dumps({"text": text}, ensure_ascii=False).encode()
+    checks = [threading.Thread(target=lambda: gw.request(
+        "POST", "/v1/provenance/check", body, key=victim, timeout=120)) for _ in range(4)]
+    for t in checks:
+        t.start()
+    time.sleep(1.0)  # the checks have arrived
+    t0 = time.monotonic()
+    revoked = gw.request("DELETE", f"/admin/keys/{victim_id}", key="admin", timeout=120)
+    took = time.monotonic() - t0
+    for t in checks:
+        t.join(120)
+    assert revoked.status_code == 200, revoked.text
+    assert took < 2.0, f"the admin's revocation waited {took:.1f} s behind provenance checks"
