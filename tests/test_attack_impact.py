@@ -27,6 +27,7 @@ from tokometer.gateway.labels import Labels
 from tokometer.impact import Impacts
 from tokometer.impact import measured as measured_module
 from tokometer.impact.measured import CpuShares, listening_pid
+from tokometer.ledger import open_store
 from tokometer.usage.body import parse_json
 
 LOCAL = Provider("local", "openai", "http://127.0.0.1:1/v1", None, None, None, None, None,
@@ -493,3 +494,38 @@ def test_provenance_checks_do_not_hold_up_key_revocation(prov_gw):
         t.join(120)
     assert revoked.status_code == 200, revoked.text
     assert took < 2.0, f"the admin's revocation waited {took:.1f} s behind provenance checks"
+
+
+@pytest.mark.parametrize("column", ["text_sha256", "fingerprints"])
+def test_a_tampered_registry_row_does_not_audit_clean(prov_gw, scripted, column):
+    """FAILS ON CURRENT CODE. The registry's rows are what a check matches against and what
+    its signed receipt vouches for, but `tokometer ledger audit` reads none of them:
+    - text_sha256 (the exact tier) is committed nowhere: rewritten to the hash of any text,
+      that text is then "exact: generated here, word for word", with a receipt that verifies;
+    - fingerprints are committed by the leaf's fingerprint_sha256, yet nothing compares the
+      row with it.
+    Either edit audits clean. (Commit text_sha256 in the leaf too, and have the audit check
+    every row against its event: hash, and no row without an event.)"""
+    from tokometer.provenance.fingerprint import text_sha256
+
+    gw = prov_gw
+    text = paragraphs(60)[58]
+    event_id = _answered(gw, scripted, f"tamper-{column}", text, gw.key)
+    wait_for_event(gw, event_id)
+    forged = "I wrote this myself, every word of it, by hand."
+    with open_store(gw.store) as store:
+        old = store.execute(f"SELECT {column} FROM provenance WHERE event_id = ?",
+                            (event_id,)).fetchone()[0]
+        new = text_sha256(forged) if column == "text_sha256" else bytes(old)[8:]
+        with store.transaction():
+            store.execute(f"UPDATE provenance SET {column} = ? WHERE event_id = ?",
+                          (new, event_id))
+    try:
+        audit = cli(gw.config, "ledger", "audit")
+        if column == "text_sha256":
+            assert _check(gw, forged, "admin")["tier"] == "exact"  # the forgery works
+    finally:
+        with open_store(gw.store) as store, store.transaction():
+            store.execute(f"UPDATE provenance SET {column} = ? WHERE event_id = ?",
+                          (old, event_id))
+    assert audit.returncode != 0 and "audits clean" not in audit.stdout, audit.stdout
