@@ -1,7 +1,23 @@
 """Attacks on energy/CO2e, energy budgets, implicit labels and the provenance registry.
 
 Each test either demonstrates a bug (marked FAILS ON CURRENT CODE in its docstring) or pins an
-attack that is defended (HOLDS)."""
+attack that is defended (HOLDS).
+
+Failing on the current code (14):
+  test_a_cpu_clock_that_goes_backwards_never_gives_negative_energy
+  test_a_server_that_computes_in_a_child_process_is_measured
+  test_a_restarted_local_server_is_measured_again
+  test_an_https_local_server_is_found_on_port_443
+  test_a_remote_server_with_a_launch_table_is_not_measured_by_a_local_process
+  test_watts_per_core_nan_is_a_config_error
+  test_a_measured_request_cannot_overspend_an_energy_budget
+  test_a_provider_nobody_reached_used_no_energy
+  test_a_utf16_answer_is_not_corrupted_by_the_label
+  test_another_tenants_answers_do_not_change_a_tenants_check
+  test_a_text_with_no_words_is_not_an_exact_match_of_every_wordless_answer
+  test_a_tampered_registry_row_does_not_audit_clean[text_sha256, fingerprints]
+  test_provenance_checks_do_not_hold_up_key_revocation
+"""
 
 from __future__ import annotations
 
