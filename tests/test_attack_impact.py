@@ -3,7 +3,7 @@
 Each test either demonstrates a bug (marked FAILS ON CURRENT CODE in its docstring) or pins an
 attack that is defended (HOLDS).
 
-Failing on the current code (14):
+Failing on the current code (18 with the parameters):
   test_a_cpu_clock_that_goes_backwards_never_gives_negative_energy
   test_a_server_that_computes_in_a_child_process_is_measured
   test_a_restarted_local_server_is_measured_again
@@ -13,6 +13,7 @@ Failing on the current code (14):
   test_a_measured_request_cannot_overspend_an_energy_budget
   test_a_provider_nobody_reached_used_no_energy
   test_a_utf16_answer_is_not_corrupted_by_the_label
+  test_a_provider_member_that_is_no_label_does_not_remove_the_label[4 cases]
   test_another_tenants_answers_do_not_change_a_tenants_check
   test_a_text_with_no_words_is_not_an_exact_match_of_every_wordless_answer
   test_a_tampered_registry_row_does_not_audit_clean[text_sha256, fingerprints]
@@ -212,7 +213,6 @@ def test_a_utf16_answer_is_not_corrupted_by_the_label():
     b'\xef\xbb\xbf{"id":"x","choices":[]}',  # a BOM
     b'{"id":"x","choices":[]} \r\n\t ',  # trailing whitespace
     b'{"id":"x","id":"y","choices":[]}',  # duplicate keys
-    b'{"id":"x","AIGC":5}',  # the provider's own (wrong-typed) label stands
     b'{}',
 ])
 def test_odd_but_valid_json_answers_stay_json_when_labelled(raw):
@@ -224,6 +224,21 @@ def test_odd_but_valid_json_answers_stay_json_when_labelled(raw):
     for key, value in body.items():
         assert relayed[key] == value
     assert "AIGC" in relayed
+
+
+@pytest.mark.parametrize("member", [b"null", b"5", b'"none"', b'{"Label":"0"}'])
+def test_a_provider_member_that_is_no_label_does_not_remove_the_label(member):
+    """FAILS ON CURRENT CODE. Labels.into_body leaves a body alone whenever it has any top-level
+    `AIGC` member ("the provider labelled it already"): a provider (hostile, or an echo of
+    user content) sending `"AIGC": null`, a number, a string, or a label that says the
+    content is not AI-generated ships the answer with no valid implicit label in its body,
+    and one that contradicts the header. Only a well-formed label saying Label "1" should
+    stand; anything else should be replaced by the gateway's."""
+    raw = b'{"id":"x","choices":[],"AIGC":' + member + b"}"
+    labels = Labels("tokometer")
+    label = labels.label("ev_1")
+    relayed = json.loads(labels.into_body(raw, parse_json(raw), label))
+    assert isinstance(relayed["AIGC"], dict) and relayed["AIGC"].get("Label") == "1", relayed
 
 
 # --- provenance registry (provenance/registry.py) ---------------------------------------------
