@@ -560,3 +560,37 @@ def test_a_tampered_registry_row_does_not_audit_clean(prov_gw, scripted, column)
             store.execute(f"UPDATE provenance SET {column} = ? WHERE event_id = ?",
                           (old, event_id))
     assert audit.returncode != 0 and "audits clean" not in audit.stdout, audit.stdout
+
+
+def test_streamed_requests_never_pass_an_energy_budget(upstream, tmp_path):
+    """HOLDS: streamed requests under a budget in Wh (three times one request's figure)
+    are admitted while their modelled ceiling fits and refused after, and what they spent,
+    summed from the ledger, stays within the limit."""
+    from conftest import FAKE_KEYS, MODELS_TOML, providers_toml
+
+    gw = start_gateway(tmp_path / "gw", f'admin_token_env = "TKM_ADMIN"\n'
+                       f"{providers_toml(upstream)}\n{MODELS_TOML}",
+                       env={**FAKE_KEYS, "TKM_ADMIN": "admin"})
+    body = {"model": "gpt-4o-mini", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+
+    def streamed() -> tuple[int, str]:
+        with gw.stream("/v1/chat/completions", body) as r:
+            r.read()
+            return r.status_code, r.headers["x-tokometer-event-id"]
+
+    try:
+        status, first = streamed()
+        assert status == 200
+        one = Decimal(wait_for_event(gw, first)["energy_wh"])
+        limit = one * 3
+        put = gw.request("PUT", "/admin/budgets", {"tenant": "acme", "limit": str(limit),
+                                                   "unit": "Wh", "period": "day"}, key="admin")
+        assert put.status_code in (200, 201), put.text
+        answers = [streamed() for _ in range(8)]
+        served = [first, *(i for s, i in answers if s == 200)]
+        spent = sum(Decimal(wait_for_event(gw, i)["energy_wh"]) for i in served)
+    finally:
+        stop_gateway(gw)
+    assert any(s == 402 for s, _ in answers), answers
+    assert spent <= limit, (spent, limit)
