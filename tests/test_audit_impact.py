@@ -291,3 +291,118 @@ def test_unknown_model_or_zone_is_null_not_zero():
     assert _impact_fields(None) == {}
     zero = _impact_fields(ours("gpt-4o-mini", provider("openai"), 0, 0.0))
     assert zero["energy_wh"] == 0 and zero["co2e_g"] == 0
+
+
+# --- 2. reports: energy, CO2e and tokens per kWh per group, against a hand sum ------------
+
+REPORT_BY = [["model"], ["tenant"], ["tenant", "app"], ["provider", "model"],
+             ["provider_region"], ["tenant", "model"], ["consumer_region", "provider_region"]]
+
+
+def report_events() -> list[Any]:
+    """Events over 40 days (two month ends, several ISO weeks), tenants, apps, models,
+    regions, with figures of 1 to 7 significant digits from 1e-7 to 1e6 Wh, some without
+    figures, a zero figure with tokens, and corrections (token deltas, no figures)."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from conftest import make_event
+    from tokometer.events import rfc3339
+    rng = random.Random(14)
+    start = datetime(2026, 9, 27, 0, 0, tzinfo=UTC)
+    out = []
+    for i in range(240):
+        at = start + timedelta(hours=rng.randrange(40 * 24), minutes=rng.randrange(60),
+                               seconds=rng.randrange(60))
+        model = rng.choice(["gpt-4o-mini", "claude-haiku-4-5", "m-dark", "gpt-5"])
+        lit = model != "m-dark" and rng.random() < 0.85
+        energy = co2e = None
+        if lit:
+            energy = Decimal(rng.randrange(1, 10**rng.randrange(1, 8))).scaleb(
+                rng.randrange(-13, 0))
+            co2e = (energy * Decimal("0.3844")).quantize(Decimal(1).scaleb(
+                energy.as_tuple().exponent - 4))
+            if i % 37 == 0:
+                energy = co2e = Decimal(0)
+        correction = i % 29 == 5
+        out.append(make_event(
+            time=rfc3339(at), model=model, model_requested=model,
+            tenant=rng.choice(["acme", "globex", "initech"]), app=rng.choice(["a", "b", None]),
+            provider=rng.choice(["openai", "anthropic", "local"]),
+            provider_region=rng.choice(["US", "SE", "FR", None]),
+            consumer_region=rng.choice(["DE", "JP", None]),
+            input_tokens=-50 if correction else rng.randrange(0, 5000),
+            output_tokens=200 if correction else rng.randrange(0, 3000),
+            usage_source="correction" if correction else "reported",
+            corrects="0190e0e0-0000-7000-8000-000000000000" if correction else None,
+            cost=Decimal("0.001"),
+            energy_wh=None if correction else energy, co2e_g=None if correction else co2e))
+    return out
+
+
+def hand_report(events: list[Any], by: list[str], period: str | None) -> dict[Any, Any]:
+    """Per group (and period start): energy and CO2e summed in Decimal over the events with a
+    figure, tokens per kWh over those events' tokens, null where none has a figure."""
+    from datetime import date, timedelta
+
+    from tokometer.events import decimal_str
+
+    def start(time: str) -> str:
+        day = date.fromisoformat(time[:10])
+        return {"day": time[:10], "week": (day - timedelta(days=day.weekday())).isoformat(),
+                "month": time[:7], "hour": time[:13] + ":00:00Z", None: ""}[period]
+
+    groups: dict[Any, list[Any]] = {}
+    for e in events:
+        key = (start(e.time), *(getattr(e, f) for f in by))
+        groups.setdefault(key, []).append(e)
+    out = {}
+    for key, es in groups.items():
+        lit = [e for e in es if e.energy_wh is not None]
+        energy = sum((e.energy_wh for e in lit), Decimal(0))
+        tokens = sum(e.input_tokens + e.output_tokens for e in lit)
+        if not lit or (not tokens and not energy):
+            out[key] = (None, None, None)
+        else:
+            out[key] = (decimal_str(energy), decimal_str(sum((e.co2e_g for e in lit),
+                                                             Decimal(0))),
+                        int(Decimal(tokens) * 1000 / energy) if energy else None)
+    return out
+
+
+def as_rows(rows: list[dict[str, Any]], by: list[str], period: str | None) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for r in rows:
+        key = (r.get("period", "") if period else "", *(r[f] for f in by))
+        assert key not in out, key  # one currency: one row per group
+        out[key] = (r["energy_wh"], r["co2e_g"], r["tokens_per_kwh"])
+    return out
+
+
+def test_reports_by_group_and_period_are_the_hand_sums(store_location, tmp_path):
+    """On SQLite and PostgreSQL: for 7 groupings x no period/day/week/month, from the
+    rollups (whole days) and from the raw events (a range off the hour holding them all),
+    energy_wh, co2e_g and tokens_per_kwh per group equal the Decimal hand sums over the raw
+    events; the hour period too from the hour rollups."""
+    from test_stores import append
+    from tokometer.analytics import report
+    from tokometer.analytics.report import rollup_grain
+    from tokometer.ledger import open_store
+    from tokometer.ledger.signer import load_signer
+    events = report_events()
+    signer = load_signer(tmp_path / "key.pem")
+    checked = 0
+    with open_store(store_location, create=True) as store:
+        append(store, events[:120], signer)
+        append(store, events[120:], signer)
+        for by in REPORT_BY:
+            for period in (None, "day", "week", "month", "hour"):
+                want = hand_report(events, by, period)
+                if rollup_grain(by, None, None, period) is not None:
+                    assert as_rows(report(store, by, period=period), by, period) == want, \
+                        (by, period, "rollups")
+                    checked += 1
+                raw = report(store, by, since="2026-09-01T00:00:01Z", period=period)
+                assert as_rows(raw, by, period) == want, (by, period, "events")
+                checked += 1
+    assert checked >= 60
