@@ -406,3 +406,160 @@ def test_reports_by_group_and_period_are_the_hand_sums(store_location, tmp_path)
                 assert as_rows(raw, by, period) == want, (by, period, "events")
                 checked += 1
     assert checked >= 60
+
+
+# --- 3. budgets in Wh and gCO2e through a real gateway ------------------------------------
+
+ADMIN = "audit14-admin"
+
+
+def _energy_body(scripted: Any) -> str:
+    """The scripted fake as three providers: a world-mix one, one in Poland (a coal grid),
+    and one on this machine whose energy is measured (the fake runs in this process). The
+    model `dual` may take gpt-4o-mini in the world's mix or gpt-4o in Poland; `tiny` is a
+    0.27B model sized in the config, served by the measured local provider."""
+    return f"""admin_token_env = "AUDIT14_ADMIN"
+{scripted.providers_toml()}
+[[providers]]
+name = "oa-pl"
+api = "openai"
+base_url = "{scripted.url}/v1"
+region = "PL"
+[[providers]]
+name = "local"
+api = "openai"
+base_url = "{scripted.url}/v1"
+impact = {{ watts_per_core = 1000 }}
+[[models]]
+name = "dual"
+tokenizer = "tiktoken:o200k_base"
+routes = [{{ provider = "oa", model = "gpt-4o-mini" }}, {{ provider = "oa-pl", model = "gpt-4o" }}]
+[[models]]
+name = "tiny"
+tokenizer = "tiktoken:o200k_base"
+routes = [{{ provider = "local", model = "gemma-3-270m" }}]
+impact = {{ params = 0.27 }}
+"""
+
+
+def _statuses(gw: Any, tenant: str) -> dict[str, dict[str, Any]]:
+    r = gw.get("/admin/budgets", key=ADMIN)
+    assert r.status_code == 200, r.text
+    return {b["unit"]: b for b in r.json()["data"] if b["scope_value"] == tenant}
+
+
+def _put_budget(gw: Any, tenant: str, limit: Decimal, unit: str) -> None:
+    r = gw.request("PUT", "/admin/budgets", {"tenant": tenant, "limit": str(limit),
+                                             "unit": unit, "period": "day"}, key=ADMIN)
+    assert r.status_code in (200, 201), r.text
+    import time
+    time.sleep(1.5)  # a budget set reaches every process within a second (policy/sync.py)
+
+
+def _eco_high(name: str, zone: str, pue: tuple[float, float], input_tokens: int,
+              output: int) -> tuple[Decimal, Decimal]:
+    """The high end (Wh, gCO2e) of a request by EcoLogits' compute_llm_impacts at its
+    modelled latency (no measured latency: the whole output at the model's speed), plus the
+    prefill term by hand, for a model EcoLogits lists as openai's."""
+    m = models.find_model(provider="openai", model_name=name)
+    assert m is not None
+    p = m.architecture.parameters
+    act = p.active if isinstance(p, ParametersMoE) else p
+    tot = p.total if isinstance(p, ParametersMoE) else p
+    mix = MIXES[zone]
+    theirs = compute_llm_impacts(
+        model_active_parameter_count=act, model_total_parameter_count=tot,
+        output_token_count=output, if_electricity_mix_adpe=mix.adpe,
+        if_electricity_mix_pe=mix.pe, if_electricity_mix_gwp=mix.gwp,
+        if_electricity_mix_wue=mix.wue, datacenter_pue=RangeValue(min=pue[0], max=pue[1]),
+        datacenter_wue=0, tps=m.deployment.tps if m.deployment else None,
+        ttft=m.deployment.ttft if m.deployment else None)
+    prefill = prefill_by_hand(ends(act)[1], ends(tot)[1], pue[1], 0.1, input_tokens)
+    wh = Decimal(ends(theirs.energy.value)[1] * 1000) + prefill * 1000
+    g = Decimal(ends(theirs.gwp.value)[1] * 1000) + prefill * 1000 * Decimal(str(mix.gwp))
+    return wh, g
+
+
+def _held(gw: Any, scripted: Any, key: str, tenant: str, body: dict[str, Any],
+          tag: str, answer: dict[str, Any], during: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Send `body`, read the budgets while the scripted provider holds it, then release it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scripted_upstream import Script
+    import uuid
+    tag = f"{tag}-{uuid.uuid4().hex[:8]}"  # the fake is the module's: tags must not repeat
+    hold = threading.Event()
+    scripted.scripts[tag] = Script(body=answer, hold=hold)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(gw.post, "/v1/chat/completions", {**body, "user": tag}, key=key)
+        deadline = time.monotonic() + 20
+        while not any(a.get("user") == tag for a in scripted.arrived) and not future.done():
+            assert time.monotonic() < deadline, "the request did not arrive"
+            time.sleep(0.02)  # readiness poll of the gateway
+        assert not future.done(), future.result().text
+        held = _statuses(gw, tenant)
+        if during is not None:
+            during()
+        hold.set()
+        return future.result(), held
+
+
+def _answer(prompt: int, completion: int, n: int = 1) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion", "model": "gpt-4o", "choices": [
+        {"index": i, "message": {"role": "assistant", "content": "ok " * 5},
+         "finish_reason": "length"} for i in range(n)],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": prompt + completion}}
+
+
+@pytest.fixture
+def energy_gw(scripted, tmp_path, store_location):
+    from conftest import start_gateway, stop_gateway
+    store = None if store_location.__class__ is tmp_path.__class__ else store_location
+    gw = start_gateway(tmp_path / "gw", _energy_body(scripted),
+                       env={"AUDIT14_ADMIN": ADMIN}, store=store)
+    yield gw
+    stop_gateway(gw)
+
+
+def test_an_energy_reservation_is_the_worst_route_at_n_times_max_tokens(energy_gw, scripted,
+                                                                        o200k):
+    """On both stores, through the gateway: a request of `dual` (gpt-4o-mini in the world's
+    mix, or gpt-4o in Poland) with n=3 and max_tokens=50, held by the provider while the
+    budgets are read: the Wh and gCO2e reserved are the high end, by EcoLogits'
+    compute_llm_impacts at 150 output tokens at the model's own speed plus the prefill by
+    hand, of the worse route (Poland's gpt-4o), to 6 digits; the provider then answers with
+    the whole 150 tokens and the event's figures fit in what was reserved; what each budget
+    says is spent is the ledger's sum of the events' figures (4 requests)."""
+    from test_audit_budgets import _chat
+    gw = energy_gw
+    key, _ = gw.new_key("energy-co")
+    _put_budget(gw, "energy-co", Decimal(1000), "Wh")
+    _put_budget(gw, "energy-co", Decimal(100000), "gCO2e")
+    messages = [{"role": "user", "content": "Name three rivers of Poland, briefly."}]
+    inp = _chat(o200k, messages)
+    ids = []
+    for i, (n, max_tokens) in enumerate(((3, 50), (1, 200), (2, 7), (1, 1))):
+        body = {"model": "dual", "messages": messages, "n": n, "max_tokens": max_tokens}
+        answer, held = _held(gw, scripted, key, "energy-co", body, f"e14-{i}",
+                             _answer(inp, n * max_tokens, n))
+        assert answer.status_code == 200, answer.text
+        ids.append(answer.headers["x-tokometer-event-id"])
+        worst = [_eco_high("gpt-4o-mini", "WOR", (1.1, 1.56), inp, n * max_tokens),
+                 _eco_high("gpt-4o", "POL", (1.1, 1.56), inp, n * max_tokens)]
+        wh, g = max(w[0] for w in worst), max(w[1] for w in worst)
+        reserved_wh = Decimal(held["Wh"]["reserved"])
+        reserved_g = Decimal(held["gCO2e"]["reserved"])
+        assert reserved_wh == pytest.approx(wh, rel=Decimal("1e-5")), (n, max_tokens, held)
+        assert reserved_g == pytest.approx(g, rel=Decimal("1e-5")), (n, max_tokens)
+        event = gw.event(ids[-1])
+        assert event["output_tokens"] == n * max_tokens
+        assert Decimal(event["energy_wh_high"]) <= reserved_wh
+        assert Decimal(event["co2e_g_high"]) <= reserved_g
+    events = [gw.event(i) for i in ids]
+    after = _statuses(gw, "energy-co")
+    assert Decimal(after["Wh"]["spent"]) == sum(Decimal(e["energy_wh"]) for e in events)
+    assert Decimal(after["gCO2e"]["spent"]) == sum(Decimal(e["co2e_g"]) for e in events)
+    assert Decimal(after["Wh"]["reserved"]) == 0
