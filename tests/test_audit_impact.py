@@ -618,3 +618,81 @@ def test_discrepancy_a_measured_local_server_is_reserved_for_its_modelled_figure
     assert (Decimal(event["energy_wh"]), spent) <= (reserved, reserved * 2), (
         f"measured {event['energy_wh']} Wh recorded against {reserved} Wh reserved; "
         f"a {reserved * 2} Wh budget spent {spent} Wh")
+
+
+# --- 4. a local server's measured CPU, against the child's own clock ----------------------
+
+class Child:
+    """A process that burns the CPU seconds it is sent, and answers with its own
+    time.process_time() after each burn (the oracle)."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+        code = ("import sys,time\nprint(time.process_time(),flush=True)\n"
+                "for line in sys.stdin:\n"
+                " s=float(line)\n t=time.process_time()\n"
+                " while time.process_time()-t<s: pass\n"
+                " print(time.process_time(),flush=True)\n")
+        self.proc = subprocess.Popen([sys.executable, "-S", "-c", code], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        self.clock = float(self.proc.stdout.readline())
+
+    def burn(self, seconds: float) -> float:
+        """Burn, and return the CPU seconds the child says it spent since its last answer."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{seconds}\n")
+        self.proc.stdin.flush()
+        now = float(self.proc.stdout.readline())
+        spent, self.clock = now - self.clock, now
+        return spent
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.mark.parametrize("plan", [
+    # (action, request) in order: "b" begin, "e" end, or a float: CPU seconds to burn
+    [("b", 0), 0.3, ("e", 0)],
+    [("b", 0), 0.2, ("b", 1), 0.3, ("e", 0), 0.1, ("e", 1)],
+    [("b", 0), ("b", 1), ("b", 2), 0.3, ("e", 1), 0.2, ("b", 3), 0.1, ("e", 0), ("e", 2),
+     0.15, ("e", 3)],
+    [("b", 0), 0.1, ("e", 0), 0.2, ("b", 1), 0.1, ("e", 1)],  # CPU with no request in flight
+])
+def test_cpu_shares_sum_to_the_childs_own_cpu(plan):
+    """CpuShares over a busy child: each request gets, for each stretch of CPU, its even
+    share among the requests then in flight (the child's own process_time for the stretch,
+    the oracle); the shares sum to the CPU the child spent while any request was in flight
+    (within 5 ms each, the child's own reading and writing); a lone request gets all of its
+    stretch; CPU with nothing in flight goes to nobody."""
+    from tokometer.impact.measured import CpuShares
+    child = Child()
+    try:
+        shares = CpuShares(child.proc.pid)
+        tickets: dict[int, Any] = {}
+        expected: dict[int, float] = {}
+        got: dict[int, float] = {}
+        in_flight: list[int] = []
+        busy = 0.0
+        for step in plan:
+            if isinstance(step, float):
+                spent = child.burn(step)
+                for r in in_flight:
+                    expected[r] += spent / len(in_flight)
+                busy += spent if in_flight else 0
+            elif step[0] == "b":
+                tickets[step[1]] = shares.begin()
+                expected[step[1]] = 0.0
+                in_flight.append(step[1])
+            else:
+                value = shares.end(tickets[step[1]])
+                assert value is not None
+                got[step[1]] = value
+                in_flight.remove(step[1])
+        for r, want in expected.items():
+            assert got[r] == pytest.approx(want, abs=0.005), (r, got, expected)
+        assert sum(got.values()) == pytest.approx(busy, abs=0.005 * len(got))
+    finally:
+        child.close()
