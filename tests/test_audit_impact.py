@@ -485,10 +485,10 @@ def _held(gw: Any, scripted: Any, key: str, tenant: str, body: dict[str, Any],
     """Send `body`, read the budgets while the scripted provider holds it, then release it."""
     import threading
     import time
+    import uuid
     from concurrent.futures import ThreadPoolExecutor
 
     from scripted_upstream import Script
-    import uuid
     tag = f"{tag}-{uuid.uuid4().hex[:8]}"  # the fake is the module's: tags must not repeat
     hold = threading.Event()
     scripted.scripts[tag] = Script(body=answer, hold=hold)
@@ -572,8 +572,8 @@ def test_discrepancy_a_measured_local_server_is_reserved_for_its_modelled_figure
     serving a 0.27B model sized in the config, under a Wh budget. The reservation is the
     *modelled* high end (EcoLogits at max_tokens=16: 0.00171005 Wh), but the event's
     figure is the *measured* CPU time x 1000 W: with 0.5 s of CPU burnt while the request is
-    in flight, 0.145 Wh, 85 times what was reserved; a budget of twice the reservation (0.0034201 Wh)
-    admits the request and ends with 0.145 Wh spent, 42 times its limit.
+    in flight, 0.145 Wh, 85 times what was reserved; a budget of twice the reservation
+    (0.0034201 Wh) admits the request and ends with 0.145 Wh spent, 42 times its limit.
 
     Oracle for the measured figure: this process's own CPU clock around the request
     (time.process_time), between the 0.5 s burnt and the whole delta: that part agrees.
@@ -696,3 +696,204 @@ def test_cpu_shares_sum_to_the_childs_own_cpu(plan):
         assert sum(got.values()) == pytest.approx(busy, abs=0.005 * len(got))
     finally:
         child.close()
+
+
+# --- 5. provenance: hashes, fingerprints, tiers, receipts, labels -------------------------
+
+TEXTS = {
+    "ascii": "The Vistula is the longest river in Poland, flowing north to the Baltic Sea.",
+    "accents": "Crème brûlée, naïve façade, Ærøskøbing, Straße, İstanbul: déjà vu.",
+    "emoji": "Ship it 🚀🚀 — family 👨‍👩‍👧‍👦, flag 🇵🇱, skin 👍🏽, keycap 1️⃣.",
+    "cjk": "長江是亞洲最長的河流。日本語のテキスト、カタカナ。한국어 문장입니다。",
+    "mixed": "Ｆｕｌｌ-width ＡＢＣ, ligature ﬁne, RTL שלום مرحبا, math 𝔘𝔫𝔦𝔠𝔬𝔡𝔢, e\u0301.",
+}
+
+
+def _sha(text: str) -> str:
+    import hashlib
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """The text in pieces of `size` code points (a grapheme may straddle two deltas)."""
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _openai_events(text: str) -> list[bytes]:
+    import json
+    out = [b'data: ' + json.dumps({"id": "c", "object": "chat.completion.chunk", "model":
+                                   "gpt-4o-mini", "choices": [{"index": 0, "delta": {
+                                       "role": "assistant", "content": ""}}]}).encode()]
+    for piece in _pieces(text, 3):
+        out.append(b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk",
+                                           "model": "gpt-4o-mini", "choices": [{
+                                               "index": 0, "delta": {"content": piece}}]},
+                                          ensure_ascii=piece.isascii()).encode())
+    out.append(b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini",'
+               b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+               b'"usage":{"prompt_tokens":9,"completion_tokens":40,"total_tokens":49}}')
+    out.append(b"data: [DONE]")
+    return out
+
+
+def _anthropic_events(text: str) -> list[bytes]:
+    import json
+
+    def ev(kind: str, data: dict[str, Any]) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}".encode()
+    out = [ev("message_start", {"message": {
+        "id": "m", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
+        "stop_reason": None, "usage": {"input_tokens": 9, "output_tokens": 1}}}),
+        ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})]
+    out += [ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
+                                                             "text": piece}})
+            for piece in _pieces(text, 2)]
+    out += [ev("content_block_stop", {"index": 0}),
+            ev("message_delta", {"delta": {"stop_reason": "end_turn"},
+                                 "usage": {"output_tokens": 40}}),
+            ev("message_stop", {})]
+    return out
+
+
+@pytest.fixture
+def prov_gw(scripted, tmp_path, store_location):
+    from conftest import start_gateway, stop_gateway
+    store = None if store_location.__class__ is tmp_path.__class__ else store_location
+    body = f"""admin_token_env = "AUDIT14_ADMIN"
+{scripted.providers_toml()}
+[[models]]
+name = "chat"
+tokenizer = "tiktoken:o200k_base"
+routes = [{{ provider = "oa", model = "gpt-4o-mini" }}]
+[[models]]
+name = "claude"
+routes = [{{ provider = "an", model = "claude-x" }}]
+"""
+    gw = start_gateway(tmp_path / "gw", body, env={"AUDIT14_ADMIN": ADMIN}, store=store)
+    yield gw
+    stop_gateway(gw)
+
+
+def _own_fingerprints(text: str, key: bytes) -> set[int]:
+    """Winnowing written out from fingerprint.py's description, with the hmac module: NFKC +
+    casefold, words (a CJK character is a word), 5-word n-grams HMAC-SHA256'd under the key
+    (first 8 bytes, big-endian), the smallest of every 3 consecutive; under 5 words, one HMAC
+    of them all; under 3 n-grams, the smallest."""
+    import hashlib
+    import hmac
+    import re
+    import unicodedata
+    cjk = ("\u1100-\u11ff\u3005-\u3007\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
+           "\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff")
+    ws = [w.encode() for w in re.findall(f"(?=[^\\W_])[{cjk}]|[^\\W_{cjk}]+",
+                                         unicodedata.normalize("NFKC", text).casefold())]
+
+    def h(data: bytes) -> int:
+        return int.from_bytes(hmac.new(key, data, hashlib.sha256).digest()[:8], "big")
+    if not ws:
+        return set()
+    if len(ws) < 5:
+        return {h(b" ".join(ws))}
+    hashes = [h(b" ".join(ws[i:i + 5])) for i in range(len(ws) - 4)]
+    if len(hashes) < 3:
+        return {min(hashes)}
+    return {min(hashes[i:i + 3]) for i in range(len(hashes) - 2)}
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_hashes_labels_and_fingerprints_of_what_the_sdk_received(prov_gw, scripted, tmp_path,
+                                                                 sdk):
+    """On both stores, with the openai and anthropic SDKs, whole and streamed (the stream's
+    deltas cut every 2-3 code points, through graphemes), for ASCII, accented, emoji (ZWJ
+    sequences, flags, skin tones), CJK and mixed texts (full-width, ligatures, RTL, math
+    letters, a combining accent): output_sha256 is SHA-256 of the UTF-8 of the text the SDK
+    gave the client; the AIGC label's ProduceID is the event id, its ReservedCode1
+    sha256:<that hash> in a whole answer (header and member alike), empty in a stream's
+    header; the event's fingerprint_sha256 is SHA-256 of the registry row, and the row holds
+    the fingerprints worked out independently (hmac module, the key derived from the
+    ledger's signing key) of the received text."""
+    import hashlib
+    import json
+    import uuid
+
+    import anthropic
+    import openai
+
+    from scripted_upstream import Script
+    from tokometer.config import load
+    from tokometer.ledger import open_store
+    from tokometer.ledger.signer import load_signer
+    from tokometer.provenance.registry import fingerprint_key
+    gw = prov_gw
+    checked = 0
+    rows = []
+    for name, text in TEXTS.items():
+        for stream in (False, True):
+            tag = f"p14-{uuid.uuid4().hex[:10]}"
+            if sdk == "openai":
+                scripted.scripts[tag] = Script(events=_openai_events(text)) if stream else \
+                    Script(body={"id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
+                                 "choices": [{"index": 0, "message": {
+                                     "role": "assistant", "content": text},
+                                     "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 9, "completion_tokens": 40,
+                                           "total_tokens": 49}})
+                client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0)
+                raw = client.chat.completions.with_raw_response.create(
+                    model="chat", messages=[{"role": "user", "content": "hi"}], user=tag,
+                    stream=stream)
+                if stream:
+                    received = "".join(c.choices[0].delta.content or "" for c in raw.parse()
+                                       if c.choices)
+                    member = None
+                else:
+                    parsed = raw.parse()
+                    received = parsed.choices[0].message.content or ""
+                    member = parsed.model_extra.get("AIGC")
+                headers = raw.headers
+            else:
+                scripted.scripts[tag] = Script(events=_anthropic_events(text)) if stream else \
+                    Script(body={"id": "m", "type": "message", "role": "assistant",
+                                 "model": "claude-x",
+                                 "content": [{"type": "text", "text": text}],
+                                 "stop_reason": "end_turn",
+                                 "usage": {"input_tokens": 9, "output_tokens": 40}})
+                aclient = anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0)
+                araw = aclient.messages.with_raw_response.create(
+                    model="claude", max_tokens=64, metadata={"user_id": tag},
+                    messages=[{"role": "user", "content": "hi"}], stream=stream)
+                if stream:
+                    received = "".join(e.delta.text for e in araw.parse()
+                                       if e.type == "content_block_delta")
+                    member = None
+                else:
+                    msg = araw.parse()
+                    received = "".join(b.text for b in msg.content if b.type == "text")
+                    member = (msg.model_extra or {}).get("AIGC")
+                headers = araw.headers
+            assert received == text, (name, stream)
+            event_id = headers["x-tokometer-event-id"]
+            event = gw.event(event_id)
+            assert event["output_sha256"] == _sha(received), (name, stream)
+            label = json.loads(headers["aigc"])
+            assert label["ProduceID"] == event_id and label["Label"] == "1"
+            if stream:
+                assert label["ReservedCode1"] == ""
+            else:
+                assert label["ReservedCode1"] == "sha256:" + _sha(received), (name, stream)
+                assert member == label, (name, stream)
+            rows.append((event_id, event["fingerprint_sha256"], received))
+            checked += 1
+    settings = load(gw.config)
+    s = settings.server
+    key = fingerprint_key(load_signer(s.signing_key, s.signing_key_pem,
+                                      s.signing_key_env).secret())
+    with open_store(gw.store) as store:
+        for event_id, fp_sha, received in rows:
+            row = store.execute("SELECT text_sha256, fingerprints FROM provenance WHERE "
+                                "event_id = ?", (event_id,)).fetchone()
+            blob = bytes(row[1])
+            assert fp_sha == hashlib.sha256(blob).hexdigest()
+            mine = _own_fingerprints(received, key)
+            assert blob == b"".join(fp.to_bytes(8, "big") for fp in sorted(mine)), event_id
+    assert checked == 2 * len(TEXTS)
