@@ -897,3 +897,125 @@ def test_hashes_labels_and_fingerprints_of_what_the_sdk_received(prov_gw, script
             mine = _own_fingerprints(received, key)
             assert blob == b"".join(fp.to_bytes(8, "big") for fp in sorted(mine)), event_id
     assert checked == 2 * len(TEXTS)
+
+
+REALISTIC = [
+    "To reset your router, unplug it from the wall and wait at least thirty seconds before "
+    "plugging it back in. While it restarts, the lights on the front will blink; once the "
+    "internet light is steady green, reconnect your devices. If the problem persists, log in "
+    "to the admin page at 192.168.1.1 and check whether the firmware is up to date, since "
+    "older versions are known to drop connections under heavy load.",
+    "Photosynthesis converts light energy into chemical energy. In the light-dependent "
+    "reactions, chlorophyll absorbs photons and splits water, releasing oxygen and producing "
+    "ATP and NADPH. The Calvin cycle then uses these molecules to fix carbon dioxide into "
+    "three-carbon sugars, which the plant assembles into glucose and starch for storage and "
+    "growth throughout the day and night.",
+    "量子计算利用量子比特的叠加和纠缠来处理信息。与经典比特只能处于零或一不同，量子比特可以同时处于"
+    "两种状态的组合，这使得某些算法，例如整数分解和无序搜索，能够比经典算法快得多。然而，量子比特"
+    "非常脆弱，容易受到环境噪声的影响，因此纠错仍然是该领域最大的挑战之一。",
+    "Here is a short itinerary for three days in Lisbon. Day one: explore Alfama, ride tram "
+    "28, and watch the sunset from Miradouro da Senhora do Monte. Day two: visit Belém for "
+    "the tower, the monastery and the famous custard tarts. Day three: take the train to "
+    "Sintra to see Pena Palace and the Moorish Castle before returning for dinner in Bairro "
+    "Alto.",
+]
+UNRELATED = [
+    "The mitochondria is the powerhouse of the cell, producing most of the chemical energy "
+    "needed to power biochemical reactions, stored in adenosine triphosphate molecules.",
+    "机器学习是人工智能的一个分支，它使计算机能够在没有明确编程的情况下从数据中学习并做出预测。",
+    "Bake the bread at two hundred degrees for forty minutes, then let it cool on a rack.",
+]
+
+
+def test_provenance_check_tiers_on_realistic_answers_and_receipts_verify(prov_gw, scripted,
+                                                                          tmp_path):
+    """On both stores: four realistic answers (English and Chinese) registered through the
+    gateway; POST /v1/provenance/check finds each whole text (recased, re-spaced, with
+    full-width punctuation) "exact", a copy with one word in ten changed "strong", a 30-word
+    (or 30-character) excerpt at least "partial", and unrelated realistic texts "none";
+    each exact receipt names the event and verifies with `tokometer verify-receipt`, and
+    its event's output_sha256 is the SHA-256 of the answer."""
+    import json
+    import random
+    import uuid
+
+    from processes import cli
+    from scripted_upstream import Script
+    gw = prov_gw
+    ids = []
+    for text in REALISTIC:
+        tag = f"r14-{uuid.uuid4().hex[:10]}"
+        scripted.scripts[tag] = Script(body={
+            "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 90, "total_tokens": 99}})
+        r = gw.chat("chat", user=tag)
+        assert r.status_code == 200, r.text
+        ids.append(r.headers["x-tokometer-event-id"])
+
+    def check(text: str) -> dict[str, Any]:
+        r = gw.request("POST", "/v1/provenance/check", {"text": text}, key=ADMIN)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    pubkey = cli(gw.config, "ledger", "pubkey").stdout.strip()
+    rng = random.Random(14)
+    tiers: dict[Any, Any] = {}
+    for i, text in enumerate(REALISTIC):
+        cjk = any("\u4e00" <= c <= "\u9fff" for c in text)
+        whole = check("\n  " + text.upper().replace("，", ",").replace("。", ". ") + "  ")
+        assert (whole["tier"], whole["matches"][0]["event_id"]) == ("exact", ids[i]), i
+        assert whole["receipt"]["event"]["id"] == ids[i]
+        assert whole["receipt"]["event"]["output_sha256"] == _sha(text)
+        receipt = tmp_path / f"receipt-{i}.json"
+        receipt.write_text(json.dumps(whole["receipt"]))
+        verified = cli(gw.config, "verify-receipt", str(receipt), "--pubkey", pubkey)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        units = list(text) if cjk else text.split()
+        for j in rng.sample(range(len(units)), len(units) // 10):
+            units[j] = "乙" if cjk else "zebra"
+        strong = check(("" if cjk else " ").join(units))
+        start = len(text) // 3 if cjk else 0
+        excerpt = text[start:start + 30] if cjk else " ".join(text.split()[12:42])
+        part = check(excerpt)
+        for what, got in (("edited", strong), ("excerpt", part)):
+            tiers[(i, what)] = (got["tier"], got["matches"][0]["event_id"] == ids[i]
+                                if got["matches"] else None)
+    assert tiers == {**{(i, "edited"): ("strong", True) for i in range(len(REALISTIC))},
+                     **{(i, "excerpt"): (tiers[(i, "excerpt")][0]
+                                         if tiers[(i, "excerpt")][0] in ("strong", "partial")
+                                         else "strong or partial", True)
+                        for i in range(len(REALISTIC))}}
+    assert [check(t)["tier"] for t in UNRELATED] == ["none"] * len(UNRELATED)
+
+
+def test_discrepancy_a_text_without_words_is_an_exact_match_for_any_other(prov_gw, scripted):
+    """DISCREPANCY. An answer of emoji only ("🎉👍") is registered; checking a different
+    text with no words either ("🙂", "!!!", "…") comes back tier "exact" naming that
+    answer, with a receipt, though the two share not a character: words() keeps letters and
+    digits only, so both normalise to the empty text, and the exact tier compares
+    SHA-256("") with SHA-256("").
+
+    Where: provenance/registry.py `Registry.mark` registers a text with no words (text
+    SHA-256 of "", no fingerprints), and `Registry.check` calls any text with the same
+    normalised SHA-256 "exact". Fix: register no mark (or no exact hash) for a text whose
+    words() are empty, and answer such a query "none" (or 400: nothing to check)."""
+    import uuid
+
+    from scripted_upstream import Script
+    gw = prov_gw
+    tag = f"e14-{uuid.uuid4().hex[:10]}"
+    scripted.scripts[tag] = Script(body={
+        "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "🎉👍"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}})
+    r = gw.chat("chat", user=tag)
+    assert r.status_code == 200, r.text
+    found = {}
+    for probe in ("🙂", "!!!", "…"):
+        answer = gw.request("POST", "/v1/provenance/check", {"text": probe}, key=ADMIN)
+        assert answer.status_code == 200, answer.text
+        found[probe] = answer.json()["tier"]
+    assert found == {"🙂": "none", "!!!": "none", "…": "none"}
