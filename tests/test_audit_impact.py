@@ -1019,3 +1019,41 @@ def test_discrepancy_a_text_without_words_is_an_exact_match_for_any_other(prov_g
         assert answer.status_code == 200, answer.text
         found[probe] = answer.json()["tier"]
     assert found == {"🙂": "none", "!!!": "none", "…": "none"}
+
+
+@pytest.mark.parametrize(("region", "zone"), [("UK", "GBR"), ("EL", "GRC"), ("XK", "XKX")])
+def test_discrepancy_a_region_code_that_is_not_iso_silently_takes_another_grid(
+        tmp_path, region, zone):
+    """DISCREPANCY. A provider's `region` is accepted by the config as any two capital
+    letters; "UK" (the United Kingdom's common code, ISO's being GB), "EL" (the EU's code for
+    Greece) or "XK" (Kosovo) load without a word, and the requests' CO2e is then worked out
+    on the grid of EcoLogits' data centre for the provider (openai: the USA's, 0.3844
+    kgCO2e/kWh) instead of the country's, with no warning, though the event says
+    provider_region "UK". gpt-4o-mini, 400 tokens, 5 s: ours 0.0106-0.0127 gCO2e, EcoLogits'
+    llm_impacts for GBR 0.00637-0.00756 (GRC for "EL": 0.00886-0.0106); energy agrees.
+    (Kosovo has no mix in EcoLogits: it should get null figures and the warning, as any
+    region without one does.)
+
+    Where: config.py `_country` checks only `^[A-Z]{2}$`; impact/__init__.py `_alpha3`
+    returns None for a code pycountry does not know, and `_find_grid` falls through to the
+    provider's data centre. Fix: reject (or map UK→GB, EL→GR) a region pycountry does not
+    know, in `_country`; or have `_find_grid` warn and give no figures for an unknown region
+    rather than another grid."""
+    from tokometer.config import load
+    path = tmp_path / "tokometer.toml"
+    path.write_text(f'[[providers]]\nname = "openai"\napi = "openai"\n'
+                    f'base_url = "https://api.openai.com/v1"\nregion = "{region}"\n'
+                    '[[models]]\nname = "gpt-4o-mini"\nroutes = [{ provider = "openai" }]\n')
+    try:
+        settings = load(path)
+    except Exception:  # refused up front: that is a fix
+        return
+    prov = settings.providers["openai"]
+    got = ours("gpt-4o-mini", prov, 400, 5.0)
+    want = llm_impacts("openai", "gpt-4o-mini", 400, 5.0, zone)
+    if want.energy is None:  # no mix for the zone: null figures, as for any such region
+        assert got is None, f"region {region} got {figures(got)} from another grid"
+        return
+    assert got is not None and agree(figures(got), oracle_figures(want), rel=1e-9), (
+        f"region {region}: ours {figures(got)} (CO2e), EcoLogits for {zone} "
+        f"{oracle_figures(want)}")
