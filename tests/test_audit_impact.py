@@ -1057,3 +1057,70 @@ def test_discrepancy_a_region_code_that_is_not_iso_silently_takes_another_grid(
     assert got is not None and agree(figures(got), oracle_figures(want), rel=1e-9), (
         f"region {region}: ours {figures(got)} (CO2e), EcoLogits for {zone} "
         f"{oracle_figures(want)}")
+
+
+def test_discrepancy_a_streamed_answer_of_two_choices_is_hashed_interleaved(prov_gw,
+                                                                            scripted):
+    """DISCREPANCY. n=2, streamed with the openai SDK, the provider interleaving the two
+    choices' deltas (as OpenAI does): the client receives two texts, A and B. The same two
+    choices as a whole answer are hashed as SHA-256(A + B); streamed, the event's
+    output_sha256 is the hash of the deltas in arrival order, A and B interleaved word by
+    word, a text nobody received, and the registry fingerprints that interleaving, so
+    checking A (what the client shows a user) finds nothing ("none"; a whole answer A + B
+    registered would find A at least "strong").
+
+    Where: usage/stream.py `StreamReading.text` joins every event's chunk_text in arrival
+    order, whatever its choice index (and text.py `chunk_text` joins a chunk's choices).
+    Fix: collect the deltas per choice index and join the choices in index order, as
+    body_text does for a whole answer (and register each choice's text)."""
+    import json
+    import uuid
+
+    import openai
+
+    from scripted_upstream import Script
+    gw = prov_gw
+    a = ("The Danube flows through ten countries, more than any other river in the world, "
+         "from the Black Forest in Germany to the Black Sea in Romania and Ukraine.")
+    b = ("Mount Kilimanjaro in Tanzania is the highest mountain in Africa and the tallest "
+         "free-standing mountain on Earth, rising almost six thousand metres above sea level.")
+    wa, wb = a.split(" "), b.split(" ")
+    events = []
+    for i in range(max(len(wa), len(wb))):
+        for index, ws in ((0, wa), (1, wb)):
+            if i < len(ws):
+                piece = ws[i] + (" " if i < len(ws) - 1 else "")
+                events.append(b"data: " + json.dumps({
+                    "id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+                    "choices": [{"index": index, "delta": {"content": piece}}]}).encode())
+    events += [b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini",'
+               b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"},'
+               b'{"index":1,"delta":{},"finish_reason":"stop"}],'
+               b'"usage":{"prompt_tokens":9,"completion_tokens":70,"total_tokens":79}}',
+               b"data: [DONE]"]
+    tag = f"n2-{uuid.uuid4().hex[:10]}"
+    scripted.scripts[tag] = Script(events=events)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat", messages=[{"role": "user", "content": "two facts"}], n=2, user=tag,
+        stream=True)
+    received = {0: "", 1: ""}
+    for chunk in raw.parse():
+        for choice in chunk.choices:
+            received[choice.index] += choice.delta.content or ""
+    assert (received[0], received[1]) == (a, b)
+    event = gw.event(raw.headers["x-tokometer-event-id"])
+    check = gw.request("POST", "/v1/provenance/check", {"text": a}, key=ADMIN).json()
+    assert (event["output_sha256"], check["tier"] != "none") == (_sha(a + b), True), (
+        f"output_sha256 {event['output_sha256']} is not SHA-256(A + B) {_sha(a + b)} "
+        f"(interleaved: {_sha(''.join(events_text(events)))}); checking A: {check['tier']}")
+
+
+def events_text(events: list[bytes]) -> list[str]:
+    import json
+    out = []
+    for e in events:
+        if e.startswith(b"data: {"):
+            for c in json.loads(e[6:])["choices"]:
+                out.append(c["delta"].get("content") or "")
+    return out
