@@ -1124,3 +1124,52 @@ def events_text(events: list[bytes]) -> list[str]:
             for c in json.loads(e[6:])["choices"]:
                 out.append(c["delta"].get("content") or "")
     return out
+
+
+def test_discrepancy_a_correction_of_the_tokens_leaves_the_energy_of_the_old_reading(
+        store_location, tmp_path):
+    """DISCREPANCY. An event of gpt-4o-mini (openai, US) read as 100 output tokens in 6 s,
+    its figures by the method; a correction (a late usage report) adds 900 output tokens.
+    The reports then say the model used 1,000+ tokens but still the energy of 100: the
+    correction carries no energy or CO2e (nor can one: correction() takes token and cost
+    deltas only), so energy_wh stays the old reading's figure while EcoLogits' figure for
+    the corrected reading (1000 tokens, same latency) is 7 times it (0.00946894 Wh reported,
+    0.0675867 Wh by the method); tokens per kWh leaves the correction's tokens out, so it does not
+    show it either. On both stores.
+
+    Where: ledger/corrections.py `correction` (and the admin corrections endpoint) builds
+    the event without energy fields; reports and Wh/gCO2e budgets sum what is there.
+    Fix: give a correction energy and CO2e deltas worked out by the method for the
+    corrected usage minus the original's (its duration, route and served model are in the
+    original event), or mark the original's figures as superseded."""
+    from datetime import UTC, datetime, timedelta
+
+    from conftest import make_event
+    from test_stores import append
+    from tokometer.analytics import report
+    from tokometer.events import rfc3339
+    from tokometer.ledger import open_store
+    from tokometer.ledger.corrections import correction
+    from tokometer.ledger.read import get_event
+    from tokometer.ledger.signer import load_signer
+    us = provider("openai", "US")
+    first = ours("gpt-4o-mini", us, 100, 6.0, 500)
+    fields = _impact_fields(first)
+    at = datetime.now(UTC).replace(minute=10, second=0, microsecond=0) - timedelta(days=1)
+    original = make_event(time=rfc3339(at), model="gpt-4o-mini", provider="openai",
+                          provider_region="US", input_tokens=500, output_tokens=100,
+                          duration_ms=6000.0, **fields)
+    signer = load_signer(tmp_path / "key.pem")
+    with open_store(store_location, create=True) as store:
+        append(store, [original], signer)
+        stored = get_event(store, original.id)
+        assert stored is not None
+        fix = correction(stored, {"output_tokens": 900}, "late usage report")
+        append(store, [fix], signer)
+        row = next(r for r in report(store, ["model"], since="2000-01-01T00:00:01Z"))
+    corrected = ours("gpt-4o-mini", us, 1000, 6.0, 500)
+    want = _impact_fields(corrected)["energy_wh"]
+    assert (row["input_tokens"], row["output_tokens"]) == (500, 1000)
+    assert Decimal(row["energy_wh"]) == want, (
+        f"report: {row['energy_wh']} Wh for 1000 output tokens; the method for the corrected "
+        f"reading: {want} Wh (the original's: {fields['energy_wh']} Wh)")
