@@ -439,6 +439,12 @@ name = "tiny"
 tokenizer = "tiktoken:o200k_base"
 routes = [{{ provider = "local", model = "gemma-3-270m" }}]
 impact = {{ params = 0.27 }}
+[[models]]
+name = "haiku"
+routes = [{{ provider = "an", model = "claude-haiku-4-5" }}]
+[[models]]
+name = "poland"
+routes = [{{ provider = "oa-pl", model = "gpt-4o" }}]
 """
 
 
@@ -1173,3 +1179,94 @@ def test_discrepancy_a_correction_of_the_tokens_leaves_the_energy_of_the_old_rea
     assert Decimal(row["energy_wh"]) == want, (
         f"report: {row['energy_wh']} Wh for 1000 output tokens; the method for the corrected "
         f"reading: {want} Wh (the original's: {fields['energy_wh']} Wh)")
+
+
+def _eco_event(provider_name: str, name: str, zone: str, pue: tuple[float, float],
+               event: dict[str, Any]) -> tuple[Decimal, ...]:
+    """An event's six figures by EcoLogits' compute_llm_impacts for its own output tokens
+    and duration, plus the prefill by hand for its input tokens, rounded to 6 digits."""
+    m = models.find_model(provider=provider_name, model_name=name)
+    assert m is not None
+    p = m.architecture.parameters
+    act = p.active if isinstance(p, ParametersMoE) else p
+    tot = p.total if isinstance(p, ParametersMoE) else p
+    mix = MIXES[zone]
+    theirs = compute_llm_impacts(
+        model_active_parameter_count=act, model_total_parameter_count=tot,
+        output_token_count=event["output_tokens"], request_latency=event["duration_ms"] / 1000,
+        if_electricity_mix_adpe=mix.adpe, if_electricity_mix_pe=mix.pe,
+        if_electricity_mix_gwp=mix.gwp, if_electricity_mix_wue=mix.wue,
+        datacenter_pue=RangeValue(min=pue[0], max=pue[1]), datacenter_wue=0,
+        tps=m.deployment.tps if m.deployment else None,
+        ttft=m.deployment.ttft if m.deployment else None)
+    e, g = ends(theirs.energy.value), ends(theirs.gwp.value)
+    out = []
+    for end, share in ((0, 0.02), (1, 0.1)):
+        kwh = prefill_by_hand(ends(act)[end], ends(tot)[end], pue[end], share,
+                              event["input_tokens"])
+        out.append((Decimal(e[end] * 1000) + kwh * 1000,
+                    Decimal(g[end] * 1000) + kwh * 1000 * Decimal(str(mix.gwp))))
+    (el, gl), (eh, gh) = out
+    return tuple(SIX.plus(x) for x in (el, (el + eh) / 2, eh, gl, (gl + gh) / 2, gh))
+
+
+def test_event_figures_through_the_gateway_are_ecologits_for_the_events_own_reading(
+        energy_gw, scripted):
+    """On both stores, through the gateway: gpt-4o in Poland (openai API, whole and
+    streamed) and claude-haiku-4-5 over the Anthropic API, with prompts of 9 to 120,000
+    tokens and answers of 1 to 4,000: each stored event's six figures are EcoLogits'
+    compute_llm_impacts for its own output tokens and duration_ms (the world's mix or
+    Poland's, PUE 1.1-1.56 for a provider EcoLogits does not describe) plus the prefill by
+    hand, to 6 significant digits (one unit of the 6th allowed: the float sums)."""
+    import json
+    import uuid
+
+    from scripted_upstream import Script
+    gw = energy_gw
+    checked = 0
+    for prompt, completion in ((9, 1), (2000, 300), (120_000, 4000)):
+        for stream in (False, True):
+            tag = f"ev14-{uuid.uuid4().hex[:10]}"
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                     "total_tokens": prompt + completion}
+            scripted.scripts[tag] = Script(events=[
+                b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o",'
+                b'"choices":[{"index":0,"delta":{"content":"ok"}}]}',
+                b'data: ' + json.dumps({"id": "c", "object": "chat.completion.chunk",
+                                        "model": "gpt-4o", "choices": [{
+                                            "index": 0, "delta": {},
+                                            "finish_reason": "stop"}],
+                                        "usage": usage}).encode(),
+                b"data: [DONE]"]) if stream else Script(body={**_answer(prompt, completion)})
+            body: dict[str, Any] = {"model": "poland", "user": tag, "stream": stream,
+                                    "messages": [{"role": "user", "content": "hi"}]}
+            if stream:
+                body["stream_options"] = {"include_usage": True}
+            r = gw.post("/v1/chat/completions", body)
+            assert r.status_code == 200, r.text
+            event = gw.event(r.headers["x-tokometer-event-id"])
+            assert (event["input_tokens"], event["output_tokens"]) == (prompt, completion)
+            _same_figures(event, _eco_event("openai", "gpt-4o", "POL", (1.1, 1.56), event))
+            checked += 1
+            tag = f"an14-{uuid.uuid4().hex[:10]}"
+            scripted.scripts[tag] = Script(body={
+                "id": "m", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+                "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": prompt, "output_tokens": completion}})
+            r = gw.post("/v1/messages", {"model": "haiku", "max_tokens": 4096,
+                                         "metadata": {"user_id": tag},
+                                         "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200, r.text
+            event = gw.event(r.headers["x-tokometer-event-id"])
+            _same_figures(event, _eco_event("anthropic", "claude-haiku-4-5", "WOR",
+                                            (1.1, 1.56), event))
+            checked += 1
+    assert checked == 12
+
+
+def _same_figures(event: dict[str, Any], want: tuple[Decimal, ...]) -> None:
+    names = ("energy_wh_low", "energy_wh", "energy_wh_high", "co2e_g_low", "co2e_g",
+             "co2e_g_high")
+    for name, value in zip(names, want, strict=True):
+        got = Decimal(event[name])
+        assert abs(got - value) <= Decimal(1).scaleb(value.adjusted() - 5), (name, got, value)
