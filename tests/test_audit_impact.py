@@ -1270,3 +1270,76 @@ def _same_figures(event: dict[str, Any], want: tuple[Decimal, ...]) -> None:
     for name, value in zip(names, want, strict=True):
         got = Decimal(event[name])
         assert abs(got - value) <= Decimal(1).scaleb(value.adjusted() - 5), (name, got, value)
+
+
+def test_discrepancy_the_same_tool_use_answer_hashes_differently_whole_and_streamed(
+        prov_gw, scripted):
+    """DISCREPANCY. One Anthropic answer, "Let me look that up." and a tool_use block with
+    input {"query": "longest river", "text": "Nile"}, sent whole and streamed (text_delta,
+    then input_json_delta of the same input): the client receives the same message both
+    ways (the SDK's final message is equal), but the events' output_sha256 differ, so the
+    exact tier and ReservedCode1 depend on how the answer was delivered. Whole, the hash
+    is of the text plus the *values of text-like keys* inside the tool input ("Nile", not
+    "longest river"); streamed, of the text plus the input's raw JSON.
+
+    Where: usage/text.py `_collect` recurses into a tool_use block's `input` and keeps only
+    the strings under _TEXT_KEYS, while `chunk_text` keeps `partial_json` whole. Fix: hash
+    the same thing both ways: for a tool_use block, its input serialised canonically (or
+    leave tool calls out of output_sha256 and say so)."""
+    import json
+    import uuid
+
+    import anthropic
+
+    from scripted_upstream import Script
+    gw = prov_gw
+    tool_input = {"query": "longest river", "text": "Nile"}
+    whole = {"id": "m", "type": "message", "role": "assistant", "model": "claude-x",
+             "content": [{"type": "text", "text": "Let me look that up."},
+                         {"type": "tool_use", "id": "tu_1", "name": "lookup",
+                          "input": tool_input}],
+             "stop_reason": "tool_use", "usage": {"input_tokens": 20, "output_tokens": 30}}
+
+    def ev(kind: str, data: dict[str, Any]) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}".encode()
+    streamed = [
+        ev("message_start", {"message": {**whole, "content": [], "stop_reason": None,
+                                         "usage": {"input_tokens": 20, "output_tokens": 1}}}),
+        ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
+                                                         "text": "Let me look that up."}}),
+        ev("content_block_stop", {"index": 0}),
+        ev("content_block_start", {"index": 1, "content_block": {
+            "type": "tool_use", "id": "tu_1", "name": "lookup", "input": {}}}),
+        ev("content_block_delta", {"index": 1, "delta": {
+            "type": "input_json_delta", "partial_json": json.dumps(tool_input)}}),
+        ev("content_block_stop", {"index": 1}),
+        ev("message_delta", {"delta": {"stop_reason": "tool_use"},
+                             "usage": {"output_tokens": 30}}),
+        ev("message_stop", {})]
+    client = anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0)
+    tool = {"name": "lookup", "description": "Looks things up.",
+            "input_schema": {"type": "object"}}
+    hashes, finals = [], []
+    for stream in (False, True):
+        tag = f"tool14-{uuid.uuid4().hex[:10]}"
+        scripted.scripts[tag] = Script(events=streamed) if stream else Script(body=whole)
+        kwargs: dict[str, Any] = {"model": "claude", "max_tokens": 256, "tools": [tool],
+                                  "metadata": {"user_id": tag},
+                                  "messages": [{"role": "user", "content": "longest river?"}]}
+        if stream:
+            with client.messages.stream(**kwargs) as s:
+                final = s.get_final_message()
+                event_id = s.response.headers["x-tokometer-event-id"]
+        else:
+            raw = client.messages.with_raw_response.create(**kwargs)
+            final = raw.parse()
+            event_id = raw.headers["x-tokometer-event-id"]
+        finals.append([b.model_dump(exclude_none=True) for b in final.content])
+        hashes.append(gw.event(event_id)["output_sha256"])
+    assert finals[0] == finals[1]  # the client received the same answer both ways
+    as_json = _sha("Let me look that up." + json.dumps(tool_input))
+    assert hashes[0] == hashes[1], (
+        f"whole: {hashes[0]} = sha256('Let me look that up.Nile') "
+        f"{hashes[0] == _sha('Let me look that up.Nile')}; streamed: {hashes[1]} = "
+        f"sha256(text + input JSON) {hashes[1] == as_json}")
