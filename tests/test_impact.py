@@ -266,7 +266,7 @@ def burn(child: subprocess.Popen[bytes]) -> None:
 def test_a_server_alone_gives_its_request_all_its_cpu_and_overlapping_ones_share_it():
     child = busy_child(0.3)
     try:
-        shares = CpuShares(child.pid)
+        shares = CpuShares(0, child.pid)  # port 0: nothing to look up again
         alone = shares.begin()
         burn(child)
         first = shares.begin()  # two requests in flight from here on: they share
@@ -285,7 +285,7 @@ def test_a_server_alone_gives_its_request_all_its_cpu_and_overlapping_ones_share
 def test_concurrent_requests_split_the_cpu_evenly():
     child = busy_child(0.4)
     try:
-        shares = CpuShares(child.pid)
+        shares = CpuShares(0, child.pid)  # port 0: nothing to look up again
         a, b = shares.begin(), shares.begin()
         burn(child)
         spent_a, spent_b = shares.end(a), shares.end(b)

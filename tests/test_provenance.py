@@ -165,7 +165,8 @@ def test_answers_are_registered_and_found_in_tiers_with_a_receipt(scripted, tmp_
     """On both stores: 20 distinct answers go through the gateway; the API and the CLI find
     one exactly, an edited copy strongly, an excerpt at least partially, an unrelated text
     not at all, only within the asking key's tenant; the receipt verifies offline and its
-    event's fingerprint_sha256 is the hash of the fingerprints the registry keeps."""
+    event's fingerprint_sha256 is the hash of the text digest and fingerprints the registry
+    keeps."""
     store = None if isinstance(store_location, type(tmp_path)) else store_location
     texts = paragraphs(24)
     answers, unrelated = texts[:20], texts[20:]
@@ -205,8 +206,8 @@ def test_answers_are_registered_and_found_in_tiers_with_a_receipt(scripted, tmp_
         receipt_file.write_text(json.dumps(exact["receipt"]))
         verified = cli(gw.config, "verify-receipt", str(receipt_file), "--pubkey", pubkey)
         with open_store(store or gw.store) as opened:
-            blob = bytes(opened.execute("SELECT fingerprints FROM provenance WHERE "
-                                        "event_id = ?", (ids[3],)).fetchone()[0])
+            digest, blob = opened.execute("SELECT text_sha256, fingerprints FROM provenance "
+                                          "WHERE event_id = ?", (ids[3],)).fetchone()
     finally:
         stop_gateway(gw)
     assert (exact["tier"], exact["matches"][0]["event_id"]) == ("exact", ids[3])
@@ -220,7 +221,8 @@ def test_answers_are_registered_and_found_in_tiers_with_a_receipt(scripted, tmp_
     assert own["tier"] == "exact"
     assert by_cli.returncode == 0 and json.loads(by_cli.stdout)["tier"] == "exact"
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert exact["receipt"]["event"]["fingerprint_sha256"] == hashlib.sha256(blob).hexdigest()
+    assert exact["receipt"]["event"]["fingerprint_sha256"] == hashlib.sha256(
+        bytes.fromhex(digest) + bytes(blob)).hexdigest()
     assert exact["receipt"]["event"]["id"] == ids[3]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -31,6 +32,7 @@ STRATEGIES = ("order", "price", "latency")
 PERIODS = ("day", "week", "month", "total")
 SCOPES = ("tenant", "app", "key_id")
 TOKENS = "tokens"  # the budget unit that counts tokens instead of money
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts whose model servers can be measured here
 DEFAULT_NOTICE = "[AI-generated] "  # an explicit label's text when the config gives none
 # Budget units that count a request's energy (`energy_wh`) or emissions (`co2e_g`).
 ENERGY_UNITS = {"Wh": "energy_wh", "gCO2e": "co2e_g"}
@@ -431,7 +433,7 @@ def _datacentre(p: _Reader) -> Datacentre | None:
         zone = _zone(d, zone)
     watts = d.number("watts_per_core", None)
     if watts is not None and (watts > 1000 or urlsplit(p.str("base_url")).hostname
-                              not in ("127.0.0.1", "localhost", "::1")):
+                              not in LOOPBACK):
         raise d.error("watts_per_core", "measures a model server on this machine: at most "
                       "1000 W, for a provider whose base_url is on 127.0.0.1 or localhost")
     return Datacentre(zone=zone, pue=d.span("pue", lo=1.0, hi=5.0), watts_per_core=watts)
@@ -634,8 +636,12 @@ def _countries(r: _Reader, key: str) -> frozenset[str] | None:
 
 def _country(r: _Reader, key: str) -> str | None:
     value = r.opt_str(key)
-    if value is not None and not _COUNTRY.match(value):
-        raise r.error(key, f"expected an ISO 3166-1 alpha-2 code like 'US', got {value!r}")
+    if value is not None and not (_COUNTRY.match(value)
+                                  and pycountry.countries.get(alpha_2=value)):
+        hint = {"UK": " (the United Kingdom is 'GB')", "EL": " (Greece is 'GR')"}.get(
+            value or "", "")
+        raise r.error(key, f"expected an ISO 3166-1 alpha-2 code like 'US', got "
+                      f"{value!r}{hint}")
     return value
 
 
@@ -705,8 +711,8 @@ class _Reader:
         value = self._opt(key, _NUMBER, "a number")
         if value is None:
             return default
-        if value <= 0:
-            raise self.error(key, "must be positive")
+        if not math.isfinite(value) or value <= 0:
+            raise self.error(key, "must be a positive number")
         return float(value)
 
     def span(self, key: builtins.str, lo: float, hi: float) -> tuple[float, float] | None:

@@ -252,11 +252,12 @@ def provenance_check(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     signer = _signer(settings)
     registry = Registry(fingerprint_key(signer.secret()))
+    query = registry.query(text)
     with open_store(settings.server.store) as store:
-        answer = registry.check(store, text, args.tenant)
+        answer = registry.check(store, query, args.tenant)
         if answer["tier"] != "none" and answer["receipt"] is None:
             sign_stored_head(store, signer)  # the best match is newer than the latest head
-            answer = registry.check(store, text, args.tenant)
+            answer = registry.check(store, query, args.tenant)
     if args.format == "json":
         show_json(answer, indent=True)
         return 0

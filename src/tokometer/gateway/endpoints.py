@@ -29,6 +29,7 @@ from .wire import ENDPOINTS, EVENT_ID_HEADER
 
 Handler = Callable[[Request, Services], Awaitable[None]]
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+MAX_CHECK_CHARS = 200_000  # a provenance check's text: a long answer's, a few times over
 
 
 async def metered(request: Request, services: Services) -> None:
@@ -100,6 +101,9 @@ async def provenance(request: Request, services: Services) -> None:
     text = body.get("text") if isinstance(body, dict) else None
     if not isinstance(text, str) or not text.strip():
         raise RequestError('give the text to check as {"text": "..."}')
+    if len(text) > MAX_CHECK_CHARS:
+        raise RequestError(f"a text to check may have at most {MAX_CHECK_CHARS:,} characters",
+                           status=413)
     await reply_json(request.send, 200, await services.transparency.provenance(
         text, who.tenant if who is not None else None))
 

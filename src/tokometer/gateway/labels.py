@@ -40,13 +40,23 @@ class Labels:
         return self._head + (f'{event_id}","ReservedCode1":"{code}","ContentPropagator":"",'
                              '"PropagateID":"","ReservedCode2":""}').encode()
 
-    def into_body(self, raw: bytes, body: dict[str, object], label: bytes) -> bytes:
+    def into_body(self, raw: bytes, body: dict[str, Any], label: bytes) -> bytes:
         """A whole JSON answer with the label as its last member, every other byte as the
-        provider sent it; unchanged if the provider labelled it already (its label stands)."""
-        if "AIGC" in body:
+        provider sent it. A provider's own label (an object saying AI-generated) stands;
+        any other `AIGC` member is replaced. A body in UTF-16 or UTF-32 (JSON allows them;
+        their ASCII has NUL bytes, which UTF-8 JSON never holds) is left as it came."""
+        if b"\x00" in raw:
             return raw
+        theirs = body.get("AIGC", _ABSENT)
+        if isinstance(theirs, dict) and theirs.get("Label") == _AI_GENERATED:
+            return raw
+        if theirs is not _ABSENT:  # not a label: ours instead, the body written anew
+            return dumps({**body, "AIGC": json.loads(label)})
         end = raw.rstrip().rfind(b"}")
         return raw[:end] + (b',"AIGC":' if body else b'"AIGC":') + label + b"}"
+
+
+_ABSENT = object()
 
 
 # --- explicit labels: a visible notice in the generated text, for the scopes that ask ------

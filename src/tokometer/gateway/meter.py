@@ -30,7 +30,7 @@ from ..events import (
     new_event_id,
     rfc3339,
 )
-from ..impact import Impact, Impacts
+from ..impact import Impact, Impacts, watts_per_core
 from ..policy import Need
 from ..provenance.registry import Mark
 from ..usage.dialects import MAX_TOKENS
@@ -138,8 +138,10 @@ class Meter:
                  for r in routes for u in ways]
         known = [c for c in costs if c is not None]
         cost = max(known) if known and len(known) == len(costs) else None
-        # the modelled ceiling: the whole output at the model's own speed, the high end
-        ceilings = [self.impacts.of(call.model, r, None, usage, math.inf) for r in routes]
+        # the modelled ceiling: the whole output at the model's own speed, the high end; a
+        # measured local server's energy has no bound before it runs (its CPU time)
+        ceilings = [None if watts_per_core(r.provider) is not None else
+                    self.impacts.of(call.model, r, None, usage, math.inf) for r in routes]
         energy = co2e = None
         if ceilings and None not in ceilings:
             energy = max(_figure(c.energy_wh.high) for c in ceilings if c is not None)
@@ -219,7 +221,7 @@ class Meter:
                 duration_ms: float) -> Impact | None:
         """Energy and CO2e, for a request a provider served (no route: nothing ran): measured
         for a local server, else modelled from the event's own tokens and duration."""
-        if outcome.route is None:
+        if outcome.route is None or not outcome.produced:  # nothing generated, or nobody ran
             return None
         if outcome.server_cpu_s is not None:  # a local server's, measured
             return self.impacts.measured(outcome.route.provider, outcome.server_cpu_s)

@@ -145,18 +145,19 @@ def api_key(headers: dict[bytes, bytes]) -> str | None:
 
 def _local_servers(settings: Settings) -> dict[str, CpuShares]:
     """The CPU clocks of the local model servers whose energy is measured, by provider: the
-    process listening on each one's port (one it launched, or one already running)."""
+    process listening on each one's port (one it launched, or one already running; one
+    started later is found when it answers)."""
     found = {}
     for provider in settings.providers.values():
         if watts_per_core(provider) is None:
             continue
-        port = urlsplit(provider.base_url).port or 80
+        url = urlsplit(provider.base_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
         pid = listening_pid(port)
         if pid is None:
-            log.warning("no model server listens on port %d for provider %s: its energy is "
-                        "modelled, not measured", port, provider.name)
-            continue
-        found[provider.name] = CpuShares(pid)
+            log.warning("no model server listens on port %d for provider %s yet: its energy "
+                        "is modelled until one does", port, provider.name)
+        found[provider.name] = CpuShares(port, pid)
     return found
 
 

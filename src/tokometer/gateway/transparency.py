@@ -10,6 +10,7 @@ Store reads run on a thread with a connection of their own, never on the event l
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -63,9 +64,11 @@ class Transparency:
 
     async def provenance(self, text: str, tenant: str | None) -> dict[str, Any]:
         """registry.check's answer, with a receipt even for an answer newer than the latest
-        signed head (one is signed now)."""
-        answer = await self._read(self.registry.check, text, tenant)
+        signed head (one is signed now). The text is fingerprinted on a thread of its own,
+        not the one the admin API and the dashboard share."""
+        query = await asyncio.to_thread(self.registry.query, text)
+        answer = await self._read(self.registry.check, query, tenant)
         if answer["tier"] != "none" and answer["receipt"] is None:
             await self.ledger.sign_now()
-            answer = await self._read(self.registry.check, text, tenant)
+            answer = await self._read(self.registry.check, query, tenant)
         return answer

@@ -8,6 +8,7 @@ A model neither knows gets no figures (null, never zero) and a warning, once.
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 import pycountry
 from ecologits.electricity_mix_repository import electricity_mixes
@@ -16,7 +17,7 @@ from ecologits.tracers.utils import PROVIDER_CONFIG_MAP
 from ecologits.utils.range_value import RangeValue
 
 from ..catalog import vendor_of
-from ..config import Model, Provider, Route
+from ..config import LOOPBACK, Model, Provider, Route
 from ..events import Usage
 from .measured import DEFAULT_WATTS_PER_CORE
 from .method import ESTIMATED, MEASURED, REF, Impact, Prepared, Serving, Span
@@ -71,7 +72,7 @@ class Impacts:
 
     def _prepare(self, model: Model, route: Route, served: str | None) -> Prepared | None:
         grid = self._grid(route.provider)
-        size = self._size(model, route.model, served)
+        size = self._size(model, route, served)
         if grid is None or size is None:
             return None
         pue, gwp, zone = grid
@@ -88,9 +89,15 @@ class Impacts:
         EcoLogits' data centre for the provider's vendor, else the world's."""
         known = PROVIDER_CONFIG_MAP.get(_ecologits_provider(provider.name) or "")
         datacentre = provider.impact
+        region = _alpha3(provider.region)
+        if provider.region and region is None:  # "UK", "EL": no country, so no grid
+            self._warn(f"region {provider.region}", f"region {provider.region!r} of provider "
+                       f"{provider.name} is no ISO 3166 country: its requests get no energy "
+                       "or CO2e figures (set [providers.impact] zone)")
+            if not (datacentre and datacentre.zone):
+                return None
         zone = (datacentre.zone if datacentre and datacentre.zone else None) \
-            or _alpha3(provider.region) or (known.datacenter_location if known else None) \
-            or "WOR"
+            or region or (known.datacenter_location if known else None) or "WOR"
         mix = electricity_mixes.find_electricity_mix(zone=zone)
         if mix is None:
             self._warn(f"zone {zone}", f"EcoLogits has no electricity mix for {zone} (provider "
@@ -104,12 +111,15 @@ class Impacts:
             pue = _ANY_PUE
         return pue, float(mix.gwp), zone
 
-    def _size(self, model: Model, routed: str, served: str | None
+    def _size(self, model: Model, route: Route, served: str | None
               ) -> tuple[Span, Span, float | None, float | None] | None:
         if model.impact is not None:
             params = model.impact
             return Span(*params.active_params), Span(*params.total_params), None, None
-        size = _ecologits_size(routed) or (_ecologits_size(served) if served else None)
+        routed = route.model
+        # by the model's vendor, else by the provider (a name the catalog does not know)
+        size = _ecologits_size(routed) or (_ecologits_size(served) if served else None) \
+            or _ecologits_size(routed, _ecologits_provider(route.provider.name))
         if size is None:
             self._warn(routed, f"EcoLogits does not know model {routed!r} (config model "
                        f"{model.name!r}): its requests get no energy or CO2e figures; "
@@ -127,12 +137,15 @@ def watts_per_core(provider: Provider) -> float | None:
     the default for a server `tokometer serve` launches; None for a remote provider."""
     if provider.impact is not None and provider.impact.watts_per_core is not None:
         return provider.impact.watts_per_core
-    return DEFAULT_WATTS_PER_CORE if provider.launch is not None else None
+    local = urlsplit(provider.base_url).hostname in LOOPBACK
+    return DEFAULT_WATTS_PER_CORE if provider.launch is not None and local else None
 
 
-def _ecologits_size(name: str) -> tuple[Span, Span, float | None, float | None] | None:
-    """EcoLogits' parameters (billions) and measured speed for a model, if it lists it."""
-    provider = _ecologits_provider(name)
+def _ecologits_size(name: str, provider: str | None = None
+                    ) -> tuple[Span, Span, float | None, float | None] | None:
+    """EcoLogits' parameters (billions) and measured speed for a model, if it lists it under
+    `provider` (default: the model's vendor's)."""
+    provider = provider or _ecologits_provider(name)
     found = models.find_model(provider=provider, model_name=name) if provider else None
     if found is None:
         return None

@@ -57,14 +57,19 @@ def _rows(path: str) -> list[list[str]]:
 
 
 class CpuShares:
-    """One local server's CPU time, shared among the requests it serves at once."""
+    """One local server's CPU time, shared among the requests it serves at once. The server
+    is the process listening on `port`: looked up again (at most once a second) when its
+    clock cannot be read or goes backwards (it restarted, or its pid went to another
+    process); the requests in flight across such a change are unmeasured."""
 
-    def __init__(self, pid: int):
+    def __init__(self, port: int, pid: int | None = None):
+        self.port = port
         self.pid = pid
-        self._clock = cpu_clock(pid)
+        self._clock = cpu_clock(pid) if pid is not None else None
         self._last: int | None = None
-        self._open: dict[int, int] = {}  # request → its nanoseconds so far
+        self._open: dict[int, int | None] = {}  # request → its nanoseconds (None: lost)
         self._ids = itertools.count()
+        self._next_lookup = 0.0
         self._warned = False
 
     def begin(self) -> int | None:
@@ -76,25 +81,51 @@ class CpuShares:
         return ticket
 
     def end(self, ticket: int) -> float | None:
-        """The request ends: the server's CPU seconds it took, or None if unreadable."""
+        """The request ends: the server's CPU seconds it took, or None if unmeasured."""
         read = self._settle()
         spent = self._open.pop(ticket, None)
         return spent / 1e9 if read and spent is not None else None
 
     def _settle(self) -> bool:
         """Share the server's CPU time since the last reading among the requests in flight."""
-        try:
-            now = time.clock_gettime_ns(self._clock)
-        except OSError:  # the server has gone (or restarted under another pid)
-            if not self._warned:
-                self._warned = True
-                log.warning("cannot read the CPU time of model server %d: its requests' "
-                            "energy is modelled, not measured", self.pid)
-            self._last = None
-            return False
-        if self._last is not None and self._open:
+        now = self._read()
+        if now is None or (self._last is not None and now < self._last):
+            self._lost()
+            if now is None:
+                return False
+        elif self._last is not None and self._open:
             share = (now - self._last) // len(self._open)
-            for ticket in self._open:
-                self._open[ticket] += share
+            for ticket, spent in self._open.items():
+                if spent is not None:
+                    self._open[ticket] = spent + share
         self._last = now
         return True
+
+    def _read(self) -> int | None:
+        if self._clock is not None:
+            try:
+                return time.clock_gettime_ns(self._clock)
+            except OSError:  # the server has gone (or restarted under another pid)
+                pass
+        if time.monotonic() < self._next_lookup:
+            return None
+        self._next_lookup = time.monotonic() + 1.0
+        pid = listening_pid(self.port)
+        if pid is None:
+            if not self._warned:
+                self._warned = True
+                log.warning("no model server listens on port %d: its requests' energy is "
+                            "modelled, not measured, until one does", self.port)
+            self._clock = None
+            return None
+        self.pid, self._clock, self._warned = pid, cpu_clock(pid), False
+        try:
+            return time.clock_gettime_ns(self._clock)
+        except OSError:
+            return None
+
+    def _lost(self) -> None:
+        """The clock changed hands: what the requests in flight took cannot be known."""
+        self._last = None
+        for ticket in self._open:
+            self._open[ticket] = None

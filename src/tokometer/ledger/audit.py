@@ -6,7 +6,8 @@ was inserted. Then every signed tree head's root is recomputed from the events i
 and its signature checked, which also catches an event altered together with its stored leaf.
 Signed heads in the order they were signed never shrink, and the log proves each consistent
 with the one before (two writers on one store sign heads that go backwards). The rollups,
-derived from the events, must hold exactly the events' sums. It all reads one snapshot, so a
+derived from the events, must hold exactly the events' sums, and the provenance registry's
+rows the marks their events' leaves commit to. It all reads one snapshot, so a
 running gateway's writes do not show as problems.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..events import FIELDS
+from ..provenance.fingerprint import mark_sha256
 from .log import stored_nodes
 from .merkle import Tree, roots_at, verify_consistency
 from .rollups import ROLLUPS, upserts
@@ -109,7 +111,35 @@ def _audit(conn: Store, key: Ed25519PublicKey,
             report.findings.append(Finding(index, f"leaf {index} has no event: deleted"))
     _check_heads(conn, key, [c if c is not None else b"" for c in computed], report)
     report.findings += sums.differences(conn)
+    report.findings += _registry_differences(conn)
     return report
+
+
+def _registry_differences(conn: Store) -> list[Finding]:
+    """The provenance registry's rows against the marks their events' leaves commit to."""
+    found = []
+    for event_id, digest, stored, committed in conn.execute(
+            "SELECT p.event_id, p.text_sha256, p.fingerprints, e.fingerprint_sha256 "
+            "FROM provenance p LEFT JOIN events e ON e.id = p.event_id"):
+        if committed is None:
+            found.append(Finding(None, f"the provenance row of {event_id} has no mark in its "
+                                       "event's leaf: inserted"))
+        elif _mark(digest, bytes(stored)) != committed:
+            found.append(Finding(None, f"the provenance row of event {event_id} does not match "
+                                       "the mark its leaf commits to: altered"))
+    for (event_id,) in conn.execute(
+            "SELECT id FROM events e WHERE fingerprint_sha256 IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM provenance p WHERE p.event_id = e.id)"):
+        found.append(Finding(None, f"the provenance row of event {event_id} is missing: "
+                                   "deleted"))
+    return found
+
+
+def _mark(digest: str, stored: bytes) -> str | None:
+    try:
+        return mark_sha256(digest, stored)
+    except ValueError:  # not a hex digest: altered
+        return None
 
 
 def _check_heads(conn: Store, key: Ed25519PublicKey, leaves: list[bytes],

@@ -173,8 +173,9 @@ def _reservation(budget: Budget, wants: Need) -> Decimal:
         worst: Decimal | None = getattr(wants, ENERGY_UNITS[budget.unit])
         if worst is None:
             raise PolicyError(f"{budget} cannot be kept: a route the request may take has no "
-                              "energy figure (EcoLogits does not know its model); size it "
-                              "with [models.impact] params in the config",
+                              "energy figure to reserve before it runs (EcoLogits does not "
+                              "know its model: size it with [models.impact] params; or it is "
+                              "a local server whose energy is measured, unbounded until then)",
                               status=402, type="insufficient_quota", code="budget_exceeded")
         return worst
     if wants.cost is None:

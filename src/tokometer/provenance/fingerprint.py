@@ -92,6 +92,13 @@ def fingerprint_set_sha256(fps: Iterable[int]) -> str:
     return hashlib.sha256(b"".join(fp.to_bytes(8, "big") for fp in sorted(fps))).hexdigest()
 
 
+def mark_sha256(text_digest: str, fingerprints_stored: bytes) -> str:
+    """What an event's leaf commits to of its answer (`fingerprint_sha256`): the SHA-256 of
+    the text's digest (32 bytes) followed by its fingerprints as the registry stores them
+    (sorted, 8 bytes big-endian each)."""
+    return hashlib.sha256(bytes.fromhex(text_digest) + fingerprints_stored).hexdigest()
+
+
 class Match(NamedTuple):
     """A registered document that shares informative fingerprints with the query."""
 

@@ -1,7 +1,8 @@
 """The provenance registry in the store: per generated answer, the SHA-256 of its normalised
-text and its keyed fingerprints (fingerprint.py), never the text. The fingerprints are kept
-as the bytes the event's leaf commits to (`fingerprint_sha256` is their SHA-256), so a
-receipt for the event proves they were registered when it was logged.
+text and its keyed fingerprints (fingerprint.py), never the text. The event's leaf commits to
+both (`fingerprint_sha256`: SHA-256 of the text's 32-byte digest followed by the
+fingerprints as stored), so a receipt for the event proves they were registered when it was
+logged, and the audit finds a registry row altered after.
 
 A look-up reads the whole registry once: the documents holding the text's fingerprints, and
 how many distinct answers hold each (the boilerplate discount). That is one pass over every
@@ -12,7 +13,6 @@ it a look-up per fingerprint.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import sys
@@ -24,7 +24,7 @@ from typing import Any
 from ..ledger.read import get_event
 from ..ledger.receipts import build_receipt
 from ..ledger.store import Store, Writes
-from .fingerprint import fingerprints, match, text_sha256, tier, words
+from .fingerprint import fingerprints, mark_sha256, match, text_sha256, tier, words
 
 log = logging.getLogger("tokometer.provenance")
 
@@ -32,8 +32,17 @@ _OFFLOAD_CHARS = 8_192  # fingerprint longer answers off the event loop
 MAX_MATCHES = 20
 _INSERT = ("INSERT INTO provenance (event_id, text_sha256, fingerprints) VALUES (?, ?, ?) "
            "ON CONFLICT DO NOTHING")
-_ALL = ("SELECT p.event_id, p.text_sha256, p.fingerprints, e.tenant FROM provenance p "
+_ALL = ("SELECT p.event_id, p.text_sha256, p.fingerprints FROM provenance p "
         "JOIN events e ON e.id = p.event_id")
+_OF_TENANT = _ALL + " WHERE e.tenant = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A text to look up, normalised and fingerprinted (CPU only: no store needed)."""
+
+    text_sha256: str
+    fingerprints: frozenset[int]
 
 
 def fingerprint_key(secret: bytes) -> bytes:
@@ -52,7 +61,7 @@ class Mark:
     @property
     def sha256(self) -> str:
         """What the event's leaf commits to (`fingerprint_sha256`)."""
-        return hashlib.sha256(self.fingerprints).hexdigest()
+        return mark_sha256(self.text_sha256, self.fingerprints)
 
     def writes(self, event_id: str) -> Writes:
         """The registry's row, to commit along with the event."""
@@ -64,8 +73,8 @@ class Registry:
         self.key = key
 
     async def mark(self, text: str) -> Mark | None:
-        """The answer's mark; None for an answer with no text, or when marking failed (the
-        reading is recorded all the same)."""
+        """The answer's mark; None for an answer with no words (an emoji alone matches
+        nothing), or when marking failed (the reading is recorded all the same)."""
         if not text:
             return None
         try:
@@ -76,33 +85,40 @@ class Registry:
             log.exception("fingerprinting an answer failed; it is not registered")
             return None
 
-    def _mark(self, text: str) -> Mark:
+    def _mark(self, text: str) -> Mark | None:
         ws = words(text)
-        return Mark(text_sha256(ws), _packed(fingerprints(ws, self.key)))
+        return Mark(text_sha256(ws), _packed(fingerprints(ws, self.key))) if ws else None
 
-    def check(self, store: Store, text: str, tenant: str | None = None) -> dict[str, Any]:
-        """How strong the evidence is that `text` was generated here (fingerprint.tier), the
-        matching answers, best first, and a receipt for the best; `tenant`: only its own."""
+    def query(self, text: str) -> Query | None:
+        """The text as a look-up asks for it; None when it has no words to match."""
         ws = words(text)
-        query = fingerprints(ws, self.key)
-        exact_sha = text_sha256(ws)
+        return Query(text_sha256(ws), fingerprints(ws, self.key)) if ws else None
+
+    def check(self, store: Store, query: Query | None,
+              tenant: str | None = None) -> dict[str, Any]:
+        """How strong the evidence is that the queried text was generated here
+        (fingerprint.tier), the matching answers, best first, and a receipt for the best.
+        `tenant`: among its own answers only, boilerplate counted among them too (other
+        tenants' answers change nothing, so reveal nothing)."""
+        if query is None:  # no words: no evidence
+            return {"tier": "none", "matches": [], "receipt": None}
         documents: dict[str, frozenset[int]] = {}
         exact: list[str] = []
         seen_sets: set[bytes] = set()
         frequency: Counter[int] = Counter()  # of the query's fingerprints, in distinct sets
-        for event_id, sha, blob, owner in store.stream(_ALL):
+        rows = store.stream(_ALL) if tenant is None else store.stream(_OF_TENANT, (tenant,))
+        for event_id, sha, blob in rows:
             blob = bytes(blob)
             fps = _unpacked(blob)
+            shared = query.fingerprints & fps
             if blob not in seen_sets:  # the same answer given twice counts once
                 seen_sets.add(blob)
-                frequency.update(query & fps)
-            if tenant is not None and owner != tenant:
-                continue
-            if sha == exact_sha:
+                frequency.update(shared)
+            if sha == query.text_sha256:
                 exact.append(event_id)
-            if query & fps:
+            if shared:
                 documents[event_id] = fps
-        matches = match(query, documents, frequency, len(seen_sets))
+        matches = match(query.fingerprints, documents, frequency, len(seen_sets))
         if exact:
             found = "exact"
         else:

@@ -14,7 +14,7 @@ from typing import Any
 from ..events import Usage
 from .body import MAX_TIER_CHARS, parse_json, web_search_calls
 from .dialects import dialect_for, usage_from
-from .text import TOOL_CALL, TOOL_CALL_TYPES, chunk_text
+from .text import TOOL_CALL, TOOL_CALL_TYPES, chunk_text, chunk_texts
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -181,9 +181,14 @@ class StreamTap:
         return usage_from(dialect_for(self.operation), self.raw_usage, self.web_searches)
 
     def text(self) -> str:
-        """Generated text seen so far (decodes every event: only for recounts)."""
-        return "".join(chunk_text(self.operation, _object(data))
-                       for data in self.payloads if data.startswith(b"{"))
+        """Generated text seen so far, choice after choice as a whole answer holds them
+        (decodes every event: only for recounts and hashes)."""
+        choices: dict[int, list[str]] = {}
+        for data in self.payloads:
+            if data.startswith(b"{"):
+                for index, text in chunk_texts(self.operation, _object(data)):
+                    choices.setdefault(index, []).append(text)
+        return "".join("".join(choices[i]) for i in sorted(choices))
 
 
 def _object(data: bytes) -> dict[str, Any]:

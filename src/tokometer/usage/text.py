@@ -35,16 +35,25 @@ def body_text(operation: str, body: dict[str, Any]) -> str:
 
 def chunk_text(operation: str, data: dict[str, Any]) -> str:
     """Text carried by one decoded stream event."""
+    return "".join(text for _, text in chunk_texts(operation, data))
+
+
+def chunk_texts(operation: str, data: dict[str, Any]) -> list[tuple[int, str]]:
+    """Text carried by one decoded stream event, by choice (OpenAI's `index`; one answer
+    elsewhere): a stream of several choices interleaves them, a whole answer does not."""
     if operation == "messages":
-        return _collect(data.get("delta")) if data.get("type") == "content_block_delta" else ""
+        text = _collect(data.get("delta")) if data.get("type") == "content_block_delta" else ""
+        return [(0, text)]
     if operation == "responses":
         kind, delta = data.get("type", ""), data.get("delta")
-        return delta if kind.endswith(".delta") and isinstance(delta, str) else ""
-    parts = []
+        return [(0, delta if kind.endswith(".delta") and isinstance(delta, str) else "")]
+    out = []
     for choice in data.get("choices") or ():
         if isinstance(choice, dict):
-            parts.append(_collect(choice.get("delta") if "delta" in choice else choice))
-    return "".join(parts)
+            index = choice.get("index")
+            out.append((index if isinstance(index, int) else 0,
+                        _collect(choice.get("delta") if "delta" in choice else choice)))
+    return out
 
 
 def _collect(node: Any) -> str:
