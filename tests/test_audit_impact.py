@@ -22,6 +22,7 @@ from ecologits.model_repository import ParametersMoE, models
 from ecologits.tracers.utils import PROVIDER_CONFIG_MAP, llm_impacts
 from ecologits.utils.range_value import RangeValue
 
+from test_provenance import chat_answer
 from tokometer.config import Datacentre, Model, Parameters, Provider, Route
 from tokometer.events import Usage
 from tokometer.gateway.meter import _impact_fields
@@ -462,16 +463,20 @@ def _put_budget(gw: Any, tenant: str, limit: Decimal, unit: str) -> None:
     time.sleep(1.5)  # a budget set reaches every process within a second (policy/sync.py)
 
 
+def _eco_params(provider: str, name: str) -> tuple[Any, Any, Any]:
+    """A model EcoLogits lists, and its active and total parameters (values or ranges)."""
+    m = models.find_model(provider=provider, model_name=name)
+    assert m is not None
+    p = m.architecture.parameters
+    return (m, p.active, p.total) if isinstance(p, ParametersMoE) else (m, p, p)
+
+
 def _eco_high(name: str, zone: str, pue: tuple[float, float], input_tokens: int,
               output: int) -> tuple[Decimal, Decimal]:
     """The high end (Wh, gCO2e) of a request by EcoLogits' compute_llm_impacts at its
     modelled latency (no measured latency: the whole output at the model's speed), plus the
     prefill term by hand, for a model EcoLogits lists as openai's."""
-    m = models.find_model(provider="openai", model_name=name)
-    assert m is not None
-    p = m.architecture.parameters
-    act = p.active if isinstance(p, ParametersMoE) else p
-    tot = p.total if isinstance(p, ParametersMoE) else p
+    m, act, tot = _eco_params("openai", name)
     mix = MIXES[zone]
     theirs = compute_llm_impacts(
         model_active_parameter_count=act, model_total_parameter_count=tot,
@@ -929,11 +934,7 @@ def test_provenance_check_tiers_on_realistic_answers_and_receipts_verify(prov_gw
     ids = []
     for text in REALISTIC:
         tag = f"r14-{uuid.uuid4().hex[:10]}"
-        scripted.scripts[tag] = Script(body={
-            "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 90, "total_tokens": 99}})
+        scripted.scripts[tag] = Script(body=chat_answer(text, 90))
         r = gw.chat("chat", user=tag)
         assert r.status_code == 200, r.text
         ids.append(r.headers["x-tokometer-event-id"])
@@ -1114,11 +1115,7 @@ def _eco_event(provider_name: str, name: str, zone: str, pue: tuple[float, float
                event: dict[str, Any]) -> tuple[Decimal, ...]:
     """An event's six figures by EcoLogits' compute_llm_impacts for its own output tokens
     and duration, plus the prefill by hand for its input tokens, rounded to 6 digits."""
-    m = models.find_model(provider=provider_name, model_name=name)
-    assert m is not None
-    p = m.architecture.parameters
-    act = p.active if isinstance(p, ParametersMoE) else p
-    tot = p.total if isinstance(p, ParametersMoE) else p
+    m, act, tot = _eco_params(provider_name, name)
     mix = MIXES[zone]
     theirs = compute_llm_impacts(
         model_active_parameter_count=act, model_total_parameter_count=tot,

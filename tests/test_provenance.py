@@ -152,6 +152,15 @@ def paragraphs(n: int) -> list[str]:
     return out[:n]
 
 
+def chat_answer(text: str, completion_tokens: int) -> dict:
+    """A provider's whole chat answer of `text`, reporting its usage."""
+    return {"id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": completion_tokens,
+                      "total_tokens": 9 + completion_tokens}}
+
+
 def edited(text: str, share: float, seed: int) -> str:
     """`text` with `share` of its words replaced by others (deterministic)."""
     rnd, ws = random.Random(seed), text.split()
@@ -176,11 +185,7 @@ def test_answers_are_registered_and_found_in_tiers_with_a_receipt(scripted, tmp_
         ids = []
         for i, text in enumerate(answers):
             tag = f"prov-{store_location!s}-{i}"[-60:]
-            scripted.scripts[tag] = Script(body={
-                "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 9, "completion_tokens": 80, "total_tokens": 89}})
+            scripted.scripts[tag] = Script(body=chat_answer(text, 80))
             r = gw.chat("chat", user=tag)
             assert r.status_code == 200
             ids.append(r.headers["x-tokometer-event-id"])
