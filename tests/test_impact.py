@@ -447,3 +447,38 @@ def test_an_unknown_budget_unit_is_a_clear_error(tmp_path, unit):
     path.write_text(f'[[budgets]]\ntenant = "a"\nlimit = 1\nunit = "{unit}"\nperiod = "day"\n')
     with pytest.raises(ConfigError, match="'tokens', 'Wh' or 'gCO2e'"):
         load(path)
+
+
+def test_a_correction_carries_the_change_in_energy(upstream, tmp_path, store_location):
+    """On both stores: a correction of a modelled event's tokens carries the difference in
+    its energy and CO2e (the method at the corrected tokens and the original's duration), so
+    the report's sums are the corrected reading's; a model without figures corrects none."""
+    store = None if isinstance(store_location, type(tmp_path)) else store_location
+    gw = start_gateway(tmp_path / "gw", f'admin_token_env = "TKM_ADMIN"\n'
+                       f"{providers_toml(upstream)}\n{MODELS_TOML}",
+                       env={**FAKE_KEYS, "TKM_ADMIN": "admin"}, store=store)
+    try:
+        def corrected(model: str) -> tuple[dict, dict]:
+            first = gw.chat(model)
+            original = gw.event(first.headers["x-tokometer-event-id"])
+            fix = gw.request("POST", "/admin/corrections", {
+                "event_id": original["id"], "reason": "late usage", "output_tokens": 900},
+                key="admin")
+            assert fix.status_code == 201, fix.text
+            return original, gw.event(fix.json()["id"])
+
+        original, correction = corrected("gpt-4o-mini")
+        _, unknown = corrected("mystery-model")
+    finally:
+        stop_gateway(gw)
+    fake = Provider("fake-openai", "openai", "http://x", None, None, "US", None, None)
+    before, after = (impact_of("gpt-4o-mini", Usage(input_tokens=original["input_tokens"],
+                                                    output_tokens=original["output_tokens"] + n),
+                               original["duration_ms"] / 1000, fake) for n in (0, 900))
+    assert Decimal(correction["energy_wh"]) == Decimal(
+        f"{after.energy_wh.mid - before.energy_wh.mid:.6g}")
+    assert Decimal(correction["co2e_g_high"]) == Decimal(
+        f"{after.co2e_g.high - before.co2e_g.high:.6g}")
+    total = Decimal(original["energy_wh"]) + Decimal(correction["energy_wh"])
+    assert float(total) == pytest.approx(after.energy_wh.mid, rel=1e-5)
+    assert unknown["energy_wh"] is None and unknown["output_tokens"] == 900

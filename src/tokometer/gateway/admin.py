@@ -17,10 +17,14 @@ against the client's address on the dashboard's login brake (session.py), so the
 
 from __future__ import annotations
 
+from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 from ..config import SCOPES, Settings
 from ..errors import AuthError, PolicyError, RequestError
+from ..events import Event
+from ..impact import Impacts
 from ..ledger import Ledger
 from ..ledger.corrections import TOKEN_DELTAS, correction
 from ..ledger.read import get_event
@@ -43,6 +47,7 @@ class Admin:
         self._run = store.run
         self.keys = keys
         self.budgets = budgets
+        self.impacts = Impacts()  # a correction's change in energy
 
     def is_admin(self, headers: dict[bytes, bytes]) -> bool:
         return self.token.matches(_bearer(headers))
@@ -113,10 +118,31 @@ class Admin:
             raise RequestError(f"no event {fields['event_id']}", status=404,
                                type="not_found_error")
         changes = {k: v for k, v in fields.items() if k not in ("event_id", "reason")}
-        event = correction(original, changes, fields["reason"])
+        event = self._with_energy(correction(original, changes, fields["reason"]), original)
         await self.ledger.append(event, self.budgets.correcting(event))
         self.budgets.guard.correct(event)
         return 201, {"id": event.id, "corrects": event.corrects}
+
+
+    def _with_energy(self, event: Event, original: dict[str, Any]) -> Event:
+        """A correction of a modelled event's tokens carries the change in its energy and
+        CO2e too (the method again, at the corrected tokens and the original's duration)."""
+        figures = self.impacts.corrected(self.settings, original, event.input_tokens,
+                                         event.output_tokens)
+        if figures is None:
+            return event
+        was, now = figures
+
+        def delta(a: float, b: float) -> Decimal:
+            return Decimal(f"{b - a:.6g}")
+
+        return replace(event, energy_ref=now.ref, energy_source=now.source,
+                       energy_wh=delta(was.energy_wh.mid, now.energy_wh.mid),
+                       energy_wh_low=delta(was.energy_wh.low, now.energy_wh.low),
+                       energy_wh_high=delta(was.energy_wh.high, now.energy_wh.high),
+                       co2e_g=delta(was.co2e_g.mid, now.co2e_g.mid),
+                       co2e_g_low=delta(was.co2e_g.low, now.co2e_g.low),
+                       co2e_g_high=delta(was.co2e_g.high, now.co2e_g.high))
 
 
 def _bearer(headers: dict[bytes, bytes]) -> bytes:

@@ -8,6 +8,7 @@ A model neither knows gets no figures (null, never zero) and a warning, once.
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
 import pycountry
@@ -17,7 +18,7 @@ from ecologits.tracers.utils import PROVIDER_CONFIG_MAP
 from ecologits.utils.range_value import RangeValue
 
 from ..catalog import vendor_of
-from ..config import LOOPBACK, Model, Provider, Route
+from ..config import LOOPBACK, Model, Provider, Route, Settings
 from ..events import Usage
 from .measured import DEFAULT_WATTS_PER_CORE
 from .method import ESTIMATED, MEASURED, REF, Impact, Prepared, Serving, Span
@@ -55,6 +56,26 @@ class Impacts:
         if prepared is None:
             return None
         return prepared.impact(usage.output_tokens, usage.input_tokens, latency_s)
+
+    def corrected(self, settings: Settings, original: dict[str, Any], input_delta: int,
+                  output_delta: int) -> tuple[Impact, Impact] | None:
+        """A modelled event's figures before and after a correction of its tokens (a
+        correction carries the difference); None when they cannot be worked out again: no
+        figures, measured ones, or a provider or model no longer configured."""
+        provider = settings.providers.get(original.get("provider") or "")
+        model = settings.models.get(original.get("model_requested") or "")
+        if original.get("energy_source") != ESTIMATED or provider is None or model is None:
+            return None
+        route = next((r for r in model.routes if r.provider is provider),
+                     Route(provider, original.get("model") or ""))
+        seconds = (original.get("duration_ms") or 0) / 1000
+        before = Usage(input_tokens=original["input_tokens"],
+                       output_tokens=original["output_tokens"])
+        after = Usage(input_tokens=max(before.input_tokens + input_delta, 0),
+                      output_tokens=max(before.output_tokens + output_delta, 0))
+        was, now = (self.of(model, route, original.get("model"), u, seconds)
+                    for u in (before, after))
+        return (was, now) if was is not None and now is not None else None
 
     def measured(self, provider: Provider, cpu_seconds: float) -> Impact | None:
         """A local server's figures from its measured CPU time: at its power per core, times
