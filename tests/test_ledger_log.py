@@ -275,8 +275,9 @@ def test_two_writers_on_one_store_keep_one_log(logged, tmp_path):
     row.update({k: Decimal(row[k]) for k in DECIMAL_FIELDS if row[k]})
     signer = load_signer(config.parent / "data" / "ledger-ed25519.pem", None)
 
-    def event() -> Event:
-        return Event(**{**row, "id": new_event_id(), "leaf_index": None})
+    def event() -> Event:  # no provenance mark: the registry has no row for a copy
+        return Event(**{**row, "id": new_event_id(), "leaf_index": None,
+                        "fingerprint_sha256": None})
 
     async def two_writers() -> tuple[TreeHead, TreeHead]:
         first, second = SQLiteLedger(store, signer), SQLiteLedger(store, signer)

@@ -7,6 +7,7 @@ import fcntl
 import os
 import random
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +32,7 @@ from tokometer.ledger.rows import event_row
 from tokometer.ledger.signer import Signer, load_signer
 from tokometer.policy import create_key, list_keys, revoke_key
 from tokometer.policy.budgets import budget_statuses, remove_budget, set_budget, stored_budgets
+from tokometer.provenance.fingerprint import mark_sha256
 
 NOW = datetime.now(UTC)
 
@@ -185,8 +187,13 @@ def test_migrate_copies_a_store_either_way_and_audits_the_copy(tmp_path, postgre
     config = tmp_path / "tokometer.toml"
     config.write_text(f'[server]\nsigning_key = "{key}"\n' + MINIMAL_CONFIG)
     original, url, back = tmp_path / "a.db", postgres.new_database(), tmp_path / "b.db"
+    digest, fingerprints = "ab" * 32, bytes(range(16))  # one answer's provenance mark
+    batch = events(90)
+    batch[0] = replace(batch[0], fingerprint_sha256=mark_sha256(digest, fingerprints))
     with open_store(original, create=True) as store:
-        append(store, events(90), load_signer(key))
+        append(store, batch, load_signer(key))
+        store.execute("INSERT INTO provenance (event_id, text_sha256, fingerprints) "
+                      "VALUES (?, ?, ?)", (batch[0].id, digest, fingerprints))
         create_key(store, "acme", "bot", "DE")
     for source, target in ((f"sqlite:///{original}", url), (url, f"sqlite:///{back}")):
         assert main(["migrate", "--from", source, "--to", target, "--config", str(config)]) == 0
@@ -196,8 +203,11 @@ def test_migrate_copies_a_store_either_way_and_audits_the_copy(tmp_path, postgre
     for location in (original, PostgresURL(url), back):
         with open_store(location) as store:
             answers.append([report(store, ["tenant", "model"], period="day"), flows(store),
-                            tasks(store), list(iter_events(store)), len(list_keys(store))])
+                            tasks(store), list(iter_events(store)), len(list_keys(store)),
+                            [(i, d, bytes(f)) for i, d, f in store.execute(
+                                "SELECT event_id, text_sha256, fingerprints FROM provenance")]])
     assert answers[0] == answers[1] == answers[2]
+    assert answers[2][-1] == [(batch[0].id, digest, fingerprints)]
 
 
 def test_migrate_refuses_a_target_that_is_not_empty(tmp_path, postgres, capsys):

@@ -409,8 +409,9 @@ COMMANDS: tuple[Command, ...] = (
                     help="sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"),
                 arg("--to", dest="target", required=True, metavar="STORE",
                     help="a new store: a missing SQLite file or an empty database")),
-            about="Copy every event, leaf, tree node, signed head, key, budget, outcome and "
-                  "rollup into a new store, then audit the copy with the log's key (the "
+            about="Copy every event, leaf, tree node, signed head, provenance mark, key, "
+                  "budget, outcome and rollup into a new store, then audit the copy with "
+                  "the log's key (the "
                   "config's). Exit code 1 when the copy does not audit clean. Stop the "
                   "gateways writing to the source first."),
     Command("receipt", "print a self-contained, verifiable receipt for one event", receipt,

@@ -116,22 +116,27 @@ def _audit(conn: Store, key: Ed25519PublicKey,
 
 
 def _registry_differences(conn: Store) -> list[Finding]:
-    """The provenance registry's rows against the marks their events' leaves commit to."""
+    """The provenance registry's rows (kept beside the log, like the rollups) against the
+    marks their events' leaves commit to."""
     found = []
-    for event_id, digest, stored, committed in conn.execute(
-            "SELECT p.event_id, p.text_sha256, p.fingerprints, e.fingerprint_sha256 "
+    for event_id, digest, stored, event, committed in conn.execute(
+            "SELECT p.event_id, p.text_sha256, p.fingerprints, e.id, e.fingerprint_sha256 "
             "FROM provenance p LEFT JOIN events e ON e.id = p.event_id"):
-        if committed is None:
-            found.append(Finding(None, f"the provenance row of {event_id} has no mark in its "
-                                       "event's leaf: inserted"))
+        if event is None:
+            what = "has no event (deleted, or the row inserted)"
+        elif committed is None:
+            what = "has no mark in its event's leaf: inserted"
         elif _mark(digest, bytes(stored)) != committed:
-            found.append(Finding(None, f"the provenance row of event {event_id} does not match "
-                                       "the mark its leaf commits to: altered"))
+            what = "does not match the mark its event's leaf commits to: altered"
+        else:
+            continue
+        found.append(Finding(None, f"the provenance row of event {event_id} {what}",
+                             derived=True))
     for (event_id,) in conn.execute(
             "SELECT id FROM events e WHERE fingerprint_sha256 IS NOT NULL AND NOT EXISTS "
             "(SELECT 1 FROM provenance p WHERE p.event_id = e.id)"):
         found.append(Finding(None, f"the provenance row of event {event_id} is missing: "
-                                   "deleted"))
+                                   "deleted", derived=True))
     return found
 
 

@@ -15,7 +15,7 @@ from .store import Store
 # shared budget_spend, budget_holds and rate_seconds, working state rebuilt from the ledger
 # (or empty) at first use.
 TABLES = ("keys", "budgets", "budget_reservations", "outcomes", "ledger_meta", "events",
-          "merkle_nodes", "tree_heads", *ROLLUPS)
+          "merkle_nodes", "tree_heads", "provenance", *ROLLUPS)
 _CHUNK = 5_000
 
 
