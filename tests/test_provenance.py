@@ -343,3 +343,25 @@ def test_embeddings_are_not_labelled(gateway: Gateway):
     assert "aigc" not in raw.headers and raw.parse().model_extra.get("AIGC") is None
     event = gateway.event(raw.headers["x-tokometer-event-id"])
     assert event["output_sha256"] is None and event["fingerprint_sha256"] is None
+
+
+def test_provenance_can_be_switched_off(upstream, tmp_path):
+    """`provenance = false`: answers are hashed and labelled but not registered (no mark in
+    the leaf, no row), and the log audits clean; a flag that is no boolean is refused."""
+    from conftest import FAKE_KEYS, MODELS_TOML, providers_toml
+
+    gw = start_gateway(tmp_path / "gw", f"provenance = false\n{providers_toml(upstream)}\n"
+                       f"{MODELS_TOML}", env=FAKE_KEYS)
+    try:
+        text, event = openai_text(gw, gw.key, stream=False)
+        audit = cli(gw.config, "ledger", "audit")
+        with open_store(gw.store) as store:
+            rows = store.execute("SELECT COUNT(*) FROM provenance").fetchone()[0]
+    finally:
+        stop_gateway(gw)
+    assert event["output_sha256"] == sha256(text) and event["fingerprint_sha256"] is None
+    assert rows == 0 and audit.returncode == 0, audit.stdout
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nprovenance = "no"\n')
+    with pytest.raises(ConfigError, match=r"server\.provenance: expected true or false"):
+        load(path)

@@ -244,6 +244,7 @@ class Server:
     signing_key_env: str | None = None  # a variable holding the key's PEM, used first
     signing_key_pem: str | None = field(default=None, repr=False)  # that variable's value
     producer: str = ""  # who serves the generated text (GB 45438's ContentProducer): a name
+    provenance: bool = True  # register every answer's fingerprints (provenance/registry.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +346,7 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
     s.only("host", "port", "workers", "store", "currency", "data_dir", "max_body_bytes",
            "body_timeout", "stop_timeout", "upstream_timeout", "connect_timeout", "durability",
            "max_attempts", "default_max_output_tokens", "admin_token_env", "signing_key",
-           "signing_key_env", "producer")
+           "signing_key_env", "producer", "provenance")
     d = Server()
     store = _store(s, base)
     currency = _currency(s, "currency") if "currency" in s.raw else d.currency
@@ -376,6 +377,7 @@ def _server(s: _Reader, base: Path, environ: Mapping[str, str]) -> Server:
         signing_key_env=(key_env := s.opt_str("signing_key_env")),
         signing_key_pem=environ.get(key_env) or None if key_env else None,
         producer=_producer(s),
+        provenance=s.flag("provenance", d.provenance),
     )
 
 
@@ -695,6 +697,12 @@ class _Reader:
         value = self._get(key, (int,), "an integer", default)
         if value < lo or (hi is not None and value > hi):
             raise self.error(key, f"{value} is out of range")
+        return value
+
+    def flag(self, key: builtins.str, default: bool) -> bool:
+        value = self.raw.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {value!r}")
         return value
 
     def opt_int(self, key: builtins.str, lo: builtins.int) -> builtins.int | None:

@@ -107,7 +107,8 @@ async def start_services(settings: Settings, lock: StoreLock | None,
     marks = Registry(fingerprint_key(ledger.signer.secret()))  # provenance
     deps = Deps(Upstream(s, cpu), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
                 ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels),
-                labels=Labels(s.producer, settings.labels), registry=marks, shared=shared)
+                labels=Labels(s.producer, settings.labels),
+                registry=marks if s.provenance else None, shared=shared)
     workers = Peers(peers, deps.metrics) if peers is not None else None
     tasks = (asyncio.create_task(keys.watch_revocations()),
              asyncio.create_task(budgets.run_forever()),

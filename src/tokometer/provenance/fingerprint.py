@@ -16,6 +16,7 @@ matches itself, and only itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -205,6 +206,7 @@ def _joined(text: str | Sequence[str]) -> str:
     return " ".join(words(text) if isinstance(text, str) else text)
 
 
+@functools.lru_cache(maxsize=8)  # a registry fingerprints every answer under one key
 def _hmac64(key: bytes) -> Callable[[bytes], int]:
     """HMAC-SHA256 under key (RFC 2104), its first 8 bytes as an int: the padded key's two
     states are hashed once, not per n-gram, which halves the cost of hmac.digest."""
