@@ -153,9 +153,9 @@ def test_mixed_load_keeps_the_books_across_processes(sharing, upstream, o200k):
         # The leavers' streams hang until the gateway notices they left (and records them):
         # released earlier, one could still run to its end before that.
         deadline = time.monotonic() + 30
-        while sum(e["model_requested"] == "metered-slow"
-                  for e in _ledger(gateways[0].store)[0]) < len(left):
-            assert time.monotonic() < deadline, "the leavers were never recorded"
+        while len(recorded := [e["status"] for e in _ledger(gateways[0].store)[0]
+                               if e["model_requested"] == "metered-slow"]) < len(left):
+            assert time.monotonic() < deadline, f"leavers never recorded: {recorded}, {left}"
             time.sleep(0.05)  # readiness poll of the gateways' writers
     finally:
         upstream.release_slow.set()

@@ -11,6 +11,7 @@ import json
 import random
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -365,3 +366,89 @@ def test_provenance_can_be_switched_off(upstream, tmp_path):
     path.write_text('[server]\nprovenance = "no"\n')
     with pytest.raises(ConfigError, match=r"server\.provenance: expected true or false"):
         load(path)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_explicit_label_reaches_responses_clients_whole_and_streamed(labelled, stream):
+    """The Responses API: the SDK's streamed text, its final response and the event's hash
+    all hold the notice; the stream's sequence numbers still count up one by one."""
+    ends_key = labelled.new_key(tenant="acme", app="ends")[0]
+    plain_key = labelled.new_key(tenant="nobody")[0]
+
+    def ask(key: str) -> tuple[str, dict]:
+        ids: list[str] = []  # the event id of each answer, from its headers
+        client = openai.OpenAI(
+            base_url=labelled.url + "/v1", api_key=key, max_retries=0,
+            http_client=httpx.Client(event_hooks={"response": [
+                lambda r: ids.append(r.headers["x-tokometer-event-id"])]}))
+        if not stream:
+            text = client.responses.create(model="gpt-4.1", input="hi").output_text
+            return text, wait_for_event(labelled, ids[0])
+        with client.responses.stream(model="gpt-4.1", input="hi") as s:
+            events = list(s)
+            final = s.get_final_response()
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        done = [e.text for e in events if e.type == "response.output_text.done"]
+        assert done == [text] == [final.output_text]
+        numbers = [e.sequence_number for e in events]
+        assert numbers == list(range(len(events)))
+        return text, wait_for_event(labelled, ids[0])
+
+    (start, start_event), (end, end_event), (bare, bare_event) = (
+        ask(labelled.key), ask(ends_key), ask(plain_key))
+    assert bare and (start, end) == (NOTICE + bare, bare + ENDING)
+    for received, e in ((start, start_event), (end, end_event), (bare, bare_event)):
+        assert e["output_sha256"] == sha256(received)
+        assert e["output_tokens"] == bare_event["output_tokens"]
+
+
+def _responses_stream(*events: dict) -> list[bytes]:
+    return [b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(
+        {**e, "sequence_number": i}).encode() + b"\n\n" for i, e in enumerate(events)]
+
+
+@pytest.mark.parametrize("position", ["start", "end"])
+def test_a_streamed_notice_lands_where_the_hash_says(position):
+    """Reasoning before the answer, and an answer in two text parts: the text the client
+    rebuilds from what was sent is the text the event hashes, and the final response holds
+    the same notice in the same part."""
+    from tokometer.config import Notice, Scope
+    from tokometer.gateway.labels import StreamNotice
+    from tokometer.usage.stream import StreamTap, event_data
+    from tokometer.usage.text import body_text, chunk_texts
+
+    def delta(kind: str, item: str, index: int, text: str) -> dict:
+        return {"type": f"response.{kind}.delta", "item_id": item, "output_index": 0,
+                "content_index": index, "delta": text}
+
+    parts = [{"type": "output_text", "text": "one ", "annotations": []},
+             {"type": "output_text", "text": "two", "annotations": []}]
+    message = {"id": "m", "type": "message", "role": "assistant", "content": parts}
+    stream = _responses_stream(
+        {"type": "response.created", "response": {"id": "r", "output": []}},
+        delta("reasoning_summary_text", "rs", 0, "thinking"),
+        delta("output_text", "m", 0, "one "),
+        {"type": "response.output_text.done", "item_id": "m", "content_index": 0,
+         "text": "one "},
+        delta("output_text", "m", 1, "two"),
+        {"type": "response.output_text.done", "item_id": "m", "content_index": 1,
+         "text": "two"},
+        {"type": "response.output_item.done", "output_index": 0, "item": message},
+        {"type": "response.completed", "response": {"id": "r", "output": [message]}},
+        {"type": "response.unknown", "x": "not JSON after all"}) + [b"data: {oops\n\n"]
+    notice = Notice(Scope("tenant", "t"), "[AI] ", position)
+    tap = StreamTap("responses")
+    marker = StreamNotice("responses", notice, tap.text)
+    sent = []
+    for block in stream:
+        tap.feed(block)
+        sent.append(block if not marker.active else marker.place(block, event_data(block)))
+    events = [json.loads(event_data(b)) for b in b"".join(sent).split(b"\n\n")[:-2]]
+    client_text = "".join(t for e in events for _, t in chunk_texts("responses", e))
+    assert marker.received(tap.text()) == client_text
+    assert client_text == ("thinking[AI] one two" if position == "start"
+                           else "thinkingone [AI] two")
+    final = next(e for e in events if e["type"] == "response.completed")["response"]
+    assert body_text("responses", final) == client_text.removeprefix("thinking")
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert sent[-1] == stream[-1]  # a broken event passes as it came

@@ -6,18 +6,20 @@ a whole JSON answer, as a top-level `AIGC` member the SDKs keep as an extra fiel
 carries the header only: its events are the provider's.
 
 Explicit (opt-in, `[[labels]]`): a visible notice in the generated text of a scope's answers,
-whole or streamed, in the client's wire format (a streamed Responses answer gets none).
+whole or streamed, in the client's wire format.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..config import Notice
 from ..policy import Consumer
+from ..usage.text import chunk_text
 
 HEADER = b"aigc"
 _AI_GENERATED = "1"  # GB 45438's Label: the content is AI-generated
@@ -111,23 +113,48 @@ def dumps(body: dict[str, Any]) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+NOTICED_STREAMS = ("chat", "messages", "responses")  # the streams a notice can go into
+
+
 class StreamNotice:
-    """Puts the notice into a stream as events of the client's wire format: OpenAI chat, a
-    content delta before the first text (or before the finish); Anthropic messages, a text
-    delta in the first text block, at its start (or before it stops). Once."""
+    """Puts the notice into a stream as events of the client's wire format, once: OpenAI
+    chat, a content delta before the first text (or before the finish); Anthropic messages,
+    a text delta in the first text block, at its start (or before it stops); the Responses
+    API, a text delta in the first output text, at its start (or before it is done), whose
+    text is then amended in every later event that repeats it (the part's, the item's and
+    the response's `done`), and every later `sequence_number` moved up by one.
 
-    def __init__(self, operation: str, notice: Notice):
-        self.operation, self.notice = operation, notice
-        self.done = False
+    `seen` gives the provider's text so far (the tap's, which has read the current event):
+    where the notice went in it makes the text the client received."""
+
+    def __init__(self, operation: str, notice: Notice, seen: Callable[[], str]):
+        self.operation, self.notice, self._seen = operation, notice, seen
+        self.at: int | None = None  # where the notice went in the provider's text, once sent
         self._block: int | None = None  # the Anthropic text block labelled
+        self._part: tuple[Any, Any] | None = None  # the Responses (item_id, content_index)
 
-    def around(self, data: bytes) -> tuple[bytes, bytes]:
-        """The events to send before and after the provider's event `data` (its payload)."""
-        if self.done or not data.startswith(b"{"):
-            return b"", b""
-        if self.operation == "chat":
-            return self._chat(data)
-        return self._messages(data)
+    @property
+    def active(self) -> bool:
+        """Whether events still need to pass through `place` (a Responses stream's do to
+        its end: their numbers move)."""
+        return self.at is None or self.operation == "responses"
+
+    def received(self, text: str) -> str:
+        """The client's text, from the provider's."""
+        return text if self.at is None else text[:self.at] + self.notice.text + text[self.at:]
+
+    def place(self, block: bytes, data: bytes) -> bytes:
+        """What to send for the provider's event `block` (its payload `data`)."""
+        if not data.startswith(b"{"):
+            return block
+        if self.operation == "responses":
+            return self._responses(block, data)
+        before, after = self._chat(data) if self.operation == "chat" else self._messages(data)
+        return before + block + after
+
+    def _sent(self, event_text: str = "") -> None:
+        """The notice goes in before the current event's text `event_text`."""
+        self.at = len(self._seen()) - len(event_text)
 
     def _chat(self, data: bytes) -> tuple[bytes, bytes]:
         at_end = self.notice.position == "end"
@@ -140,15 +167,18 @@ class StreamNotice:
         first = choices[0]
         if at_end and not first.get("finish_reason"):
             return b"", b""
-        self.done = True
         chunk: dict[str, Any] = {k: event[k] for k in ("id", "object", "created", "model")
                                  if k in event}
         chunk["choices"] = [{"index": first.get("index", 0),
                              "delta": {"content": self.notice.text}, "finish_reason": None}]
         extra = b"data: " + dumps(chunk) + b"\n\n"
         delta = first.get("delta")
-        has_text = isinstance(delta, dict) and bool(delta.get("content"))
-        return (extra, b"") if at_end or has_text else (b"", extra)
+        text = delta.get("content") if isinstance(delta, dict) else None
+        if at_end or (isinstance(text, str) and text):
+            self._sent(chunk_text("chat", event))
+            return extra, b""
+        self._sent()
+        return b"", extra
 
     def _messages(self, data: bytes) -> tuple[bytes, bytes]:
         if self._block is None:
@@ -161,7 +191,7 @@ class StreamNotice:
                 return b"", b""
             self._block = event["index"]
             if self.notice.position == "start":
-                self.done = True
+                self._sent()
                 return b"", self._delta()
             return b"", b""
         if b"content_block_stop" not in data:
@@ -169,13 +199,84 @@ class StreamNotice:
         event = _object(data)
         if event.get("type") != "content_block_stop" or event.get("index") != self._block:
             return b"", b""
-        self.done = True
+        self._sent()
         return self._delta(), b""
 
     def _delta(self) -> bytes:
         return b"event: content_block_delta\ndata: " + dumps({
             "type": "content_block_delta", "index": self._block,
             "delta": {"type": "text_delta", "text": self.notice.text}}) + b"\n\n"
+
+    def _responses(self, block: bytes, data: bytes) -> bytes:
+        if self.at is None and b"response.output_text." not in data:
+            return block
+        event = _object(data)
+        kind = event.get("type")
+        if self.at is None:
+            if kind not in _TEXT_EVENTS or (self.notice.position == "end"
+                                            and kind != "response.output_text.done"):
+                return block
+            part = (event.get("item_id"), event.get("content_index"))
+            if self._part is None:
+                self._part = part
+            if part != self._part:
+                return block
+            self._sent(chunk_text("responses", event))
+            delta = {"type": "response.output_text.delta",
+                     "sequence_number": event.get("sequence_number"), "item_id": part[0],
+                     "output_index": event.get("output_index"), "content_index": part[1],
+                     "delta": self.notice.text, "logprobs": []}
+            if not isinstance(delta["sequence_number"], int):
+                del delta["sequence_number"]
+            return _sse("response.output_text.delta", delta) + self._amended(block, event)
+        return self._amended(block, event) if event else block
+
+    def _amended(self, block: bytes, event: dict[str, Any]) -> bytes:
+        """An event after the notice: its number moved up, the labelled text amended."""
+        if isinstance(number := event.get("sequence_number"), int):
+            event["sequence_number"] = number + 1
+        kind = event.get("type")
+        item_id, index = self._part or (None, None)
+        ours = event.get("item_id") == item_id and event.get("content_index") == index
+        if kind == "response.output_text.done" and ours:
+            _place(event, "text", self.notice)
+        elif kind == "response.content_part.done" and ours:
+            self._amend_parts([event.get("part")])
+        elif kind == "response.output_item.done":
+            self._amend_items([event.get("item")])
+        elif kind in _FINAL_EVENTS:
+            response = event.get("response")
+            if isinstance(response, dict):
+                self._amend_items(response.get("output"))
+        return _reframed(block, event)
+
+    def _amend_items(self, items: Any) -> None:
+        item_id, index = self._part or (None, None)
+        for item in _dicts(items):
+            parts = item.get("content")
+            if item.get("id") == item_id and isinstance(parts, list) \
+                    and isinstance(index, int) and 0 <= index < len(parts):
+                self._amend_parts([parts[index]])
+
+    def _amend_parts(self, parts: list[Any]) -> None:
+        for part in _dicts(parts):
+            if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                _place(part, "text", self.notice)
+
+
+_TEXT_EVENTS = ("response.output_text.delta", "response.output_text.done")
+_FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
+def _sse(kind: str, event: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + dumps(event) + b"\n\n"
+
+
+def _reframed(block: bytes, event: dict[str, Any]) -> bytes:
+    """The SSE event `block` with `event` as its data, its other fields as they came."""
+    fields = [line for line in block.splitlines(keepends=True)
+              if line.strip() and not line.startswith(b"data:")]
+    return b"".join(fields) + b"data: " + dumps(event) + b"\n\n"
 
 
 def _object(data: bytes) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from ..usage.text import TOOL_CALL, body_text
 from .asgi import Receive, Send
 from .call import Call
 from .labels import HEADER as LABEL_HEADER
-from .labels import Labels, StreamNotice, dumps, label_body, notice_for, placed
+from .labels import NOTICED_STREAMS, Labels, StreamNotice, dumps, label_body, notice_for
 from .upstream import Answer, without_address
 from .wire import COST_HEADER, CURRENCY_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
 
@@ -129,11 +129,10 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
                 "headers": [*_headers(response, event_id),
                             (LABEL_HEADER, labels.label(event_id))]})
 
-    notice = notice_for(labels.notices, call.consumer) if op in ("chat", "messages") else None
-    marker = StreamNotice(op, notice) if notice is not None else None
+    notice = notice_for(labels.notices, call.consumer) if op in NOTICED_STREAMS else None
+    marker = StreamNotice(op, notice, tap.text) if notice is not None else None
     if marker is not None:  # the client's text: the answer, and the notice once sent
-        outcome.received = lambda: (placed(marker.notice, tap.text()) if marker.done
-                                    else tap.text())
+        outcome.received = lambda: marker.received(tap.text())
 
     async def pump() -> None:
         async for chunk in response.chunks():
@@ -142,11 +141,8 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
                 if not tap.feed(block):
                     continue
                 to = held if tap.terminal else out
-                if marker is None or marker.done:
-                    to.append(block)
-                    continue
-                before, after = marker.around(event_data(block))
-                to.extend(b for b in (before, block, after) if b)
+                to.append(block if marker is None or not marker.active
+                          else marker.place(block, event_data(block)))
             if out:
                 if outcome.ttft_ms is None:
                     outcome.ttft_ms = elapsed_ms(call.t0)
