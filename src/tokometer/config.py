@@ -253,8 +253,9 @@ class Notice:
     GB 45438), at its start or its end."""
 
     scope: Scope
-    text: str
+    text: str  # "" for none (a C2PA manifest alone)
     position: str  # "start" or "end"
+    c2pa: bool = False  # a signed C2PA text manifest appended to the text as well
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,11 +613,13 @@ def _rule(r: _Reader) -> Rule:
 
 
 def _notice(n: _Reader) -> Notice:
-    n.only(*SCOPES, "text", "position")
-    text = n.str("text", DEFAULT_NOTICE)
-    if not 1 <= len(text) <= 200 or "\x00" in text:
-        raise n.error("text", "expected a notice of 1 to 200 characters")
-    return Notice(_scope(n), text, n.choice("position", ("start", "end"), "start"))
+    n.only(*SCOPES, "text", "position", "c2pa")
+    text, c2pa = n.str("text", DEFAULT_NOTICE), n.flag("c2pa", False)
+    shortest = 0 if c2pa else 1  # a manifest may go alone
+    if not shortest <= len(text) <= 200 or "\x00" in text:
+        raise n.error("text", "expected a notice of 1 to 200 characters (\"\" for none "
+                      "with c2pa = true)")
+    return Notice(_scope(n), text, n.choice("position", ("start", "end"), "start"), c2pa)
 
 
 def _countries(r: _Reader, key: str) -> frozenset[str] | None:

@@ -267,6 +267,16 @@ def provenance_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def provenance_c2pa_chain(args: argparse.Namespace) -> int:
+    from ..provenance.manifests import certificate_chain
+
+    settings = config.load(args.config)
+    chain, root = certificate_chain(_signer(settings).secret(),
+                                    settings.server.producer or "tokometer")
+    sys.stdout.write((root if args.root else chain).decode())
+    return 0
+
+
 _TIER_WORDS = {
     "exact": "exact: this text was generated here, word for word",
     "strong": "strong: an edited copy of a text generated here",
@@ -438,6 +448,14 @@ COMMANDS: tuple[Command, ...] = (
                   "[{event_id, time, model, provider, tenant, share}], receipt}; the receipt "
                   "(the best match's) is what `tokometer verify-receipt` checks, and its "
                   "event's fingerprint_sha256 is the hash of the fingerprints registered."),
+    Command("provenance c2pa-chain", "print the certificates that sign C2PA text manifests",
+            provenance_c2pa_chain, (
+                arg("--root", action="store_true",
+                    help="only the root, for a verifier's trust anchors"),),
+            about="C2PA text manifests ([[labels]] c2pa = true) are signed with the log's "
+                  "key under a certificate chain derived from it: the same on every replica "
+                  "that holds the key. Prints the chain (PEM, leaf first) or, with --root, "
+                  "the root a C2PA verifier should trust."),
     Command("events", "print every meter reading, oldest first", events,
             (SINCE, UNTIL, arg("--format", choices=("jsonl", "csv"), default="jsonl"))),
     Command("report", "requests, tokens by kind and cost per group", report, (

@@ -6,7 +6,8 @@ a whole JSON answer, as a top-level `AIGC` member the SDKs keep as an extra fiel
 carries the header only: its events are the provider's.
 
 Explicit (opt-in, `[[labels]]`): a visible notice in the generated text of a scope's answers,
-whole or streamed, in the client's wire format.
+whole or streamed, in the client's wire format; and, asked for, a signed C2PA text manifest
+appended to a whole answer's text (provenance/manifests.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 
 from ..config import Notice
 from ..policy import Consumer
+from ..provenance.manifests import TextManifests
 from ..usage.text import chunk_text
 
 HEADER = b"aigc"
@@ -29,8 +31,9 @@ class Labels:
     """Builds a response's label: the producer (the config's `producer`), the content's id
     (the event id) and, where known before the answer leaves, the hash of its text."""
 
-    def __init__(self, producer: str, notices: tuple[Notice, ...] = ()):
-        self.notices = notices
+    def __init__(self, producer: str, notices: tuple[Notice, ...] = (),
+                 manifests: TextManifests | None = None):
+        self.notices, self.manifests = notices, manifests
         # compact JSON, ASCII only (a header value must be): all but the id and the hash
         producer_json = json.dumps(producer, ensure_ascii=True)
         self._head = ('{"Label":"' + _AI_GENERATED + '","ContentProducer":' + producer_json
@@ -75,26 +78,44 @@ def notice_for(notices: tuple[Notice, ...], who: Consumer) -> Notice | None:
 def label_body(operation: str, body: dict[str, Any], notice: Notice) -> bool:
     """Put the notice into a whole answer's text (every choice's, or the first or last text
     block); False when the answer has no text to label."""
-    texts: list[tuple[dict[str, Any], str]] = []  # (holder, key) of each text, in order
-    if operation in ("chat", "text_completion"):
+    texts = _texts(operation, body)
+    if operation not in _CHOICES and texts:
+        texts = [texts[0] if notice.position == "start" else texts[-1]]
+    for holder, key in texts:
+        _place(holder, key, notice)
+    return bool(texts)
+
+
+def sign_body(manifests: TextManifests, operation: str, body: dict[str, Any], event_id: str,
+              model: str | None) -> bool:
+    """Append a signed C2PA manifest to a whole answer's text (every choice's, or the last
+    text block); False when the answer has no text. Blocks: call it off the event loop."""
+    texts = _texts(operation, body)
+    if operation not in _CHOICES:
+        texts = texts[-1:]
+    for holder, key in texts:
+        holder[key] = manifests.sign(holder[key], event_id=event_id, model=model)
+    return bool(texts)
+
+
+_CHOICES = ("chat", "text_completion")  # each choice is an answer of its own
+
+
+def _texts(operation: str, body: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(holder, key) of each generated text of a whole answer, in order."""
+    if operation in _CHOICES:
         key = "text" if operation == "text_completion" else "content"
-        for choice in _dicts(body.get("choices")):
-            holder = choice if operation == "text_completion" else choice.get("message")
-            if isinstance(holder, dict) and isinstance(holder.get(key), str):
-                _place(holder, key, notice)  # each choice is an answer of its own
-                texts.append((holder, key))
-        return bool(texts)
+        holders = [choice if operation == "text_completion" else choice.get("message")
+                   for choice in _dicts(body.get("choices"))]
+        return [(h, key) for h in holders if isinstance(h, dict) and isinstance(h.get(key), str)]
     if operation == "messages":
-        texts = [(b, "text") for b in _dicts(body.get("content"))
-                 if b.get("type") == "text" and isinstance(b.get("text"), str)]
-    elif operation == "responses":
-        texts = [(part, "text") for item in _dicts(body.get("output"))
-                 if item.get("type") == "message" for part in _dicts(item.get("content"))
-                 if part.get("type") == "output_text" and isinstance(part.get("text"), str)]
-    if not texts:
-        return False
-    _place(*(texts[0] if notice.position == "start" else texts[-1]), notice)
-    return True
+        return [(b, "text") for b in _dicts(body.get("content"))
+                if b.get("type") == "text" and isinstance(b.get("text"), str)]
+    if operation == "responses":
+        return [(part, "text") for item in _dicts(body.get("output"))
+                if item.get("type") == "message" for part in _dicts(item.get("content"))
+                if part.get("type") == "output_text" and isinstance(part.get("text"), str)]
+    return []
 
 
 def _place(holder: dict[str, Any], key: str, notice: Notice) -> None:

@@ -25,7 +25,15 @@ from ..usage.text import TOOL_CALL, body_text
 from .asgi import Receive, Send
 from .call import Call
 from .labels import HEADER as LABEL_HEADER
-from .labels import NOTICED_STREAMS, Labels, StreamNotice, dumps, label_body, notice_for
+from .labels import (
+    NOTICED_STREAMS,
+    Labels,
+    StreamNotice,
+    dumps,
+    label_body,
+    notice_for,
+    sign_body,
+)
 from .upstream import Answer, without_address
 from .wire import COST_HEADER, CURRENCY_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
 
@@ -76,7 +84,12 @@ async def _relay_body(call: Call, route: Route, response: Answer, event_id: str,
     notice = notice_for(labels.notices, call.consumer)
     if notice is not None:  # the provider's text is the reading's, the client gets the notice
         generated = body_text(op, body)
-        if label_body(op, body, notice):
+        labelled = bool(notice.text) and label_body(op, body, notice)
+        if notice.c2pa and labels.manifests is not None:
+            signed = await asyncio.to_thread(sign_body, labels.manifests, op, body, event_id,
+                                             reading.model or route.model)
+            labelled = signed or labelled
+        if labelled:
             raw = dumps(body)
             outcome.text = lambda: generated
             outcome.received = lambda: body_text(op, body)
@@ -130,7 +143,7 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
                             (LABEL_HEADER, labels.label(event_id))]})
 
     notice = notice_for(labels.notices, call.consumer) if op in NOTICED_STREAMS else None
-    marker = StreamNotice(op, notice, tap.text) if notice is not None else None
+    marker = StreamNotice(op, notice, tap.text) if notice is not None and notice.text else None
     if marker is not None:  # the client's text: the answer, and the notice once sent
         outcome.received = lambda: marker.received(tap.text())
 

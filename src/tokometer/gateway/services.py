@@ -19,13 +19,14 @@ from ..counting import Recounter, TokenizerRegistry
 from ..errors import AuthError
 from ..impact import watts_per_core
 from ..impact.measured import CpuShares, listening_pid
-from ..ledger import Store, open_ledger, open_store, single_writer
+from ..ledger import Ledger, Store, open_ledger, open_store, single_writer
 from ..ledger.connect import SMALL_CACHE_KIB
 from ..ledger.lock import StoreLock
 from ..ledger.signer import load_signer
 from ..policy import Consumer, Guard, KeyRing
 from ..policy.shared import SharedGuard
 from ..policy.sync import BudgetSync
+from ..provenance.manifests import TextManifests
 from ..provenance.registry import Registry, fingerprint_key
 from .admin import Admin
 from .dashboard import Dashboard
@@ -107,7 +108,7 @@ async def start_services(settings: Settings, lock: StoreLock | None,
     marks = Registry(fingerprint_key(ledger.signer.secret()))  # provenance
     deps = Deps(Upstream(s, cpu), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
                 ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels),
-                labels=Labels(s.producer, settings.labels),
+                labels=Labels(s.producer, settings.labels, _manifests(settings, ledger)),
                 registry=marks if s.provenance else None, shared=shared)
     workers = Peers(peers, deps.metrics) if peers is not None else None
     tasks = (asyncio.create_task(keys.watch_revocations()),
@@ -172,3 +173,10 @@ def _preload_tokenizers(settings: Settings, registry: TokenizerRegistry) -> None
             info.tokenizer for r in routes if (info := vendor_of(r.model))}
         for spec in specs - {None}:
             registry.get(spec)  # type: ignore[arg-type]
+
+
+def _manifests(settings: Settings, ledger: Ledger) -> TextManifests | None:
+    """The C2PA signer, when a `[[labels]]` table asks for manifests."""
+    if not any(notice.c2pa for notice in settings.labels):
+        return None
+    return TextManifests(ledger.signer.secret(), settings.server.producer or "tokometer")
