@@ -371,6 +371,42 @@ def _work(child: subprocess.Popen[bytes]) -> None:
     assert child.stdout.readline() == b"done\n"
 
 
+def test_a_server_that_works_in_a_process_of_its_own_is_measured():
+    """(Mended.) Ollama's runners and vLLM's engine do the work in a process the listening
+    one starts (here at the first request, as Ollama starts a model's runner): its CPU is
+    the server's."""
+    code = ("import socket,subprocess,sys\n"
+            "s=socket.socket();s.bind(('127.0.0.1',0));s.listen()\n"
+            "print(s.getsockname()[1],flush=True)\n"
+            "runner=None\n"
+            "for line in sys.stdin:\n"
+            "    if runner is None:\n"
+            "        runner=subprocess.Popen([sys.executable,'-S','-c',sys.argv[1]],"
+            "stdin=subprocess.PIPE,stdout=subprocess.PIPE)\n"
+            "    runner.stdin.write(b'go\\n');runner.stdin.flush();runner.stdout.readline()\n"
+            "    print('done',flush=True)\n")
+    burn = ("import sys,time\n"
+            "for line in sys.stdin:\n"
+            "    t=time.process_time()\n"
+            "    while time.process_time()-t<0.3: pass\n"
+            "    print('done',flush=True)\n")
+    server = subprocess.Popen([sys.executable, "-S", "-c", code, burn], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    try:
+        port = int(server.stdout.readline())
+        shares = CpuShares(port, listening_pid(port), relist_every=0)
+        measured = []
+        for _ in range(2):  # the runner's first request, and one it finds running
+            ticket = shares.begin()
+            _work(server)
+            measured.append(shares.end(ticket) if ticket is not None else None)
+    finally:
+        server.kill()
+        server.wait()
+    assert all(m is not None and 0.25 <= m < 1.0 for m in measured), measured
+
+
 def test_a_restarted_local_server_is_measured_again(tmp_path):
     """(Mended.) services._local_servers finds the server's pid once, at start;
     when the model server is restarted (a crash, an upgrade, `ollama serve` again) on the

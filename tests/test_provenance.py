@@ -424,7 +424,7 @@ def test_a_streamed_notice_lands_where_the_hash_says(position):
     parts = [{"type": "output_text", "text": "one ", "annotations": []},
              {"type": "output_text", "text": "two", "annotations": []}]
     message = {"id": "m", "type": "message", "role": "assistant", "content": parts}
-    stream = _responses_stream(
+    stream = [*_responses_stream(
         {"type": "response.created", "response": {"id": "r", "output": []}},
         delta("reasoning_summary_text", "rs", 0, "thinking"),
         delta("output_text", "m", 0, "one "),
@@ -435,7 +435,7 @@ def test_a_streamed_notice_lands_where_the_hash_says(position):
          "text": "two"},
         {"type": "response.output_item.done", "output_index": 0, "item": message},
         {"type": "response.completed", "response": {"id": "r", "output": [message]}},
-        {"type": "response.unknown", "x": "not JSON after all"}) + [b"data: {oops\n\n"]
+        {"type": "response.unknown", "x": "not JSON after all"}), b"data: {oops\n\n"]
     notice = Notice(Scope("tenant", "t"), "[AI] ", position)
     tap = StreamTap("responses")
     marker = StreamNotice("responses", notice, tap.text)

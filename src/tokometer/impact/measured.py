@@ -2,7 +2,10 @@
 spends while it serves a request, times the power of a core (`impact.watts_per_core`).
 
 The server's CPU clock (all its threads, in nanoseconds) is one system call away:
-clock_gettime on the process's CPU clock, no file read. Requests a server handles at once
+clock_gettime on the process's CPU clock, no file read. A server that works in processes of
+its own (Ollama's runners, vLLM's engine) is the sum of its process's clock and theirs: its
+descendants are listed again (from /proc, at most once a second) so a runner started for a
+request's model is counted from then on. Requests a server handles at once
 share its time evenly: each start and end of a request reads the clock, and the time since
 the previous reading goes to the requests then in flight. Requests another gateway worker
 sends to the same server at the same time are not seen here, so with several workers the
@@ -48,6 +51,27 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs, from /proc's children lists (empty where the
+    kernel keeps none)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
 def _rows(path: str) -> list[list[str]]:
     try:
         with open(path) as f:
@@ -62,10 +86,12 @@ class CpuShares:
     clock cannot be read or goes backwards (it restarted, or its pid went to another
     process); the requests in flight across such a change are unmeasured."""
 
-    def __init__(self, port: int, pid: int | None = None):
+    def __init__(self, port: int, pid: int | None = None, relist_every: float = 1.0):
         self.port = port
         self.pid = pid
-        self._clock = cpu_clock(pid) if pid is not None else None
+        self._clocks: list[int] = []  # the server's and its descendants' CPU clocks
+        self._relist_every = relist_every  # seconds between listings of its descendants
+        self._next_family = 0.0  # when to list them again
         self._last: int | None = None
         self._open: dict[int, int | None] = {}  # request → its nanoseconds (None: lost)
         self._ids = itertools.count()
@@ -102,27 +128,26 @@ class CpuShares:
         return True
 
     def _read(self) -> int | None:
-        if self._clock is not None:
+        if self.pid is not None:
+            if time.monotonic() >= self._next_family:
+                self._next_family = time.monotonic() + self._relist_every
+                self._clocks = [cpu_clock(p) for p in (self.pid, *descendants(self.pid))]
             try:
-                return time.clock_gettime_ns(self._clock)
-            except OSError:  # the server has gone (or restarted under another pid)
-                pass
+                return sum(time.clock_gettime_ns(clock) for clock in self._clocks)
+            except OSError:  # the server (or one of its processes) has gone
+                self._next_family = 0.0
         if time.monotonic() < self._next_lookup:
             return None
         self._next_lookup = time.monotonic() + 1.0
-        pid = listening_pid(self.port)
-        if pid is None:
+        self.pid = listening_pid(self.port)
+        if self.pid is None:
             if not self._warned:
                 self._warned = True
                 log.warning("no model server listens on port %d: its requests' energy is "
                             "modelled, not measured, until one does", self.port)
-            self._clock = None
             return None
-        self.pid, self._clock, self._warned = pid, cpu_clock(pid), False
-        try:
-            return time.clock_gettime_ns(self._clock)
-        except OSError:
-            return None
+        self._warned = False
+        return self._read()
 
     def _lost(self) -> None:
         """The clock changed hands: what the requests in flight took cannot be known."""
