@@ -14,7 +14,7 @@ from typing import Any
 from ..events import Usage
 from .body import MAX_TIER_CHARS, parse_json, web_search_calls
 from .dialects import dialect_for, usage_from
-from .text import TOOL_CALL, TOOL_CALL_TYPES, chunk_text, chunk_texts
+from .text import TOOL_CALL, TOOL_CALL_TYPES, chunk_text, chunk_texts, message_stream_text
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -183,6 +183,9 @@ class StreamTap:
     def text(self) -> str:
         """Generated text seen so far, choice after choice as a whole answer holds them
         (decodes every event: only for recounts and hashes)."""
+        if self.operation == "messages":
+            return message_stream_text([_object(data) for data in self.payloads
+                                        if data.startswith(b"{")])
         choices: dict[int, list[str]] = {}
         for data in self.payloads:
             if data.startswith(b"{"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -56,13 +57,51 @@ def chunk_texts(operation: str, data: dict[str, Any]) -> list[tuple[int, str]]:
     return out
 
 
+_TOOL_USES = ("tool_use", "server_tool_use")  # Anthropic's tool calls, with an `input`
+
+
+def tool_input_text(value: Any) -> str:
+    """A tool call's input as text: compact JSON, as `stream_tool_input` makes of the
+    streamed pieces of the same input, so a whole and a streamed answer read alike."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def stream_tool_input(pieces: str) -> str:
+    """The streamed pieces of a tool call's input (Anthropic's `partial_json`), joined: as
+    `tool_input_text` writes it once whole, else as sent (cut short, or not JSON)."""
+    try:
+        return tool_input_text(json.loads(pieces) if pieces.strip() else {})
+    except ValueError:
+        return pieces
+
+
+def message_stream_text(events: list[dict[str, Any]]) -> str:
+    """The text of an Anthropic stream's decoded events, block by block as a whole message
+    holds it; a tool call's input written as `body_text` writes it."""
+    blocks: dict[int, list[str]] = {}
+    tool_inputs: set[int] = set()
+    for event in events:
+        if event.get("type") != "content_block_delta":
+            continue
+        index = event["index"] if isinstance(event.get("index"), int) else 0
+        delta = event.get("delta")
+        if isinstance(delta, dict) and delta.get("type") == "input_json_delta":
+            tool_inputs.add(index)
+        blocks.setdefault(index, []).append(_collect(delta))
+    return "".join(stream_tool_input("".join(blocks[i])) if i in tool_inputs
+                   else "".join(blocks[i]) for i in sorted(blocks))
+
+
 def _collect(node: Any) -> str:
-    """Depth-first concatenation of every text-bearing string under node.
+    """Depth-first concatenation of every text-bearing string under node. An Anthropic tool
+    call's input (an object) is its compact JSON.
 
     OpenRouter-style messages and deltas carry their reasoning twice: as `reasoning` and
     again as `reasoning_details` entries; the details are read only when `reasoning` is empty.
     """
     if isinstance(node, dict):
+        if node.get("type") in _TOOL_USES and "input" in node:
+            return tool_input_text(node["input"])
         out = []
         has_reasoning = isinstance(node.get("reasoning"), str) and node["reasoning"] != ""
         for key, value in node.items():
