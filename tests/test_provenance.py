@@ -438,14 +438,14 @@ def test_a_streamed_notice_lands_where_the_hash_says(position):
         {"type": "response.unknown", "x": "not JSON after all"}), b"data: {oops\n\n"]
     notice = Notice(Scope("tenant", "t"), "[AI] ", position)
     tap = StreamTap("responses")
-    marker = StreamNotice("responses", notice, tap.text)
+    marker = StreamNotice("responses", notice, tap.texts)
     sent = []
     for block in stream:
         tap.feed(block)
         sent.append(block if not marker.active else marker.place(block, event_data(block)))
     events = [json.loads(event_data(b)) for b in b"".join(sent).split(b"\n\n")[:-2]]
     client_text = "".join(t for e in events for _, t in chunk_texts("responses", e))
-    assert marker.received(tap.text()) == client_text
+    assert marker.received(tap.texts()) == client_text
     assert client_text == ("thinking[AI] one two" if position == "start"
                            else "thinkingone [AI] two")
     final = next(e for e in events if e["type"] == "response.completed")["response"]

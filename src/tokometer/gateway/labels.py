@@ -13,6 +13,7 @@ appended to a whole answer's text (provenance/manifests.py).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,10 @@ import orjson
 from ..config import Notice
 from ..policy import Consumer
 from ..provenance.manifests import TextManifests
-from ..usage.text import chunk_text
+from ..usage.body import parse_json
+from ..usage.text import chunk_text, chunk_texts
+
+log = logging.getLogger("tokometer.labels")
 
 HEADER = b"aigc"
 _AI_GENERATED = "1"  # GB 45438's Label: the content is AI-generated
@@ -93,8 +97,14 @@ def sign_body(manifests: TextManifests, operation: str, body: dict[str, Any], ev
     texts = _texts(operation, body)
     if operation not in _CHOICES:
         texts = texts[-1:]
-    for holder, key in texts:
-        holder[key] = manifests.sign(holder[key], event_id=event_id, model=model)
+    try:
+        signed = [manifests.sign(holder[key], event_id=event_id, model=model)
+                  for holder, key in texts]
+    except Exception:  # the C2PA SDK refused: the answer goes as it came, its event kept
+        log.exception("could not sign the C2PA manifest of %s: sent without one", event_id)
+        return False
+    for (holder, key), text in zip(texts, signed, strict=True):
+        holder[key] = text
     return bool(texts)
 
 
@@ -145,12 +155,13 @@ class StreamNotice:
     text is then amended in every later event that repeats it (the part's, the item's and
     the response's `done`), and every later `sequence_number` moved up by one.
 
-    `seen` gives the provider's text so far (the tap's, which has read the current event):
-    where the notice went in it makes the text the client received."""
+    `seen` gives the provider's text so far by choice (the tap's, which has read the
+    current event): where the notice went in it makes the text the client received."""
 
-    def __init__(self, operation: str, notice: Notice, seen: Callable[[], str]):
+    def __init__(self, operation: str, notice: Notice,
+                 seen: Callable[[], dict[int, str]]):
         self.operation, self.notice, self._seen = operation, notice, seen
-        self.at: int | None = None  # where the notice went in the provider's text, once sent
+        self.at: tuple[int, int] | None = None  # (choice, offset in its text), once sent
         self._block: int | None = None  # the Anthropic text block labelled
         self._part: tuple[Any, Any] | None = None  # the Responses (item_id, content_index)
 
@@ -160,9 +171,13 @@ class StreamNotice:
         its end: their numbers move)."""
         return self.at is None or self.operation == "responses"
 
-    def received(self, text: str) -> str:
-        """The client's text, from the provider's."""
-        return text if self.at is None else text[:self.at] + self.notice.text + text[self.at:]
+    def received(self, texts: dict[int, str]) -> str:
+        """The client's text, from the provider's (by choice, as `seen` gives it)."""
+        if self.at is not None:
+            choice, at = self.at
+            text = texts.get(choice, "")
+            texts = {**texts, choice: text[:at] + self.notice.text + text[at:]}
+        return "".join(texts[i] for i in sorted(texts))
 
     def place(self, block: bytes, data: bytes) -> bytes:
         """What to send for the provider's event `block` (its payload `data`)."""
@@ -173,9 +188,9 @@ class StreamNotice:
         before, after = self._chat(data) if self.operation == "chat" else self._messages(data)
         return before + block + after
 
-    def _sent(self, event_text: str = "") -> None:
-        """The notice goes in before the current event's text `event_text`."""
-        self.at = len(self._seen()) - len(event_text)
+    def _sent(self, event_text: str = "", choice: int = 0) -> None:
+        """The notice goes into `choice`, before the current event's text `event_text`."""
+        self.at = (choice, len(self._seen().get(choice, "")) - len(event_text))
 
     def _chat(self, data: bytes) -> tuple[bytes, bytes]:
         at_end = self.notice.position == "end"
@@ -195,10 +210,12 @@ class StreamNotice:
         extra = b"data: " + dumps(chunk) + b"\n\n"
         delta = first.get("delta")
         text = delta.get("content") if isinstance(delta, dict) else None
+        choice = first.get("index", 0) if isinstance(first.get("index", 0), int) else 0
         if at_end or (isinstance(text, str) and text):
-            self._sent(chunk_text("chat", event))
+            own = "".join(t for i, t in chunk_texts("chat", {"choices": [first]}) if i == choice)
+            self._sent(own, choice)
             return extra, b""
-        self._sent()
+        self._sent(choice=choice)
         return b"", extra
 
     def _messages(self, data: bytes) -> tuple[bytes, bytes]:
@@ -237,7 +254,7 @@ class StreamNotice:
             if kind not in _TEXT_EVENTS or (self.notice.position == "end"
                                             and kind != "response.output_text.done"):
                 return block
-            part = (event.get("item_id"), event.get("content_index"))
+            part = _part_of(event)
             if self._part is None:
                 self._part = part
             if part != self._part:
@@ -257,8 +274,7 @@ class StreamNotice:
         if isinstance(number := event.get("sequence_number"), int):
             event["sequence_number"] = number + 1
         kind = event.get("type")
-        item_id, index = self._part or (None, None)
-        ours = event.get("item_id") == item_id and event.get("content_index") == index
+        ours = _part_of(event) == self._part
         if kind == "response.output_text.done" and ours:
             _place(event, "text", self.notice)
         elif kind == "response.content_part.done" and ours:
@@ -289,6 +305,11 @@ _TEXT_EVENTS = ("response.output_text.delta", "response.output_text.done")
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
 
+def _part_of(event: dict[str, Any]) -> tuple[Any, Any]:
+    """The (item id, content index) of a Responses text event (an index left out: 0)."""
+    return event.get("item_id"), event.get("content_index", 0)
+
+
 def _sse(kind: str, event: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + dumps(event) + b"\n\n"
 
@@ -301,8 +322,10 @@ def _reframed(block: bytes, event: dict[str, Any]) -> bytes:
 
 
 def _object(data: bytes) -> dict[str, Any]:
+    """An event's JSON object (read as the meter reads it: a lone surrogate is no reason to
+    skip one), or {} when it is none."""
     try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
+        value = parse_json(data)
+    except ValueError:
         return {}
     return value if isinstance(value, dict) else {}

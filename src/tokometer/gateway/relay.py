@@ -143,9 +143,9 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
                             (LABEL_HEADER, labels.label(event_id))]})
 
     notice = notice_for(labels.notices, call.consumer) if op in NOTICED_STREAMS else None
-    marker = StreamNotice(op, notice, tap.text) if notice is not None and notice.text else None
+    marker = StreamNotice(op, notice, tap.texts) if notice is not None and notice.text else None
     if marker is not None:  # the client's text: the answer, and the notice once sent
-        outcome.received = lambda: marker.received(tap.text())
+        outcome.received = lambda: marker.received(tap.texts())
 
     async def pump() -> None:
         async for chunk in response.chunks():

@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import re
 import threading
 import unicodedata
 from typing import Any
@@ -41,6 +42,9 @@ _VALID_FROM = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 _ROOT_UNTIL = datetime.datetime(2050, 1, 1, tzinfo=datetime.UTC)
 _LEAF_UNTIL = datetime.datetime(2049, 12, 31, tzinfo=datetime.UTC)
 _FORMAT = b"application/c2pa"  # a bare manifest store: the text wrapper is ours to make
+# A wrapper already in a text (the model repeated an answer signed earlier): a text holds one
+# (A.8), so the old one goes (its own text is no longer the whole, so it could not verify).
+_WRAPPER = re.compile("\ufeff[\ufe00-\ufe0f\U000e0100-\U000e01ef]{13,}")
 
 
 def certificate_chain(secret: bytes, producer: str) -> tuple[bytes, bytes]:
@@ -82,6 +86,11 @@ def certificate_chain(secret: bytes, producer: str) -> tuple[bytes, bytes]:
             .sign(root_key, None))
     root_pem = root.public_bytes(serialization.Encoding.PEM)
     return leaf.public_bytes(serialization.Encoding.PEM) + root_pem, root_pem
+
+
+def _plain(name: str) -> str:
+    """A provider's model name as a manifest can hold it: valid Unicode, 200 characters."""
+    return name.encode("utf-8", "replace").decode("utf-8")[:200]
 
 
 class _SignerInfo(ctypes.Structure):
@@ -139,17 +148,21 @@ class TextManifests:
         self._lock = threading.Lock()  # one signing at a time on the shared signer
 
     def sign(self, text: str, *, event_id: str, model: str | None) -> str:
-        """`text` (in its NFC form) with a manifest that binds it. Blocks ~1 ms: call it off
-        the event loop."""
-        text = unicodedata.normalize("NFC", text)
-        covered = text.encode("utf-8", "surrogatepass")
+        """`text` (in its NFC form, without any wrapper it held) with a manifest that binds
+        it; as it came if it is no Unicode text (a lone surrogate: no UTF-8 to hash). Blocks
+        ~1 ms: call it off the event loop."""
+        try:
+            covered = unicodedata.normalize("NFC", _WRAPPER.sub("", text)).encode("utf-8")
+        except UnicodeEncodeError:
+            return text
+        text = covered.decode("utf-8")
         definition = json.dumps({
             "claim_generator_info": [{"name": "tokometer", "version": "0.1.0"}],
             "title": f"answer {event_id}", "format": "text/plain",
             "assertions": [
                 {"label": "c2pa.actions", "data": {"actions": [{
                     "action": "c2pa.created", "digitalSourceType": TRAINED_MODEL,
-                    "softwareAgent": {"name": model or "unknown model"}}]}},
+                    "softwareAgent": {"name": _plain(model or "unknown model")}}]}},
                 {"label": "org.tokometer.answer",
                  "data": {"event_id": event_id, "producer": self.producer}}]}).encode()
         with self._lock:

@@ -180,18 +180,22 @@ class StreamTap:
             return None
         return usage_from(dialect_for(self.operation), self.raw_usage, self.web_searches)
 
-    def text(self) -> str:
-        """Generated text seen so far, choice after choice as a whole answer holds them
-        (decodes every event: only for recounts and hashes)."""
+    def texts(self) -> dict[int, str]:
+        """Generated text seen so far, by choice, in choice order (decodes every event: only
+        for recounts and hashes)."""
         if self.operation == "messages":
-            return message_stream_text([_object(data) for data in self.payloads
-                                        if data.startswith(b"{")])
+            return {0: message_stream_text([_object(data) for data in self.payloads
+                                            if data.startswith(b"{")])}
         choices: dict[int, list[str]] = {}
         for data in self.payloads:
             if data.startswith(b"{"):
                 for index, text in chunk_texts(self.operation, _object(data)):
                     choices.setdefault(index, []).append(text)
-        return "".join("".join(choices[i]) for i in sorted(choices))
+        return {i: "".join(choices[i]) for i in sorted(choices)}
+
+    def text(self) -> str:
+        """Generated text seen so far, choice after choice as a whole answer holds them."""
+        return "".join(self.texts().values())
 
 
 def _object(data: bytes) -> dict[str, Any]:
