@@ -110,9 +110,9 @@ def _client_text(sent: list[bytes]) -> str:
 
 @pytest.mark.parametrize("position", ["start", "end"])
 def test_chat_stream_with_two_choices_hash_matches_client(position):
-    """(Mended.) n=2, choices interleaved (as OpenAI streams them): the notice's offset is taken in the
-    choice-ordered concatenation of all choices, but the notice goes into one choice, so the
-    text the event hashes (`received`) is not what the client got."""
+    """(Mended.) n=2, choices interleaved (as OpenAI streams them): the notice's offset was
+    taken in the choice-ordered concatenation of all choices, but the notice goes into one
+    choice, so the text the event hashed (`received`) was not what the client got."""
     stream = [_chunk(1, "B"), _chunk(0, "A"), _chunk(0, finish="stop"), _chunk(1, "C"),
               _chunk(1, finish="stop"), b"data: [DONE]\n\n"]
     marker, tap, sent = _run("chat", position, stream)
