@@ -36,6 +36,11 @@ def _events(sent: list[bytes]) -> list[dict]:
     return out
 
 
+def _delta(text: str) -> dict:
+    return {"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
+            "content_index": 0, "delta": text}
+
+
 def _sse(i: int, e: dict) -> bytes:
     # json.dumps (ensure_ascii) writes a lone surrogate as the escape "\ud83d", as providers do
     return (b"event: " + e["type"].encode() + b"\ndata: "
@@ -53,10 +58,8 @@ def test_responses_answer_cut_inside_an_emoji_keeps_notice_and_numbering():
     message = {"id": "m", "type": "message", "role": "assistant", "content": [part]}
     raw = [
         {"type": "response.created", "response": {"id": "r", "output": []}},
-        {"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
-         "content_index": 0, "delta": "Hi "},
-        {"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
-         "content_index": 0, "delta": "\ud83d"},
+        _delta("Hi "),
+        _delta("\ud83d"),
         {"type": "response.output_text.done", "item_id": "m", "output_index": 0,
          "content_index": 0, "text": text},
         {"type": "response.output_item.done", "output_index": 0, "item": message},
@@ -79,12 +82,9 @@ def test_responses_first_delta_half_an_emoji_notice_not_at_start():
     the emoji and not being at the start."""
     raw = [
         {"type": "response.created", "response": {"id": "r", "output": []}},
-        {"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
-         "content_index": 0, "delta": "\ud83d"},
-        {"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
-         "content_index": 0, "delta": "\ude00 ok"},
-        {"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
-         "content_index": 0, "delta": " more"},
+        _delta("\ud83d"),
+        _delta("\ude00 ok"),
+        _delta(" more"),
     ]
     _, _, sent = _run("responses", "start", [_sse(i, e) for i, e in enumerate(raw)])
     events = _events(sent)

@@ -50,14 +50,20 @@ def _chat(gw: Gateway, scripted, tag: str, text: str, model: str = "gpt-4o-mini-
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                      "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}})
+    r = _ask(gw, tag)
+    event_id = r.headers["x-tokometer-event-id"]
+    return r.json()["choices"][0]["message"]["content"], wait_for_event(gw, event_id), event_id
+
+
+def _ask(gw: Gateway, tag: str) -> httpx.Response:
+    """A chat request of app "sign" that the scripted upstream answers with script `tag`."""
     key = gw.new_key(tenant="acme", app="sign")[0]
     r = httpx.post(gw.url + "/v1/chat/completions", timeout=60,
                    headers={"authorization": f"Bearer {key}"},
                    json={"model": "chat", "messages": [{"role": "user", "content": "hi"}],
                          "user": tag})
     assert r.status_code == 200, r.text
-    event_id = r.headers["x-tokometer-event-id"]
-    return r.json()["choices"][0]["message"]["content"], wait_for_event(gw, event_id), event_id
+    return r
 
 
 def _root(gw: Gateway) -> str:
@@ -297,11 +303,5 @@ def test_a_text_with_a_lone_surrogate_gets_no_manifest(gw, scripted):
         b'{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":'
         b'{"role":"assistant","content":"bad \\ud800 text"},"finish_reason":"stop"}],'
         b'"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}'))
-    key = gw.new_key(tenant="acme", app="sign")[0]
-    r = httpx.post(gw.url + "/v1/chat/completions", timeout=60,
-                   headers={"authorization": f"Bearer {key}"},
-                   json={"model": "chat", "messages": [{"role": "user", "content": "hi"}],
-                         "user": tag})
-    assert r.status_code == 200, r.text
-    text = json.loads(r.content)["choices"][0]["message"]["content"]
+    text = json.loads(_ask(gw, tag).content)["choices"][0]["message"]["content"]
     assert text == "bad \ud800 text"  # as the provider sent it, with no wrapper

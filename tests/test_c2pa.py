@@ -19,8 +19,6 @@ import pytest
 
 from conftest import Gateway, start_gateway, stop_gateway, wait_for_event
 from processes import cli
-from tokometer.config import load
-from tokometer.errors import ConfigError
 
 NOTICE = "[AI] "
 TRAINED_MODEL = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -167,14 +165,3 @@ def test_the_chain_is_the_same_for_every_process_holding_the_key(signing, root):
     again = cli(signing.config, "provenance", "c2pa-chain")
     assert again.returncode == 0 and again.stdout.endswith(root)
     assert again.stdout.count("BEGIN CERTIFICATE") == 2
-
-
-@pytest.mark.parametrize(("table", "message"), [
-    ('[[labels]]\ntenant = "a"\ntext = ""', r"labels\[0\]\.text: expected a notice of 1 to 200"),
-    ('[[labels]]\ntenant = "a"\nc2pa = "yes"', r"labels\[0\]\.c2pa: expected true or false"),
-])
-def test_bad_manifest_labels_are_config_errors(tmp_path, table, message):
-    path = tmp_path / "tokometer.toml"
-    path.write_text(table + "\n")
-    with pytest.raises(ConfigError, match=message):
-        load(path)

@@ -328,6 +328,7 @@ def test_an_explicit_label_reaches_anthropic_clients_whole_and_streamed(labelled
     ('[[labels]]\ntenant = "a"\ntext = ""', r"labels\[0\]\.text: expected a notice of 1 to 200"),
     ('[[labels]]\ntext = "x"', r"exactly one of tenant, app, key_id"),
     ('[[labels]]\napp = "a"\ncolour = "red"', r"labels\[0\]\.colour: unknown key"),
+    ('[[labels]]\ntenant = "a"\nc2pa = "yes"', r"labels\[0\]\.c2pa: expected true or false"),
 ])
 def test_bad_labels_are_config_errors(tmp_path, table, message):
     path = tmp_path / "tokometer.toml"
