@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tokometer.config import Notice, Scope
-from tokometer.gateway.labels import StreamNotice
+from tokometer.gateway.stream_labels import StreamNotice
 from tokometer.usage.stream import StreamTap, event_data
 from tokometer.usage.text import body_text, chunk_texts
 

@@ -127,8 +127,7 @@ def _other_root() -> str:
 
 
 @pytest.mark.parametrize("api", ["messages", "responses"])
-def test_the_last_text_of_a_message_or_responses_answer_carries_the_manifest(signing, root,
-                                                                             api):
+def test_each_text_of_a_message_or_responses_answer_carries_a_manifest(signing, root, api):
     key = signing.new_key(tenant="acme", app="both")[0]
     if api == "messages":
         client = anthropic.Anthropic(base_url=signing.url, api_key=key, max_retries=0)
@@ -142,26 +141,175 @@ def test_the_last_text_of_a_message_or_responses_answer_carries_the_manifest(sig
         texts = [response.output_text]
         event_id, model = ids[0], response.model
     assert texts[0].startswith(NOTICE)  # app "both": the notice and the manifest
-    assert_valid(texts[-1], root, event_id, model)
+    for text in texts:
+        assert_valid(text, root, event_id, model)
     assert wait_for_event(signing, event_id)["output_sha256"] == hashlib.sha256(
         "".join(texts).encode()).hexdigest()
 
 
-def test_a_stream_gets_no_manifest_and_no_empty_event(signing):
-    """Manifests are for whole answers: a stream of tenant "acme" is as the provider sent it
-    (its notice is empty: no event is added for it)."""
-    def chunks(key: str) -> list[Any]:
-        return list(_client(signing, key, []).chat.completions.create(
+def _streamed(gw: Gateway, key: str, api: str) -> tuple[str, str, str, list[Any]]:
+    """(the client's text, its event id, the model, the SDK's events) of a streamed answer."""
+    ids: list[str] = []
+    if api == "chat":
+        chunks = list(_client(gw, key, ids).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, ids[0], chunks[0].model, chunks
+    if api == "messages":
+        client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
+        with client.messages.stream(model="claude-sonnet-5", max_tokens=64,
+                                    messages=[{"role": "user", "content": "hi"}]) as s:
+            events = list(s)
+            final = s.get_final_message()
+            event_id = s.response.headers["x-tokometer-event-id"]
+        text = "".join(b.text for b in final.content if b.type == "text")
+        deltas = "".join(e.delta.text for e in events if e.type == "content_block_delta"
+                         and e.delta.type == "text_delta")
+        assert deltas == text  # the final message holds what the deltas carried
+        return text, event_id, final.model, events
+    with _client(gw, key, ids).responses.stream(model="gpt-4.1", input="hi") as s:
+        events = list(s)
+        final = s.get_final_response()
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert [e.text for e in events if e.type == "response.output_text.done"] == [text]
+    assert final.output_text == text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    return text, ids[0], final.model, events
 
-    ours, plain = chunks(signing.key), chunks(signing.new_key(tenant="nobody")[0])
-    text = "".join(c.choices[0].delta.content or "" for c in ours if c.choices)
-    assert text and c2pa_text.find_wrapper_info(text) is None
-    assert [c.choices[0].delta.content for c in ours if c.choices] == [
-        c.choices[0].delta.content for c in plain if c.choices]
+
+@pytest.mark.parametrize("api", ["chat", "messages", "responses"])
+def test_a_streamed_answer_carries_a_manifest_that_verifies(signing, root, api):
+    """The manifest goes in one more text event before the text ends; the SDK's text, its
+    final answer and the event's hash all hold it; the reading is the provider's."""
+    for key in (signing.key, signing.new_key(tenant="acme", app="both")[0]):
+        text, event_id, model, _ = _streamed(signing, key, api)
+        assert_valid(text, root, event_id, model)
+        event = wait_for_event(signing, event_id)
+        assert event["output_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+        visible = c2pa_text.extract_manifest(text)[1]
+        bare, bare_id, _, _ = _streamed(signing, signing.new_key(tenant="nobody")[0], api)
+        assert visible == (bare if key == signing.key else NOTICE + bare)
+        assert event["output_tokens"] == wait_for_event(signing, bare_id)["output_tokens"]
 
 
 def test_the_chain_is_the_same_for_every_process_holding_the_key(signing, root):
     again = cli(signing.config, "provenance", "c2pa-chain")
     assert again.returncode == 0 and again.stdout.endswith(root)
     assert again.stdout.count("BEGIN CERTIFICATE") == 2
+
+
+def _through(operation: str, events: list[dict[str, Any]], notice: str = "") -> tuple[
+        list[dict[str, Any]], str]:
+    """Provider events through a stream's labels (a manifest, and a notice at the end if
+    given): (the events sent, decoded; the text the event would hash)."""
+    import asyncio
+
+    from tokometer.config import Notice, Scope
+    from tokometer.gateway.stream_labels import stream_labels
+    from tokometer.provenance.manifests import TextManifests
+    from tokometer.usage.stream import StreamTap, event_data
+
+    tap = StreamTap(operation)
+    labels = stream_labels(operation, Notice(Scope("tenant", "t"), notice, "end", True),
+                           TextManifests(bytes(range(32)), "P"), tap.texts, "e1", lambda: "m")
+    assert labels is not None
+
+    async def run() -> list[bytes]:
+        sent = []
+        for i, event in enumerate(events):
+            block = (b"event: x\ndata: " + json.dumps({**event, "sequence_number": i}).encode()
+                     + b"\n\n") if operation == "responses" else (
+                b"data: " + json.dumps(event).encode() + b"\n\n")
+            tap.feed(block)
+            sent.append(await labels.place(block))
+        return sent
+
+    blocks = b"".join(asyncio.run(run())).split(b"\n\n")
+    decoded = [json.loads(event_data(b + b"\n\n")) for b in blocks if b.strip()]
+    return decoded, labels.received(tap.texts())
+
+
+def _wrapped(text: str) -> str:
+    """The visible text before the one wrapper `text` ends with."""
+    found = c2pa_text.find_wrapper_info(text)
+    assert found is not None and found[1] + found[2] == len(text.encode()), repr(text[:40])
+    return c2pa_text.extract_manifest(text)[1]
+
+
+def test_every_choice_of_a_chat_stream_gets_its_manifest():
+    """Two interleaved choices, one whose finishing chunk carries text (the manifest goes
+    after it, so it ends the text), and a notice at the end of the first."""
+    def chunk(index: int, text: str | None = None, finish: str | None = None) -> dict:
+        return {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [
+            {"index": index, "delta": {"content": text} if text else {},
+             "finish_reason": finish}]}
+
+    events, hashed = _through("chat", [chunk(1, "B"), chunk(0, "A"), chunk(0, finish="stop"),
+                                       chunk(1, "C", finish="stop")], notice="!")
+    texts: dict[int, str] = {}
+    for event in events:
+        for choice in event["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + (
+                choice["delta"].get("content") or "")
+    assert (_wrapped(texts[0]), _wrapped(texts[1])) == ("A!", "BC")
+    assert hashed == texts[0] + texts[1]
+
+
+def test_each_text_block_of_a_message_stream_gets_its_manifest():
+    events, hashed = _through("messages", [
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text",
+                                                                       "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
+                                                              "text": "one"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {
+            "type": "tool_use", "id": "t", "name": "f", "input": {}}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
+                                                              "partial_json": "{}"}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "content_block_start", "index": 2, "content_block": {"type": "text",
+                                                                       "text": ""}},
+        {"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta",
+                                                              "text": "two"}},
+        {"type": "content_block_stop", "index": 2},
+        {"type": "message_stop"}])
+    blocks: dict[int, str] = {}
+    for event in events:
+        if event["type"] == "content_block_delta" and event["delta"]["type"] == "text_delta":
+            blocks[event["index"]] = blocks.get(event["index"], "") + event["delta"]["text"]
+    assert [_wrapped(blocks[0]), _wrapped(blocks[2])] == ["one", "two"]
+    assert hashed == blocks[0] + "{}" + blocks[2]
+    stops = [i for i, e in enumerate(events) if e["type"] == "content_block_stop"]
+    assert all(events[i - 1]["type"] == "content_block_delta" for i in stops)
+
+
+def test_each_output_text_of_a_responses_stream_gets_its_manifest():
+    """Two parts: each `done`, the item's `done` and the final response repeat each part's
+    text with its manifest, and the numbers count up by one."""
+    parts = [{"type": "output_text", "text": t, "annotations": []} for t in ("one", "two")]
+    item = {"id": "m", "type": "message", "content": parts}
+    events, hashed = _through("responses", [
+        {"type": "response.created", "response": {"id": "r", "output": []}},
+        *(event for i, t in enumerate(("one", "two")) for event in (
+            {"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
+             "content_index": i, "delta": t},
+            {"type": "response.output_text.done", "item_id": "m", "output_index": 0,
+             "content_index": i, "text": t})),
+        {"type": "response.content_part.done", "item_id": "m", "output_index": 0,
+         "content_index": 1, "part": parts[1]},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": {"id": "r", "output": [item]}}])
+    deltas: dict[int, str] = {}
+    for event in events:
+        if event["type"] == "response.output_text.delta":
+            deltas[event["content_index"]] = deltas.get(event["content_index"], "") \
+                + event["delta"]
+    assert [_wrapped(deltas[0]), _wrapped(deltas[1])] == ["one", "two"]
+    assert hashed == deltas[0] + deltas[1]
+    assert [e["text"] for e in events if e["type"] == "response.output_text.done"] == [
+        deltas[0], deltas[1]]
+    assert next(e for e in events if e["type"] == "response.content_part.done")[
+        "part"]["text"] == deltas[1]
+    for final in (events[-2]["item"], events[-1]["response"]["output"][0]):
+        assert [p["text"] for p in final["content"]] == [deltas[0], deltas[1]]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))

@@ -414,7 +414,7 @@ def test_a_streamed_notice_lands_where_the_hash_says(position):
     rebuilds from what was sent is the text the event hashes, and the final response holds
     the same notice in the same part."""
     from tokometer.config import Notice, Scope
-    from tokometer.gateway.labels import StreamNotice
+    from tokometer.gateway.stream_labels import StreamNotice
     from tokometer.usage.stream import StreamTap, event_data
     from tokometer.usage.text import body_text, chunk_texts
 

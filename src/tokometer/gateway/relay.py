@@ -20,20 +20,13 @@ from ..errors import UpstreamError
 from ..events import Event, Outcome, decimal_str, elapsed_ms
 from ..usage import StreamTap, read_body
 from ..usage.body import parse_json
-from ..usage.stream import SSESplitter, event_data
+from ..usage.stream import SSESplitter
 from ..usage.text import TOOL_CALL, body_text
 from .asgi import Receive, Send
 from .call import Call
 from .labels import HEADER as LABEL_HEADER
-from .labels import (
-    NOTICED_STREAMS,
-    Labels,
-    StreamNotice,
-    dumps,
-    label_body,
-    notice_for,
-    sign_body,
-)
+from .labels import Labels, dumps, label_body, notice_for, sign_body
+from .stream_labels import stream_labels
 from .upstream import Answer, without_address
 from .wire import COST_HEADER, CURRENCY_HEADER, EVENT_ID_HEADER, is_shaped_error, sse_error
 
@@ -142,9 +135,9 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
                 "headers": [*_headers(response, event_id),
                             (LABEL_HEADER, labels.label(event_id))]})
 
-    notice = notice_for(labels.notices, call.consumer) if op in NOTICED_STREAMS else None
-    marker = StreamNotice(op, notice, tap.texts) if notice is not None and notice.text else None
-    if marker is not None:  # the client's text: the answer, and the notice once sent
+    marker = stream_labels(op, notice_for(labels.notices, call.consumer), labels.manifests,
+                           tap.texts, event_id, lambda: tap.model or route.model)
+    if marker is not None:  # the client's text: the answer, with what was added to it
         outcome.received = lambda: marker.received(tap.texts())
 
     async def pump() -> None:
@@ -155,7 +148,7 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
                     continue
                 to = held if tap.terminal else out
                 to.append(block if marker is None or not marker.active
-                          else marker.place(block, event_data(block)))
+                          else await marker.place(block))
             if out:
                 if outcome.ttft_ms is None:
                     outcome.ttft_ms = elapsed_ms(call.t0)

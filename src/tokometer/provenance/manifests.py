@@ -152,10 +152,22 @@ class TextManifests:
         it; as it came if it is no Unicode text (a lone surrogate: no UTF-8 to hash). Blocks
         ~1 ms: call it off the event loop."""
         try:
-            covered = unicodedata.normalize("NFC", _WRAPPER.sub("", text)).encode("utf-8")
+            text = unicodedata.normalize("NFC", _WRAPPER.sub("", text))
+            text.encode("utf-8")
         except UnicodeEncodeError:
             return text
-        text = covered.decode("utf-8")
+        return text + (self.wrapper(text, event_id=event_id, model=model) or "")
+
+    def wrapper(self, text: str, *, event_id: str, model: str | None) -> str | None:
+        """The wrapper to append to `text`, which has gone out as it is (a stream's): its
+        manifest binds the text's NFC form, as a verifier normalises it. None when the text
+        cannot be bound: it holds a wrapper already, or is no Unicode text. Blocks ~1 ms."""
+        if _WRAPPER.search(text):
+            return None
+        try:
+            covered = unicodedata.normalize("NFC", text).encode("utf-8")
+        except UnicodeEncodeError:
+            return None
         definition = json.dumps({
             "claim_generator_info": [{"name": "tokometer", "version": "0.1.0"}],
             "title": f"answer {event_id}", "format": "text/plain",
@@ -171,7 +183,7 @@ class TextManifests:
                 manifest = self._signed(definition, covered, length)
                 if len(manifest) == self._size:
                     wrapper: str = self._wrap(manifest, length)
-                    return text + wrapper
+                    return wrapper
                 self._size = len(manifest)
         raise RuntimeError("the C2PA manifest's size does not settle")
 

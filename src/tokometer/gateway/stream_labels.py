@@ -1,0 +1,404 @@
+"""Explicit labels in a stream: the visible notice, and a signed C2PA manifest at the end of
+each text, as events of the client's wire format (labels.py does whole answers).
+
+A stream's events pass through the notice first, then the manifests: a manifest binds the
+text the client received, notice included. The event's `output_sha256` is of that text too:
+`StreamLabels.received` puts what was added into the provider's text where it went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Notice
+from ..provenance.manifests import TextManifests
+from ..usage.body import parse_json
+from ..usage.stream import event_data
+from ..usage.text import chunk_text, chunk_texts
+from .labels import dicts, dumps, place
+
+log = logging.getLogger("tokometer.labels")
+
+Seen = Callable[[], dict[int, str]]  # the provider's text so far, by choice (the tap's)
+
+NOTICED_STREAMS = ("chat", "messages", "responses")  # the streams a notice can go into
+
+
+class StreamNotice:
+    """Puts the notice into a stream as events of the client's wire format, once: OpenAI
+    chat, a content delta before the first text (or before the finish); Anthropic messages,
+    a text delta in the first text block, at its start (or before it stops); the Responses
+    API, a text delta in the first output text, at its start (or before it is done), whose
+    text is then amended in every later event that repeats it (the part's, the item's and
+    the response's `done`), and every later `sequence_number` moved up by one.
+
+    `seen` gives the provider's text so far by choice (the tap's, which has read the
+    current event): where the notice went in it makes the text the client received."""
+
+    def __init__(self, operation: str, notice: Notice,
+                 seen: Callable[[], dict[int, str]]):
+        self.operation, self.notice, self._seen = operation, notice, seen
+        self.at: tuple[int, int] | None = None  # (choice, offset in its text), once sent
+        self._block: int | None = None  # the Anthropic text block labelled
+        self._part: tuple[Any, Any] | None = None  # the Responses (item_id, content_index)
+
+    @property
+    def active(self) -> bool:
+        """Whether events still need to pass through `place` (a Responses stream's do to
+        its end: their numbers move)."""
+        return self.at is None or self.operation == "responses"
+
+    def received(self, texts: dict[int, str]) -> str:
+        """The client's text, from the provider's (by choice, as `seen` gives it)."""
+        if self.at is not None:
+            choice, at = self.at
+            text = texts.get(choice, "")
+            texts = {**texts, choice: text[:at] + self.notice.text + text[at:]}
+        return "".join(texts[i] for i in sorted(texts))
+
+    def place(self, block: bytes, data: bytes) -> bytes:
+        """What to send for the provider's event `block` (its payload `data`)."""
+        return b"".join(self.events(block, data))
+
+    def events(self, block: bytes, data: bytes) -> list[bytes]:
+        """The events to send for the provider's event `block` (its payload `data`)."""
+        if not data.startswith(b"{"):
+            return [block]
+        if self.operation == "responses":
+            return self._responses(block, data)
+        before, after = self._chat(data) if self.operation == "chat" else self._messages(data)
+        return [e for e in (before, block, after) if e]
+
+    def _sent(self, event_text: str = "", choice: int = 0) -> None:
+        """The notice goes into `choice`, before the current event's text `event_text`."""
+        self.at = (choice, len(self._seen().get(choice, "")) - len(event_text))
+
+    def _chat(self, data: bytes) -> tuple[bytes, bytes]:
+        at_end = self.notice.position == "end"
+        if at_end and b'"finish_reason":"' not in data.replace(b'": "', b'":"'):
+            return b"", b""
+        event = _object(data)
+        choices = dicts(event.get("choices"))
+        if not choices:
+            return b"", b""
+        first = choices[0]
+        if at_end and not first.get("finish_reason"):
+            return b"", b""
+        extra = _chat_chunk(event, first.get("index", 0), self.notice.text)
+        delta = first.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else None
+        choice = first.get("index", 0) if isinstance(first.get("index", 0), int) else 0
+        if at_end or (isinstance(text, str) and text):
+            own = "".join(t for i, t in chunk_texts("chat", {"choices": [first]}) if i == choice)
+            self._sent(own, choice)
+            return extra, b""
+        self._sent(choice=choice)
+        return b"", extra
+
+    def _messages(self, data: bytes) -> tuple[bytes, bytes]:
+        if self._block is None:
+            if b"content_block_start" not in data:
+                return b"", b""
+            event = _object(data)
+            block = event.get("content_block")
+            if event.get("type") != "content_block_start" or not isinstance(block, dict) \
+                    or block.get("type") != "text" or not isinstance(event.get("index"), int):
+                return b"", b""
+            self._block = event["index"]
+            if self.notice.position == "start":
+                self._sent()
+                return b"", self._delta()
+            return b"", b""
+        if b"content_block_stop" not in data:
+            return b"", b""
+        event = _object(data)
+        if event.get("type") != "content_block_stop" or event.get("index") != self._block:
+            return b"", b""
+        self._sent()
+        return self._delta(), b""
+
+    def _delta(self) -> bytes:
+        return b"event: content_block_delta\ndata: " + dumps({
+            "type": "content_block_delta", "index": self._block,
+            "delta": {"type": "text_delta", "text": self.notice.text}}) + b"\n\n"
+
+    def _responses(self, block: bytes, data: bytes) -> list[bytes]:
+        if self.at is None and b"response.output_text." not in data:
+            return [block]
+        event = _object(data)
+        kind = event.get("type")
+        if self.at is None:
+            if kind not in _TEXT_EVENTS or (self.notice.position == "end"
+                                            and kind != "response.output_text.done"):
+                return [block]
+            part = _part_of(event)
+            if self._part is None:
+                self._part = part
+            if part != self._part:
+                return [block]
+            self._sent(chunk_text("responses", event))
+            delta = {"type": "response.output_text.delta",
+                     "sequence_number": event.get("sequence_number"), "item_id": part[0],
+                     "output_index": event.get("output_index"), "content_index": part[1],
+                     "delta": self.notice.text, "logprobs": []}
+            if not isinstance(delta["sequence_number"], int):
+                del delta["sequence_number"]
+            return [_sse("response.output_text.delta", delta), self._amended(block, event)]
+        return [self._amended(block, event) if event else block]
+
+    def _amended(self, block: bytes, event: dict[str, Any]) -> bytes:
+        """An event after the notice: its number moved up, the labelled text amended."""
+        if isinstance(number := event.get("sequence_number"), int):
+            event["sequence_number"] = number + 1
+        kind = event.get("type")
+        ours = _part_of(event) == self._part
+        if kind == "response.output_text.done" and ours:
+            place(event, "text", self.notice)
+        elif kind == "response.content_part.done" and ours:
+            self._amend_parts([event.get("part")])
+        elif kind == "response.output_item.done":
+            self._amend_items([event.get("item")])
+        elif kind in _FINAL_EVENTS:
+            response = event.get("response")
+            if isinstance(response, dict):
+                self._amend_items(response.get("output"))
+        return _reframed(block, event)
+
+    def _amend_items(self, items: Any) -> None:
+        item_id, index = self._part or (None, None)
+        for item in dicts(items):
+            parts = item.get("content")
+            if item.get("id") == item_id and isinstance(parts, list) \
+                    and isinstance(index, int) and 0 <= index < len(parts):
+                self._amend_parts([parts[index]])
+
+    def _amend_parts(self, parts: list[Any]) -> None:
+        for part in dicts(parts):
+            if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                place(part, "text", self.notice)
+
+
+class StreamManifests:
+    """Appends a signed C2PA manifest to each text of a stream (each choice's content, each
+    text block, each output text) as one more text event before that text ends, when the
+    whole of it is known. In a Responses stream the text's `done`, its part's and item's, and
+    the final response repeat the text with its manifest, and later sequence numbers move up
+    by the events added. A text the SDK cannot sign goes without."""
+
+    def __init__(self, operation: str, manifests: TextManifests, seen: Seen, event_id: str,
+                 model: Callable[[], str | None]):
+        self.operation, self._manifests, self._seen = operation, manifests, seen
+        self._event_id, self._model = event_id, model
+        self.insertions: list[tuple[int, int, str]] = []  # (choice, offset, wrapper)
+        self._texts: dict[Any, list[str]] = {}  # the client's text of each open text
+        self._wrappers: dict[tuple[Any, Any], str] = {}  # a Responses part's wrapper
+        self._added = 0  # Responses events added so far
+
+    async def place(self, events: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for block in events:
+            data = event_data(block)
+            if not data.startswith(b"{"):
+                out.append(block)
+            elif self.operation == "chat":
+                out += await self._chat(block, data)
+            elif self.operation == "messages":
+                out += await self._messages(block, data)
+            else:
+                out += await self._responses(block, data)
+        return out
+
+    async def _wrapper(self, text: str, choice: int = 0) -> str | None:
+        """The wrapper for `text`, which ends at the end of the provider's text so far."""
+        if not text:
+            return None
+        try:
+            wrapper = await asyncio.to_thread(self._manifests.wrapper, text,
+                                              event_id=self._event_id, model=self._model())
+        except Exception:  # the C2PA SDK refused: the text goes without, the event is kept
+            log.exception("could not sign the C2PA manifest of %s", self._event_id)
+            return None
+        if wrapper:
+            self.insertions.append((choice, len(self._seen().get(choice, "")), wrapper))
+        return wrapper
+
+    async def _chat(self, block: bytes, data: bytes) -> list[bytes]:
+        if b'"choices"' not in data:
+            return [block]
+        event = _object(data)
+        before: list[bytes] = []
+        after: list[bytes] = []
+        for choice in dicts(event.get("choices")):
+            index = choice.get("index", 0) if isinstance(choice.get("index", 0), int) else 0
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str):
+                self._texts.setdefault(index, []).append(content)
+            if not choice.get("finish_reason"):
+                continue
+            wrapper = await self._wrapper("".join(self._texts.pop(index, [])), index)
+            if wrapper:  # before the finish, unless the finishing chunk has text of its own
+                (after if content else before).append(_chat_chunk(event, index, wrapper))
+        return [*before, block, *after]
+
+    async def _messages(self, block: bytes, data: bytes) -> list[bytes]:
+        if b'"content_block_' not in data:
+            return [block]
+        event = _object(data)
+        kind, index = event.get("type"), event.get("index")
+        if kind == "content_block_start":
+            opened = event.get("content_block")
+            if isinstance(opened, dict) and opened.get("type") == "text":
+                first = opened.get("text")
+                self._texts[index] = [first] if isinstance(first, str) else []
+        elif kind == "content_block_delta" and index in self._texts:
+            self._texts[index].append(chunk_text("messages", event))
+        elif kind == "content_block_stop" and index in self._texts:
+            wrapper = await self._wrapper("".join(self._texts.pop(index)))
+            if wrapper:
+                return [b"event: content_block_delta\ndata: " + dumps({
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "text_delta", "text": wrapper}}) + b"\n\n", block]
+        return [block]
+
+    async def _responses(self, block: bytes, data: bytes) -> list[bytes]:
+        if not self._added and b"response.output_text." not in data:
+            return [block]
+        event = _object(data)
+        if not event:
+            return [block]
+        kind, part = event.get("type"), _part_of(event)
+        number = event.get("sequence_number")
+        number = number if isinstance(number, int) else None
+        added: list[bytes] = []
+        if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
+            self._texts.setdefault(part, []).append(event["delta"])
+        elif kind == "response.output_text.done":
+            sent = "".join(self._texts.pop(part, []))
+            wrapper = await self._wrapper(sent or _str(event.get("text")))
+            if wrapper:
+                self._wrappers[part] = wrapper
+                delta = {"type": "response.output_text.delta", "item_id": part[0],
+                         "output_index": event.get("output_index"), "content_index": part[1],
+                         "delta": wrapper, "logprobs": []}
+                if number is not None:
+                    delta["sequence_number"] = number + self._added
+                added.append(_sse("response.output_text.delta", delta))
+                self._added += 1
+                _append(event, "text", wrapper)
+        elif kind == "response.content_part.done" and part in self._wrappers:
+            if isinstance(event.get("part"), dict):
+                _append(event["part"], "text", self._wrappers[part])
+        elif kind == "response.output_item.done":
+            self._amend_items([event.get("item")])
+        elif kind in _FINAL_EVENTS and isinstance(event.get("response"), dict):
+            self._amend_items(event["response"].get("output"))
+        if not self._added:
+            return [block]
+        if number is not None:
+            event["sequence_number"] = number + self._added
+        return [*added, _reframed(block, event)]
+
+    def _amend_items(self, items: Any) -> None:
+        for item in dicts(items):
+            for index, content in enumerate(dicts(item.get("content"))):
+                wrapper = self._wrappers.get((item.get("id"), index))
+                if wrapper and content.get("type") == "output_text":
+                    _append(content, "text", wrapper)
+
+
+class StreamLabels:
+    """A stream's explicit labels: the notice, then the manifests."""
+
+    def __init__(self, notice: StreamNotice | None, manifests: StreamManifests | None):
+        self._notice, self._manifests = notice, manifests
+
+    @property
+    def active(self) -> bool:
+        return self._manifests is not None or (self._notice is not None and self._notice.active)
+
+    async def place(self, block: bytes) -> bytes:
+        """What to send for the provider's event `block`."""
+        events = [block]
+        if self._notice is not None and self._notice.active:
+            events = self._notice.events(block, event_data(block))
+        if self._manifests is not None:
+            events = await self._manifests.place(events)
+        return b"".join(events)
+
+    def received(self, texts: dict[int, str]) -> str:
+        """The client's text, from the provider's (by choice): what was added, where."""
+        added: list[tuple[int, int, str]] = []
+        if self._notice is not None and self._notice.at is not None:
+            added.append((*self._notice.at, self._notice.notice.text))
+        if self._manifests is not None:
+            added += self._manifests.insertions
+        out = dict(texts)
+        # back to front: a later insertion at the same place went after an earlier one
+        for _, (choice, at, text) in sorted(enumerate(added),
+                                            key=lambda a: (a[1][0], -a[1][1], -a[0])):
+            whole = out.get(choice, "")
+            out[choice] = whole[:at] + text + whole[at:]
+        return "".join(out[i] for i in sorted(out))
+
+
+def stream_labels(operation: str, notice: Notice | None, manifests: TextManifests | None,
+                  seen: Seen, event_id: str, model: Callable[[], str | None]
+                  ) -> StreamLabels | None:
+    """The labels a stream gets, or None when it gets none."""
+    if notice is None or operation not in NOTICED_STREAMS:
+        return None
+    visible = StreamNotice(operation, notice, seen) if notice.text else None
+    signed = (StreamManifests(operation, manifests, seen, event_id, model)
+              if notice.c2pa and manifests is not None else None)
+    return StreamLabels(visible, signed) if visible or signed else None
+
+
+def _chat_chunk(event: dict[str, Any], index: Any, text: str) -> bytes:
+    """A chat chunk like `event`, carrying `text` as choice `index`'s content."""
+    chunk: dict[str, Any] = {k: event[k] for k in ("id", "object", "created", "model")
+                             if k in event}
+    chunk["choices"] = [{"index": index, "delta": {"content": text}, "finish_reason": None}]
+    return b"data: " + dumps(chunk) + b"\n\n"
+
+
+def _append(holder: dict[str, Any], key: str, text: str) -> None:
+    if isinstance(holder.get(key), str):
+        holder[key] += text
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+_TEXT_EVENTS = ("response.output_text.delta", "response.output_text.done")
+_FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
+def _part_of(event: dict[str, Any]) -> tuple[Any, Any]:
+    """The (item id, content index) of a Responses text event (an index left out: 0)."""
+    return event.get("item_id"), event.get("content_index", 0)
+
+
+def _sse(kind: str, event: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + dumps(event) + b"\n\n"
+
+
+def _reframed(block: bytes, event: dict[str, Any]) -> bytes:
+    """The SSE event `block` with `event` as its data, its other fields as they came."""
+    fields = [line for line in block.splitlines(keepends=True)
+              if line.strip() and not line.startswith(b"data:")]
+    return b"".join(fields) + b"data: " + dumps(event) + b"\n\n"
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    """An event's JSON object (read as the meter reads it: a lone surrogate is no reason to
+    skip one), or {} when it is none."""
+    try:
+        value = parse_json(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
