@@ -90,7 +90,8 @@ def label_body(operation: str, body: dict[str, Any], notice: Notice) -> bool:
 def sign_body(manifests: TextManifests, operation: str, body: dict[str, Any], event_id: str,
               model: str | None) -> bool:
     """Append a signed C2PA manifest to each text of a whole answer (every choice's, every
-    text block's, an empty one's not); False when it has none, or the SDK failed. Blocks: call it off the loop."""
+    text block's, an empty one's not); False when it has none, or the SDK failed. Blocks:
+    call it off the loop."""
     texts = [(holder, key) for holder, key in _texts(operation, body) if holder[key]]
     try:
         signed = [manifests.sign(holder[key], event_id=event_id, model=model)
