@@ -222,10 +222,15 @@ def _through(operation: str, events: list[dict[str, Any]], notice: str = "") -> 
                 b"data: " + json.dumps(event).encode() + b"\n\n")
             tap.feed(block)
             sent.append(await labels.place(block))
+        if operation == "chat":
+            tap.feed(b"data: [DONE]\n\n")
+            sent.append(await labels.place(b"data: [DONE]\n\n"))
         return sent
 
     blocks = b"".join(asyncio.run(run())).split(b"\n\n")
-    decoded = [json.loads(event_data(b + b"\n\n")) for b in blocks if b.strip()]
+    assert operation != "chat" or blocks[-2:] == [b"data: [DONE]", b""]
+    decoded = [json.loads(event_data(b + b"\n\n")) for b in blocks
+               if b.strip() and b != b"data: [DONE]"]
     return decoded, labels.received(tap.texts())
 
 
@@ -253,6 +258,16 @@ def test_every_choice_of_a_chat_stream_gets_its_manifest():
                 choice["delta"].get("content") or "")
     assert (_wrapped(texts[0]), _wrapped(texts[1])) == ("A!", "BC")
     assert hashed == texts[0] + texts[1]
+
+
+def test_a_chat_stream_with_no_finish_reason_still_gets_its_notice_and_manifest():
+    """Some OpenAI-compatible servers end with [DONE] alone: the notice (at the end) and the
+    manifest go in before it."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
+             "choices": [{"index": 0, "delta": {"content": "A"}, "finish_reason": None}]}
+    events, hashed = _through("chat", [chunk], notice="!")
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    assert _wrapped(text) == "A!" and hashed == text
 
 
 def test_each_text_block_of_a_message_stream_gets_its_manifest():

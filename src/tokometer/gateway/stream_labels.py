@@ -43,6 +43,7 @@ class StreamNotice:
         self.operation, self.notice, self._seen = operation, notice, seen
         self.at: tuple[int, int] | None = None  # (choice, offset in its text), once sent
         self._block: int | None = None  # the Anthropic text block labelled
+        self._first: dict[str, Any] = {}  # an OpenAI chat stream's first chunk
         self._part: tuple[Any, Any] | None = None  # the Responses (item_id, content_index)
 
     @property
@@ -65,6 +66,9 @@ class StreamNotice:
 
     def events(self, block: bytes, data: bytes) -> list[bytes]:
         """The events to send for the provider's event `block` (its payload `data`)."""
+        if data == b"[DONE]" and self.operation == "chat" and self.at is None:
+            self._sent()  # the stream ends with no finish reason seen: the notice still goes
+            return [_chat_chunk(self._first, 0, self.notice.text), block]
         if not data.startswith(b"{"):
             return [block]
         if self.operation == "responses":
@@ -77,6 +81,8 @@ class StreamNotice:
         self.at = (choice, len(self._seen().get(choice, "")) - len(event_text))
 
     def _chat(self, data: bytes) -> tuple[bytes, bytes]:
+        if not self._first:  # what a chunk of this stream says of itself, for one of ours
+            self._first = _object(data)
         at_end = self.notice.position == "end"
         if at_end and b'"finish_reason":"' not in data.replace(b'": "', b'":"'):
             return b"", b""
@@ -196,12 +202,19 @@ class StreamManifests:
         self._texts: dict[Any, list[str]] = {}  # the client's text of each open text
         self._wrappers: dict[tuple[Any, Any], str] = {}  # a Responses part's wrapper
         self._added = 0  # Responses events added so far
+        self._chunk: dict[str, Any] = {}  # the last chat chunk, for one of ours
 
     async def place(self, events: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
         for block in events:
             data = event_data(block)
-            if not data.startswith(b"{"):
+            if data == b"[DONE]" and self.operation == "chat":  # texts no finish reason ended
+                for index in sorted(self._texts):
+                    wrapper = await self._wrapper("".join(self._texts.pop(index)), index)
+                    if wrapper:
+                        out.append(_chat_chunk(self._chunk, index, wrapper))
+                out.append(block)
+            elif not data.startswith(b"{"):
                 out.append(block)
             elif self.operation == "chat":
                 out += await self._chat(block, data)
@@ -228,7 +241,7 @@ class StreamManifests:
     async def _chat(self, block: bytes, data: bytes) -> list[bytes]:
         if b'"choices"' not in data:
             return [block]
-        event = _object(data)
+        event = self._chunk = _object(data)
         before: list[bytes] = []
         after: list[bytes] = []
         for choice in dicts(event.get("choices")):
