@@ -19,9 +19,11 @@ import pytest
 
 from conftest import Gateway, start_gateway, stop_gateway, wait_for_event
 from processes import cli
+from tokometer.provenance.manifests import TextManifests
 
 NOTICE = "[AI] "
 TRAINED_MODEL = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+MANIFESTS = TextManifests(bytes(range(32)), "P")  # a signer for the streams driven here
 
 
 @pytest.fixture(scope="module")
@@ -198,39 +200,41 @@ def test_the_chain_is_the_same_for_every_process_holding_the_key(signing, root):
     assert again.stdout.count("BEGIN CERTIFICATE") == 2
 
 
-def _through(operation: str, events: list[dict[str, Any]], notice: str = "") -> tuple[
+def _through(operation: str, events: list[Any], notice: str = "") -> tuple[
         list[dict[str, Any]], str]:
-    """Provider events through a stream's labels (a manifest, and a notice at the end if
-    given): (the events sent, decoded; the text the event would hash)."""
+    """Provider events (objects, or SSE events as bytes) through a stream's labels (a
+    manifest, and a notice at the end if given; a chat stream ends with [DONE]): (the
+    events sent, decoded; the text the event would hash)."""
     import asyncio
 
     from tokometer.config import Notice, Scope
     from tokometer.gateway.stream_labels import stream_labels
-    from tokometer.provenance.manifests import TextManifests
-    from tokometer.usage.stream import StreamTap, event_data
+    from tokometer.usage.stream import SSESplitter, StreamTap, event_data
 
     tap = StreamTap(operation)
     labels = stream_labels(operation, Notice(Scope("tenant", "t"), notice, "end", True),
-                           TextManifests(bytes(range(32)), "P"), tap.texts, "e1", lambda: "m")
+                           MANIFESTS, tap.texts, "e1", lambda: "m")
     assert labels is not None
+    if operation == "chat":
+        events = [*events, b"data: [DONE]\n\n"]
 
     async def run() -> list[bytes]:
         sent = []
         for i, event in enumerate(events):
-            block = (b"event: x\ndata: " + json.dumps({**event, "sequence_number": i}).encode()
-                     + b"\n\n") if operation == "responses" else (
-                b"data: " + json.dumps(event).encode() + b"\n\n")
+            if isinstance(event, bytes):
+                block = event
+            elif operation == "responses":
+                block = (b"event: x\ndata: "
+                         + json.dumps({**event, "sequence_number": i}).encode() + b"\n\n")
+            else:
+                block = b"data: " + json.dumps(event).encode() + b"\n\n"
             tap.feed(block)
             sent.append(await labels.place(block))
-        if operation == "chat":
-            tap.feed(b"data: [DONE]\n\n")
-            sent.append(await labels.place(b"data: [DONE]\n\n"))
         return sent
 
-    blocks = b"".join(asyncio.run(run())).split(b"\n\n")
-    assert operation != "chat" or blocks[-2:] == [b"data: [DONE]", b""]
-    decoded = [json.loads(event_data(b + b"\n\n")) for b in blocks
-               if b.strip() and b != b"data: [DONE]"]
+    blocks = SSESplitter().feed(b"".join(asyncio.run(run())))
+    assert operation != "chat" or blocks[-1] == b"data: [DONE]\n\n"
+    decoded = [json.loads(event_data(b)) for b in blocks if event_data(b).startswith(b"{")]
     return decoded, labels.received(tap.texts())
 
 

@@ -140,6 +140,12 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
     if marker is not None:  # the client's text: the answer, with what was added to it
         outcome.received = lambda: marker.received(tap.texts())
 
+    async def flush(out: list[bytes]) -> None:
+        if outcome.ttft_ms is None:
+            outcome.ttft_ms = elapsed_ms(call.t0)
+        await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        out.clear()
+
     async def pump() -> None:
         async for chunk in response.chunks():
             out: list[bytes] = []
@@ -147,13 +153,14 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
                 if not tap.feed(block):
                     continue
                 to = held if tap.terminal else out
-                to.append(block if marker is None or not marker.active
-                          else await marker.place(block))
+                if marker is None or not marker.active:
+                    to.append(block)
+                    continue
+                if marker.signs and out:  # what the tap has read goes out before any wait
+                    await flush(out)
+                to.append(await marker.place(block))
             if out:
-                if outcome.ttft_ms is None:
-                    outcome.ttft_ms = elapsed_ms(call.t0)
-                await send({"type": "http.response.body", "body": b"".join(out),
-                            "more_body": True})
+                await flush(out)
 
     # A client that leaves, or a stop near its end, cancels the pump (this task) wherever it
     # waits, but only while it pumps: once pumping ends (before any further await) the event

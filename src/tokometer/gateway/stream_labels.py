@@ -203,6 +203,7 @@ class StreamManifests:
         self._wrappers: dict[tuple[Any, Any], str] = {}  # a Responses part's wrapper
         self._added = 0  # Responses events added so far
         self._chunk: dict[str, Any] = {}  # the last chat chunk, for one of ours
+        self._ended: set[int] = set()  # the chat choices signed
 
     async def place(self, events: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
@@ -224,8 +225,9 @@ class StreamManifests:
                 out += await self._responses(block, data)
         return out
 
-    async def _wrapper(self, text: str, choice: int = 0) -> str | None:
-        """The wrapper for `text`, which ends at the end of the provider's text so far."""
+    async def _wrapper(self, text: str, choice: int = 0, after: str = "") -> str | None:
+        """The wrapper for `text`, which ends at the end of the provider's text so far but
+        `after` (the current event's, which goes after the wrapper)."""
         if not text:
             return None
         try:
@@ -235,7 +237,8 @@ class StreamManifests:
             log.exception("could not sign the C2PA manifest of %s", self._event_id)
             return None
         if wrapper:
-            self.insertions.append((choice, len(self._seen().get(choice, "")), wrapper))
+            at = len(self._seen().get(choice, "")) - len(after)
+            self.insertions.append((choice, at, wrapper))
         return wrapper
 
     async def _chat(self, block: bytes, data: bytes) -> list[bytes]:
@@ -246,14 +249,21 @@ class StreamManifests:
         after: list[bytes] = []
         for choice in dicts(event.get("choices")):
             index = choice.get("index", 0) if isinstance(choice.get("index", 0), int) else 0
+            if index in self._ended:  # signed already: what follows would break its binding
+                continue
             delta = choice.get("delta")
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str):
                 self._texts.setdefault(index, []).append(content)
             if not choice.get("finish_reason"):
                 continue
-            wrapper = await self._wrapper("".join(self._texts.pop(index, [])), index)
-            if wrapper:  # before the finish, unless the finishing chunk has text of its own
+            self._ended.add(index)
+            # before the finish, unless the finishing chunk has content of its own: then
+            # after it (what else the chunk says, a tool call's arguments, comes before)
+            own = "" if content else "".join(
+                t for i, t in chunk_texts("chat", {"choices": [choice]}) if i == index)
+            wrapper = await self._wrapper("".join(self._texts.pop(index, [])), index, own)
+            if wrapper:
                 (after if content else before).append(_chat_chunk(event, index, wrapper))
         return [*before, block, *after]
 
@@ -262,6 +272,8 @@ class StreamManifests:
             return [block]
         event = _object(data)
         kind, index = event.get("type"), event.get("index")
+        if not isinstance(index, int):  # not a block of this stream's
+            return [block]
         if kind == "content_block_start":
             opened = event.get("content_block")
             if isinstance(opened, dict) and opened.get("type") == "text":
@@ -284,11 +296,15 @@ class StreamManifests:
         if not event:
             return [block]
         kind, part = event.get("type"), _part_of(event)
+        if not all(isinstance(key, _KEYS) for key in part):  # not a part of this stream's
+            return [block]
         number = event.get("sequence_number")
         number = number if isinstance(number, int) else None
         added: list[bytes] = []
         if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
             self._texts.setdefault(part, []).append(event["delta"])
+        elif kind == "response.output_text.done" and part in self._wrappers:  # a repeat
+            _append(event, "text", self._wrappers[part])
         elif kind == "response.output_text.done":
             sent = "".join(self._texts.pop(part, []))
             wrapper = await self._wrapper(sent or _str(event.get("text")))
@@ -317,6 +333,8 @@ class StreamManifests:
 
     def _amend_items(self, items: Any) -> None:
         for item in dicts(items):
+            if not isinstance(item.get("id"), _KEYS):
+                continue
             for index, content in enumerate(dicts(item.get("content"))):
                 wrapper = self._wrappers.get((item.get("id"), index))
                 if wrapper and content.get("type") == "output_text":
@@ -333,14 +351,24 @@ class StreamLabels:
     def active(self) -> bool:
         return self._manifests is not None or (self._notice is not None and self._notice.active)
 
+    @property
+    def signs(self) -> bool:
+        """Whether `place` may wait for a signature."""
+        return self._manifests is not None
+
     async def place(self, block: bytes) -> bytes:
-        """What to send for the provider's event `block`."""
-        events = [block]
-        if self._notice is not None and self._notice.active:
-            events = self._notice.events(block, event_data(block))
-        if self._manifests is not None:
-            events = await self._manifests.place(events)
-        return b"".join(events)
+        """What to send for the provider's event `block` (as it came, should labelling it
+        fail: a label is never worth the stream, nor the reading)."""
+        try:
+            events = [block]
+            if self._notice is not None and self._notice.active:
+                events = self._notice.events(block, event_data(block))
+            if self._manifests is not None:
+                events = await self._manifests.place(events)
+            return b"".join(events)
+        except Exception:
+            log.exception("labelling a stream's event failed; it goes as it came")
+            return block
 
     def received(self, texts: dict[int, str]) -> str:
         """The client's text, from the provider's (by choice): what was added, where."""
@@ -376,6 +404,9 @@ def _chat_chunk(event: dict[str, Any], index: Any, text: str) -> bytes:
                              if k in event}
     chunk["choices"] = [{"index": index, "delta": {"content": text}, "finish_reason": None}]
     return b"data: " + dumps(chunk) + b"\n\n"
+
+
+_KEYS = (str, int, type(None))  # what a provider's ids and indexes may be, to key by them
 
 
 def _append(holder: dict[str, Any], key: str, text: str) -> None:
