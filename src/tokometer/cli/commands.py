@@ -28,6 +28,8 @@ from ..policy.budgets import (
     set_budget,
     stored_budgets,
 )
+from .corpus import ABOUT as COUNT_ABOUT
+from .corpus import DEFAULT_TOKENIZERS, count_command
 from .output import progress, show, show_json, show_lines
 from .spec import CHART, JSON_LINES, SINCE, TABLE_FORMAT, UNTIL, Command, OneOf, arg, whole
 
@@ -456,6 +458,17 @@ COMMANDS: tuple[Command, ...] = (
                   "key under a certificate chain derived from it: the same on every replica "
                   "that holds the key. Prints the chain (PEM, leaf first) or, with --root, "
                   "the root a C2PA verifier should trust."),
+    Command("count", "tokens of a corpus by tokenizer family, and its cost per model",
+            count_command, (
+                arg("paths", nargs="+", metavar="PATH", help="files or directories"),
+                arg("--tokenizers", default=DEFAULT_TOKENIZERS,
+                    help=f"comma-separated families or specs (default: {DEFAULT_TOKENIZERS})"),
+                arg("--field", help="JSON Lines: the text's key (a.b for nested)"),
+                arg("--column", action="append",
+                    help="CSV and Parquet: a text column (repeatable; default: all)"),
+                arg("--workers", type=int, help="processes (default: one per core)"),
+                TABLE_FORMAT),
+            about=COUNT_ABOUT),
     Command("events", "print every meter reading, oldest first", events,
             (SINCE, UNTIL, arg("--format", choices=("jsonl", "csv"), default="jsonl"))),
     Command("report", "requests, tokens by kind and cost per group", report, (
