@@ -176,9 +176,10 @@ async def _one(client: httpx.AsyncClient, gw: Gateway, key: str, kind: str) -> i
                 break  # the client leaves after the first bytes
             return r.status_code
     if kind == "hang_up":  # the provider takes 0.2 s to answer; the client waits 0.05 s
-        try:
+        try:  # for the answer: its request surely sent (a busy machine may take 0.05 s to
+            # connect, and a request never sent is no event)
             r = await client.post(gw.url + "/v1/chat/completions", json=chat, headers=headers,
-                                  timeout=0.05)
+                                  timeout=httpx.Timeout(10, read=0.05))
         except httpx.TimeoutException:
             return HUNG_UP
         assert r.status_code == 402, r.text  # refused at once; an answer takes 0.2 s
