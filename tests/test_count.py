@@ -110,3 +110,19 @@ def test_bad_input_is_a_clear_error(tmp_path, corpus, args, message):
     done = cli(tmp_path / "none.toml", "count", str(corpus / args[0]), *args[1:])
     assert done.returncode != 0 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_directory_is_read_for_its_text_and_data_files_only(tmp_path, corpus):
+    """A repository's .git and its binaries are left out; a file named is read as text."""
+    (corpus / ".git").mkdir()
+    (corpus / ".git" / "index").write_bytes(b"\xff\xfe binary")
+    (corpus / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    (corpus / "notes").write_text("no suffix", encoding="utf-8")
+    found = list(texts([corpus], field="doc.body"))
+    assert len(found) == 6 and "no suffix" not in found
+    assert list(texts([corpus / "notes"])) == ["no suffix"]
+
+
+def test_workers_must_be_at_least_one(tmp_path, corpus):
+    done = cli(tmp_path / "none.toml", "count", str(corpus / "a.txt"), "--workers", "0")
+    assert done.returncode == 2 and "expected 1 or more, got 0" in done.stderr

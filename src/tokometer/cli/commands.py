@@ -29,7 +29,7 @@ from ..policy.budgets import (
     stored_budgets,
 )
 from .corpus import ABOUT as COUNT_ABOUT
-from .corpus import DEFAULT_TOKENIZERS, count_command
+from .corpus import DEFAULT_TOKENIZERS, count_command, positive
 from .output import progress, show, show_json, show_lines
 from .spec import CHART, JSON_LINES, SINCE, TABLE_FORMAT, UNTIL, Command, OneOf, arg, whole
 
@@ -466,7 +466,7 @@ COMMANDS: tuple[Command, ...] = (
                 arg("--field", help="JSON Lines: the text's key (a.b for nested)"),
                 arg("--column", action="append",
                     help="CSV and Parquet: a text column (repeatable; default: all)"),
-                arg("--workers", type=int, help="processes (default: one per core)"),
+                arg("--workers", type=positive, help="processes (default: one per core)"),
                 TABLE_FORMAT),
             about=COUNT_ABOUT),
     Command("events", "print every meter reading, oldest first", events,

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from ..counting.corpus import DEFAULT_FAMILIES, FAMILIES, Tally, count, spec_of, texts
+from ..counting.corpus import (
+    DEFAULT_FAMILIES,
+    FAMILIES,
+    TEXT_SUFFIXES,
+    Tally,
+    corpus_files,
+    count,
+    spec_of,
+    texts,
+)
 from ..errors import TokometerError
 from ..events import Usage, decimal_str
 from .output import progress, show
@@ -28,13 +37,12 @@ def count_command(args: argparse.Namespace) -> int:
     models = [m for m in (settings.models.values() if settings else ()) if m.tokenizer]
     specs = tuple(dict.fromkeys([*map(spec_of, names), *(m.tokenizer or "" for m in models)]))
     paths = [Path(p) for p in args.paths]
-    size = sum(_size(p) for p in paths)
-    with progress(size, "bytes") as step:
+    with progress(_text_size(paths), "bytes of text") as step:
         done = [0]
 
         def advance(total: Tally) -> None:
-            step(min(total.bytes, size) - done[0])
-            done[0] = min(total.bytes, size)
+            step(total.bytes - done[0])
+            done[0] = total.bytes
 
         tally = count(texts(paths, field=args.field, columns=tuple(args.column or ())),
                       specs, settings.server.data_dir if settings else Path("data"),
@@ -74,10 +82,21 @@ def _family(spec: str) -> str:
     return next((name for name, known in FAMILIES.items() if known == spec), spec)
 
 
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.is_file() else 0
+def _text_size(paths: list[Path]) -> int | None:
+    """The bytes of text ahead, known when every file is plain text (its size on disk,
+    less a byte-order mark); None when a data file's text is known only once read."""
+    files = [f for p in paths for f in (corpus_files(p) if p.is_dir() else [p])]
+    if not all(f.suffix.lower() in TEXT_SUFFIXES and f.is_file() for f in files):
+        return None
+    return sum(f.stat().st_size for f in files)
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
 
 
 ABOUT = (

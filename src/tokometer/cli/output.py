@@ -42,15 +42,20 @@ def show_lines(lines: Iterable[str]) -> None:
 
 
 @contextlib.contextmanager
-def progress(total: int, unit: str) -> Iterator[Callable[[int], None]]:
-    """A one-line progress count on stderr, when stderr is a terminal."""
+def progress(total: int | None, unit: str) -> Iterator[Callable[[int], None]]:
+    """A one-line progress count on stderr, when stderr is a terminal (`total` None: not
+    known ahead, the count alone)."""
     done = 0
     shown = sys.stderr.isatty()
 
     def step(n: int) -> None:
         nonlocal done
         done += n
-        if shown:
+        if not shown:
+            return
+        if total is None:
+            print(f"\r{done:,} {unit}", end="", file=sys.stderr, flush=True)
+        else:
             print(f"\r{done:,} / {total:,} {unit} ({done * 100 // max(total, 1)}%)", end="",
                   file=sys.stderr, flush=True)
 

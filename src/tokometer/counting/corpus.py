@@ -1,26 +1,32 @@
 """Tokens in a corpus, before it is spent: how many each tokenizer family makes of the same
 texts, and the bytes and characters behind each token (a language's "token density").
 
-Texts come from files: plain text and Markdown whole; JSON Lines by a field; CSV and Parquet
-by columns. They are counted in batches of about a megabyte, across processes (each loads the
-tokenizers once), every family on the same batch.
+Texts come from files: plain text and Markdown whole (a large one in pieces cut where no
+family's token can span: a line end followed by a line that starts with no space); JSON
+Lines by a field; CSV and Parquet by columns. They are counted in batches of about 256 KB,
+across processes (forked with the tokenizers loaded), every family on the same batch, a few
+batches ahead of the counting: a corpus of any size is never held whole.
 """
 
 from __future__ import annotations
 
 import csv
 import gc
+import itertools
 import json
 import multiprocessing
 import os
+import re
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TokometerError
 from .registry import TokenizerRegistry
 
 # Tokenizer families by their short names; any other name with a colon is a registry spec.
@@ -34,6 +40,9 @@ DEFAULT_FAMILIES = ("o200k", "cl100k", "deepseek", "qwen", "kimi", "llama3", "mi
 BATCH_BYTES = 1 << 18  # a worker's batch: handing it over costs little, and many balance
 SERIAL_BYTES = 4 << 20  # below this, processes cost more than they save
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet")
+_CUT = re.compile(r"\n(?=\S)")  # a line end followed by a line that starts with no space
+_WORD_CUT = re.compile(r"(?<=\S) (?=[^\W\d_])")  # a space between a word and a letter
 
 
 def spec_of(name: str) -> str:
@@ -67,15 +76,22 @@ class Tally:
 
 def texts(paths: Iterable[Path], *, field: str | None = None,
           columns: tuple[str, ...] = ()) -> Iterator[str]:
-    """Every text in the files (directories: the files under them, in name order)."""
+    """Every text in the files. A directory: the text and data files under it (by suffix),
+    in name order, hidden ones (.git) left out; a file named is read whatever its name."""
     for path in paths:
         if path.is_dir():
-            yield from texts(sorted(p for p in path.rglob("*") if p.is_file()), field=field,
-                             columns=columns)
+            yield from texts(corpus_files(path), field=field, columns=columns)
         elif not path.is_file():
             raise ConfigError(f"{path}: no such file or directory")
         else:
             yield from _read(path, field, columns)
+
+
+def corpus_files(directory: Path) -> list[Path]:
+    """The text and data files under a directory, by suffix, hidden ones left out."""
+    return sorted(p for p in directory.rglob("*")
+                  if p.suffix.lower() in TEXT_SUFFIXES + DATA_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
 
 def _read(path: Path, field: str | None, columns: tuple[str, ...]) -> Iterator[str]:
@@ -94,18 +110,47 @@ def _read(path: Path, field: str | None, columns: tuple[str, ...]) -> Iterator[s
 
 
 def _plain(path: Path) -> Iterator[str]:
-    """A text file, a megabyte at a time (cut at line ends: a token never spans a cut but
-    at a newline, which every family splits on anyway)."""
-    with path.open(encoding="utf-8", newline="") as f:
+    """A text file in pieces of about BATCH_BYTES, each cut after a line end that a line
+    starting with no space follows (there every family's tokens meet; a run of blank lines
+    stays whole); a text without one for two pieces' length, before a space between a word
+    and a letter (" word" is a token of its own); one without either, where it must."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        held = ""
         while chunk := f.read(BATCH_BYTES):
-            yield chunk + (f.readline() if not chunk.endswith("\n") else "")
+            held += chunk
+            cut = _last_cut(held)
+            if cut is None and len(held) >= 2 * BATCH_BYTES:
+                cut = _last_word_cut(held)
+            if cut is None and len(held) < 16 * BATCH_BYTES:
+                continue
+            cut = cut if cut is not None else len(held)
+            yield held[:cut]
+            held = held[cut:]
+        if held:
+            yield held
+
+
+def _last_word_cut(text: str) -> int | None:
+    last = deque(_WORD_CUT.finditer(text, max(0, len(text) - BATCH_BYTES)), maxlen=1)
+    return last[0].start() if last else None
+
+
+def _last_cut(text: str) -> int | None:
+    """Where to cut `text`: after its last line end that a line starting with no space
+    follows, or None."""
+    end = len(text)
+    while (at := text.rfind("\n", 0, end)) >= 0:
+        if _CUT.match(text, at):
+            return at + 1
+        end = at
+    return None
 
 
 def _jsonl(path: Path, field: str | None) -> Iterator[str]:
     if field is None:
         raise ConfigError(f"{path}: JSON Lines need --field (a key, or a dotted path)")
     keys = field.split(".")
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -113,21 +158,33 @@ def _jsonl(path: Path, field: str | None) -> Iterator[str]:
                 value: Any = json.loads(line)
             except ValueError:
                 raise ConfigError(f"{path}, line {number}: not JSON") from None
+            except RecursionError:
+                raise ConfigError(f"{path}, line {number}: JSON nested too deeply") from None
             for key in keys:
                 value = value.get(key) if isinstance(value, dict) else None
             if isinstance(value, str):
-                yield value
+                yield _unicode(value)
+
+
+def _unicode(text: str) -> str:
+    """JSON may escape a lone surrogate, which is no character: U+FFFD, as a UTF-8 reader
+    of the text would see it (some tokenizers refuse it)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _csv(path: Path, columns: tuple[str, ...]) -> Iterator[str]:
     csv.field_size_limit(sys.maxsize)
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        wanted = _columns(path, reader.fieldnames or [], columns)
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        wanted = set(_columns(path, header, columns))
+        cells = [i for i, name in enumerate(header) if name in wanted]  # repeated names too
         for row in reader:
-            for column in wanted:
-                if row.get(column):
-                    yield row[column]
+            yield from (row[i] for i in cells if i < len(row) and row[i])
 
 
 def _parquet(path: Path, columns: tuple[str, ...]) -> Iterator[str]:
@@ -135,12 +192,19 @@ def _parquet(path: Path, columns: tuple[str, ...]) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     table = pq.ParquetFile(path)
-    strings = [f.name for f in table.schema_arrow
-               if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    strings = [f.name for f in table.schema_arrow if _is_text(pa, f.type)]
     wanted = _columns(path, strings, columns)
     for batch in table.iter_batches(columns=wanted):
         for column in batch.columns:
             yield from (text for text in column.to_pylist() if text)
+
+
+def _is_text(pa: Any, kind: Any) -> bool:
+    """A string column, however Arrow keeps it (plain, large, view, dictionary-encoded)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                or getattr(pa.types, "is_string_view", lambda _: False)(kind))
 
 
 def _columns(path: Path, present: Sequence[str], asked: tuple[str, ...]) -> list[str]:
@@ -198,7 +262,7 @@ def count(stream: Iterable[str], specs: tuple[str, ...], data_dir: Path, *,
     first = list(_take(pending, SERIAL_BYTES // BATCH_BYTES))
     many = workers if workers is not None else (os.cpu_count() or 1)
     if many <= 1 or len(first) < SERIAL_BYTES // BATCH_BYTES:
-        for batch in (*first, *pending):
+        for batch in itertools.chain(first, pending):
             _tallied(total, count_batch(batch), progress)
         return total
     # Forked workers start with the tokenizers this process loaded (none has run yet);
@@ -206,11 +270,21 @@ def count(stream: Iterable[str], specs: tuple[str, ...], data_dir: Path, *,
     forked = "fork" in multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if forked else "spawn")
     gc.freeze()  # forked workers' collections then leave this process's pages unwritten
-
-    with ProcessPoolExecutor(many, mp_context=context, initializer=_load,
-                             initargs=(specs, str(data_dir))) as pool:
-        for tally in pool.map(count_batch, _chain(first, pending), chunksize=4):
-            _tallied(total, tally, progress)
+    try:
+        with ProcessPoolExecutor(many, mp_context=context, initializer=_load,
+                                 initargs=(specs, str(data_dir))) as pool:
+            ahead: deque[Future[Tally]] = deque()  # a few batches ahead, never the corpus
+            for batch in itertools.chain(first, pending):
+                ahead.append(pool.submit(count_batch, batch))
+                if len(ahead) >= 2 * many:
+                    _tallied(total, ahead.popleft().result(), progress)
+            while ahead:
+                _tallied(total, ahead.popleft().result(), progress)
+    except BrokenProcessPool:
+        raise TokometerError("a counting process died (killed, or out of memory?): "
+                             "no count") from None
+    finally:
+        gc.unfreeze()
     return total
 
 
@@ -223,8 +297,3 @@ def _tallied(total: Tally, tally: Tally, progress: Callable[[Tally], None] | Non
 def _take(items: Iterator[list[str]], n: int) -> Iterator[list[str]]:
     for _, item in zip(range(n), items, strict=False):
         yield item
-
-
-def _chain(first: list[list[str]], rest: Iterator[list[str]]) -> Iterator[list[str]]:
-    yield from first
-    yield from rest
