@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -82,7 +79,7 @@ def test_a_file_without_newlines_is_not_read_whole(tmp_path):
 def test_a_csv_with_a_byte_order_mark_has_its_first_column(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_bytes("\ufefftext,n\nhello,1\n".encode())
-    assert list(texts([path], columns=("text",))) == ["hello"]  # "no column text (it has \ufefftext, n)"
+    assert list(texts([path], columns=("text",))) == ["hello"]  # was: no column text
 
 
 def test_a_csv_with_duplicate_headers_counts_each_cell_once(tmp_path):
