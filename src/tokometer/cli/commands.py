@@ -279,6 +279,34 @@ def provenance_c2pa_chain(args: argparse.Namespace) -> int:
     return 0
 
 
+def reconcile_command(args: argparse.Namespace) -> int:
+    from decimal import Decimal, InvalidOperation
+
+    from ..analytics.reconcile import COLUMNS, ledger_account, read_export, reconcile, within
+
+    settings = config.load(args.config)
+    providers = [p.strip() for p in args.provider.split(",") if p.strip()]
+    unknown = [p for p in providers if p not in settings.providers]
+    if not providers or unknown:
+        raise TokometerError(f"--provider: no provider {', '.join(unknown) or '(none given)'} "
+                             f"in the config (it has {', '.join(settings.providers)})")
+    try:
+        tolerance = Decimal(args.tolerance)
+    except InvalidOperation:
+        tolerance = Decimal(-1)
+    if not Decimal(0) <= tolerance <= 1:
+        raise TokometerError(f"--tolerance: expected a share from 0 to 1, got {args.tolerance}")
+    theirs = within(read_export(Path(args.file)), args.since, args.until)
+    with open_store(settings.server.store) as store:
+        ours = ledger_account(store, providers, args.since, args.until)
+    rows = reconcile(theirs, ours, tolerance)
+    show(rows, COLUMNS, args.format)
+    flagged = sum(1 for row in rows if row["flagged"])
+    print(f"{len(rows)} days × models, {flagged} beyond {tolerance:%} of the larger side",
+          file=sys.stderr)
+    return 1 if flagged else 0
+
+
 _TIER_WORDS = {
     "exact": "exact: this text was generated here, word for word",
     "strong": "strong: an edited copy of a text generated here",
@@ -469,6 +497,24 @@ COMMANDS: tuple[Command, ...] = (
                 arg("--workers", type=positive, help="processes (default: one per core)"),
                 TABLE_FORMAT),
             about=COUNT_ABOUT),
+    Command("reconcile", "set a provider's usage or cost export against the ledger",
+            reconcile_command, (
+                arg("file", help="the export: OpenAI's or Anthropic's usage or cost report "
+                    "(JSON), or a CSV with date and model columns"),
+                arg("--provider", required=True,
+                    help="the config's provider(s) whose events to compare, comma-separated"),
+                SINCE, UNTIL,
+                arg("--tolerance", default="0.01",
+                    help="a difference allowed, as a share of the larger side (default 0.01)"),
+                TABLE_FORMAT),
+            about="For each UTC day and model either side knows: requests, input, cache "
+                  "read, cache write and output tokens, and cost, as the provider's export "
+                  "says and as the ledger's events of --provider sum them, and the "
+                  "difference (provider minus ledger). Tokens and cost beyond the tolerance "
+                  "are flagged, and the exit code is 1. --since and --until (whole days "
+                  "compare alike) hold for both sides. Input tokens are the total, cache "
+                  "reads and writes included, as the events count them; an export not "
+                  "grouped by model is compared day by day."),
     Command("events", "print every meter reading, oldest first", events,
             (SINCE, UNTIL, arg("--format", choices=("jsonl", "csv"), default="jsonl"))),
     Command("report", "requests, tokens by kind and cost per group", report, (
