@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -122,18 +123,35 @@ async def start_services(settings: Settings, lock: StoreLock | None,
 
 
 async def stop_services(services: Services) -> None:
-    for task in services.tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    await services.deps.upstream.close()
-    await services.deps.ledger.close()
+    with _slow_step("its background tasks"):
+        for task in services.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    with _slow_step("the upstream client"):
+        await services.deps.upstream.close()
+    with _slow_step("the ledger"):
+        await services.deps.ledger.close()
     if services.deps.shared is not None:  # not under a reservation still being taken
-        await services.deps.shared.close()
-    for store in services.stores:
-        store.close()
-    if services.lock is not None:
-        services.lock.close()
+        with _slow_step("the shared reservations"):
+            await services.deps.shared.close()
+    with _slow_step("the stores"):
+        for store in services.stores:
+            store.close()
+        if services.lock is not None:
+            services.lock.close()
+
+
+@contextlib.contextmanager
+def _slow_step(what: str) -> Iterator[None]:
+    """A step of the stop still going after 2 s is told, while it goes (a stop that
+    outlasts `stop_timeout` is killed: the log then says where it was)."""
+    told = asyncio.get_running_loop().call_later(
+        2, log.warning, "stopping: still waiting for %s", what)
+    try:
+        yield
+    finally:
+        told.cancel()
 
 
 def api_key(headers: dict[bytes, bytes]) -> str | None:
