@@ -153,7 +153,6 @@ def test_a_csv_export_and_one_not_grouped_by_model(ledger, tmp_path):
     ('{"data": [{"start_time": "yesterday", "results": []}]}', (), "not a time or date"),
     ("model,tokens\nm,1\n", (), "needs a date and a model column"),
     ("date,model,input_tokens\n2026-11-02,m,-5\n", (), "line 2: not a count"),
-    ('{"data": []}', (), "no usage found"),
     ('{"data": []}', ("--tolerance", "2"), "expected a share from 0 to 1"),
 ])
 def test_bad_exports_and_arguments_are_clear_errors(tmp_path, content, args, message):

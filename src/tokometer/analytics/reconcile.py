@@ -17,9 +17,10 @@ included.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -33,37 +34,41 @@ from .report import report
 KINDS = ("requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
          "output_tokens")
 ALL_MODELS = "(all models)"  # an export not grouped by model
+_LARGEST = 10**15  # counts and amounts beyond this are no usage report's
 
 
 @dataclass(slots=True)
 class Side:
-    """One side's account of a day and model."""
+    """One side's account of a day and model: counts (None: not given), cost by currency."""
 
     requests: int | None = None
     input_tokens: int | None = None
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     output_tokens: int | None = None
-    cost: Decimal | None = None
-    currency: str | None = None
+    costs: dict[str, Decimal] = field(default_factory=dict)
 
     def add(self, other: Side) -> None:
-        for f in fields(self):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if f.name == "currency":
-                self.currency = self.currency or theirs
-            elif theirs is not None:
-                setattr(self, f.name, theirs if mine is None else mine + theirs)
+        for kind in KINDS:
+            mine, theirs = getattr(self, kind), getattr(other, kind)
+            if theirs is not None:
+                setattr(self, kind, theirs if mine is None else mine + theirs)
+        for currency, amount in other.costs.items():
+            self.costs[currency] = self.costs.get(currency, Decimal(0)) + amount
 
 
 @dataclass(slots=True)
 class Account:
-    """A side's days and models: (day, model) → Side."""
+    """A side's days and models: (day, model) → Side; and the kinds it gives at all."""
 
     lines: dict[tuple[str, str], Side] = field(default_factory=dict)
+    kinds: set[str] = field(default_factory=set)
 
     def add(self, day: str, model: str | None, side: Side) -> None:
         self.lines.setdefault((day, model or ALL_MODELS), Side()).add(side)
+        self.kinds.update(k for k in KINDS if getattr(side, k) is not None)
+        if side.costs:
+            self.kinds.add("cost")
 
 
 # --- the provider's exports ---------------------------------------------------------------
@@ -77,17 +82,16 @@ def read_export(path: Path) -> Account:
     account = Account()
     if text.lstrip()[:1] in ("{", "["):
         try:
-            document = json.loads(text, parse_float=Decimal)
+            document = json.loads(text, parse_float=Decimal, parse_int=Decimal)
         except ValueError as e:
             raise ConfigError(f"{path}: not JSON ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: JSON nested too deeply") from None
         for day, model, side in _json_lines(document, path):
             account.add(day, model, side)
     else:
         for day, model, side in _csv_lines(text, path):
             account.add(day, model, side)
-    if not account.lines:
-        raise ConfigError(f"{path}: no usage found (an OpenAI or Anthropic usage or cost "
-                          "export, or a CSV with date and model columns)")
     return account
 
 
@@ -117,8 +121,8 @@ def _result(r: dict[str, Any], path: Path) -> tuple[str | None, Side]:
     if r.get("object") == "organization.costs.result":  # OpenAI costs
         amount = _object(r.get("amount"))
         item = _str(r.get("line_item")) or ""
-        return item.split(",")[0].strip() or None, Side(
-            cost=_decimal(amount.get("value"), path), currency=_currency(amount.get("currency")))
+        return item.split(",")[0].strip() or None, _costed(
+            _decimal(amount.get("value"), path), _currency(amount.get("currency")))
     if "uncached_input_tokens" in r:  # Anthropic usage
         created = _object(r.get("cache_creation"))
         written = (_int(created, "ephemeral_5m_input_tokens", path) or 0) + (
@@ -132,8 +136,8 @@ def _result(r: dict[str, Any], path: Path) -> tuple[str | None, Side]:
             output_tokens=_int(r, "output_tokens", path))
     if "amount" in r and "currency" in r:  # Anthropic costs: amounts in cents
         cents = _decimal(r.get("amount"), path)
-        return _str(r.get("model")), Side(cost=cents / 100 if cents is not None else None,
-                                          currency=_currency(r.get("currency")))
+        return _str(r.get("model")), _costed(cents / 100 if cents is not None else None,
+                                             _currency(r.get("currency")))
     raise ConfigError(f"{path}: a result of no known export: {sorted(r)[:8]}")
 
 
@@ -152,7 +156,7 @@ _CSV_COLUMNS = {
 
 
 def _csv_lines(text: str, path: Path) -> Iterator[tuple[str, str | None, Side]]:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip().lower() for h in reader.fieldnames or []]
     found = {name: next((h for h in aliases if h in header), None)
              for name, aliases in _CSV_COLUMNS.items()}
@@ -163,8 +167,7 @@ def _csv_lines(text: str, path: Path) -> Iterator[tuple[str, str | None, Side]]:
     for number, row in enumerate(reader, 2):
         cells = {name: _cell(row, column) for name, column in found.items()}
         where = f"{path}, line {number}"
-        side = Side(cost=_decimal(cells["cost"], Path(where)),
-                    currency=_currency(cells["currency"]) or ("USD" if cells["cost"] else None))
+        side = _costed(_decimal(cells["cost"], Path(where)), _currency(cells["currency"]))
         for kind in KINDS:
             value = cells[kind]
             if value is not None:
@@ -177,10 +180,17 @@ def _cell(row: dict[str, Any], column: str | None) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
+def _costed(amount: Decimal | None, currency: str | None) -> Side:
+    """A side holding a cost (an amount without a currency is in US dollars)."""
+    return Side(costs={currency or "USD": amount} if amount is not None else {})
+
+
 def _day(value: Any, path: Path) -> str:
     """A UTC day from a Unix time or an RFC 3339 time or date."""
     try:
         if isinstance(value, int | Decimal) and not isinstance(value, bool):
+            if not 0 <= value < 10**11:  # years 1970 to 5138; checked before any int()
+                raise ValueError
             return datetime.fromtimestamp(int(value), UTC).date().isoformat()
         if isinstance(value, str) and value.strip().isdigit():
             return datetime.fromtimestamp(int(value), UTC).date().isoformat()
@@ -198,8 +208,9 @@ def _int(holder: dict[str, Any], key: str, path: Path) -> int | None:
     value = holder.get(key)
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value() \
+            and 0 <= value < _LARGEST and "." not in str(value) and "E" not in str(value):
+        return int(value)
     raise ConfigError(f"{path}: {key} is not a count: {value!r}")
 
 
@@ -208,7 +219,7 @@ def _whole(value: str, where: str) -> int:
         number = int(value.replace(",", "").replace("_", ""))
     except ValueError:
         raise ConfigError(f"{where}: not a count: {value!r}") from None
-    if number < 0:
+    if not 0 <= number < _LARGEST:
         raise ConfigError(f"{where}: not a count: {value!r}")
     return number
 
@@ -220,7 +231,7 @@ def _decimal(value: Any, path: Path) -> Decimal | None:
         number = Decimal(str(value).replace(",", "").lstrip("$"))
     except InvalidOperation:
         raise ConfigError(f"{path}: not an amount: {value!r}") from None
-    if not number.is_finite():
+    if not number.is_finite() or number.adjusted() >= 15:  # |number| ≥ 10^15, not computed
         raise ConfigError(f"{path}: not an amount: {value!r}")
     return number
 
@@ -243,45 +254,55 @@ def ledger_account(store: Store, providers: Iterable[str], since: str | None,
                    until: str | None) -> Account:
     """The ledger's events of these providers (config names), by UTC day and served model."""
     account = Account()
-    for provider in providers:
+    for provider in dict.fromkeys(providers):  # a name given twice counts once
         for row in report(store, ["model"], since, until, "day", where={"provider": provider}):
-            account.add(row["period"], row["model"], Side(
-                requests=row["requests"], input_tokens=row["input_tokens"],
-                cache_read_tokens=row["cache_read_tokens"],
-                cache_write_tokens=row["cache_write_tokens"],
-                output_tokens=row["output_tokens"],
-                cost=Decimal(row["cost"]) if row["cost"] is not None else None,
-                currency=row["currency"]))
+            side = Side(requests=row["requests"], input_tokens=row["input_tokens"],
+                        cache_read_tokens=row["cache_read_tokens"],
+                        cache_write_tokens=row["cache_write_tokens"],
+                        output_tokens=row["output_tokens"])
+            if row["cost"] is not None:
+                side.costs[row["currency"]] = Decimal(row["cost"])
+            account.add(row["period"], row["model"], side)
     return account
 
 
 def reconcile(theirs: Account, ours: Account, tolerance: Decimal) -> list[dict[str, Any]]:
-    """A row per day and model either side knows: each kind on both sides and the difference
-    (theirs − ours), and `flagged` for the tokens and cost beyond `tolerance` (a share of the
-    larger side). A kind the export does not give, or costs in two currencies, are not
-    compared; requests are shown, never flagged (the ledger's count refusals too)."""
-    if theirs.lines.keys() == {(day, ALL_MODELS) for day, _ in theirs.lines}:
+    """A row per day and model either side knows: each kind the export gives, on both sides,
+    and the difference (theirs − ours); `flagged` for the tokens and cost beyond `tolerance`
+    (a share of the larger side). Costs compare in one currency only (the `currency` column
+    names them all otherwise); requests are shown, never flagged (the ledger's count
+    refusals too)."""
+    if theirs.lines and {model for _, model in theirs.lines} == {ALL_MODELS}:
         ours = _by_day(ours)  # an export of all models at once: compare the days' totals
     rows = []
     for day, model in sorted(theirs.lines.keys() | ours.lines.keys()):
         a, b = theirs.lines.get((day, model), Side()), ours.lines.get((day, model), Side())
         row: dict[str, Any] = {"day": day, "model": model}
         flagged = []
-        comparable_cost = not (a.currency and b.currency and a.currency != b.currency)
-        for kind in (*KINDS, "cost"):
-            given, kept = getattr(a, kind), getattr(b, kind)
-            if (given is None and (day, model) in theirs.lines) or (
-                    kind == "cost" and not comparable_cost):
-                row.update({f"{kind}_provider": None, f"{kind}_ledger": _out(kept),
-                            f"{kind}_diff": None})
-                continue
-            given, kept = given or 0, kept or 0
-            diff = given - kept
-            row.update({f"{kind}_provider": _out(given), f"{kind}_ledger": _out(kept),
-                        f"{kind}_diff": _out(diff)})
-            if kind != "requests" and abs(diff) > tolerance * max(abs(given), abs(kept)):
-                flagged.append(kind)  # (requests: the ledger's include its refusals)
-        row["currency"] = a.currency or b.currency
+        for kind in KINDS:
+            given, kept = getattr(a, kind), getattr(b, kind) or 0
+            if kind not in theirs.kinds:
+                given = diff = None
+            else:
+                given = given or 0
+                diff = given - kept
+                if kind != "requests" and abs(diff) > tolerance * max(given, kept):
+                    flagged.append(kind)
+            row.update({f"{kind}_provider": given, f"{kind}_ledger": kept,
+                        f"{kind}_diff": diff})
+        currencies = sorted(a.costs.keys() | b.costs.keys())
+        row["cost_provider"] = row["cost_ledger"] = row["cost_diff"] = None
+        if len(currencies) == 1:
+            given_cost = a.costs.get(currencies[0], Decimal(0))
+            kept_cost = b.costs.get(currencies[0], Decimal(0))
+            row["cost_ledger"] = decimal_str(kept_cost)
+            if "cost" in theirs.kinds:
+                row["cost_provider"] = decimal_str(given_cost)
+                row["cost_diff"] = decimal_str(given_cost - kept_cost)
+                if abs(given_cost - kept_cost) > tolerance * max(abs(given_cost),
+                                                                 abs(kept_cost)):
+                    flagged.append("cost")
+        row["currency"] = "+".join(currencies) or None
         row["flagged"] = ",".join(flagged) or None
         rows.append(row)
     return rows
@@ -290,7 +311,7 @@ def reconcile(theirs: Account, ours: Account, tolerance: Decimal) -> list[dict[s
 def within(account: Account, since: str | None, until: str | None) -> Account:
     """The account's days from `since`'s day up to `until`'s (RFC 3339 times), the last
     excluded, as the ledger's events are taken (whole days compare alike)."""
-    kept = Account()
+    kept = Account(kinds=account.kinds)
     for (day, model), side in account.lines.items():
         if (since is None or day >= since[:10]) and (until is None or day < until[:10]):
             kept.lines[(day, model)] = side
@@ -302,10 +323,6 @@ def _by_day(account: Account) -> Account:
     for (day, _), side in account.lines.items():
         days.add(day, None, side)
     return days
-
-
-def _out(value: int | Decimal | None) -> int | str | None:
-    return decimal_str(value) if isinstance(value, Decimal) else value
 
 
 COLUMNS = ["day", "model", *(f"{kind}_{side}" for kind in (*KINDS, "cost")

@@ -285,7 +285,7 @@ def reconcile_command(args: argparse.Namespace) -> int:
     from ..analytics.reconcile import COLUMNS, ledger_account, read_export, reconcile, within
 
     settings = config.load(args.config)
-    providers = [p.strip() for p in args.provider.split(",") if p.strip()]
+    providers = list(dict.fromkeys(p.strip() for p in args.provider.split(",") if p.strip()))
     unknown = [p for p in providers if p not in settings.providers]
     if not providers or unknown:
         raise TokometerError(f"--provider: no provider {', '.join(unknown) or '(none given)'} "
@@ -294,11 +294,14 @@ def reconcile_command(args: argparse.Namespace) -> int:
         tolerance = Decimal(args.tolerance)
     except InvalidOperation:
         tolerance = Decimal(-1)
-    if not Decimal(0) <= tolerance <= 1:
+    if not tolerance.is_finite() or not Decimal(0) <= tolerance <= 1:
         raise TokometerError(f"--tolerance: expected a share from 0 to 1, got {args.tolerance}")
-    theirs = within(read_export(Path(args.file)), args.since, args.until)
+    # Whole UTC days on both sides: a day's account is the provider's unit.
+    since = f"{args.since[:10]}T00:00:00Z" if args.since else None
+    until = f"{args.until[:10]}T00:00:00Z" if args.until else None
+    theirs = within(read_export(Path(args.file)), since, until)
     with open_store(settings.server.store) as store:
-        ours = ledger_account(store, providers, args.since, args.until)
+        ours = ledger_account(store, providers, since, until)
     rows = reconcile(theirs, ours, tolerance)
     show(rows, COLUMNS, args.format)
     flagged = sum(1 for row in rows if row["flagged"])
@@ -512,7 +515,8 @@ COMMANDS: tuple[Command, ...] = (
                   "says and as the ledger's events of --provider sum them, and the "
                   "difference (provider minus ledger). Tokens and cost beyond the tolerance "
                   "are flagged, and the exit code is 1. --since and --until (whole days "
-                  "compare alike) hold for both sides. Input tokens are the total, cache "
+                  "compare alike: each is taken down to its UTC day's start) hold for both "
+                  "sides. Input tokens are the total, cache "
                   "reads and writes included, as the events count them; an export not "
                   "grouped by model is compared day by day."),
     Command("events", "print every meter reading, oldest first", events,
