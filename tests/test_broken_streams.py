@@ -159,3 +159,75 @@ def test_a_providers_own_error_event_mid_stream_is_recorded_with_the_tokens_deli
     event = wait_for_event(gateway, stream.response.headers["x-tokometer-event-id"])
     assert (event["status"], event["error_type"]) == (502, "overloaded_error")
     assert (event["input_tokens"], event["output_tokens"]) == (3050, math.ceil(len(text) / 4))
+
+
+def test_a_client_that_leaves_before_the_watch_began_is_noticed():
+    """granian tells a disconnect only to a receive() already waiting: a client that read
+    the first bytes and left before the gateway began to watch would go unnoticed while the
+    provider stayed silent (its reservation held, its event late). Here receive() behaves so,
+    and the client leaves the moment the first bytes are sent: the stream still ends at
+    once, recorded as the client's leaving (499)."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from test_attack_stream_manifests import _Answer
+    from tokometer.gateway.labels import Labels
+    from tokometer.gateway.relay import _relay_stream
+    from tokometer.policy.keys import Consumer
+
+    first = b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    call = SimpleNamespace(endpoint=SimpleNamespace(operation="chat", api="openai"),
+                           client_wants_usage=True, consumer=Consumer("k", "t", "a", None),
+                           t0=time.perf_counter())
+    route = SimpleNamespace(model="m", provider=SimpleNamespace(name="oa"))
+
+    async def run() -> int:
+        gone = asyncio.Event()
+
+        async def send(message: dict) -> None:
+            if message.get("more_body"):
+                gone.set()  # the client has its first bytes, and leaves
+
+        async def receive() -> dict:
+            if gone.is_set():  # began after the client left: told nothing, ever
+                await asyncio.Event().wait()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        outcome, _ = await asyncio.wait_for(_relay_stream(
+            call, route, _Answer([first]), "e1", send, receive, set(), Labels("P")), 2)
+        return outcome.status
+
+    assert asyncio.run(run()) == 499
+
+
+def test_clients_that_leave_a_quiet_stream_at_once_are_noticed(gateway, upstream):
+    """Twenty clients read a stream's first bytes and leave while the provider holds the
+    rest back: each is noticed and recorded (499) while the provider is still silent. (A
+    disconnect was told only to a receive() already waiting: one that began after a fast
+    leaver had gone could wait for the stream's end.)"""
+    import asyncio
+
+    import httpx
+
+    async def leave() -> str:
+        async with httpx.AsyncClient(timeout=30) as client, client.stream(
+                "POST", gateway.url + "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {gateway.key}"},
+                json={"model": "slow", "stream": True,
+                      "messages": [{"role": "user", "content": "hi"}]}) as r:
+            async for _ in r.aiter_raw():
+                break  # the first bytes, then the connection goes
+            return r.headers["x-tokometer-event-id"]
+
+    async def leavers() -> list[str]:
+        return list(await asyncio.gather(*(leave() for _ in range(20))))
+
+    upstream.release_slow.clear()  # "slow" streams hang after two events until set
+    try:
+        ids = asyncio.run(leavers())
+        events = [wait_for_event(gateway, event_id) for event_id in ids]  # 10 s each at most
+    finally:
+        upstream.release_slow.set()
+    assert [e["status"] for e in events] == [499] * 20

@@ -131,9 +131,18 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
     splitter = SSESplitter()
     held: list[bytes] = []  # the end marker and whatever follows it
     outcome = Outcome(route, response.status, text=tap.text)
-    await send({"type": "http.response.start", "status": response.status,
-                "headers": [*_headers(response, event_id),
-                            (LABEL_HEADER, labels.label(event_id))]})
+    # Watch for the client leaving before anything is sent: granian tells a disconnect only
+    # to a receive() already waiting, so one that comes after a client left fast (after
+    # the first bytes) could wait for the stream's end.
+    client_left = asyncio.ensure_future(_disconnected(receive))
+    await asyncio.sleep(0)  # the watch is waiting now
+    try:
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": [*_headers(response, event_id),
+                                (LABEL_HEADER, labels.label(event_id))]})
+    except BaseException:
+        client_left.cancel()
+        raise
 
     marker = stream_labels(op, notice_for(labels.notices, call.consumer), labels.manifests,
                            tap.texts, event_id, lambda: tap.model or route.model)
@@ -181,8 +190,7 @@ async def _relay_stream(call: Call, route: Route, response: Answer, event_id: st
             stopping = True
             this.cancel()
 
-    client_left = asyncio.ensure_future(_disconnected(receive))
-    client_left.add_done_callback(on_client_left)
+    client_left.add_done_callback(on_client_left)  # (if it is done already: called soon)
     streams.add(end)
     broken: UpstreamError | None = None
     try:
