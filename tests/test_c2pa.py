@@ -169,6 +169,11 @@ def _streamed(gw: Gateway, key: str, api: str) -> tuple[str, str, str, list[Any]
                          and e.delta.type == "text_delta")
         assert deltas == text  # the final message holds what the deltas carried
         return text, event_id, final.model, events
+    if api == "text_completion":
+        chunks = list(_client(gw, key, ids).completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="hi", max_tokens=16, stream=True))
+        return ("".join(c.choices[0].text for c in chunks if c.choices), ids[0],
+                chunks[0].model, chunks)
     with _client(gw, key, ids).responses.stream(model="gpt-4.1", input="hi") as s:
         events = list(s)
         final = s.get_final_response()
@@ -179,7 +184,7 @@ def _streamed(gw: Gateway, key: str, api: str) -> tuple[str, str, str, list[Any]
     return text, ids[0], final.model, events
 
 
-@pytest.mark.parametrize("api", ["chat", "messages", "responses"])
+@pytest.mark.parametrize("api", ["chat", "text_completion", "messages", "responses"])
 def test_a_streamed_answer_carries_a_manifest_that_verifies(signing, root, api):
     """The manifest goes in one more text event before the text ends; the SDK's text, its
     final answer and the event's hash all hold it; the reading is the provider's."""

@@ -285,6 +285,30 @@ def test_an_explicit_label_reaches_openai_clients_whole_and_streamed(labelled, s
                                                            bare_event["output_tokens"])
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_explicit_label_reaches_legacy_completion_clients(labelled, stream):
+    """The legacy completions API, whole and streamed: the notice in the text the SDK gives,
+    the hash of that text."""
+    ends_key = labelled.new_key(tenant="acme", app="ends")[0]
+    plain_key = labelled.new_key(tenant="nobody")[0]
+
+    def ask(key: str) -> tuple[str, dict]:
+        client = openai.OpenAI(base_url=labelled.url + "/v1", api_key=key, max_retries=0)
+        raw = client.completions.with_raw_response.create(
+            model="gpt-3.5-turbo-instruct", prompt="hi", max_tokens=16, stream=stream)
+        if stream:
+            text = "".join(c.choices[0].text for c in raw.parse() if c.choices)
+        else:
+            text = raw.parse().choices[0].text
+        return text, wait_for_event(labelled, raw.headers["x-tokometer-event-id"])
+
+    (start, start_event), (end, end_event), (bare, _) = (
+        ask(labelled.key), ask(ends_key), ask(plain_key))
+    assert bare and (start, end) == (NOTICE + bare, bare + ENDING)
+    for received, e in ((start, start_event), (end, end_event)):
+        assert e["output_sha256"] == sha256(received)
+
+
 def test_a_labelled_answer_is_recounted_without_its_notice(labelled):
     """A provider that reports no usage: the recount is of what the model wrote, not of the
     notice the gateway added."""

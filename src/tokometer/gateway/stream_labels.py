@@ -24,14 +24,17 @@ log = logging.getLogger("tokometer.labels")
 
 Seen = Callable[[], dict[int, str]]  # the provider's text so far, by choice (the tap's)
 
-NOTICED_STREAMS = ("chat", "messages", "responses")  # the streams a notice can go into
+# The streams a notice and a manifest can go into; the first two carry text in choices.
+NOTICED_STREAMS = ("chat", "text_completion", "messages", "responses")
+_CHOICES = ("chat", "text_completion")
 
 
 class StreamNotice:
     """Puts the notice into a stream as events of the client's wire format, once: OpenAI
-    chat, a content delta before the first text (or before the finish); Anthropic messages,
-    a text delta in the first text block, at its start (or before it stops); the Responses
-    API, a text delta in the first output text, at its start (or before it is done), whose
+    chat and completions, a text chunk before the first text (or at the finish); Anthropic
+    messages, a text delta in the first text block, at its start (or before it stops); the
+    Responses API, a text delta in the first output text, at its start (or before it is
+    done), whose
     text is then amended in every later event that repeats it (the part's, the item's and
     the response's `done`), and every later `sequence_number` moved up by one.
 
@@ -66,14 +69,15 @@ class StreamNotice:
 
     def events(self, block: bytes, data: bytes) -> list[bytes]:
         """The events to send for the provider's event `block` (its payload `data`)."""
-        if data == b"[DONE]" and self.operation == "chat" and self.at is None:
+        if data == b"[DONE]" and self.operation in _CHOICES and self.at is None:
             self._sent()  # the stream ends with no finish reason seen: the notice still goes
-            return [_chat_chunk(self._first, 0, self.notice.text), block]
+            return [_choice_chunk(self.operation, self._first, 0, self.notice.text), block]
         if not data.startswith(b"{"):
             return [block]
         if self.operation == "responses":
             return self._responses(block, data)
-        before, after = self._chat(data) if self.operation == "chat" else self._messages(data)
+        before, after = (self._chat(data) if self.operation in _CHOICES
+                         else self._messages(data))
         return [e for e in (before, block, after) if e]
 
     def _sent(self, event_text: str = "", choice: int = 0) -> None:
@@ -93,12 +97,14 @@ class StreamNotice:
         first = choices[0]
         if at_end and not first.get("finish_reason"):
             return b"", b""
-        extra = _chat_chunk(event, first.get("index", 0), self.notice.text)
-        delta = first.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else None
+        extra = _choice_chunk(self.operation, event, first.get("index", 0), self.notice.text)
+        text = _choice_text(self.operation, first)
         choice = first.get("index", 0) if isinstance(first.get("index", 0), int) else 0
-        if at_end or (isinstance(text, str) and text):
-            own = "".join(t for i, t in chunk_texts("chat", {"choices": [first]}) if i == choice)
+        # At the start: before the first text. At the end: before the finishing chunk,
+        # unless it has text of its own (a completion's often has): then after it.
+        if at_end != bool(text):
+            own = "".join(t for i, t in chunk_texts(self.operation, {"choices": [first]})
+                          if i == choice)
             self._sent(own, choice)
             return extra, b""
         self._sent(choice=choice)
@@ -209,15 +215,15 @@ class StreamManifests:
         out: list[bytes] = []
         for block in events:
             data = event_data(block)
-            if data == b"[DONE]" and self.operation == "chat":  # texts no finish reason ended
+            if data == b"[DONE]" and self.operation in _CHOICES:  # texts nothing finished
                 for index in sorted(self._texts):
                     wrapper = await self._wrapper("".join(self._texts.pop(index)), index)
                     if wrapper:
-                        out.append(_chat_chunk(self._chunk, index, wrapper))
+                        out.append(_choice_chunk(self.operation, self._chunk, index, wrapper))
                 out.append(block)
             elif not data.startswith(b"{"):
                 out.append(block)
-            elif self.operation == "chat":
+            elif self.operation in _CHOICES:
                 out += await self._chat(block, data)
             elif self.operation == "messages":
                 out += await self._messages(block, data)
@@ -251,9 +257,8 @@ class StreamManifests:
             index = choice.get("index", 0) if isinstance(choice.get("index", 0), int) else 0
             if index in self._ended:  # signed already: what follows would break its binding
                 continue
-            delta = choice.get("delta")
-            content = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(content, str):
+            content = _choice_text(self.operation, choice)
+            if content is not None:
                 self._texts.setdefault(index, []).append(content)
             if not choice.get("finish_reason"):
                 continue
@@ -261,10 +266,11 @@ class StreamManifests:
             # before the finish, unless the finishing chunk has content of its own: then
             # after it (what else the chunk says, a tool call's arguments, comes before)
             own = "" if content else "".join(
-                t for i, t in chunk_texts("chat", {"choices": [choice]}) if i == index)
+                t for i, t in chunk_texts(self.operation, {"choices": [choice]}) if i == index)
             wrapper = await self._wrapper("".join(self._texts.pop(index, [])), index, own)
             if wrapper:
-                (after if content else before).append(_chat_chunk(event, index, wrapper))
+                (after if content else before).append(
+                    _choice_chunk(self.operation, event, index, wrapper))
         return [*before, block, *after]
 
     async def _messages(self, block: bytes, data: bytes) -> list[bytes]:
@@ -398,11 +404,21 @@ def stream_labels(operation: str, notice: Notice | None, manifests: TextManifest
     return StreamLabels(visible, signed) if visible or signed else None
 
 
-def _chat_chunk(event: dict[str, Any], index: Any, text: str) -> bytes:
-    """A chat chunk like `event`, carrying `text` as choice `index`'s content."""
+def _choice_text(operation: str, choice: dict[str, Any]) -> str | None:
+    """The answer's text in a streamed choice: a chat delta's content, a completion's text."""
+    holder = choice.get("delta") if operation == "chat" else choice
+    text = holder.get("content" if operation == "chat" else "text") \
+        if isinstance(holder, dict) else None
+    return text if isinstance(text, str) else None
+
+
+def _choice_chunk(operation: str, event: dict[str, Any], index: Any, text: str) -> bytes:
+    """A chunk like `event` (chat or completion), carrying `text` as choice `index`'s."""
     chunk: dict[str, Any] = {k: event[k] for k in ("id", "object", "created", "model")
                              if k in event}
-    chunk["choices"] = [{"index": index, "delta": {"content": text}, "finish_reason": None}]
+    choice: dict[str, Any] = ({"index": index, "delta": {"content": text}} if operation == "chat"
+                              else {"index": index, "text": text, "logprobs": None})
+    chunk["choices"] = [{**choice, "finish_reason": None}]
     return b"data: " + dumps(chunk) + b"\n\n"
 
 
