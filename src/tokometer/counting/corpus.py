@@ -259,7 +259,7 @@ def count(stream: Iterable[str], specs: tuple[str, ...], data_dir: Path, *,
     _load(specs, str(data_dir))  # here too: a spec that fails, fails before any work
     total = Tally(tokens=dict.fromkeys(specs, 0))
     pending = batches(stream)
-    first = list(_take(pending, SERIAL_BYTES // BATCH_BYTES))
+    first = list(itertools.islice(pending, SERIAL_BYTES // BATCH_BYTES))
     many = workers if workers is not None else (os.cpu_count() or 1)
     if many <= 1 or len(first) < SERIAL_BYTES // BATCH_BYTES:
         for batch in itertools.chain(first, pending):
@@ -292,8 +292,3 @@ def _tallied(total: Tally, tally: Tally, progress: Callable[[Tally], None] | Non
     total.add(tally)
     if progress is not None:
         progress(total)
-
-
-def _take(items: Iterator[list[str]], n: int) -> Iterator[list[str]]:
-    for _, item in zip(range(n), items, strict=False):
-        yield item

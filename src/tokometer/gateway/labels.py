@@ -80,10 +80,10 @@ def label_body(operation: str, body: dict[str, Any], notice: Notice) -> bool:
     """Put the notice into a whole answer's text (every choice's, or the first or last text
     block); False when the answer has no text to label."""
     texts = _texts(operation, body)
-    if operation not in _CHOICES and texts:
+    if operation not in CHOICES and texts:
         texts = [texts[0] if notice.position == "start" else texts[-1]]
     for holder, key in texts:
-        place(holder, key, notice)
+        holder[key] = placed(notice, holder[key])
     return bool(texts)
 
 
@@ -104,12 +104,12 @@ def sign_body(manifests: TextManifests, operation: str, body: dict[str, Any], ev
     return bool(texts)
 
 
-_CHOICES = ("chat", "text_completion")  # each choice is an answer of its own
+CHOICES = ("chat", "text_completion")  # each choice is an answer of its own
 
 
 def _texts(operation: str, body: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     """(holder, key) of each generated text of a whole answer, in order."""
-    if operation in _CHOICES:
+    if operation in CHOICES:
         key = "text" if operation == "text_completion" else "content"
         holders = [choice if operation == "text_completion" else choice.get("message")
                    for choice in dicts(body.get("choices"))]
@@ -122,10 +122,6 @@ def _texts(operation: str, body: dict[str, Any]) -> list[tuple[dict[str, Any], s
                 if item.get("type") == "message" for part in dicts(item.get("content"))
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str)]
     return []
-
-
-def place(holder: dict[str, Any], key: str, notice: Notice) -> None:
-    holder[key] = placed(notice, holder[key])
 
 
 def dicts(value: Any) -> list[dict[str, Any]]:

@@ -15,18 +15,16 @@ from typing import Any
 
 from ..config import Notice
 from ..provenance.manifests import TextManifests
-from ..usage.body import parse_json
-from ..usage.stream import event_data
+from ..usage.stream import event_data, event_object
 from ..usage.text import chunk_text, chunk_texts
-from .labels import dicts, dumps, place
+from .labels import CHOICES, dicts, dumps, placed
 
 log = logging.getLogger("tokometer.labels")
 
 Seen = Callable[[], dict[int, str]]  # the provider's text so far, by choice (the tap's)
 
-# The streams a notice and a manifest can go into; the first two carry text in choices.
-NOTICED_STREAMS = ("chat", "text_completion", "messages", "responses")
-_CHOICES = ("chat", "text_completion")
+# The streams a notice and a manifest can go into.
+NOTICED_STREAMS = (*CHOICES, "messages", "responses")
 
 
 class StreamNotice:
@@ -41,8 +39,7 @@ class StreamNotice:
     `seen` gives the provider's text so far by choice (the tap's, which has read the
     current event): where the notice went in it makes the text the client received."""
 
-    def __init__(self, operation: str, notice: Notice,
-                 seen: Callable[[], dict[int, str]]):
+    def __init__(self, operation: str, notice: Notice, seen: Seen):
         self.operation, self.notice, self._seen = operation, notice, seen
         self.at: tuple[int, int] | None = None  # (choice, offset in its text), once sent
         self._block: int | None = None  # the Anthropic text block labelled
@@ -69,14 +66,14 @@ class StreamNotice:
 
     def events(self, block: bytes, data: bytes) -> list[bytes]:
         """The events to send for the provider's event `block` (its payload `data`)."""
-        if data == b"[DONE]" and self.operation in _CHOICES and self.at is None:
+        if data == b"[DONE]" and self.operation in CHOICES and self.at is None:
             self._sent()  # the stream ends with no finish reason seen: the notice still goes
             return [_choice_chunk(self.operation, self._first, 0, self.notice.text), block]
         if not data.startswith(b"{"):
             return [block]
         if self.operation == "responses":
             return self._responses(block, data)
-        before, after = (self._chat(data) if self.operation in _CHOICES
+        before, after = (self._chat(data) if self.operation in CHOICES
                          else self._messages(data))
         return [e for e in (before, block, after) if e]
 
@@ -86,11 +83,11 @@ class StreamNotice:
 
     def _chat(self, data: bytes) -> tuple[bytes, bytes]:
         if not self._first:  # what a chunk of this stream says of itself, for one of ours
-            self._first = _object(data)
+            self._first = event_object(data)
         at_end = self.notice.position == "end"
         if at_end and b'"finish_reason":"' not in data.replace(b'": "', b'":"'):
             return b"", b""
-        event = _object(data)
+        event = event_object(data)
         choices = dicts(event.get("choices"))
         if not choices:
             return b"", b""
@@ -114,7 +111,7 @@ class StreamNotice:
         if self._block is None:
             if b"content_block_start" not in data:
                 return b"", b""
-            event = _object(data)
+            event = event_object(data)
             block = event.get("content_block")
             if event.get("type") != "content_block_start" or not isinstance(block, dict) \
                     or block.get("type") != "text" or not isinstance(event.get("index"), int):
@@ -126,7 +123,7 @@ class StreamNotice:
             return b"", b""
         if b"content_block_stop" not in data:
             return b"", b""
-        event = _object(data)
+        event = event_object(data)
         if event.get("type") != "content_block_stop" or event.get("index") != self._block:
             return b"", b""
         self._sent()
@@ -140,7 +137,7 @@ class StreamNotice:
     def _responses(self, block: bytes, data: bytes) -> list[bytes]:
         if self.at is None and b"response.output_text." not in data:
             return [block]
-        event = _object(data)
+        event = event_object(data)
         kind = event.get("type")
         if self.at is None:
             if kind not in _TEXT_EVENTS or (self.notice.position == "end"
@@ -165,32 +162,9 @@ class StreamNotice:
         """An event after the notice: its number moved up, the labelled text amended."""
         if isinstance(number := event.get("sequence_number"), int):
             event["sequence_number"] = number + 1
-        kind = event.get("type")
-        ours = _part_of(event) == self._part
-        if kind == "response.output_text.done" and ours:
-            place(event, "text", self.notice)
-        elif kind == "response.content_part.done" and ours:
-            self._amend_parts([event.get("part")])
-        elif kind == "response.output_item.done":
-            self._amend_items([event.get("item")])
-        elif kind in _FINAL_EVENTS:
-            response = event.get("response")
-            if isinstance(response, dict):
-                self._amend_items(response.get("output"))
+        _edit_repeats(event, lambda part, text: placed(self.notice, text)
+                      if part == self._part else None)
         return _reframed(block, event)
-
-    def _amend_items(self, items: Any) -> None:
-        item_id, index = self._part or (None, None)
-        for item in dicts(items):
-            parts = item.get("content")
-            if item.get("id") == item_id and isinstance(parts, list) \
-                    and isinstance(index, int) and 0 <= index < len(parts):
-                self._amend_parts([parts[index]])
-
-    def _amend_parts(self, parts: list[Any]) -> None:
-        for part in dicts(parts):
-            if part.get("type") == "output_text" and isinstance(part.get("text"), str):
-                place(part, "text", self.notice)
 
 
 class StreamManifests:
@@ -215,7 +189,7 @@ class StreamManifests:
         out: list[bytes] = []
         for block in events:
             data = event_data(block)
-            if data == b"[DONE]" and self.operation in _CHOICES:  # texts nothing finished
+            if data == b"[DONE]" and self.operation in CHOICES:  # texts nothing finished
                 for index in sorted(self._texts):
                     wrapper = await self._wrapper("".join(self._texts.pop(index)), index)
                     if wrapper:
@@ -223,7 +197,7 @@ class StreamManifests:
                 out.append(block)
             elif not data.startswith(b"{"):
                 out.append(block)
-            elif self.operation in _CHOICES:
+            elif self.operation in CHOICES:
                 out += await self._chat(block, data)
             elif self.operation == "messages":
                 out += await self._messages(block, data)
@@ -250,7 +224,7 @@ class StreamManifests:
     async def _chat(self, block: bytes, data: bytes) -> list[bytes]:
         if b'"choices"' not in data:
             return [block]
-        event = self._chunk = _object(data)
+        event = self._chunk = event_object(data)
         before: list[bytes] = []
         after: list[bytes] = []
         for choice in dicts(event.get("choices")):
@@ -276,7 +250,7 @@ class StreamManifests:
     async def _messages(self, block: bytes, data: bytes) -> list[bytes]:
         if b'"content_block_' not in data:
             return [block]
-        event = _object(data)
+        event = event_object(data)
         kind, index = event.get("type"), event.get("index")
         if not isinstance(index, int):  # not a block of this stream's
             return [block]
@@ -298,7 +272,7 @@ class StreamManifests:
     async def _responses(self, block: bytes, data: bytes) -> list[bytes]:
         if not self._added and b"response.output_text." not in data:
             return [block]
-        event = _object(data)
+        event = event_object(data)
         if not event:
             return [block]
         kind, part = event.get("type"), _part_of(event)
@@ -309,9 +283,7 @@ class StreamManifests:
         added: list[bytes] = []
         if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
             self._texts.setdefault(part, []).append(event["delta"])
-        elif kind == "response.output_text.done" and part in self._wrappers:  # a repeat
-            _append(event, "text", self._wrappers[part])
-        elif kind == "response.output_text.done":
+        elif kind == "response.output_text.done" and part not in self._wrappers:
             sent = "".join(self._texts.pop(part, []))
             wrapper = await self._wrapper(sent or _str(event.get("text")))
             if wrapper:
@@ -323,28 +295,17 @@ class StreamManifests:
                     delta["sequence_number"] = number + self._added
                 added.append(_sse("response.output_text.delta", delta))
                 self._added += 1
-                _append(event, "text", wrapper)
-        elif kind == "response.content_part.done" and part in self._wrappers:
-            if isinstance(event.get("part"), dict):
-                _append(event["part"], "text", self._wrappers[part])
-        elif kind == "response.output_item.done":
-            self._amend_items([event.get("item")])
-        elif kind in _FINAL_EVENTS and isinstance(event.get("response"), dict):
-            self._amend_items(event["response"].get("output"))
         if not self._added:
             return [block]
+        _edit_repeats(event, self._signed)
         if number is not None:
             event["sequence_number"] = number + self._added
         return [*added, _reframed(block, event)]
 
-    def _amend_items(self, items: Any) -> None:
-        for item in dicts(items):
-            if not isinstance(item.get("id"), _KEYS):
-                continue
-            for index, content in enumerate(dicts(item.get("content"))):
-                wrapper = self._wrappers.get((item.get("id"), index))
-                if wrapper and content.get("type") == "output_text":
-                    _append(content, "text", wrapper)
+    def _signed(self, part: tuple[Any, Any], text: str) -> str | None:
+        """A signed part's text as the later events repeat it: with its wrapper."""
+        wrapper = self._wrappers.get(part)
+        return text + wrapper if wrapper else None
 
 
 class StreamLabels:
@@ -425,17 +386,47 @@ def _choice_chunk(operation: str, event: dict[str, Any], index: Any, text: str) 
 _KEYS = (str, int, type(None))  # what a provider's ids and indexes may be, to key by them
 
 
-def _append(holder: dict[str, Any], key: str, text: str) -> None:
-    if isinstance(holder.get(key), str):
-        holder[key] += text
-
-
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
 _TEXT_EVENTS = ("response.output_text.delta", "response.output_text.done")
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
+def _edit_repeats(event: dict[str, Any],
+                  edit: Callable[[tuple[Any, Any], str], str | None]) -> None:
+    """In a Responses event after a text's deltas, each repeat of an output text: the
+    `output_text.done` text, the `content_part.done` part, and the parts of the
+    `output_item.done` item and of the final response, as `edit(part, text)` has it (None:
+    left as it is); a part is (item id, content index)."""
+    kind = event.get("type")
+    items: Any = None
+    if kind == "response.output_text.done":
+        _edit(event, _part_of(event), edit)
+    elif kind == "response.content_part.done" and _is_output_text(event.get("part")):
+        _edit(event["part"], _part_of(event), edit)
+    elif kind == "response.output_item.done":
+        items = [event.get("item")]
+    elif kind in _FINAL_EVENTS and isinstance(event.get("response"), dict):
+        items = event["response"].get("output")
+    for item in dicts(items):
+        contents = item.get("content")
+        if isinstance(item.get("id"), _KEYS) and isinstance(contents, list):
+            for index, content in enumerate(contents):
+                if _is_output_text(content):
+                    _edit(content, (item["id"], index), edit)
+
+
+def _is_output_text(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "output_text"
+
+
+def _edit(holder: dict[str, Any], part: tuple[Any, Any],
+          edit: Callable[[tuple[Any, Any], str], str | None]) -> None:
+    text = holder.get("text")
+    if isinstance(text, str) and (new := edit(part, text)) is not None:
+        holder["text"] = new
 
 
 def _part_of(event: dict[str, Any]) -> tuple[Any, Any]:
@@ -452,13 +443,3 @@ def _reframed(block: bytes, event: dict[str, Any]) -> bytes:
     fields = [line for line in block.splitlines(keepends=True)
               if line.strip() and not line.startswith(b"data:")]
     return b"".join(fields) + b"data: " + dumps(event) + b"\n\n"
-
-
-def _object(data: bytes) -> dict[str, Any]:
-    """An event's JSON object (read as the meter reads it: a lone surrogate is no reason to
-    skip one), or {} when it is none."""
-    try:
-        value = parse_json(data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -111,7 +111,7 @@ class StreamTap:
         if not self.tool_call and TOOL_CALL.search(data):
             self.tool_call = True
         if _ERROR.search(data):
-            self.error = _error_type(_object(data)) or self.error
+            self.error = _error_type(event_object(data)) or self.error
         if self.operation == "messages":
             return self._anthropic(data)
         if self.operation == "responses":
@@ -125,10 +125,10 @@ class StreamTap:
         if m := _FINISH.search(data):
             self.finish_reason = m.group(1).decode(errors="replace")
         if not _USAGE_OBJECT.search(data):
-            if self.final_usage_seen and chunk_text(self.operation, _object(data)):
+            if self.final_usage_seen and chunk_text(self.operation, event_object(data)):
                 self.final_usage_seen = False  # the answer went on past its usage: recount
             return True
-        chunk = _object(data)
+        chunk = event_object(data)
         choices = chunk.get("choices")
         choices = choices if isinstance(choices, list) else []
         usage = chunk.get("usage")
@@ -144,7 +144,7 @@ class StreamTap:
             if b'"message_stop"' in data:
                 self.terminal = True
             return True
-        ev = _object(data)
+        ev = event_object(data)
         kind = ev.get("type")
         if kind == "message_start":
             usage = _dict(ev.get("message")).get("usage")
@@ -161,7 +161,7 @@ class StreamTap:
     def _responses(self, data: bytes) -> bool:
         if not any(marker in data for marker in _RESPONSES_FINAL):
             return True
-        ev = _object(data)
+        ev = event_object(data)
         if ev.get("type") not in ("response.completed", "response.incomplete", "response.failed"):
             return True
         self.terminal = True
@@ -184,12 +184,12 @@ class StreamTap:
         """Generated text seen so far, by choice, in choice order (decodes every event: only
         for recounts and hashes)."""
         if self.operation == "messages":
-            return {0: message_stream_text([_object(data) for data in self.payloads
+            return {0: message_stream_text([event_object(data) for data in self.payloads
                                             if data.startswith(b"{")])}
         choices: dict[int, list[str]] = {}
         for data in self.payloads:
             if data.startswith(b"{"):
-                for index, text in chunk_texts(self.operation, _object(data)):
+                for index, text in chunk_texts(self.operation, event_object(data)):
                     choices.setdefault(index, []).append(text)
         return {i: "".join(choices[i]) for i in sorted(choices)}
 
@@ -198,7 +198,7 @@ class StreamTap:
         return "".join(self.texts().values())
 
 
-def _object(data: bytes) -> dict[str, Any]:
+def event_object(data: bytes) -> dict[str, Any]:
     """An event's JSON object, or {} when it is malformed: a provider's bad event must not
     stop the stream or the reading (the usage it should have carried is then recounted)."""
     try:
