@@ -23,6 +23,8 @@ REPORTED = "reported"
 COUNTED = "counted"
 ESTIMATED = "estimated"
 CORRECTION = "correction"  # usage_source of an event that adjusts an earlier one
+GATEWAY = "gateway"  # an event's source: a request metered here...
+INGEST = "ingest"  # ...or a reading an app reported through the ingest API
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,19 +94,22 @@ class Event:
     energy_source: str | None = None
     # SHA-256 of the answer's provenance fingerprints (provenance/registry.py keeps them)
     fingerprint_sha256: str | None = None
+    source: str | None = GATEWAY  # GATEWAY (metered here) or INGEST (reported by an app)
+    reported_cost: Decimal | None = None  # the cost an ingesting app said, in `currency`
     leaf_index: int | None = None
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 # Fields holding a Decimal (a decimal string once stored).
 DECIMAL_FIELDS = ("cost", "energy_wh", "energy_wh_low", "energy_wh_high", "co2e_g",
-                  "co2e_g_low", "co2e_g_high")
+                  "co2e_g_low", "co2e_g_high", "reported_cost")
 # Fields added after stores were first written. A leaf leaves each of them out while it is
 # null, so an event stored before the field existed keeps its leaf hash (and its receipt).
 LATE_FIELDS: frozenset[str] = frozenset({"cache_write_1h_tokens", "web_search_requests",
                                          "service_tier", "energy_wh_low", "energy_wh_high",
                                          "co2e_g_low", "co2e_g_high", "energy_ref",
-                                         "energy_source", "fingerprint_sha256"})
+                                         "energy_source", "fingerprint_sha256", "source",
+                                         "reported_cost"})
 
 
 def new_event_id() -> str:

@@ -51,6 +51,7 @@ _METERED_UNITS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok", "cac
 _FAST_UNITS = _IDLE_UNITS | _METERED_UNITS
 _GENAI_PROVIDERS = frozenset(p.id for p in data_snapshot.get_snapshot().providers)
 GENAI_PRICES_REF = f"genai-prices {genai_prices.__version__}"
+_MAX_WARNINGS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,8 @@ class Pricer:
         return priced.cost if priced.currency == self.currency else None
 
     def _warn(self, once: tuple[str, str], message: str) -> None:
-        if once not in self._warned:
+        # bounded: ingested readings name models of their own (ingest/)
+        if once not in self._warned and len(self._warned) < _MAX_WARNINGS:
             self._warned.add(once)
             log.warning("%s", message)
 

@@ -119,8 +119,8 @@ class Admin:
                                type="not_found_error")
         changes = {k: v for k, v in fields.items() if k not in ("event_id", "reason")}
         event = self._with_energy(correction(original, changes, fields["reason"]), original)
-        await self.ledger.append(event, self.budgets.correcting(event))
-        self.budgets.guard.correct(event)
+        await self.ledger.append(event, self.budgets.charging(event))
+        self.budgets.guard.charge(event)
         return 201, {"id": event.id, "corrects": event.corrects}
 
 

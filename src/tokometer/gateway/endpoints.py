@@ -1,14 +1,17 @@
 """Every endpoint as an entry of one route table: (method, path) → handler(request, services).
 
 The metered endpoints (wire.ENDPOINTS) authenticate before they read a body and hand the
-request to pipeline.handle; the side endpoints (health, models, outcomes, the log, metrics,
-the admin API, the dashboard) answer here. `route` finds a request's handler, or says why not.
+request to pipeline.handle; the side endpoints (health, models, outcomes, usage reported by
+apps (ingest/), the log, metrics, the admin API, the dashboard) answer here. `route` finds
+a request's handler, or says why not.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import orjson
 
@@ -17,6 +20,8 @@ from ..catalog import vendor_of
 from ..config import Settings
 from ..errors import AuthError, RequestError
 from ..events import new_event_id
+from ..ingest import Result, cloudevents, otlp
+from ..ingest.body import decoded, media_type
 from ..policy import Consumer
 from ..policy.keys import is_key_shaped
 from .asgi import Request, reply, reply_json
@@ -28,6 +33,9 @@ from .session import scope_client
 from .wire import ENDPOINTS, EVENT_ID_HEADER
 
 Handler = Callable[[Request, Services], Awaitable[None]]
+_T = TypeVar("_T")
+OTLP_TRACES, EVENTS = "/v1/otlp/v1/traces", "/v1/events"  # the ingest endpoints
+_OFFLOAD_BYTES = 65_536  # an ingest body longer than this is read off the event loop
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 MAX_CHECK_CHARS = 200_000  # a provenance check's text: a long answer's, a few times over
 
@@ -108,6 +116,46 @@ async def provenance(request: Request, services: Services) -> None:
         text, who.tenant if who is not None else None))
 
 
+async def spans(request: Request, services: Services) -> None:
+    """OTLP/HTTP traces: each GenAI span a reading of the key's consumer."""
+    who = await services.authenticate(request.headers)  # before the body is read
+    raw, media = await request.body(services.settings.server), media_type(request.headers)
+
+    def read() -> list[Any]:
+        body = decoded(raw, request.headers, services.settings.server.max_body_bytes)
+        return otlp.readings(otlp.decode(body, media), datetime.now(UTC))
+
+    results = await services.ingest.record(who, await _offloaded(len(raw), read))
+    await reply(request.send, 200, otlp.answer(results, media), _tally(results),
+                content_type=media.encode())
+
+
+async def usage_events(request: Request, services: Services) -> None:
+    """CloudEvents of type tokometer.usage.v1: readings of the key's consumer."""
+    who = await services.authenticate(request.headers)  # before the body is read
+    raw, media = await request.body(services.settings.server), media_type(request.headers)
+
+    def read() -> list[Any]:
+        body = decoded(raw, request.headers, services.settings.server.max_body_bytes)
+        events = cloudevents.decode(body, media, request.headers)
+        return cloudevents.readings(events, datetime.now(UTC))
+
+    results = await services.ingest.record(who, await _offloaded(len(raw), read))
+    await reply_json(request.send, 200, cloudevents.answer(results), _tally(results))
+
+
+async def _offloaded(size: int, work: Callable[[], _T]) -> _T:
+    """`work` on a thread when the body is long enough to hold the event loop up."""
+    return await asyncio.to_thread(work) if size > _OFFLOAD_BYTES else work()
+
+
+def _tally(results: list[Result]) -> list[tuple[bytes, bytes]]:
+    """How many readings were accepted, duplicates, rejected: a header for any channel."""
+    counts = ", ".join(f"{kind}={sum(r.result == kind for r in results)}"
+                       for kind in ("accepted", "duplicate", "rejected"))
+    return [(b"x-tokometer-ingest", counts.encode())]
+
+
 async def metrics(request: Request, services: Services) -> None:
     """Prometheus' scrape, for the admin token."""
     services.admin.check(request.headers, scope_client(request.scope))
@@ -138,6 +186,8 @@ _EXACT: dict[str, tuple[frozenset[str] | None, Handler]] = {
     "/v1/models": (frozenset({"GET"}), models),
     "/v1/outcomes": (frozenset({"POST"}), outcomes),
     "/v1/provenance/check": (frozenset({"POST"}), provenance),
+    OTLP_TRACES: (frozenset({"POST"}), spans),
+    EVENTS: (frozenset({"POST"}), usage_events),
     "/metrics": (frozenset({"GET"}), metrics),
     **{href: (_ANY, dashboard) for href in ("/login", *(h for h, _ in NAV))},
 }

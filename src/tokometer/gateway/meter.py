@@ -30,7 +30,7 @@ from ..events import (
     new_event_id,
     rfc3339,
 )
-from ..impact import Impact, Impacts, watts_per_core
+from ..impact import Impact, Impacts, event_fields, figure, watts_per_core
 from ..policy import Need
 from ..provenance.registry import Mark
 from ..usage.dialects import MAX_TOKENS
@@ -144,8 +144,8 @@ class Meter:
                     self.impacts.of(call.model, r, None, usage, math.inf) for r in routes]
         energy = co2e = None
         if ceilings and None not in ceilings:
-            energy = max(_figure(c.energy_wh.high) for c in ceilings if c is not None)
-            co2e = max(_figure(c.co2e_g.high) for c in ceilings if c is not None)
+            energy = max(figure(c.energy_wh.high) for c in ceilings if c is not None)
+            co2e = max(figure(c.co2e_g.high) for c in ceilings if c is not None)
         return Need(usage.input_tokens + usage.output_tokens, cost, energy, co2e)
 
     async def event(self, call: Call, outcome: Outcome, event_id: str | None = None,
@@ -214,7 +214,7 @@ class Meter:
             finish_reason=clip(outcome.finish_reason),
             output_sha256=output_sha256,
             fingerprint_sha256=mark.sha256 if mark is not None else None,
-            **_impact_fields(impact),
+            **event_fields(impact),
         )
 
     def _impact(self, call: Call, outcome: Outcome, usage: Usage,
@@ -280,26 +280,10 @@ class Meter:
         return count
 
 
-def _impact_fields(impact: Impact | None) -> dict[str, Any]:
-    if impact is None:
-        return {}
-    return {"energy_wh": _figure(impact.energy_wh.mid),
-            "energy_wh_low": _figure(impact.energy_wh.low),
-            "energy_wh_high": _figure(impact.energy_wh.high),
-            "co2e_g": _figure(impact.co2e_g.mid), "co2e_g_low": _figure(impact.co2e_g.low),
-            "co2e_g_high": _figure(impact.co2e_g.high),
-            "energy_ref": impact.ref, "energy_source": impact.source}
-
-
 def _sha256(text: str) -> str | None:
     """Of the generated text as the client received it, in UTF-8 (a lone surrogate, which
     UTF-8 cannot hold, as '?'); None when there is none."""
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest() if text else None
-
-
-def _figure(value: float) -> Decimal:
-    """Six significant digits: the method is no more precise than that."""
-    return Decimal(f"{value:.6g}")
 
 
 def _tokenizer(call: Call, route: Route | None) -> str | None:

@@ -20,6 +20,7 @@ from ..counting import Recounter, TokenizerRegistry
 from ..errors import AuthError
 from ..impact import watts_per_core
 from ..impact.measured import CpuShares, listening_pid
+from ..ingest import Recorder
 from ..ledger import Ledger, Store, open_ledger, open_store, single_writer
 from ..ledger.connect import SMALL_CACHE_KIB
 from ..ledger.lock import StoreLock
@@ -53,6 +54,7 @@ class Services:
     transparency: Transparency
     side: OffLoop  # one store connection, off the event loop, for the side endpoints
     dashboard: Dashboard
+    ingest: Recorder  # usage reported by apps (OTLP spans, CloudEvents)
     lock: StoreLock | None  # SQLite's single-writer lock; None on PostgreSQL
     tasks: tuple[asyncio.Task[None], ...]  # background watchers: revocations, budgets
     stores: tuple[Store, ...]  # the readers' connections, closed at shutdown
@@ -119,7 +121,7 @@ async def start_services(settings: Settings, lock: StoreLock | None,
     log.info("tokometer gateway ready: %d models, store %s", len(settings.models), s.store)
     return Services(settings, deps, keys, Admin(settings, side, keys, budgets, ledger, token),
                     Transparency(side, ledger, marks), side, Dashboard(settings, side, token),
-                    lock, tasks, stores, workers)
+                    Recorder(settings, pricer, ledger, budgets), lock, tasks, stores, workers)
 
 
 async def stop_services(services: Services) -> None:

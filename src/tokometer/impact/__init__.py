@@ -8,6 +8,7 @@ A model neither knows gets no figures (null, never zero) and a warning, once.
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -151,6 +152,23 @@ class Impacts:
         if what not in self._warned and len(self._warned) < _MAX_NAMES:
             self._warned.add(what)
             log.warning("%s", message)
+
+
+def event_fields(impact: Impact | None) -> dict[str, Any]:
+    """An event's energy and CO2e fields for `impact` (none when it is None)."""
+    if impact is None:
+        return {}
+    return {"energy_wh": figure(impact.energy_wh.mid),
+            "energy_wh_low": figure(impact.energy_wh.low),
+            "energy_wh_high": figure(impact.energy_wh.high),
+            "co2e_g": figure(impact.co2e_g.mid), "co2e_g_low": figure(impact.co2e_g.low),
+            "co2e_g_high": figure(impact.co2e_g.high),
+            "energy_ref": impact.ref, "energy_source": impact.source}
+
+
+def figure(value: float) -> Decimal:
+    """Six significant digits: the method is no more precise than that."""
+    return Decimal(f"{value:.6g}")
 
 
 def watts_per_core(provider: Provider) -> float | None:

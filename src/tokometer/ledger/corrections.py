@@ -18,7 +18,7 @@ TOKEN_DELTAS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "outp
                 "reasoning_tokens")
 _KEPT = ("key_id", "tenant", "app", "agent", "task", "end_user", "consumer_region", "api",
          "operation", "stream", "provider", "provider_region", "model_requested", "model",
-         "model_origin", "currency", "status")
+         "model_origin", "currency", "status", "source")
 
 
 def correction(original: dict[str, Any], changes: dict[str, Any], reason: str) -> Event:

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LedgerError
+from .claims import claim
 from .derive import (
     LOG_LOCK,
     LOGGED,
@@ -30,8 +31,8 @@ from .derive import (
     sign_if_grown,
 )
 from .log import MerkleLog, leaf_count
-from .store import Store, Writes
-from .writer import QueuedWriter, write_along
+from .store import Store
+from .writer import Append, QueuedWriter, write_along
 
 if TYPE_CHECKING:
     from .signer import Signer, TreeHead
@@ -59,15 +60,21 @@ class LogWriter(QueuedWriter):
             self._store.lock(LOG_LOCK)
             self._log = catch_up(self._store, self._log)
 
-    def _write(self, rows: list[list[Any]], along: Writes) -> None:
+    def _write(self, items: list[Append]) -> list[str]:
         with self._store.transaction():
             self._store.lock(LOG_LOCK)
+            recorded = [claim(self._store, item.row[0], item.claims) if item.claims
+                        else item.row[0] for item in items]
+            kept = [item for item, holder in zip(items, recorded, strict=True)
+                    if holder == item.row[0]]
+            rows = [item.row for item in kept]
             first = leaf_count(self._store)
             leaves = insert_leaves(self._store, rows, first)
-            write_along(self._store, along)
+            write_along(self._store, tuple(write for item in kept for write in item.along))
         self._others_wrote |= first != self._log.size + len(self._unlogged)
         self._unlogged += leaves
         self._unrolled += rows
+        return recorded
 
     def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
         """Derive (and sign, when due) in one transaction: a head covers every committed

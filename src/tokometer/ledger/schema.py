@@ -99,6 +99,13 @@ CREATE TABLE IF NOT EXISTS provenance (  -- what the registry keeps of each answ
   fingerprints BLOB NOT NULL   -- sorted, 8 bytes big-endian each: the event's
                                -- fingerprint_sha256 is their SHA-256
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ingest_claims (  -- ingested readings' identities (claims.py)
+  tenant TEXT NOT NULL,
+  origin TEXT NOT NULL,      -- what names it: a CloudEvent's source, a provider, spans
+  reading_id TEXT NOT NULL,  -- its id there
+  event_id TEXT NOT NULL,    -- the event that records it
+  PRIMARY KEY (tenant, origin, reading_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS budget_reservations (
   budget_id TEXT PRIMARY KEY,
   reserved TEXT NOT NULL,

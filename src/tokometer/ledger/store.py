@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 from ..events import Event
 
 Writes = tuple[tuple[str, tuple[Any, ...]], ...]  # statements (SQL, parameters) to commit along
+# An ingested reading's identities, each (tenant, origin, reading id): a reading whose
+# identity is already claimed is a replay, recorded once (claims.py).
+Claims = tuple[tuple[str, str, str], ...]
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
@@ -91,9 +94,11 @@ class Ledger(Protocol):
         """Begin writing (on the running event loop)."""
         ...
 
-    async def append(self, event: Event, along: Writes = ()) -> None:
+    async def append(self, event: Event, along: Writes = (), claims: Claims = ()) -> str:
         """Returns once the event and its Merkle leaf are durable, committed with the
-        statements `along`; LedgerError if not."""
+        statements `along`, with the event's id; LedgerError if not. An event with `claims`
+        is appended only if none of them was claimed before, else nothing is written and the
+        id returned is that of the event that claimed it."""
         ...
 
     async def committed(self) -> None:

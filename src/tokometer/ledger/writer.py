@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import LedgerError
 from ..events import Event
 from .rows import event_row
-from .store import Store, Writes
+from .store import Claims, Store, Writes
 
 if TYPE_CHECKING:  # cryptography loads where signing happens, not in every CLI command
     from .signer import Signer, TreeHead
@@ -34,13 +34,14 @@ _STOP = object()  # the last message: write what is queued, sign, and end
 
 
 @dataclass(frozen=True, slots=True)
-class _Append:
+class Append:
     """An event's row to commit, with what must commit with it; `done` resolves once it is
     durable."""
 
     row: list[Any]
     along: Writes
-    done: asyncio.Future[None]
+    claims: Claims
+    done: asyncio.Future[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +77,14 @@ class QueuedWriter:
             thread.start()
             self._threads.append(thread)
 
-    async def append(self, event: Event, along: Writes = ()) -> None:
+    async def append(self, event: Event, along: Writes = (), claims: Claims = ()) -> str:
         """Returns once the event is committed, in one transaction with the statements
-        `along` (a budget's settling); raises LedgerError if it could not be."""
+        `along` (a budget's settling), with its id; raises LedgerError if it could not be.
+        With `claims`, a replay's is not committed: the id is the first recording's."""
         assert self._loop is not None, "the ledger's start() was not called"
-        done = self._loop.create_future()
-        self._queue.put(_Append(event_row(event), along, done))
-        await done
+        done: asyncio.Future[str] = self._loop.create_future()
+        self._queue.put(Append(event_row(event), along, claims, done))
+        return await done
 
     async def committed(self) -> None:
         """Returns once every event appended before the call has been committed (or has
@@ -116,9 +118,10 @@ class QueuedWriter:
     def _prepare(self) -> None:
         """On the writer thread, before the first batch."""
 
-    def _write(self, rows: list[list[Any]], along: Writes) -> None:
-        """Commit the rows as the log's next leaves, and `along` (write_along) in the same
-        transaction; the store's Error if it could not."""
+    def _write(self, items: list[Append]) -> list[str]:
+        """Commit the items' rows as the log's next leaves, with their `along` (write_along)
+        in the same transaction, but not those whose claims were taken before; the id of the
+        event holding each item's reading. The store's Error if it could not."""
         raise NotImplementedError
 
     def _after(self, signs: list[asyncio.Future[TreeHead]], stop: bool) -> None:
@@ -144,7 +147,7 @@ class QueuedWriter:
                 except queue.Empty:
                     break
             stop = any(message is _STOP for message in batch)
-            appends = [message for message in batch if isinstance(message, _Append)]
+            appends = [message for message in batch if isinstance(message, Append)]
             if appends:
                 self._commit(appends)
             if barriers := [m.done for m in batch if isinstance(m, _Barrier)]:
@@ -153,10 +156,9 @@ class QueuedWriter:
             if stop:
                 return
 
-    def _commit(self, items: list[_Append]) -> None:
+    def _commit(self, items: list[Append]) -> None:
         try:
-            self._write([item.row for item in items],
-                        tuple(write for item in items for write in item.along))
+            recorded = self._write(items)
         except LedgerError as e:  # the store is unreachable: no row of the batch can be written
             log.error("could not record %d event(s): %s", len(items), e.message)
             self._resolve(items, e)
@@ -170,14 +172,14 @@ class QueuedWriter:
             log.error("could not record event %s: %s", items[0].row[0], e)
             self._resolve(items, LedgerError(f"could not record the event: {e}"))
             return
-        self._resolve(items, None)
+        self._call(_hand_over, [item.done for item in items], recorded)
 
-    def _resolve(self, items: list[_Append], error: Exception | None) -> None:
+    def _resolve(self, items: list[Append], error: Exception) -> None:
         self._call(_resolve, [item.done for item in items], error)
 
     def _hand_over(self, waiting: list[asyncio.Future[TreeHead]], head: TreeHead) -> None:
         if waiting:
-            self._call(_hand_over, waiting, head)
+            self._call(_hand_over, waiting, [head] * len(waiting))
 
     def _fail_signs(self, waiting: list[asyncio.Future[TreeHead]], why: str) -> None:
         if waiting:
@@ -188,10 +190,10 @@ class QueuedWriter:
         self._loop.call_soon_threadsafe(fn, *args)
 
 
-def _hand_over(futures: list[asyncio.Future[TreeHead]], head: TreeHead) -> None:
-    for f in futures:
+def _hand_over(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
+    for f, result in zip(futures, results, strict=True):
         if not f.done():
-            f.set_result(head)
+            f.set_result(result)
 
 
 def _resolve(futures: list[asyncio.Future[Any]], error: Exception | None) -> None:

@@ -145,10 +145,11 @@ class Guard:
             state.reserved += amount
         return ticket
 
-    def correct(self, event: Event) -> None:
-        """A correction event adjusts the spend of every budget its original counted in."""
+    def charge(self, event: Event) -> None:
+        """An event recorded with nothing reserved (a correction, an ingested reading) adds
+        to the spend of every budget covering it whose current period holds its time."""
         for state in self.states.values():
-            if state.budget.scope.covers(event):
+            if state.budget.scope.covers(event) and state.holds_time(event.time):
                 state.spent += amount_of(state.budget, event)
 
     def update_budgets(self, wanted: dict[str, Budget], fresh: dict[str, BudgetState]) -> None:

@@ -183,9 +183,9 @@ class SharedGuard:
         except (LedgerError, self._store.Error) as e:
             log.warning("request %s: its holds stay until they expire (%s)", stored.event_id, e)
 
-    def correcting(self, states: dict[str, BudgetState], event: Event) -> Writes:
-        """What a correction event changes in the spend of the budgets its original counted
-        in, for the ledger to commit with it."""
+    def charging(self, states: dict[str, BudgetState], event: Event) -> Writes:
+        """What an event recorded with nothing reserved (a correction, an ingested reading)
+        adds to the spend of the budgets covering it, for the ledger to commit with it."""
         return _spending([s for s in states.values() if s.budget.scope.covers(event)], event,
                          {})
 

@@ -78,9 +78,10 @@ class BudgetSync:
         """One budget's spend, reservations and what is left, across processes."""
         return next(s for s in await self.statuses() if s["budget_id"] == budget_id)
 
-    def correcting(self, event: Event) -> Writes:
-        """What a correction changes in a shared store's spend, to commit with it."""
-        return () if self._shared is None else self._shared.correcting(self.guard.states, event)
+    def charging(self, event: Event) -> Writes:
+        """What an event recorded with nothing reserved (a correction, an ingested reading)
+        adds to a shared store's spend, to commit with it."""
+        return () if self._shared is None else self._shared.charging(self.guard.states, event)
 
     async def run_forever(self) -> None:
         while True:
