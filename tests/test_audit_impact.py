@@ -25,8 +25,7 @@ from ecologits.utils.range_value import RangeValue
 from test_provenance import chat_answer
 from tokometer.config import Datacentre, Model, Parameters, Provider, Route
 from tokometer.events import Usage
-from tokometer.gateway.meter import _impact_fields
-from tokometer.impact import Impacts
+from tokometer.impact import Impacts, event_fields
 
 # EcoLogits' providers, and the config provider names (catalog vendors) tokometer maps to them
 OURS = {"openai": "openai", "anthropic": "anthropic", "mistralai": "mistral",
@@ -255,7 +254,7 @@ def six(x: float) -> Decimal:
 
 
 def test_event_fields_are_six_significant_digits_and_energy_is_the_middle():
-    """The event's fields (meter._impact_fields) for every known model at several sizes:
+    """The event's fields (impact.event_fields) for every known model at several sizes:
     each is the float rounded half-even to 6 significant digits (Decimal's rounding of
     its exact value as the oracle), energy_wh and co2e_g the rounding of the exact middle
     of the unrounded low and high, lying between the rounded ends and within one unit of
@@ -265,7 +264,7 @@ def test_event_fields_are_six_significant_digits_and_energy_is_the_middle():
         for output, inp, lat in ((0, 0, 0.0), (3, 11, 0.2), (1000, 2000, 9.0),
                                  (100_000, 500_000, 1e5)):
             imp = ours(m.name, provider(OURS[m.provider.value]), output, lat, inp)
-            f = _impact_fields(imp)
+            f = event_fields(imp)
             for name, span in (("energy_wh", imp.energy_wh), ("co2e_g", imp.co2e_g)):
                 low, high, mid = f[f"{name}_low"], f[f"{name}_high"], f[name]
                 assert low == six(span.low) and high == six(span.high), (m.name, name)
@@ -289,8 +288,8 @@ def test_unknown_model_or_zone_is_null_not_zero():
     assert ours("house-finetune-zz", provider("openai"), 100, 1.0) is None
     assert ours("gpt-4o-mini", provider("x", impact=Datacentre(zone="ATA", pue=None)),
                 100, 1.0) is None
-    assert _impact_fields(None) == {}
-    zero = _impact_fields(ours("gpt-4o-mini", provider("openai"), 0, 0.0))
+    assert event_fields(None) == {}
+    zero = event_fields(ours("gpt-4o-mini", provider("openai"), 0, 0.0))
     assert zero["energy_wh"] == 0 and zero["co2e_g"] == 0
 
 

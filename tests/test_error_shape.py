@@ -187,8 +187,8 @@ def test_an_unforeseen_failure_is_a_500_in_the_clients_shape(tmp_path):
     settings = config.load(tmp_path / "tokometer.toml")
     app = App(settings)
     app.services = Services(settings, deps=object(), keys=BrokenKeys(), admin=None,  # type: ignore[arg-type]
-                            transparency=None, side=None, dashboard=None, lock=None, tasks=(),
-                            stores=(), peers=None)
+                            transparency=None, side=None, dashboard=None, ingest=None, lock=None,
+                            tasks=(), stores=(), peers=None)
 
     async def ask(path: str, body: dict) -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),

@@ -8,6 +8,7 @@ rejected."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
@@ -35,6 +36,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from conftest import MINIMAL_CONFIG, Gateway, start_gateway, stop_gateway, tariff_cost
 from processes import cli
+from test_replicas import sharing  # noqa: F401  (a fixture)
 from tokometer.config import PostgresURL
 from tokometer.ledger import open_store
 
@@ -422,3 +424,43 @@ def test_ingested_events_are_in_the_verified_log_with_receipts(gw):
     assert receipt.status_code == 200 and receipt.json()["event"]["source"] == "ingest"
     done = cli(gw.config, "ledger", "audit")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- several processes ----------------------------------------------------------------------
+
+
+def test_one_batch_sent_to_every_process_at_once_is_stored_and_charged_once(sharing):  # noqa: F811
+    """Two workers on one SQLite file, or three replicas on one PostgreSQL: the same 40
+    readings sent 12 times at once, spread over the processes. Each reading is accepted
+    exactly once (every other answer names the same event), 40 events are stored, and the
+    shared budget's spend is their cost, once."""
+    gateways = sharing('[[budgets]]\ntenant = "acme"\nlimit = 1000\nunit = "USD"\n'
+                       'period = "month"\n')
+    batch = b"[" + b",".join(JSONFormat().write(cloud_event(
+        f"p-{i}", provider="fake-openai", model="gpt-4o-mini-delayed", input_tokens=100,
+        output_tokens=1000 + i)) for i in range(40)) + b"]"
+
+    async def send() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(
+                max_connections=12)) as client:
+            answers = await asyncio.gather(*(client.post(
+                gateways[i % len(gateways)].url + EVENTS, content=batch, headers={
+                    "authorization": f"Bearer {gateways[i % len(gateways)].key}",
+                    "content-type": "application/cloudevents-batch+json"})
+                for i in range(12)))
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        return [r for a in answers for r in a.json()["data"]]
+
+    results = asyncio.run(send())
+    accepted = [r for r in results if r["result"] == "accepted"]
+    assert sorted(r["id"] for r in accepted) == sorted(f"p-{i}" for i in range(40))
+    holder = {r["id"]: r["event_id"] for r in accepted}
+    assert all(r["result"] == "duplicate" and r["event_id"] == holder[r["id"]]
+               for r in results if r not in accepted)
+    stored = events_of(gateways[0])
+    assert sorted(e["id"] for e in stored) == sorted(holder.values())
+    cost = sum(Decimal(e["cost"]) for e in stored)
+    assert cost == sum(Decimal(1000 + i) * 10 / 1_000_000 for i in range(40))
+    status = cli(gateways[0].config, "budgets", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert Decimal(json.loads(status.stdout.splitlines()[0])["spent"]) == cost
