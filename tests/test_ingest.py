@@ -424,6 +424,9 @@ def test_ingested_events_are_in_the_verified_log_with_receipts(gw):
     assert receipt.status_code == 200 and receipt.json()["event"]["source"] == "ingest"
     done = cli(gw.config, "ledger", "audit")
     assert done.returncode == 0, done.stdout + done.stderr
+    by_source = cli(gw.config, "report", "--by", "source", "--format", "json")
+    rows = {r["source"]: r for r in json.loads(by_source.stdout)}
+    assert rows["ingest"]["requests"] == len(events_of(gw))
 
 
 # --- several processes ----------------------------------------------------------------------

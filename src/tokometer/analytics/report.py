@@ -21,7 +21,8 @@ from ..ledger.store import Store
 
 GROUPABLE = ("tenant", "app", "agent", "task", "end_user", "key_id", "consumer_region", "api",
              "operation", "stream", "provider", "provider_region", "model_requested", "model",
-             "model_origin", "usage_source", "status", "error_type", "currency", "vendor")
+             "model_origin", "usage_source", "source", "status", "error_type", "currency",
+             "vendor")
 MEASURES = ("requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
             "output_tokens", "reasoning_tokens", "cost", "energy_wh", "co2e_g",
             "tokens_per_kwh")
