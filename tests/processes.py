@@ -14,6 +14,20 @@ import httpx
 from conftest import Gateway
 
 
+def reply_head(gw: Gateway, head: str) -> bytes:
+    """The status line and headers the gateway answers to a request's `head` (its request
+    line and headers, a body promised and never sent)."""
+    with socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])),
+                                  timeout=10) as s:
+        s.sendall(head.encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = s.recv(65536)
+            assert chunk, "the gateway closed the connection without an answer"
+            reply += chunk
+    return reply
+
+
 def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """`tokometer ARGS --config CONFIG` in a process of its own (verify-receipt takes none)."""
     return subprocess.run([sys.executable, "-m", "tokometer.cli", *args,

@@ -12,12 +12,10 @@ import asyncio
 import base64
 import gzip
 import json
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import genai_prices
 import httpx
@@ -35,7 +33,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.trace import Status, StatusCode
 
 from conftest import MINIMAL_CONFIG, Gateway, start_gateway, stop_gateway, tariff_cost
-from processes import cli
+from processes import cli, reply_head
 from test_replicas import sharing  # noqa: F401  (a fixture)
 from tokometer.config import PostgresURL
 from tokometer.ledger import open_store
@@ -350,16 +348,10 @@ def test_bad_keys_are_refused_before_the_body_is_read(gw):
     for path in (TRACES, EVENTS):
         assert gw.post(path, body, key="tk-not-a-key").status_code == 401
         assert gw.post(path, body, key=None).status_code == 401
-        with socket.create_connection(("127.0.0.1", urlsplit(gw.url).port), timeout=10) as s:
-            # headers that promise a terabyte that never comes: answered without waiting
-            s.sendall(f"POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer tk-no\r\n"
-                      f"Content-Type: application/json\r\nContent-Length: {10**12}\r\n\r\n"
-                      .encode())
-            reply = b""
-            while b"\r\n\r\n" not in reply:
-                chunk = s.recv(65536)
-                assert chunk, "the gateway closed the connection without an answer"
-                reply += chunk
+        # headers that promise a terabyte that never comes: answered without waiting
+        reply = reply_head(gw, f"POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer "
+                           f"tk-no\r\nContent-Type: application/json\r\nContent-Length: "
+                           f"{10**12}\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 401")
     assert len(events_of(gw)) == before
 
