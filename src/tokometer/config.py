@@ -259,6 +259,16 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class Plan:
+    """What a scope is charged for its tokens: a sell tariff per model (by the config's name
+    or the provider's), else the cost with a markup; no charge when neither applies."""
+
+    scope: Scope
+    markup: Decimal | None  # 0.25: the cost plus a quarter
+    tariffs: Mapping[str, Price]  # in the server currency
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: Path
     server: Server
@@ -269,6 +279,7 @@ class Settings:
     rules: tuple[Rule, ...] = ()
     exchange_rates: tuple[ExchangeRate, ...] = ()
     labels: tuple[Notice, ...] = ()  # the first that covers a key applies
+    plans: tuple[Plan, ...] = ()  # the first that covers a key applies
 
 
 def default_path() -> str:
@@ -293,7 +304,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settings:
     cfg = _Reader(raw, str(path))
     cfg.only("server", "providers", "models", "budgets", "limits", "rules", "exchange_rates",
-             "labels")
+             "labels", "plans")
     base = path.resolve().parent
     server = _server(cfg.table("server"), base, environ)
     providers = _by_name(cfg.tables("providers"), lambda p: _provider(p, environ), "provider")
@@ -307,6 +318,7 @@ def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settin
         rules=tuple(_rule(r) for r in cfg.tables("rules")),
         exchange_rates=_exchange_rates(cfg.tables("exchange_rates"), server.currency),
         labels=tuple(_notice(n) for n in cfg.tables("labels")),
+        plans=tuple(_plan(p, server.currency) for p in cfg.tables("plans")),
     )
 
 
@@ -504,9 +516,10 @@ def _model(m: _Reader, providers: Mapping[str, Provider]) -> Model:
 
 
 def _price(r: _Reader) -> Price | None:
-    if "price" not in r.raw:
-        return None
-    pr = r.table("price")
+    return _tariff(r.table("price")) if "price" in r.raw else None
+
+
+def _tariff(pr: _Reader) -> Price:
     pr.only("input", "output", "cache_read", "cache_write", "cache_write_1h", "web_search",
             "currency")
     inp = pr.money("input")
@@ -620,6 +633,20 @@ def _notice(n: _Reader) -> Notice:
         raise n.error("text", "expected a notice of 1 to 200 characters (\"\" for none "
                       "with c2pa = true)")
     return Notice(_scope(n), text, n.choice("position", ("start", "end"), "start"), c2pa)
+
+
+def _plan(p: _Reader, currency: str) -> Plan:
+    p.only(*SCOPES, "markup", "tariffs")
+    markup = p.money("markup", what="a number: 0.25 charges the cost plus a quarter") \
+        if "markup" in p.raw else None
+    listed = p.table("tariffs")
+    tariffs = {name: _tariff(listed.table(name)) for name in listed.raw}
+    if markup is None and not tariffs:
+        raise p.error("markup", "a plan needs a markup, tariffs, or both")
+    for name, tariff in tariffs.items():
+        if tariff.currency not in (None, currency):
+            raise listed.error(name, f"a sell tariff is in the server currency {currency!r}")
+    return Plan(_scope(p), markup, tariffs)
 
 
 def _countries(r: _Reader, key: str) -> frozenset[str] | None:

@@ -96,20 +96,21 @@ class Event:
     fingerprint_sha256: str | None = None
     source: str | None = GATEWAY  # GATEWAY (metered here) or INGEST (reported by an app)
     reported_cost: Decimal | None = None  # the cost an ingesting app said, in `currency`
+    charge: Decimal | None = None  # what the consumer is charged, under its price plan
     leaf_index: int | None = None
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 # Fields holding a Decimal (a decimal string once stored).
 DECIMAL_FIELDS = ("cost", "energy_wh", "energy_wh_low", "energy_wh_high", "co2e_g",
-                  "co2e_g_low", "co2e_g_high", "reported_cost")
+                  "co2e_g_low", "co2e_g_high", "reported_cost", "charge")
 # Fields added after stores were first written. A leaf leaves each of them out while it is
 # null, so an event stored before the field existed keeps its leaf hash (and its receipt).
 LATE_FIELDS: frozenset[str] = frozenset({"cache_write_1h_tokens", "web_search_requests",
                                          "service_tier", "energy_wh_low", "energy_wh_high",
                                          "co2e_g_low", "co2e_g_high", "energy_ref",
                                          "energy_source", "fingerprint_sha256", "source",
-                                         "reported_cost"})
+                                         "reported_cost", "charge"})
 
 
 def new_event_id() -> str:

@@ -25,15 +25,20 @@ GROUPABLE = ("tenant", "app", "agent", "task", "end_user", "key_id", "consumer_r
              "vendor")
 MEASURES = ("requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
             "output_tokens", "reasoning_tokens", "cost", "energy_wh", "co2e_g",
-            "tokens_per_kwh")
+            "tokens_per_kwh", "charge", "margin")
+# What the query gives, in order: MEASURES but the margin, which is worked out from the last.
+_COLUMNS = (*MEASURES[:-1], "charged", "charged_cost")
 REPORT_PERIODS = ("hour", "day", "week", "month")
 _SUMS = ("SUM(input_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens), "
          "SUM(output_tokens), SUM(reasoning_tokens), decimal_sum(cost), "
          "decimal_sum(energy_wh), decimal_sum(co2e_g), ")
-# The tokens of the requests with an energy figure: what tokens per kWh divides.
-_ENERGY_TOKENS = {True: "SUM(energy_tokens)",
-                  False: "SUM(CASE WHEN energy_wh IS NULL THEN 0 "
-                         "ELSE input_tokens + output_tokens END)"}
+# The tokens of the requests with an energy figure (what tokens per kWh divides); the charge
+# and the cost of the requests charged (the margin is their difference). By rollup or not.
+_ENERGY_AND_CHARGE = {
+    True: "SUM(energy_tokens), decimal_sum(charge), SUM(charged), decimal_sum(charged_cost)",
+    False: "SUM(CASE WHEN energy_wh IS NULL THEN 0 ELSE input_tokens + output_tokens END), "
+           "decimal_sum(charge), COUNT(charge), "
+           "decimal_sum(CASE WHEN charge IS NULL THEN NULL ELSE cost END)"}
 
 
 def bucket(period: str, column: str) -> str:
@@ -83,7 +88,7 @@ def report(conn: Store, by: list[str], since: str | None = None,
             clause += f"{' AND' if clause else ' WHERE'} {name} = ?"
             params.append(value if value is not None else "")
     count = "SUM(requests)" if rollup is not None else "COUNT(*)"
-    select = f"{count}, {_SUMS}{_ENERGY_TOKENS[rollup is not None]} FROM {source}{clause}"
+    select = f"{count}, {_SUMS}{_ENERGY_AND_CHARGE[rollup is not None]} FROM {source}{clause}"
     sql = f"SELECT {', '.join(keys)}, {select} GROUP BY {', '.join(names)}"
     # Empty values first on every store (SQLite's order; PostgreSQL's default is last).
     order = ", ".join(f"{name} NULLS FIRST" for name in names)
@@ -93,11 +98,12 @@ def report(conn: Store, by: list[str], since: str | None = None,
         sql += f" LIMIT {int(top)}"
     rows = []
     for row in conn.execute(sql, params):
-        values = dict(zip([*(["period"] if period else []), *group, *MEASURES], row,
+        values = dict(zip([*(["period"] if period else []), *group, *_COLUMNS], row,
                           strict=True))
         for m in MEASURES[:6]:
             values[m] = values[m] or 0
         _energy(values)
+        _margin(values)
         if rollup is not None:  # rollups keep a missing value as ''
             for name in group:
                 values[name] = values[name] or None
@@ -116,6 +122,15 @@ def _energy(values: dict[str, Any]) -> None:
     values["energy_wh"] = decimal_str(energy)
     values["co2e_g"] = decimal_str(Decimal(values["co2e_g"] or 0))
     values["tokens_per_kwh"] = int(tokens * 1000 / energy) if energy else None
+
+
+def _margin(values: dict[str, Any]) -> None:
+    """The charge and the margin over the cost of the requests charged, as decimal strings;
+    null for a group none of whose requests was charged (no price plan covers it)."""
+    charged, charged_cost = values.pop("charged"), Decimal(values.pop("charged_cost") or 0)
+    charge = Decimal(values["charge"] or 0)
+    values["charge"] = decimal_str(charge) if charged else None
+    values["margin"] = decimal_str(charge - charged_cost) if charged else None
 
 
 def rollup_grain(by: list[str], since: str | None, until: str | None,

@@ -351,7 +351,11 @@ def report(args: argparse.Namespace) -> int:
         rows = analytics.report(store, by, args.since, args.until, args.period, args.top)
     if args.chart:
         report_chart(rows, by, args.period, args.chart)
-    show(rows, [*(["period"] if args.period else []), *by, *REPORT_COLUMNS], args.format)
+    charged = ["charge", "margin"]
+    if not any(r["charge"] is not None for r in rows):  # no price plan: nothing charged
+        rows, charged = [{k: v for k, v in r.items() if k not in charged} for r in rows], []
+    show(rows, [*(["period"] if args.period else []), *by, *REPORT_COLUMNS, *charged],
+         args.format)
     return 0
 
 

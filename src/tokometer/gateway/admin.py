@@ -21,6 +21,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+from ..catalog.plans import Charges
 from ..config import SCOPES, Settings
 from ..errors import AuthError, PolicyError, RequestError
 from ..events import Event
@@ -48,6 +49,7 @@ class Admin:
         self.keys = keys
         self.budgets = budgets
         self.impacts = Impacts()  # a correction's change in energy
+        self.charges = Charges(settings.plans, settings.server.currency)
 
     def is_admin(self, headers: dict[bytes, bytes]) -> bool:
         return self.token.matches(_bearer(headers))
@@ -119,6 +121,7 @@ class Admin:
                                type="not_found_error")
         changes = {k: v for k, v in fields.items() if k not in ("event_id", "reason")}
         event = self._with_energy(correction(original, changes, fields["reason"]), original)
+        event = replace(event, charge=self.charges.of(event))
         await self.ledger.append(event, self.budgets.charging(event))
         self.budgets.guard.charge(event)
         return 201, {"id": event.id, "corrects": event.corrects}

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..catalog import Priced, Pricer, origin_of, vendor_of
+from ..catalog.plans import Charges
 from ..config import Route
 from ..counting import Recounter
 from ..counting.recount import Count, estimate
@@ -58,6 +59,7 @@ class Meter:
     pricer: Pricer
     default_max_output_tokens: int = 4096
     impacts: Impacts = field(default_factory=Impacts)
+    charges: Charges | None = None  # the consumers' price plans
 
     async def expected(self, call: Call) -> Usage:
         """The most a request may use: its input counted now, and the most output it allows,
@@ -175,6 +177,9 @@ class Meter:
             log.exception("energy of event %s failed; it has none", event_id)
             impact = None
         consumer = call.consumer
+        model = clip(outcome.model) or (route.model if route else None)
+        charge = None if self.charges is None else self.charges.charge(
+            consumer, call.model.name or None, model, usage, priced.cost, priced.currency)
         return Event(
             id=event_id or new_event_id(),
             time=rfc3339(call.started),
@@ -193,7 +198,7 @@ class Meter:
             provider=route.provider.name if route else None,
             provider_region=route.provider.region if route else None,
             model_requested=call.model.name or None,
-            model=clip(outcome.model) or (route.model if route else None),
+            model=model,
             model_origin=origin_of(call.model, route.model) if route else None,
             input_tokens=usage.input_tokens,
             cache_read_tokens=usage.cache_read_tokens,
@@ -209,6 +214,7 @@ class Meter:
             cost=priced.cost,
             currency=priced.currency,
             price_ref=priced.price_ref,
+            charge=charge,
             status=outcome.status,
             error_type=clip(outcome.error_type),
             finish_reason=clip(outcome.finish_reason),

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..catalog import Pricer, vendor_of
+from ..catalog.plans import Charges
 from ..config import Settings
 from ..counting import Recounter, TokenizerRegistry
 from ..errors import AuthError
@@ -109,7 +110,9 @@ async def start_services(settings: Settings, lock: StoreLock | None,
     labels = [*settings.models, *(r.model for m in settings.models.values() for r in m.routes)]
     cpu = await asyncio.to_thread(_local_servers, settings)
     marks = Registry(fingerprint_key(ledger.signer.secret()))  # provenance
-    deps = Deps(Upstream(s, cpu), Meter(Recounter(registry), pricer, s.default_max_output_tokens),
+    meter = Meter(Recounter(registry), pricer, s.default_max_output_tokens,
+                  charges=Charges(settings.plans, s.currency))
+    deps = Deps(Upstream(s, cpu), meter,
                 ledger, Router(pricer, s.max_attempts), budgets.guard, Metrics(labels),
                 labels=Labels(s.producer, settings.labels, _manifests(settings, ledger)),
                 registry=marks if s.provenance else None, shared=shared)

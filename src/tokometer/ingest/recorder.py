@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..catalog import Priced, Pricer, origin_of
+from ..catalog.plans import Charges
 from ..config import Model, Provider, Route, Settings
 from ..events import INGEST, REPORTED, Event, new_event_id, rfc3339
 from ..impact import Impact, Impacts, event_fields
@@ -61,6 +62,7 @@ class Recorder:
         self.ledger = ledger
         self.budgets = budgets
         self.impacts = Impacts()
+        self.charges = Charges(settings.plans, settings.server.currency)
 
     async def record(self, who: Consumer, readings: list[Reading | Refused]) -> list[Result]:
         """Each reading's result, in order; LedgerError if the store could not record one
@@ -115,6 +117,8 @@ class Recorder:
             reasoning_tokens=usage.reasoning_tokens, usage_source=REPORTED,
             counted_input_tokens=None, counted_output_tokens=None, cost=priced.cost,
             currency=priced.currency, price_ref=priced.price_ref, status=reading.status,
+            charge=self.charges.charge(who, reading.model_requested, reading.model, usage,
+                                       priced.cost, priced.currency),
             error_type=reading.error_type, finish_reason=reading.finish_reason,
             service_tier=reading.service_tier, source=INGEST,
             reported_cost=reading.reported_cost, **event_fields(impact))

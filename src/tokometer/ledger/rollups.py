@@ -1,5 +1,6 @@
-"""Rollups kept on ingest: per hour and per UTC day, requests, tokens, cost, energy and CO2e
-by the dimensions reports group on, so reports never scan raw events when a rollup can answer.
+"""Rollups kept on ingest: per hour and per UTC day, requests, tokens, cost, energy, CO2e
+and charge by the dimensions reports group on, so reports never scan raw events when a
+rollup can answer.
 `energy_tokens` are the tokens of the requests that have an energy figure: what a report
 divides by the energy for tokens per kWh.
 
@@ -30,8 +31,9 @@ ROLLUPS: dict[str, tuple[str, ...]] = {
 DIMENSIONS = tuple(dict.fromkeys(d for dims in ROLLUPS.values() for d in dims))
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
           "reasoning_tokens")
-COUNTS = ("requests", "errors", *TOKENS, "energy_tokens")
-AMOUNTS = ("cost", "energy_wh", "co2e_g")  # decimal strings: never through float
+# `charged`: the requests with a charge (under a price plan), `charged_cost` their cost
+COUNTS = ("requests", "errors", *TOKENS, "energy_tokens", "charged")
+AMOUNTS = ("cost", "energy_wh", "co2e_g", "charge", "charged_cost")  # decimal strings
 MEASURES = (*COUNTS, *AMOUNTS)
 PERIODS = ("hour", "day")
 
@@ -74,8 +76,8 @@ _SOURCE_AT = tuple(_AT[d] for d in _SOURCE_DIMENSIONS)
 _TOKENS_AT = tuple(_AT[t] for t in TOKENS)
 _TIME, _STATUS = _AT["time"], _AT["status"]
 _INPUT, _OUTPUT = _AT["input_tokens"], _AT["output_tokens"]
-_AMOUNTS_AT = tuple(_AT[a] for a in AMOUNTS)
-_ENERGY = _AT["energy_wh"]
+_AMOUNTS_AT = tuple(_AT[a] for a in AMOUNTS[:-1])  # charged_cost is worked out
+_ENERGY, _COST, _CHARGE = _AT["energy_wh"], _AT["cost"], _AT["charge"]
 _FIRST_AMOUNT = len(COUNTS)
 
 
@@ -88,9 +90,11 @@ def upserts(rows: list[list[Any]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     combos: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
         key = (row[_TIME][:13], *(row[i] for i in _SOURCE_AT))
+        charged = row[_CHARGE] is not None
         measures = [1, 1 if row[_STATUS] >= 400 else 0, *(row[i] or 0 for i in _TOKENS_AT),
                     (row[_INPUT] or 0) + (row[_OUTPUT] or 0) if row[_ENERGY] else 0,
-                    *(Decimal(row[i] or 0) for i in _AMOUNTS_AT)]
+                    1 if charged else 0, *(Decimal(row[i] or 0) for i in _AMOUNTS_AT),
+                    Decimal(row[_COST] or 0) if charged else Decimal(0)]
         acc = combos.get(key)
         if acc is None:
             combos[key] = measures
