@@ -10,9 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
+
 from .. import analytics, config
 from ..analytics import GROUPABLE, RANKED_BY, REPORT_PERIODS
 from ..analytics import tasks as agent_tasks
+from ..analytics.billing import SHAPES, billing_records
 from ..analytics.charts import flows_chart, rankings_chart, report_chart
 from ..analytics.export import export as write_events
 from ..config import PERIODS, SCOPES, Budget
@@ -345,6 +348,26 @@ def events(args: argparse.Namespace) -> int:
     return 0
 
 
+def billing(args: argparse.Namespace) -> int:
+    """Billing records as JSON lines, to a file (written whole, then moved into place) or
+    to stdout."""
+    with _store(args) as store:
+        records = billing_records(iter_events(store, args.since, args.until), args.to)
+        if args.output is None:
+            for record in records:
+                sys.stdout.write(orjson.dumps(record).decode() + "\n")
+            return 0
+        partial = args.output.with_name(args.output.name + ".partial")
+        n = 0
+        with partial.open("wb") as f:
+            for record in records:
+                f.write(orjson.dumps(record) + b"\n")
+                n += 1
+        partial.replace(args.output)
+    print(f"wrote {n} {args.to} records to {args.output}")
+    return 0
+
+
 def report(args: argparse.Namespace) -> int:
     by = [b.strip() for b in args.by.split(",") if b.strip()]
     with _store(args) as store:
@@ -547,6 +570,16 @@ COMMANDS: tuple[Command, ...] = (
         arg("--format", choices=("parquet", "csv"), default="parquet"),
         arg("--output", "-o", type=Path, required=True, help="the file to write"),
         SINCE, UNTIL)),
+    Command("billing-export", "usage as Stripe meter events, OpenMeter CloudEvents or Lago "
+            "events, as JSON lines, with stable ids", billing, (
+                arg("--to", choices=SHAPES, required=True, help="the billing system's shape"),
+                arg("--output", "-o", type=Path, help="the file to write (default: stdout)"),
+                SINCE, UNTIL),
+            about="One record per event and kind of token (uncached input, cache reads, "
+                  "cache writes, output) for the event's tenant, as the customer (Stripe), "
+                  "subject (OpenMeter) or subscription (Lago). Each record's id is its "
+                  "event's id and kind, so a second export of the same events has the same "
+                  "ids, which the billing system drops: a re-run never bills twice."),
     Command("flows", "tokens and cost from consumer country to serving country, by model "
             "origin", flows, (SINCE, UNTIL, TABLE_FORMAT, CHART)),
 )
