@@ -115,6 +115,30 @@ def rankings_chart(rows: list[dict[str, Any]], by: str, path: Target) -> None:
     _stacked(series, weeks, f"Token share by {by}, week by week", "% of tokens", path)
 
 
+def index_chart(rows: list[dict[str, Any]], by: str, path: Target) -> None:
+    """The price per million reference tokens, week by week: a line per group and currency."""
+    _check(path)
+    plt = _pyplot()
+    series: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r["price_per_mtok"] is not None:
+            name = f"{_label(r[by]) if by != 'all' else 'all'} ({r['currency']})"
+            series[name][r["week"]] = float(r["price_per_mtok"])
+    weeks = sorted({r["week"] for r in rows})
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    order = sorted(series, key=lambda k: -len(series[k]))[:_OTHERS]
+    for name in order:
+        points = sorted(series[name].items())
+        ax.plot([w for w, _ in points], [v for _, v in points], marker="o")
+    ax.set_xticks(range(len(weeks)), weeks)
+    ax.set_title("Token price index: paid per million tokens (o200k tokens), week by week")
+    ax.set_ylabel("price per 1M reference tokens")
+    ax.legend(order, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    ax.tick_params(axis="x", labelrotation=45)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def flows_chart(rows: list[dict[str, Any]], path: Target) -> None:
     _check(path)
     plt = _pyplot()

@@ -16,9 +16,11 @@ from .. import analytics, config
 from ..analytics import GROUPABLE, RANKED_BY, REPORT_PERIODS
 from ..analytics import tasks as agent_tasks
 from ..analytics.billing import SHAPES, billing_records
-from ..analytics.charts import flows_chart, rankings_chart, report_chart
+from ..analytics.charts import flows_chart, index_chart, rankings_chart, report_chart
 from ..analytics.export import export as write_events
+from ..analytics.price_index import INDEXED_BY, Ratios, price_index
 from ..config import PERIODS, SCOPES, Budget
+from ..counting.registry import TokenizerRegistry
 from ..errors import TokometerError
 from ..events import FIELDS, decimal_str
 from ..ledger import Store, open_store
@@ -413,6 +415,18 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def index(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    with open_store(settings.server.store) as store:
+        rows = price_index(store, Ratios(TokenizerRegistry(settings.server.data_dir)), args.by,
+                           args.weeks)
+    if args.chart:
+        index_chart(rows, args.by, args.chart)
+    show(rows, ["week", *([] if args.by == "all" else [args.by]), "currency", "tokens",
+                "reference_tokens", "restated", "paid", "price_per_mtok"], args.format)
+    return 0
+
+
 def flows(args: argparse.Namespace) -> int:
     with _store(args) as store:
         rows = analytics.flows(store, args.since, args.until)
@@ -570,6 +584,18 @@ COMMANDS: tuple[Command, ...] = (
         arg("--format", choices=("parquet", "csv"), default="parquet"),
         arg("--output", "-o", type=Path, required=True, help="the file to write"),
         SINCE, UNTIL)),
+    Command("index", "the token price index: the price per million tokens paid, week by "
+            "week, tokens restated in one reference tokenizer's", index, (
+                arg("--by", choices=tuple(INDEXED_BY), default="all"),
+                arg("--weeks", type=whole(1, MAX_WEEKS), default=8,
+                    help=f"weeks to show, this one included, 1 to {MAX_WEEKS} (default 8)"),
+                TABLE_FORMAT, CHART),
+            about="Volume-weighted: each row's price is what its priced events cost, per "
+                  "million of their tokens (input and output) as o200k counts them: every "
+                  "model's tokens are restated by how many o200k tokens one of its tokens is "
+                  "on a fixed text in eleven languages. A model whose tokenizer is not known "
+                  "here is taken as it counts (`restated` is the share that was restated). "
+                  "A row per currency."),
     Command("billing-export", "usage as Stripe meter events, OpenMeter CloudEvents or Lago "
             "events, as JSON lines, with stable ids", billing, (
                 arg("--to", choices=SHAPES, required=True, help="the billing system's shape"),
