@@ -24,8 +24,8 @@ ADMIN = "dash-secret"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; scripts/test installs it
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 CONSOLE: list[str] = []  # what the browser logged on any page (CSP violations land here)
-PAGES = ["/", "/rankings", "/rankings?by=vendor", "/flows", "/tenants", "/tenants/acme",
-         "/tenants/acme/apps/tests", "/tasks", "/live"]
+PAGES = ["/", "/rankings", "/rankings?by=vendor", "/prices", "/prices?by=vendor", "/flows",
+         "/tenants", "/tenants/acme", "/tenants/acme/apps/tests", "/tasks", "/live"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,8 @@ def test_overview_shows_totals_and_a_chart_with_data(page, dash):
 
 
 @pytest.mark.parametrize(("path", "text"), [
-    ("/rankings", "share"), ("/rankings?by=vendor", "openai"), ("/flows", "served in"),
+    ("/rankings", "share"), ("/rankings?by=vendor", "openai"), ("/prices", "price_per_mtok"),
+    ("/prices?by=vendor", "deepseek (USD)"), ("/flows", "served in"),
     ("/tasks", "cost_per_success"), ("/live", "gpt-4o-mini")])
 def test_every_page_loads(page, dash, path, text):
     response = page.goto(dash.url + path)

@@ -1,10 +1,10 @@
 """The web dashboard at `/`: server-rendered pages with inline SVG charts, no JavaScript.
 
-Pages: overview, rankings, flows, tenants → apps → agents drill-down, tasks, and a live
-view of the latest events that refreshes itself. The admin token opens it: the sign-in form
-sets a signed session cookie (session.py), and a bearer header works too; failed attempts
-of either are braked per client address. Each page's numbers and charts are worked out on a
-thread (OffLoop), never on the event loop.
+Pages: overview, rankings, the token price index, flows, tenants → apps → agents
+drill-down, tasks, and a live view of the latest events that refreshes itself. The admin
+token opens it: the sign-in form sets a signed session cookie (session.py), and a bearer
+header works too; failed attempts of either are braked per client address. Each page's
+numbers and charts are worked out on a thread (OffLoop), never on the event loop.
 
 Every answer carries a Content-Security-Policy that allows no script at all, no framing and
 no style element but the pages' own stylesheet (by its hash); charts' SVG keeps its inline
@@ -18,6 +18,7 @@ import base64
 import functools
 import hashlib
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.cookies import SimpleCookie
@@ -26,20 +27,23 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 from ..analytics import flows, rankings, report
-from ..analytics.charts import flows_chart, rankings_chart, report_chart, svg
+from ..analytics.charts import flows_chart, index_chart, rankings_chart, report_chart, svg
+from ..analytics.price_index import INDEXED_BY, Ratios, price_index
 from ..analytics.tasks import agents, tasks
 from ..config import Settings
+from ..counting.registry import TokenizerRegistry
 from ..events import rfc3339
 from ..ledger.store import Store
 from .offloop import OffLoop
 from .session import SESSION_SECONDS, AdminToken, Sessions, scope_client
 
 COOKIE = "tokometer_admin"
-NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/flows", "Flows"),
-       ("/tenants", "Tenants"), ("/tasks", "Tasks"), ("/live", "Live")]
+NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/prices", "Prices"),
+       ("/flows", "Flows"), ("/tenants", "Tenants"), ("/tasks", "Tasks"), ("/live", "Live")]
 NUMERIC = {"requests", "input_tokens", "output_tokens", "cache_read_tokens", "tokens", "cost",
            "share", "change_pp", "duration_ms", "tasks", "successes", "cost_per_success",
-           "status", "energy_wh", "co2e_g", "tokens_per_kwh"}
+           "status", "energy_wh", "co2e_g", "tokens_per_kwh", "reference_tokens", "restated",
+           "paid", "price_per_mtok"}
 ENERGY = ["energy_wh", "co2e_g", "tokens_per_kwh"]
 Page = tuple[int, list[tuple[bytes, bytes]], bytes]
 _HTML = (b"content-type", b"text/html; charset=utf-8")
@@ -51,6 +55,9 @@ class Dashboard:
         self._run = store.run
         self.sessions = Sessions(token.token) if token.token is not None else None
         self.token = token  # shared with the admin API: one count of wrong tokens
+        ratios = Ratios(TokenizerRegistry(settings.server.data_dir))  # loaded when shown
+        self._pages: dict[str, _Page] = {**_PAGES,
+                                         "prices": functools.partial(_prices, ratios=ratios)}
 
     async def handle(self, method: str, path: str, scope: dict[str, Any],
                      headers: dict[bytes, bytes], body: bytes) -> Page:
@@ -78,8 +85,8 @@ class Dashboard:
         if parts[:1] == ["tenants"] and len(parts) in (2, 4) and (len(parts) == 2
                                                                   or parts[2] == "apps"):
             data = await self._run(_drill_down, *parts[1::2])
-        elif len(parts) <= 1 and (name := (parts or [""])[0]) in _PAGES:
-            data = await self._run(_PAGES[name], params)
+        elif len(parts) <= 1 and (name := (parts or [""])[0]) in self._pages:
+            data = await self._run(self._pages[name], params)
         else:
             return _html(404, "page.html", title="Not found", here=path,
                          intro=f"There is no page {path}.")
@@ -192,6 +199,19 @@ def _rankings(conn: Store, params: dict[str, str]) -> dict[str, Any]:
                                                     "change_pp", "energy_wh", "co2e_g"]}]}
 
 
+def _prices(conn: Store, params: dict[str, str], ratios: Ratios) -> dict[str, Any]:
+    by = params.get("by", "all") if params.get("by") in INDEXED_BY else "all"
+    rows = price_index(conn, ratios, by, weeks=8)
+    return {"title": "Token price index" + ("" if by == "all" else f" by {by}"),
+            "intro": "What a million tokens cost, week by week, weighted by volume; every "
+                     "model's tokens restated as o200k counts them. By: all · vendor · "
+                     "origin · model (add ?by=vendor).",
+            "sections": [{"chart": svg(index_chart, rows, by) if rows else None},
+                         {"rows": rows, "columns": [
+                             "week", *([] if by == "all" else [by]), "currency", "tokens",
+                             "reference_tokens", "restated", "paid", "price_per_mtok"]}]}
+
+
 def _flows(conn: Store, params: dict[str, str]) -> dict[str, Any]:
     rows = flows(conn, since=_since(30))
     return {"title": "Token flows: the last 30 days",
@@ -242,5 +262,6 @@ def _live(conn: Store, params: dict[str, str]) -> dict[str, Any]:
             "sections": [{"rows": rows, "columns": columns}]}
 
 
-_PAGES = {"": _overview, "rankings": _rankings, "flows": _flows, "tenants": _tenants,
-          "tasks": _tasks, "live": _live}
+_Page = Callable[[Store, dict[str, str]], dict[str, Any]]
+_PAGES: dict[str, _Page] = {"": _overview, "rankings": _rankings, "flows": _flows,
+                            "tenants": _tenants, "tasks": _tasks, "live": _live}
