@@ -29,9 +29,10 @@ def reply_head(gw: Gateway, head: str) -> bytes:
 
 
 def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`tokometer ARGS --config CONFIG` in a process of its own (verify-receipt takes none)."""
-    return subprocess.run([sys.executable, "-m", "tokometer.cli", *args,
-                           *(["--config", str(config)] if args[0] != "verify-receipt" else [])],
+    """`tokometer ARGS --config CONFIG` in a process of its own (the verify commands take
+    none)."""
+    configured = [] if args[0].startswith("verify-") else ["--config", str(config)]
+    return subprocess.run([sys.executable, "-m", "tokometer.cli", *args, *configured],
                           capture_output=True, text=True, input=stdin, timeout=120)
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -245,6 +246,64 @@ def verify_receipt(args: argparse.Namespace) -> int:
     print(f"valid: event {event.get('id')} is leaf {document['leaf_index']} of the log signed "
           f"at {document['tree_head']['tree_size']} leaves")
     return 0
+
+
+def statement(args: argparse.Namespace) -> int:
+    from ..gateway.dashboard import statement_page
+    from ..ledger.statements import build_statement
+
+    settings = config.load(args.config)
+    with open_store(settings.server.store) as store:
+        try:
+            document = build_statement(store, _signer(settings), args.tenant, args.period)
+        except ValueError as e:
+            raise TokometerError(f"--period: {e}") from None
+    text = statement_page(document) if args.format == "html" \
+        else orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote the statement of {args.tenant} for {args.period} "
+              f"({document['events']['count']} events) to {args.output}")
+    return 0
+
+
+def verify_statement(args: argparse.Namespace) -> int:
+    from ..ledger.signer import parse_public_key
+    from ..ledger.statements import verify_statement
+
+    try:
+        document = orjson.loads(_read_receipt(args.file))
+    except (OSError, ValueError) as e:
+        raise TokometerError(f"cannot read the statement {args.file}: {e}") from None
+    try:
+        key = parse_public_key(_key_text(args.pubkey))
+    except (OSError, ValueError) as e:
+        raise TokometerError(f"--pubkey: {e}") from None
+    events = None if args.events is None else list(_exported_events(args.events))
+    if problems := verify_statement(document, key, events):
+        show_lines(["INVALID statement:", *(f"- {p}" for p in problems)])
+        return 1
+    checked = "; every line recomputed from the events given" if events is not None else ""
+    print(f"valid: the statement of {document['tenant']} for {document['period']}, "
+          f"{document['events']['count']} events{checked}")
+    return 0
+
+
+def _exported_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Events from JSON lines: `tokometer events --format jsonl`'s, or receipts (one per
+    line: their events)."""
+    try:
+        with path.open("rb") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    item = orjson.loads(line)
+                    if not isinstance(item, dict):
+                        raise ValueError(f"line {number} is not a JSON object")
+                    yield item["event"] if "receipt_version" in item else item
+    except (OSError, ValueError, KeyError) as e:
+        raise TokometerError(f"--events {path}: {e}") from None
 
 
 def provenance_check(args: argparse.Namespace) -> int:
@@ -507,6 +566,28 @@ COMMANDS: tuple[Command, ...] = (
         about="Check a receipt with nothing but the log's public key: the event's hash, the "
               "inclusion proof and the tree head's signature. Exit code 1 and what is wrong "
               "when it fails.", config=False),
+    Command("statement", "a tenant's signed statement for a month: lines by model, totals, "
+            "and a commitment to its events", statement, (
+                arg("--tenant", required=True),
+                arg("--period", required=True, help="the month, like 2026-11 (UTC)"),
+                arg("--format", choices=("json", "html"), default="json"),
+                arg("--output", "-o", type=Path, help="the file to write (default: stdout)")),
+            about="Signed with the log's key, over a tree head signed now: a line per model "
+                  "and currency (corrections on lines of their own) with the tokens of each "
+                  "kind, cost, charge and energy; totals per currency; and the Merkle root of "
+                  "the tenant's events in the month, in log order, so the statement stays "
+                  "small however many there are. `verify-statement` checks it (the JSON)."),
+    Command("verify-statement", "check a statement offline with the log's key, and its lines "
+            "against the tenant's own events", verify_statement, (
+                arg("file", help="the statement (JSON), or - for standard input"),
+                arg("--pubkey", required=True, help="the log's public key as `tokometer "
+                    "ledger pubkey` prints it, or a PEM file"),
+                arg("--events", type=Path, help="the tenant's events as JSON lines "
+                    "(`tokometer events --format jsonl`, or receipts, one per line)")),
+            about="Exit code 0 only when it holds: the statement's and the tree head's "
+                  "signatures, the totals against the lines, and, given --events, every line "
+                  "recomputed from the events of the tenant and month, which must be exactly "
+                  "the ones it commits to (nothing missing, nothing added).", config=False),
     Command("provenance", "was a text generated here? look-ups in the provenance registry",
             about="Every generated answer is registered by the hash of its normalised text "
                   "and keyed fingerprints of its words (never the text itself), committed in "

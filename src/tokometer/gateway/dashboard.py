@@ -43,7 +43,8 @@ NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/prices", "Prices"),
 NUMERIC = {"requests", "input_tokens", "output_tokens", "cache_read_tokens", "tokens", "cost",
            "share", "change_pp", "duration_ms", "tasks", "successes", "cost_per_success",
            "status", "energy_wh", "co2e_g", "tokens_per_kwh", "reference_tokens", "restated",
-           "paid", "price_per_mtok"}
+           "paid", "price_per_mtok", "cache_write_tokens", "reasoning_tokens", "charge",
+           "margin"}
 ENERGY = ["energy_wh", "co2e_g", "tokens_per_kwh"]
 Page = tuple[int, list[tuple[bytes, bytes]], bytes]
 _HTML = (b"content-type", b"text/html; charset=utf-8")
@@ -151,6 +152,13 @@ def _html(status: int, template: str, **context: Any) -> Page:
     page = _templates().get_template(template).render(nav=NAV, numeric=NUMERIC,
                                                       css=_stylesheet(), **context)
     return status, [_HTML], page.encode()
+
+
+def statement_page(statement: dict[str, Any]) -> str:
+    """A statement (ledger/statements.py) as a page to read and print; the JSON is what
+    verifies."""
+    return str(_templates().get_template("statement.html").render(
+        s=statement, numeric=NUMERIC, css=_stylesheet()))
 
 
 def _since(days: int) -> str:

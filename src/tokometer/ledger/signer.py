@@ -65,6 +65,11 @@ class Signer:
         signature = self._key.sign(tree_head_data(tree_size, root_hash, timestamp))
         return TreeHead(tree_size, root_hash, timestamp, signature)
 
+    def sign_bytes(self, data: bytes) -> bytes:
+        """A signature over `data`, which must begin with a prefix of its own kind (a tree
+        head's bytes cannot be confused with anything else the key signs)."""
+        return self._key.sign(data)
+
     def public_key_text(self) -> str:
         return public_key_text(self.public_key)
 
