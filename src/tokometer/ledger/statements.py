@@ -23,7 +23,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -106,18 +106,22 @@ def verify_statement(statement: Any, key: Ed25519PublicKey,
     try:
         if _totals(lines) != totals:
             problems.append("the totals are not the sums of the lines")
-    except (KeyError, TypeError, ValueError, InvalidOperation) as e:
-        return [*problems, f"the statement's lines are malformed: {e}"]
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:  # Decimal's Overflow too
+        return [*problems, f"the statement's lines are malformed: {e!r}"]
     if events is None:
         return problems
     tally = _Tally()
-    for event in sorted((e for e in events if e.get("tenant") == tenant
-                         and isinstance(e.get("time"), str) and start <= e["time"] < end
-                         and isinstance(e.get("leaf_index"), int)
-                         and e["leaf_index"] < head.tree_size),
-                        key=lambda e: e["leaf_index"]):
-        tally.add(event)
-    mine = tally.document()
+    try:
+        for event in sorted((e for e in events if isinstance(e, dict)
+                             and e.get("tenant") == tenant
+                             and isinstance(e.get("time"), str) and start <= e["time"] < end
+                             and isinstance(e.get("leaf_index"), int)
+                             and e["leaf_index"] < head.tree_size),
+                            key=lambda e: e["leaf_index"]):
+            tally.add(event)
+        mine = tally.document()
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:
+        return [*problems, f"the events given are malformed: {e!r}"]
     if mine["events"] != committed:
         problems.append(f"the events given are not the ones the statement covers: "
                         f"{mine['events']['count']} given for its {committed.get('count')} "
