@@ -72,3 +72,28 @@ def test_verify_statement_prints_what_is_wrong_not_a_traceback(signed, tmp_path)
                signer.public_key_text(), "--events", str(tmp_path / "ev.jsonl"))
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "events given are malformed" in done.stdout
+
+
+def test_a_signature_in_another_base64_spelling_is_refused(signed):
+    signer, document, _ = signed
+    text = document["signature"]  # 64 bytes: the last character before == has 4 spare bits
+    assert text.endswith("==")
+    spare = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    at = spare.index(text[-3])
+    other = text[:-3] + spare[at ^ 1] + "=="
+    assert verify_statement({**document, "signature": other}, signer.public_key)
+
+
+def test_a_statement_naming_a_key_twice_is_refused(signed, tmp_path):
+    signer, document, _ = signed
+    text = orjson.dumps(document).decode()
+    forged = text.replace('"tenant":"acme"', '"tenant":"globex","tenant":"acme"', 1)
+    assert json.loads(forged) == document  # what a last-wins reader (and the verifier) sees
+    (tmp_path / "st.json").write_text(forged)
+    done = cli(tmp_path, "verify-statement", str(tmp_path / "st.json"), "--pubkey",
+               signer.public_key_text())
+    assert done.returncode != 0 and "twice" in done.stdout + done.stderr
+    (tmp_path / "deep.json").write_text("[" * 1000 + "]" * 1000)
+    done = cli(tmp_path, "verify-statement", str(tmp_path / "deep.json"), "--pubkey",
+               signer.public_key_text())
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr

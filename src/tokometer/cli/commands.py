@@ -271,10 +271,10 @@ def statement(args: argparse.Namespace) -> int:
 
 def verify_statement(args: argparse.Namespace) -> int:
     from ..ledger.signer import parse_public_key
-    from ..ledger.statements import verify_statement
+    from ..ledger.statements import load_statement, verify_statement
 
     try:
-        document = orjson.loads(_read_receipt(args.file))
+        document = load_statement(_read_receipt(args.file))
     except (OSError, ValueError) as e:
         raise TokometerError(f"cannot read the statement {args.file}: {e}") from None
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -74,6 +75,25 @@ def build_statement(conn: Store, signer: Signer, tenant: str, period: str) -> di
     return {**body, "signature": base64.b64encode(signature).decode()}
 
 
+def load_statement(data: bytes | str) -> Any:
+    """A statement file's JSON, refused (ValueError) if an object in it names a key twice:
+    readers differ on which value counts, and a verified statement must mean one thing."""
+    document = orjson.loads(data)  # first: UTF-8, and a bound on nesting
+
+    def once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            twice = next(k for k in keys if keys.count(k) > 1)
+            raise ValueError(f"the key {twice[:40]!r} appears twice in one object")
+        return dict(pairs)
+
+    try:
+        json.loads(data, object_pairs_hook=once)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+    return document
+
+
 def verify_statement(statement: Any, key: Ed25519PublicKey,
                      events: Iterable[dict[str, Any]] | None = None) -> list[str]:
     """What is wrong with a statement; empty when it holds. With `events` (the tenant's own
@@ -84,6 +104,8 @@ def verify_statement(statement: Any, key: Ed25519PublicKey,
     try:
         body = {k: v for k, v in statement.items() if k != "signature"}
         signature = base64.b64decode(statement["signature"], validate=True)
+        if base64.b64encode(signature).decode() != statement["signature"]:
+            raise ValueError("the signature is not canonical base64")
         head = TreeHead.from_json(statement["tree_head"])
         tenant, start, end = statement["tenant"], statement["from"], statement["until"]
         committed = statement["events"]
