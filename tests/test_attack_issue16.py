@@ -97,3 +97,42 @@ def test_a_statement_naming_a_key_twice_is_refused(signed, tmp_path):
     done = cli(tmp_path, "verify-statement", str(tmp_path / "deep.json"), "--pubkey",
                signer.public_key_text())
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def _charged_unpriced(store_location: Any, tmp_path: Path) -> None:
+    """acme: one request costing 1 charged 1.5, one of unknown cost charged 2 (a sell tariff
+    of an unpriced model), one costing 3 no plan covers."""
+    at = datetime(2026, 11, 2, tzinfo=UTC)
+    events = [make_event(time=rfc3339(at), tenant="acme", cost=Decimal(1), charge=Decimal("1.5")),
+              make_event(time=rfc3339(at + timedelta(minutes=5)), tenant="acme", cost=None,
+                         charge=Decimal(2)),
+              make_event(time=rfc3339(at + timedelta(minutes=6)), tenant="acme",
+                         cost=Decimal(3), charge=None)]
+    with open_store(store_location, create=True) as store:
+        append(store, events, load_signer(tmp_path / "key.pem"))
+
+
+@pytest.mark.parametrize("since", [None, "2026-11-02T00:01:00.000Z"])  # rollups, events
+def test_no_margin_is_told_where_a_charged_request_has_no_known_cost(store_location, tmp_path,
+                                                                      since):
+    from tokometer import analytics
+
+    _charged_unpriced(store_location, tmp_path)
+    with open_store(store_location) as store:
+        [row] = analytics.report(store, ["tenant"], since=since)
+    assert row["charge"] == ("3.5" if since is None else "2")  # by hand
+    assert row["margin"] is None  # was 2.5 (and 2): the unknown cost taken as zero
+
+
+def test_an_old_stores_rollups_are_folded_again_for_the_unpriced_charges(tmp_path):
+    from tokometer import analytics
+    from tokometer.ledger.rollups import ROLLUPS
+
+    _charged_unpriced(tmp_path / "old.db", tmp_path)
+    import sqlite3
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        for name in ROLLUPS:
+            conn.execute(f"ALTER TABLE {name} DROP COLUMN charged_unpriced")
+    with open_store(tmp_path / "old.db") as store:
+        [row] = analytics.report(store, ["tenant"])
+    assert (row["charge"], row["margin"]) == ("3.5", None)

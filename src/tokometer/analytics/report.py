@@ -27,7 +27,7 @@ MEASURES = ("requests", "input_tokens", "cache_read_tokens", "cache_write_tokens
             "output_tokens", "reasoning_tokens", "cost", "energy_wh", "co2e_g",
             "tokens_per_kwh", "charge", "margin")
 # What the query gives, in order: MEASURES but the margin, which is worked out from the last.
-_COLUMNS = (*MEASURES[:-1], "charged", "charged_cost")
+_COLUMNS = (*MEASURES[:-1], "charged", "charged_unpriced", "charged_cost")
 REPORT_PERIODS = ("hour", "day", "week", "month")
 _SUMS = ("SUM(input_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens), "
          "SUM(output_tokens), SUM(reasoning_tokens), decimal_sum(cost), "
@@ -35,9 +35,11 @@ _SUMS = ("SUM(input_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens), "
 # The tokens of the requests with an energy figure (what tokens per kWh divides); the charge
 # and the cost of the requests charged (the margin is their difference). By rollup or not.
 _ENERGY_AND_CHARGE = {
-    True: "SUM(energy_tokens), decimal_sum(charge), SUM(charged), decimal_sum(charged_cost)",
+    True: "SUM(energy_tokens), decimal_sum(charge), SUM(charged), SUM(charged_unpriced), "
+          "decimal_sum(charged_cost)",
     False: "SUM(CASE WHEN energy_wh IS NULL THEN 0 ELSE input_tokens + output_tokens END), "
            "decimal_sum(charge), COUNT(charge), "
+           "SUM(CASE WHEN charge IS NOT NULL AND cost IS NULL THEN 1 ELSE 0 END), "
            "decimal_sum(CASE WHEN charge IS NULL THEN NULL ELSE cost END)"}
 
 
@@ -126,11 +128,13 @@ def _energy(values: dict[str, Any]) -> None:
 
 def _margin(values: dict[str, Any]) -> None:
     """The charge and the margin over the cost of the requests charged, as decimal strings;
-    null for a group none of whose requests was charged (no price plan covers it)."""
+    null for a group none of whose requests was charged (no price plan covers it), and the
+    margin null where a request charged has no known cost (unknown, not all margin)."""
     charged, charged_cost = values.pop("charged"), Decimal(values.pop("charged_cost") or 0)
+    unpriced = values.pop("charged_unpriced")
     charge = Decimal(values["charge"] or 0)
     values["charge"] = decimal_str(charge) if charged else None
-    values["margin"] = decimal_str(charge - charged_cost) if charged else None
+    values["margin"] = decimal_str(charge - charged_cost) if charged and not unpriced else None
 
 
 def rollup_grain(by: list[str], since: str | None, until: str | None,

@@ -31,8 +31,10 @@ ROLLUPS: dict[str, tuple[str, ...]] = {
 DIMENSIONS = tuple(dict.fromkeys(d for dims in ROLLUPS.values() for d in dims))
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
           "reasoning_tokens")
-# `charged`: the requests with a charge (under a price plan), `charged_cost` their cost
-COUNTS = ("requests", "errors", *TOKENS, "energy_tokens", "charged")
+# `charged`: the requests with a charge (under a price plan), `charged_cost` their cost,
+# `charged_unpriced` those of them whose cost is unknown (a sell tariff's charge of an
+# unpriced model: no margin can be told)
+COUNTS = ("requests", "errors", *TOKENS, "energy_tokens", "charged", "charged_unpriced")
 AMOUNTS = ("cost", "energy_wh", "co2e_g", "charge", "charged_cost")  # decimal strings
 MEASURES = (*COUNTS, *AMOUNTS)
 PERIODS = ("hour", "day")
@@ -93,7 +95,8 @@ def upserts(rows: list[list[Any]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
         charged = row[_CHARGE] is not None
         measures = [1, 1 if row[_STATUS] >= 400 else 0, *(row[i] or 0 for i in _TOKENS_AT),
                     (row[_INPUT] or 0) + (row[_OUTPUT] or 0) if row[_ENERGY] else 0,
-                    1 if charged else 0, *(Decimal(row[i] or 0) for i in _AMOUNTS_AT),
+                    1 if charged else 0, 1 if charged and row[_COST] is None else 0,
+                    *(Decimal(row[i] or 0) for i in _AMOUNTS_AT),
                     Decimal(row[_COST] or 0) if charged else Decimal(0)]
         acc = combos.get(key)
         if acc is None:
