@@ -95,7 +95,7 @@ class Recorder:
                                                                                   currency):
             raise Rejected(f"cost is in {reading.reported_currency}, but this meter keeps "
                            f"{currency}: send it in {currency}, or leave it out")
-        model, route = self._route(reading.provider, reading.model)
+        model, route = self._route(reading.provider, reading.model, reading.model_requested)
         usage = reading.usage
         try:
             priced = self.pricer.price(model, route, usage, reading.time, served=reading.model,
@@ -123,15 +123,19 @@ class Recorder:
             service_tier=reading.service_tier, source=INGEST,
             reported_cost=reading.reported_cost, **event_fields(impact))
 
-    def _route(self, provider_name: str, model_name: str) -> tuple[Model, Route]:
+    def _route(self, provider_name: str, model_name: str, requested: str | None
+               ) -> tuple[Model, Route]:
         """The configured model and route a reading was served by, found by the provider's
-        name and the model's (the route's, else the config's own name for it); else one
-        standing for it, priced by genai-prices under the provider's name."""
-        for model in self.settings.models.values():
-            for route in model.routes:
-                if route.provider.name == provider_name and model_name in (route.model,
-                                                                         model.name):
-                    return model, route
+        name and the model's (the route's, else the config's own name for it): the model
+        that answered, else the one asked for (a provider answers `gpt-4o-mini` as
+        `gpt-4o-mini-2024-07-18`, and the route's tariff prices it, as on the gateway's own
+        calls); else one standing for it, priced by genai-prices under the provider's name."""
+        for name in dict.fromkeys(n for n in (model_name, requested) if n):
+            for model in self.settings.models.values():
+                for route in model.routes:
+                    if route.provider.name == provider_name and name in (route.model,
+                                                                       model.name):
+                        return model, route
         provider = self.settings.providers.get(provider_name) or Provider(
             name=provider_name, api="ingest", base_url="", api_key_env=None, api_key=None,
             region=None, price_provider=_PRICE_PROVIDERS.get(provider_name), launch=None)
