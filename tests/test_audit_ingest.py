@@ -145,6 +145,29 @@ def test_a_configured_tariff_prices_a_span_whose_response_model_is_the_dated_ver
     assert event["model_requested"] == "gpt-4o-mini"
 
 
+def test_a_span_time_is_its_start_truncated_to_the_millisecond(gw):
+    """A span's start in ns is the event's time cut to the millisecond (never rounded up into
+    the next millisecond, second or month), so a span of the last instant of last month is
+    not charged to this month's budget."""
+    def spent() -> Decimal:
+        budgets = gw.get("/admin/budgets", key=ADMIN).json()["data"]
+        return Decimal(next(b for b in budgets if b["unit"] == "USD")["spent"])
+
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    edge = int(month.timestamp()) * 10**9 - 100  # 100 ns before this month began
+    inside = int((month - timedelta(days=1)).timestamp()) * 10**9 + 123_999_900
+    before = spent()
+    send_spans(gw, *((start, start + 1_500_000_123, span_attributes(
+        "gpt-4o-mini", "gpt-4o-mini", input_tokens=77_001 + i, output_tokens=5))
+        for i, start in enumerate((edge, inside))))
+    last, other = (stored(gw, "input_tokens = ?", 77_001 + i)[0] for i in range(2))
+    assert last["time"] == (month - timedelta(milliseconds=1)).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+    assert other["time"].endswith(".123Z")
+    assert last["duration_ms"] == other["duration_ms"] == 1500.0
+    assert spent() == before
+
+
 def test_budget_spend_grows_by_the_oracle_cost_of_the_readings_of_this_month(gw):
     """Spend grows by exactly the oracle cost of this month's readings, by both channels."""
     def spent() -> Decimal:

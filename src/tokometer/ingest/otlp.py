@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -121,7 +121,7 @@ def _reading(span: Span, attributes: dict[str, Any], now: datetime) -> Reading |
     start, end = span.start_time_unix_nano, span.end_time_unix_nano
     if not start:
         return Refused(label, "the span has no start time")
-    fields["time"] = datetime.fromtimestamp(start / 1e9, UTC)
+    fields["time"] = _instant(start)
     if end:
         fields["duration_ms"] = (end - start) / 1e6 if end >= start else -1
     if span.status.code == Status.STATUS_CODE_ERROR:
@@ -132,6 +132,13 @@ def _reading(span: Span, attributes: dict[str, Any], now: datetime) -> Reading |
         return reading(label, API, [("span", label)], fields, now)
     except Rejected as e:
         return Refused(label, e.reason)
+
+
+def _instant(unix_nano: int) -> datetime:
+    """A time in ns since the epoch, to the microsecond, in whole numbers: through a float
+    (53 bits) it can round up into the next millisecond, or second, or month."""
+    seconds, nanos = divmod(unix_nano, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=nanos // 1000)
 
 
 def _value(value: AnyValue) -> Any:
