@@ -14,6 +14,7 @@ from typing import Any
 import genai_prices
 import httpx
 import pytest
+from ecologits.tracers.utils import llm_impacts
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -166,6 +167,20 @@ def test_a_span_time_is_its_start_truncated_to_the_millisecond(gw):
     assert other["time"].endswith(".123Z")
     assert last["duration_ms"] == other["duration_ms"] == 1500.0
     assert spent() == before
+
+
+@pytest.mark.parametrize("provider", ["gcp.gemini", "gcp.vertex_ai", "gcp.gen_ai"])
+def test_google_by_its_opentelemetry_names_gets_ecologits_figures_for_google(gw, provider):
+    """EcoLogits' llm_impacts for Google (its data centres' PUE and grid) for the same
+    output and latency: a span naming Google as OpenTelemetry does is served by Google."""
+    event, = cloud_events(gw, {"provider": provider, "model": "gemini-2.5-flash",
+                               "input_tokens": 0, "output_tokens": 700, "duration_ms": 4321.5})
+    theirs = llm_impacts("google_genai", "gemini-2.5-flash", 700, 4.3215)
+    energy, gwp = theirs.energy.value, theirs.gwp.value
+    for field, value in (("energy_wh_low", energy.min), ("energy_wh_high", energy.max),
+                         ("co2e_g_low", gwp.min), ("co2e_g_high", gwp.max)):
+        assert event[field] is not None, field
+        assert float(event[field]) == pytest.approx(value * 1000, rel=1e-5), field
 
 
 def test_budget_spend_grows_by_the_oracle_cost_of_the_readings_of_this_month(gw):

@@ -27,9 +27,13 @@ from .method import ESTIMATED, MEASURED, REF, Impact, Prepared, Serving, Span
 __all__ = ["ESTIMATED", "MEASURED", "REF", "Impact", "Impacts", "Span", "watts_per_core"]
 log = logging.getLogger("tokometer.impact")
 
-# Vendors (catalog.vendors) whose models EcoLogits lists, under its provider names.
+# Vendors (catalog.vendors) whose models EcoLogits lists, under its provider names; and
+# OpenTelemetry's names for Google's services (gen_ai.provider.name), which EcoLogits
+# describes as one (its google_genai tracer serves the Gemini API and Vertex AI alike).
 _ECOLOGITS_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "mistral": "mistralai",
-                       "google": "google_genai", "cohere": "cohere"}
+                       "google": "google_genai", "cohere": "cohere",
+                       "gcp.gemini": "google_genai", "gcp.vertex_ai": "google_genai",
+                       "gcp.gen_ai": "google_genai"}
 # A provider EcoLogits does not describe: from a hyperscale data centre (about 1.1) to the
 # industry's average (about 1.56, Uptime Institute's 2024 survey).
 _ANY_PUE = Span(1.1, 1.56)
