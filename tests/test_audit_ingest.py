@@ -183,6 +183,27 @@ def test_google_by_its_opentelemetry_names_gets_ecologits_figures_for_google(gw,
         assert float(event[field]) == pytest.approx(value * 1000, rel=1e-5), field
 
 
+def test_reconcile_sets_an_export_against_ingested_events_of_an_unrouted_provider(gw, tmp_path):
+    """An app calling Anthropic directly reports its usage here: its export reconciles with
+    those events though the config routes nothing to Anthropic; a name neither the config nor
+    the ledger knows is still refused."""
+    day = datetime(2026, 10, 7, 9, tzinfo=UTC)
+    cloud_events(gw, *({"provider": "anthropic", "model": "claude-haiku-4-5",
+                        "input_tokens": 1_000 * i, "output_tokens": 10 * i}
+                       for i in (1, 2, 3)), time=day)
+    export = tmp_path / "anthropic.csv"
+    export.write_text("date,model,requests,input_tokens,output_tokens\n"
+                      "2026-10-07,claude-haiku-4-5,3,6000,60\n")
+    done = cli(gw.config, "reconcile", str(export), "--provider", "anthropic", "--format",
+               "json", "--since", "2026-10-07", "--until", "2026-10-08")
+    assert done.returncode == 0, done.stderr
+    row, = json.loads(done.stdout)
+    assert (row["requests_ledger"], row["input_tokens_ledger"], row["output_tokens_ledger"]) \
+        == (3, 6000, 60)
+    typo = cli(gw.config, "reconcile", str(export), "--provider", "antrhopic")
+    assert typo.returncode != 0 and "no provider antrhopic" in typo.stderr
+
+
 def test_budget_spend_grows_by_the_oracle_cost_of_the_readings_of_this_month(gw):
     """Spend grows by exactly the oracle cost of this month's readings, by both channels."""
     def spent() -> Decimal:

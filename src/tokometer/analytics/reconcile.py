@@ -250,9 +250,17 @@ def _currency(value: Any) -> str | None:
 
 # --- the ledger's side, and the comparison ----------------------------------------------------
 
+def recorded(store: Store, provider: str) -> bool:
+    """Whether the ledger has events of `provider`: a name the config need not have, as an
+    app that calls a provider directly reports its usage by the provider's name (ingest/)."""
+    return store.execute("SELECT 1 FROM events WHERE provider = ? LIMIT 1",
+                         (provider,)).fetchone() is not None
+
+
 def ledger_account(store: Store, providers: Iterable[str], since: str | None,
                    until: str | None) -> Account:
-    """The ledger's events of these providers (config names), by UTC day and served model."""
+    """The ledger's events of these providers (config or reported names), by UTC day and
+    served model."""
     account = Account()
     for provider in dict.fromkeys(providers):  # a name given twice counts once
         for row in report(store, ["model"], since, until, "day", where={"provider": provider}):

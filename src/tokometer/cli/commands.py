@@ -22,7 +22,7 @@ from ..analytics.export import export as write_events
 from ..analytics.price_index import INDEXED_BY, Ratios, price_index
 from ..config import PERIODS, SCOPES, Budget
 from ..counting.registry import TokenizerRegistry
-from ..errors import TokometerError
+from ..errors import LedgerError, TokometerError
 from ..events import FIELDS, decimal_str
 from ..ledger import Store, open_store
 from ..ledger.read import count_events, iter_events
@@ -346,14 +346,29 @@ def provenance_c2pa_chain(args: argparse.Namespace) -> int:
 def reconcile_command(args: argparse.Namespace) -> int:
     from decimal import Decimal, InvalidOperation
 
-    from ..analytics.reconcile import COLUMNS, ledger_account, read_export, reconcile, within
+    from ..analytics.reconcile import (
+        COLUMNS,
+        ledger_account,
+        read_export,
+        reconcile,
+        recorded,
+        within,
+    )
 
     settings = config.load(args.config)
     providers = list(dict.fromkeys(p.strip() for p in args.provider.split(",") if p.strip()))
     unknown = [p for p in providers if p not in settings.providers]
+    nowhere = f"in the config (it has {', '.join(settings.providers)})"
+    if unknown:  # a provider apps report their usage of (ingest/) need not be configured
+        try:
+            with open_store(settings.server.store) as store:
+                unknown = [p for p in unknown if not recorded(store, p)]
+            nowhere += ", nor events of it in the ledger"
+        except LedgerError as e:
+            nowhere += f", and the ledger cannot be read for events of it: {e}"
     if not providers or unknown:
         raise TokometerError(f"--provider: no provider {', '.join(unknown) or '(none given)'} "
-                             f"in the config (it has {', '.join(settings.providers)})")
+                             f"{nowhere}")
     try:
         tolerance = Decimal(args.tolerance)
     except InvalidOperation:
@@ -627,7 +642,8 @@ COMMANDS: tuple[Command, ...] = (
                 arg("file", help="the export: OpenAI's or Anthropic's usage or cost report "
                     "(JSON), or a CSV with date and model columns"),
                 arg("--provider", required=True,
-                    help="the config's provider(s) whose events to compare, comma-separated"),
+                    help="the provider(s) whose events to compare, comma-separated: the "
+                    "config's, or any the ledger has events of (usage reported by apps)"),
                 SINCE, UNTIL,
                 arg("--tolerance", default="0.01",
                     help="a difference allowed, as a share of the larger side (default 0.01)"),
