@@ -459,3 +459,19 @@ def test_one_batch_sent_to_every_process_at_once_is_stored_and_charged_once(shar
     status = cli(gateways[0].config, "budgets", "status", "--json")
     assert status.returncode == 0, status.stderr
     assert Decimal(json.loads(status.stdout.splitlines()[0])["spent"]) == cost
+
+
+def test_a_cost_in_another_currency_is_not_kept_but_the_reading_is(gw):
+    """Usage is never lost for a field beside it: the reading is priced here, and the answer
+    says its reported cost was not kept. RFC 3339's lower-case t and z are times too."""
+    answer = gw.post(EVENTS, [{  # by hand: the SDK takes a time only as a datetime
+        "specversion": "1.0", "id": f"eur-{datetime.now(UTC).timestamp()}", "source": "/s",
+        "type": "tokometer.usage.v1", "time": "2026-11-20t10:00:00z",
+        "data": {"provider": "openai", "model": "gpt-4o-mini", "input_tokens": 100,
+                 "output_tokens": 10, "cost": "0.5", "currency": "EUR"}}]).json()
+    result = answer["data"][0]
+    assert result["result"] == "accepted" and "is not kept" in result["reason"]
+    event = by_id(gw, result["event_id"])
+    assert event["reported_cost"] is None
+    assert Decimal(event["cost"]) == tariff_cost(100, 0, 0, 10)
+    assert event["time"] == "2026-11-20T10:00:00.000Z"

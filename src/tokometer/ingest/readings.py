@@ -142,7 +142,7 @@ def _time(value: Any, now: datetime) -> datetime:
         return now
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(value.upper())  # RFC 3339 allows t and z
         except ValueError:
             raise Rejected(f"time {value[:64]!r} is not an RFC 3339 timestamp") from None
     if not isinstance(value, datetime) or value.tzinfo is None:

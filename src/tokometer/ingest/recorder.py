@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..catalog import Priced, Pricer, origin_of
@@ -22,7 +22,7 @@ from ..impact import Impact, Impacts, event_fields
 from ..ledger import Ledger
 from ..policy import Consumer
 from ..policy.sync import BudgetSync
-from .readings import Reading, Rejected
+from .readings import Reading
 
 log = logging.getLogger("tokometer.ingest")
 
@@ -38,7 +38,7 @@ class Result:
     label: str  # the reading's id as the app named it
     result: str  # ACCEPTED, DUPLICATE or REJECTED
     event_id: str | None = None  # the event holding the reading (the first one, for a replay)
-    reason: str | None = None  # why it was rejected
+    reason: str | None = None  # why it was rejected, or what of it was not kept
 
     def json(self) -> dict[str, Any]:
         return {k: v for k, v in (("id", self.label), ("result", self.result),
@@ -77,24 +77,23 @@ class Recorder:
     async def _one(self, who: Consumer, reading: Reading | Refused) -> Result:
         if isinstance(reading, Refused):
             return Result(reading.label, REJECTED, reason=reading.reason)
-        try:
-            event = self.event(who, reading)
-        except Rejected as e:
-            return Result(reading.label, REJECTED, reason=e.reason)
+        currency, note = self.settings.server.currency, None
+        if reading.reported_cost is not None and reading.reported_currency not in (None,
+                                                                                  currency):
+            note = (f"its cost in {reading.reported_currency} is not kept: this meter keeps "
+                    f"{currency} (the reading is priced here all the same)")
+            reading = replace(reading, reported_cost=None)
+        event = self.event(who, reading)
         claims = tuple((who.tenant or "", origin, rid) for origin, rid in reading.identities)
         recorded = await self.ledger.append(event, self.budgets.charging(event), claims)
         if recorded != event.id:
             return Result(reading.label, DUPLICATE, recorded)
         self.budgets.guard.charge(event)
-        return Result(reading.label, ACCEPTED, event.id)
+        return Result(reading.label, ACCEPTED, event.id, note)
 
     def event(self, who: Consumer, reading: Reading) -> Event:
-        """The reading as an event of `who`'s; Rejected if its reported cost cannot be kept."""
+        """The reading as an event of `who`'s."""
         currency = self.settings.server.currency
-        if reading.reported_cost is not None and reading.reported_currency not in (None,
-                                                                                  currency):
-            raise Rejected(f"cost is in {reading.reported_currency}, but this meter keeps "
-                           f"{currency}: send it in {currency}, or leave it out")
         model, route = self._route(reading.provider, reading.model, reading.model_requested)
         usage = reading.usage
         try:
