@@ -26,13 +26,13 @@ from ..config import SCOPES, Settings
 from ..errors import AuthError, PolicyError, RequestError
 from ..events import Event
 from ..impact import Impacts
+from ..labels import bounded
 from ..ledger import Ledger
 from ..ledger.corrections import TOKEN_DELTAS, correction
 from ..ledger.read import get_event
 from ..policy import KeyRing, create_key, list_keys, revoke_key
 from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
-from .call import bounded
 from .offloop import OffLoop
 from .session import AdminToken
 

@@ -17,11 +17,11 @@ import orjson
 from ..config import Model, Settings
 from ..counting.recount import Count
 from ..errors import RequestError
+from ..labels import MAX_LABEL_CHARS, bounded
 from ..policy import ANONYMOUS, Consumer
 from .steering import Steering, parse_steering
 from .wire import Endpoint
 
-MAX_LABEL_CHARS = 256
 _ATTRIBUTION = (b"x-tokometer-agent", b"x-tokometer-task", b"x-tokometer-user")
 _UNKNOWN_MODEL = Model("", (), None, None, None, None)  # a refusal's: its body went unread
 
@@ -127,15 +127,6 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
     except UnicodeDecodeError:
         raise RequestError(f"{what} is not valid UTF-8") from None
     return bounded(text, what)
-
-
-def bounded(text: str, what: str) -> str:
-    """`text`, if a store may keep it as a label; else RequestError (400) saying why."""
-    if len(text) > MAX_LABEL_CHARS:
-        raise RequestError(f"{what} is longer than {MAX_LABEL_CHARS} characters")
-    if "\x00" in text:
-        raise RequestError(f"{what} contains a NUL character")
-    return text
 
 
 def clip(text: str | None) -> str | None:

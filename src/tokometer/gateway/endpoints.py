@@ -125,7 +125,7 @@ async def spans(request: Request, services: Services) -> None:
         body = decoded(raw, request.headers, services.settings.server.max_body_bytes)
         return otlp.readings(otlp.decode(body, media), datetime.now(UTC))
 
-    results = await services.ingest.record(who, await _offloaded(len(raw), read))
+    results = await services.ingest.record(who, await _offloaded(request, raw, read))
     await reply(request.send, 200, otlp.answer(results, media), _tally(results),
                 content_type=media.encode())
 
@@ -140,13 +140,17 @@ async def usage_events(request: Request, services: Services) -> None:
         events = cloudevents.decode(body, media, request.headers)
         return cloudevents.readings(events, datetime.now(UTC))
 
-    results = await services.ingest.record(who, await _offloaded(len(raw), read))
+    results = await services.ingest.record(who, await _offloaded(request, raw, read))
     await reply_json(request.send, 200, cloudevents.answer(results), _tally(results))
 
 
-async def _offloaded(size: int, work: Callable[[], _T]) -> _T:
-    """`work` on a thread when the body is long enough to hold the event loop up."""
-    return await asyncio.to_thread(work) if size > _OFFLOAD_BYTES else work()
+async def _offloaded(request: Request, raw: bytes, work: Callable[[], _T]) -> _T:
+    """`work` on a thread when the body is long enough to hold the event loop up: as sent,
+    or once decompressed (a few kilobytes of gzip can hold megabytes)."""
+    encoded = request.headers.get(b"content-encoding", b"identity").strip().lower()
+    if len(raw) > _OFFLOAD_BYTES or encoded != b"identity":
+        return await asyncio.to_thread(work)
+    return work()
 
 
 def _tally(results: list[Result]) -> list[tuple[bytes, bytes]]:

@@ -107,6 +107,8 @@ class Impacts:
 
     def _grid(self, provider: Provider) -> tuple[Span, float, str] | None:
         if provider.name not in self._grids:
+            if len(self._grids) >= _MAX_NAMES:  # ingested readings name providers of their own
+                self._grids.clear()
             self._grids[provider.name] = self._find_grid(provider)
         return self._grids[provider.name]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,6 +67,7 @@ def decode(body: bytes, media: str) -> ExportTraceServiceRequest:
             request.ParseFromString(body)
         elif media == JSON:
             document = orjson.loads(body)
+            _bound(_json_counts(document))  # before protobuf's (slow) JSON parser sees them
             _ids_to_base64(document)
             json_format.ParseDict(document, request, ignore_unknown_fields=True)
         else:
@@ -75,11 +77,33 @@ def decode(body: bytes, media: str) -> ExportTraceServiceRequest:
             TypeError, RecursionError) as e:
         raise RequestError(f"the body is not an OTLP ExportTraceServiceRequest "
                            f"({media}): {str(e)[:200]}") from None
-    spans = sum(len(scope.spans) for resource in request.resource_spans
-                for scope in resource.scope_spans)
-    if spans > MAX_BATCH:
-        raise too_many(spans, "spans")
+    _bound(_counts(request))
     return request
+
+
+def _bound(counts: Iterator[tuple[int, str]]) -> None:
+    """RequestError 413 at the first count (resources, scopes, spans) over MAX_BATCH: a
+    request of millions of empty ones is refused before they are walked one by one."""
+    for count, what in counts:
+        if count > MAX_BATCH:
+            raise too_many(count, what)
+
+
+def _counts(request: ExportTraceServiceRequest) -> Iterator[tuple[int, str]]:
+    yield len(request.resource_spans), "resource spans"
+    yield sum(len(resource.scope_spans) for resource in request.resource_spans), "scope spans"
+    yield sum(len(scope.spans) for resource in request.resource_spans
+              for scope in resource.scope_spans), "spans"
+
+
+def _json_counts(document: Any) -> Iterator[tuple[int, str]]:
+    """As _counts, under either name protobuf's JSON parser takes for a field."""
+    resources = [*_list(document, "resourceSpans"), *_list(document, "resource_spans")]
+    yield len(resources), "resource spans"
+    scopes = [scope for resource in resources
+              for scope in (*_list(resource, "scopeSpans"), *_list(resource, "scope_spans"))]
+    yield len(scopes), "scope spans"
+    yield sum(len(_list(scope, "spans")) for scope in scopes), "spans"
 
 
 def readings(request: ExportTraceServiceRequest, now: datetime) -> list[Reading | Refused]:

@@ -17,7 +17,7 @@ from typing import Any
 from ..amounts import amount
 from ..errors import RequestError
 from ..events import Usage
-from ..gateway.call import bounded
+from ..labels import bounded
 from ..usage.dialects import MAX_TOKENS
 
 TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from ..config import ENERGY_UNITS, TOKENS, Budget, Rule, Settings
@@ -147,10 +147,15 @@ class Guard:
 
     def charge(self, event: Event) -> None:
         """An event recorded with nothing reserved (a correction, an ingested reading) adds
-        to the spend of every budget covering it whose current period holds its time."""
+        to the spend of every budget covering it whose current period holds its time. A
+        budget nothing was admitted to since its period ended starts the new one first (as
+        `admit` would), or a reading of today would miss it and then be reset away."""
+        now = datetime.now(UTC)
         for state in self.states.values():
-            if state.budget.scope.covers(event) and state.holds_time(event.time):
-                state.spent += amount_of(state.budget, event)
+            if state.budget.scope.covers(event):
+                state.roll(now)
+                if state.holds_time(event.time):
+                    state.spent += amount_of(state.budget, event)
 
     def update_budgets(self, wanted: dict[str, Budget], fresh: dict[str, BudgetState]) -> None:
         """Keep the state (spend, reservations) of budgets that stay; add `fresh` ones."""
