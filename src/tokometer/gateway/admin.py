@@ -21,12 +21,12 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+from ..bounds import bounded
 from ..catalog.plans import Charges
 from ..config import SCOPES, Settings
 from ..errors import AuthError, PolicyError, RequestError
 from ..events import Event
 from ..impact import Impacts
-from ..labels import bounded
 from ..ledger import Ledger
 from ..ledger.corrections import TOKEN_DELTAS, correction
 from ..ledger.read import get_event

@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
+from ..bounds import MAX_LABEL_CHARS, bounded
 from ..config import Model, Settings
 from ..counting.recount import Count
 from ..errors import RequestError
-from ..labels import MAX_LABEL_CHARS, bounded
 from ..policy import ANONYMOUS, Consumer
 from .steering import Steering, parse_steering
 from .wire import Endpoint

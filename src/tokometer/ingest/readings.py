@@ -15,9 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 from ..amounts import amount
+from ..bounds import bounded
 from ..errors import RequestError
 from ..events import Usage
-from ..labels import bounded
 from ..usage.dialects import MAX_TOKENS
 
 TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
