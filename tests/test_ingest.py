@@ -467,6 +467,7 @@ def test_a_cost_in_another_currency_is_not_kept_but_the_reading_is(gw):
     answer = gw.post(EVENTS, [{  # by hand: the SDK takes a time only as a datetime
         "specversion": "1.0", "id": f"eur-{datetime.now(UTC).timestamp()}", "source": "/s",
         "type": "tokometer.usage.v1", "time": "2026-11-20t10:00:00z",
+        "datacontenttype": "application/json; charset=utf-8",
         "data": {"provider": "openai", "model": "gpt-4o-mini", "input_tokens": 100,
                  "output_tokens": 10, "cost": "0.5", "currency": "EUR"}}]).json()
     result = answer["data"][0]

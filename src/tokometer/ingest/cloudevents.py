@@ -78,7 +78,9 @@ def _reading(index: int, event: Any, now: datetime) -> Reading | Refused:
             raise Rejected("a CloudEvent needs an id and a source (non-empty strings)")
         if event.get("type") != TYPE:
             raise Rejected(f"type must be {TYPE!r}")
-        if event.get("datacontenttype", JSON) != JSON or "data_base64" in event:
+        declared = event.get("datacontenttype", JSON)
+        if not isinstance(declared, str) or declared.split(";", 1)[0].strip().lower() != JSON \
+                or "data_base64" in event:
             raise Rejected(f"data must be JSON (datacontenttype {JSON})")
         data = event.get("data")
         if not isinstance(data, dict):
