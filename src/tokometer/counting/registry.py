@@ -11,11 +11,12 @@ import gzip
 import hashlib
 import importlib
 import importlib.util
+import re
 import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import ConfigError
 
@@ -148,9 +149,47 @@ def _package_dir(name: str) -> Path:
 def _splintr(name: str, data_dir: Path) -> Tokenizer:
     import splintr
 
-    tok = splintr.Tokenizer.from_pretrained(name)
-    # Text that looks like a special token is ordinary text in a request, as providers count it.
-    return _Counting(tok.encode_ordinary)
+    return _SplintrCounting(splintr.Tokenizer.from_pretrained(name))
+
+
+class _SplintrCounting:
+    """splintr's `encode_ordinary` counts (text that looks like a special token is ordinary
+    text in a request, as providers count it), made without the list of ids: building one
+    Python int per token is about a fifth of the call. `encode_flat` returns the ids as one
+    buffer, 4 bytes each, but matches special tokens spelled out in the text (`encode`'s
+    policy), so it serves only a text in which no special token's spelling occurs."""
+
+    def __init__(self, tok: Any):
+        self._tok = tok
+        specials = list(tok.special_tokens())
+        # a vocabulary whose encode adds a marker (BOS) never takes the flat path
+        flat = len(tok.encode_flat("a")) == 4 * len(tok.encode_ordinary("a"))
+        self._unsafe = (re.compile(_alternatives(specials)) if specials and flat
+                        else None if flat else re.compile(""))
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._unsafe is None or not self._unsafe.search(text):
+            return len(self._tok.encode_flat(text)) >> 2
+        return len(self._tok.encode_ordinary(text))
+
+    count_prompt = count
+
+
+def _alternatives(words: list[str]) -> str:
+    """A regex for any of `words`, factored as a trie: Python's re tries each alternative in
+    turn where a match could start, and a vocabulary may have hundreds of reserved tokens
+    that share their first characters (`<|reserved_token_...`)."""
+    branches: dict[str, list[str]] = {}
+    for word in words:
+        if word:
+            branches.setdefault(word[0], []).append(word[1:])
+    alternatives = [re.escape(first) + _alternatives(rest) for first, rest in branches.items()]
+    if not alternatives:
+        return ""
+    group = alternatives[0] if len(alternatives) == 1 else f"(?:{'|'.join(alternatives)})"
+    return f"(?:{group})?" if "" in words else group
 
 
 def _qwen(name: str, data_dir: Path) -> Tokenizer:
