@@ -111,3 +111,17 @@ def test_special_token_text_counts_as_ordinary_text(registry, o200k):
 def test_bad_specs_are_clear_errors(registry, spec, fragment):
     with pytest.raises(ConfigError, match=fragment):
         registry.get(spec)
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base", "llama3", "kimi_k2"])
+def test_splintr_counts_special_token_spellings_as_ordinary_text(registry, name):
+    """The fast path (one buffer of ids) serves only texts with no special token spelled in
+    them; those count as ordinary text either way, as providers count a request."""
+    import splintr
+
+    tok = splintr.Tokenizer.from_pretrained(name)
+    specials = sorted(tok.special_tokens())[:5]
+    counting = registry.get(f"splintr:{name}")
+    for text in ["", TEXT, *(f"{TEXT[:40]}{s}{TEXT[40:80]}" for s in specials),
+                 "".join(specials), specials[0][:-1], f"a{specials[-1]}b" * 3]:
+        assert counting.count(text) == len(tok.encode_ordinary(text)), text
