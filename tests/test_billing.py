@@ -14,13 +14,10 @@ from typing import Any
 
 import pytest
 
-from conftest import MINIMAL_CONFIG, make_event
+from conftest import make_event
 from processes import cli
-from test_stores import append
-from tokometer.config import PostgresURL
+from test_stores import stored
 from tokometer.events import Event, rfc3339
-from tokometer.ledger import open_store
-from tokometer.ledger.signer import load_signer
 
 AT = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -41,13 +38,7 @@ def _events() -> list[Event]:
 @pytest.fixture
 def config(store_location: Any, tmp_path: Path) -> tuple[Path, list[Event]]:
     events = _events()
-    with open_store(store_location, create=True) as store:
-        append(store, events, load_signer(tmp_path / "key.pem"))
-    url = store_location.url if isinstance(store_location, PostgresURL) \
-        else f"sqlite:///{store_location}"
-    path = tmp_path / "tokometer.toml"
-    path.write_text(f'[server]\nstore = "{url}"\n' + MINIMAL_CONFIG)
-    return path, events
+    return stored(store_location, tmp_path, events), events
 
 
 def export(config: Path, shape: str, *extra: str) -> list[dict[str, Any]]:

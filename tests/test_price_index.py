@@ -19,14 +19,11 @@ import pytest
 import splintr
 from tokenizers import Tokenizer
 
-from conftest import MINIMAL_CONFIG, make_event
+from conftest import make_event
 from processes import cli
-from test_stores import append
+from test_stores import stored
 from tokometer.analytics.price_index import calibration_text
-from tokometer.config import PostgresURL
 from tokometer.events import Event, rfc3339
-from tokometer.ledger import open_store
-from tokometer.ledger.signer import load_signer
 
 TODAY = datetime.now(UTC).date()
 MONDAY = TODAY - timedelta(days=TODAY.weekday())
@@ -74,13 +71,7 @@ def ratios(o200k: Any) -> dict[str, Decimal | None]:
 @pytest.fixture
 def config(store_location: Any, tmp_path: Path) -> tuple[Path, list[Event]]:
     events = _events()
-    with open_store(store_location, create=True) as store:
-        append(store, events, load_signer(tmp_path / "key.pem"))
-    url = store_location.url if isinstance(store_location, PostgresURL) \
-        else f"sqlite:///{store_location}"
-    path = tmp_path / "tokometer.toml"
-    path.write_text(f'[server]\nstore = "{url}"\n' + MINIMAL_CONFIG)
-    return path, events
+    return stored(store_location, tmp_path, events), events
 
 
 def by_hand(events: list[Event], factors: dict[str, Decimal | None], group: Any

@@ -14,12 +14,10 @@ from typing import Any
 
 import pytest
 
-from conftest import MINIMAL_CONFIG, make_event
+from conftest import make_event
 from processes import cli
-from test_stores import append
-from tokometer.config import PostgresURL
+from test_stores import stored
 from tokometer.events import Event, rfc3339
-from tokometer.ledger import open_store
 from tokometer.ledger.signer import load_signer
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
@@ -49,18 +47,7 @@ def _events(n: int = 12) -> list[Event]:
 @pytest.fixture
 def ledger(store_location: Any, tmp_path: Path) -> tuple[Path, list[Event]]:
     events = _events()
-    with open_store(store_location, create=True) as store:
-        append(store, events, load_signer(tmp_path / "key.pem"))
-    return _config(store_location, tmp_path), events
-
-
-def _config(store_location: Any, tmp_path: Path) -> Path:
-    url = store_location.url if isinstance(store_location, PostgresURL) \
-        else f"sqlite:///{store_location}"
-    path = tmp_path / "tokometer.toml"
-    path.write_text(f'[server]\nstore = "{url}"\nsigning_key = "{tmp_path / "key.pem"}"\n'
-                    + MINIMAL_CONFIG)
-    return path
+    return stored(store_location, tmp_path, events), events
 
 
 def statement(config: Path, tenant: str = "acme") -> dict[str, Any]:
@@ -151,9 +138,7 @@ def test_a_statement_of_thousands_of_events_is_as_small_as_one_of_a_few(tmp_path
     for n in (20, 5000):
         where = tmp_path / str(n)
         where.mkdir()
-        with open_store(where / "t.db", create=True) as store:
-            append(store, _events(n), load_signer(where / "key.pem"))
-        document = statement(_config(where / "t.db", where))
+        document = statement(stored(where / "t.db", where, _events(n)))
         assert document["events"]["count"] > n // 2
         sizes.append(len(json.dumps(document)))
     assert sizes[1] < 2 * sizes[0] < 20_000

@@ -63,6 +63,19 @@ def append(store: Store, batch: list[Event], signer: Signer) -> None:
         sign_head(store, signer, tree.size, tree.root(), int(NOW.timestamp() * 1000) + size)
 
 
+def stored(store_location: Any, tmp_path: Path, batch: list[Event]) -> Path:
+    """A config whose store (SQLite's file or a PostgreSQL database) holds `batch` as the
+    log's leaves, signed with tmp_path/key.pem, the config's key too."""
+    with open_store(store_location, create=True) as store:
+        append(store, batch, load_signer(tmp_path / "key.pem"))
+    url = store_location.url if isinstance(store_location, PostgresURL) \
+        else f"sqlite:///{store_location}"
+    path = tmp_path / "tokometer.toml"
+    path.write_text(f'[server]\nstore = "{url}"\nsigning_key = "{tmp_path / "key.pem"}"\n'
+                    + MINIMAL_CONFIG)
+    return path
+
+
 @pytest.fixture
 def filled(store_location: Any, tmp_path: Path) -> Any:
     signer = load_signer(tmp_path / "key.pem")
