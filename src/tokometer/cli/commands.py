@@ -34,6 +34,7 @@ from ..policy.budgets import (
     set_budget,
     stored_budgets,
 )
+from ..policy.wallets import top_up, wallet
 from .corpus import ABOUT as COUNT_ABOUT
 from .corpus import DEFAULT_TOKENIZERS, count_command, positive
 from .output import progress, show, show_json, show_lines
@@ -128,6 +129,36 @@ def budgets_status(args: argparse.Namespace) -> int:
         rows = budget_statuses(store, settings.budgets, datetime.now(UTC))
     show(rows, [*BUDGET_COLUMNS, "spent", "reserved", "remaining", "resets"],
          _rows_format(args))
+    return 0
+
+
+# --- wallets ------------------------------------------------------------------------------
+
+WALLET_COLUMNS = ["lot_id", "created", "currency", "amount", "priority", "expires", "used",
+                  "forfeited", "left", "note"]
+
+
+def wallet_top_up(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    with open_store(settings.server.store, create=True) as store:
+        lot = top_up(store, args.tenant, args.amount, args.currency or settings.server.currency,
+                     args.priority, args.expires, args.note)
+    print(f"added lot {lot.lot_id}: {decimal_str(lot.amount)} {lot.currency} for {lot.tenant}"
+          + (f", expiring {lot.expires}" if lot.expires else ""))
+    return 0
+
+
+def wallet_show(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        found = wallet(store, args.tenant)
+    show([s.row() for s in found.lots], WALLET_COLUMNS, args.format)
+    if args.format == "table":
+        for currency in sorted({s.lot.currency for s in found.lots} | set(found.owed)):
+            owed = found.owed.get(currency)
+            print(f"balance {decimal_str(found.balance(currency))} {currency}"
+                  + (f"; owed {decimal_str(owed)} {currency}" if owed else ""))
+        if found.unpriced:
+            print(f"{found.unpriced} events had no known price and drew on no lot")
     return 0
 
 
@@ -549,6 +580,23 @@ COMMANDS: tuple[Command, ...] = (
             budgets_status, (JSON_LINES,)),
     Command("budgets remove", "remove a budget set at run time", budgets_remove,
             (arg("budget_id", help="the budget's id, as `budgets list` shows it"),)),
+    Command("wallet", "prepaid credit: top up a tenant's wallet, show its lots",
+            about="A wallet is lots of credit a tenant bought (an amount, a currency, a "
+                  "priority, perhaps an expiry). Its spend (each event's charge under a price "
+                  "plan, else its cost) is drawn from them in time order: from the lots "
+                  "bought by then and not expired, the lowest priority number first, then "
+                  "the earliest expiry, then the oldest. What a lot had left when it expired "
+                  "is forfeited."),
+    Command("wallet top-up", "add a lot of credit to a tenant's wallet", wallet_top_up, (
+        arg("--tenant", required=True),
+        arg("--amount", required=True, help="the credit, like 100 or 49.99"),
+        arg("--currency", help="ISO 4217 (default: the server currency)"),
+        arg("--priority", type=whole(0, 999), default=0,
+            help="drawn from the lowest first (default 0)"),
+        arg("--expires", help="a date (its start, UTC) or an RFC 3339 time; default: never"),
+        arg("--note", help="what the lot is, e.g. an invoice number"))),
+    Command("wallet show", "a tenant's lots: bought, used, forfeited, left; and the balance",
+            wallet_show, (arg("--tenant", required=True), TABLE_FORMAT)),
     Command("ledger", "the verifiable log: public key, signed head, audit",
             about="Every event is a leaf of an RFC 9162 Merkle log whose heads the gateway "
                   "signs with Ed25519."),

@@ -6,6 +6,9 @@
     GET    /admin/budgets              every budget: spend, reservations, remaining, reset
     PUT    /admin/budgets              {"tenant"|"app"|"key_id", "limit", "unit", "period"}
     DELETE /admin/budgets/{budget_id}  remove a budget set at run time
+    GET    /admin/wallets/{tenant}     the tenant's lots (used, forfeited, left) and balances
+    POST   /admin/wallets/{tenant}     {"amount", "currency"?, "priority"?, "expires"?,
+                                       "note"?} → a top-up (201), and the wallet after it
     POST   /admin/corrections          {"event_id", "reason", token deltas, "cost"} → the
                                        correction event (201); the original stays as it was
 
@@ -25,7 +28,7 @@ from ..bounds import bounded
 from ..catalog.plans import Charges
 from ..config import SCOPES, Settings
 from ..errors import AuthError, PolicyError, RequestError
-from ..events import Event
+from ..events import Event, decimal_str
 from ..impact import Impacts
 from ..ledger import Ledger
 from ..ledger.corrections import TOKEN_DELTAS, correction
@@ -33,6 +36,7 @@ from ..ledger.read import get_event
 from ..policy import KeyRing, create_key, list_keys, revoke_key
 from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
+from ..policy.wallets import top_up, wallet
 from .offloop import OffLoop
 from .session import AdminToken
 
@@ -75,6 +79,8 @@ class Admin:
             return await self._budgets(method, parts[1:], body)
         if parts == ["corrections"] and method == "POST":
             return await self._correct(body)
+        if parts[0] == "wallets" and len(parts) == 2 and parts[1]:
+            return await self._wallet(method, parts[1], body)
         raise RequestError(f"no such admin endpoint: {method} {path}", status=404,
                            type="not_found_error")
 
@@ -111,6 +117,26 @@ class Admin:
             await self.budgets.sync()
             return 200, {"budget_id": rest[0], "removed": True}
         raise _no_route(method, "budgets", rest)
+
+    async def _wallet(self, method: str, tenant: str, body: Any) -> Reply:
+        """GET: the tenant's lots and balance; POST {"amount", "currency"?, "priority"?,
+        "expires"?, "note"?}: a top-up."""
+        if method == "POST":
+            fields = _object(body, required=("amount",),
+                             optional=("currency", "priority", "expires", "note"))
+            await self._run(top_up, tenant, fields["amount"],
+                            fields.get("currency", self.settings.server.currency),
+                            fields.get("priority", 0), fields.get("expires"),
+                            fields.get("note"))
+        elif method != "GET":
+            raise _no_route(method, "wallets", [tenant])
+        found = await self._run(wallet, tenant)
+        currencies = sorted({s.lot.currency for s in found.lots} | set(found.owed))
+        return 201 if method == "POST" else 200, {
+            "tenant": tenant, "lots": [s.row() for s in found.lots],
+            "balances": {c: decimal_str(found.balance(c)) for c in currencies},
+            "owed": {c: decimal_str(v) for c, v in found.owed.items()},
+            "unpriced": found.unpriced}
 
     async def _correct(self, body: Any) -> Reply:
         fields = _object(body, required=("event_id", "reason"),

@@ -106,6 +106,17 @@ CREATE TABLE IF NOT EXISTS ingest_claims (  -- ingested readings' identities (cl
   event_id TEXT NOT NULL,    -- the event that records it
   PRIMARY KEY (tenant, origin, reading_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wallet_lots (  -- prepaid credit (policy/wallets.py)
+  lot_id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  amount TEXT NOT NULL,     -- a decimal string
+  currency TEXT NOT NULL,
+  priority INTEGER NOT NULL,  -- drawn from the lowest first
+  expires TEXT,             -- RFC 3339 UTC; null: never
+  created TEXT NOT NULL,
+  note TEXT
+);
+CREATE INDEX IF NOT EXISTS wallet_lots_tenant ON wallet_lots(tenant);
 CREATE TABLE IF NOT EXISTS budget_reservations (
   budget_id TEXT PRIMARY KEY,
   reserved TEXT NOT NULL,

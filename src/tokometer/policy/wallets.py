@@ -1,0 +1,169 @@
+"""Prepaid wallets: credit lots per tenant, and what each lot has paid and has left.
+
+A lot is credit bought (an amount, its currency, a priority, perhaps an expiry); a top-up
+adds one, and no period ever resets it. A tenant's spend is drawn from its lots event by
+event in time order: each event's charge where a price plan gives one, else its cost, from
+the lots of that currency bought by then and not expired at the event's time, in order of
+priority (the lowest number first), then earliest expiry, then the oldest. What a lot had
+left when it expired is forfeited. What no lot could pay is owed. Worked out from the
+ledger, so it is the same on every store and from every process.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from ..amounts import amount
+from ..bounds import bounded
+from ..errors import RequestError
+from ..events import decimal_str, new_event_id, rfc3339
+from ..ledger.store import Store
+
+_NEVER = "9999-12-31T23:59:59.999Z"  # how a lot that never expires sorts
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    lot_id: str
+    tenant: str
+    amount: Decimal
+    currency: str
+    priority: int
+    expires: str | None  # RFC 3339 (UTC): usable for events before it
+    created: str
+    note: str | None
+
+
+@dataclass(slots=True)
+class LotState:
+    lot: Lot
+    used: Decimal = field(default_factory=Decimal)
+    forfeited: Decimal = field(default_factory=Decimal)
+
+    @property
+    def left(self) -> Decimal:
+        return self.lot.amount - self.used - self.forfeited
+
+    def row(self) -> dict[str, Any]:
+        lot = self.lot
+        return {"lot_id": lot.lot_id, "created": lot.created, "currency": lot.currency,
+                "amount": decimal_str(lot.amount), "priority": lot.priority,
+                "expires": lot.expires, "used": decimal_str(self.used),
+                "forfeited": decimal_str(self.forfeited), "left": decimal_str(self.left),
+                "note": lot.note}
+
+
+@dataclass(slots=True)
+class Wallet:
+    tenant: str
+    lots: list[LotState]
+    owed: dict[str, Decimal]  # by currency: spend no lot could pay
+    unpriced: int = 0  # events whose charge and cost are unknown: drawn from no lot
+
+    def balance(self, currency: str) -> Decimal:
+        return sum((s.left for s in self.lots if s.lot.currency == currency), Decimal(0))
+
+
+def top_up(conn: Store, tenant: str, credit: object, currency: str, priority: int = 0,
+           expires: str | None = None, note: str | None = None) -> Lot:
+    """Add a lot of credit; RequestError says what is wrong with the input."""
+    bounded(tenant, "tenant")
+    if not tenant:
+        raise RequestError("a wallet belongs to a tenant (a non-empty string)")
+    if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
+        raise RequestError(f"currency must be an ISO 4217 code like 'USD', not {currency!r}")
+    value = amount(credit, "amount")
+    if value <= 0:
+        raise RequestError("a top-up's amount must be more than 0")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 999:
+        raise RequestError("priority must be a whole number from 0 (drawn first) to 999")
+    if not (expires is None or isinstance(expires, str)) or not (note is None
+                                                                 or isinstance(note, str)):
+        raise RequestError("expires and note must be strings")
+    until = None if expires is None else _instant(expires)
+    lot = Lot(new_event_id(), tenant, value, currency, priority, until,
+              rfc3339(datetime.now(UTC)), None if note is None else bounded(note, "note"))
+    conn.execute("INSERT INTO wallet_lots (lot_id, tenant, amount, currency, priority, "
+                 "expires, created, note) VALUES (?,?,?,?,?,?,?,?)",
+                 (lot.lot_id, tenant, decimal_str(value), currency, priority, until,
+                  lot.created, lot.note))
+    return lot
+
+
+def lots_of(conn: Store, tenant: str) -> list[Lot]:
+    rows = conn.execute("SELECT lot_id, tenant, amount, currency, priority, expires, created, "
+                        "note FROM wallet_lots WHERE tenant = ? ORDER BY created, lot_id",
+                        (tenant,))
+    return [Lot(i, t, Decimal(a), c, p, e, cr, n) for i, t, a, c, p, e, cr, n in rows]
+
+
+def wallet(conn: Store, tenant: str, now: datetime | None = None) -> Wallet:
+    """The tenant's lots as its spend so far has drawn them, at `now` (expiries before it
+    forfeit what their lots had left)."""
+    states = [LotState(lot) for lot in lots_of(conn, tenant)]
+    found = Wallet(tenant, states, {})
+    if not states:
+        return found
+    first = min(s.lot.created for s in states)
+    for time, cost, charge, currency in conn.stream(
+            "SELECT time, cost, charge, currency FROM events WHERE tenant = ? AND time >= ? "
+            "ORDER BY time, id", (tenant, first)):
+        if charge is None and cost is None:
+            found.unpriced += 1
+            continue
+        spend = Decimal(charge if charge is not None else cost)
+        owed = found.owed.get(currency, Decimal(0))
+        if spend < 0:  # a refund pays back what is owed first
+            back = min(owed, -spend)
+            owed, spend = owed - back, spend + back
+        owed += _draw(states, time, currency, spend)
+        if owed or currency in found.owed:
+            found.owed[currency] = owed
+    at = rfc3339(now or datetime.now(UTC))
+    for state in states:
+        if state.lot.expires is not None and state.lot.expires <= at:
+            state.forfeited = state.left
+    return found
+
+
+def _draw(states: list[LotState], time: str, currency: str, spend: Decimal) -> Decimal:
+    """Take `spend` from the lots usable at `time`; returns what they could not pay. A
+    refund (negative) goes back to the lots it would have been drawn from first."""
+    usable = sorted((s for s in states if s.lot.currency == currency and s.lot.created <= time
+                     and (s.lot.expires is None or time < s.lot.expires)),
+                    key=lambda s: (s.lot.priority, s.lot.expires or _NEVER, s.lot.created))
+    if spend < 0:  # a correction's refund: back into the first lot that paid
+        for state in usable:
+            if state.used > 0:
+                back = min(state.used, -spend)
+                state.used -= back
+                spend += back
+            if spend == 0:
+                break
+        return Decimal(0)
+    for state in usable:
+        taken = min(state.left, spend)
+        state.used += taken
+        spend -= taken
+        if spend == 0:
+            break
+    return spend
+
+
+def _instant(text: str) -> str:
+    """An expiry: a date (its start, UTC) or an RFC 3339 time with its offset."""
+    try:
+        when = datetime.fromisoformat(text.upper())
+    except ValueError:
+        raise RequestError(f"expires must be a date like 2027-01-01 or an RFC 3339 time, not "
+                           f"{text[:40]!r}") from None
+    if when.tzinfo is None:
+        if len(text) != 10:
+            raise RequestError("an expiry time needs its offset (or Z)")
+        when = when.replace(tzinfo=UTC)
+    return rfc3339(when)
