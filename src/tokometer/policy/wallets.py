@@ -85,9 +85,12 @@ def top_up(conn: Store, tenant: str, credit: object, currency: str, priority: in
     if not (expires is None or isinstance(expires, str)) or not (note is None
                                                                  or isinstance(note, str)):
         raise RequestError("expires and note must be strings")
+    created = rfc3339(datetime.now(UTC))
     until = None if expires is None else _instant(expires)
-    lot = Lot(new_event_id(), tenant, value, currency, priority, until,
-              rfc3339(datetime.now(UTC)), None if note is None else bounded(note, "note"))
+    if until is not None and until <= created:  # it could pay for nothing, forfeited at once
+        raise RequestError(f"expires must be later than now ({created}), not {until}")
+    lot = Lot(new_event_id(), tenant, value, currency, priority, until, created,
+              None if note is None else bounded(note, "note"))
     conn.execute("INSERT INTO wallet_lots (lot_id, tenant, amount, currency, priority, "
                  "expires, created, note) VALUES (?,?,?,?,?,?,?,?)",
                  (lot.lot_id, tenant, decimal_str(value), currency, priority, until,
@@ -110,9 +113,17 @@ def wallet(conn: Store, tenant: str, now: datetime | None = None) -> Wallet:
     if not states:
         return found
     first = min(s.lot.created for s in states)
-    for time, cost, charge, currency in conn.stream(
-            "SELECT time, cost, charge, currency FROM events WHERE tenant = ? AND time >= ? "
-            "ORDER BY time, id", (tenant, first)):
+    # Each currency's lots in the order they are drawn, sorted once (stable: the oldest first
+    # among equals); not again for every event.
+    drawn: dict[str, list[LotState]] = {}
+    for state in sorted(states, key=lambda s: (s.lot.priority, s.lot.expires or _NEVER)):
+        drawn.setdefault(state.lot.currency, []).append(state)
+    for time, cost, charge, currency, corrected in conn.stream(
+            "SELECT e.time, e.cost, e.charge, e.currency, o.time FROM events e "
+            "LEFT JOIN events o ON o.id = e.corrects WHERE e.tenant = ? AND e.time >= ? "
+            "ORDER BY e.time, e.id", (tenant, first)):
+        if corrected is not None and corrected < first:
+            continue  # a correction of spend from before the wallet: not the wallet's either
         if charge is None and cost is None:
             found.unpriced += 1
             continue
@@ -121,7 +132,7 @@ def wallet(conn: Store, tenant: str, now: datetime | None = None) -> Wallet:
         if spend < 0:  # a refund pays back what is owed first
             back = min(owed, -spend)
             owed, spend = owed - back, spend + back
-        owed += _draw(states, time, currency, spend)
+        owed += _draw(drawn.get(currency, []), time, spend)
         if owed or currency in found.owed:
             found.owed[currency] = owed
     at = rfc3339(now or datetime.now(UTC))
@@ -131,12 +142,12 @@ def wallet(conn: Store, tenant: str, now: datetime | None = None) -> Wallet:
     return found
 
 
-def _draw(states: list[LotState], time: str, currency: str, spend: Decimal) -> Decimal:
-    """Take `spend` from the lots usable at `time`; returns what they could not pay. A
-    refund (negative) goes back to the lots it would have been drawn from first."""
-    usable = sorted((s for s in states if s.lot.currency == currency and s.lot.created <= time
-                     and (s.lot.expires is None or time < s.lot.expires)),
-                    key=lambda s: (s.lot.priority, s.lot.expires or _NEVER, s.lot.created))
+def _draw(ordered: list[LotState], time: str, spend: Decimal) -> Decimal:
+    """Take `spend` from the lots usable at `time` (`ordered`: the currency's lots in the
+    order they are drawn); returns what they could not pay. A refund (negative) goes back to
+    the lots it would have been drawn from first."""
+    usable = (s for s in ordered if s.lot.created <= time
+              and (s.lot.expires is None or time < s.lot.expires))
     if spend < 0:  # a correction's refund: back into the first lot that paid
         for state in usable:
             if state.used > 0:
@@ -159,7 +170,9 @@ def _instant(text: str) -> str:
     """An expiry: a date (its start, UTC) or an RFC 3339 time with its offset."""
     try:
         when = datetime.fromisoformat(text.upper())
-    except ValueError:
+        if when.tzinfo is not None:
+            when = when.astimezone(UTC)  # OverflowError: an offset off the calendar's ends
+    except (ValueError, OverflowError):
         raise RequestError(f"expires must be a date like 2027-01-01 or an RFC 3339 time, not "
                            f"{text[:40]!r}") from None
     if when.tzinfo is None:
