@@ -3,7 +3,6 @@ expiry already past, corrections of spend from before the wallet, and many lots.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +16,7 @@ from tokometer.errors import RequestError
 from tokometer.events import rfc3339
 from tokometer.ledger import open_store
 from tokometer.ledger.signer import load_signer
+from tokometer.policy import wallets
 from tokometer.policy.wallets import top_up, wallet
 
 
@@ -58,16 +58,23 @@ def test_a_correction_of_spend_from_before_the_wallet_is_not_the_wallets(store_l
     assert (found.lots[0].used, found.balance("USD"), found.owed) == (Decimal(5), 5, {})
 
 
-def test_many_lots_are_not_sorted_again_for_every_event(tmp_path: Path):
+def test_many_lots_are_not_sorted_again_for_every_event(tmp_path: Path, monkeypatch):
+    """The lots are put in drawing order once, not once per event (200 lots and 100,000
+    events took 4.2 s that way, against 0.27 s)."""
+    sorts = []
+
+    def counted(*args: Any, **kwargs: Any) -> list[Any]:
+        sorts.append(1)
+        return sorted(*args, **kwargs)
+
     with open_store(tmp_path / "t.db", create=True) as store:
         for i in range(200):
             top_up(store, "acme", "1000", "USD", priority=i % 7)
         start = datetime.now(UTC) + timedelta(seconds=1)
         append(store, [make_event(tenant="acme", cost=Decimal("0.5"),
                                   time=rfc3339(start + timedelta(milliseconds=i)))
-                       for i in range(5_000)], load_signer(tmp_path / "key.pem"))
-        began = time.perf_counter()
+                       for i in range(500)], load_signer(tmp_path / "key.pem"))
+        monkeypatch.setattr(wallets, "sorted", counted, raising=False)
         found = wallet(store, "acme", start + timedelta(days=1))
-        took = time.perf_counter() - began
-    assert found.balance("USD") == 200_000 - 2_500
-    assert took < 0.1, f"{took:.2f} s for 5,000 events and 200 lots"
+    assert found.balance("USD") == 200_000 - 250
+    assert len(sorts) <= 2
