@@ -54,7 +54,7 @@ _D = TypeVar("_D")  # a default for it
 _NUMBER: tuple[type[int | float | Decimal], ...] = (int, float, Decimal)
 _AMOUNT: tuple[type[int | Decimal], ...] = (int, Decimal)
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,7 +557,7 @@ def _exchange_rates(tables: list[_Reader], currency: str) -> tuple[ExchangeRate,
 
 def _currency(r: _Reader, key: str) -> str:
     value = r.str(key)
-    if not _CURRENCY.match(value):
+    if not CURRENCY_CODE.match(value):
         raise r.error(key, f"expected an ISO 4217 code like 'USD', got {value!r}")
     return value
 

@@ -118,30 +118,36 @@ async def provenance(request: Request, services: Services) -> None:
 
 async def spans(request: Request, services: Services) -> None:
     """OTLP/HTTP traces: each GenAI span a reading of the key's consumer."""
-    who = await services.authenticate(request.headers)  # before the body is read
-    raw, media = await request.body(services.settings.server), media_type(request.headers)
-
-    def read() -> list[Any]:
-        body = decoded(raw, request.headers, services.settings.server.max_body_bytes)
+    def read(body: bytes, media: str) -> list[Any]:
         return otlp.readings(otlp.decode(body, media), datetime.now(UTC))
 
-    results = await services.ingest.record(who, await _offloaded(request, raw, read))
+    results, media = await _ingested(request, services, read), media_type(request.headers)
     await reply(request.send, 200, otlp.answer(results, media), _tally(results),
                 content_type=media.encode())
 
 
 async def usage_events(request: Request, services: Services) -> None:
     """CloudEvents of type tokometer.usage.v1: readings of the key's consumer."""
-    who = await services.authenticate(request.headers)  # before the body is read
-    raw, media = await request.body(services.settings.server), media_type(request.headers)
-
-    def read() -> list[Any]:
-        body = decoded(raw, request.headers, services.settings.server.max_body_bytes)
+    def read(body: bytes, media: str) -> list[Any]:
         events = cloudevents.decode(body, media, request.headers)
         return cloudevents.readings(events, datetime.now(UTC))
 
-    results = await services.ingest.record(who, await _offloaded(request, raw, read))
+    results = await _ingested(request, services, read)
     await reply_json(request.send, 200, cloudevents.answer(results), _tally(results))
+
+
+async def _ingested(request: Request, services: Services,
+                    read: Callable[[bytes, str], list[Any]]) -> list[Result]:
+    """An ingest request's readings, recorded: the key checked before the body is read, the
+    body decoded (gzip undone) and `read` with its media type, off the loop when long."""
+    who = await services.authenticate(request.headers)
+    server = services.settings.server
+    raw, media = await request.body(server), media_type(request.headers)
+
+    def work() -> list[Any]:
+        return read(decoded(raw, request.headers, server.max_body_bytes), media)
+
+    return await services.ingest.record(who, await _offloaded(request, raw, work))
 
 
 async def _offloaded(request: Request, raw: bytes, work: Callable[[], _T]) -> _T:

@@ -11,7 +11,6 @@ ledger, so it is the same on every store and from every process.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,12 +18,12 @@ from typing import Any
 
 from ..amounts import amount
 from ..bounds import bounded
+from ..config import CURRENCY_CODE
 from ..errors import RequestError
 from ..events import decimal_str, new_event_id, rfc3339
 from ..ledger.store import Store
 
 _NEVER = "9999-12-31T23:59:59.999Z"  # how a lot that never expires sorts
-_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +74,7 @@ def top_up(conn: Store, tenant: str, credit: object, currency: str, priority: in
     bounded(tenant, "tenant")
     if not tenant:
         raise RequestError("a wallet belongs to a tenant (a non-empty string)")
-    if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
+    if not isinstance(currency, str) or not CURRENCY_CODE.match(currency):
         raise RequestError(f"currency must be an ISO 4217 code like 'USD', not {currency!r}")
     value = amount(credit, "amount")
     if value <= 0:
