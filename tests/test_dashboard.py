@@ -25,14 +25,19 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's package; scripts/test installs it
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 CONSOLE: list[str] = []  # what the browser logged on any page (CSP violations land here)
 PAGES = ["/", "/rankings", "/rankings?by=vendor", "/prices", "/prices?by=vendor", "/flows",
-         "/tenants", "/tenants/acme", "/tenants/acme/apps/tests", "/tasks", "/live"]
+         "/tenants", "/tenants/acme", "/tenants/acme/apps/tests", "/wallets",
+         "/wallets/prepaid%2Fco", "/tasks", "/live"]
 
 
 @pytest.fixture(scope="module")
 def dash(upstream, tmp_path_factory):
     gw = start_gateway(tmp_path_factory.mktemp("dash"),
-                       f'admin_token_env = "TKM_DASH"\n{providers_toml(upstream)}\n{MODELS_TOML}',
+                       f'admin_token_env = "TKM_DASH"\n{providers_toml(upstream)}\n{MODELS_TOML}'
+                       '[[allowances]]\ntenant = "prepaid/co"\namount = 2\nperiod = "month"\n',
                        env={**FAKE_KEYS, "TKM_DASH": ADMIN})
+    for amount, note in (("25", "invoice 7"), ("5", "promotion")):
+        gw.post("/admin/wallets/prepaid%2Fco", {"amount": amount, "note": note},
+                key=ADMIN).raise_for_status()
     for i, (model, agent) in enumerate([("gpt-4o-mini", "planner"), ("deepseek-chat", "coder"),
                                         ("gpt-4o-mini", "coder"), ("kimi-k2", "planner")]):
         r = gw.chat(model, headers={"x-tokometer-agent": agent,
@@ -84,6 +89,20 @@ def test_every_page_loads(page, dash, path, text):
     assert response is not None and response.status == 200
     assert text in page.content()
     shot(page, path.strip("/").replace("?by=", "-"))
+
+
+def test_wallets_show_balances_and_each_lot(page, dash):
+    page.goto(dash.url + "/wallets")
+    row = page.locator("tr", has_text="prepaid/co").inner_text()
+    assert "30" in row and "USD" in row and "2" in row  # balance, allowance left
+    page.click("text=prepaid/co")
+    assert page.url.endswith("/wallets/prepaid%2Fco")
+    cards = page.locator(".card").all_inner_texts()
+    assert any(c.startswith("balance USD") and "30" in c for c in cards)
+    assert any(c.startswith("allowance left this month") and "2 of 2" in c for c in cards)
+    lots = page.locator("table").inner_text()
+    assert "invoice 7" in lots and "promotion" in lots and "25" in lots
+    shot(page, "wallet")
 
 
 def test_drill_down_from_tenant_to_app_to_agents(page, dash):

@@ -31,7 +31,13 @@ from tokometer.ledger.receipts import build_receipt, verify_receipt
 from tokometer.ledger.rows import event_row
 from tokometer.ledger.signer import Signer, load_signer
 from tokometer.policy import create_key, list_keys, revoke_key
-from tokometer.policy.budgets import budget_statuses, remove_budget, set_budget, stored_budgets
+from tokometer.policy.budgets import (
+    all_budgets,
+    budget_statuses,
+    remove_budget,
+    set_budget,
+    stored_budgets,
+)
 from tokometer.provenance.fingerprint import mark_sha256
 
 NOW = datetime.now(UTC)
@@ -126,7 +132,8 @@ def test_budgets_are_set_changed_removed_and_spent_from_the_ledger(filled):
         again = set_budget(store, Budget("", Scope("app", "bot"), Decimal("7"), "USD", "month"),
                            ["cfg"])
         assert again.id == first.id and stored_budgets(store)[0].limit == Decimal("7")
-        statuses = {s["budget_id"]: s for s in budget_statuses(store, config, NOW)}
+        statuses = {s["budget_id"]: s
+                    for s in budget_statuses(store, all_budgets(store, config), NOW)}
         all_events = list(iter_events(store))
         spent = sum((Decimal(e["cost"]) for e in all_events
                      if e["tenant"] == "acme" and e["currency"] == "USD" and e["cost"]),

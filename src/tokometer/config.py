@@ -48,7 +48,7 @@ def unit_error(unit: str, currency: str) -> str | None:
 EU = frozenset({"AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "IE",
                 "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"})
 _Named = TypeVar("_Named", "Provider", "Model")
-_Keyed = TypeVar("_Keyed", "Budget", "Limit")
+_Keyed = TypeVar("_Keyed", "Budget", "Limit", "Allowance")
 _V = TypeVar("_V")  # a value read from the TOML
 _D = TypeVar("_D")  # a default for it
 _NUMBER: tuple[type[int | float | Decimal], ...] = (int, float, Decimal)
@@ -170,8 +170,13 @@ class Budget:
     limit: Decimal
     unit: str  # the server currency, or TOKENS
     period: str  # PERIODS
+    # A tenant's prepaid wallet (policy/wallets.py): it counts what a request is charged
+    # (its cost where no plan charges), its limit what the ledger spent plus what is left.
+    wallet: bool = False
 
     def __str__(self) -> str:
+        if self.wallet:
+            return f"the wallet of {self.scope}"
         per = "in total" if self.period == "total" else f"per {self.period}"
         return f"budget {self.id} ({self.scope}: {decimal_text(self.limit)} {self.unit} {per})"
 
@@ -269,6 +274,21 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class Allowance:
+    """What a tenant's wallet may spend each period before it draws on purchased credit;
+    it starts afresh every period (in the server currency)."""
+
+    scope: Scope  # a tenant
+    amount: Decimal
+    period: str  # day, week or month
+    currency: str  # the server's
+
+    @property
+    def tenant(self) -> str:
+        return self.scope.value
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: Path
     server: Server
@@ -280,6 +300,7 @@ class Settings:
     exchange_rates: tuple[ExchangeRate, ...] = ()
     labels: tuple[Notice, ...] = ()  # the first that covers a key applies
     plans: tuple[Plan, ...] = ()  # the first that covers a key applies
+    allowances: tuple[Allowance, ...] = ()  # one per tenant
 
 
 def default_path() -> str:
@@ -304,7 +325,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settings:
     cfg = _Reader(raw, str(path))
     cfg.only("server", "providers", "models", "budgets", "limits", "rules", "exchange_rates",
-             "labels", "plans")
+             "labels", "plans", "allowances")
     base = path.resolve().parent
     server = _server(cfg.table("server"), base, environ)
     providers = _by_name(cfg.tables("providers"), lambda p: _provider(p, environ), "provider")
@@ -319,6 +340,8 @@ def parse(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Settin
         exchange_rates=_exchange_rates(cfg.tables("exchange_rates"), server.currency),
         labels=tuple(_notice(n) for n in cfg.tables("labels")),
         plans=tuple(_plan(p, server.currency) for p in cfg.tables("plans")),
+        allowances=_unique(cfg.tables("allowances"), lambda a: _allowance(a, server.currency),
+                           lambda a: a.tenant, "tenant"),
     )
 
 
@@ -647,6 +670,14 @@ def _plan(p: _Reader, currency: str) -> Plan:
         if tariff.currency not in (None, currency):
             raise listed.error(name, f"a sell tariff is in the server currency {currency!r}")
     return Plan(_scope(p), markup, tariffs)
+
+
+def _allowance(a: _Reader, currency: str) -> Allowance:
+    a.only("tenant", "amount", "period")
+    amount = a.money("amount", what="a number: what the tenant's wallet may spend each "
+                     "period, in the server currency")
+    return Allowance(Scope("tenant", a.str("tenant")), amount,
+                     a.choice("period", PERIODS[:-1]), currency)
 
 
 def _countries(r: _Reader, key: str) -> frozenset[str] | None:

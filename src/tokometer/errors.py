@@ -46,12 +46,14 @@ class AuthError(RequestError):
 
 
 class PolicyError(RequestError):
-    """A refusal the gateway records as an event; `retry_after` in seconds for 429s."""
+    """A refusal the gateway records as an event; `retry_after` in seconds for 429s, and
+    what a wallet has left (`balance`: amount and currency) for its 402s."""
 
     def __init__(self, message: str, *, status: int, type: str, code: str,
-                 retry_after: int | None = None):
+                 retry_after: int | None = None, balance: str | None = None):
         super().__init__(message, status=status, type=type, code=code)
         self.retry_after = retry_after
+        self.balance = balance
 
 
 class UpstreamError(TokometerError):

@@ -28,13 +28,14 @@ from ..ledger import Store, open_store
 from ..ledger.read import count_events, iter_events
 from ..policy import create_key, list_keys, revoke_key
 from ..policy.budgets import (
+    all_budgets,
     budget_statuses,
     new_budget,
     remove_budget,
     set_budget,
     stored_budgets,
 )
-from ..policy.wallets import top_up, wallet
+from ..policy.wallets import WalletBudgets, top_up, wallet
 from .corpus import ABOUT as COUNT_ABOUT
 from .corpus import DEFAULT_TOKENIZERS, count_command, positive
 from .output import progress, show, show_json, show_lines
@@ -126,7 +127,10 @@ def budgets_list(args: argparse.Namespace) -> int:
 def budgets_status(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     with open_store(settings.server.store) as store:
-        rows = budget_statuses(store, settings.budgets, datetime.now(UTC))
+        now = datetime.now(UTC)
+        wallets = WalletBudgets(settings.allowances, settings.server.currency)
+        rows = budget_statuses(store, [*all_budgets(store, settings.budgets),
+                                       *wallets.budgets(store, now)], now)
     show(rows, [*BUDGET_COLUMNS, "spent", "reserved", "remaining", "resets"],
          _rows_format(args))
     return 0
@@ -149,14 +153,19 @@ def wallet_top_up(args: argparse.Namespace) -> int:
 
 
 def wallet_show(args: argparse.Namespace) -> int:
-    with _store(args) as store:
-        found = wallet(store, args.tenant)
+    settings = config.load(args.config)
+    allowance = next((a for a in settings.allowances if a.tenant == args.tenant), None)
+    with open_store(settings.server.store) as store:
+        found = wallet(store, args.tenant, allowance=allowance)
     show([s.row() for s in found.lots], WALLET_COLUMNS, args.format)
     if args.format == "table":
-        for currency in sorted({s.lot.currency for s in found.lots} | set(found.owed)):
-            owed = found.owed.get(currency)
-            print(f"balance {decimal_str(found.balance(currency))} {currency}"
-                  + (f"; owed {decimal_str(owed)} {currency}" if owed else ""))
+        summary = found.summary()
+        if (allowed := summary["allowance"]) is not None:
+            print(f"allowance {allowed['left']} {allowed['currency']} left of "
+                  f"{allowed['amount']} this {allowed['period']}")
+        for currency, balance in summary["balances"].items():
+            owed = summary["owed"].get(currency)
+            print(f"balance {balance} {currency}" + (f"; owed {owed} {currency}" if owed else ""))
         if found.unpriced:
             print(f"{found.unpriced} events had no known price and drew on no lot")
     return 0

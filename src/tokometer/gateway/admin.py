@@ -28,7 +28,7 @@ from ..bounds import bounded
 from ..catalog.plans import Charges
 from ..config import SCOPES, Settings
 from ..errors import AuthError, PolicyError, RequestError
-from ..events import Event, decimal_str
+from ..events import Event
 from ..impact import Impacts
 from ..ledger import Ledger
 from ..ledger.corrections import TOKEN_DELTAS, correction
@@ -71,18 +71,17 @@ class Admin:
         if not self.token.check(_bearer(headers), client):
             raise AuthError("the admin API needs 'Authorization: Bearer ADMIN_TOKEN'")
 
-    async def handle(self, method: str, path: str, body: Any) -> Reply:
-        parts = path.removeprefix("/admin/").split("/")
-        if parts[0] == "keys":
+    async def handle(self, method: str, parts: list[str], body: Any) -> Reply:
+        """`parts`: the path's segments after /admin, each decoded."""
+        if parts[:1] == ["keys"]:
             return await self._keys(method, parts[1:], body)
-        if parts[0] == "budgets":
+        if parts[:1] == ["budgets"]:
             return await self._budgets(method, parts[1:], body)
         if parts == ["corrections"] and method == "POST":
             return await self._correct(body)
-        if parts[0] == "wallets" and len(parts) == 2 and parts[1]:
+        if parts[:1] == ["wallets"] and len(parts) == 2:
             return await self._wallet(method, parts[1], body)
-        raise RequestError(f"no such admin endpoint: {method} {path}", status=404,
-                           type="not_found_error")
+        raise _no_route(method, parts[0] if parts else "", parts[1:])
 
     async def _keys(self, method: str, rest: list[str], body: Any) -> Reply:
         if method == "GET" and not rest:
@@ -128,15 +127,12 @@ class Admin:
                             fields.get("currency", self.settings.server.currency),
                             fields.get("priority", 0), fields.get("expires"),
                             fields.get("note"))
+            await self.budgets.sync()  # the credit is there for the next request
         elif method != "GET":
             raise _no_route(method, "wallets", [tenant])
-        found = await self._run(wallet, tenant)
-        currencies = sorted({s.lot.currency for s in found.lots} | set(found.owed))
-        return 201 if method == "POST" else 200, {
-            "tenant": tenant, "lots": [s.row() for s in found.lots],
-            "balances": {c: decimal_str(found.balance(c)) for c in currencies},
-            "owed": {c: decimal_str(v) for c, v in found.owed.items()},
-            "unpriced": found.unpriced}
+        allowance = next((a for a in self.settings.allowances if a.tenant == tenant), None)
+        found = await self._run(wallet, tenant, None, allowance)
+        return 201 if method == "POST" else 200, found.summary()
 
     async def _correct(self, body: Any) -> Reply:
         fields = _object(body, required=("event_id", "reason"),

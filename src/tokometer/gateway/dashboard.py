@@ -1,10 +1,11 @@
 """The web dashboard at `/`: server-rendered pages with inline SVG charts, no JavaScript.
 
 Pages: overview, rankings, the token price index, flows, tenants → apps → agents
-drill-down, tasks, and a live view of the latest events that refreshes itself. The admin
-token opens it: the sign-in form sets a signed session cookie (session.py), and a bearer
-header works too; failed attempts of either are braked per client address. Each page's
-numbers and charts are worked out on a thread (OffLoop), never on the event loop.
+drill-down, wallets → lots, tasks, and a live view of the latest events that refreshes
+itself. The admin token opens it: the sign-in form sets a signed session cookie
+(session.py), and a bearer header works too; failed attempts of either are braked per
+client address. Each page's numbers and charts are worked out on a thread (OffLoop), never
+on the event loop.
 
 Every answer carries a Content-Security-Policy that allows no script at all, no framing and
 no style element but the pages' own stylesheet (by its hash); charts' SVG keeps its inline
@@ -24,7 +25,7 @@ from decimal import Decimal
 from http.cookies import SimpleCookie
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, quote
 
 from ..analytics import flows, rankings, report
 from ..analytics.charts import flows_chart, index_chart, rankings_chart, report_chart, svg
@@ -34,17 +35,21 @@ from ..config import Settings
 from ..counting.registry import TokenizerRegistry
 from ..events import rfc3339
 from ..ledger.store import Store
+from ..policy.wallets import Wallet, WalletBudgets, wallet
 from .offloop import OffLoop
 from .session import SESSION_SECONDS, AdminToken, Sessions, scope_client
+from .wire import path_parts
 
 COOKIE = "tokometer_admin"
 NAV = [("/", "Overview"), ("/rankings", "Rankings"), ("/prices", "Prices"),
-       ("/flows", "Flows"), ("/tenants", "Tenants"), ("/tasks", "Tasks"), ("/live", "Live")]
+       ("/flows", "Flows"), ("/tenants", "Tenants"), ("/wallets", "Wallets"),
+       ("/tasks", "Tasks"), ("/live", "Live")]
 NUMERIC = {"requests", "input_tokens", "output_tokens", "cache_read_tokens", "tokens", "cost",
            "share", "change_pp", "duration_ms", "tasks", "successes", "cost_per_success",
            "status", "energy_wh", "co2e_g", "tokens_per_kwh", "reference_tokens", "restated",
            "paid", "price_per_mtok", "cache_write_tokens", "reasoning_tokens", "charge",
-           "margin"}
+           "margin", "balance", "allowance_left", "owed", "lots", "amount", "priority", "used",
+           "forfeited", "left"}
 ENERGY = ["energy_wh", "co2e_g", "tokens_per_kwh"]
 Page = tuple[int, list[tuple[bytes, bytes]], bytes]
 _HTML = (b"content-type", b"text/html; charset=utf-8")
@@ -57,8 +62,9 @@ class Dashboard:
         self.sessions = Sessions(token.token) if token.token is not None else None
         self.token = token  # shared with the admin API: one count of wrong tokens
         ratios = Ratios(TokenizerRegistry(settings.server.data_dir))  # loaded when shown
-        self._pages: dict[str, _Page] = {**_PAGES,
-                                         "prices": functools.partial(_prices, ratios=ratios)}
+        self._pages: dict[str, _Page] = {
+            **_PAGES, "prices": functools.partial(_prices, ratios=ratios),
+            "wallets": functools.partial(_wallets, settings=settings)}
 
     async def handle(self, method: str, path: str, scope: dict[str, Any],
                      headers: dict[bytes, bytes], body: bytes) -> Page:
@@ -78,14 +84,12 @@ class Dashboard:
             return 303, [(b"location", b"/login")], b""
         query = scope.get("query_string", b"")
         params = {k: v[0] for k, v in parse_qs(query.decode("latin-1")).items()}
-        # Split the path as sent, then decode each part once: `path` is decoded already, so a
-        # name holding "/" or "%" (sent as %2F, %25) would split or decode again.
-        raw = scope.get("raw_path")
-        sent = raw.decode("utf-8", "replace").split("?", 1)[0] if raw else quote(path)
-        parts = [unquote(p) for p in sent.strip("/").split("/") if p]
+        parts = path_parts(scope, path)
         if parts[:1] == ["tenants"] and len(parts) in (2, 4) and (len(parts) == 2
                                                                   or parts[2] == "apps"):
             data = await self._run(_drill_down, *parts[1::2])
+        elif parts[:1] == ["wallets"] and len(parts) == 2:
+            data = await self._run(_wallet, parts[1], self.settings)
         elif len(parts) <= 1 and (name := (parts or [""])[0]) in self._pages:
             data = await self._run(self._pages[name], params)
         else:
@@ -249,6 +253,47 @@ def _drill_down(conn: Store, tenant: str, app: str | None = None
         {"heading": f"By {level}", "rows": rows,
          "columns": [level, "requests", "tokens", "cost", "currency", *ENERGY],
          "links": {} if app else {"app": lambda r: f"{base}/apps/{quote(r['app'], safe='')}"}}]}
+
+
+def _wallets(conn: Store, params: dict[str, str], settings: Settings) -> dict[str, Any]:
+    """Every tenant with credit lots or an allowance: what it has left."""
+    currency = settings.server.currency
+    rows = []
+    for budget in WalletBudgets(settings.allowances, currency).budgets(conn, datetime.now(UTC)):
+        summary = _wallet_of(conn, budget.scope.value, settings).summary()
+        allowance = summary["allowance"]
+        rows.append({"tenant": summary["tenant"], "lots": len(summary["lots"]),
+                     "balance": summary["balances"].get(currency, "0"), "currency": currency,
+                     "allowance_left": allowance and allowance["left"],
+                     "owed": summary["owed"].get(currency)})
+    return {"title": "Wallets",
+            "intro": "Prepaid credit per tenant: a period's allowance is spent before the "
+                     "lots bought, which are drawn lowest priority number first, then the "
+                     "earliest expiry. Top up with `tokometer wallet top-up` or "
+                     "POST /admin/wallets/{tenant}.",
+            "sections": [{"rows": rows, "columns": ["tenant", "balance", "currency",
+                                                    "allowance_left", "owed", "lots"],
+                          "links": {"tenant": lambda r: "/wallets/" + quote(r["tenant"],
+                                                                             safe="")}}]}
+
+
+def _wallet(conn: Store, tenant: str, settings: Settings) -> dict[str, Any]:
+    """One tenant's lots: bought, used, forfeited and left."""
+    summary = _wallet_of(conn, tenant, settings).summary()
+    cards = [(f"balance {c}", v) for c, v in summary["balances"].items()]
+    if (allowance := summary["allowance"]) is not None:
+        cards.append((f"allowance left this {allowance['period']}",
+                      f"{allowance['left']} of {allowance['amount']}"))
+    cards += [(f"owed {c}", v) for c, v in summary["owed"].items() if Decimal(v)]
+    return {"title": f"Wallet of {tenant}", "cards": cards, "sections": [
+        {"heading": "Lots", "rows": summary["lots"],
+         "columns": ["created", "currency", "amount", "priority", "expires", "used",
+                     "forfeited", "left", "note"]}]}
+
+
+def _wallet_of(conn: Store, tenant: str, settings: Settings) -> Wallet:
+    allowance = next((a for a in settings.allowances if a.tenant == tenant), None)
+    return wallet(conn, tenant, allowance=allowance)
 
 
 def _tasks(conn: Store, params: dict[str, str]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from .dashboard import NAV
 from .pipeline import handle, refuse
 from .services import Services, api_key
 from .session import scope_client
-from .wire import ENDPOINTS, EVENT_ID_HEADER
+from .wire import ENDPOINTS, EVENT_ID_HEADER, path_parts
 
 Handler = Callable[[Request, Services], Awaitable[None]]
 _T = TypeVar("_T")
@@ -175,7 +175,8 @@ async def metrics(request: Request, services: Services) -> None:
 async def admin(request: Request, services: Services) -> None:
     services.admin.check(request.headers, scope_client(request.scope))
     body = await request.json(services.settings.server)
-    status, data = await services.admin.handle(request.method, request.path, body)
+    status, data = await services.admin.handle(
+        request.method, path_parts(request.scope, request.path)[1:], body)
     named = [(EVENT_ID_HEADER, data["id"].encode())] if request.path == "/admin/corrections" \
         else []  # a correction's answer is an event: named like every other
     await reply(request.send, status, orjson.dumps(data), named)

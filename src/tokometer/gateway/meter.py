@@ -136,10 +136,11 @@ class Meter:
         n = usage.input_tokens
         ways = (usage, replace(usage, cache_write_tokens=n),
                 replace(usage, cache_write_tokens=n, cache_write_1h_tokens=n))
-        costs = [self.pricer.estimate(call.model, r, u, call.started, service_tier=tier)
-                 for r in routes for u in ways]
-        known = [c for c in costs if c is not None]
-        cost = max(known) if known and len(known) == len(costs) else None
+        priced = [(r, u, self.pricer.estimate(call.model, r, u, call.started,
+                                              service_tier=tier))
+                  for r in routes for u in ways]
+        cost = _dearest([c for _, _, c in priced])
+        charge = _dearest([self._charge(call, r.model, u, c) for r, u, c in priced])
         # the modelled ceiling: the whole output at the model's own speed, the high end; a
         # measured local server's energy has no bound before it runs (its CPU time)
         ceilings = [None if watts_per_core(r.provider) is not None else
@@ -148,7 +149,15 @@ class Meter:
         if ceilings and None not in ceilings:
             energy = max(figure(c.energy_wh.high) for c in ceilings if c is not None)
             co2e = max(figure(c.co2e_g.high) for c in ceilings if c is not None)
-        return Need(usage.input_tokens + usage.output_tokens, cost, energy, co2e)
+        return Need(usage.input_tokens + usage.output_tokens, cost, energy, co2e, charge)
+
+    def _charge(self, call: Call, model: str | None, usage: Usage,
+                cost: Decimal | None) -> Decimal | None:
+        """What the consumer is charged for `usage` of `model` costing `cost`: its plan's
+        charge, else the cost."""
+        charge = None if self.charges is None else self.charges.charge(
+            call.consumer, call.model.name or None, model, usage, cost, self.pricer.currency)
+        return cost if charge is None else charge
 
     async def event(self, call: Call, outcome: Outcome, event_id: str | None = None,
                     mark: Mark | None = None) -> Event:
@@ -343,6 +352,12 @@ def _size_estimate(call: Call) -> int:
     """The request body's size in tokens at about four characters a token (an overestimate:
     it includes the JSON around the text)."""
     return estimate(call.raw.decode("utf-8", "replace"))
+
+
+def _dearest(amounts: list[Decimal | None]) -> Decimal | None:
+    """The largest, or None if any is unknown (or there are none)."""
+    known = [a for a in amounts if a is not None]
+    return max(known) if known and len(known) == len(amounts) else None
 
 
 def worst_output(body: dict[str, Any], default: int) -> int:

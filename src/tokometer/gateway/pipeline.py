@@ -33,7 +33,7 @@ from .metrics import Metrics
 from .relay import Finish, relay
 from .router import Router
 from .upstream import Answer, Upstream, open_response
-from .wire import EVENT_ID_HEADER, JSON_HEADERS, render_error, sse_error
+from .wire import BALANCE_HEADER, EVENT_ID_HEADER, JSON_HEADERS, render_error, sse_error
 
 _RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
 log = logging.getLogger("tokometer.gateway")
@@ -183,6 +183,8 @@ async def _send_error(send: Send, call: Call, error: TokometerError, event_id: s
     headers = [*JSON_HEADERS, (EVENT_ID_HEADER, event_id.encode())]
     if isinstance(error, PolicyError) and error.retry_after is not None:
         headers.append((b"retry-after", str(error.retry_after).encode()))
+    if isinstance(error, PolicyError) and error.balance is not None:
+        headers.append((BALANCE_HEADER, error.balance.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -29,6 +29,7 @@ from ..ledger.signer import load_signer
 from ..policy import Consumer, Guard, KeyRing
 from ..policy.shared import SharedGuard
 from ..policy.sync import BudgetSync
+from ..policy.wallets import WalletBudgets
 from ..provenance.manifests import TextManifests
 from ..provenance.registry import Registry, fingerprint_key
 from .admin import Admin
@@ -103,7 +104,7 @@ async def start_services(settings: Settings, lock: StoreLock | None,
     keys = KeyRing(stores[0])
     pricer = Pricer(s.currency, settings.exchange_rates)
     budgets = BudgetSync(Guard(settings, {}), stores[1], settings.budgets, shared=shared,
-                         ledger=ledger)
+                         ledger=ledger, wallets=WalletBudgets(settings.allowances, s.currency))
     await budgets.sync()  # spend so far, from the ledger: a restart resets no budget
     side = OffLoop(stores[2])
     token = AdminToken(s.admin_token)  # one count of wrong guesses, however they come

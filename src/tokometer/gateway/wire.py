@@ -7,6 +7,8 @@ OpenAI's `{"error": {...}}` or Anthropic's `{"type": "error", "error": {...}}`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote
 
 import orjson
 
@@ -31,6 +33,7 @@ ENDPOINTS: dict[str, Endpoint] = {
 EVENT_ID_HEADER = b"x-tokometer-event-id"
 COST_HEADER = b"x-tokometer-cost"
 CURRENCY_HEADER = b"x-tokometer-currency"  # the currency of x-tokometer-cost, always with it
+BALANCE_HEADER = b"x-tokometer-balance"  # what a wallet has left, on its 402s
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 _ANTHROPIC_TYPES = {
@@ -70,3 +73,11 @@ def is_shaped_error(api: str, body: bytes) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
         return False
     return api != "anthropic" or data.get("type") == "error"
+
+
+def path_parts(scope: dict[str, Any], path: str) -> list[str]:
+    """The path's segments, each decoded once: split as sent (`path` is decoded already), so
+    a name holding "/" or "%" (sent as %2F, %25) stays one segment and is not decoded twice."""
+    raw = scope.get("raw_path")
+    sent = raw.decode("utf-8", "replace").split("?", 1)[0] if raw else quote(path)
+    return [unquote(p) for p in sent.strip("/").split("/") if p]

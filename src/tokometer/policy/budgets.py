@@ -44,17 +44,18 @@ def amount_of(budget: Budget, event: Event) -> Decimal:
 
 
 def taken(budget: Budget, reserved: Decimal, event: Event) -> Decimal:
-    """What a request that reserved `reserved` took when it settled: amount_of its event,
-    except that a cost (or an energy figure) the meter could not work out spends the whole
-    reservation."""
+    """What a request that reserved `reserved` took when it settled: amount_of its event (a
+    wallet's: what it was charged, else its cost), except that a cost (or an energy figure)
+    the meter could not work out spends the whole reservation."""
     if budget.unit == TOKENS:
         return Decimal(event.input_tokens + event.output_tokens)
     if budget.unit in ENERGY_UNITS:
         figure: Decimal | None = getattr(event, ENERGY_UNITS[budget.unit])
         return reserved if figure is None else figure
-    if event.cost is None:
+    spend = event.charge if budget.wallet and event.charge is not None else event.cost
+    if spend is None:
         return reserved
-    return event.cost if event.currency == budget.unit else Decimal(0)
+    return spend if event.currency == budget.unit else Decimal(0)
 
 
 @dataclass(slots=True)
@@ -108,7 +109,7 @@ def spent_in(conn: Store, budget: Budget, since: datetime | None) -> Decimal:
     money = budget.unit != TOKENS and budget.unit not in ENERGY_UNITS
     measure = ("SUM(input_tokens + output_tokens)" if budget.unit == TOKENS else
                f"decimal_sum({ENERGY_UNITS[budget.unit]})" if budget.unit in ENERGY_UNITS else
-               "decimal_sum(cost)")
+               "decimal_sum(COALESCE(charge, cost))" if budget.wallet else "decimal_sum(cost)")
     sql = f"SELECT {measure} FROM events WHERE {budget.scope.kind} = ?"  # kind is one of SCOPES
     params = [budget.scope.value]
     if money:  # amounts in another currency are not this budget's
@@ -160,11 +161,11 @@ def all_budgets(conn: Store, config: Iterable[Budget]) -> list[Budget]:
     return [*config, *stored_budgets(conn)]
 
 
-def budget_statuses(conn: Store, config: Iterable[Budget],
+def budget_statuses(conn: Store, budgets: Iterable[Budget],
                     now: datetime) -> list[dict[str, str | None]]:
-    """Every budget as another process sees it: the ledger's spend, and the in-flight
+    """Budgets as another process sees them: the ledger's spend, and the in-flight
     reservations a running gateway last saved."""
-    states = load_states(conn, all_budgets(conn, config), now)
+    states = load_states(conn, budgets, now)
     for budget_id, reserved in saved_reservations(conn).items():
         if budget_id in states:
             states[budget_id].reserved = reserved

@@ -25,13 +25,14 @@ from .limits import Entry, Window, retry_after
 @dataclass(frozen=True, slots=True)
 class Need:
     """The most a request may take: tokens (input counted + output allowed), and their cost,
-    energy and CO2e on the dearest route it may take (None when a route has no known price,
-    or no energy figure)."""
+    charge, energy and CO2e on the dearest route it may take (None when a route has no known
+    price, or no energy figure)."""
 
     tokens: int
     cost: Decimal | None
     energy_wh: Decimal | None = None
     co2e_g: Decimal | None = None
+    charge: Decimal | None = None  # what it may be charged (its cost where no plan charges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,17 +185,24 @@ def _reservation(budget: Budget, wants: Need) -> Decimal:
                               "a local server whose energy is measured, unbounded until then)",
                               status=402, type="insufficient_quota", code="budget_exceeded")
         return worst
-    if wants.cost is None:
+    worst = wants.charge if budget.wallet else wants.cost
+    if worst is None:
         raise PolicyError(f"{budget} cannot be kept: the model has no known price on every "
                           "route it may take; give it a price in the config",
-                          status=402, type="insufficient_quota", code="budget_exceeded")
-    return wants.cost
+                          status=402, type="insufficient_quota", code=_code(budget))
+    return worst
 
 
 def too_big(state: BudgetState, spent: Decimal, reserved: Decimal,
             amount: Decimal) -> PolicyError:
     """402 for a request whose worst case is more than what `spent` and `reserved` leave."""
     left = state.budget.limit - spent - reserved
+    if state.budget.wallet:
+        return _balance_error(
+            f"{state.budget} cannot cover this request: it may be charged up to "
+            f"{decimal_str(amount)} {state.budget.unit} (its input, and its max_tokens for "
+            f"each of its n choices), more than the {decimal_str(left)} "
+            f"{state.budget.unit} left; top it up, or lower max_tokens or n", state, left)
     return PolicyError(
         f"{state.budget} cannot cover this request: at most it may take {decimal_str(amount)} "
         f"{state.budget.unit} (its input, and its max_tokens for each of its n choices), more "
@@ -210,9 +218,26 @@ def rate_limited(window: Window, tokens: int, now: float) -> PolicyError:
 
 
 def exhausted(state: BudgetState, spent: Decimal, reserved: Decimal) -> PolicyError:
+    if state.budget.wallet:
+        left = state.budget.limit - spent - reserved
+        return _balance_error(
+            f"{state.budget} is empty: {decimal_str(left)} {state.budget.unit} left of its "
+            f"credit and allowance, {decimal_str(reserved)} of it held by requests under "
+            "way; top it up", state, left)
     limit = decimal_str(state.budget.limit)
     return PolicyError(
         f"{state.budget} is exhausted: {decimal_str(spent)} spent and "
         f"{decimal_str(reserved)} reserved of {limit} {state.budget.unit}; "
         f"{state.resets()}",
         status=402, type="insufficient_quota", code="budget_exceeded")
+
+
+def _balance_error(message: str, state: BudgetState, left: Decimal) -> PolicyError:
+    """402 from a wallet, with what it has left (`x-tokometer-balance`)."""
+    return PolicyError(message, status=402, type="insufficient_quota",
+                       code=_code(state.budget),
+                       balance=f"{decimal_str(left)} {state.budget.unit}")
+
+
+def _code(budget: Budget) -> str:
+    return "insufficient_balance" if budget.wallet else "budget_exceeded"

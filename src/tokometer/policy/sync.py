@@ -1,10 +1,10 @@
 """Keeping the gateway's budgets in step with the store, off the event loop.
 
-Budgets set at run time (CLI or admin API) live in the store; every second the gateway
-picks up changes, reads the spend of new budgets from the ledger, and saves its in-flight
-reservations for `tokometer budgets status` in another process. When processes share the
-store (shared.py) their reservations are already there, and only the store knows what all
-of them spent.
+Budgets set at run time (CLI or admin API) and wallets' credit live in the store; every
+second the gateway picks up changes, reads the spend of new budgets from the ledger, and
+saves its in-flight reservations for `tokometer budgets status` in another process. When
+processes share the store (shared.py) their reservations are already there, and only the
+store knows what all of them spent.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..ledger.store import Ledger, Store, Writes
 from .budgets import all_budgets, budget_statuses, load_states, save_reservations
 from .guard import Guard
 from .shared import SharedGuard
+from .wallets import WalletBudgets
 
 SYNC_SECONDS = 0.5  # with the queries, a budget change reaches every process within a second
 log = logging.getLogger("tokometer.policy")
@@ -28,10 +29,12 @@ log = logging.getLogger("tokometer.policy")
 
 class BudgetSync:
     def __init__(self, guard: Guard, conn: Store, config: tuple[Budget, ...], *,
-                 shared: SharedGuard | None = None, ledger: Ledger | None = None):
+                 shared: SharedGuard | None = None, ledger: Ledger | None = None,
+                 wallets: WalletBudgets | None = None):
         self.guard = guard
         self._conn = conn
         self._config = config
+        self._wallets = wallets
         self._shared = shared
         self._ledger = ledger  # whose appends settle this process's requests
         self._to_recount: set[str] = set()  # budgets taken up, their recount not yet done
@@ -41,7 +44,7 @@ class BudgetSync:
     async def sync(self) -> None:
         """Take up budgets added, changed or removed in the store; save reservations."""
         async with self._lock:
-            budgets = await asyncio.to_thread(all_budgets, self._conn, self._config)
+            budgets = await asyncio.to_thread(self._budgets)
             wanted = {b.id: b for b in budgets}
             missing = self.guard.missing(wanted.values())
             fresh = (await asyncio.to_thread(load_states, self._conn, missing, datetime.now(UTC))
@@ -54,6 +57,12 @@ class BudgetSync:
             if reserved or self._saved:  # unchanged non-zero ones too: they stay fresh
                 await asyncio.to_thread(save_reservations, self._conn, reserved)
                 self._saved = reserved
+
+    def _budgets(self) -> list[Budget]:
+        """The config's budgets, those set at run time, and the wallets'."""
+        wallets = (self._wallets.budgets(self._conn, datetime.now(UTC))
+                   if self._wallets is not None else [])
+        return [*all_budgets(self._conn, self._config), *wallets]
 
     async def _recount(self, wanted: dict[str, Budget], missing: list[Budget],
                        shared: SharedGuard) -> None:
@@ -71,8 +80,8 @@ class BudgetSync:
         if self._shared is None:  # this process's own reckoning is the whole, and the latest
             return [state.status() for state in self.guard.states.values()]
         async with self._lock:
-            return await asyncio.to_thread(budget_statuses, self._conn, self._config,
-                                           datetime.now(UTC))
+            return await asyncio.to_thread(
+                lambda: budget_statuses(self._conn, self._budgets(), datetime.now(UTC)))
 
     async def status(self, budget_id: str) -> dict[str, str | None]:
         """One budget's spend, reservations and what is left, across processes."""

@@ -11,6 +11,7 @@ ledger, so it is the same on every store and from every process.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,10 +19,11 @@ from typing import Any
 
 from ..amounts import amount
 from ..bounds import bounded
-from ..config import CURRENCY_CODE
+from ..config import CURRENCY_CODE, Allowance, Budget, Scope
 from ..errors import RequestError
 from ..events import decimal_str, new_event_id, rfc3339
 from ..ledger.store import Store
+from .budgets import period_bounds
 
 _NEVER = "9999-12-31T23:59:59.999Z"  # how a lot that never expires sorts
 
@@ -61,11 +63,43 @@ class LotState:
 class Wallet:
     tenant: str
     lots: list[LotState]
-    owed: dict[str, Decimal]  # by currency: spend no lot could pay
+    owed: dict[str, Decimal]  # by currency: spend no lot (nor the allowance) could pay
     unpriced: int = 0  # events whose charge and cost are unknown: drawn from no lot
+    allowance: Allowance | None = None
+    allowance_used: Decimal = field(default_factory=Decimal)  # in the current period
+    # by currency: all the tenant's spend the ledger holds, before the wallet too (a
+    # wallet budget's spend, which `limit` adds what is left to)
+    spent: dict[str, Decimal] = field(default_factory=dict)
 
     def balance(self, currency: str) -> Decimal:
         return sum((s.left for s in self.lots if s.lot.currency == currency), Decimal(0))
+
+    def available(self, currency: str) -> Decimal:
+        """What requests may still spend: the allowance left this period and the credit
+        left, less what is owed."""
+        allowed = (self.allowance.amount - self.allowance_used
+                   if self.allowance and self.allowance.currency == currency else 0)
+        return allowed + self.balance(currency) - self.owed.get(currency, Decimal(0))
+
+    def limit(self, currency: str) -> Decimal:
+        """The wallet as a budget counting all the tenant's spend: spend and what is left
+        rise and fall together, so this moves only with a top-up, an expiry, or the
+        allowance's next period."""
+        return self.spent.get(currency, Decimal(0)) + self.available(currency)
+
+    def summary(self) -> dict[str, Any]:
+        """Balances, debts and the allowance, as the CLI and the admin API show them."""
+        currencies = sorted({s.lot.currency for s in self.lots} | set(self.owed))
+        allowance = self.allowance
+        return {
+            "tenant": self.tenant, "lots": [s.row() for s in self.lots],
+            "balances": {c: decimal_str(self.balance(c)) for c in currencies},
+            "owed": {c: decimal_str(v) for c, v in self.owed.items()},
+            "allowance": None if allowance is None else {
+                "amount": decimal_str(allowance.amount), "currency": allowance.currency,
+                "period": allowance.period, "used": decimal_str(self.allowance_used),
+                "left": decimal_str(allowance.amount - self.allowance_used)},
+            "unpriced": self.unpriced}
 
 
 def top_up(conn: Store, tenant: str, credit: object, currency: str, priority: int = 0,
@@ -104,41 +138,79 @@ def lots_of(conn: Store, tenant: str) -> list[Lot]:
     return [Lot(i, t, Decimal(a), c, p, e, cr, n) for i, t, a, c, p, e, cr, n in rows]
 
 
-def wallet(conn: Store, tenant: str, now: datetime | None = None) -> Wallet:
-    """The tenant's lots as its spend so far has drawn them, at `now` (expiries before it
-    forfeit what their lots had left)."""
+def wallet(conn: Store, tenant: str, now: datetime | None = None,
+           allowance: Allowance | None = None) -> Wallet:
+    """The tenant's lots (and allowance) as its spend so far has drawn them, at `now`
+    (expiries before it forfeit what their lots had left)."""
+    at = now or datetime.now(UTC)
     states = [LotState(lot) for lot in lots_of(conn, tenant)]
-    found = Wallet(tenant, states, {})
-    if not states:
+    found = Wallet(tenant, states, {}, allowance=allowance)
+    starts = [s.lot.created for s in states]
+    if allowance is not None:  # this period's allowance pays from the period's start
+        starts.append(rfc3339(_period(allowance, at)))
+    if not starts:
         return found
-    first = min(s.lot.created for s in states)
+    first = min(starts)
     # Each currency's lots in the order they are drawn, sorted once (stable: the oldest first
     # among equals); not again for every event.
     drawn: dict[str, list[LotState]] = {}
     for state in sorted(states, key=lambda s: (s.lot.priority, s.lot.expires or _NEVER)):
         drawn.setdefault(state.lot.currency, []).append(state)
+    used: dict[datetime, Decimal] = {}  # of the allowance, by the start of its period
+    # One statement, so one snapshot on every store: the spend before the wallet, summed
+    # (time ''), then its events, each with the time of the event it corrects, if any.
     for time, cost, charge, currency, corrected in conn.stream(
-            "SELECT e.time, e.cost, e.charge, e.currency, o.time FROM events e "
-            "LEFT JOIN events o ON o.id = e.corrects WHERE e.tenant = ? AND e.time >= ? "
-            "ORDER BY e.time, e.id", (tenant, first)):
-        if corrected is not None and corrected < first:
-            continue  # a correction of spend from before the wallet: not the wallet's either
-        if charge is None and cost is None:
+            "SELECT time, cost, charge, currency, corrected FROM ("
+            " SELECT '' AS time, '' AS id, NULL AS cost,"
+            " decimal_sum(COALESCE(charge, cost)) AS charge, currency, NULL AS corrected"
+            " FROM events WHERE tenant = ? AND time < ? GROUP BY currency"
+            " UNION ALL SELECT e.time, e.id, e.cost, e.charge, e.currency, o.time"
+            " FROM events e LEFT JOIN events o ON o.id = e.corrects"
+            " WHERE e.tenant = ? AND e.time >= ?) AS spend ORDER BY time, id",
+            (tenant, first, tenant, first)):
+        known = charge if charge is not None else cost
+        if known is not None:
+            found.spent[currency] = found.spent.get(currency, Decimal(0)) + Decimal(known)
+        if time == "" or (corrected is not None and corrected < first):
+            continue  # spend from before the wallet, and its corrections: not the wallet's
+        if known is None:
             found.unpriced += 1
             continue
-        spend = Decimal(charge if charge is not None else cost)
+        spend = Decimal(known)
         owed = found.owed.get(currency, Decimal(0))
         if spend < 0:  # a refund pays back what is owed first
             back = min(owed, -spend)
             owed, spend = owed - back, spend + back
+        if allowance is not None and currency == allowance.currency:
+            spend = _allow(allowance, used, time, spend)
         owed += _draw(drawn.get(currency, []), time, spend)
         if owed or currency in found.owed:
             found.owed[currency] = owed
-    at = rfc3339(now or datetime.now(UTC))
+    if allowance is not None:
+        found.allowance_used = used.get(_period(allowance, at), Decimal(0))
     for state in states:
-        if state.lot.expires is not None and state.lot.expires <= at:
+        if state.lot.expires is not None and state.lot.expires <= rfc3339(at):
             state.forfeited = state.left
     return found
+
+
+def _period(allowance: Allowance, at: datetime) -> datetime:
+    """The start of the allowance's period holding `at`."""
+    start, _ = period_bounds(allowance.period, at)
+    assert start is not None, "an allowance's period is a day, a week or a month"
+    return start
+
+
+def _allow(allowance: Allowance, used: dict[datetime, Decimal], time: str,
+           spend: Decimal) -> Decimal:
+    """Take `spend` from the allowance of the period holding `time` first; returns what is
+    left for the lots. A refund goes back to that period's allowance as far as it was used."""
+    period = _period(allowance, datetime.fromisoformat(time))
+    before = used.get(period, Decimal(0))
+    after = max(before + spend, Decimal(0)) if spend < 0 else min(before + spend,
+                                                                   allowance.amount)
+    used[period] = after
+    return spend - (after - before)
 
 
 def _draw(ordered: list[LotState], time: str, spend: Decimal) -> Decimal:
@@ -179,3 +251,39 @@ def _instant(text: str) -> str:
             raise RequestError("an expiry time needs its offset (or Z)")
         when = when.replace(tzinfo=UTC)
     return rfc3339(when)
+
+
+def wallet_budget_id(tenant: str) -> str:
+    return f"wallet:{tenant}"
+
+
+class WalletBudgets:
+    """The wallets as budgets the guard keeps like any other (holds in a shared store too):
+    one per tenant with credit lots or an allowance, in the server currency, counting all
+    the tenant's spend, its limit that spend plus what the wallet has left (Wallet.limit).
+
+    A request's spend lowers what such a budget leaves exactly as it lowers the balance, so
+    the limit is worked out again (a scan of the tenant's events) only when it can move: a
+    top-up, the earliest expiry passing, the allowance's next period."""
+
+    def __init__(self, allowances: Iterable[Allowance], currency: str):
+        self._allowances = {a.tenant: a for a in allowances}
+        self._currency = currency
+        self._known: dict[str, tuple[object, Budget]] = {}  # tenant → (what moves it, budget)
+
+    def budgets(self, conn: Store, now: datetime) -> list[Budget]:
+        lots = {tenant: rest for tenant, *rest in conn.execute(
+            "SELECT tenant, COUNT(*), MAX(created), MIN(CASE WHEN expires > ? THEN expires "
+            "END) FROM wallet_lots GROUP BY tenant", (rfc3339(now),))}
+        known = {}
+        for tenant in sorted(lots.keys() | self._allowances.keys()):
+            allowance = self._allowances.get(tenant)
+            moves = (lots.get(tenant), allowance and _period(allowance, now))
+            found = self._known.get(tenant)
+            if found is None or found[0] != moves:
+                limit = wallet(conn, tenant, now, allowance).limit(self._currency)
+                found = (moves, Budget(wallet_budget_id(tenant), Scope("tenant", tenant),
+                                       limit, self._currency, "total", wallet=True))
+            known[tenant] = found
+        self._known = known
+        return [budget for _, budget in known.values()]
