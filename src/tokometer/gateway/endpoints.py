@@ -205,6 +205,7 @@ _EXACT: dict[str, tuple[frozenset[str] | None, Handler]] = {
 _PREFIXES: tuple[tuple[str, frozenset[str] | None, Handler], ...] = (
     ("/admin/", _ANY, admin),
     ("/tenants/", _ANY, dashboard),
+    ("/wallets/", _ANY, dashboard),
     ("/v1/ledger/", frozenset({"GET"}), log),
     ("/v1/receipts/", frozenset({"GET"}), log),
 )
