@@ -129,9 +129,19 @@ http {{
     return proc, port
 
 
-# Policy switched on for the bench key's tenant and app: a budget, rate limits and a
-# residency rule, none of which ever refuses here, so every request pays for the checks.
+# Policy switched on for the bench key's tenant and app: budgets, a prepaid wallet (an
+# allowance, charged at a plan's markup), rate limits and a residency rule, none of which
+# ever refuses here, so every request pays for the checks.
 POLICY = """
+[[plans]]
+tenant = "bench"
+markup = 0.2
+
+[[allowances]]
+tenant = "bench"
+amount = 1000000
+period = "month"
+
 [[budgets]]
 tenant = "bench"
 limit = 1000000
