@@ -78,8 +78,9 @@ def test_the_allowance_is_spent_before_the_lots_and_starts_again_each_period(sto
     assert on_the_10th.allowance_used == 4  # 3 + 2 - 1
     assert on_the_12th.allowance_used == 0  # what was left of a day never carries over
     assert on_the_12th.available("USD") == 5 + 7
-    # As a budget: all the spend (the 8 before the wallet too) plus what is left.
-    assert on_the_11th.limit("USD") == 8 + 3 + 4 - 1 + 6 + 7
+    # As a budget: all the spend (the 8 before the wallet too) but the refund, plus what is
+    # left (which holds what the refund gave back).
+    assert on_the_11th.limit("USD") == 8 + 3 + 4 + 6 + 7
     summary = on_the_12th.summary()
     assert summary["allowance"] == {"amount": "5", "currency": "USD", "period": "day",
                                     "used": "0", "left": "5"}

@@ -146,6 +146,8 @@ class Admin:
         event = replace(event, charge=self.charges.of(event))
         await self.ledger.append(event, self.budgets.charging(event))
         self.budgets.guard.charge(event)
+        if event.tenant is not None:  # a refund's credit is its wallet's to say
+            await self.budgets.refunded(event.tenant)
         return 201, {"id": event.id, "corrects": event.corrects}
 
 

@@ -21,6 +21,10 @@ from ..events import Event, decimal_str, new_event_id, rfc3339
 from ..ledger.store import Store
 
 RESERVATIONS_FRESH_SECONDS = 5.0  # older snapshots mean no gateway is running
+# What an event adds to a wallet's budget: its charge, else its cost, and nothing for a
+# refund (a negative one), whose credit only the wallet can say (WalletBudgets).
+WALLET_SPEND = ("CASE WHEN COALESCE(charge, cost) LIKE '-%' THEN NULL "
+                "ELSE COALESCE(charge, cost) END")
 
 
 def period_bounds(period: str, now: datetime) -> tuple[datetime | None, datetime | None]:
@@ -55,6 +59,8 @@ def taken(budget: Budget, reserved: Decimal, event: Event) -> Decimal:
     spend = event.charge if budget.wallet and event.charge is not None else event.cost
     if spend is None:
         return reserved
+    if budget.wallet:  # a refund: its credit is what the wallet takes back (WalletBudgets)
+        spend = max(spend, Decimal(0))
     return spend if event.currency == budget.unit else Decimal(0)
 
 
@@ -109,7 +115,7 @@ def spent_in(conn: Store, budget: Budget, since: datetime | None) -> Decimal:
     money = budget.unit != TOKENS and budget.unit not in ENERGY_UNITS
     measure = ("SUM(input_tokens + output_tokens)" if budget.unit == TOKENS else
                f"decimal_sum({ENERGY_UNITS[budget.unit]})" if budget.unit in ENERGY_UNITS else
-               "decimal_sum(COALESCE(charge, cost))" if budget.wallet else "decimal_sum(cost)")
+               f"decimal_sum({WALLET_SPEND})" if budget.wallet else "decimal_sum(cost)")
     sql = f"SELECT {measure} FROM events WHERE {budget.scope.kind} = ?"  # kind is one of SCOPES
     params = [budget.scope.value]
     if money:  # amounts in another currency are not this budget's

@@ -87,6 +87,13 @@ class BudgetSync:
         """One budget's spend, reservations and what is left, across processes."""
         return next(s for s in await self.statuses() if s["budget_id"] == budget_id)
 
+    async def refunded(self, tenant: str) -> None:
+        """A correction of the tenant's spend was recorded: its wallet's limit is worked out
+        again now, as what the refund gave back is only the wallet's to say."""
+        if self._wallets is not None:
+            self._wallets.forget(tenant)
+            await self.sync()
+
     def charging(self, event: Event) -> Writes:
         """What an event recorded with nothing reserved (a correction, an ingested reading)
         adds to a shared store's spend, to commit with it."""

@@ -67,8 +67,8 @@ class Wallet:
     unpriced: int = 0  # events whose charge and cost are unknown: drawn from no lot
     allowance: Allowance | None = None
     allowance_used: Decimal = field(default_factory=Decimal)  # in the current period
-    # by currency: all the tenant's spend the ledger holds, before the wallet too (a
-    # wallet budget's spend, which `limit` adds what is left to)
+    # by currency: all the tenant's spend the ledger holds, before the wallet too, but for
+    # refunds (a wallet budget's spend, which `limit` adds what is left to)
     spent: dict[str, Decimal] = field(default_factory=dict)
 
     def balance(self, currency: str) -> Decimal:
@@ -83,8 +83,10 @@ class Wallet:
 
     def limit(self, currency: str) -> Decimal:
         """The wallet as a budget counting all the tenant's spend: spend and what is left
-        rise and fall together, so this moves only with a top-up, an expiry, or the
-        allowance's next period."""
+        rise and fall together, so this moves only with a top-up, an expiry, the
+        allowance's next period, or a refund. A refund is not spend taken back: what it
+        gives back is what the wallet takes back, which may be nothing (a refund of spend
+        from before the wallet, or of a lot since expired), so only this can say it."""
         return self.spent.get(currency, Decimal(0)) + self.available(currency)
 
     def summary(self) -> dict[str, Any]:
@@ -169,7 +171,7 @@ def wallet(conn: Store, tenant: str, now: datetime | None = None,
             " WHERE e.tenant = ? AND e.time >= ?) AS spend ORDER BY time, id",
             (tenant, first, tenant, first)):
         known = charge if charge is not None else cost
-        if known is not None:
+        if known is not None and Decimal(known) > 0:  # as budgets.WALLET_SPEND
             found.spent[currency] = found.spent.get(currency, Decimal(0)) + Decimal(known)
         if time == "" or (corrected is not None and corrected < first):
             continue  # spend from before the wallet, and its corrections: not the wallet's
@@ -264,7 +266,10 @@ class WalletBudgets:
 
     A request's spend lowers what such a budget leaves exactly as it lowers the balance, so
     the limit is worked out again (a scan of the tenant's events) only when it can move: a
-    top-up, the earliest expiry passing, the allowance's next period."""
+    top-up, the earliest expiry passing, the allowance's next period; and a refund, which
+    adds nothing to the budget (so it cannot lend what the wallet did not take back) until
+    `forget` has its limit worked out again (the process that recorded it does at once;
+    the others at the wallet's next move)."""
 
     def __init__(self, allowances: Iterable[Allowance], currency: str):
         self._allowances = {a.tenant: a for a in allowances}
@@ -287,3 +292,7 @@ class WalletBudgets:
             known[tenant] = found
         self._known = known
         return [budget for _, budget in known.values()]
+
+    def forget(self, tenant: str) -> None:
+        """Work the tenant's limit out again next time: a refund may have moved it."""
+        self._known.pop(tenant, None)

@@ -1,0 +1,52 @@
+"""Attacks on enforced wallets (policy/wallets.py WalletBudgets, guard.py, meter.py need):
+what lets a tenant take tokens its wallet does not pay for."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from conftest import FAKE_KEYS, providers_toml, start_gateway, stop_gateway
+from test_wallet_enforcement import ADMIN, CHARGE, COST, METERED
+from tokometer.ledger import open_store
+from tokometer.policy.wallets import wallet
+
+
+def _gateway(upstream, tmp_path: Path, extra: str = METERED):
+    return start_gateway(tmp_path, f'admin_token_env = "WALLET_ADMIN"\n'
+                         f'{providers_toml(upstream)}{extra}',
+                         env={**FAKE_KEYS, "WALLET_ADMIN": ADMIN})
+
+
+def test_a_refund_the_wallet_does_not_take_back_gives_no_credit(upstream, tmp_path: Path):
+    """A refund of spend from before the wallet is not the wallet's (wallets.py), nor is the
+    part of a refund larger than what the lots paid: the guard must not let the tenant spend
+    it either, or the wallet ends owing."""
+    gw = _gateway(upstream, tmp_path)
+    try:
+        before = gw.chat("metered", max_tokens=300)  # no wallet yet: charged, no lot paid
+        assert before.status_code == 200
+        gw.post("/admin/wallets/acme", {"amount": str(CHARGE)}, key=ADMIN).raise_for_status()
+        refund = gw.post("/admin/corrections", {
+            "event_id": before.headers["x-tokometer-event-id"], "reason": "goodwill",
+            "cost": str(-COST)}, key=ADMIN)  # charged back -CHARGE under the markup
+        assert refund.status_code == 201, refund.text
+        assert gw.chat("metered", max_tokens=300).status_code == 200  # the lot pays it
+        over = gw.chat("metered", max_tokens=300)
+        assert over.status_code == 402, over.text  # the wallet is empty
+        paid = gw.chat("metered", max_tokens=300)  # ... so a refund too large for the lot
+        assert paid.status_code == 402
+        gw.post("/admin/wallets/acme", {"amount": str(CHARGE)}, key=ADMIN).raise_for_status()
+        served = gw.chat("metered", max_tokens=300)
+        assert served.status_code == 200
+        gw.post("/admin/corrections", {
+            "event_id": served.headers["x-tokometer-event-id"], "reason": "goodwill",
+            "cost": str(-3 * COST)}, key=ADMIN).raise_for_status()  # -3 CHARGE: the two
+        # lots take back what they paid (2 CHARGE); the rest has no lot to go back to
+        assert [gw.chat("metered", max_tokens=300).status_code for _ in range(3)] == [
+            200, 200, 402]
+    finally:
+        stop_gateway(gw)
+    with open_store(gw.store) as store:
+        assert wallet(store, "acme").owed.get("USD", Decimal(0)) == 0
+
