@@ -50,3 +50,32 @@ def test_a_refund_the_wallet_does_not_take_back_gives_no_credit(upstream, tmp_pa
     with open_store(gw.store) as store:
         assert wallet(store, "acme").owed.get("USD", Decimal(0)) == 0
 
+
+TARIFFED_BY_ANSWER = """
+[[models]]
+name = "metered"
+routes = [{ provider = "fake-openai", model = "gpt-4o-mini-delayed" }]
+price = { input = 0, cache_read = 0, cache_write = 0, output = 10 }
+
+[[plans]]
+tenant = "acme"
+tariffs = { "gpt-4o-mini-2024-07-18" = { input = 0, output = 1000 } }
+"""
+
+
+def test_a_tariff_of_the_model_that_answers_is_reserved(upstream, tmp_path: Path):
+    """A plan's sell tariff applies by the name of the model that answered (charges.py):
+    OpenAI answers gpt-4o-mini as gpt-4o-mini-2024-07-18. The reservation, priced by the
+    route's model, was the cost: 100 times less than the charge."""
+    gw = _gateway(upstream, tmp_path, TARIFFED_BY_ANSWER)
+    try:
+        gw.post("/admin/wallets/acme", {"amount": str(2 * COST)}, key=ADMIN).raise_for_status()
+        answer = gw.chat("metered", max_tokens=300)
+        assert answer.status_code == 402, gw.event(answer.headers["x-tokometer-event-id"])
+        gw.post("/admin/wallets/acme", {"amount": str(100 * COST)},
+                key=ADMIN).raise_for_status()
+        assert gw.chat("metered", max_tokens=300).status_code == 200
+    finally:
+        stop_gateway(gw)
+    with open_store(gw.store) as store:
+        assert wallet(store, "acme").owed.get("USD", Decimal(0)) == 0

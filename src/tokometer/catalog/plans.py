@@ -22,7 +22,7 @@ class Charges:
     def charge(self, who: object, model_requested: str | None, model: str | None,
                usage: Usage, cost: Decimal | None, currency: str) -> Decimal | None:
         """`who`: what a plan's scope looks at (a Consumer, an Event)."""
-        plan = next((p for p in self._plans if p.scope.covers(who)), None)
+        plan = self._plan(who)
         if plan is None or currency != self.currency:  # a charge is in its cost's currency
             return None
         tariff = plan.tariffs.get(model_requested or "") or plan.tariffs.get(model or "")
@@ -31,6 +31,24 @@ class Charges:
         if plan.markup is None or cost is None:
             return None
         return cost * (1 + plan.markup)
+
+    def most(self, who: object, model_requested: str | None, model: str | None,
+             usage: Usage, cost: Decimal | None, currency: str) -> Decimal | None:
+        """The most `usage` of `model` (a route's) costing `cost` may be charged, before the
+        call says which model answered: its charge (else its cost, None if unknown), or a
+        sell tariff of the plan if dearer, unless one is set for the name asked. A tariff
+        applies by the name of the model that answered too, which the provider says (OpenAI
+        answers gpt-4o-mini as gpt-4o-mini-2024-07-18), so it may be any of them."""
+        charge = self.charge(who, model_requested, model, usage, cost, currency)
+        worst = cost if charge is None else charge
+        plan = self._plan(who)
+        if (worst is None or plan is None or currency != self.currency
+                or (model_requested or "") in plan.tariffs):
+            return worst
+        return max([worst, *(tariff_cost(t, usage) for t in plan.tariffs.values())])
+
+    def _plan(self, who: object) -> Plan | None:
+        return next((p for p in self._plans if p.scope.covers(who)), None)
 
     def of(self, event: Event) -> Decimal | None:
         """An event's charge, from its own fields (a correction's: of its differences)."""

@@ -153,11 +153,12 @@ class Meter:
 
     def _charge(self, call: Call, model: str | None, usage: Usage,
                 cost: Decimal | None) -> Decimal | None:
-        """What the consumer is charged for `usage` of `model` costing `cost`: its plan's
-        charge, else the cost."""
-        charge = None if self.charges is None else self.charges.charge(
-            call.consumer, call.model.name or None, model, usage, cost, self.pricer.currency)
-        return cost if charge is None else charge
+        """The most the consumer may be charged for `usage` of `model` costing `cost`: its
+        plan's charge (by any tariff the answer's model may name), else the cost."""
+        if self.charges is None:
+            return cost
+        return self.charges.most(call.consumer, call.model.name or None, model, usage, cost,
+                                 self.pricer.currency)
 
     async def event(self, call: Call, outcome: Outcome, event_id: str | None = None,
                     mark: Mark | None = None) -> Event:
