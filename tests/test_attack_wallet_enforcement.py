@@ -3,12 +3,18 @@ what lets a tenant take tokens its wallet does not pay for."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from conftest import FAKE_KEYS, providers_toml, start_gateway, stop_gateway
-from test_wallet_enforcement import ADMIN, CHARGE, COST, METERED
+from conftest import FAKE_KEYS, make_event, providers_toml, start_gateway, stop_gateway
+from test_stores import append
+from test_wallet_enforcement import ADMIN, CHARGE, COST, METERED, lot
+from tokometer.events import rfc3339
 from tokometer.ledger import open_store
+from tokometer.ledger.signer import load_signer
+from tokometer.policy import wallets
 from tokometer.policy.wallets import wallet
 
 
@@ -79,3 +85,27 @@ def test_a_tariff_of_the_model_that_answers_is_reserved(upstream, tmp_path: Path
         stop_gateway(gw)
     with open_store(gw.store) as store:
         assert wallet(store, "acme").owed.get("USD", Decimal(0)) == 0
+
+
+def test_lots_used_up_are_not_looked_at_again_for_every_event(tmp_path: Path, monkeypatch: Any):
+    """A wallet topped up in small lots over a long ledger: each event looked at every lot
+    used up before it (1,000 lots and 100,000 events took 155 s, on a thread holding the
+    budgets' sync; after: 1 s). Counted, not timed: the lots' balances read."""
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    with open_store(tmp_path / "t.db", create=True) as store:
+        for i in range(300):
+            lot(store, "acme", "1", rfc3339(start + timedelta(seconds=i)))
+        append(store, [make_event(tenant="acme", cost=Decimal(1),
+                                  time=rfc3339(start + timedelta(seconds=300 + i)))
+                       for i in range(2000)], load_signer(tmp_path / "key.pem"))
+        reads = []
+        left = wallets.LotState.left
+
+        def counted(state: wallets.LotState) -> Decimal:
+            reads.append(1)
+            return left.fget(state)
+
+        monkeypatch.setattr(wallets.LotState, "left", property(counted))
+        found = wallet(store, "acme", start + timedelta(days=1))
+    assert found.balance("USD") == 0 and found.owed == {"USD": 1700}
+    assert len(reads) < 5 * (300 + 2000), len(reads)  # was 555,450

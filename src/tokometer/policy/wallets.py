@@ -11,6 +11,7 @@ ledger, so it is the same on every store and from every process.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -155,9 +156,10 @@ def wallet(conn: Store, tenant: str, now: datetime | None = None,
     first = min(starts)
     # Each currency's lots in the order they are drawn, sorted once (stable: the oldest first
     # among equals); not again for every event.
-    drawn: dict[str, list[LotState]] = {}
+    ordered: dict[str, list[LotState]] = {}
     for state in sorted(states, key=lambda s: (s.lot.priority, s.lot.expires or _NEVER)):
-        drawn.setdefault(state.lot.currency, []).append(state)
+        ordered.setdefault(state.lot.currency, []).append(state)
+    drawn = {currency: _Drawing(lots) for currency, lots in ordered.items()}
     used: dict[datetime, Decimal] = {}  # of the allowance, by the start of its period
     # One statement, so one snapshot on every store: the spend before the wallet, summed
     # (time ''), then its events, each with the time of the event it corrects, if any.
@@ -185,7 +187,7 @@ def wallet(conn: Store, tenant: str, now: datetime | None = None,
             owed, spend = owed - back, spend + back
         if allowance is not None and currency == allowance.currency:
             spend = _allow(allowance, used, time, spend)
-        owed += _draw(drawn.get(currency, []), time, spend)
+        owed += drawn[currency].draw(time, spend) if currency in drawn else spend
         if owed or currency in found.owed:
             found.owed[currency] = owed
     if allowance is not None:
@@ -215,28 +217,55 @@ def _allow(allowance: Allowance, used: dict[datetime, Decimal], time: str,
     return spend - (after - before)
 
 
-def _draw(ordered: list[LotState], time: str, spend: Decimal) -> Decimal:
-    """Take `spend` from the lots usable at `time` (`ordered`: the currency's lots in the
-    order they are drawn); returns what they could not pay. A refund (negative) goes back to
-    the lots it would have been drawn from first."""
-    usable = (s for s in ordered if s.lot.created <= time
-              and (s.lot.expires is None or time < s.lot.expires))
-    if spend < 0:  # a correction's refund: back into the first lot that paid
-        for state in usable:
-            if state.used > 0:
-                back = min(state.used, -spend)
-                state.used -= back
-                spend += back
-            if spend == 0:
-                break
-        return Decimal(0)
-    for state in usable:
-        taken = min(state.left, spend)
-        state.used += taken
-        spend -= taken
-        if spend == 0:
-            break
-    return spend
+class _Drawing:
+    """A currency's lots as the spend, in time order, draws them: an event looks only at the
+    lots bought by its time, not expired and not used up (each lot joins once, and leaves
+    once used up, until a refund gives it credit back), so many lots used up over a long
+    ledger cost no more per event than the lots it draws from."""
+
+    def __init__(self, ordered: list[LotState]):
+        self._ordered = ordered  # in the order they are drawn
+        self._rank = {id(s): i for i, s in enumerate(ordered)}
+        self._coming = sorted(ordered, key=lambda s: s.lot.created, reverse=True)
+        self._live: list[tuple[int, LotState]] = []  # bought, by rank: those that may pay
+
+    def draw(self, time: str, spend: Decimal) -> Decimal:
+        """Take `spend` from the lots usable at `time`; returns what they could not pay. A
+        refund (negative) goes back to the lots it would have been drawn from first."""
+        while self._coming and self._coming[-1].lot.created <= time:
+            self._join(self._coming.pop())
+        if spend < 0:  # a correction's refund: back into the first lots that paid
+            for state in self._ordered:
+                if spend == 0:
+                    break
+                if state.used > 0 and _usable(state.lot, time):
+                    if state.left == 0:
+                        self._join(state)  # it may pay again
+                    back = min(state.used, -spend)
+                    state.used -= back
+                    spend += back
+            return Decimal(0)
+        live, i = self._live, 0
+        while spend > 0 and i < len(live):
+            state = live[i][1]
+            if not _usable(state.lot, time):
+                del live[i]  # expired: for every event after this one too
+                continue
+            taken = min(state.left, spend)
+            state.used += taken
+            spend -= taken
+            if state.left == 0:
+                del live[i]
+            else:
+                i += 1
+        return spend
+
+    def _join(self, state: LotState) -> None:
+        bisect.insort(self._live, (self._rank[id(state)], state), key=lambda r: r[0])
+
+
+def _usable(lot: Lot, time: str) -> bool:
+    return lot.created <= time and (lot.expires is None or time < lot.expires)
 
 
 def _instant(text: str) -> str:
