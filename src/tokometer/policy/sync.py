@@ -92,7 +92,10 @@ class BudgetSync:
         again now, as what the refund gave back is only the wallet's to say."""
         if self._wallets is not None:
             self._wallets.forget(tenant)
-            await self.sync()
+            try:
+                await self.sync()
+            except (self._conn.Error, LedgerError) as e:  # recorded: the next sync does it
+                log.warning("budget sync after a refund failed (will retry): %s", e)
 
     def charging(self, event: Event) -> Writes:
         """What an event recorded with nothing reserved (a correction, an ingested reading)
