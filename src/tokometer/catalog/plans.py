@@ -35,17 +35,20 @@ class Charges:
     def most(self, who: object, model_requested: str | None, model: str | None,
              usage: Usage, cost: Decimal | None, currency: str) -> Decimal | None:
         """The most `usage` of `model` (a route's) costing `cost` may be charged, before the
-        call says which model answered: its charge (else its cost, None if unknown), or a
-        sell tariff of the plan if dearer, unless one is set for the name asked. A tariff
-        applies by the name of the model that answered too, which the provider says (OpenAI
-        answers gpt-4o-mini as gpt-4o-mini-2024-07-18), so it may be any of them."""
-        charge = self.charge(who, model_requested, model, usage, cost, currency)
-        worst = cost if charge is None else charge
+        call says which model answered (None if unknown). A tariff for the name asked
+        decides; else a tariff applies by the name the provider answers with (OpenAI answers
+        gpt-4o-mini as gpt-4o-mini-2024-07-18), so the answer may be charged any tariff of
+        the plan, or none (its markup, else its cost)."""
+        def charged(answered: str | None) -> Decimal | None:
+            charge = self.charge(who, model_requested, answered, usage, cost, currency)
+            return cost if charge is None else charge
+
         plan = self._plan(who)
-        if (worst is None or plan is None or currency != self.currency
-                or (model_requested or "") in plan.tariffs):
-            return worst
-        return max([worst, *(tariff_cost(t, usage) for t in plan.tariffs.values())])
+        if plan is None or currency != self.currency or (model_requested or "") in plan.tariffs:
+            return charged(model)
+        amounts = [charged(model), charged(None),
+                   *(tariff_cost(t, usage) for t in plan.tariffs.values())]
+        return None if None in amounts else max(a for a in amounts if a is not None)
 
     def _plan(self, who: object) -> Plan | None:
         return next((p for p in self._plans if p.scope.covers(who)), None)

@@ -24,7 +24,7 @@ from ..config import CURRENCY_CODE, Allowance, Budget, Scope
 from ..errors import RequestError
 from ..events import decimal_str, new_event_id, rfc3339
 from ..ledger.store import Store
-from .budgets import period_bounds
+from .budgets import WALLET_SPEND, period_bounds
 
 _NEVER = "9999-12-31T23:59:59.999Z"  # how a lot that never expires sorts
 
@@ -166,7 +166,7 @@ def wallet(conn: Store, tenant: str, now: datetime | None = None,
     for time, cost, charge, currency, corrected in conn.stream(
             "SELECT time, cost, charge, currency, corrected FROM ("
             " SELECT '' AS time, '' AS id, NULL AS cost,"
-            " decimal_sum(COALESCE(charge, cost)) AS charge, currency, NULL AS corrected"
+            f" decimal_sum({WALLET_SPEND}) AS charge, currency, NULL AS corrected"
             " FROM events WHERE tenant = ? AND time < ? GROUP BY currency"
             " UNION ALL SELECT e.time, e.id, e.cost, e.charge, e.currency, o.time"
             " FROM events e LEFT JOIN events o ON o.id = e.corrects"
@@ -187,7 +187,8 @@ def wallet(conn: Store, tenant: str, now: datetime | None = None,
             owed, spend = owed - back, spend + back
         if allowance is not None and currency == allowance.currency:
             spend = _allow(allowance, used, time, spend)
-        owed += drawn[currency].draw(time, spend) if currency in drawn else spend
+        owed += (drawn[currency].draw(time, spend) if currency in drawn
+                 else max(spend, Decimal(0)))  # a refund to no lot gives nothing back
         if owed or currency in found.owed:
             found.owed[currency] = owed
     if allowance is not None:
