@@ -461,6 +461,9 @@ def test_a_refund_is_a_new_event_that_references_the_original(gw):
     assert spend(gw, "corr-co") == ONE_REQUEST - ONE_REQUEST / 3
     status = {b["scope_value"]: b for b in gw.get("/admin/budgets", key=ADMIN).json()["data"]}
     assert Decimal(status["corr-co"]["spent"]) == ONE_REQUEST - ONE_REQUEST / 3
+    again = gw.post("/admin/corrections/", {"event_id": original_id, "reason": "once more",
+                                            "output_tokens": -1}, key=ADMIN)
+    assert again.headers["x-tokometer-event-id"] == again.json()["id"]  # a trailing slash too
 
 
 @pytest.mark.parametrize(("body", "status", "fragment"), [

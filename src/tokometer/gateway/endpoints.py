@@ -175,9 +175,9 @@ async def metrics(request: Request, services: Services) -> None:
 async def admin(request: Request, services: Services) -> None:
     services.admin.check(request.headers, scope_client(request.scope))
     body = await request.json(services.settings.server)
-    status, data = await services.admin.handle(
-        request.method, path_parts(request.scope, request.path)[1:], body)
-    named = [(EVENT_ID_HEADER, data["id"].encode())] if request.path == "/admin/corrections" \
+    parts = path_parts(request.scope, request.path)[1:]
+    status, data = await services.admin.handle(request.method, parts, body)
+    named = [(EVENT_ID_HEADER, data["id"].encode())] if parts == ["corrections"] \
         else []  # a correction's answer is an event: named like every other
     await reply(request.send, status, orjson.dumps(data), named)
 
