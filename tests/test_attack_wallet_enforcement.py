@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import FAKE_KEYS, make_event, providers_toml, start_gateway, stop_gateway
+from test_replicas import METERED_MODEL
 from test_stores import append
 from test_wallet_enforcement import ADMIN, CHARGE, COST, METERED, lot
 from tokometer.events import rfc3339
@@ -57,12 +58,7 @@ def test_a_refund_the_wallet_does_not_take_back_gives_no_credit(upstream, tmp_pa
         assert wallet(store, "acme").owed.get("USD", Decimal(0)) == 0
 
 
-TARIFFED_BY_ANSWER = """
-[[models]]
-name = "metered"
-routes = [{ provider = "fake-openai", model = "gpt-4o-mini-delayed" }]
-price = { input = 0, cache_read = 0, cache_write = 0, output = 10 }
-
+TARIFFED_BY_ANSWER = METERED_MODEL + """
 [[plans]]
 tenant = "acme"
 tariffs = { "gpt-4o-mini-2024-07-18" = { input = 0, output = 1000 } }

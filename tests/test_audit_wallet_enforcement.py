@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import FAKE_KEYS, make_event, providers_toml, start_gateway, stop_gateway
 from processes import cli
+from test_replicas import METERED_MODEL
 from test_stores import append
 from tokometer.config import Allowance, Scope
 from tokometer.events import Event, rfc3339
@@ -326,12 +327,7 @@ def test_a_refund_the_wallet_cannot_take_back_moves_its_limit(store_location, tm
     assert state.budget.limit - state.spent == left
 
 
-TARIFFED = """
-[[models]]
-name = "metered"
-routes = [{ provider = "fake-openai", model = "gpt-4o-mini-delayed" }]
-price = { input = 0, cache_read = 0, cache_write = 0, output = 10 }
-
+TARIFFED = METERED_MODEL + """
 [[plans]]
 tenant = "acme"
 markup = 1

@@ -25,6 +25,7 @@ from conftest import (
     stop_gateway,
 )
 from processes import cli
+from test_replicas import METERED_MODEL
 from test_stores import append
 from tokometer.config import Allowance, PostgresURL, Scope
 from tokometer.events import rfc3339
@@ -36,16 +37,7 @@ from tokometer.policy.wallets import WalletBudgets, top_up, wallet
 COST = Decimal(300) * 10 / 1_000_000  # the fixture's 300 output tokens at 10 per 1M; input free
 CHARGE = 2 * COST  # under a markup of 1
 ADMIN = "wallet-admin"
-METERED = """
-[[models]]
-name = "metered"
-routes = [{ provider = "fake-openai", model = "gpt-4o-mini-delayed" }]
-price = { input = 0, cache_read = 0, cache_write = 0, output = 10 }
-
-[[plans]]
-tenant = "acme"
-markup = 1
-"""
+METERED = METERED_MODEL + '[[plans]]\ntenant = "acme"\nmarkup = 1\n'
 
 
 def lot(store: Any, tenant: str, amount: str, created: str, priority: int = 0,
