@@ -1,12 +1,14 @@
 """Prepaid wallets: credit lots per tenant, and what each lot has paid and has left.
 
 A lot is credit bought (an amount, its currency, a priority, perhaps an expiry); a top-up
-adds one, and no period ever resets it. A tenant's spend is drawn from its lots event by
-event in time order: each event's charge where a price plan gives one, else its cost, from
-the lots of that currency bought by then and not expired at the event's time, in order of
-priority (the lowest number first), then earliest expiry, then the oldest. What a lot had
-left when it expired is forfeited. What no lot could pay is owed. Worked out from the
-ledger, so it is the same on every store and from every process.
+adds one, and no period ever resets it. A tenant's spend is drawn event by event in time
+order: each event's charge where a price plan gives one, else its cost, first from the
+allowance of the period holding it (config `[[allowances]]`), then from the lots of that
+currency bought by then and not expired at the event's time, in order of priority (the
+lowest number first), then earliest expiry, then the oldest. What a lot had left when it
+expired is forfeited. What nothing could pay is owed. Worked out from the ledger, so it is
+the same on every store and from every process; the gateway enforces it as a budget
+(WalletBudgets).
 """
 
 from __future__ import annotations
