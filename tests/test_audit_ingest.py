@@ -20,21 +20,12 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from conftest import MINIMAL_CONFIG, Gateway, start_gateway, stop_gateway
 from processes import cli
+from test_ingest import PRICED
 from tokometer.ledger import open_store
 
 ADMIN = "audit-ingest-admin"
 TARIFF = {"input": Decimal("2.5"), "cache_read": Decimal("1.25"), "output": Decimal("10")}
-CONFIG = """admin_token_env = "AUDIT_INGEST_ADMIN"
-[[providers]]
-name = "openai"
-api = "openai"
-base_url = "http://127.0.0.1:9/v1"
-
-[[models]]
-name = "gpt-4o-mini"
-routes = [{ provider = "openai", model = "gpt-4o-mini" }]
-price = { input = 2.5, cache_read = 1.25, cache_write = 3.75, output = 10 }
-
+CONFIG = 'admin_token_env = "AUDIT_INGEST_ADMIN"' + PRICED + """
 [[budgets]]
 tenant = "acme"
 limit = 100000

@@ -41,7 +41,8 @@ from tokometer.ledger import open_store
 ADMIN = "ingest-admin-token"
 TRACES, EVENTS = "/v1/otlp/v1/traces", "/v1/events"
 CLAUDE = "claude-sonnet-4-20250514"
-CONFIG = """admin_token_env = "INGEST_ADMIN"
+# The tariff readings are priced at when they name this provider and model.
+PRICED = """
 [[providers]]
 name = "openai"
 api = "openai"
@@ -52,7 +53,8 @@ region = "US"
 name = "gpt-4o-mini"
 routes = [{ provider = "openai", model = "gpt-4o-mini" }]
 price = { input = 2.5, cache_read = 1.25, cache_write = 3.75, output = 10 }
-
+"""
+CONFIG = 'admin_token_env = "INGEST_ADMIN"' + PRICED + """
 [[budgets]]
 tenant = "acme"
 limit = 1000

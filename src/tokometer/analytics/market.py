@@ -20,14 +20,20 @@ from .report import report
 RANKED_BY = {"model": "model", "vendor": "vendor", "origin": "model_origin"}
 
 
+def this_monday(weeks: int, today: date | None) -> date:
+    """The Monday of the ISO week (UTC) holding `today`, for a table of `weeks` weeks up to
+    it; RequestError for fewer than one."""
+    if weeks < 1:
+        raise RequestError("weeks must be at least 1")
+    today = today or datetime.now(UTC).date()
+    return today - timedelta(days=today.weekday())
+
+
 def rankings(conn: Store, by: str = "model", weeks: int = 4,
              today: date | None = None) -> list[dict[str, Any]]:
     if by not in RANKED_BY:
         raise RequestError(f"rank by one of {', '.join(RANKED_BY)}, not {by!r}")
-    if weeks < 1:
-        raise RequestError("weeks must be at least 1")
-    today = today or datetime.now(UTC).date()
-    monday = today - timedelta(days=today.weekday())
+    monday = this_monday(weeks, today)
     first = monday - timedelta(weeks=weeks)  # one week more: the first shown week's change
     since = rfc3339(datetime(first.year, first.month, first.day, tzinfo=UTC))
     column = RANKED_BY[by]

@@ -27,6 +27,7 @@ from ..counting.registry import TokenizerRegistry
 from ..errors import RequestError
 from ..events import decimal_str, rfc3339
 from ..ledger.store import Store
+from .market import this_monday
 
 REFERENCE = "splintr:o200k_base"
 INDEXED_BY = {"all": None, "vendor": "vendor", "origin": "model_origin", "model": "model"}
@@ -86,10 +87,7 @@ def price_index(conn: Store, ratios: Ratios, by: str = "all", weeks: int = 8,
     """A row per week (from the Monday `weeks` weeks before this one), group and currency."""
     if by not in INDEXED_BY:
         raise RequestError(f"index by one of {', '.join(INDEXED_BY)}, not {by!r}")
-    if weeks < 1:
-        raise RequestError("weeks must be at least 1")
-    today = today or datetime.now(UTC).date()
-    monday = today - timedelta(days=today.weekday())
+    monday = this_monday(weeks, today)
     first, end = monday - timedelta(weeks=weeks - 1), monday + timedelta(weeks=1)
     sums: dict[tuple[str, str | None, str], _Sum] = {}
     for week, model, origin, currency, tokens, paid in conn.execute(

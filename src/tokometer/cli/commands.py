@@ -35,7 +35,7 @@ from ..policy.budgets import (
     set_budget,
     stored_budgets,
 )
-from ..policy.wallets import WalletBudgets, top_up, wallet
+from ..policy.wallets import WalletBudgets, top_up, wallet_with
 from .corpus import ABOUT as COUNT_ABOUT
 from .corpus import DEFAULT_TOKENIZERS, count_command, positive
 from .output import progress, show, show_json, show_lines
@@ -154,9 +154,8 @@ def wallet_top_up(args: argparse.Namespace) -> int:
 
 def wallet_show(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
-    allowance = next((a for a in settings.allowances if a.tenant == args.tenant), None)
     with open_store(settings.server.store) as store:
-        found = wallet(store, args.tenant, allowance=allowance)
+        found = wallet_with(store, args.tenant, settings.allowances)
     show([s.row() for s in found.lots], WALLET_COLUMNS, args.format)
     if args.format == "table":
         summary = found.summary()

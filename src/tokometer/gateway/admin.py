@@ -36,7 +36,7 @@ from ..ledger.read import get_event
 from ..policy import KeyRing, create_key, list_keys, revoke_key
 from ..policy.budgets import new_budget, remove_budget, set_budget
 from ..policy.sync import BudgetSync
-from ..policy.wallets import top_up, wallet
+from ..policy.wallets import top_up, wallet_with
 from .offloop import OffLoop
 from .session import AdminToken
 
@@ -130,8 +130,7 @@ class Admin:
             await self.budgets.sync()  # the credit is there for the next request
         elif method != "GET":
             raise _no_route(method, "wallets", [tenant])
-        allowance = next((a for a in self.settings.allowances if a.tenant == tenant), None)
-        found = await self._run(wallet, tenant, None, allowance)
+        found = await self._run(wallet_with, tenant, self.settings.allowances)
         return 201 if method == "POST" else 200, found.summary()
 
     async def _correct(self, body: Any) -> Reply:

@@ -35,7 +35,7 @@ from ..config import Settings
 from ..counting.registry import TokenizerRegistry
 from ..events import rfc3339
 from ..ledger.store import Store
-from ..policy.wallets import Wallet, WalletBudgets, wallet
+from ..policy.wallets import wallet_tenants, wallet_with
 from .offloop import OffLoop
 from .session import SESSION_SECONDS, AdminToken, Sessions, scope_client
 from .wire import path_parts
@@ -259,8 +259,8 @@ def _wallets(conn: Store, params: dict[str, str], settings: Settings) -> dict[st
     """Every tenant with credit lots or an allowance: what it has left."""
     currency = settings.server.currency
     rows = []
-    for budget in WalletBudgets(settings.allowances, currency).budgets(conn, datetime.now(UTC)):
-        summary = _wallet_of(conn, budget.scope.value, settings).summary()
+    for tenant in wallet_tenants(conn, settings.allowances):
+        summary = wallet_with(conn, tenant, settings.allowances).summary()
         allowance = summary["allowance"]
         rows.append({"tenant": summary["tenant"], "lots": len(summary["lots"]),
                      "balance": summary["balances"].get(currency, "0"), "currency": currency,
@@ -279,7 +279,7 @@ def _wallets(conn: Store, params: dict[str, str], settings: Settings) -> dict[st
 
 def _wallet(conn: Store, tenant: str, settings: Settings) -> dict[str, Any]:
     """One tenant's lots: bought, used, forfeited and left."""
-    summary = _wallet_of(conn, tenant, settings).summary()
+    summary = wallet_with(conn, tenant, settings.allowances).summary()
     cards = [(f"balance {c}", v) for c, v in summary["balances"].items()]
     if (allowance := summary["allowance"]) is not None:
         cards.append((f"allowance left this {allowance['period']}",
@@ -289,11 +289,6 @@ def _wallet(conn: Store, tenant: str, settings: Settings) -> dict[str, Any]:
         {"heading": "Lots", "rows": summary["lots"],
          "columns": ["created", "currency", "amount", "priority", "expires", "used",
                      "forfeited", "left", "note"]}]}
-
-
-def _wallet_of(conn: Store, tenant: str, settings: Settings) -> Wallet:
-    allowance = next((a for a in settings.allowances if a.tenant == tenant), None)
-    return wallet(conn, tenant, allowance=allowance)
 
 
 def _tasks(conn: Store, params: dict[str, str]) -> dict[str, Any]:

@@ -201,6 +201,18 @@ def wallet(conn: Store, tenant: str, now: datetime | None = None,
     return found
 
 
+def wallet_with(conn: Store, tenant: str, allowances: Iterable[Allowance]) -> Wallet:
+    """The tenant's wallet now, with the allowance the config gives it, if any."""
+    return wallet(conn, tenant, allowance=next(
+        (a for a in allowances if a.tenant == tenant), None))
+
+
+def wallet_tenants(conn: Store, allowances: Iterable[Allowance]) -> list[str]:
+    """The tenants that have a wallet: a lot bought, or an allowance."""
+    bought = {tenant for tenant, in conn.execute("SELECT DISTINCT tenant FROM wallet_lots")}
+    return sorted(bought | {a.tenant for a in allowances})
+
+
 def _period(allowance: Allowance, at: datetime) -> datetime:
     """The start of the allowance's period holding `at`."""
     start, _ = period_bounds(allowance.period, at)
